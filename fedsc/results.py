@@ -1,0 +1,21 @@
+"""Tidy result rows: one row per (run, metric). Every table and figure is built from them."""
+
+from __future__ import annotations
+
+#: Columns of a tidy results table, in order.
+TIDY_COLUMNS: list[str] = [
+    "run_id",  # hash of the run's full config
+    "study",
+    "dataset",
+    "method",  # e.g. "scbatchprox", "fedscgen", "scgen", "pca" (uncorrected upstream)
+    "variant",  # human label of the variant within the study, e.g. "crypten", "mu=0"
+    "backend",  # "plaintext" | "crypten" | "none" (centralized)
+    "private",  # bool: whether aggregation hid client inputs (False for debug mode)
+    "seed",
+    "embedding",  # which representation was evaluated, e.g. "X_pca", "X_scbatchprox"
+    "panel",  # "scib" | "fedscgen" | "downstream"
+    "metric",
+    "value",
+    "wall_time_s",
+    "ledger_bytes",  # total bytes received by parties + coordinator
+]

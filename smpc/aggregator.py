@@ -1,0 +1,173 @@
+"""The secure-aggregation interface every backend implements.
+
+Clients' contributions go in; only the aggregate comes out. Backends implement three
+primitives on float64 matrices with one row per client (``_weighted_sum``, ``_sum``,
+``_argmax``); this base class validates inputs, restores the caller's structure and
+keeps the :class:`~smpc.ledger.Ledger`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from smpc.flatten import flatten_all
+from smpc.ledger import Ledger, LedgerEntry
+
+
+class AggregatorClosedError(RuntimeError):
+    """Raised when an aggregator is used after :meth:`Aggregator.close`."""
+
+
+class Aggregator(ABC):
+    """Secure aggregation across clients.
+
+    Use as a context manager so party processes (if any) are always reaped::
+
+        with smpc.make_aggregator("plaintext") as agg:
+            mean = agg.weighted_mean([a, b], weights=[10, 30])
+    """
+
+    #: Registry name of the backend.
+    name: str = "abstract"
+
+    def __init__(self) -> None:
+        self.ledger = Ledger()
+        self._closed = False
+
+    # ----------------------------------------------------------------- properties
+    @property
+    @abstractmethod
+    def private(self) -> bool:
+        """True when no party and no coordinator sees a client's plaintext input."""
+
+    @property
+    def privacy_note(self) -> str:
+        """One line for reports: what this backend hides and what it does not."""
+        return "private" if self.private else "not private"
+
+    # ----------------------------------------------------------------- public API
+    def weighted_mean(self, contributions: Sequence[Any], weights: Sequence[float]) -> Any:
+        """Weighted mean ``sum_c w_c x_c / sum_c w_c`` (FedAvg).
+
+        Parameters
+        ----------
+        contributions
+            One tensor, array, or dict of tensors per client, all of the same structure.
+        weights
+            One positive finite weight per client (e.g. cell counts).
+
+        Returns
+        -------
+        The weighted mean, in the structure and dtypes of the contributions.
+        """
+        self._check_open()
+        matrix, spec = flatten_all(contributions)
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim != 1 or len(w) != matrix.shape[0]:
+            raise ValueError(
+                f"weights must have one entry per client: got {w.shape} for "
+                f"{matrix.shape[0]} contributions."
+            )
+        if not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError(
+                f"weights must be positive and finite (e.g. cell counts), got {w.tolist()}; "
+                "drop clients with no cells before aggregating."
+            )
+        start = time.perf_counter()
+        weighted_sum, total = self._weighted_sum(matrix, w)
+        seconds = time.perf_counter() - start
+        self._last_entry(seconds)
+        return spec.unflatten(weighted_sum / total)
+
+    def sum(self, contributions: Sequence[Any]) -> Any:
+        """Element-wise sum over clients, in the structure of the contributions."""
+        self._check_open()
+        matrix, spec = flatten_all(contributions)
+        start = time.perf_counter()
+        total = self._sum(matrix)
+        self._last_entry(time.perf_counter() - start)
+        return spec.unflatten(total)
+
+    def argmax(self, columns: Sequence[Any]) -> np.ndarray:
+        """Per column, the index of the client with the largest value.
+
+        Parameters
+        ----------
+        columns
+            One 1-D vector per client (e.g. cell counts per cell type), same length.
+
+        Returns
+        -------
+        ``int64`` array: for each column the winning client index. Ties go to the
+        lowest client index. Only these indices are revealed.
+        """
+        self._check_open()
+        matrix, spec = flatten_all(columns)
+        if len(spec.leaves) != 1 or len(spec.leaves[0].shape) != 1:
+            raise ValueError(
+                "argmax expects one 1-D vector per client (values per column), got "
+                f"shapes {[leaf.shape for leaf in spec.leaves]}."
+            )
+        start = time.perf_counter()
+        winners = np.asarray(self._argmax(matrix), dtype=np.int64)
+        self._last_entry(time.perf_counter() - start)
+        return winners
+
+    def close(self) -> None:
+        """Release resources (party processes). Idempotent."""
+        self._closed = True
+
+    def __enter__(self) -> Aggregator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- backend hooks
+    @abstractmethod
+    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+        """Return (sum_c w_c x_c, sum_c w_c) and record a ledger entry."""
+
+    @abstractmethod
+    def _sum(self, matrix: np.ndarray) -> np.ndarray:
+        """Return sum_c x_c and record a ledger entry."""
+
+    @abstractmethod
+    def _argmax(self, matrix: np.ndarray) -> np.ndarray:
+        """Return per-column argmax over rows (lowest row on ties); record an entry."""
+
+    # ----------------------------------------------------------------- helpers
+    def _entry(self, op: str, matrix: np.ndarray, **fields: Any) -> LedgerEntry:
+        """Create and record a ledger entry stamped with the current round and tag."""
+        entry = LedgerEntry(
+            op=op,
+            round=self.ledger.round,
+            tag=self.ledger.tag,
+            n_clients=int(matrix.shape[0]),
+            n_values=int(matrix.shape[1]),
+            private=self.private,
+            **fields,
+        )
+        self.ledger.record(entry)
+        return entry
+
+    def _last_entry(self, seconds: float) -> None:
+        if self.ledger.entries and self.ledger.entries[-1].seconds == 0.0:
+            self.ledger.entries[-1].seconds = seconds
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AggregatorClosedError(
+                f"the {self.name!r} aggregator is closed; create a new one with "
+                "smpc.make_aggregator(...) (one per federation)."
+            )
+
+
+def lowest_index_argmax(matrix: np.ndarray) -> np.ndarray:
+    """Reference rule: per column, the first row holding the maximum (numpy's argmax)."""
+    return np.argmax(matrix, axis=0).astype(np.int64)

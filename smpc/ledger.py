@@ -1,0 +1,138 @@
+"""What crossed each boundary during secure aggregation.
+
+Every aggregator keeps a :class:`Ledger`. One :class:`LedgerEntry` is written per
+operation (``weighted_mean``, ``sum``, ``argmax``). The ledger is the evidence for the
+privacy claims of a run: it lists what each computation party received and every value
+the coordinator (the caller) received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class LedgerEntry:
+    """One aggregation operation.
+
+    Attributes
+    ----------
+    op
+        ``"weighted_mean"``, ``"sum"`` or ``"argmax"``.
+    round
+        Federation round the operation belongs to (``None`` outside rounds).
+    tag
+        Free label set by the caller (e.g. ``"fedavg"``, ``"dominant_batch"``).
+    n_clients
+        Number of client contributions.
+    n_values
+        Number of scalar values per contribution.
+    bytes_to_party
+        Bytes each computation party received from clients (shares). Empty for backends
+        without parties.
+    messages_to_party
+        Messages each computation party received from clients.
+    bytes_between_parties
+        Bytes the parties exchanged among themselves (MPC protocol traffic), per party.
+    mpc_rounds
+        Communication rounds among parties (0 for additions-only).
+    seconds
+        Wall time of the operation.
+    coordinator_received
+        Every value the coordinator received: name -> shape.
+    coordinator_bytes
+        Total bytes the coordinator received.
+    private
+        Whether client inputs stayed hidden from the coordinator and from each party.
+    """
+
+    op: str
+    round: int | None
+    tag: str | None
+    n_clients: int
+    n_values: int
+    bytes_to_party: list[int] = field(default_factory=list)
+    messages_to_party: list[int] = field(default_factory=list)
+    bytes_between_parties: list[int] = field(default_factory=list)
+    mpc_rounds: int = 0
+    seconds: float = 0.0
+    coordinator_received: dict[str, list[int]] = field(default_factory=dict)
+    coordinator_bytes: int = 0
+    private: bool = False
+
+
+class Ledger:
+    """Append-only record of aggregation operations.
+
+    The caller sets :attr:`round` and :attr:`tag` (the federation engine does) so each
+    entry is attributed to a round.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[LedgerEntry] = []
+        self.round: int | None = None
+        self.tag: str | None = None
+
+    def record(self, entry: LedgerEntry) -> None:
+        """Append one entry."""
+        self.entries.append(entry)
+
+    def totals(self) -> dict[str, Any]:
+        """Totals over all entries (bytes, messages, MPC rounds, seconds, operations)."""
+        n_parties = max((len(e.bytes_to_party) for e in self.entries), default=0)
+        bytes_to_party = [0] * n_parties
+        messages_to_party = [0] * n_parties
+        bytes_between = [0] * n_parties
+        for e in self.entries:
+            for i, b in enumerate(e.bytes_to_party):
+                bytes_to_party[i] += b
+            for i, m in enumerate(e.messages_to_party):
+                messages_to_party[i] += m
+            for i, b in enumerate(e.bytes_between_parties):
+                bytes_between[i] += b
+        return {
+            "operations": len(self.entries),
+            "bytes_to_party": bytes_to_party,
+            "messages_to_party": messages_to_party,
+            "bytes_between_parties": bytes_between,
+            "mpc_rounds": sum(e.mpc_rounds for e in self.entries),
+            "seconds": sum(e.seconds for e in self.entries),
+            "coordinator_bytes": sum(e.coordinator_bytes for e in self.entries),
+            "private": all(e.private for e in self.entries) if self.entries else None,
+        }
+
+    def per_round(self) -> list[dict[str, Any]]:
+        """Totals per (round, op): one dict per group, in first-seen order."""
+        groups: dict[tuple[Any, str], dict[str, Any]] = {}
+        for e in self.entries:
+            g = groups.setdefault(
+                (e.round, e.op),
+                {
+                    "round": e.round,
+                    "op": e.op,
+                    "operations": 0,
+                    "bytes_to_party": [0] * len(e.bytes_to_party),
+                    "messages_to_party": [0] * len(e.messages_to_party),
+                    "mpc_rounds": 0,
+                    "seconds": 0.0,
+                    "coordinator_bytes": 0,
+                },
+            )
+            g["operations"] += 1
+            g["bytes_to_party"] = [a + b for a, b in zip(g["bytes_to_party"], e.bytes_to_party, strict=False)]
+            g["messages_to_party"] = [
+                a + b for a, b in zip(g["messages_to_party"], e.messages_to_party, strict=False)
+            ]
+            g["mpc_rounds"] += e.mpc_rounds
+            g["seconds"] += e.seconds
+            g["coordinator_bytes"] += e.coordinator_bytes
+        return list(groups.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: totals, per-round totals and every entry."""
+        return {
+            "totals": self.totals(),
+            "per_round": self.per_round(),
+            "entries": [asdict(e) for e in self.entries],
+        }
