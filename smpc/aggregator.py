@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from smpc.flatten import flatten_all
+from smpc.flatten import Spec, flatten_all
 from smpc.ledger import Ledger, LedgerEntry
 
 
@@ -38,6 +38,9 @@ class Aggregator(ABC):
     def __init__(self) -> None:
         self.ledger = Ledger()
         self._closed = False
+        #: Structure of the contributions of the operation in progress (lets backends name
+        #: the tensor behind a flat column in error messages).
+        self._current_spec: Spec | None = None
 
     # ----------------------------------------------------------------- properties
     @property
@@ -78,6 +81,7 @@ class Aggregator(ABC):
                 f"weights must be positive and finite (e.g. cell counts), got {w.tolist()}; "
                 "drop clients with no cells before aggregating."
             )
+        self._current_spec = spec
         start = time.perf_counter()
         weighted_sum, total = self._weighted_sum(matrix, w)
         seconds = time.perf_counter() - start
@@ -88,6 +92,7 @@ class Aggregator(ABC):
         """Element-wise sum over clients, in the structure of the contributions."""
         self._check_open()
         matrix, spec = flatten_all(contributions)
+        self._current_spec = spec
         start = time.perf_counter()
         total = self._sum(matrix)
         self._last_entry(time.perf_counter() - start)
@@ -113,6 +118,7 @@ class Aggregator(ABC):
                 "argmax expects one 1-D vector per client (values per column), got "
                 f"shapes {[leaf.shape for leaf in spec.leaves]}."
             )
+        self._current_spec = spec
         start = time.perf_counter()
         winners = np.asarray(self._argmax(matrix), dtype=np.int64)
         self._last_entry(time.perf_counter() - start)

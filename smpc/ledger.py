@@ -120,7 +120,9 @@ class Ledger:
                 },
             )
             g["operations"] += 1
-            g["bytes_to_party"] = [a + b for a, b in zip(g["bytes_to_party"], e.bytes_to_party, strict=False)]
+            g["bytes_to_party"] = [
+                a + b for a, b in zip(g["bytes_to_party"], e.bytes_to_party, strict=False)
+            ]
             g["messages_to_party"] = [
                 a + b for a, b in zip(g["messages_to_party"], e.messages_to_party, strict=False)
             ]

@@ -136,7 +136,9 @@ def run_federation(
         if isinstance(method, BatchedFederatedMethod):
             results = method.local_updates(clients, state, r, gens)
         else:
-            results = [method.local_update(c, state, r, g) for c, g in zip(clients, gens, strict=True)]
+            results = [
+                method.local_update(c, state, r, g) for c, g in zip(clients, gens, strict=True)
+            ]
         w = [res.weight for res in results] if weights is None else list(weights)
         aggregator.ledger.round, aggregator.ledger.tag = r, "fedavg"
         try:

@@ -26,9 +26,7 @@ class ReferenceScBatchProxFederation(ScBatchProxFederation):
         beta_t = global_state["beta"].to(torch.float64)
         gamma_b = gamma_t[row].clone().requires_grad_(True)
         beta_b = beta_t[row].clone().requires_grad_(True)
-        opt = torch.optim.Adam(
-            [gamma_b, beta_b], lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
-        )
+        opt = torch.optim.Adam([gamma_b, beta_b], lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
         z = torch.from_numpy(self.train_z[client])
         # Rows of other batches are held at the global value (not trainable here).
         others = torch.ones(gamma_t.shape[0], dtype=torch.bool)

@@ -6,8 +6,8 @@ import anndata as ad
 import numpy as np
 import pytest
 
-import smpc
 import fedsc.tl
+import smpc
 from fedsc.errors import FedscInputError
 from fedsc.federation import run_federation
 from fedsc.methods.scbatchprox import (
@@ -54,7 +54,9 @@ def test_epoch_batches_cover_every_cell_each_epoch():
     batches = epoch_batches(600, 256, 2, g)
     assert [len(b) for b in batches] == [256, 256, 88, 256, 256, 88]
     for e in range(2):
-        np.testing.assert_array_equal(np.sort(np.concatenate(batches[3 * e : 3 * e + 3])), np.arange(600))
+        np.testing.assert_array_equal(
+            np.sort(np.concatenate(batches[3 * e : 3 * e + 3])), np.arange(600)
+        )
 
 
 @pytest.mark.parametrize("mu", [0.0, 1e-3, 0.5])
