@@ -174,3 +174,30 @@ def test_bad_inputs():
         fit(z, np.r_[labels[:-1], ["lonely"]])
     with pytest.raises(FedscInputError, match="invalid scBatchProx setting"):
         ScBatchProxConfig(rounds=0)
+
+
+def test_scenarios_on_bundled_pancreas_arrival_order():
+    from fedsc.datasets import pancreas
+    from fedsc.methods.scbatchprox_scenarios import continual_training, cumulative_retraining
+
+    adata = pancreas()
+    stages = [["indrop", "celseq"], ["celseq2"], ["fluidigmc1", "smartseq2"]]
+    cfg = ScBatchProxConfig(rounds=2)
+    with smpc.make_aggregator("plaintext") as agg:
+        cont = continual_training(adata, stages, agg, n_comps=10, config=cfg)
+        cum = cumulative_retraining(adata, stages, agg, n_comps=10, config=cfg)
+    assert [len(r.obs_names) for r in cont] == [200, 300, 500]
+    assert [len(r.obs_names) for r in cum] == [200, 300, 500]
+    # continual: cells of earlier stages keep bit-identical coordinates
+    for prev, nxt in zip(cont, cont[1:], strict=False):
+        n = len(prev.obs_names)
+        np.testing.assert_array_equal(nxt.obs_names[:n], prev.obs_names)
+        np.testing.assert_array_equal(nxt.refined[:n], prev.refined)
+        np.testing.assert_array_equal(nxt.upstream[:n], prev.upstream)
+    # cumulative: re-embedding all seen data changes earlier cells' coordinates
+    first = set(cum[0].obs_names)
+    mask = np.isin(cum[1].obs_names, list(first))
+    assert not np.allclose(np.abs(cum[1].upstream[mask]), np.abs(cum[0].upstream))
+    with pytest.raises(FedscInputError, match="exactly one stage"):
+        with smpc.make_aggregator("plaintext") as agg:
+            continual_training(adata, [["indrop"], ["indrop"]], agg)
