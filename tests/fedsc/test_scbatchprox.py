@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -189,7 +191,7 @@ def test_scenarios_on_bundled_pancreas_arrival_order():
     assert [len(r.obs_names) for r in cont] == [200, 300, 500]
     assert [len(r.obs_names) for r in cum] == [200, 300, 500]
     # continual: cells of earlier stages keep bit-identical coordinates
-    for prev, nxt in zip(cont, cont[1:], strict=False):
+    for prev, nxt in itertools.pairwise(cont):
         n = len(prev.obs_names)
         np.testing.assert_array_equal(nxt.obs_names[:n], prev.obs_names)
         np.testing.assert_array_equal(nxt.refined[:n], prev.refined)
