@@ -1,0 +1,379 @@
+"""Figures from tidy results and comparison tables: Δ heatmap, per-seed distributions, UMAP grid.
+
+Every function returns a :class:`matplotlib.figure.Figure` attached to an Agg canvas; nothing
+touches pyplot's global state, so the functions are safe in headless runs and in tests. Save
+with ``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize, to_rgb
+from matplotlib.figure import Figure
+
+from fedsc.errors import FedscInputError
+from fedsc.stats import COMPARE_COLUMNS
+
+__all__ = [
+    "delta_heatmap",
+    "seed_distributions",
+    "stars",
+    "umap_coordinates",
+    "umap_grid",
+]
+
+#: Star thresholds on BH-adjusted q, most stringent first.
+STAR_LEVELS: tuple[tuple[float, str], ...] = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
+
+
+def stars(q: float) -> str:
+    """Significance stars for an adjusted p: *** < 0.001, ** < 0.01, * < 0.05, else ''."""
+    if q is None or not np.isfinite(q):
+        return ""
+    for level, mark in STAR_LEVELS:
+        if q < level:
+            return mark
+    return ""
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _varying(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
+    """The columns among ``cols`` that take more than one value (at least the first one)."""
+    present = [c for c in cols if c in df.columns]
+    varying = [c for c in present if df[c].nunique(dropna=False) > 1]
+    return varying or present[:1]
+
+
+def _label(row: Sequence[Any]) -> str:
+    return " / ".join(str(v) for v in row)
+
+
+def delta_heatmap(
+    comparisons: pd.DataFrame,
+    *,
+    rows: Sequence[str] | None = None,
+    col: str = "metric",
+    col_order: Sequence[str] | None = None,
+    value: str = "delta_mean",
+    q_col: str = "q",
+    title: str | None = None,
+) -> Figure:
+    """Heatmap of Δ per (row group, metric), annotated with Δ and BH significance stars.
+
+    Parameters
+    ----------
+    comparisons
+        Output of :func:`fedsc.stats.compare` for one A-versus-B comparison.
+    rows
+        Row-label columns; default: the group columns other than ``col`` (e.g. dataset and
+        method), keeping only those that vary.
+    col, value, q_col
+        Column for the heatmap columns, the coloured value and the adjusted p.
+    col_order
+        Order of the heatmap columns (e.g. the metric panel's order); values missing from
+        it follow in table order.
+    title
+        Figure title; default ``"<a> vs <b>"`` from the table.
+
+    Cells where significance was unreachable with the given seeds carry a dagger (†).
+    """
+    for c in (col, value, q_col):
+        if c not in comparisons.columns:
+            raise FedscInputError(
+                f"comparisons lacks column {c!r}; pass the output of fedsc.stats.compare "
+                f"(columns {list(comparisons.columns)})."
+            )
+    if comparisons.empty:
+        raise FedscInputError("comparisons is empty; nothing to draw.")
+    if rows is None:
+        group_cols = [c for c in comparisons.columns if c not in COMPARE_COLUMNS and c != col]
+        rows = _varying(comparisons, group_cols)
+    rows = list(rows)
+    if not rows:
+        comparisons = comparisons.assign(_all="all")
+        rows = ["_all"]
+    dup = comparisons.duplicated(subset=[*rows, col], keep=False)
+    if dup.any():
+        raise FedscInputError(
+            f"comparisons has several rows per ({', '.join([*rows, col])}), e.g. "
+            f"{comparisons.loc[dup, [*rows, col]].head(2).to_dict('records')}; draw one "
+            "comparison (one a/b pair) at a time or pass `rows` that tell them apart."
+        )
+    table = comparisons.assign(_row=comparisons[rows].astype(str).agg(" / ".join, axis=1))
+    row_order = list(dict.fromkeys(table.sort_values(rows)["_row"]))
+    present = list(dict.fromkeys(table[col].astype(str)))
+    first = [str(c) for c in (col_order or []) if str(c) in present]
+    col_order = first + [c for c in present if c not in first]
+    table = table.assign(_col=table[col].astype(str))
+    grid = table.pivot(index="_row", columns="_col", values=value).reindex(
+        index=row_order, columns=col_order
+    )
+    qgrid = table.pivot(index="_row", columns="_col", values=q_col).reindex_like(grid)
+    unreachable = None
+    if "unreachable" in table.columns:
+        unreachable = (
+            table.pivot(index="_row", columns="_col", values="unreachable")
+            .reindex_like(grid)
+            .fillna(False)
+            .astype(bool)
+        )
+    z = grid.to_numpy(dtype=float)
+    n_r, n_c = z.shape
+    vmax = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    norm = Normalize(vmin=-vmax, vmax=vmax)
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
+
+    label_w = 0.09 * max(len(r) for r in row_order)
+    fig = _new_figure(max(4.0, 1.8 + label_w + 0.95 * n_c), max(2.4, 1.5 + 0.55 * n_r))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(z), cmap=cmap, norm=norm, aspect="auto")
+    ax.set_xticks(range(n_c), col_order, rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n_r), row_order)
+    ax.set_xticks(np.arange(n_c + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(n_r + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    ax.tick_params(which="major", length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fontsize = 9 if n_c <= 8 else 7
+    for i in range(n_r):
+        for j in range(n_c):
+            v = z[i, j]
+            if not np.isfinite(v):
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=fontsize, color="#555555")
+                continue
+            r, g, b = to_rgb(cmap(norm(v)))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+            mark = stars(float(qgrid.iat[i, j]))
+            if unreachable is not None and unreachable.iat[i, j]:
+                mark += "†"
+            num = f"{v:+.3f}" if (v == 0 or abs(v) >= 1e-3) else f"{v:+.1e}"
+            text = num + (f"\n{mark}" if mark else "")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if dark else "black",
+                fontweight="bold" if mark.strip("†") else "normal",
+            )
+    cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
+    cbar.set_label("Δ mean (A − B)")
+    if title is None and {"a", "b"} <= set(table.columns):
+        title = f"A: {table['a'].iloc[0]}  vs  B: {table['b'].iloc[0]}"
+    if title:
+        ax.set_title(title, fontsize=10)
+    note = "* q < 0.05, ** q < 0.01, *** q < 0.001 (Mann–Whitney U, BH)"
+    if unreachable is not None and unreachable.to_numpy().any():
+        note += "; † significance unreachable with these seeds"
+    ax.set_xlabel(note, fontsize=7, color="#444444", labelpad=6)
+    return fig
+
+
+def seed_distributions(
+    results: pd.DataFrame,
+    *,
+    metrics: Sequence[str] | None = None,
+    x: Sequence[str] = ("method", "variant"),
+    facet: str = "dataset",
+) -> Figure:
+    """Per-seed values: a box and the individual seeds per x category, one panel per
+    (``facet`` value, metric).
+
+    Parameters
+    ----------
+    results
+        Tidy results (``value``, ``metric``, ``facet`` and the ``x`` columns).
+    metrics
+        Metrics to show, in order; default all, in order of appearance.
+    x
+        Columns forming the x categories; only those that vary are used in the labels.
+    facet
+        Column whose values form the panel rows.
+    """
+    need = ["value", "metric", facet, *x]
+    missing = [c for c in need if c not in results.columns]
+    if missing:
+        raise FedscInputError(f"results lacks columns {missing}; pass a tidy results table.")
+    metrics = list(metrics) if metrics is not None else list(dict.fromkeys(results["metric"]))
+    if not metrics:
+        raise FedscInputError("no metrics to plot; results has no rows.")
+    x_cols = _varying(results, x)
+    cats = list(dict.fromkeys(results.sort_values(x_cols)[x_cols].astype(str).agg(" / ".join, 1)))
+    facets = list(dict.fromkeys(results[facet]))
+    colours = colormaps["tab10"]
+    n_r, n_c = len(facets), len(metrics)
+    fig = _new_figure(max(3.5, 0.6 + n_c * max(1.9, 0.55 * len(cats))), 0.9 + 2.2 * n_r)
+    axes = fig.subplots(n_r, n_c, squeeze=False, sharex=True)
+    rng = np.random.default_rng(0)  # jitter only; fixed so figures are reproducible
+    labels = results[x_cols].astype(str).agg(" / ".join, axis=1)
+    for i, fv in enumerate(facets):
+        for j, m in enumerate(metrics):
+            ax = axes[i, j]
+            sel = (results[facet] == fv) & (results["metric"] == m)
+            data = [results.loc[sel & (labels == c), "value"].dropna().to_numpy() for c in cats]
+            pos = [k for k, d in enumerate(data) if d.size]
+            if pos:
+                ax.boxplot(
+                    [data[k] for k in pos],
+                    positions=pos,
+                    widths=0.55,
+                    showfliers=False,
+                    medianprops={"color": "black"},
+                    boxprops={"color": "#777777"},
+                    whiskerprops={"color": "#777777"},
+                    capprops={"color": "#777777"},
+                )
+            for k, d in enumerate(data):
+                ax.scatter(
+                    k + rng.uniform(-0.15, 0.15, d.size),
+                    d,
+                    s=14,
+                    color=colours(k % 10),
+                    alpha=0.85,
+                    zorder=3,
+                    linewidths=0,
+                )
+            ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right", rotation_mode="anchor")
+            ax.set_xlim(-0.6, len(cats) - 0.4)
+            ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.set_title(str(m), fontsize=9)
+            if j == 0:
+                ax.set_ylabel(str(fv), fontsize=9)
+    fig.suptitle("Per-seed values", fontsize=10)
+    return fig
+
+
+def umap_coordinates(
+    embedding: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.5
+) -> np.ndarray:
+    """2-D UMAP of an embedding with umap-learn (fixed ``seed``); 2-column input is returned
+    as is (already coordinates)."""
+    emb = np.asarray(embedding, dtype=float)
+    if emb.ndim != 2 or emb.shape[0] < 3:
+        raise FedscInputError(
+            f"embedding must be a cells × dims matrix with at least 3 cells, got shape {emb.shape}."
+        )
+    if not np.all(np.isfinite(emb)):
+        raise FedscInputError("embedding contains NaN or infinite values; drop or fix them first.")
+    if emb.shape[1] == 2:
+        return emb
+    import warnings
+
+    import umap  # umap-learn; imported lazily (numba start-up is slow)
+
+    reducer = umap.UMAP(
+        n_neighbors=min(n_neighbors, emb.shape[0] - 1),
+        min_dist=min_dist,
+        random_state=seed,
+        n_jobs=1,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        return np.asarray(reducer.fit_transform(emb))
+
+
+def _category_colours(values: Sequence[str]) -> dict[str, Any]:
+    cats = sorted(set(values), key=str)
+    cmap = colormaps["tab10" if len(cats) <= 10 else "tab20"]
+    n = cmap.N
+    if len(cats) <= n:
+        return {c: cmap(i) for i, c in enumerate(cats)}
+    hsv = colormaps["hsv"]
+    return {c: hsv(i / len(cats)) for i, c in enumerate(cats)}
+
+
+def umap_grid(
+    panels: Mapping[str, tuple[np.ndarray, Sequence[Any], Sequence[Any]]],
+    *,
+    batch_title: str = "batch",
+    label_title: str = "cell type",
+    max_legend: int = 20,
+) -> Figure:
+    """UMAP scatter per variant (columns), coloured by batch (top row) and label (bottom row).
+
+    Parameters
+    ----------
+    panels
+        ``{name: (coords, batch, labels)}`` with 2-D coordinates (see
+        :func:`umap_coordinates`) and one batch and label per cell.
+    batch_title, label_title
+        Legend titles.
+    max_legend
+        At most this many legend entries per row; the rest are summarised.
+    """
+    if not panels:
+        raise FedscInputError("panels is empty; pass {name: (coords, batch, labels)}.")
+    checked = {}
+    for name, (coords, batch, labels) in panels.items():
+        xy = np.asarray(coords, dtype=float)
+        bt, lb = np.asarray(batch).astype(str), np.asarray(labels).astype(str)
+        if xy.ndim != 2 or xy.shape[1] != 2 or not (len(bt) == len(lb) == xy.shape[0]):
+            raise FedscInputError(
+                f"panel {name!r}: coordinates must be cells × 2 with one batch and label per "
+                f"cell; got {xy.shape}, {len(bt)} batches, {len(lb)} labels. Compute "
+                "coordinates with umap_coordinates first."
+            )
+        checked[name] = (xy, bt, lb)
+    colour_rows = [
+        _category_colours(np.concatenate([v[k] for v in checked.values()])) for k in (1, 2)
+    ]
+    n_c = len(checked)
+    fig = _new_figure(1.0 + 3.0 * n_c + 1.8, 6.2)
+    axes = fig.subplots(2, n_c, squeeze=False)
+    for j, (name, (xy, bt, lb)) in enumerate(checked.items()):
+        size = float(np.clip(3000.0 / max(len(xy), 1), 1.0, 20.0))
+        order = np.random.default_rng(0).permutation(len(xy))  # no class painted last on top
+        for i, (cats, colours) in enumerate(zip((bt, lb), colour_rows, strict=True)):
+            ax = axes[i, j]
+            ax.scatter(
+                xy[order, 0],
+                xy[order, 1],
+                c=[colours[c] for c in cats[order]],
+                s=size,
+                linewidths=0,
+                rasterized=True,
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(str(name), fontsize=10)
+            if j == 0:
+                ax.set_ylabel(batch_title if i == 0 else label_title, fontsize=9)
+    for i, (colours, title) in enumerate(zip(colour_rows, (batch_title, label_title), strict=True)):
+        items = list(colours.items())
+        handles = [
+            axes[i, -1].scatter([], [], color=col, s=20, label=str(cat))
+            for cat, col in items[:max_legend]
+        ]
+        if len(items) > max_legend:
+            handles.append(
+                axes[i, -1].scatter([], [], color="white", label=f"+{len(items) - max_legend} more")
+            )
+        axes[i, -1].legend(
+            handles=handles,
+            title=title,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            fontsize=7,
+            title_fontsize=8,
+            frameon=False,
+            ncols=1 if len(handles) <= 12 else 2,
+        )
+    return fig

@@ -1,0 +1,362 @@
+"""Write a Markdown report with figures from tidy results and comparison tables.
+
+``write_report`` assembles; the figures come from :mod:`fedsc.plots`, the statistics from
+:mod:`fedsc.stats`. Layout of ``out_dir``::
+
+    report.md
+    figures/delta_heatmap[_<a>_vs_<b>].png / .pdf
+    figures/seed_distributions.png
+    figures/umap.png                      (only when embeddings are given)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsc.errors import FedscInputError
+from fedsc.plots import delta_heatmap, seed_distributions, stars, umap_coordinates, umap_grid
+from fedsc.stats import COMPARE_COLUMNS, min_seeds_for_alpha
+
+__all__ = ["write_report"]
+
+_REQUIRED = ["dataset", "method", "variant", "seed", "metric", "value"]
+
+
+# ------------------------------------------------------------------ formatting helpers
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "–"
+    if isinstance(x, bool | np.bool_):
+        return "yes" if x else "no"
+    if isinstance(x, int | np.integer):
+        return str(int(x))
+    if isinstance(x, float | np.floating):
+        return f"{x:.{digits}g}" if (x != 0 and abs(x) < 1e-3) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _fmt_p(x: float) -> str:
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{x:.2g}" if x < 0.01 else f"{x:.3f}"
+
+
+def _fmt_bytes(n: float) -> str:
+    if n is None or not np.isfinite(n):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of already formatted cells."""
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:60] or "comparison"
+
+
+def _varying(df: pd.DataFrame, cols: Sequence[str], always: Sequence[str]) -> list[str]:
+    return [c for c in cols if c in df.columns and (c in always or df[c].nunique() > 1)]
+
+
+# ------------------------------------------------------------------ sections
+
+
+def _summary_table(results: pd.DataFrame) -> str:
+    keys = _varying(
+        results, ["study", "dataset", "method", "variant", "embedding"], ["dataset", "variant"]
+    )
+    stats = (
+        results.groupby([*keys, "metric"], sort=False, dropna=False)
+        .agg(mean=("value", "mean"), sd=("value", "std"), n=("seed", "nunique"))
+        .reset_index()
+    )
+    stats["cell"] = [
+        f"{_fmt(m)} ± {_fmt(s)}" if np.isfinite(s) else _fmt(m)
+        for m, s in zip(stats["mean"], stats["sd"], strict=True)
+    ]
+    wide = stats.pivot_table(
+        index=keys, columns="metric", values="cell", aggfunc="first", sort=False
+    )
+    seeds = stats.groupby(keys, sort=False, dropna=False)["n"].max().rename("seeds")
+    wide = wide.join(seeds).reset_index()
+    metrics = list(dict.fromkeys(results["metric"]))
+    wide = wide[[*keys, "seeds", *[m for m in metrics if m in wide.columns]]].fillna("–")
+    return _md_table(wide.sort_values(keys))
+
+
+def _privacy_section(results: pd.DataFrame) -> list[str]:
+    if "backend" not in results.columns or "private" not in results.columns:
+        return ["_Backend/privacy columns absent from the results; privacy not reported._"]
+    keys = _varying(results, ["method", "variant"], ["method", "variant"])
+    tab = (
+        results.groupby([*keys, "backend"], dropna=False, sort=True)["private"]
+        .agg(lambda s: "yes" if s.astype(bool).all() else ("no" if not s.any() else "mixed"))
+        .reset_index()
+    )
+    out = [_md_table(tab)]
+    notp = tab[tab["private"] != "yes"]
+    if len(notp):
+        out.append(
+            "\nNot private: "
+            + "; ".join(_label_row(r, [*keys, "backend"]) for _, r in notp.iterrows())
+            + ". Plaintext aggregation and CrypTen debug mode (seeded masks) do not hide "
+            "client inputs."
+        )
+    else:
+        out.append("\nEvery run aggregated privately.")
+    return out
+
+
+def _label_row(row: pd.Series, keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={row[k]}" for k in keys)
+
+
+def _cost_section(results: pd.DataFrame) -> list[str]:
+    have = [c for c in ("wall_time_s", "ledger_bytes") if c in results.columns]
+    if not have:
+        return ["_No wall-time or ledger columns in the results._"]
+    run_key = (
+        ["run_id"] if "run_id" in results.columns else ["dataset", "method", "variant", "seed"]
+    )
+    keys = _varying(results, ["dataset", "method", "variant", "backend"], ["method", "variant"])
+    runs = results.drop_duplicates(subset=run_key)
+    agg: dict[str, tuple[str, str]] = {"runs": (run_key[0], "nunique")}
+    if "wall_time_s" in have:
+        agg |= {"wall_mean": ("wall_time_s", "mean"), "wall_sd": ("wall_time_s", "std")}
+    if "ledger_bytes" in have:
+        agg |= {"bytes_mean": ("ledger_bytes", "mean"), "bytes_total": ("ledger_bytes", "sum")}
+    tab = runs.groupby(keys, dropna=False, sort=True).agg(**agg).reset_index()
+    shown = tab[keys].astype(str).copy()
+    shown["runs"] = tab["runs"].astype(int)
+    if "wall_time_s" in have:
+        shown["wall time per run (s)"] = [
+            f"{_fmt(m)} ± {_fmt(s)}" if np.isfinite(s) else _fmt(m)
+            for m, s in zip(tab["wall_mean"], tab["wall_sd"], strict=True)
+        ]
+    if "ledger_bytes" in have:
+        shown["ledger per run"] = [_fmt_bytes(v) for v in tab["bytes_mean"]]
+        shown["ledger total"] = [_fmt_bytes(v) for v in tab["bytes_total"]]
+    return [
+        _md_table(shown),
+        "\nLedger bytes: total received by parties and coordinator per run.",
+    ]
+
+
+def _comparison_section(
+    comparisons: pd.DataFrame, fig_dir: Path, alpha: float, metric_order: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Markdown lines and the heatmap file names for each (a, b) comparison."""
+    missing = [c for c in COMPARE_COLUMNS if c not in comparisons.columns]
+    if missing:
+        raise FedscInputError(
+            f"comparisons lacks columns {missing}; pass the output of fedsc.stats.compare "
+            "(or pd.concat of several)."
+        )
+    group_cols = [c for c in comparisons.columns if c not in COMPARE_COLUMNS]
+    lines: list[str] = []
+    figures: list[str] = []
+    pairs = list(dict.fromkeys(zip(comparisons["a"], comparisons["b"], strict=True)))
+    for a, b in pairs:
+        comp = comparisons[(comparisons["a"] == a) & (comparisons["b"] == b)]
+        lines.append(f"\n### A: {a} vs B: {b}\n")
+        shown = comp[group_cols].astype(str).copy()
+        shown["n A/B"] = [f"{x}/{y}" for x, y in zip(comp["n_a"], comp["n_b"], strict=True)]
+        shown["mean A"] = comp["mean_a"].map(_fmt)
+        shown["mean B"] = comp["mean_b"].map(_fmt)
+        shown["Δ mean"] = comp["delta_mean"].map(lambda v: _fmt(v) if not v > 0 else f"+{_fmt(v)}")
+        shown["Cliff's δ"] = comp["cliffs_delta"].map(lambda v: _fmt(v, 2))
+        shown["p"] = comp["p"].map(_fmt_p)
+        shown["q (BH)"] = comp["q"].map(_fmt_p)
+        shown["sig."] = [
+            stars(q) + ("†" if u else "")
+            for q, u in zip(comp["q"], comp["unreachable"], strict=True)
+        ]
+        lines.append(_md_table(shown))
+        n_sig = int(comp["significant"].sum())
+        lines.append(
+            f"\n{n_sig} of {len(comp)} comparisons significant at q < {alpha} "
+            "(two-sided Mann–Whitney U over seeds; Benjamini–Hochberg; "
+            "Δ = mean(A) − mean(B); * q < 0.05, ** q < 0.01, *** q < 0.001)."
+        )
+        unreach = comp[comp["unreachable"]]
+        if len(unreach):
+            sizes = sorted(
+                {(int(x), int(y)) for x, y in zip(unreach["n_a"], unreach["n_b"], strict=True)}
+            )
+            lines.append(
+                f"\n**Significance unreachable** (†) in {len(unreach)} of {len(comp)} "
+                f"comparisons: with (n_A, n_B) seeds in {sizes} the smallest attainable "
+                f"two-sided exact p is {_fmt_p(float(unreach['min_attainable_p'].min()))} "
+                f"≥ α = {alpha}. A non-significant result there is not evidence of "
+                f"equivalence; run at least {min_seeds_for_alpha(alpha)} seeds per side."
+            )
+        if "metric" in comp.columns and len(comp):
+            stem = "delta_heatmap" if len(pairs) == 1 else f"delta_heatmap_{_slug(f'{a}_vs_{b}')}"
+            fig = delta_heatmap(comp, col_order=metric_order)
+            fig.savefig(fig_dir / f"{stem}.png", dpi=150)
+            fig.savefig(fig_dir / f"{stem}.pdf")
+            figures.append(f"{stem}.png")
+            lines.append(f"\n![Δ heatmap: {a} vs {b}](figures/{stem}.png)")
+    return lines, figures
+
+
+def _umap_panels(
+    umaps: Mapping[str, Any],
+    *,
+    umap_rep: str | None,
+    batch_key: str,
+    labels_key: str,
+    seed: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    panels = {}
+    for name, obj in umaps.items():
+        if hasattr(obj, "obsm") and hasattr(obj, "obs"):  # AnnData
+            for key in (batch_key, labels_key):
+                if key not in obj.obs.columns:
+                    raise FedscInputError(
+                        f"umaps[{name!r}].obs lacks {key!r}; columns are "
+                        f"{list(obj.obs.columns)} — pass batch_key/labels_key."
+                    )
+            rep = umap_rep or ("X_umap" if "X_umap" in obj.obsm else None)
+            if rep is None or rep not in obj.obsm:
+                raise FedscInputError(
+                    f"umaps[{name!r}] has no obsm[{rep or 'X_umap'!r}] (obsm keys: "
+                    f"{list(obj.obsm.keys())}); pass umap_rep= naming the embedding to plot."
+                )
+            emb = np.asarray(obj.obsm[rep])
+            batch, labels = obj.obs[batch_key].to_numpy(), obj.obs[labels_key].to_numpy()
+            coords = emb if rep == "X_umap" else umap_coordinates(emb, seed=seed)
+        else:
+            try:
+                emb, batch, labels = obj
+            except (TypeError, ValueError) as err:
+                raise FedscInputError(
+                    f"umaps[{name!r}] must be an AnnData or an (embedding, batch, labels) "
+                    f"tuple, got {type(obj).__name__}."
+                ) from err
+            coords = umap_coordinates(np.asarray(emb), seed=seed)
+        panels[str(name)] = (coords[:, :2], np.asarray(batch), np.asarray(labels))
+    return panels
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def write_report(
+    results: pd.DataFrame,
+    comparisons: pd.DataFrame | None,
+    out_dir: str | Path,
+    *,
+    umaps: Mapping[str, Any] | None = None,
+    umap_rep: str | None = None,
+    batch_key: str = "batch",
+    labels_key: str = "cell_type",
+    alpha: float = 0.05,
+    seed: int = 0,
+    title: str = "fedsc report",
+) -> Path:
+    """Write ``report.md`` and ``figures/`` into ``out_dir``; return the path of report.md.
+
+    Parameters
+    ----------
+    results
+        Tidy results (``fedsc.results.TIDY_COLUMNS``).
+    comparisons
+        Output of :func:`fedsc.stats.compare` (several concatenated are drawn one heatmap
+        per A/B pair), or ``None`` for no comparison section.
+    out_dir
+        Folder to write into (created if needed; existing files of the same names are
+        overwritten).
+    umaps
+        Optional ``{variant name: AnnData | (embedding, batch, labels)}``, typically one seed
+        per variant. AnnData uses ``obsm["X_umap"]`` if present, else ``obsm[umap_rep]``.
+        Embeddings with more than two columns are reduced with UMAP (umap-learn,
+        ``random_state=seed``); two columns are plotted as they are.
+    umap_rep, batch_key, labels_key
+        AnnData keys for the UMAP panels.
+    alpha
+        Significance level quoted in the text.
+    seed
+        UMAP random state.
+    title
+        First heading of the report.
+    """
+    if not isinstance(results, pd.DataFrame):
+        raise FedscInputError(f"results must be a pandas DataFrame, got {type(results).__name__}.")
+    missing = [c for c in _REQUIRED if c not in results.columns]
+    if missing:
+        raise FedscInputError(
+            f"results lacks columns {missing}; pass a tidy table (fedsc.results.TIDY_COLUMNS)."
+        )
+    if results.empty:
+        raise FedscInputError("results has no rows; nothing to report.")
+    out = Path(out_dir)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+
+    lines = [f"# {title}", ""]
+    n_runs = results["run_id"].nunique() if "run_id" in results.columns else None
+    lines.append(
+        f"{len(results)} result rows"
+        + (f" from {n_runs} runs" if n_runs is not None else "")
+        + f"; datasets: {', '.join(map(str, dict.fromkeys(results['dataset'])))}; "
+        f"methods: {', '.join(map(str, dict.fromkeys(results['method'])))}; "
+        f"variants: {', '.join(map(str, dict.fromkeys(results['variant'])))}; "
+        f"seeds: {results['seed'].nunique()}."
+    )
+
+    lines += ["", "## Privacy", ""]
+    lines += _privacy_section(results)
+
+    lines += ["", "## Metrics per variant (mean ± sd over seeds)", ""]
+    lines.append(_summary_table(results))
+
+    lines += ["", "## Comparisons"]
+    if comparisons is None or len(comparisons) == 0:
+        lines += ["", "_No comparison requested._"]
+    else:
+        metric_order = [str(m) for m in dict.fromkeys(results["metric"])]
+        comp_lines, _ = _comparison_section(comparisons, fig_dir, alpha, metric_order)
+        lines += comp_lines
+
+    lines += ["", "## Per-seed distributions", ""]
+    fig = seed_distributions(results)
+    fig.savefig(fig_dir / "seed_distributions.png", dpi=130)
+    lines.append("![Per-seed values](figures/seed_distributions.png)")
+
+    if umaps:
+        panels = _umap_panels(
+            umaps, umap_rep=umap_rep, batch_key=batch_key, labels_key=labels_key, seed=seed
+        )
+        fig = umap_grid(panels)
+        fig.savefig(fig_dir / "umap.png", dpi=130)
+        lines += ["", "## UMAPs", "", f"UMAP random_state = {seed}.", ""]
+        lines.append("![UMAPs](figures/umap.png)")
+
+    lines += ["", "## Cost (wall time and ledger)", ""]
+    lines += _cost_section(results)
+
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

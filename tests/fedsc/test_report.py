@@ -1,0 +1,177 @@
+"""fedsc.report / fedsc.plots: files written, figures non-trivial, tables carry the rows."""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from fedsc.errors import FedscInputError
+from fedsc.plots import delta_heatmap, stars, umap_coordinates, umap_grid
+from fedsc.report import write_report
+from fedsc.results import TIDY_COLUMNS
+from fedsc.stats import SignificanceUnreachableWarning, compare
+
+SEEDS = [42, 123, 456, 789, 101112, 2024, 31415, 2718, 1618, 9999]
+METRICS = ["NMI", "ARI", "EBM", "ASW_B"]
+
+
+def tidy_table(n_seeds: int = 10, shift: float = 0.3) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for dataset in ("pancreas", "pbmc"):
+        for variant, backend, private in (
+            ("crypten", "crypten", True),
+            ("plaintext", "plaintext", False),
+        ):
+            for seed in SEEDS[:n_seeds]:
+                for metric in METRICS:
+                    planted = (
+                        shift if (dataset, metric, variant) == ("pbmc", "EBM", "crypten") else 0
+                    )
+                    rows.append(
+                        dict(
+                            run_id=f"{dataset}-{variant}-{seed}",
+                            study="s",
+                            dataset=dataset,
+                            method="scbatchprox",
+                            variant=variant,
+                            backend=backend,
+                            private=private,
+                            seed=seed,
+                            embedding="X_scbatchprox",
+                            panel="fedscgen",
+                            metric=metric,
+                            value=rng.normal(0.6, 0.03) + planted,
+                            wall_time_s=2.0 if backend == "crypten" else 0.5,
+                            ledger_bytes=3 * 2**20 if backend == "crypten" else 0,
+                        )
+                    )
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+
+def test_stars():
+    assert [stars(q) for q in (0.0005, 0.005, 0.03, 0.05, np.nan)] == ["***", "**", "*", "", ""]
+
+
+def test_write_report_files_tables_and_heatmap(tmp_path):
+    df = tidy_table()
+    comp = compare(df, {"variant": "crypten"}, {"variant": "plaintext"})
+    assert comp["significant"].sum() == 1
+    path = write_report(df, comp, tmp_path / "rep")
+    assert path == tmp_path / "rep" / "report.md"
+    figs = tmp_path / "rep" / "figures"
+    for name in ("delta_heatmap.png", "delta_heatmap.pdf", "seed_distributions.png"):
+        assert (figs / name).stat().st_size > 5000, name
+    assert not (figs / "umap.png").exists()
+    img = imread(figs / "delta_heatmap.png")
+    assert img.shape[0] > 200 and img.shape[1] > 400
+    colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 100  # a colour map, text and a colour bar, not a blank canvas
+
+    text = path.read_text()
+    # the comparison table has one row per (dataset, method, metric), planted one starred
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| pbmc | scbatchprox |") and "| 10/10 |" in line
+    ]
+    assert len(rows) == len(METRICS)
+    ebm = next(r for r in rows if "| EBM |" in r)
+    assert "***" in ebm and "| 10/10 |" in ebm and "+0.3" in ebm
+    assert "1 of 8 comparisons significant" in text
+    assert "unreachable" not in text.lower()
+    # privacy, summary and cost sections
+    assert "| scbatchprox | plaintext | plaintext | no |" in text
+    assert "Not private: method=scbatchprox, variant=plaintext" in text
+    assert "| pbmc | crypten | 10 |" in text and " ± " in text
+    assert "3.0 MiB" in text and "2.000 ± 0.000" in text
+    assert "![Δ heatmap" in text
+
+
+def test_report_notes_unreachable_significance(tmp_path):
+    df = tidy_table(n_seeds=3, shift=1.0)
+    with pytest.warns(SignificanceUnreachableWarning):
+        comp = compare(df, {"variant": "crypten"}, {"variant": "plaintext"})
+    text = write_report(df, comp, tmp_path).read_text()
+    assert "**Significance unreachable** (†) in 8 of 8" in text
+    assert "at least 4 seeds per side" in text
+    assert "0 of 8 comparisons significant" in text
+
+
+def test_report_without_comparisons_and_with_anndata_umaps(tmp_path):
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    n = 60
+    obs = pd.DataFrame(
+        {"batch": rng.choice(["a", "b"], n), "cell_type": rng.choice(["T", "B", "NK"], n)},
+        index=[f"c{i}" for i in range(n)],
+    )
+    adatas = {
+        v: ad.AnnData(obs=obs.copy(), obsm={"X_umap": rng.normal(size=(n, 2))})
+        for v in ("crypten", "plaintext")
+    }
+    path = write_report(tidy_table(n_seeds=4), None, tmp_path, umaps=adatas)
+    text = path.read_text()
+    assert "_No comparison requested._" in text and "figures/umap.png" in text
+    assert (tmp_path / "figures" / "umap.png").stat().st_size > 5000
+    assert not (tmp_path / "figures" / "delta_heatmap.png").exists()
+    bad = {"x": ad.AnnData(obs=obs.copy(), obsm={"X_pca": rng.normal(size=(n, 5))})}
+    with pytest.raises(FedscInputError, match="umap_rep"):
+        write_report(tidy_table(n_seeds=4), None, tmp_path, umaps=bad)
+
+
+class _FakeUMAP:
+    """Stands in for umap.UMAP: real umap-learn needs ~10 s of numba compilation."""
+
+    calls: ClassVar[list[dict]] = []
+
+    def __init__(self, **kwargs):
+        _FakeUMAP.calls.append(kwargs)
+
+    def fit_transform(self, x):
+        return np.asarray(x)[:, :2] * 2.0
+
+
+def test_umap_coordinates_wiring(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=_FakeUMAP))
+    _FakeUMAP.calls.clear()
+    emb = np.arange(30.0).reshape(6, 5)
+    xy = umap_coordinates(emb, seed=7)
+    np.testing.assert_array_equal(xy, emb[:, :2] * 2.0)
+    assert _FakeUMAP.calls == [
+        {"n_neighbors": 5, "min_dist": 0.5, "random_state": 7, "n_jobs": 1}
+    ]  # n_neighbors clipped to n_cells - 1, seed passed through
+    two = np.ones((4, 2))
+    np.testing.assert_array_equal(umap_coordinates(two), two)
+    assert len(_FakeUMAP.calls) == 1  # two columns are already coordinates
+    with pytest.raises(FedscInputError, match="NaN"):
+        umap_coordinates(np.full((4, 3), np.nan))
+    # the report path computes UMAPs from (embedding, batch, labels) tuples
+    _FakeUMAP.calls.clear()
+    umaps = {"v": (np.random.default_rng(0).normal(size=(20, 4)), ["a"] * 20, ["t"] * 20)}
+    write_report(tidy_table(n_seeds=4), None, tmp_path, umaps=umaps, seed=3)
+    assert _FakeUMAP.calls[0]["random_state"] == 3
+
+
+def test_plot_input_errors():
+    df = tidy_table()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        comp = compare(df, {"variant": "crypten"}, {"variant": "plaintext"})
+    with pytest.raises(FedscInputError, match="several rows"):
+        delta_heatmap(pd.concat([comp, comp]))
+    with pytest.raises(FedscInputError, match="lacks column"):
+        delta_heatmap(comp.drop(columns="q"))
+    with pytest.raises(FedscInputError, match="cells × 2"):
+        umap_grid({"x": (np.zeros((5, 3)), ["a"] * 5, ["t"] * 5)})
+    with pytest.raises(FedscInputError, match="lacks columns"):
+        write_report(df.drop(columns="metric"), None, ".")
