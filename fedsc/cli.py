@@ -128,7 +128,91 @@ def _cmd_party(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "demo": _cmd_demo, "party": _cmd_party}
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run a study (datasets x methods x variants x seeds)")
+    p.add_argument("study", help="study YAML (see experiments/)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler tcp://HOST:PORT")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsc.sweep import run_sweep
+
+    res = run_sweep(
+        args.study,
+        args.out,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        retry_failed=args.retry_failed,
+    )
+    print(
+        f"sweep: {res.executed} run(s) executed, {res.skipped} already done, "
+        f"{res.failed} failed, in {res.seconds:.1f} s; results in {res.out}/results.parquet"
+    )
+    return 1 if res.failed else 0
+
+
+def _selector(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    if not pairs:
+        raise FedscInputError(f"{flag} needs at least one KEY=VALUE (e.g. {flag} backend=crypten).")
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise FedscInputError(f"{flag} expects KEY=VALUE, got {pair!r}.")
+        key, value = pair.split("=", 1)
+        out[key] = value
+    return out
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="Mann-Whitney U + BH between two variants across seeds")
+    p.add_argument("dir", help="sweep output directory (with results.parquet)")
+    p.add_argument("--a", action="append", default=[], help="side A selector KEY=VALUE")
+    p.add_argument("--b", action="append", default=[], help="side B selector KEY=VALUE")
+    p.add_argument("--family", action="append", default=None, help="BH family column(s)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--out", default=None, help="CSV path (default DIR/comparison.csv)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fedsc.comparison import compare_sweep
+
+    table = compare_sweep(
+        args.dir,
+        _selector(args.a, "--a"),
+        _selector(args.b, "--b"),
+        family=args.family,
+        alpha=args.alpha,
+        out=args.out,
+    )
+    cols = ["dataset", "method", "metric", "n_a", "n_b", "delta_mean", "p", "q", "significant"]
+    print(table[[c for c in cols if c in table.columns]].to_string(index=False))
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="report.md and figures/ from a sweep directory")
+    p.add_argument("dir")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fedsc.comparison import report_sweep
+
+    path = report_sweep(args.dir)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "demo": _cmd_demo,
+    "party": _cmd_party,
+    "sweep": _cmd_sweep,
+    "compare": _cmd_compare,
+    "report": _cmd_report,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_demo(sub)
     _add_party(sub)
+    _add_sweep(sub)
+    _add_compare(sub)
+    _add_report(sub)
     return parser
 
 

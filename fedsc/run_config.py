@@ -39,6 +39,9 @@ class RunConfig:
         Method hyper-parameters (e.g. ``{"mu": 0.0}``, ``{"rounds": 8, "local_epochs": 2}``).
     holdout, inclusion
         FedscGen: held-out batches and inclusion scenario.
+    scenario, stages
+        scBatchProx dataset evolution: ``"cumulative"`` or ``"continual"`` over ``stages``
+        (lists of batches in arrival order); evaluated on all cells after the last stage.
     panels
         Metric panels (``"scib"``, ``"fedscgen"``, ``"downstream"``); default per method.
     study, variant
@@ -60,6 +63,8 @@ class RunConfig:
     holdout: list[str] = field(default_factory=list)
     inclusion: str = "all"
     panels: list[str] | None = None
+    scenario: str | None = None
+    stages: list[list[str]] | None = None
     study: str = "adhoc"
     variant: str = "default"
 
@@ -69,6 +74,16 @@ class RunConfig:
         if self.panels is None:
             self.panels = list(DEFAULT_PANELS[self.method])
         self.holdout = [str(h) for h in self.holdout]
+        if self.scenario is not None:
+            if self.method != "scbatchprox" or self.scenario not in ("cumulative", "continual"):
+                raise FedscInputError(
+                    f"scenario {self.scenario!r} is not available for {self.method}; "
+                    "scBatchProx supports 'cumulative' and 'continual'."
+                )
+            if not self.stages:
+                raise FedscInputError(
+                    "a dataset-evolution scenario needs stages, e.g. [[indrop], [celseq]]."
+                )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 import fedsc.tl
 from fedsc import datasets
+from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
 from fedsc.errors import FedscInputError
 from fedsc.evaluation import downstream_accuracy, fedscgen_panel, scib_panel
@@ -90,6 +91,29 @@ def prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> tuple[ad.AnnData, st
     return expr, f"X_{cfg.upstream}"
 
 
+def run_scenario(adata: ad.AnnData, cfg: RunConfig, agg: Any) -> ad.AnnData:
+    """Dataset evolution: the last stage's cells with upstream and refined embeddings."""
+    from fedsc.methods.scbatchprox import ScBatchProxConfig
+    from fedsc.methods.scbatchprox_scenarios import continual_training, cumulative_retraining
+
+    run = cumulative_retraining if cfg.scenario == "cumulative" else continual_training
+    last = run(
+        adata,
+        cfg.stages,
+        agg,
+        batch_key=cfg.batch_key,
+        upstream=cfg.upstream,
+        n_comps=cfg.n_comps,
+        n_top_genes=cfg.n_top_genes,
+        config=ScBatchProxConfig(**cfg.params),
+        seed=cfg.seed,
+    )[-1]
+    work = adata[last.obs_names].copy()
+    work.obsm[f"X_{cfg.upstream}"] = last.upstream
+    work.obsm["X_scbatchprox"] = last.refined
+    return work
+
+
 def representation(adata: ad.AnnData, rep: str) -> np.ndarray:
     """``"X"``, ``"layers/<name>"`` or an ``obsm`` key as a dense float array."""
     if rep == "X":
@@ -156,7 +180,10 @@ def execute_run(
 
     info: dict[str, Any] = {}
     with aggregator_for(cfg.backend, cfg.backend_options) as agg:
-        if cfg.method == "scbatchprox":
+        if cfg.scenario is not None:
+            work = run_scenario(adata, cfg, agg)
+            before, after, base_name = f"X_{cfg.upstream}", "X_scbatchprox", cfg.upstream
+        elif cfg.method == "scbatchprox":
             work, rep = prepare_embedding(adata, cfg)
             model = fedsc.tl.scbatchprox(
                 work,
@@ -180,7 +207,7 @@ def execute_run(
                 **cfg.params,
             )
             if cfg.method == "fedscgen":
-                work = fedsc.tl.fedscgen(
+                fedsc.tl.fedscgen(
                     work, backend=agg, holdout=cfg.holdout, inclusion=cfg.inclusion, **kwargs
                 )
             else:
@@ -189,7 +216,11 @@ def execute_run(
                         "scgen is the centralized baseline and uses no aggregation backend; "
                         "set backend: plaintext."
                     )
-                work = fedsc.tl.scgen(work, **kwargs)
+                fedsc.tl.scgen(work, inclusion=cfg.inclusion, **kwargs)
+            if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
+                work = apply_inclusion(
+                    work, batch_key=cfg.batch_key, label_key=cfg.label_key, scenario=cfg.inclusion
+                )
             before, after = "X", f"layers/{cfg.method}"
             base_name = "uncorrected"
         ledger = agg.ledger.to_dict()
@@ -210,7 +241,14 @@ def execute_run(
                 cfg, before_rows, base_name, {"backend": "none", "private": True, **extra}
             ),
             _method_rows(
-                cfg, after_rows, cfg.method, {"backend": cfg.backend, "private": private, **extra}
+                cfg,
+                after_rows,
+                cfg.method,
+                {
+                    "backend": "none" if cfg.method == "scgen" else cfg.backend,
+                    "private": private,
+                    **extra,
+                },
             ),
         ],
         ignore_index=True,

@@ -101,3 +101,93 @@ def scbatchprox(
         "privacy": agg.privacy_note,
     }
     return model
+
+
+def fedscgen(
+    adata: ad.AnnData,
+    *,
+    batch_key: str = "batch",
+    label_key: str = "cell_type",
+    backend: str | smpc.Aggregator = "plaintext",
+    backend_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    config: Any = None,
+    holdout: list[str] | tuple[str, ...] = (),
+    inclusion: str = "all",
+    layer: str | None = None,
+    snapshot_every_round: bool = False,
+    show_progress: bool | None = None,
+    **params: Any,
+) -> Any:
+    """Federated scGen training + the FedscGen correction workflow.
+
+    Writes ``adata.obsm["X_fedscgen"]`` (shifted latent) and ``adata.layers["fedscgen"]``
+    (corrected expression). ``adata.X`` must hold log-normalised expression.
+
+    Parameters
+    ----------
+    backend, backend_options
+        Aggregation backend name (or an :class:`smpc.Aggregator`) and its options.
+    config, **params
+        :class:`~fedsc.methods.fedscgen.FedScGenConfig` and/or overrides
+        (``rounds=8, local_epochs=2, hidden=(800, 800)``...).
+    holdout
+        Batches that do not train but are corrected.
+    inclusion
+        ``"all"``, ``"combined"`` or ``"dropped"`` (minority cell types).
+
+    Returns
+    -------
+    :class:`~fedsc.methods.fedscgen.FedScGenResult` (model, federation result, info).
+    """
+    from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
+
+    validate_adata(adata, batch_key=batch_key, label_key=label_key, layer=layer)
+    cfg = config_from_kwargs(FedScGenConfig, config, params)
+    with aggregator_for(backend, backend_options) as agg:
+        return run_fedscgen(
+            adata,
+            batch_key=batch_key,
+            label_key=label_key,
+            aggregator=agg,
+            config=cfg,
+            seed=seed,
+            holdout=list(holdout),
+            inclusion=inclusion,
+            layer=layer,
+            snapshot_every_round=snapshot_every_round,
+            show_progress=show_progress,
+        )
+
+
+def scgen(
+    adata: ad.AnnData,
+    *,
+    batch_key: str = "batch",
+    label_key: str = "cell_type",
+    seed: int = 0,
+    config: Any = None,
+    inclusion: str = "all",
+    layer: str | None = None,
+    show_progress: bool | None = None,
+    **params: Any,
+) -> Any:
+    """Centralized scGen (the baseline): train, then ``batch_removal``.
+
+    Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]``; returns the model.
+    """
+    from fedsc.methods.scgen import ScGenConfig, run_scgen
+
+    validate_adata(adata, batch_key=batch_key, label_key=label_key, layer=layer)
+    cfg = config_from_kwargs(ScGenConfig, config, params)
+    model, _ = run_scgen(
+        adata,
+        batch_key=batch_key,
+        label_key=label_key,
+        layer=layer,
+        config=cfg,
+        seed=seed,
+        inclusion=inclusion,
+        show_progress=show_progress,
+    )
+    return model
