@@ -4,8 +4,9 @@ The coordinator (this process) plays the clients' side of the protocol: for each
 it encodes the contribution in fixed point and splits it into three shares
 (:mod:`smpc.sharing`), and sends share ``i`` of every client to party ``i`` only. The
 parties (:mod:`smpc.party`, separate processes) add the shares, or run CrypTen's
-comparison protocol for argmax with a trusted dealer, and reveal only the aggregate to
-party 0, which forwards it. See ``docs/smpc.md`` for the trust model.
+comparison protocol for argmax with a trusted dealer, and each sends its share of the
+result to the coordinator, which alone reconstructs the aggregate. See ``docs/smpc.md``
+for the trust model.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ class CryptenAggregator(Aggregator):
         CrypTen's source of correlated randomness: ``"TTP"`` (a trusted dealer process).
         ``"TFP"`` (party 0 generates everything) is allowed only in debug mode.
     precision_bits
-        Fixed-point fractional bits of the shares.
+        Fixed-point fractional bits of values compared by ``argmax`` (CrypTen's encoder).
+    sum_precision_bits
+        Fixed-point fractional bits for ``sum``/``weighted_mean``: additions never
+        multiply shares, so they afford more precision (24 bits: per-value rounding
+        <= 3e-8) while the ring bound still admits |w*x| up to ~2.7e10 for 5 clients.
     rendezvous
         ``torch.distributed`` init method for local parties (default: a fresh file in a
         private temporary directory).
@@ -74,10 +79,10 @@ class CryptenAggregator(Aggregator):
         Instrumentation: each party keeps what it received from clients; read it with
         :meth:`received_by_parties`.
     mask_source
-        ``"prng"`` (default): each mask is expanded from its own 256-bit OS-random key, and
-        parties 1.. receive the key instead of the mask (pseudo-random secret sharing).
-        ``"urandom"``: masks drawn byte by byte from the OS CSPRNG and sent in full
-        (cryptographic-strength masks; ~3x the traffic and ~1 s more per 3M-value round).
+        ``"prng"`` (default): each mask is expanded with SHAKE-256 from its own 256-bit
+        OS-random key, and parties 1.. receive the key instead of the mask (pseudo-random
+        secret sharing). ``"urandom"``: masks drawn from the OS CSPRNG and sent in full
+        (~3x the traffic).
     """
 
     name = "crypten"
@@ -92,6 +97,7 @@ class CryptenAggregator(Aggregator):
         precision_bits: int = 16,
         rendezvous: str | None = None,
         *,
+        sum_precision_bits: int = 24,
         party_addresses: Sequence[tuple[str, int]] | None = None,
         authkey: bytes | None = None,
         start_method: str = "forkserver",
@@ -119,6 +125,8 @@ class CryptenAggregator(Aggregator):
             raise ValueError(f"parties must be >= 2 for secret sharing, got {parties}.")
         if not 0 <= int(precision_bits) <= 32:
             raise ValueError(f"precision_bits must be in 0..32, got {precision_bits}.")
+        if not 0 <= int(sum_precision_bits) <= 40:
+            raise ValueError(f"sum_precision_bits must be in 0..40, got {sum_precision_bits}.")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout}.")
         self.parties = int(parties)
@@ -127,6 +135,7 @@ class CryptenAggregator(Aggregator):
         self.timeout = float(timeout)
         self.provider = provider
         self.precision_bits = int(precision_bits)
+        self.sum_precision_bits = int(sum_precision_bits)
         self.record_received = bool(record_received)
         self._randomness = sharing.ShareRandomness(mode, self.seed, source=mask_source)
         self._conns: list[Connection] = []
@@ -158,8 +167,8 @@ class CryptenAggregator(Aggregator):
             return "not private (debug mode: seeded masks)"
         return (
             f"private: {self.parties} semi-honest non-colluding CrypTen parties each see only "
-            "uniformly random shares; comparisons use a trusted dealer; the coordinator "
-            "(and party 0, which forwards them) learn only the revealed aggregates"
+            "uniformly random shares; comparisons use a trusted dealer; only the coordinator "
+            "reconstructs the aggregates (no party sees them)"
         )
 
     @property
@@ -317,8 +326,13 @@ class CryptenAggregator(Aggregator):
         return message
 
     # ----------------------------------------------------------------- one round trip
-    def _run(self, op: str, matrix: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """Share each client's row, send share i to party i, return the revealed raw int64."""
+    def _run(
+        self, op: str, matrix: np.ndarray, precision: int
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Share each client's row, send share i to party i; return the reconstructed result.
+
+        The result is the ring element (raw int64) the parties' result shares add up to.
+        """
         self._check_open()
         n_clients, size = matrix.shape
         kind = _OPS[op]
@@ -358,7 +372,7 @@ class CryptenAggregator(Aggregator):
             t.start()
         for client in range(n_clients):
             # Client-side work: encode, split; share i (or its mask key) goes to party i.
-            encoded = sharing.encode(matrix[client], self.precision_bits)
+            encoded = sharing.encode(matrix[client], precision)
             shares = sharing.split_compressed(encoded, self.parties, self._randomness)
             del encoded
             for rank, share in enumerate(shares):
@@ -386,17 +400,20 @@ class CryptenAggregator(Aggregator):
             if ack.get("ack") != self._op_id:
                 raise self._fail(f"{self._names[rank]} sent {ack!r} instead of an ack during {op}")
         t2 = time.perf_counter()
-        replies = [self._receive(rank, op, deadline) for rank in range(self.parties)]
-        try:
-            payload = self._conns[0].recv_bytes()
-        except (EOFError, OSError) as err:
-            raise self._fail(f"{self._names[0]} closed its connection during {op}") from err
+        replies, result_shares = [], []
+        for rank in range(self.parties):
+            replies.append(self._receive(rank, op, deadline))
+            try:
+                result_shares.append(np.frombuffer(self._conns[rank].recv_bytes(), np.int64))
+            except (EOFError, OSError) as err:
+                raise self._fail(f"{self._names[rank]} closed its connection during {op}") from err
         t3 = time.perf_counter()
         #: Seconds per phase of the last operation (sharing + sending, waiting for the
-        #: parties to receive, MPC + reveal + result transfer).
+        #: parties to receive, MPC + result shares back).
         self.last_timing = {"share_send": t1 - t0, "receive": t2 - t1, "mpc_reveal": t3 - t2}
-        revealed = np.frombuffer(payload, dtype=np.int64)
+        revealed = sharing.reconstruct(result_shares)
         stats = {
+            "coordinator_bytes": int(sum(r.nbytes for r in result_shares)),
             "bytes_to_party": sent_bytes,
             "messages_to_party": [n_clients] * self.parties,
             "bytes_between_parties": [int(r["stats"]["bytes"]) for r in replies],
@@ -432,47 +449,46 @@ class CryptenAggregator(Aggregator):
         weighted = np.empty((matrix.shape[0], matrix.shape[1] + 1), dtype=np.float64)
         np.multiply(matrix, weights[:, None], out=weighted[:, :-1])
         weighted[:, -1] = weights
-        sharing.check_ring_bounds(weighted, self.precision_bits, what="w*x", label=self._label)
+        p = self.sum_precision_bits
+        sharing.check_ring_bounds(weighted, p, what="w*x", label=self._label)
         start = time.perf_counter()
-        raw, stats = self._run("weighted_mean", weighted)
-        decoded = sharing.decode(raw, self.precision_bits)
+        raw, stats = self._run("weighted_mean", weighted, p)
+        decoded = sharing.decode(raw, p)
         d = matrix.shape[1]
         self._entry(
             "weighted_mean",
             matrix,
             seconds=time.perf_counter() - start,
             coordinator_received={"sum_weighted": [d], "sum_weights": []},
-            coordinator_bytes=int(raw.nbytes),
             **stats,
         )
         return decoded[:-1], float(decoded[-1])
 
     def _sum(self, matrix: np.ndarray) -> np.ndarray:
-        sharing.check_ring_bounds(matrix, self.precision_bits, what="x", label=self._label)
+        p = self.sum_precision_bits
+        sharing.check_ring_bounds(matrix, p, what="x", label=self._label)
         start = time.perf_counter()
-        raw, stats = self._run("sum", matrix)
+        raw, stats = self._run("sum", matrix, p)
         self._entry(
             "sum",
             matrix,
             seconds=time.perf_counter() - start,
             coordinator_received={"sum": [matrix.shape[1]]},
-            coordinator_bytes=int(raw.nbytes),
             **stats,
         )
-        return sharing.decode(raw, self.precision_bits)
+        return sharing.decode(raw, p)
 
     def _argmax(self, matrix: np.ndarray) -> np.ndarray:
         # Values are compared at the fixed-point resolution 2^-p (integer counts exactly);
         # parties form K*x + (K-1-i), hence the K-fold ring bound.
         sharing.check_ring_bounds(matrix, self.precision_bits, what="x", label=self._label)
         start = time.perf_counter()
-        raw, stats = self._run("argmax", matrix)
+        raw, stats = self._run("argmax", matrix, self.precision_bits)
         self._entry(
             "argmax",
             matrix,
             seconds=time.perf_counter() - start,
             coordinator_received={"argmax_index": [matrix.shape[1]]},
-            coordinator_bytes=int(raw.nbytes),
             **stats,
         )
         return raw.astype(np.int64)

@@ -18,7 +18,7 @@ Protocol on the coordinator connection (all messages pickled dicts unless noted)
     coordinator -> party   {"op": "sum" | "argmax", "id", "n_clients", "size", ...}
     coordinator -> party   n_clients raw int64 messages: share `rank` of client c
     party -> coordinator   {"ack": id}                       (all shares received)
-    party -> coordinator   {"ok": True, "id", "stats": {...}} (rank 0: then raw int64 result)
+    party -> coordinator   {"ok": True, "id", "stats": {...}}, then its raw int64 result share
     coordinator -> party   {"op": "close"}
 
 CrypTen's own ``run_multiprocess`` is not used: it starts processes per call, hangs when a
@@ -289,14 +289,10 @@ class _Party:
         self.conn.send({"ack": message["id"], "rank": self.rank})
         crypten.reset_communication_stats()
         if message["op"] == "sum":
-            # Additions of shares are local: sum mod 2^64, then reveal only the aggregate.
-            total = shares[0]
+            # Additions of shares are local (sum mod 2^64): no interaction, nothing revealed.
+            result_share = shares[0]
             for row in shares[1:]:
-                np.add(total, row, out=total)
-            aggregate = crypten.mpc.primitives.ArithmeticSharedTensor.from_shares(
-                torch.from_numpy(total), precision=self.precision_bits
-            )
-            revealed = aggregate.reveal(dst=0)
+                np.add(result_share, row, out=result_share)
         else:
             n_clients = shares.shape[0]
             # Encoded values are integers in the ring: precision 0 keeps every product exact.
@@ -306,7 +302,7 @@ class _Party:
             offsets = torch.arange(n_clients - 1, -1, -1, dtype=torch.long).unsqueeze(1)
             keys = values * n_clients + offsets
             index = keys.argmax(dim=0, one_hot=False)
-            revealed = index._tensor.reveal(dst=0)
+            result_share = index._tensor.share.numpy()
         stats = crypten.comm.get().get_communication_stats()
         reply = {
             "ok": True,
@@ -314,11 +310,11 @@ class _Party:
             "rank": self.rank,
             "stats": {"bytes": int(stats["bytes"]), "rounds": int(stats["rounds"])},
             "seconds": time.perf_counter() - start,
-            "payload": self.rank == 0,
         }
         self.conn.send(reply)
-        if self.rank == 0:
-            self.conn.send_bytes(np.ascontiguousarray(revealed.numpy(), dtype=np.int64))
+        # Each party sends its share of the result to the coordinator only: no party ever
+        # holds the aggregate in the clear (CrypTen's reveal() would give it to them).
+        self.conn.send_bytes(np.ascontiguousarray(result_share, dtype=np.int64))
 
 
 def _parse_address(text: str) -> tuple[str, int]:

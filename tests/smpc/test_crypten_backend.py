@@ -84,16 +84,20 @@ def test_weighted_mean_of_a_3m_state_matches_plaintext(agg, plain):
     for key in ("a", "b"):
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-6)
     entry = agg.ledger.entries[-1]
-    assert entry.n_values == 3_000_000 and entry.mpc_rounds == 1
+    # additions only: no interaction between parties; each returns its result share
+    assert entry.n_values == 3_000_000 and entry.mpc_rounds == 0
+    assert entry.coordinator_bytes == 3 * 3_000_001 * 8
     # party 0 gets the full share; parties 1, 2 a 32-byte mask key per client
     assert entry.bytes_to_party == [K * 3_000_001 * 8, K * 32, K * 32]
 
 
-def test_sum_matches_plaintext_within_the_rounding_bound(agg, plain):
+def test_sum_matches_plaintext(agg, plain):
     xs = _clients(500, seed=1)
     got = agg.sum(xs)
-    # each client's encoding rounds to the nearest 2^-17: K of them add up
-    np.testing.assert_allclose(got, plain.sum(xs), rtol=0, atol=K * 2.0**-17)
+    np.testing.assert_allclose(got, plain.sum(xs), rtol=0, atol=1e-6)
+    # each client's encoding rounds to the nearest 2^-(p+1): K of them add up
+    bound = K * 2.0 ** -(agg.sum_precision_bits + 1)
+    np.testing.assert_allclose(got, plain.sum(xs), rtol=0, atol=bound)
 
 
 def test_dict_states_restore_structure_and_dtypes(agg, plain):
@@ -141,7 +145,7 @@ def test_no_party_receives_a_clients_plaintext(agg):
     assert [len(r) for r in received] == [K, K, K]  # one message per client per party
     for client in range(K):
         plain_row = np.append(xs[client] * WEIGHTS[client], WEIGHTS[client])
-        encoded = sharing.encode(plain_row, agg.precision_bits)
+        encoded = sharing.encode(plain_row, agg.sum_precision_bits)
         shares = [received[rank][client]["values"] for rank in range(3)]
         for share in shares:
             assert not np.any(share == encoded)  # no value of the encoding leaks as is
@@ -161,7 +165,8 @@ def test_coordinator_receives_only_aggregates(agg):
         assert entry.private
         assert entry.coordinator_received == expected[entry.op](entry)
         extra = 8 if entry.op == "weighted_mean" else 0
-        assert entry.coordinator_bytes == 8 * entry.n_values + extra
+        # one share of each aggregate value from each of the 3 parties, nothing else
+        assert entry.coordinator_bytes == 3 * (8 * entry.n_values + extra)
         assert entry.messages_to_party == [entry.n_clients] * 3
     assert agg.private and agg.privacy_note.startswith("private")
 

@@ -1,0 +1,27 @@
+"""AnnData in, validated; clients (views), inclusion scenarios, reading files."""
+
+from fedsc.data.clients import Client, split_clients
+from fedsc.data.inclusion import (
+    SCENARIOS,
+    apply_inclusion,
+    cell_type_presence,
+    minority_types,
+    shared_types,
+    standalone_types,
+)
+from fedsc.data.io import read_h5ad
+from fedsc.data.validate import get_representation, validate_adata
+
+__all__ = [
+    "SCENARIOS",
+    "Client",
+    "apply_inclusion",
+    "cell_type_presence",
+    "get_representation",
+    "minority_types",
+    "read_h5ad",
+    "shared_types",
+    "split_clients",
+    "standalone_types",
+    "validate_adata",
+]
