@@ -115,16 +115,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_party(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("party", help="serve one CrypTen computation party (multi-host setups)")
+    p = sub.add_parser(
+        "party",
+        help="serve one CrypTen computation party (rank < world size) or the trusted dealer "
+        "(rank == world size) for a coordinator on another machine",
+    )
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world-size", type=int, default=3)
-    p.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT of rank 0")
+    p.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT shared by all ranks")
+    p.add_argument(
+        "--listen", default=None, help="HOST:PORT the coordinator connects to (parties only)"
+    )
+    p.add_argument("--mode", default="secure", choices=["secure", "debug"])
+    p.add_argument("--seed", type=int, default=None, help="debug mode only")
 
 
 def _cmd_party(args: argparse.Namespace) -> int:
-    from smpc.party import serve
+    from smpc.party import main as party_main
 
-    serve(rank=args.rank, world_size=args.world_size, rendezvous=args.rendezvous)
+    argv = ["--rank", str(args.rank), "--world-size", str(args.world_size)]
+    argv += ["--rendezvous", args.rendezvous, "--mode", args.mode]
+    if args.listen:
+        argv += ["--listen", args.listen]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    party_main(argv)
     return 0
 
 

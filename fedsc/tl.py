@@ -18,6 +18,7 @@ import smpc
 from fedsc.data.validate import validate_adata
 from fedsc.errors import FedscInputError
 from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
+from fedsc.uns import uns_safe
 
 
 @contextmanager
@@ -96,10 +97,12 @@ def scbatchprox(
     with aggregator_for(backend, backend_options) as agg:
         model = ScBatchProx.fit(z, labels, agg, config=cfg, seed=seed, show_progress=show_progress)
     adata.obsm[key_added] = model.transform(z, labels).astype(z.dtype, copy=False)
-    adata.uns[key_added.removeprefix("X_")] = {
-        "params": {**cfg.to_dict(), "use_rep": use_rep, "batch_key": batch_key, "seed": seed},
-        "privacy": agg.privacy_note,
-    }
+    adata.uns[key_added.removeprefix("X_")] = uns_safe(
+        {
+            "params": {**cfg.to_dict(), "use_rep": use_rep, "batch_key": batch_key, "seed": seed},
+            "privacy": agg.privacy_note,
+        }
+    )
     return model
 
 
