@@ -1,0 +1,40 @@
+"""fedsc: privacy-preserving federated batch correction of single-cell data.
+
+Submodules load on first use (``fedsc.tl``, ``fedsc.datasets``, ``fedsc.evaluation``...),
+so ``import fedsc`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any
+
+try:
+    __version__ = metadata.version("fedsc")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+_SUBMODULES = {
+    "comparison",
+    "data",
+    "datasets",
+    "evaluation",
+    "federation",
+    "methods",
+    "plots",
+    "preprocessing",
+    "report",
+    "runner",
+    "stats",
+    "sweep",
+    "tl",
+}
+
+__all__ = ["__version__", *sorted(_SUBMODULES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fedsc.{name}")
+    raise AttributeError(f"module 'fedsc' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterable
 from typing import TypeVar
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto needs ipywidgets in Jupyter
 
 T = TypeVar("T")
 

@@ -28,9 +28,8 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
             status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()
         )
         return record
-    info = dict(result.info)
-    info["ledger"] = {k: v for k, v in info["ledger"].items() if k != "entries"}
-    record.update(status="ok", error=None, rows=result.rows.to_dict("records"), info=info)
+    # info keeps the full ledger: every value the coordinator received, per operation
+    record.update(status="ok", error=None, rows=result.rows.to_dict("records"), info=result.info)
     if keep_embedding:
         key = f"X_{cfg.method}"
         record["embedding"] = {
