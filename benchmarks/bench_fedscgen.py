@@ -1,0 +1,161 @@
+"""FedscGen wall time and memory: plaintext vs CrypTen aggregation vs centralized scGen.
+
+Synthetic 15 000 cells x 2 000 genes (``fedsc.datasets.simulate``, then normalize_total +
+log1p), 5 batches, 6 cell types, FedscGen's table (hidden 800-800, latent 10, batch 50),
+8 rounds x 2 local epochs. Each variant runs in its own fresh process (so peak memory is
+its own) and is timed from the data in memory to the corrected outputs (training +
+correction):
+
+- centralized scGen, 16 epochs (= 8 x 2), no early stopping, + batch removal;
+- FedscGen, plaintext aggregator;
+- FedscGen, CrypTen aggregator (3 parties; party start-up included), if available.
+
+Targets: FedscGen plaintext <= 1.25 x centralized scGen; FedscGen CrypTen <= 1.15 x
+FedscGen plaintext.
+
+    .venv/bin/python benchmarks/bench_fedscgen.py [--cells 15000] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+
+VARIANTS = ("scgen", "fedscgen-plaintext", "fedscgen-crypten")
+
+
+def _data(args: argparse.Namespace):
+    import scanpy as sc
+
+    from fedsc.datasets import simulate
+
+    adata = simulate(args.cells, args.genes, args.batches, args.types, seed=0)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (CrypTen parties), all threads."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict:
+    """Run one variant in this process; return its timings and peak memory."""
+    import torch
+
+    import smpc
+    from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
+    from fedsc.methods.scgen import ScGenConfig, batch_removal, train_scgen
+    from fedsc.methods.vae import VAE, VAEConfig, derive_generator, make_optimizer
+
+    adata = _data(args)
+    torch.set_num_threads(args.threads)  # after scanpy, which resets it
+    make_optimizer(VAE(4, VAEConfig(hidden=(4,), latent=2), derive_generator(0, 0)))  # warm-up
+    keys = {"batch_key": "batch", "label_key": "cell_type"}
+    tracemalloc.start()
+    cpu0 = _cpu_seconds()
+    start = time.perf_counter()
+    if name == "scgen":
+        cfg = ScGenConfig(epochs=args.rounds * args.epochs, early_stopping=False)
+        model = train_scgen(adata, config=cfg, seed=0)
+        trained = time.perf_counter()
+        batch_removal(model, adata, "batch", "cell_type")
+    else:
+        cfg = FedScGenConfig(rounds=args.rounds, local_epochs=args.epochs)
+        backend = name.split("-")[1]
+        with smpc.make_aggregator(backend) as agg:
+            res = run_fedscgen(adata, **keys, aggregator=agg, config=cfg, seed=0)
+            trained = start + res.info["seconds_training"]
+            ledger_bytes = sum(
+                int(getattr(e, "coordinator_bytes", 0) or 0) for e in agg.ledger.entries
+            )
+    total = time.perf_counter() - start
+    cpu = _cpu_seconds() - cpu0
+    _, traced_peak = tracemalloc.get_traced_memory()
+    out = {
+        "variant": name,
+        "seconds": total,
+        "seconds_training": trained - start,
+        "cpu_seconds": cpu,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "tracemalloc_peak_mib": traced_peak / 2**20,
+    }
+    if name != "scgen":
+        out["coordinator_bytes"] = ledger_bytes
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=15_000)
+    p.add_argument("--genes", type=int, default=2_000)
+    p.add_argument("--batches", type=int, default=5)
+    p.add_argument("--types", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:  # child process: one variant, JSON on the last line
+        print(json.dumps(run_variant(args.variant, args)))
+        return
+
+    print(
+        f"FedscGen benchmark: {args.cells} cells x {args.genes} genes, {args.batches} batches, "
+        f"{args.rounds} rounds x {args.epochs} local epochs, {args.threads} torch threads"
+    )
+    results = {}
+    for name in VARIANTS:
+        if name == "fedscgen-crypten" and importlib.util.find_spec("crypten") is None:
+            print("  fedscgen-crypten: skipped (crypten is not installed)")
+            continue
+        if name == "fedscgen-crypten" and importlib.util.find_spec("smpc.crypten_backend") is None:
+            print("  fedscgen-crypten: skipped (smpc.crypten_backend is missing)")
+            continue
+        cmd = [sys.executable, __file__, "--variant", name] + [
+            f"--{k}={getattr(args, k)}"
+            for k in ("cells", "genes", "batches", "types", "rounds", "epochs", "threads")
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            print(f"  {name}: FAILED\n{proc.stderr[-2000:]}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[name] = r
+        extra = (
+            f", parties' peak RSS {r['children_peak_rss_mib']:.0f} MiB"
+            if name == "fedscgen-crypten"
+            else ""
+        )
+        print(
+            f"  {name:20s} {r['seconds']:8.1f} s total ({r['seconds_training']:.1f} s training,"
+            f" {r['cpu_seconds']:.1f} s CPU)"
+            f"   peak RSS {r['peak_rss_mib']:.0f} MiB, tracemalloc peak "
+            f"{r['tracemalloc_peak_mib']:.0f} MiB{extra}"
+        )
+    for num, den, label, target in (
+        ("fedscgen-plaintext", "scgen", "FedscGen plaintext / centralized scGen", 1.25),
+        ("fedscgen-crypten", "fedscgen-plaintext", "FedscGen crypten / plaintext", 1.15),
+    ):
+        if num in results and den in results:
+            wall = results[num]["seconds"] / results[den]["seconds"]
+            cpu = results[num]["cpu_seconds"] / results[den]["cpu_seconds"]
+            print(f"  {label:40s} wall {wall:5.2f} x, CPU {cpu:5.2f} x   (target <= {target})")
+    print(
+        "  (CPU time of parties is counted once they exit; on a shared machine the CPU ratio"
+        " is the steadier one)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,505 @@
+"""FedscGen: federated training of the scGen VAE and secure federated batch correction.
+
+Training (:class:`FedScGenMethod` on :func:`fedsc.federation.run_federation`): each
+training client starts every round from the global state, trains ``local_epochs``
+epochs on its own fixed 90 % split and sends its whole state (weights, batch-norm
+running statistics and ``num_batches_tracked``); the aggregator returns the weighted
+FedAvg ``Σ N_c θ_c / Σ N_c`` with N_c the client's number of training cells. (The
+aggregator hides the states; the weights N_c are public inputs of ``weighted_mean``.)
+
+Correction (:func:`correct`), for training and held-out clients alike; every cross-client
+step goes through the aggregator, and each client's cells never leave it:
+
+a. each client encodes its cells with the global model (posterior mean μ);
+b. shared types: each client sends a 0/1 presence vector over the label vocabulary;
+   ``aggregator.sum`` reveals the number of clients holding each type;
+c. dominant client per shared type: ``aggregator.argmax`` over the clients' per-type cell
+   counts reveals only the winner (ties: lowest client index);
+d. ``aggregator.sum`` over contributions that are zero except at the dominant client, which
+   sends the latent sum and the cell count of its cells of that type; the result equals
+   the dominant client's own values, so the coordinator learns M_t (the dominant client's
+   mean latent, which every client needs by design of the method) and the dominant
+   client's count of t (sending the sum and count rather than the mean keeps the
+   fixed-point error of secure backends at ~2^-16 / count);
+e. each client shifts its own cells ``z' = z - mean_local(t) + M_t`` for shared types and
+   decodes all its cells.
+
+Seeding (see :mod:`fedsc.methods.vae`): the global initial weights come from
+``(seed, INIT)``; client ``c`` splits with ``(seed, SPLIT, c)`` and trains its ``e``-th
+epoch overall (``e = round · local_epochs + j``) with ``(seed, EPOCH, c, e)``. The
+engine's per-(round, client) generator is not consumed. Hence a one-client federation
+of R rounds x E epochs draws the same numbers as centralized training of R·E epochs
+(:func:`fedsc.methods.scgen.train_vae`); with ``keep_optimizer_state=True`` the two runs
+are identical, with the default fresh Adam per round they differ only by the optimiser
+restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import torch
+
+import smpc
+from fedsc.data.clients import Client, split_clients
+from fedsc.data.inclusion import DEFAULT_MIN_CELLS
+from fedsc.data.validate import get_representation
+from fedsc.errors import FedscInputError
+from fedsc.federation import FederationResult, LocalResult, State, run_federation
+from fedsc.methods import vae as vae_mod
+from fedsc.methods.scgen import _labels, prepare_inclusion, write_outputs
+from fedsc.methods.vae import (
+    EPOCH,
+    INIT,
+    SPLIT,
+    VAE,
+    VAEConfig,
+    as_tensor,
+    decode,
+    derive_generator,
+    encode_mean,
+    make_optimizer,
+    split_train_validation,
+    torch_threads,
+    train_epoch,
+)
+
+__all__ = [
+    "CorrectionResult",
+    "FedScGenConfig",
+    "FedScGenMethod",
+    "FedScGenResult",
+    "correct",
+    "model_from_state",
+    "run_fedscgen",
+]
+
+
+@dataclass
+class FedScGenConfig(VAEConfig):
+    """FedscGen: the VAE settings plus rounds and local epochs (8 x 2 recommended)."""
+
+    rounds: int = 8
+    local_epochs: int = 2
+    #: Keep each client's Adam moments across rounds (local, never sent). The default,
+    #: a fresh optimiser every round, is what FedscGen's trainer does.
+    keep_optimizer_state: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rounds < 1 or self.local_epochs < 1:
+            raise FedscInputError(
+                f"rounds and local_epochs must be >= 1, got rounds={self.rounds}, "
+                f"local_epochs={self.local_epochs}."
+            )
+
+
+def model_from_state(state: State, n_genes: int, config: VAEConfig) -> VAE:
+    """A VAE (evaluation mode) holding ``state``, e.g. a per-round snapshot."""
+    model = VAE(n_genes, config, derive_generator(0, INIT))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+class FedScGenMethod:
+    """The local training of FedscGen, as a :class:`fedsc.federation.FederatedMethod`.
+
+    Parameters
+    ----------
+    data
+        Log-normalised expression per training client index (cells x genes, float32).
+        Only these clients' cells are ever trained on.
+    config
+        VAE and federation settings.
+    seed
+        Run seed (initial weights, each client's split and epochs).
+    """
+
+    def __init__(self, data: Mapping[int, torch.Tensor], config: FedScGenConfig, seed: int) -> None:
+        if not data:
+            raise FedscInputError("FedscGen needs at least one training client.")
+        n_genes = {int(x.shape[1]) for x in data.values()}
+        if len(n_genes) != 1:
+            raise FedscInputError(f"clients have different gene counts {sorted(n_genes)}.")
+        self.config = config
+        self.seed = int(seed)
+        self.n_genes = n_genes.pop()
+        self.data = {int(c): x for c, x in data.items()}
+        self.model = VAE(self.n_genes, config, derive_generator(seed, INIT))
+        self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.splits = {
+            c: split_train_validation(
+                x.shape[0], config.validation_fraction, derive_generator(seed, SPLIT, c)
+            )
+            for c, x in self.data.items()
+        }
+        small = {c: len(tr) for c, (tr, _) in self.splits.items() if len(tr) < config.batch_size}
+        if small:
+            raise FedscInputError(
+                f"clients {sorted(small)} have fewer training cells ({small}) than one "
+                f"minibatch (batch_size={config.batch_size}); lower batch_size= or hold "
+                "those batches out of training (holdout=...)."
+            )
+        self._optimizers: dict[int, torch.optim.Optimizer] = {}
+
+    def n_train(self, client: int) -> int:
+        """N_c: the client's number of training cells (its FedAvg weight)."""
+        return len(self.splits[client][0])
+
+    def initial_state(self) -> State:
+        return {k: v.clone() for k, v in self._initial.items()}
+
+    def local_update(
+        self, client: int, global_state: State, round_index: int, generator: torch.Generator
+    ) -> LocalResult:
+        """Train ``local_epochs`` epochs from ``global_state`` on the client's split.
+
+        ``generator`` (the engine's) is not consumed; see the module docstring.
+        """
+        if client not in self.data:
+            raise FedscInputError(
+                f"client {client} has no training data here (training clients: "
+                f"{sorted(self.data)})."
+            )
+        cfg = self.config
+        self.model.load_state_dict(global_state)
+        if cfg.keep_optimizer_state:
+            if client not in self._optimizers:
+                self._optimizers[client] = make_optimizer(self.model)
+            optimizer = self._optimizers[client]
+        else:
+            optimizer = make_optimizer(self.model)
+        x = self.data[client]
+        train_idx, val_idx = self.splits[client]
+        losses = []
+        for j in range(cfg.local_epochs):
+            epoch = round_index * cfg.local_epochs + j
+            g = derive_generator(self.seed, EPOCH, client, epoch)
+            losses.append(train_epoch(self.model, optimizer, x, g, train_idx))
+        val = vae_mod.validation_loss(self.model, x[val_idx])
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return LocalResult(
+            state, float(self.n_train(client)), {"train_loss": losses[-1], "val_loss": val}
+        )
+
+
+@dataclass
+class CorrectionResult:
+    """Outcome of the federated correction.
+
+    ``latent`` and ``expression`` have one row per cell in the order of the clients'
+    ``obs_indices`` (the original order of the AnnData the clients were split from).
+    """
+
+    latent: np.ndarray
+    expression: np.ndarray
+    vocabulary: list[str]
+    n_clients_per_type: dict[str, int]
+    shared_types: list[str]
+    standalone_types: list[str]
+    dominant: dict[str, str]
+    revealed: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-cell arrays (for ``info`` and reports)."""
+        return {
+            "vocabulary": list(self.vocabulary),
+            "n_clients_per_type": dict(self.n_clients_per_type),
+            "shared_types": list(self.shared_types),
+            "standalone_types": list(self.standalone_types),
+            "dominant": dict(self.dominant),
+            "revealed": list(self.revealed),
+        }
+
+
+#: What the coordinator learns from :func:`correct`, for reports.
+REVEALED = [
+    "the label vocabulary (public, agreed in advance or given as label_vocabulary)",
+    "per cell type: the number of clients holding >= 1 cell of it",
+    "per shared cell type: the index of the dominant client (most cells)",
+    "per shared cell type: the dominant client's mean latent M_t and its cell count",
+]
+
+
+def correct(
+    model: VAE,
+    clients: Sequence[Client],
+    aggregator: smpc.Aggregator,
+    label_key: str,
+    *,
+    layer: str | None = None,
+    vocabulary: Sequence[str] | None = None,
+) -> CorrectionResult:
+    """Federated batch correction with a trained global model (steps a-e of the module).
+
+    Parameters
+    ----------
+    model
+        The trained global VAE.
+    clients
+        All clients taking part, training and held-out alike; visited in index order
+        (ties of the dominant client go to the lowest index).
+    aggregator
+        Secure-aggregation backend; the only channel between clients.
+    label_key
+        ``obs`` column with each cell's type.
+    layer
+        Layer with log-normalised expression instead of ``X``.
+    vocabulary
+        The agreed list of cell-type names. ``None`` takes the sorted union of the clients'
+        labels, i.e. assumes that union is public; a client label outside a given
+        vocabulary is an error.
+
+    Returns
+    -------
+    :class:`CorrectionResult`; ``revealed`` lists what the coordinator learns. Counts of
+    non-dominant clients and every cell's latent stay at their clients.
+    """
+    clients = sorted(clients, key=lambda c: c.index)
+    if not clients:
+        raise FedscInputError("correct() needs at least one client.")
+    n_total = sum(c.n_obs for c in clients)
+    order = np.concatenate([np.asarray(c.obs_indices) for c in clients])
+    if not np.array_equal(np.sort(order), np.arange(n_total)):
+        raise FedscInputError(
+            "clients' obs_indices must partition 0..n-1 (one AnnData split by "
+            "fedsc.data.split_clients); got overlapping or missing cells."
+        )
+    labels = [_labels(c.adata, label_key, "label_key") for c in clients]
+    if vocabulary is None:
+        vocab = sorted(set().union(*(set(lab) for lab in labels)))
+    else:
+        vocab = [str(v) for v in vocabulary]
+        if len(set(vocab)) != len(vocab):
+            raise FedscInputError("label vocabulary has duplicate names; list each type once.")
+        for c, lab in zip(clients, labels, strict=True):
+            unknown = sorted(set(lab) - set(vocab))
+            if unknown:
+                raise FedscInputError(
+                    f"client {c.name!r} has cell types {unknown} outside the label "
+                    "vocabulary; add them to label_vocabulary= or relabel them."
+                )
+    col = {t: i for i, t in enumerate(vocab)}
+
+    # a. local: encode (posterior mean) and count cells per type
+    latents, codes, counts = [], [], []
+    for c, lab in zip(clients, labels, strict=True):
+        x = as_tensor(get_representation(c.adata, layer=layer))
+        latents.append(encode_mean(model, x).to(torch.float64).numpy())
+        code = np.fromiter((col[t] for t in lab), dtype=np.int64, count=len(lab))
+        codes.append(code)
+        counts.append(np.bincount(code, minlength=len(vocab)).astype(np.float64))
+
+    ledger = aggregator.ledger
+    try:
+        # b. number of clients per type (only that is revealed)
+        ledger.round, ledger.tag = None, "correction/presence"
+        n_clients = np.rint(aggregator.sum([(k > 0).astype(np.float64) for k in counts]))
+        shared = np.flatnonzero(n_clients >= 2)
+        # c. dominant client per shared type (only the winner's index is revealed)
+        means = np.zeros((len(shared), model.config.latent))
+        winners = np.zeros(0, dtype=np.int64)
+        if len(shared):
+            ledger.tag = "correction/dominant"
+            winners = np.asarray(aggregator.argmax([k[shared] for k in counts]), dtype=np.int64)
+            # d. mean latent of the dominant client's cells, by a sum that is zero elsewhere
+            ledger.tag = "correction/mean_latent"
+            contributions = []
+            for pos, (z, code, k) in enumerate(zip(latents, codes, counts, strict=True)):
+                lsum = np.zeros((len(shared), z.shape[1]))
+                cnt = np.zeros(len(shared))
+                for s in np.flatnonzero(winners == pos):
+                    lsum[s] = z[code == shared[s]].sum(axis=0)
+                    cnt[s] = k[shared[s]]
+                contributions.append({"latent_sum": lsum, "count": cnt})
+            total = aggregator.sum(contributions)
+            means = np.asarray(total["latent_sum"]) / np.asarray(total["count"])[:, None]
+    finally:
+        ledger.round, ledger.tag = None, None
+
+    # e. local: shift own cells of shared types, decode everything
+    latent = np.empty((n_total, model.config.latent), dtype=np.float32)
+    expression = np.empty((n_total, model.n_genes), dtype=np.float32)
+    for c, z, code in zip(clients, latents, codes, strict=True):
+        shifted = z.copy()
+        for s, t in enumerate(shared):
+            rows = code == t
+            if rows.any():
+                shifted[rows] = z[rows] - z[rows].mean(axis=0) + means[s]
+        z32 = shifted.astype(np.float32)
+        latent[c.obs_indices] = z32
+        expression[c.obs_indices] = decode(model, torch.from_numpy(z32)).numpy()
+
+    shared_names = [vocab[t] for t in shared]
+    return CorrectionResult(
+        latent=latent,
+        expression=expression,
+        vocabulary=vocab,
+        n_clients_per_type={t: int(n) for t, n in zip(vocab, n_clients, strict=True)},
+        shared_types=shared_names,
+        standalone_types=[vocab[t] for t in np.flatnonzero(n_clients == 1)],
+        dominant={t: clients[w].name for t, w in zip(shared_names, winners, strict=True)},
+        revealed=list(REVEALED),
+    )
+
+
+@dataclass
+class FedScGenResult:
+    """Outcome of :func:`run_fedscgen`."""
+
+    model: VAE
+    federation_result: FederationResult
+    info: dict[str, Any]
+
+    def model_at(self, round_index: int) -> VAE:
+        """The global model after round ``round_index`` (needs ``snapshot_every_round``)."""
+        snaps = self.federation_result.snapshots
+        if not snaps:
+            raise FedscInputError(
+                "no per-round snapshots were kept; rerun with snapshot_every_round=True."
+            )
+        return model_from_state(snaps[round_index], self.model.n_genes, self.model.config)
+
+
+def run_fedscgen(
+    adata: ad.AnnData,
+    *,
+    batch_key: str,
+    label_key: str,
+    aggregator: smpc.Aggregator | str,
+    config: FedScGenConfig | None = None,
+    seed: int = 0,
+    holdout: Sequence[str] = (),
+    inclusion: str = "all",
+    min_cells: int = DEFAULT_MIN_CELLS,
+    layer: str | None = None,
+    label_vocabulary: Sequence[str] | None = None,
+    client_order: Sequence[str] | None = None,
+    snapshot_every_round: bool = False,
+    show_progress: bool | None = None,
+    key_added: str = "fedscgen",
+) -> FedScGenResult:
+    """Train FedscGen over the batches of ``adata`` and correct every batch.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with log-normalised expression in ``X`` (or ``layers[layer]``).
+    batch_key, label_key
+        ``obs`` columns: the batch (one client each) and the cell type.
+    aggregator
+        An :class:`smpc.Aggregator` (left open) or a backend name (created and closed).
+    config
+        :class:`FedScGenConfig` (8 rounds x 2 local epochs by default).
+    seed
+        Run seed.
+    holdout
+        Batches that do not train but are corrected with the trained model.
+    inclusion, min_cells
+        Cell-type inclusion scenario ``"all"``, ``"combined"`` or ``"dropped"``
+        (:func:`fedsc.data.apply_inclusion`), applied before anything else.
+    layer
+        Layer to read instead of ``X``.
+    label_vocabulary
+        Agreed list of cell-type names (see :func:`correct`).
+    client_order
+        Order of the clients (default: sorted batch names); decides dominant-client ties.
+    snapshot_every_round
+        Keep the global state after every round (``FedScGenResult.model_at(r)``).
+    show_progress
+        Progress bar over rounds; ``None`` shows it only on a terminal.
+    key_added
+        Writes ``adata.obsm["X_" + key_added]`` (shifted latent) and
+        ``adata.layers[key_added]`` (corrected expression), in the original cell order;
+        cells removed by the ``"dropped"`` scenario get NaN rows.
+    """
+    config = FedScGenConfig() if config is None else config
+    if isinstance(aggregator, str):
+        with smpc.make_aggregator(aggregator) as agg:
+            return run_fedscgen(
+                adata,
+                batch_key=batch_key,
+                label_key=label_key,
+                aggregator=agg,
+                config=config,
+                seed=seed,
+                holdout=holdout,
+                inclusion=inclusion,
+                min_cells=min_cells,
+                layer=layer,
+                label_vocabulary=label_vocabulary,
+                client_order=client_order,
+                snapshot_every_round=snapshot_every_round,
+                show_progress=show_progress,
+                key_added=key_added,
+            )
+    start = time.perf_counter()
+    used, rows = prepare_inclusion(adata, batch_key, label_key, inclusion, min_cells)
+    train, held = split_clients(used, batch_key, holdout=holdout, order=client_order)
+    x_all = as_tensor(get_representation(used, layer=layer))
+    data = {c.index: x_all[torch.from_numpy(c.obs_indices)] for c in train}
+    del x_all
+    with torch_threads(config.num_threads):
+        method = FedScGenMethod(data, config, seed)
+        fed = run_federation(
+            method,
+            [c.index for c in train],
+            aggregator,
+            rounds=config.rounds,
+            seed=seed,
+            snapshot_every_round=snapshot_every_round,
+            show_progress=show_progress,
+            description="FedscGen rounds",
+        )
+        model = method.model
+        model.load_state_dict(fed.state)
+        model.eval()
+        model.history = list(fed.history)
+        trained = time.perf_counter()
+        result = correct(
+            model, train + held, aggregator, label_key, layer=layer, vocabulary=label_vocabulary
+        )
+    write_outputs(adata, rows, key_added, result.latent, result.expression)
+    params = {
+        **config.to_dict(),
+        "batch_key": batch_key,
+        "label_key": label_key,
+        "layer": layer,
+        "seed": seed,
+        "holdout": list(holdout),
+        "inclusion": inclusion,
+        "min_cells": min_cells,
+    }
+    info = {
+        "params": params,
+        "clients": [
+            {
+                "name": c.name,
+                "index": c.index,
+                "held_out": c.held_out,
+                "n_cells": c.n_obs,
+                "n_train": method.n_train(c.index) if not c.held_out else 0,
+            }
+            for c in train + held
+        ],
+        "inclusion": dict(used.uns.get("inclusion", {"scenario": "all"})),
+        "correction": result.summary(),
+        "backend": aggregator.name,
+        "private": aggregator.private,
+        "privacy": aggregator.privacy_note,
+        "seconds_training": trained - start,
+        "seconds": time.perf_counter() - start,
+    }
+    adata.uns[key_added] = {
+        "params": params,
+        "inclusion": info["inclusion"],
+        "privacy": aggregator.privacy_note,
+        "shared_types": result.shared_types,
+        "dominant": result.dominant,
+    }
+    return FedScGenResult(model, fed, info)
