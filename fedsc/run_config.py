@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fedsc.errors import FedscInputError
+from fedsc.methods import REGISTRY, get_method
 
-METHODS = ("scbatchprox", "fedscgen", "scgen")
-DEFAULT_PANELS = {"scbatchprox": ["scib"], "fedscgen": ["fedscgen"], "scgen": ["fedscgen"]}
+METHODS = tuple(REGISTRY)
 
 
 @dataclass
@@ -69,13 +69,19 @@ class RunConfig:
     variant: str = "default"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise FedscInputError(f"unknown method {self.method!r}; choose one of {list(METHODS)}.")
+        spec = get_method(self.method)
         if self.panels is None:
-            self.panels = list(DEFAULT_PANELS[self.method])
+            self.panels = list(spec.panels)
+        if not spec.federated and self.backend != "plaintext":
+            raise FedscInputError(
+                f"{self.method} is centralized and uses no aggregation backend; set "
+                "backend: plaintext."
+            )
+        if self.holdout and self.method != "fedscgen":
+            raise FedscInputError("held-out batches are a FedscGen option (method: fedscgen).")
         self.holdout = [str(h) for h in self.holdout]
         if self.scenario is not None:
-            if self.method != "scbatchprox" or self.scenario not in ("cumulative", "continual"):
+            if spec.input != "embedding" or self.scenario not in ("cumulative", "continual"):
                 raise FedscInputError(
                     f"scenario {self.scenario!r} is not available for {self.method}; "
                     "scBatchProx supports 'cumulative' and 'continual'."

@@ -16,15 +16,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-import fedsc.tl
 from fedsc import datasets
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
 from fedsc.errors import FedscInputError
 from fedsc.evaluation import downstream_accuracy, fedscgen_panel, scib_panel
+from fedsc.methods import get_method
 from fedsc.preprocessing import fit_embedding, preprocess
 from fedsc.results import TIDY_COLUMNS
 from fedsc.run_config import RunConfig
+from fedsc.tl import aggregator_for
 
 PACKAGES = ("fedsc", "torch", "crypten", "numpy", "scipy", "scanpy", "anndata", "scib-metrics")
 
@@ -176,53 +177,44 @@ def execute_run(
     start = time.perf_counter()
     adata = load_dataset(cfg.dataset) if adata is None else adata
     validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key)
-    from fedsc.tl import aggregator_for
-
     info: dict[str, Any] = {}
     with aggregator_for(cfg.backend, cfg.backend_options) as agg:
+        spec = get_method(cfg.method)
         if cfg.scenario is not None:
             work = run_scenario(adata, cfg, agg)
-            before, after, base_name = f"X_{cfg.upstream}", "X_scbatchprox", cfg.upstream
-        elif cfg.method == "scbatchprox":
-            work, rep = prepare_embedding(adata, cfg)
-            model = fedsc.tl.scbatchprox(
+            before, base_name = f"X_{cfg.upstream}", cfg.upstream
+        elif spec.input == "embedding":
+            work, before = prepare_embedding(adata, cfg)
+            spec.run(
                 work,
                 batch_key=cfg.batch_key,
-                use_rep=rep,
+                use_rep=before,
                 backend=agg,
                 seed=cfg.seed,
                 show_progress=show_progress,
                 **cfg.params,
             )
-            before, after = rep, "X_scbatchprox"
-            base_name = cfg.upstream if cfg.use_rep is None else rep.removeprefix("X_").lower()
-            info["train_seconds"] = model.seconds
+            base_name = cfg.upstream if cfg.use_rep is None else before.removeprefix("X_").lower()
         else:
             work = prepare_expression(adata, cfg)
-            kwargs = dict(
+            kwargs: dict[str, Any] = dict(cfg.params)
+            if spec.federated:
+                kwargs.update(backend=agg, holdout=cfg.holdout)
+            spec.run(
+                work,
                 batch_key=cfg.batch_key,
                 label_key=cfg.label_key,
                 seed=cfg.seed,
+                inclusion=cfg.inclusion,
                 show_progress=show_progress,
-                **cfg.params,
+                **kwargs,
             )
-            if cfg.method == "fedscgen":
-                fedsc.tl.fedscgen(
-                    work, backend=agg, holdout=cfg.holdout, inclusion=cfg.inclusion, **kwargs
-                )
-            else:
-                if cfg.backend != "plaintext":
-                    raise FedscInputError(
-                        "scgen is the centralized baseline and uses no aggregation backend; "
-                        "set backend: plaintext."
-                    )
-                fedsc.tl.scgen(work, inclusion=cfg.inclusion, **kwargs)
             if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
                 work = apply_inclusion(
                     work, batch_key=cfg.batch_key, label_key=cfg.label_key, scenario=cfg.inclusion
                 )
-            before, after = "X", f"layers/{cfg.method}"
-            base_name = "uncorrected"
+            before, base_name = "X", "uncorrected"
+        after = f"X_{cfg.method}" if spec.input == "embedding" else f"layers/{cfg.method}"
         ledger = agg.ledger.to_dict()
         private = bool(agg.private)
         privacy_note = agg.privacy_note
@@ -245,7 +237,7 @@ def execute_run(
                 after_rows,
                 cfg.method,
                 {
-                    "backend": "none" if cfg.method == "scgen" else cfg.backend,
+                    "backend": cfg.backend if spec.federated else "none",
                     "private": private,
                     **extra,
                 },
