@@ -1,0 +1,89 @@
+"""kBET per cell-type label (scIB definition) with exact neighbours in diffusion space.
+
+Same algorithm as ``scib_metrics.kbet_per_label`` (0.5.x): per label, the UMAP
+connectivities restricted to that label, a 100-component diffusion map of them, the
+``k0`` nearest neighbours in the diffusion map, scib-metrics' ``kbet`` test; labels with
+< 10 cells or a single batch are skipped; disconnected subgraphs are handled the same way.
+
+Written here (not called) for one reason: scib-metrics finds the diffusion neighbours with
+pynndescent, whose core (``nn_descent``) numba cannot cache, so every new process paid
+~10-25 s compiling it. The neighbours are found exactly with scikit-learn instead, which is
+what pynndescent approximates, on at most a few thousand cells x 100 components. The ARPACK
+start vector is seeded, so the result does not depend on earlier ARPACK calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scib_metrics
+from scib_metrics.nearest_neighbors import NeighborsResults
+from scib_metrics.utils._diffusion_nn import _compute_transitions
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import eigsh
+from sklearn.neighbors import NearestNeighbors
+
+_EPS = 1e-8
+
+
+def diffusion_nn_exact(conn: sparse.spmatrix, k: int, n_comps: int = 100) -> NeighborsResults:
+    """``scib_metrics.utils.diffusion_nn`` with exact neighbours and a seeded ARPACK start."""
+    transitions = _compute_transitions(conn)
+    n_comps = min(conn.shape[0] - 1, n_comps)
+    v0 = np.random.default_rng(0).uniform(-1, 1, conn.shape[0])
+    evals, evecs = eigsh(transitions.astype(np.float64), k=n_comps, which="LM", v0=v0)
+    evals, evecs = evals[::-1].astype(np.float32), evecs[:, ::-1].astype(np.float32)
+    evals = evals + _EPS
+    scaled = np.array([e if e == 1 else e / (1 - e) for e in evals], dtype=np.float32)
+    emb = evecs * scaled
+    dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(emb).kneighbors(emb)
+    return NeighborsResults(indices=idx, distances=dist.astype(np.float32))
+
+
+def _kbet_on(conn_sub: sparse.spmatrix, batches: np.ndarray, k0: int, n_comps: int, alpha: float):
+    try:
+        nn = diffusion_nn_exact(conn_sub, k=k0, n_comps=min(n_comps, conn_sub.shape[0] - 1))
+        return scib_metrics.kbet(nn, batches=batches, alpha=alpha)[0]
+    except ValueError:  # diffusion map failed: 100 % rejection, as in scib-metrics
+        return 0.0
+
+
+def kbet_per_label(
+    neigh: NeighborsResults,
+    batches: np.ndarray,
+    labels: np.ndarray,
+    alpha: float = 0.05,
+    diffusion_n_comps: int = 100,
+) -> float:
+    """kBET acceptance rate per label, averaged over labels (NaN labels skipped)."""
+    batches = np.asarray(pd.Categorical(batches).codes)
+    labels = np.asarray(labels)
+    conn = sparse.csr_matrix(neigh.knn_graph_connectivities)
+    size_max = 2**31 - 1
+    scores = []
+    for lab in np.unique(labels):
+        mask = labels == lab
+        sub = conn[mask][:, mask]
+        sub.sort_indices()
+        n_obs, b_sub = sub.shape[0], batches[mask]
+        if n_obs < 10 or len(np.unique(b_sub)) == 1:
+            scores.append(np.nan)
+            continue
+        quarter_mean = int(np.floor(np.mean(pd.Series(b_sub).value_counts()) / 4))
+        k0 = min(70, max(10, quarter_mean))
+        if k0 * n_obs >= size_max:
+            k0 = int(size_max // n_obs)
+        n_comp, comp = connected_components(sub, connection="strong")
+        if n_comp == 1:
+            scores.append(_kbet_on(sub, b_sub, k0, diffusion_n_comps, alpha))
+            continue
+        comp_size = pd.Series(comp).value_counts()
+        keep = np.flatnonzero(np.isin(comp, comp_size[comp_size >= 3 * k0].index))
+        if len(keep) / len(comp) >= 0.75:
+            sub2 = sub[keep][:, keep]
+            sub2.sort_indices()
+            scores.append(_kbet_on(sub2, b_sub[keep], k0, diffusion_n_comps, alpha))
+        else:  # too many small components: 100 % rejection, as in scib-metrics
+            scores.append(0.0)
+    return float(np.nanmean(scores)) if not np.isnan(scores).all() else float("nan")

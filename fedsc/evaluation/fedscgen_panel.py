@@ -1,0 +1,266 @@
+"""The FedscGen evaluation panel (Bakhtiari et al. 2025; REFERENCE.md §3).
+
+Everything runs on the top ``n_pcs`` principal components of the evaluated representation
+(all of its centred dimensions when it has no more than ``n_pcs``; PCA is then a rotation,
+which no metric here can see). One exact k-NN search serves all graph metrics: each cell's
+``k`` nearest other cells (the FedscGen code's ``NearestNeighbors(k + 1)`` minus self) and,
+for Leiden and graph connectivity, the same graph with the self edge, i.e. ``k + 1``
+neighbours in scanpy's convention.
+
+Where scib-metrics implements a metric with the same definition it is used:
+ASW_C (``silhouette_label``), ASW_B (``silhouette_batch``), GC (``graph_connectivity``),
+the kBET test (``kbet``), LISI (``lisi_knn``). NMI/ARI (20 Leiden resolutions), EBM, kNN
+accuracy, ILF1 and the kBET neighbourhood sweep are written here (see each function).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+
+from fedsc.evaluation.caches import enable_compilation_caches
+
+enable_compilation_caches()  # before scib_metrics imports numba/JAX code
+
+import igraph  # noqa: E402
+import scib_metrics  # noqa: E402
+from scib_metrics.nearest_neighbors import NeighborsResults  # noqa: E402
+from scipy import sparse  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
+from sklearn.neighbors import NearestNeighbors  # noqa: E402
+
+from fedsc.errors import FedscInputError  # noqa: E402
+from fedsc.evaluation._inputs import check_embedding, check_groups  # noqa: E402
+from fedsc.evaluation.scib_panel import isolated_label_names, silhouette_batch  # noqa: E402
+
+PANEL = "fedscgen"
+METRICS: tuple[str, ...] = (
+    "nmi",
+    "ari",
+    "ebm",
+    "knn_acc",
+    "asw_c",
+    "asw_b",
+    "gc",
+    "ilf1",
+    "kbet",
+    "ilisi",
+    "clisi",
+)
+#: Leiden resolutions searched for NMI: 0.1, 0.2, ..., 2.0. ARI and ILF1 use 1.0.
+RESOLUTIONS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 21))
+#: kBET neighbourhood sizes as fractions of the number of cells (FedscGen's kBET script).
+KBET_FRACTIONS: tuple[float, ...] = (0.05, 0.10, 0.15, 0.20, 0.25)
+
+
+def top_pcs(X: np.ndarray, n_pcs: int = 20, seed: int = 0) -> np.ndarray:
+    """Top ``n_pcs`` principal components of ``X`` (centred ``X`` if it has <= n_pcs dims)."""
+    if X.shape[1] <= n_pcs or X.shape[0] <= n_pcs:
+        return np.ascontiguousarray(X - X.mean(axis=0), dtype=np.float32)
+    Z = PCA(n_components=n_pcs, random_state=seed).fit_transform(X)
+    return np.ascontiguousarray(Z, dtype=np.float32)
+
+
+def knn_without_self(Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances of each cell's ``k`` nearest other cells (exact)."""
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(Z)
+    dist, idx = nn.kneighbors()  # no query: sklearn leaves each point itself out
+    return idx, dist.astype(np.float32)
+
+
+def with_self(idx: np.ndarray, dist: np.ndarray) -> NeighborsResults:
+    """Prepend the self edge (distance 0), the convention of scanpy and scib-metrics."""
+    n = idx.shape[0]
+    return NeighborsResults(
+        indices=np.hstack([np.arange(n)[:, None], idx]),
+        distances=np.hstack([np.zeros((n, 1), dtype=dist.dtype), dist]),
+    )
+
+
+def leiden_clusterings(
+    neigh: NeighborsResults, resolutions: tuple[float, ...] = RESOLUTIONS, seed: int = 0
+) -> dict[float, np.ndarray]:
+    """Leiden (modularity, igraph) on the UMAP connectivities, one clustering per resolution.
+
+    What scanpy's ``tl.leiden(flavor="igraph", n_iterations=2)`` does on ``pp.neighbors``;
+    written with igraph directly so the graph is built once for all resolutions. igraph's
+    C implementation is ~20x faster than leidenalg here. igraph draws from a process-wide
+    RNG: it is seeded with ``random.Random(seed)`` for these calls and handed back to
+    Python's ``random`` module (igraph's default) afterwards.
+    """
+    conn = neigh.knn_graph_connectivities.tocsr()
+    upper = sparse.triu(conn, k=1).tocoo()
+    g = igraph.Graph(n=conn.shape[0], edges=list(zip(upper.row, upper.col, strict=True)))
+    g.es["weight"] = upper.data
+    out = {}
+    try:
+        for r in resolutions:
+            igraph.set_random_number_generator(random.Random(seed))
+            part = g.community_leiden(
+                objective_function="modularity", weights="weight", resolution=r, n_iterations=2
+            )
+            out[r] = np.asarray(part.membership)
+    finally:
+        igraph.set_random_number_generator(random)
+    return out
+
+
+def entropy_batch_mixing(
+    knn_idx: np.ndarray,
+    batch_codes: np.ndarray,
+    n_batches: int,
+    *,
+    n_cells: int = 100,
+    n_draws: int = 50,
+    rng: np.random.Generator,
+) -> float:
+    """EBM: batch entropy among each cell's neighbours / log(n_batches), over random cells.
+
+    Mean over ``n_cells`` cells drawn without replacement, averaged over ``n_draws`` draws.
+    Hand-written: scib-metrics has no EBM. 1 = neighbours spread evenly over batches.
+    """
+    counts = np.zeros((knn_idx.shape[0], n_batches))
+    np.add.at(counts, (np.repeat(np.arange(knn_idx.shape[0]), knn_idx.shape[1]),
+                       batch_codes[knn_idx].ravel()), 1.0)  # fmt: skip
+    p = counts / counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1) / np.log(n_batches)
+    m = min(n_cells, knn_idx.shape[0])
+    return float(np.mean([h[rng.choice(h.size, m, replace=False)].mean() for _ in range(n_draws)]))
+
+
+def knn_accuracy(knn_idx: np.ndarray, labels: np.ndarray) -> float:
+    """Share of a cell's neighbours with its label; mean per label, then over labels.
+
+    Hand-written (scib-metrics has no kNN purity metric); FedscGen's ``knn_accuracy``.
+    """
+    per_cell = (labels[knn_idx] == labels[:, None]).mean(axis=1)
+    return float(pd.Series(per_cell).groupby(labels).mean().mean())
+
+
+def isolated_label_f1(clusters: np.ndarray, labels: np.ndarray, batch: np.ndarray) -> float:
+    """ILF1: for each isolated label, F1 of the cluster that best matches it; mean over labels.
+
+    Isolated labels are those in the fewest batches. F1 of cluster c for label l treats
+    "in c" as the prediction of "is l". Hand-written: scib-metrics' ``isolated_labels`` is
+    the silhouette variant; FedscGen's code matched clusters (fixed here to use clusters,
+    not the batch column).
+    """
+    scores = []
+    for lab in isolated_label_names(labels, batch):
+        is_lab = labels == lab
+        tab = pd.crosstab(clusters, is_lab)
+        tp = tab[True].to_numpy(dtype=float) if True in tab else np.zeros(len(tab))
+        size = tab.sum(axis=1).to_numpy(dtype=float)
+        f1 = 2 * tp / (size + is_lab.sum())
+        scores.append(f1.max())
+    return float(np.mean(scores))
+
+
+def kbet_sweep(
+    Z: np.ndarray,
+    batch: np.ndarray,
+    *,
+    fractions: tuple[float, ...] = KBET_FRACTIONS,
+    max_k: int = 100,
+    n_draws: int = 5,
+    rng: np.random.Generator,
+) -> float:
+    """kBET acceptance rate at k = each fraction of n cells; median over the fractions.
+
+    FedscGen ran R kBET with k0 = 5..25 % of n, which is infeasible for large n. The
+    neighbourhood is kept at the same fraction of the data while k <= ``max_k``: with more
+    than ``max_k / max(fractions)`` cells (400 by default) kBET runs on that many cells drawn
+    at random, ``n_draws`` times, and the acceptance rates are averaged per fraction.
+    The test per cell is scib-metrics' ``kbet`` (chi-square, alpha 0.05).
+    """
+    n = Z.shape[0]
+    m = min(n, int(max_k / max(fractions)))
+    draws = 1 if m == n else n_draws
+    rates = np.zeros((draws, len(fractions)))
+    for d in range(draws):
+        sub = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+        ks = [max(1, min(m - 1, int(f * m))) for f in fractions]
+        idx, dist = knn_without_self(Z[sub], max(ks))
+        for j, k in enumerate(ks):
+            res = NeighborsResults(indices=idx[:, :k], distances=dist[:, :k])
+            rates[d, j] = scib_metrics.kbet(res, batch[sub])[0]
+    return float(np.median(rates.mean(axis=0)))
+
+
+def fedscgen_panel(
+    X: np.ndarray,
+    batch: np.ndarray | pd.Series,
+    labels: np.ndarray | pd.Series,
+    *,
+    n_pcs: int = 20,
+    k: int = 15,
+    seed: int = 0,
+    lisi_perplexity: int = 30,
+    kbet_max_k: int = 100,
+) -> pd.DataFrame:
+    """Compute the FedscGen panel on one embedding.
+
+    Parameters
+    ----------
+    X
+        Representation to evaluate, (n_cells, n_features); reduced to its top ``n_pcs`` PCs.
+    batch, labels
+        Batch and cell-type label per cell.
+    n_pcs
+        Principal components kept.
+    k
+        Neighbours per cell (self excluded) for EBM, kNN accuracy, Leiden, GC.
+    seed
+        Seeds PCA, Leiden, the EBM draws and the kBET subsamples; same seed, same values.
+    lisi_perplexity
+        LISI perplexity; 30 (R ``lisi`` default, 3 x 30 neighbours) as FedscGen ran it.
+        ``ilisi``/``clisi`` are medians of the per-cell LISI, unscaled: iLISI lies in
+        [1, n_batches] (higher = better mixed), cLISI in [1, n_labels] (lower = purer).
+    kbet_max_k
+        Largest kBET neighbourhood; see :func:`kbet_sweep`.
+
+    Returns
+    -------
+    DataFrame with columns ``panel`` (``"fedscgen"``), ``metric``, ``value``; metrics are
+    nmi, ari, ebm, knn_acc, asw_c, asw_b, gc, ilf1, kbet, ilisi, clisi.
+    """
+    X = check_embedding(X)
+    n = X.shape[0]
+    batch = check_groups(batch, n, "batch")
+    labels = check_groups(labels, n, "labels", min_groups=2)
+    if k < 1 or k >= n:
+        raise FedscInputError(f"k={k} must be between 1 and n_cells - 1 = {n - 1}.")
+    rng = np.random.default_rng(seed)
+    batch_codes, batch_names = pd.factorize(batch, sort=True)
+    n_batches = len(batch_names)
+
+    Z = top_pcs(X, n_pcs, seed)
+    k_lisi = min(3 * lisi_perplexity, n - 1)
+    idx_all, dist_all = knn_without_self(Z, max(k, k_lisi))
+    idx, dist = idx_all[:, :k], dist_all[:, :k]
+    graph = with_self(idx, dist)
+
+    v: dict[str, float] = {}
+    clusterings = leiden_clusterings(graph, RESOLUTIONS, seed)
+    v["nmi"] = max(
+        normalized_mutual_info_score(labels, c, average_method="arithmetic")
+        for c in clusterings.values()
+    )
+    v["ari"] = adjusted_rand_score(labels, clusterings[1.0])
+    v["ebm"] = entropy_batch_mixing(idx, batch_codes, n_batches, rng=rng)
+    v["knn_acc"] = knn_accuracy(idx, labels)
+    v["asw_c"] = scib_metrics.silhouette_label(Z, labels)
+    v["asw_b"] = silhouette_batch(Z, labels, batch)
+    v["gc"] = scib_metrics.graph_connectivity(graph, labels)
+    v["ilf1"] = isolated_label_f1(clusterings[1.0], labels, batch)
+    v["kbet"] = kbet_sweep(Z, batch, max_k=kbet_max_k, rng=rng)
+    lisi_graph = with_self(idx_all[:, :k_lisi], dist_all[:, :k_lisi])
+    v["ilisi"] = np.nanmedian(scib_metrics.lisi_knn(lisi_graph, batch, perplexity=lisi_perplexity))
+    v["clisi"] = np.nanmedian(scib_metrics.lisi_knn(lisi_graph, labels, perplexity=lisi_perplexity))
+    return pd.DataFrame(
+        {"panel": PANEL, "metric": list(METRICS), "value": [float(v[m]) for m in METRICS]}
+    )

@@ -1,0 +1,199 @@
+"""The scIB panel used by the scBatchProx paper, computed through scib-metrics.
+
+Metrics and aggregation are those of ``scib_metrics.benchmark.Benchmarker`` (0.5.x) with
+batch silhouette selected instead of BRAS (REFERENCE.md §1, §3):
+
+- bio conservation: KMeans NMI, KMeans ARI, label silhouette, isolated labels, cLISI;
+- batch correction: batch silhouette, iLISI, kBET per label, graph connectivity,
+  PCR comparison;
+- ``bio_conservation`` / ``batch_correction`` are the plain means of their metrics and
+  ``total = 0.6 * bio + 0.4 * batch``.
+
+Differences from the Benchmarker, none of which change a metric's definition:
+
+- one exact k-NN search (scikit-learn, brute force) per embedding instead of pynndescent's
+  approximate one; the 15-, 50- and 90-neighbour graphs the metrics use are its prefixes.
+  On the embeddings evaluated here (tens of dimensions, up to ~10^5 cells) the exact search
+  is faster and pynndescent's recall is ~1, so values agree (tested within 0.02);
+- kBET per label finds its diffusion-space neighbours exactly (``_kbet.py`` says why:
+  pynndescent's core cannot be cached by numba and cost every process 10-25 s);
+- the label silhouette is computed once and shared by ``silhouette_label`` and
+  ``isolated_labels`` (scib-metrics computes the same ``silhouette_samples`` twice);
+- without ``X_pre`` the PCR comparison row is omitted (it needs a pre-integration
+  embedding) and ``batch_correction`` averages the four other batch metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedsc.evaluation.caches import enable_compilation_caches
+
+enable_compilation_caches()  # before scib_metrics imports numba/JAX code
+
+import scib_metrics  # noqa: E402
+from scib_metrics.nearest_neighbors import NeighborsResults  # noqa: E402
+from scib_metrics.utils import KMeans, silhouette_samples  # noqa: E402
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
+from sklearn.neighbors import NearestNeighbors  # noqa: E402
+
+from fedsc.errors import FedscInputError  # noqa: E402
+from fedsc.evaluation._inputs import check_embedding, check_groups  # noqa: E402
+from fedsc.evaluation._kbet import kbet_per_label  # noqa: E402
+
+PANEL = "scib"
+
+#: Neighbourhood sizes the Benchmarker uses: graph connectivity, kBET, LISI.
+_K_GC, _K_KBET = 15, 50
+
+BIO_METRICS: tuple[str, ...] = (
+    "kmeans_nmi",
+    "kmeans_ari",
+    "silhouette_label",
+    "isolated_labels",
+    "clisi_knn",
+)
+BATCH_METRICS: tuple[str, ...] = (
+    "silhouette_batch",
+    "ilisi_knn",
+    "kbet_per_label",
+    "graph_connectivity",
+    "pcr_comparison",
+)
+
+#: Above this many cells the exact search gives way to pynndescent (as in the Benchmarker).
+EXACT_KNN_MAX_CELLS = 60_000
+
+
+def knn(
+    X: np.ndarray, n_neighbors: int, *, method: str = "auto", seed: int = 0
+) -> NeighborsResults:
+    """k nearest neighbours of every cell, self included, as scib-metrics expects.
+
+    Parameters
+    ----------
+    X
+        (n_cells, n_dims) float array.
+    n_neighbors
+        Neighbours per cell including the cell itself; capped at ``n_cells``.
+    method
+        ``"exact"`` (scikit-learn brute force), ``"pynndescent"`` (the Benchmarker's
+        default) or ``"auto"`` (exact up to ``EXACT_KNN_MAX_CELLS`` cells).
+    seed
+        Random state for pynndescent.
+    """
+    k = min(int(n_neighbors), X.shape[0])
+    if method == "auto":
+        method = "exact" if X.shape[0] <= EXACT_KNN_MAX_CELLS else "pynndescent"
+    if method == "exact":
+        dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(X)
+        return NeighborsResults(indices=idx, distances=dist.astype(np.float32))
+    if method == "pynndescent":
+        return scib_metrics.nearest_neighbors.pynndescent(X, n_neighbors=k, random_state=seed)
+    raise FedscInputError(f"knn method {method!r} unknown; use 'auto', 'exact' or 'pynndescent'.")
+
+
+def isolated_label_names(labels: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """Labels present in the fewest batches (scib's default isolated-label rule)."""
+    n_batches = pd.DataFrame({"l": labels, "b": batch}).groupby("l", sort=True)["b"].nunique()
+    return n_batches.index[n_batches == n_batches.min()].to_numpy()
+
+
+def silhouette_batch(X: np.ndarray, labels: np.ndarray, batch: np.ndarray) -> float:
+    """scib-metrics' batch silhouette; NaN (not an error) when no label spans two batches."""
+    per_label = pd.DataFrame({"l": labels, "b": batch}).groupby("l")["b"].agg(["nunique", "size"])
+    usable = (per_label["nunique"] > 1) & (per_label["nunique"] < per_label["size"])
+    if not usable.any():
+        return float("nan")
+    return float(scib_metrics.silhouette_batch(X, labels, batch))
+
+
+def _aggregate(values: dict[str, float]) -> dict[str, float]:
+    bio = np.mean([values[m] for m in BIO_METRICS])
+    batch = np.mean([values[m] for m in BATCH_METRICS if m in values])
+    return {
+        "bio_conservation": float(bio),
+        "batch_correction": float(batch),
+        "total": float(0.6 * bio + 0.4 * batch),
+    }
+
+
+def scib_panel(
+    X: np.ndarray,
+    batch: np.ndarray | pd.Series,
+    labels: np.ndarray | pd.Series,
+    *,
+    X_pre: np.ndarray | None = None,
+    n_neighbors: int = 90,
+    seed: int = 0,
+    knn_method: str = "auto",
+) -> pd.DataFrame:
+    """Compute the scIB panel (scib-metrics) on one embedding.
+
+    Parameters
+    ----------
+    X
+        Embedding to evaluate, (n_cells, n_dims).
+    batch, labels
+        Batch and cell-type label per cell.
+    X_pre
+        Pre-integration embedding of the same cells for the PCR comparison; without it the
+        ``pcr_comparison`` row is omitted and not part of ``batch_correction``.
+    n_neighbors
+        Largest neighbourhood (LISI); graph connectivity and kBET use its first 15 and 50.
+    seed
+        Seed of the k-means initialisation (0 reproduces the Benchmarker exactly).
+    knn_method
+        See :func:`knn`.
+
+    Returns
+    -------
+    DataFrame with columns ``panel`` (``"scib"``), ``metric``, ``value``: the ten metrics
+    (nine without ``X_pre``) then ``bio_conservation``, ``batch_correction``, ``total``.
+    """
+    X = check_embedding(X)
+    n = X.shape[0]
+    batch = check_groups(batch, n, "batch")
+    labels = check_groups(labels, n, "labels")
+    if X_pre is not None:
+        X_pre = check_embedding(X_pre, "X_pre")
+        if X_pre.shape[0] != n:
+            raise FedscInputError(
+                f"X_pre has {X_pre.shape[0]} cells but X has {n}; pass the same cells in order."
+            )
+    if n_neighbors < _K_KBET:
+        raise FedscInputError(f"n_neighbors={n_neighbors} must be >= {_K_KBET} (kBET uses 50).")
+
+    neigh = knn(X, n_neighbors, method=knn_method, seed=seed)
+    neigh_gc = neigh.subset_neighbors(min(_K_GC, neigh.n_neighbors))
+    neigh_kbet = neigh.subset_neighbors(min(_K_KBET, neigh.n_neighbors))
+
+    v: dict[str, float] = {}
+    # Bio conservation.
+    n_types = len(np.unique(labels))
+    pred = KMeans(n_types, seed=seed).fit(X).labels_
+    v["kmeans_nmi"] = normalized_mutual_info_score(labels, pred, average_method="arithmetic")
+    v["kmeans_ari"] = adjusted_rand_score(labels, pred)
+    # One silhouette for both: scib_metrics.silhouette_label and .isolated_labels each call
+    # silhouette_samples(X, labels) and rescale it to (s + 1) / 2.
+    sil = (silhouette_samples(X, labels) + 1.0) / 2.0
+    v["silhouette_label"] = float(np.mean(sil))
+    v["isolated_labels"] = float(
+        np.mean([sil[labels == lab].mean() for lab in isolated_label_names(labels, batch)])
+    )
+    v["clisi_knn"] = scib_metrics.clisi_knn(neigh, labels)
+    # Batch correction.
+    v["silhouette_batch"] = silhouette_batch(X, labels, batch)
+    v["ilisi_knn"] = scib_metrics.ilisi_knn(neigh, batch)
+    v["kbet_per_label"] = kbet_per_label(neigh_kbet, batch, labels)
+    v["graph_connectivity"] = scib_metrics.graph_connectivity(neigh_gc, labels)
+    if X_pre is not None:
+        v["pcr_comparison"] = scib_metrics.pcr_comparison(X_pre, X, batch, categorical=True)
+
+    v = {k: float(val) for k, val in v.items()}
+    order = [m for m in BIO_METRICS + BATCH_METRICS if m in v]
+    rows = [(m, v[m]) for m in order] + list(_aggregate(v).items())
+    return pd.DataFrame(
+        {"panel": PANEL, "metric": [r[0] for r in rows], "value": [r[1] for r in rows]}
+    )
