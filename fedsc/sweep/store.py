@@ -39,7 +39,7 @@ class RunStore:
     def write(self, record: dict[str, Any]) -> Path:
         """Atomically write one run's record."""
         target = self.path(record["run_id"])
-        fd, tmp = tempfile.mkstemp(dir=self.runs, prefix=".tmp-", suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=self.runs, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "w") as fh:
                 json.dump(record, fh, default=str)
