@@ -18,6 +18,7 @@ import os
 import queue
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +32,27 @@ from smpc import sharing
 from smpc.aggregator import Aggregator
 
 _OPS = {"sum": "sum", "weighted_mean": "sum", "argmax": "argmax"}
+
+
+@contextlib.contextmanager
+def _main_without_phantom_file():
+    """Hide ``__main__.__file__`` while starting a party when it names no real file.
+
+    Forkserver/spawn children re-run the parent's main script from ``__main__.__file__``;
+    for code piped to ``python -`` that is ``"<stdin>"``, which cannot be re-run, and the
+    party dies at start-up. Parties never need the user's main module (their target is
+    :func:`smpc.party.serve`), so it is left out of the start-up data in that case.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.exists(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 class PartyError(RuntimeError):
@@ -205,7 +227,8 @@ class CryptenAggregator(Aggregator):
                 name=f"crypten-party-{rank}",
                 daemon=True,
             )
-            proc.start()
+            with _main_without_phantom_file():
+                proc.start()
             child.close()  # so the parent sees EOF when the party dies
             self._procs.append(proc)
             self._conns.append(parent)
@@ -218,7 +241,8 @@ class CryptenAggregator(Aggregator):
                 name="crypten-dealer",
                 daemon=True,
             )
-            dealer.start()
+            with _main_without_phantom_file():
+                dealer.start()
             self._procs.append(dealer)
         self._await_ready(startup_timeout)
 
