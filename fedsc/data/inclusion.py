@@ -18,6 +18,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from fedsc.data.validate import obs_column
 from fedsc.errors import FedscInputError
 
 __all__ = [
@@ -36,25 +37,10 @@ DEFAULT_MIN_CELLS = 10
 Scenario = Literal["all", "combined", "dropped"]
 
 
-def _column(adata: ad.AnnData, key: str, arg: str) -> pd.Series:
-    if key not in adata.obs.columns:
-        raise FedscInputError(
-            f"{arg} {key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); "
-            f"pass {arg}= an existing column."
-        )
-    col = adata.obs[key]
-    if col.isna().any():
-        raise FedscInputError(
-            f"adata.obs[{key!r}] has {int(col.isna().sum())} missing value(s); fill or drop "
-            f"those cells first."
-        )
-    return col.astype(str)
-
-
 def cell_type_presence(adata: ad.AnnData, batch_key: str, label_key: str) -> pd.DataFrame:
     """Cell counts per batch (rows, sorted) and cell type (columns, sorted)."""
-    batches = _column(adata, batch_key, "batch_key")
-    labels = _column(adata, label_key, "label_key")
+    batches = obs_column(adata, batch_key, "batch_key").astype(str)
+    labels = obs_column(adata, label_key, "label_key").astype(str)
     table = pd.crosstab(batches.to_numpy(), labels.to_numpy())
     table.index.name = batch_key
     table.columns.name = label_key
@@ -77,7 +63,7 @@ def minority_types(
     adata: ad.AnnData, label_key: str, *, min_cells: int = DEFAULT_MIN_CELLS
 ) -> list[str]:
     """Cell types with fewer than ``min_cells`` cells in total (sorted)."""
-    counts = _column(adata, label_key, "label_key").value_counts()
+    counts = obs_column(adata, label_key, "label_key").astype(str).value_counts()
     return sorted(counts.index[counts < min_cells].tolist())
 
 
@@ -120,8 +106,8 @@ def apply_inclusion(
         )
     if min_cells < 1:
         raise FedscInputError(f"min_cells must be >= 1, got {min_cells}.")
-    _column(adata, batch_key, "batch_key")
-    labels = _column(adata, label_key, "label_key")
+    obs_column(adata, batch_key, "batch_key").astype(str)
+    labels = obs_column(adata, label_key, "label_key").astype(str)
     minority = minority_types(adata, label_key, min_cells=min_cells)
     info = {"scenario": scenario, "min_cells": int(min_cells), "minority_types": minority}
 

@@ -42,10 +42,16 @@ def get_representation(adata: ad.AnnData, use_rep: str | None = None, layer: str
     return adata.X
 
 
-def _check_column(adata: ad.AnnData, key: str, what: str, arg: str) -> pd.Series:
+def obs_column(adata: ad.AnnData, key: str, arg: str) -> pd.Series:
+    """``adata.obs[key]``, or a clear error if it is missing or has NaN values.
+
+    ``arg`` is the caller's parameter name (``"batch_key"``, ``"label_key"``), quoted in
+    the message so the user knows which argument to fix.
+    """
+    what = arg.removesuffix("_key")
     if key not in adata.obs.columns:
         raise FedscInputError(
-            f"{what} key {key!r} is not a column of adata.obs (columns: "
+            f"{arg} {key!r} is not a column of adata.obs (columns: "
             f"{list(adata.obs.columns)}); pass {arg}= the column that names each cell's {what}."
         )
     col = adata.obs[key]
@@ -116,9 +122,9 @@ def validate_adata(
             f"first."
         )
 
-    batches = _check_column(adata, batch_key, "batch", "batch_key")
+    batches = obs_column(adata, batch_key, "batch_key")
     if label_key is not None:
-        _check_column(adata, label_key, "label", "label_key")
+        obs_column(adata, label_key, "label_key")
 
     counts = batches.astype(str).value_counts()
     if len(counts) < min_batches:

@@ -48,11 +48,11 @@ import torch
 import smpc
 from fedsc.data.clients import Client, split_clients
 from fedsc.data.inclusion import DEFAULT_MIN_CELLS
-from fedsc.data.validate import get_representation
+from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
 from fedsc.federation import FederationResult, LocalResult, State, run_federation
 from fedsc.methods import vae as vae_mod
-from fedsc.methods.scgen import _labels, prepare_inclusion, write_outputs
+from fedsc.methods.scgen import prepare_inclusion, write_outputs
 from fedsc.methods.vae import (
     EPOCH,
     INIT,
@@ -270,7 +270,7 @@ def correct(
             "clients' obs_indices must partition 0..n-1 (one AnnData split by "
             "fedsc.data.split_clients); got overlapping or missing cells."
         )
-    labels = [_labels(c.adata, label_key, "label_key") for c in clients]
+    labels = [obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in clients]
     if vocabulary is None:
         vocab = sorted(set().union(*(set(lab) for lab in labels)))
     else:

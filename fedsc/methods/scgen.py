@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from fedsc.data.inclusion import DEFAULT_MIN_CELLS, SCENARIOS, apply_inclusion
-from fedsc.data.validate import get_representation
+from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
 from fedsc.methods import vae as vae_mod
 from fedsc.methods.vae import (
@@ -167,8 +167,8 @@ def batch_removal(
     -------
     (shifted latent, cells x latent; corrected expression, cells x genes), float32.
     """
-    batches = _labels(adata, batch_key, "batch_key")
-    labels = _labels(adata, label_key, "label_key")
+    batches = obs_column(adata, batch_key, "batch_key").astype(str).to_numpy()
+    labels = obs_column(adata, label_key, "label_key").astype(str).to_numpy()
     order = sorted(set(batches)) if order is None else [str(b) for b in order]
     missing = sorted(set(batches) - set(order))
     if missing:
@@ -243,21 +243,6 @@ def run_scgen(
 
 
 # ----------------------------------------------------------------- shared helpers
-def _labels(adata: ad.AnnData, key: str, arg: str) -> np.ndarray:
-    if key not in adata.obs.columns:
-        raise FedscInputError(
-            f"{arg} {key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); "
-            f"pass {arg}= an existing column."
-        )
-    col = adata.obs[key]
-    if col.isna().any():
-        raise FedscInputError(
-            f"adata.obs[{key!r}] has {int(col.isna().sum())} missing value(s); fill or drop "
-            "those cells first."
-        )
-    return col.astype(str).to_numpy()
-
-
 def prepare_inclusion(
     adata: ad.AnnData, batch_key: str, label_key: str, inclusion: str, min_cells: int
 ) -> tuple[ad.AnnData, np.ndarray]:
@@ -270,8 +255,8 @@ def prepare_inclusion(
         raise FedscInputError(
             f"unknown inclusion scenario {inclusion!r}; choose one of {list(SCENARIOS)}."
         )
-    _labels(adata, batch_key, "batch_key")
-    labels = _labels(adata, label_key, "label_key")
+    obs_column(adata, batch_key, "batch_key")
+    labels = obs_column(adata, label_key, "label_key").astype(str).to_numpy()
     if scenario == "all":
         return adata, np.arange(adata.n_obs)
     used = apply_inclusion(

@@ -45,11 +45,11 @@ def test_valid_passes(sparse):
 
 
 def test_missing_batch_key():
-    check(make(), "batch key 'study' is not a column", batch_key="study")
+    check(make(), "batch_key 'study' is not a column", batch_key="study")
 
 
 def test_missing_label_key():
-    check(make(), "label key 'celltype' is not a column", label_key="celltype")
+    check(make(), "label_key 'celltype' is not a column", label_key="celltype")
 
 
 def test_missing_use_rep():
