@@ -163,3 +163,18 @@ def test_compare_and_report_on_sweep(local_sweep):
     path = report_sweep(out)
     text = path.read_text()
     assert "mu=0" in text and (out / "figures").is_dir()
+
+
+def test_cli_compare_and_report(local_sweep, capsys):
+    from fedsc.cli import main
+
+    _, out, _ = local_sweep
+    target = out / "cli_comparison.csv"
+    with pytest.warns(UserWarning):
+        code = main(["compare", str(out), "--a", "variant=mu=0", "--b", "variant=mu=1e-3",
+                     "--out", str(target)])  # fmt: skip
+    assert code == 0 and target.is_file()
+    assert "kbet_per_label" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").is_file()
+    assert main(["compare", str(out), "--a", "variant"]) == 2  # not KEY=VALUE: clear error
