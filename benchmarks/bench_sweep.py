@@ -3,7 +3,8 @@
 The demo study (experiments/privacy_ablation.yaml: scBatchProx and FedscGen x
 {plaintext, crypten} x seeds on the bundled pancreas data) runs twice into fresh
 directories, once in this process (1 worker) and once on a 2-process pool. Prints runs
-per minute and the ratio (2 workers / 1 worker), and checks both gave the same values.
+per minute and the ratio (2 workers / 1 worker), and how far the two executions' values
+differ (torch thread counts differ between them, see below).
 
     .venv/bin/python benchmarks/bench_sweep.py [--seeds 4]
 """
