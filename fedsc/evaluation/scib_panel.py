@@ -89,11 +89,32 @@ def knn(
     if method == "auto":
         method = "exact" if X.shape[0] <= EXACT_KNN_MAX_CELLS else "pynndescent"
     if method == "exact":
-        dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(X)
-        return NeighborsResults(indices=idx, distances=dist.astype(np.float32))
+        idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(X)[1]
+        return _exact_distances(X, idx)
     if method == "pynndescent":
         return scib_metrics.nearest_neighbors.pynndescent(X, n_neighbors=k, random_state=seed)
     raise FedscInputError(f"knn method {method!r} unknown; use 'auto', 'exact' or 'pynndescent'.")
+
+
+def _exact_distances(X: np.ndarray, idx: np.ndarray, chunk: int = 2048) -> NeighborsResults:
+    """Neighbour distances recomputed directly from coordinate differences, then sorted.
+
+    scikit-learn's brute search uses the ||x||^2 - 2 x.y + ||y||^2 expansion in blocks
+    whose rounding depends on the BLAS/OpenMP thread layout, so the same embedding could
+    give distances differing in the last bits from one call to the next; kBET (through
+    the UMAP connectivities and a diffusion map) turned those into score changes of
+    ~0.003. Differences computed per pair in float64 are the same on every call.
+    """
+    x = np.asarray(X, dtype=np.float64)
+    dist = np.empty(idx.shape, dtype=np.float64)
+    for start in range(0, len(x), chunk):
+        block = idx[start : start + chunk]
+        diff = x[block] - x[start : start + chunk, None, :]
+        dist[start : start + chunk] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    order = np.argsort(dist, axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1)
+    dist = np.take_along_axis(dist, order, axis=1)
+    return NeighborsResults(indices=idx, distances=dist.astype(np.float32))
 
 
 def isolated_label_names(labels: np.ndarray, batch: np.ndarray) -> np.ndarray:

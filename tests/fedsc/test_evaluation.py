@@ -297,3 +297,21 @@ def test_enable_compilation_caches_sets_dirs(tmp_path, monkeypatch):
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_knn_distances_do_not_depend_on_thread_layout():
+    # Regression: scikit-learn's blocked distance expansion rounds differently with the
+    # thread layout, and kBET amplified those last-bit changes into ~0.003 score changes.
+    from threadpoolctl import threadpool_limits
+
+    from fedsc.evaluation.scib_panel import knn
+
+    x = np.random.default_rng(0).normal(size=(3000, 20)).astype(np.float32)
+    with threadpool_limits(limits=1):
+        one = knn(x, 30)
+    with threadpool_limits(limits=2):
+        two = knn(x, 30)
+    np.testing.assert_array_equal(one.indices, two.indices)
+    np.testing.assert_array_equal(one.distances, two.distances)
+    exact = np.linalg.norm(x[one.indices[:5]].astype(np.float64) - x[:5, None], axis=2)
+    np.testing.assert_allclose(one.distances[:5], exact, rtol=1e-6)

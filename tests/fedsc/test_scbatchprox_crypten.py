@@ -35,25 +35,10 @@ def test_crypten_equals_plaintext_on_cell_lines(cell_lines, crypten_agg, seed):
     assert np.abs(out["crypten"] - out["plaintext"]).max() <= 1e-5
     assert not np.array_equal(out["plaintext"], np.asarray(adata.X))  # it did refine
     assert "private" in adata.uns["crypten"]["privacy"]
-    # scIB panel on a 3000-cell subsample (the full set is in the closing note). A
-    # control embedding, plaintext + 1e-6 noise, measures how much each metric moves
-    # under a perturbation as small as the fixed-point error.
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(adata.n_obs, 3000, replace=False)
-    out["control"] = out["plaintext"] + rng.normal(scale=1e-6, size=out["plaintext"].shape)
-    pre = np.asarray(adata.X)[idx]
+    # scIB panel on all 9478 cells: every score equal to 4 decimals
+    pre = np.asarray(adata.X)
     scores = {
-        name: scib_panel(z[idx], batch[idx], labels[idx], X_pre=pre).set_index("metric")["value"]
+        name: scib_panel(z, batch, labels, X_pre=pre).set_index("metric")["value"].round(4)
         for name, z in out.items()
     }
-    # kBET (a diffusion map + per-cell chi-square accept/reject) and the aggregates that
-    # average it flip under 1e-6 perturbations: they are compared against the control.
-    unstable = ["kbet_per_label", "batch_correction", "total"]
-    stable = scores["plaintext"].drop(unstable)
-    np.testing.assert_array_equal(
-        scores["crypten"].drop(unstable).round(4), stable.round(4), err_msg="stable metrics"
-    )
-    for metric in unstable:
-        gap = abs(scores["crypten"][metric] - scores["plaintext"][metric])
-        noise = abs(scores["control"][metric] - scores["plaintext"][metric])
-        assert gap <= max(3 * noise, 1e-4) + 0.01, (metric, gap, noise)
+    assert scores["crypten"].to_dict() == scores["plaintext"].to_dict()
