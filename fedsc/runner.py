@@ -20,7 +20,7 @@ from fedsc import datasets
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
 from fedsc.errors import FedscInputError
-from fedsc.evaluation import downstream_accuracy, fedscgen_panel, scib_panel
+from fedsc.evaluation import downstream_accuracy, fedscgen_panel, representation, scib_panel
 from fedsc.methods import get_method
 from fedsc.preprocessing import fit_embedding, preprocess
 from fedsc.results import TIDY_COLUMNS
@@ -113,17 +113,6 @@ def run_scenario(adata: ad.AnnData, cfg: RunConfig, agg: Any) -> ad.AnnData:
     work.obsm[f"X_{cfg.upstream}"] = last.upstream
     work.obsm["X_scbatchprox"] = last.refined
     return work
-
-
-def representation(adata: ad.AnnData, rep: str) -> np.ndarray:
-    """``"X"``, ``"layers/<name>"`` or an ``obsm`` key as a dense float array."""
-    if rep == "X":
-        m = adata.X
-    elif rep.startswith("layers/"):
-        m = adata.layers[rep.removeprefix("layers/")]
-    else:
-        m = adata.obsm[rep]
-    return np.asarray(m.toarray() if sp.issparse(m) else m)
 
 
 def evaluate_rep(

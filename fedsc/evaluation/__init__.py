@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from fedsc.errors import FedscInputError
 from fedsc.evaluation.caches import enable_compilation_caches
@@ -27,23 +28,34 @@ __all__ = [
     "enable_compilation_caches",
     "evaluate",
     "fedscgen_panel",
+    "representation",
     "scib_panel",
 ]
 
 PANELS: tuple[str, ...] = ("scib", "fedscgen", "downstream")
 
 
-def _rep(adata: AnnData, key: str, what: str) -> np.ndarray:
-    if key == "X":
+def representation(adata: AnnData, rep: str, what: str = "rep") -> np.ndarray:
+    """``"X"``, ``"layers/<name>"`` or an ``obsm`` key of ``adata`` as a dense array."""
+    if rep == "X":
         if adata.X is None:
             raise FedscInputError(f"{what}='X' but adata.X is empty; pass an obsm key instead.")
-        return adata.X
-    if key not in adata.obsm:
+        m = adata.X
+    elif rep.startswith("layers/"):
+        layer = rep.removeprefix("layers/")
+        if layer not in adata.layers:
+            raise FedscInputError(
+                f"{what}={rep!r}: no layer {layer!r} (layers: {sorted(adata.layers.keys())})."
+            )
+        m = adata.layers[layer]
+    elif rep in adata.obsm:
+        m = adata.obsm[rep]
+    else:
         raise FedscInputError(
-            f"{what}={key!r} is not in adata.obsm (keys: {sorted(adata.obsm.keys())}); "
-            "pass an obsm key or 'X'."
+            f"{what}={rep!r} is not in adata.obsm (keys: {sorted(adata.obsm.keys())}); "
+            "pass an obsm key, 'X' or 'layers/<name>'."
         )
-    return np.asarray(adata.obsm[key])
+    return np.asarray(m.toarray() if sp.issparse(m) else m)
 
 
 def _obs(adata: AnnData, key: str, what: str) -> pd.Series:
@@ -71,7 +83,8 @@ def evaluate(
     adata
         Cells with the representation, batch and label columns.
     rep
-        ``adata.obsm`` key of the embedding, or ``"X"``.
+        ``adata.obsm`` key of the embedding, ``"X"``, or ``"layers/<name>"`` (e.g. the
+        corrected expression ``"layers/fedscgen"``).
     batch_key, label_key
         ``adata.obs`` columns with batch and cell type.
     panels
@@ -90,10 +103,10 @@ def evaluate(
     unknown = [p for p in panels if p not in PANELS]
     if unknown or not panels:
         raise FedscInputError(f"panels {list(panels)} invalid; choose from {list(PANELS)}.")
-    X = _rep(adata, rep, "rep")
+    X = representation(adata, rep, "rep")
     batch = _obs(adata, batch_key, "batch_key")
     labels = _obs(adata, label_key, "label_key")
-    X_pre = _rep(adata, X_pre_rep, "X_pre_rep") if X_pre_rep is not None else None
+    X_pre = representation(adata, X_pre_rep, "X_pre_rep") if X_pre_rep is not None else None
     if batch.nunique(dropna=True) < 2:
         raise FedscInputError(
             f"adata.obs[{batch_key!r}] has fewer than 2 batches; batch metrics need at least 2."

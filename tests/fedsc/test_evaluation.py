@@ -315,3 +315,20 @@ def test_knn_distances_do_not_depend_on_thread_layout():
     np.testing.assert_array_equal(one.distances, two.distances)
     exact = np.linalg.norm(x[one.indices[:5]].astype(np.float64) - x[:5, None], axis=2)
     np.testing.assert_allclose(one.distances[:5], exact, rtol=1e-6)
+
+
+def test_evaluate_reads_layers():
+    import anndata as ad
+
+    from fedsc.evaluation import evaluate, representation
+
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(rng.normal(size=(120, 30)).astype(np.float32))
+    adata.obs["batch"] = np.repeat(["a", "b"], 60)
+    adata.obs["cell_type"] = np.tile(["x", "y", "z"], 40)
+    adata.layers["corrected"] = adata.X * 2
+    np.testing.assert_array_equal(representation(adata, "layers/corrected"), adata.X * 2)
+    rows = evaluate(adata, rep="layers/corrected", panels=("fedscgen",))
+    assert set(rows["embedding"]) == {"layers/corrected"} and len(rows) == 11
+    with pytest.raises(FedscInputError, match="no layer 'missing'"):
+        evaluate(adata, rep="layers/missing")
