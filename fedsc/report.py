@@ -209,16 +209,40 @@ def _comparison_section(
                 f"comparisons: with (n_A, n_B) seeds in {sizes} the smallest attainable "
                 f"two-sided exact p is {_fmt_p(float(unreach['min_attainable_p'].min()))} "
                 f"≥ α = {alpha}. A non-significant result there is not evidence of "
-                f"equivalence; run at least {min_seeds_for_alpha(alpha)} seeds per side."
+                f"equivalence. A single test needs at least {min_seeds_for_alpha(alpha)} "
+                "seeds per side to reach α at all; with BH over many tests, more."
             )
         if "metric" in comp.columns and len(comp):
-            stem = "delta_heatmap" if len(pairs) == 1 else f"delta_heatmap_{_slug(f'{a}_vs_{b}')}"
-            fig = delta_heatmap(comp, col_order=metric_order)
-            fig.savefig(fig_dir / f"{stem}.png", dpi=150)
-            fig.savefig(fig_dir / f"{stem}.pdf")
-            figures.append(f"{stem}.png")
-            lines.append(f"\n![Δ heatmap: {a} vs {b}](figures/{stem}.png)")
+            base = "delta_heatmap" if len(pairs) == 1 else f"delta_heatmap_{_slug(f'{a}_vs_{b}')}"
+            blocks = _metric_blocks(comp)
+            for i, block in enumerate(blocks):
+                stem = base if len(blocks) == 1 else f"{base}_{i + 1}"
+                title = f"A: {a}  vs  B: {b}"
+                if len(blocks) > 1:
+                    title += f"  ({', '.join(map(str, block['method'].unique()))})"
+                fig = delta_heatmap(block, col_order=metric_order, title=title)
+                fig.savefig(fig_dir / f"{stem}.png", dpi=150)
+                fig.savefig(fig_dir / f"{stem}.pdf")
+                figures.append(f"{stem}.png")
+                lines.append(f"\n![Δ heatmap: {a} vs {b}](figures/{stem}.png)")
     return lines, figures
+
+
+def _metric_blocks(comp: pd.DataFrame) -> list[pd.DataFrame]:
+    """Split a comparison into one heatmap per metric panel when methods share no metric.
+
+    scBatchProx (scIB panel) and FedscGen (FedscGen panel) in one heatmap would be a grid
+    of mostly empty cells; methods with identical metric sets stay together.
+    """
+    if "method" not in comp.columns:
+        return [comp]
+    metric_sets = comp.groupby("method", sort=False)["metric"].agg(frozenset)
+    groups: dict[frozenset, list[str]] = {}
+    for method, metrics in metric_sets.items():
+        groups.setdefault(metrics, []).append(method)
+    if len(groups) == 1:
+        return [comp]
+    return [comp[comp["method"].isin(methods)] for methods in groups.values()]
 
 
 def _umap_panels(

@@ -175,3 +175,17 @@ def test_plot_input_errors():
         umap_grid({"x": (np.zeros((5, 3)), ["a"] * 5, ["t"] * 5)})
     with pytest.raises(FedscInputError, match="lacks columns"):
         write_report(df.drop(columns="metric"), None, ".")
+
+
+def test_methods_with_disjoint_metric_panels_get_one_heatmap_each(tmp_path):
+    a = tidy_table()
+    b = a.assign(method="fedscgen", metric=a["metric"].str.lower(), run_id=a["run_id"] + "-f")
+    results = pd.concat([a, b], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        comp = compare(results, {"variant": "crypten"}, {"variant": "plaintext"})
+        write_report(results, comp, tmp_path)
+    figs = sorted(p.name for p in (tmp_path / "figures").glob("delta_heatmap*.png"))
+    assert figs == ["delta_heatmap_1.png", "delta_heatmap_2.png"]
+    text = (tmp_path / "report.md").read_text()
+    assert "figures/delta_heatmap_1.png" in text and "figures/delta_heatmap_2.png" in text
