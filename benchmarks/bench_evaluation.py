@@ -21,27 +21,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from fedsc.evaluation.scib_panel import scib_panel
+from fedsc.evaluation.scib_panel import BENCHMARKER_NAMES, scib_panel
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FILE = "cell_lines_293t_jurkat_harmony_pcs.h5ad"
-
-#: Benchmarker row name -> our metric name.
-BENCH_NAMES = {
-    "isolated_labels": "isolated_labels",
-    "nmi_ari_cluster_labels_kmeans_nmi": "kmeans_nmi",
-    "nmi_ari_cluster_labels_kmeans_ari": "kmeans_ari",
-    "silhouette_label": "silhouette_label",
-    "clisi_knn": "clisi_knn",
-    "bras": "silhouette_batch",
-    "ilisi_knn": "ilisi_knn",
-    "kbet_per_label": "kbet_per_label",
-    "graph_connectivity": "graph_connectivity",
-    "pcr_comparison": "pcr_comparison",
-    "Bio conservation": "bio_conservation",
-    "Batch correction": "batch_correction",
-    "Total": "total",
-}
 
 
 def benchmarker_values(adata: ad.AnnData, emb: str, pre: str, batch_key: str, label_key: str):
@@ -64,7 +47,7 @@ def benchmarker_values(adata: ad.AnnData, emb: str, pre: str, batch_key: str, la
     bm.benchmark()
     res = bm.get_results(min_max_scale=False, clean_names=False)
     col = res.loc[emb]
-    return {BENCH_NAMES[k]: float(col[k]) for k in BENCH_NAMES if k in col.index}
+    return {BENCHMARKER_NAMES[k]: float(col[k]) for k in BENCHMARKER_NAMES if k in col.index}
 
 
 def _time(fn, reps: int) -> tuple[float, object]:

@@ -46,6 +46,25 @@ from fedsc.evaluation._kbet import kbet_per_label  # noqa: E402
 
 PANEL = "scib"
 
+#: scib-metrics ``Benchmarker`` result names -> this panel's metric names (with
+#: ``BatchCorrection(bras=...)`` set to the plain batch silhouette, its "bras" row is ours
+#: ``silhouette_batch``). For comparing the two side by side.
+BENCHMARKER_NAMES: dict[str, str] = {
+    "isolated_labels": "isolated_labels",
+    "nmi_ari_cluster_labels_kmeans_nmi": "kmeans_nmi",
+    "nmi_ari_cluster_labels_kmeans_ari": "kmeans_ari",
+    "silhouette_label": "silhouette_label",
+    "clisi_knn": "clisi_knn",
+    "bras": "silhouette_batch",
+    "ilisi_knn": "ilisi_knn",
+    "kbet_per_label": "kbet_per_label",
+    "graph_connectivity": "graph_connectivity",
+    "pcr_comparison": "pcr_comparison",
+    "Bio conservation": "bio_conservation",
+    "Batch correction": "batch_correction",
+    "Total": "total",
+}
+
 #: Neighbourhood sizes the Benchmarker uses: graph connectivity, kBET, LISI.
 _K_GC, _K_KBET = 15, 50
 

@@ -10,22 +10,7 @@ import pandas as pd
 import pytest
 
 from fedsc.evaluation import evaluate, fedscgen_panel, scib_panel
-
-BENCH_NAMES = {
-    "isolated_labels": "isolated_labels",
-    "nmi_ari_cluster_labels_kmeans_nmi": "kmeans_nmi",
-    "nmi_ari_cluster_labels_kmeans_ari": "kmeans_ari",
-    "silhouette_label": "silhouette_label",
-    "clisi_knn": "clisi_knn",
-    "bras": "silhouette_batch",
-    "ilisi_knn": "ilisi_knn",
-    "kbet_per_label": "kbet_per_label",
-    "graph_connectivity": "graph_connectivity",
-    "pcr_comparison": "pcr_comparison",
-    "Bio conservation": "bio_conservation",
-    "Batch correction": "batch_correction",
-    "Total": "total",
-}
+from fedsc.evaluation.scib_panel import BENCHMARKER_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +46,7 @@ def test_scib_panel_matches_benchmarker(pancreas):
     )
     bm.benchmark()
     col = bm.get_results(min_max_scale=False, clean_names=False).loc["X_emb"]
-    theirs = {ours: float(col[k]) for k, ours in BENCH_NAMES.items()}
+    theirs = {ours: float(col[k]) for k, ours in BENCHMARKER_NAMES.items()}
 
     df = scib_panel(a.obsm["X_emb"], a.obs["batch"], a.obs["cell_type"], X_pre=a.obsm["X_pca"])
     ours = dict(zip(df["metric"], df["value"], strict=True))

@@ -8,12 +8,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 import torch
 
 import smpc
 from fedsc.data import cell_type_presence, split_clients
-from fedsc.datasets import pancreas
 from fedsc.errors import FedscInputError
 from fedsc.federation import run_federation
 from fedsc.methods.fedscgen import (
@@ -29,22 +27,7 @@ from smpc.plaintext import PlaintextAggregator
 TINY = {"hidden": (64, 64), "batch_size": 30, "num_threads": 1}
 KEYS = {"batch_key": "batch", "label_key": "cell_type"}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread avoids OpenMP stalls on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def panc() -> ad.AnnData:
-    a = pancreas()
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

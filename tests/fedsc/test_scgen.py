@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scanpy as sc
 import torch
 
-from fedsc.datasets import pancreas
 from fedsc.errors import FedscInputError
 from fedsc.methods import vae as vae_mod
 from fedsc.methods.scgen import ScGenConfig, batch_removal, run_scgen, train_scgen
@@ -15,25 +13,7 @@ from fedsc.methods.vae import as_tensor, encode_mean
 
 TINY = {"hidden": (64, 64), "batch_size": 30, "num_threads": 1}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread avoids OpenMP stalls on a loaded 2-core machine.
-
-    (scanpy's preprocessing resets torch's thread count, hence per test.)
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def panc():
-    a = pancreas()
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

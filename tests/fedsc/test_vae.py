@@ -24,17 +24,7 @@ from fedsc.methods.vae import (
 
 CFG = VAEConfig(hidden=(16, 12), latent=3, batch_size=8)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread avoids OpenMP stalls on a loaded 2-core machine.
-
-    (scanpy's preprocessing resets torch's thread count, hence per test.)
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 40, genes: int = 7, seed: int = 0) -> torch.Tensor:
