@@ -25,7 +25,7 @@ from fedsc.methods import get_method
 from fedsc.preprocessing import fit_embedding, preprocess
 from fedsc.results import TIDY_COLUMNS
 from fedsc.run_config import RunConfig
-from fedsc.tl import aggregator_for
+from fedsc.tl import aggregator_for, config_from_kwargs
 
 PACKAGES = ("fedsc", "torch", "crypten", "numpy", "scipy", "scanpy", "anndata", "scib-metrics")
 
@@ -84,8 +84,7 @@ def prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> ad.AnnData:
 
 def prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> tuple[ad.AnnData, str]:
     """The embedding scBatchProx refines: ``use_rep`` if given, else the upstream model's."""
-    if cfg.use_rep is not None:
-        validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key, use_rep=cfg.use_rep)
+    if cfg.use_rep is not None:  # fedsc.tl.scbatchprox validates use_rep
         return adata, cfg.use_rep
     expr = prepare_expression(adata, cfg)
     fit_embedding(expr, method=cfg.upstream, n_comps=cfg.n_comps, seed=cfg.seed)
@@ -106,7 +105,7 @@ def run_scenario(adata: ad.AnnData, cfg: RunConfig, agg: Any) -> ad.AnnData:
         upstream=cfg.upstream,
         n_comps=cfg.n_comps,
         n_top_genes=cfg.n_top_genes,
-        config=ScBatchProxConfig(**cfg.params),
+        config=config_from_kwargs(ScBatchProxConfig, None, cfg.params),
         seed=cfg.seed,
     )[-1]
     work = adata[last.obs_names].copy()

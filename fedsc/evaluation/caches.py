@@ -59,8 +59,12 @@ def enable_compilation_caches(root: str | os.PathLike[str] | None = None) -> Pat
     for d in (numba_dir, jax_dir):
         try:
             d.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass
+        except OSError as err:  # metrics still work, each process just compiles again
+            warnings.warn(
+                f"cannot create the compilation cache {d} ({err}); set FEDSC_CACHE_DIR to a "
+                "writable folder to keep compiled metric code between processes.",
+                stacklevel=2,
+            )
 
     if "NUMBA_CACHE_DIR" not in os.environ:
         os.environ["NUMBA_CACHE_DIR"] = str(numba_dir)
