@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from smpc.flatten import Spec, flatten_all
-from smpc.ledger import Ledger, LedgerEntry
+from smpc.ledger import Ledger, LedgerEntry, Traffic
 
 
 class AggregatorClosedError(RuntimeError):
@@ -83,9 +84,8 @@ class Aggregator(ABC):
             )
         self._current_spec = spec
         start = time.perf_counter()
-        weighted_sum, total = self._weighted_sum(matrix, w)
-        seconds = time.perf_counter() - start
-        self._last_entry(seconds)
+        weighted_sum, total, traffic = self._weighted_sum(matrix, w)
+        self._record("weighted_mean", matrix, traffic, time.perf_counter() - start)
         return spec.unflatten(weighted_sum / total)
 
     def sum(self, contributions: Sequence[Any]) -> Any:
@@ -94,8 +94,8 @@ class Aggregator(ABC):
         matrix, spec = flatten_all(contributions)
         self._current_spec = spec
         start = time.perf_counter()
-        total = self._sum(matrix)
-        self._last_entry(time.perf_counter() - start)
+        total, traffic = self._sum(matrix)
+        self._record("sum", matrix, traffic, time.perf_counter() - start)
         return spec.unflatten(total)
 
     def argmax(self, columns: Sequence[Any]) -> np.ndarray:
@@ -120,9 +120,9 @@ class Aggregator(ABC):
             )
         self._current_spec = spec
         start = time.perf_counter()
-        winners = np.asarray(self._argmax(matrix), dtype=np.int64)
-        self._last_entry(time.perf_counter() - start)
-        return winners
+        winners, traffic = self._argmax(matrix)
+        self._record("argmax", matrix, traffic, time.perf_counter() - start)
+        return np.asarray(winners, dtype=np.int64)
 
     def close(self) -> None:
         """Release resources (party processes). Idempotent."""
@@ -135,36 +135,36 @@ class Aggregator(ABC):
         self.close()
 
     # ----------------------------------------------------------------- backend hooks
+    # Hooks compute and return what they moved; they never write the ledger themselves.
     @abstractmethod
-    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
-        """Return (sum_c w_c x_c, sum_c w_c) and record a ledger entry."""
+    def _weighted_sum(
+        self, matrix: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, float, Traffic]:
+        """Return (sum_c w_c x_c, sum_c w_c, traffic)."""
 
     @abstractmethod
-    def _sum(self, matrix: np.ndarray) -> np.ndarray:
-        """Return sum_c x_c and record a ledger entry."""
+    def _sum(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
+        """Return (sum_c x_c, traffic)."""
 
     @abstractmethod
-    def _argmax(self, matrix: np.ndarray) -> np.ndarray:
-        """Return per-column argmax over rows (lowest row on ties); record an entry."""
+    def _argmax(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
+        """Return (per-column argmax over rows, lowest row on ties; traffic)."""
 
     # ----------------------------------------------------------------- helpers
-    def _entry(self, op: str, matrix: np.ndarray, **fields: Any) -> LedgerEntry:
-        """Create and record a ledger entry stamped with the current round and tag."""
-        entry = LedgerEntry(
-            op=op,
-            round=self.ledger.round,
-            tag=self.ledger.tag,
-            n_clients=int(matrix.shape[0]),
-            n_values=int(matrix.shape[1]),
-            private=self.private,
-            **fields,
+    def _record(self, op: str, matrix: np.ndarray, traffic: Traffic, seconds: float) -> None:
+        """Write the ledger entry of one operation, stamped with the ledger's scope."""
+        self.ledger.record(
+            LedgerEntry(
+                op=op,
+                round=self.ledger.round,
+                tag=self.ledger.tag,
+                n_clients=int(matrix.shape[0]),
+                n_values=int(matrix.shape[1]),
+                private=self.private,
+                seconds=seconds,
+                **asdict(traffic),
+            )
         )
-        self.ledger.record(entry)
-        return entry
-
-    def _last_entry(self, seconds: float) -> None:
-        if self.ledger.entries and self.ledger.entries[-1].seconds == 0.0:
-            self.ledger.entries[-1].seconds = seconds
 
     def _check_open(self) -> None:
         if self._closed:

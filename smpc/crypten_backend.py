@@ -30,6 +30,7 @@ import numpy as np
 
 from smpc import sharing
 from smpc.aggregator import Aggregator
+from smpc.ledger import Traffic
 
 _OPS = {"sum": "sum", "weighted_mean": "sum", "argmax": "argmax"}
 
@@ -467,7 +468,9 @@ class CryptenAggregator(Aggregator):
         return "the client's weight"
 
     # ----------------------------------------------------------------- backend hooks
-    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    def _weighted_sum(
+        self, matrix: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, float, Traffic]:
         # FedAvg is additions only: each client pre-multiplies by its weight locally and
         # shares [w*x, w]; the parties reveal sum w*x and sum w; division is in plaintext.
         weighted = np.empty((matrix.shape[0], matrix.shape[1] + 1), dtype=np.float64)
@@ -475,47 +478,25 @@ class CryptenAggregator(Aggregator):
         weighted[:, -1] = weights
         p = self.sum_precision_bits
         sharing.check_ring_bounds(weighted, p, what="w*x", label=self._label)
-        start = time.perf_counter()
         raw, stats = self._run("weighted_mean", weighted, p)
         decoded = sharing.decode(raw, p)
-        d = matrix.shape[1]
-        self._entry(
-            "weighted_mean",
-            matrix,
-            seconds=time.perf_counter() - start,
-            coordinator_received={"sum_weighted": [d], "sum_weights": []},
-            **stats,
-        )
-        return decoded[:-1], float(decoded[-1])
+        received = {"sum_weighted": [matrix.shape[1]], "sum_weights": []}
+        return decoded[:-1], float(decoded[-1]), Traffic(coordinator_received=received, **stats)
 
-    def _sum(self, matrix: np.ndarray) -> np.ndarray:
+    def _sum(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
         p = self.sum_precision_bits
         sharing.check_ring_bounds(matrix, p, what="x", label=self._label)
-        start = time.perf_counter()
         raw, stats = self._run("sum", matrix, p)
-        self._entry(
-            "sum",
-            matrix,
-            seconds=time.perf_counter() - start,
-            coordinator_received={"sum": [matrix.shape[1]]},
-            **stats,
-        )
-        return sharing.decode(raw, p)
+        traffic = Traffic(coordinator_received={"sum": [matrix.shape[1]]}, **stats)
+        return sharing.decode(raw, p), traffic
 
-    def _argmax(self, matrix: np.ndarray) -> np.ndarray:
+    def _argmax(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
         # Values are compared at the fixed-point resolution 2^-p (integer counts exactly);
         # parties form K*x + (K-1-i), hence the K-fold ring bound.
         sharing.check_ring_bounds(matrix, self.precision_bits, what="x", label=self._label)
-        start = time.perf_counter()
         raw, stats = self._run("argmax", matrix, self.precision_bits)
-        self._entry(
-            "argmax",
-            matrix,
-            seconds=time.perf_counter() - start,
-            coordinator_received={"argmax_index": [matrix.shape[1]]},
-            **stats,
-        )
-        return raw.astype(np.int64)
+        traffic = Traffic(coordinator_received={"argmax_index": [matrix.shape[1]]}, **stats)
+        return raw.astype(np.int64), traffic
 
     # ----------------------------------------------------------------- instrumentation
     def _query(self, command: str) -> list[Any]:

@@ -8,8 +8,27 @@ the coordinator (the caller) received.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass
+class Traffic:
+    """What one backend operation moved: returned by every backend hook.
+
+    The :class:`~smpc.aggregator.Aggregator` base class turns it into a
+    :class:`LedgerEntry`, so no backend or wrapper can skip the privacy evidence.
+    Field meanings are those of :class:`LedgerEntry`.
+    """
+
+    bytes_to_party: list[int] = field(default_factory=list)
+    messages_to_party: list[int] = field(default_factory=list)
+    bytes_between_parties: list[int] = field(default_factory=list)
+    mpc_rounds: int = 0
+    coordinator_received: dict[str, list[int]] = field(default_factory=dict)
+    coordinator_bytes: int = 0
 
 
 @dataclass
@@ -45,6 +64,9 @@ class LedgerEntry:
         Total bytes the coordinator received.
     private
         Whether client inputs stayed hidden from the coordinator and from each party.
+    mechanisms
+        What each mechanism wrapped around the backend did (name and parameters), in
+        the order applied to client contributions.
     """
 
     op: str
@@ -60,19 +82,33 @@ class LedgerEntry:
     coordinator_received: dict[str, list[int]] = field(default_factory=dict)
     coordinator_bytes: int = 0
     private: bool = False
+    mechanisms: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Ledger:
     """Append-only record of aggregation operations.
 
-    The caller sets :attr:`round` and :attr:`tag` (the federation engine does) so each
-    entry is attributed to a round.
+    The caller attributes entries to a round and a tag with :meth:`scope` (the federation
+    engine does).
     """
 
     def __init__(self) -> None:
         self.entries: list[LedgerEntry] = []
         self.round: int | None = None
         self.tag: str | None = None
+
+    @contextmanager
+    def scope(self, round: int | None, tag: str | None) -> Iterator[Ledger]:
+        """Attribute the entries written inside the block to ``round`` and ``tag``.
+
+        Restores the previous round and tag on exit, also after an error; scopes nest.
+        """
+        previous = self.round, self.tag
+        self.round, self.tag = round, tag
+        try:
+            yield self
+        finally:
+            self.round, self.tag = previous
 
     def record(self, entry: LedgerEntry) -> None:
         """Append one entry."""

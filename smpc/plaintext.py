@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from smpc.aggregator import Aggregator, lowest_index_argmax
+from smpc.ledger import Traffic
 
 
 class PlaintextAggregator(Aggregator):
@@ -24,25 +25,22 @@ class PlaintextAggregator(Aggregator):
     def privacy_note(self) -> str:
         return "not private: the coordinator receives every client's plaintext contribution"
 
-    def _received(self, matrix: np.ndarray, op: str, extra: int = 0) -> None:
+    @staticmethod
+    def _received(matrix: np.ndarray, extra: int = 0) -> Traffic:
         received = {f"client[{i}]": [int(matrix.shape[1])] for i in range(matrix.shape[0])}
         if extra:
             received["weights"] = [int(matrix.shape[0])]
-        self._entry(
-            op,
-            matrix,
-            coordinator_received=received,
-            coordinator_bytes=int(matrix.nbytes + 8 * extra),
+        return Traffic(
+            coordinator_received=received, coordinator_bytes=int(matrix.nbytes + 8 * extra)
         )
 
-    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
-        self._received(matrix, "weighted_mean", extra=len(weights))
-        return weights @ matrix, float(weights.sum())
+    def _weighted_sum(
+        self, matrix: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, float, Traffic]:
+        return weights @ matrix, float(weights.sum()), self._received(matrix, extra=len(weights))
 
-    def _sum(self, matrix: np.ndarray) -> np.ndarray:
-        self._received(matrix, "sum")
-        return matrix.sum(axis=0)
+    def _sum(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
+        return matrix.sum(axis=0), self._received(matrix)
 
-    def _argmax(self, matrix: np.ndarray) -> np.ndarray:
-        self._received(matrix, "argmax")
-        return lowest_index_argmax(matrix)
+    def _argmax(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
+        return lowest_index_argmax(matrix), self._received(matrix)

@@ -140,11 +140,8 @@ def run_federation(
                 method.local_update(c, state, r, g) for c, g in zip(clients, gens, strict=True)
             ]
         w = [res.weight for res in results] if weights is None else list(weights)
-        aggregator.ledger.round, aggregator.ledger.tag = r, "fedavg"
-        try:
+        with aggregator.ledger.scope(r, "fedavg"):
             state = aggregator.weighted_mean([res.state for res in results], w)
-        finally:
-            aggregator.ledger.round, aggregator.ledger.tag = None, None
         history.append(
             {
                 "round": r,

@@ -296,31 +296,28 @@ def correct(
         counts.append(np.bincount(code, minlength=len(vocab)).astype(np.float64))
 
     ledger = aggregator.ledger
-    try:
-        # b. number of clients per type (only that is revealed)
-        ledger.round, ledger.tag = None, "correction/presence"
+    # b. number of clients per type (only that is revealed)
+    with ledger.scope(None, "correction/presence"):
         n_clients = np.rint(aggregator.sum([(k > 0).astype(np.float64) for k in counts]))
-        shared = np.flatnonzero(n_clients >= 2)
-        # c. dominant client per shared type (only the winner's index is revealed)
-        means = np.zeros((len(shared), model.config.latent))
-        winners = np.zeros(0, dtype=np.int64)
-        if len(shared):
-            ledger.tag = "correction/dominant"
+    shared = np.flatnonzero(n_clients >= 2)
+    # c. dominant client per shared type (only the winner's index is revealed)
+    means = np.zeros((len(shared), model.config.latent))
+    winners = np.zeros(0, dtype=np.int64)
+    if len(shared):
+        with ledger.scope(None, "correction/dominant"):
             winners = np.asarray(aggregator.argmax([k[shared] for k in counts]), dtype=np.int64)
-            # d. mean latent of the dominant client's cells, by a sum that is zero elsewhere
-            ledger.tag = "correction/mean_latent"
-            contributions = []
-            for pos, (z, code, k) in enumerate(zip(latents, codes, counts, strict=True)):
-                lsum = np.zeros((len(shared), z.shape[1]))
-                cnt = np.zeros(len(shared))
-                for s in np.flatnonzero(winners == pos):
-                    lsum[s] = z[code == shared[s]].sum(axis=0)
-                    cnt[s] = k[shared[s]]
-                contributions.append({"latent_sum": lsum, "count": cnt})
+        # d. mean latent of the dominant client's cells, by a sum that is zero elsewhere
+        contributions = []
+        for pos, (z, code, k) in enumerate(zip(latents, codes, counts, strict=True)):
+            lsum = np.zeros((len(shared), z.shape[1]))
+            cnt = np.zeros(len(shared))
+            for s in np.flatnonzero(winners == pos):
+                lsum[s] = z[code == shared[s]].sum(axis=0)
+                cnt[s] = k[shared[s]]
+            contributions.append({"latent_sum": lsum, "count": cnt})
+        with ledger.scope(None, "correction/mean_latent"):
             total = aggregator.sum(contributions)
-            means = np.asarray(total["latent_sum"]) / np.asarray(total["count"])[:, None]
-    finally:
-        ledger.round, ledger.tag = None, None
+        means = np.asarray(total["latent_sum"]) / np.asarray(total["count"])[:, None]
 
     # e. local: shift own cells of shared types, decode everything
     latent = np.empty((n_total, model.config.latent), dtype=np.float32)

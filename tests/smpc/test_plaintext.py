@@ -59,8 +59,9 @@ def test_bad_inputs_raise_clear_errors(agg, call, match):
 
 
 def test_ledger_says_the_coordinator_saw_every_contribution(agg):
-    agg.ledger.round, agg.ledger.tag = 3, "fedavg"
-    agg.weighted_mean([np.zeros(4), np.ones(4)], weights=[1, 1])
+    with agg.ledger.scope(3, "fedavg"):
+        agg.weighted_mean([np.zeros(4), np.ones(4)], weights=[1, 1])
+    assert (agg.ledger.round, agg.ledger.tag) == (None, None)
     (entry,) = agg.ledger.entries
     assert (entry.op, entry.round, entry.tag) == ("weighted_mean", 3, "fedavg")
     assert (entry.n_clients, entry.n_values, entry.private) == (2, 4, False)
