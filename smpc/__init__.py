@@ -2,13 +2,18 @@
 
 from smpc.aggregator import Aggregator, AggregatorClosedError
 from smpc.ledger import Ledger, LedgerEntry
+from smpc.mechanisms import MECHANISMS, Mechanism, MechanismAggregator, make_mechanism
 from smpc.registry import BACKENDS, make_aggregator
 
 __all__ = [
     "BACKENDS",
+    "MECHANISMS",
     "Aggregator",
     "AggregatorClosedError",
     "Ledger",
     "LedgerEntry",
+    "Mechanism",
+    "MechanismAggregator",
     "make_aggregator",
+    "make_mechanism",
 ]
