@@ -22,7 +22,8 @@ import torch
 
 from fedsc.federation.local_result import LocalResult, State
 from fedsc.federation.seeding import client_generators
-from fedsc.federation.strategy import FedAvg, Strategy
+from fedsc.federation.strategy import Strategy
+from fedsc.federation.strategy_registry import make_strategy
 from fedsc.progress import progress
 from smpc import Aggregator
 
@@ -92,7 +93,7 @@ def run_federation(
     on_round_end: Callable[[int, State], None] | None = None,
     show_progress: bool | None = None,
     description: str = "federated rounds",
-    strategy: Strategy | None = None,
+    strategy: Strategy | str | None = None,
 ) -> FederationResult:
     """Run ``rounds`` rounds of federated training.
 
@@ -120,7 +121,8 @@ def run_federation(
     description
         Label of the progress bar.
     strategy
-        How results become the next global state (:mod:`fedsc.federation.strategy`);
+        How results become the next global state: a
+        :class:`~fedsc.federation.strategy.Strategy` or a registry name (``"fedavgm"``);
         ``None``: :class:`~fedsc.federation.strategy.FedAvg`.
 
     Returns
@@ -133,7 +135,7 @@ def run_federation(
     clients = list(clients)
     if not clients:
         raise ValueError("no clients to train: the federation needs at least one client.")
-    strategy = FedAvg() if strategy is None else strategy
+    strategy = make_strategy(strategy)
     start = time.perf_counter()
     state = {k: v.detach().clone() for k, v in method.initial_state().items()}
     strategy.initialize(state)

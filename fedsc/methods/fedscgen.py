@@ -380,7 +380,7 @@ def run_fedscgen(
     snapshot_every_round: bool = False,
     show_progress: bool | None = None,
     key_added: str = "fedscgen",
-    strategy: Strategy | None = None,
+    strategy: Strategy | str | None = None,
 ) -> FedScGenResult:
     """Train FedscGen over the batches of ``adata`` and correct every batch.
 

@@ -280,7 +280,7 @@ class ScBatchProx:
     seconds: float = 0.0
     ledger: dict[str, Any] = field(default_factory=dict)
     #: How each round's results are aggregated (``None``: FedAvg, the paper's).
-    strategy: Strategy | None = None
+    strategy: Strategy | str | None = None
 
     def transform(self, z: np.ndarray, batch_labels: Sequence[str]) -> np.ndarray:
         """Refined embedding of cells ``z`` from batches ``batch_labels``."""
@@ -297,7 +297,7 @@ class ScBatchProx:
         seed: int = 0,
         batches: Sequence[str] | None = None,
         show_progress: bool | None = None,
-        strategy: Strategy | None = None,
+        strategy: Strategy | str | None = None,
     ) -> ScBatchProx:
         """Train adapters for every batch from the identity (one client per batch).
 
