@@ -1,6 +1,6 @@
 """smpc: secure aggregation backends (plaintext, CrypTen). Knows nothing about cells."""
 
-from smpc.aggregator import Aggregator, AggregatorClosedError
+from smpc.aggregator import Aggregator, AggregatorClosedError, RevealRefusedError
 from smpc.ledger import Ledger, LedgerEntry
 from smpc.mechanisms import MECHANISMS, Mechanism, MechanismAggregator, make_mechanism
 from smpc.registry import BACKENDS, make_aggregator
@@ -14,6 +14,7 @@ __all__ = [
     "LedgerEntry",
     "Mechanism",
     "MechanismAggregator",
+    "RevealRefusedError",
     "make_aggregator",
     "make_mechanism",
 ]

@@ -127,8 +127,8 @@ def run_federation(
 
     Returns
     -------
-    :class:`FederationResult`; ``history`` has one dict per round with ``round``,
-    ``seconds`` and the weighted mean of each client metric (no per-client values).
+    :class:`FederationResult`; ``history`` has one dict per round with ``round`` and the
+    weighted mean of each client metric (no per-client values), so it is deterministic.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}.")
@@ -159,7 +159,7 @@ def run_federation(
         with ledger.scope(r, "metrics"):
             metrics = strategy.aggregate_metrics(results, aggregator, round_index=r, weights=w)
         seconds = time.perf_counter() - round_start
-        history.append({"round": r, "seconds": seconds, **metrics})
+        history.append({"round": r, **metrics})
         logger.info(
             "round %d: %.3f s%s",
             r,

@@ -130,7 +130,7 @@ def epoch_batches(
 
     The last batch of an epoch may be smaller; nothing is dropped.
     """
-    out = []
+    out: list[np.ndarray] = []
     for _ in range(epochs):
         perm = torch.randperm(n_train, generator=generator).numpy()
         out.extend(perm[i : i + batch_size] for i in range(0, n_train, batch_size))

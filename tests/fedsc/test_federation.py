@@ -110,11 +110,10 @@ def test_history_holds_only_weighted_means_computed_through_the_aggregator(caplo
     ):
         res = run_federation(method, [0, 1], agg, rounds=2, seed=0)
     # loss: (1 * 2 + 3 * 6) / 4 = 5 in round 0, +1 in round 1; acc: (0 + 3 * 0.5) / 4
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in res.history] == [
+    assert res.history == [
         {"round": 0, "acc": 0.375, "loss": 5.0},
         {"round": 1, "acc": 0.375, "loss": 6.0},
     ]
-    assert all(h["seconds"] >= 0 for h in res.history)
     metric_ops = [e for e in agg.ledger.entries if e.tag == "metrics"]
     assert [(e.op, e.round, e.n_clients, e.n_values) for e in metric_ops] == [
         ("weighted_mean", 0, 2, 2),
