@@ -11,7 +11,7 @@ import pytest
 import fedsc.tl
 import smpc
 from fedsc.errors import FedscInputError
-from fedsc.federation import run_federation
+from fedsc.federation import FedAvg, run_federation
 from fedsc.methods.scbatchprox import (
     FiLMAdapter,
     ScBatchProx,
@@ -131,6 +131,23 @@ def test_same_seed_bit_identical_different_seed_differs():
     a, b, c = fit(z, labels, seed=3), fit(z, labels, seed=3), fit(z, labels, seed=4)
     np.testing.assert_array_equal(a.transform(z, labels), b.transform(z, labels))
     assert not np.array_equal(a.transform(z, labels), c.transform(z, labels))
+
+
+def test_strategy_option_fedavg_is_the_default_and_history_is_aggregated():
+    z, labels = make_embedding()
+    default = fit(z, labels, rounds=3)
+    with smpc.make_aggregator("plaintext") as agg:
+        explicit = ScBatchProx.fit(
+            z, labels, agg, config=ScBatchProxConfig(rounds=3), strategy=FedAvg()
+        )
+    np.testing.assert_array_equal(default.adapter.gamma, explicit.adapter.gamma)
+    np.testing.assert_array_equal(default.adapter.beta, explicit.adapter.beta)
+    assert [sorted(h) for h in default.history] == [["recon_loss", "round"]] * 3
+    assert [e.tag for e in agg.ledger.entries] == ["fedavg", "metrics"] * 3
+    with smpc.make_aggregator("plaintext") as agg:
+        m = ScBatchProx.fit(z, labels, agg, config=ScBatchProxConfig(rounds=3), strategy="fedavgm")
+    assert {e.tag for e in agg.ledger.entries} == {"fedavgm", "metrics"}
+    assert not np.allclose(m.adapter.gamma, default.adapter.gamma)
 
 
 def test_continual_training_freezes_old_cells_bit_identical():
