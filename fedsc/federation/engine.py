@@ -104,14 +104,16 @@ def run_federation(
     clients
         Indices of the clients that train, in the fixed order they are visited.
     aggregator
-        The only channel between clients: the strategy aggregates states through it, the
-        engine the clients' metrics (weighted mean, ledger tag ``"metrics"``).
+        The only channel between clients: the strategy aggregates the states (ledger tag
+        ``strategy.tag``) and the clients' metrics (weighted mean, tag ``"metrics"``)
+        through it.
     rounds
         Number of communication rounds (>= 1).
     seed
         Run seed; each (round, client) gets its own generator derived from it.
     weights
-        Fixed FedAvg weights per client; by default the weight each local update returns.
+        Fixed aggregation weights per client; by default the weight each local update
+        returns.
     snapshot_every_round
         Keep a deep copy of the global state after every round (for rounds x epochs grids).
     on_round_end
