@@ -11,7 +11,8 @@ operation the mechanisms apply to:
 3. after reveal: ``m2`` then ``m1`` transform the aggregate.
 
 Every client has its own copy of each mechanism (state a mechanism keeps, e.g. an error
-feedback buffer, stays with that client). The :class:`~smpc.aggregator.Aggregator` base
+feedback buffer, stays with that client); a client is its row index, so callers keep a
+fixed client order across operations (the engine does). The :class:`~smpc.aggregator.Aggregator` base
 class writes the ledger entry, listing the mechanisms applied (``LedgerEntry.mechanisms``).
 """
 
