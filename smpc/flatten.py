@@ -80,7 +80,7 @@ def flatten(value: Any, name: str = "contribution") -> tuple[np.ndarray, Spec]:
         parts, leaves = [], []
         for key in sorted(value):
             flat, dtype, is_torch = _to_numpy(value[key], f"{name}[{key!r}]")
-            shape = tuple(value[key].shape)
+            shape = tuple(np.shape(value[key]))
             parts.append(flat)
             leaves.append(_Leaf(str(key), shape, dtype, is_torch))
         return np.concatenate(parts), Spec(tuple(leaves), True)
@@ -121,3 +121,22 @@ def flatten_all(contributions: Sequence[Any]) -> tuple[np.ndarray, Spec]:
             "(e.g. lower the learning rate) before aggregating."
         )
     return matrix, spec0
+
+
+def flatten_like(value: Any, spec: Spec, name: str = "reference") -> np.ndarray:
+    """Flatten ``value`` (e.g. the broadcast global state) to match ``spec``.
+
+    Raises a ``ValueError`` naming both structures when keys or shapes differ.
+    """
+    flat, other = flatten(value, name=name)
+    if [(leaf.key, leaf.shape) for leaf in other.leaves] != [
+        (leaf.key, leaf.shape) for leaf in spec.leaves
+    ]:
+        raise ValueError(
+            f"{name}: keys/shapes {[(leaf.key, leaf.shape) for leaf in other.leaves]} differ "
+            f"from the contributions' {[(leaf.key, leaf.shape) for leaf in spec.leaves]}; "
+            "pass the state the clients started from (same structure)."
+        )
+    if not np.all(np.isfinite(flat)):
+        raise ValueError(f"{name} contains NaN or Inf.")
+    return flat

@@ -1,9 +1,9 @@
 """What crossed each boundary during secure aggregation.
 
 Every aggregator keeps a :class:`Ledger`. One :class:`LedgerEntry` is written per
-operation (``weighted_mean``, ``sum``, ``argmax``). The ledger is the evidence for the
-privacy claims of a run: it lists what each computation party received and every value
-the coordinator (the caller) received.
+operation (``weighted_mean``, ``sum``, ``argmax``, ``gather``). The ledger is the
+evidence for the privacy claims of a run: it lists what each computation party received,
+every value the coordinator (the caller) received, and the mechanisms applied.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class LedgerEntry:
     Attributes
     ----------
     op
-        ``"weighted_mean"``, ``"sum"`` or ``"argmax"``.
+        ``"weighted_mean"``, ``"sum"``, ``"argmax"`` or ``"gather"`` (every contribution
+        revealed to the coordinator; non-private aggregators only).
     round
         Federation round the operation belongs to (``None`` outside rounds).
     tag

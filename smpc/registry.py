@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from smpc.aggregator import Aggregator
+
+if TYPE_CHECKING:
+    from smpc.mechanisms.registry import MechanismSpec
 
 
 def _plaintext(**options: Any) -> Aggregator:
@@ -28,7 +31,13 @@ BACKENDS: dict[str, Callable[..., Aggregator]] = {
 }
 
 
-def make_aggregator(name: str, **options: Any) -> Aggregator:
+def make_aggregator(
+    name: str,
+    *,
+    mechanisms: Sequence[MechanismSpec] | None = None,
+    mechanism_seed: int | None = None,
+    **options: Any,
+) -> Aggregator:
     """Create an aggregator.
 
     Parameters
@@ -36,6 +45,12 @@ def make_aggregator(name: str, **options: Any) -> Aggregator:
     name
         ``"plaintext"`` (exact, not private) or ``"crypten"`` (additive secret sharing
         among three CrypTen parties).
+    mechanisms
+        Mechanisms wrapped around the backend (:mod:`smpc.mechanisms`): instances,
+        names (``"clip"``), ``{"name": "clip", "max_norm": 1.0}`` or
+        ``("clip", {"max_norm": 1.0})``. ``None`` or empty: the bare backend.
+    mechanism_seed
+        Seed of the mechanisms' per-client generators (``None``: fresh entropy).
     **options
         Backend options (e.g. ``parties=3, mode="secure"`` for crypten).
     """
@@ -45,4 +60,10 @@ def make_aggregator(name: str, **options: Any) -> Aggregator:
         raise ValueError(
             f"unknown aggregation backend {name!r}; choose one of {sorted(BACKENDS)}."
         ) from None
+    specs = list(mechanisms or [])
+    if specs:
+        from smpc.mechanisms import MechanismAggregator, make_mechanisms
+
+        built = make_mechanisms(specs)  # before starting the backend: fail fast
+        return MechanismAggregator(factory(**options), built, seed=mechanism_seed)
     return factory(**options)

@@ -50,7 +50,7 @@ from fedsc.data.clients import Client, split_clients
 from fedsc.data.inclusion import DEFAULT_MIN_CELLS
 from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
-from fedsc.federation import FederationResult, LocalResult, State, run_federation
+from fedsc.federation import FederationResult, LocalResult, State, Strategy, run_federation
 from fedsc.methods import vae as vae_mod
 from fedsc.methods.scgen import prepare_inclusion, write_outputs
 from fedsc.methods.vae import (
@@ -380,6 +380,7 @@ def run_fedscgen(
     snapshot_every_round: bool = False,
     show_progress: bool | None = None,
     key_added: str = "fedscgen",
+    strategy: Strategy | str | None = None,
 ) -> FedScGenResult:
     """Train FedscGen over the batches of ``adata`` and correct every batch.
 
@@ -410,6 +411,8 @@ def run_fedscgen(
         Keep the global state after every round (``FedScGenResult.model_at(r)``).
     show_progress
         Progress bar over rounds; ``None`` shows it only on a terminal.
+    strategy
+        How each training round is aggregated (:mod:`fedsc.federation`); ``None``: FedAvg.
     key_added
         Writes ``adata.obsm["X_" + key_added]`` (shifted latent) and
         ``adata.layers[key_added]`` (corrected expression), in the original cell order;
@@ -434,6 +437,7 @@ def run_fedscgen(
                 snapshot_every_round=snapshot_every_round,
                 show_progress=show_progress,
                 key_added=key_added,
+                strategy=strategy,
             )
     start = time.perf_counter()
     used, rows = prepare_inclusion(adata, batch_key, label_key, inclusion, min_cells)
@@ -452,6 +456,7 @@ def run_fedscgen(
             snapshot_every_round=snapshot_every_round,
             show_progress=show_progress,
             description="FedscGen rounds",
+            strategy=strategy,
         )
         model = method.model
         model.load_state_dict(fed.state)

@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from fedsc.errors import FedscInputError
-from fedsc.federation import FederationResult, LocalResult, State, run_federation
+from fedsc.federation import (
+    FederationResult,
+    LocalResult,
+    State,
+    Strategy,
+    derive_rng,
+    run_federation,
+)
 from smpc import Aggregator
 
 
@@ -75,7 +82,6 @@ class FiLMAdapter:
     batches: list[str]
     gamma: np.ndarray
     beta: np.ndarray
-    frozen: set[str] = field(default_factory=set)
 
     @classmethod
     def identity(cls, batches: Sequence[str], dim: int) -> FiLMAdapter:
@@ -112,7 +118,7 @@ class FiLMAdapter:
 
 def training_split(n: int, fraction: float, seed: int, client: int) -> np.ndarray:
     """The fixed training subset of one client (positions 0..n-1), reused every round."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B9, int(client)]))
+    rng = derive_rng(seed, 0x5B9, client)
     n_train = min(n, max(1, round(fraction * n)))
     return np.sort(rng.permutation(n)[:n_train])
 
@@ -124,7 +130,7 @@ def epoch_batches(
 
     The last batch of an epoch may be smaller; nothing is dropped.
     """
-    out = []
+    out: list[np.ndarray] = []
     for _ in range(epochs):
         perm = torch.randperm(n_train, generator=generator).numpy()
         out.extend(perm[i : i + batch_size] for i in range(0, n_train, batch_size))
@@ -273,6 +279,8 @@ class ScBatchProx:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     ledger: dict[str, Any] = field(default_factory=dict)
+    #: How each round's results are aggregated (``None``: FedAvg, the paper's).
+    strategy: Strategy | str | None = None
 
     def transform(self, z: np.ndarray, batch_labels: Sequence[str]) -> np.ndarray:
         """Refined embedding of cells ``z`` from batches ``batch_labels``."""
@@ -289,13 +297,17 @@ class ScBatchProx:
         seed: int = 0,
         batches: Sequence[str] | None = None,
         show_progress: bool | None = None,
+        strategy: Strategy | str | None = None,
     ) -> ScBatchProx:
-        """Train adapters for every batch from the identity (one client per batch)."""
+        """Train adapters for every batch from the identity (one client per batch).
+
+        ``strategy`` aggregates each round (``None``: FedAvg); :meth:`extend` reuses it.
+        """
         config = config or ScBatchProxConfig()
         z, labels = _check_inputs(z, batch_labels)
         batches = list(batches) if batches is not None else sorted(set(labels))
         adapter = FiLMAdapter.identity(batches, z.shape[1])
-        model = cls(adapter, config, seed)
+        model = cls(adapter, config, seed, strategy=strategy)
         model._train(z, labels, batches, aggregator, show_progress)
         return model
 
@@ -326,12 +338,10 @@ class ScBatchProx:
                 "batches only (use ScBatchProx.fit to retrain everything)."
             )
         old = self.adapter
-        frozen = set(old.batches) | old.frozen
         self.adapter = FiLMAdapter(
             old.batches + new,
             np.vstack([old.gamma, np.ones((len(new), old.dim))]),
             np.vstack([old.beta, np.zeros((len(new), old.dim))]),
-            frozen,
         )
         self._train(z_new, labels, new, aggregator, show_progress)
         return self
@@ -362,6 +372,7 @@ class ScBatchProx:
             seed=self.seed,
             show_progress=show_progress,
             description="scBatchProx rounds",
+            strategy=self.strategy,
         )
         self.adapter.gamma[rows] = result.state["gamma"].numpy()
         self.adapter.beta[rows] = result.state["beta"].numpy()

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from fedsc.errors import FedscInputError
+from fedsc.federation.seeding import derive_generator
 
 __all__ = [
     "EPOCH",
@@ -122,14 +123,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def derive_generator(seed: int, *keys: int) -> torch.Generator:
-    """An independent torch generator for ``(seed, *keys)``, derived by SeedSequence."""
-    ss = np.random.SeedSequence([int(seed), *(int(k) for k in keys)])
-    g = torch.Generator()
-    g.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1)))
-    return g
 
 
 class VAE(nn.Module):

@@ -33,7 +33,7 @@ def test_run_scbatchprox_writes_outputs(tmp_path, capsys):
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["seed"] == 3 and run["config"]["params"] == {"mu": 0.0, "rounds": 2}
     assert run["versions"]["torch"].startswith("2.13")
-    assert run["ledger"]["totals"]["operations"] == 2  # one FedAvg per round
+    assert run["ledger"]["totals"]["operations"] == 4  # per round: FedAvg + metrics mean
     assert run["privacy"].startswith("not private")
     assert "total" in capsys.readouterr().out
 

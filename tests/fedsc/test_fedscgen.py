@@ -52,13 +52,13 @@ class SpyAggregator(PlaintextAggregator):
         super().__init__()
         self.calls: list[tuple[str, list, list | None]] = []
 
-    def weighted_mean(self, contributions, weights):
+    def weighted_mean(self, contributions, weights, **kwargs):
         self.calls.append(("weighted_mean", list(contributions), list(weights)))
-        return super().weighted_mean(contributions, weights)
+        return super().weighted_mean(contributions, weights, **kwargs)
 
-    def sum(self, contributions):
+    def sum(self, contributions, **kwargs):
         self.calls.append(("sum", list(contributions), None))
-        return super().sum(contributions)
+        return super().sum(contributions, **kwargs)
 
     def argmax(self, columns):
         self.calls.append(("argmax", list(columns), None))
@@ -293,7 +293,8 @@ def test_snapshots_and_history(trained):
     assert all(torch.equal(snaps[-1][k], final[k]) for k in final)
     first = res.model_at(0).state_dict()
     assert not torch.equal(first["mu.weight"], final["mu.weight"])
-    assert len(res.model.history) == 2 and "client0/val_loss" in res.model.history[0]
+    assert len(res.model.history) == 2 and "val_loss" in res.model.history[0]
+    assert not any(k.startswith("client") for h in res.model.history for k in h)
     assert res.info["backend"] == "plaintext" and res.info["private"] is False
 
 

@@ -11,7 +11,7 @@ import pytest
 import fedsc.tl
 import smpc
 from fedsc.errors import FedscInputError
-from fedsc.federation import run_federation
+from fedsc.federation import FedAvg, run_federation
 from fedsc.methods.scbatchprox import (
     FiLMAdapter,
     ScBatchProx,
@@ -133,6 +133,23 @@ def test_same_seed_bit_identical_different_seed_differs():
     assert not np.array_equal(a.transform(z, labels), c.transform(z, labels))
 
 
+def test_strategy_option_fedavg_is_the_default_and_history_is_aggregated():
+    z, labels = make_embedding()
+    default = fit(z, labels, rounds=3)
+    with smpc.make_aggregator("plaintext") as agg:
+        explicit = ScBatchProx.fit(
+            z, labels, agg, config=ScBatchProxConfig(rounds=3), strategy=FedAvg()
+        )
+    np.testing.assert_array_equal(default.adapter.gamma, explicit.adapter.gamma)
+    np.testing.assert_array_equal(default.adapter.beta, explicit.adapter.beta)
+    assert [sorted(h) for h in default.history] == [["recon_loss", "round"]] * 3
+    assert [e.tag for e in agg.ledger.entries] == ["fedavg", "metrics"] * 3
+    with smpc.make_aggregator("plaintext") as agg:
+        m = ScBatchProx.fit(z, labels, agg, config=ScBatchProxConfig(rounds=3), strategy="fedavgm")
+    assert {e.tag for e in agg.ledger.entries} == {"fedavgm", "metrics"}
+    assert not np.allclose(m.adapter.gamma, default.adapter.gamma)
+
+
 def test_continual_training_freezes_old_cells_bit_identical():
     z, labels = make_embedding(n=900, batches=5)
     old = np.isin(labels, ["b0", "b1", "b2"])
@@ -146,7 +163,8 @@ def test_continual_training_freezes_old_cells_bit_identical():
     np.testing.assert_array_equal(model.adapter.gamma[:3], gamma_old)
     assert not np.allclose(model.adapter.gamma[3:], 1.0)  # new rows trained
     # only new rows travel in the continual stage: 2 rows x d per table
-    assert agg.ledger.entries[-1].n_values == 2 * 2 * z.shape[1]
+    fedavg = [e for e in agg.ledger.entries if e.tag == "fedavg"]
+    assert fedavg[-1].n_values == 2 * 2 * z.shape[1]
     with pytest.raises(FedscInputError, match="already have adapter rows"):
         model.extend(z[old], labels[old], smpc.make_aggregator("plaintext"))
 
