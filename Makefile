@@ -29,6 +29,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy fedsc smpc
 
 format: setup
 	$(BIN)/ruff check --fix .

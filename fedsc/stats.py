@@ -358,7 +358,8 @@ def compare(
     out = out[[*keys, *COMPARE_COLUMNS]]
     n_unreach = int(out["unreachable"].sum())
     if n_unreach:
-        sizes = sorted({(int(r.n_a), int(r.n_b)) for r in out[out["unreachable"]].itertuples()})
+        pairs = out.loc[out["unreachable"], ["n_a", "n_b"]].to_numpy(dtype=int)
+        sizes = sorted({(int(a), int(b)) for a, b in pairs})
         best = float(out.loc[out["unreachable"], "min_attainable_p"].min())
         warnings.warn(
             f"significance at alpha={alpha} is unreachable in {n_unreach} of {len(out)} "
