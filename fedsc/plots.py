@@ -7,7 +7,7 @@ with ``fig.savefig(path)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from fedsc.errors import FedscInputError
 from fedsc.stats import COMPARE_COLUMNS
@@ -120,6 +121,7 @@ def delta_heatmap(
         index=row_order, columns=col_order
     )
     qgrid = table.pivot(index="_row", columns="_col", values=q_col).reindex_like(grid)
+    qvals = qgrid.to_numpy(dtype=float)
     unreachable = None
     if "unreachable" in table.columns:
         unreachable = (
@@ -157,7 +159,7 @@ def delta_heatmap(
                 continue
             r, g, b = to_rgb(cmap(norm(v)))
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-            mark = stars(float(qgrid.iat[i, j]))
+            mark = stars(float(qvals[i, j]))
             if unreachable is not None and unreachable.iat[i, j]:
                 mark += "†"
             num = f"{v:+.3f}" if (v == 0 or abs(v) >= 1e-3) else f"{v:+.1e}"
@@ -192,8 +194,9 @@ def seed_distributions(
     x: Sequence[str] = ("method", "variant"),
     facet: str = "dataset",
 ) -> Figure:
-    """Per-seed values: a box and the individual seeds per x category, one panel per
-    (``facet`` value, metric).
+    """Plot per-seed values: a box and the individual seeds per x category.
+
+    One panel per (``facet`` value, metric).
 
     Parameters
     ----------
@@ -263,8 +266,10 @@ def seed_distributions(
 def umap_coordinates(
     embedding: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.5
 ) -> np.ndarray:
-    """2-D UMAP of an embedding with umap-learn (fixed ``seed``); 2-column input is returned
-    as is (already coordinates)."""
+    """2-D UMAP of an embedding with umap-learn (fixed ``seed``).
+
+    A 2-column input is returned as is (already coordinates).
+    """
     emb = np.asarray(embedding, dtype=float)
     if emb.ndim != 2 or emb.shape[0] < 3:
         raise FedscInputError(
@@ -289,7 +294,7 @@ def umap_coordinates(
         return np.asarray(reducer.fit_transform(emb))
 
 
-def _category_colours(values: Sequence[str]) -> dict[str, Any]:
+def _category_colours(values: Iterable[str]) -> dict[str, Any]:
     cats = sorted(set(values), key=str)
     cmap = colormaps["tab10" if len(cats) <= 10 else "tab20"]
     n = cmap.N
@@ -300,7 +305,7 @@ def _category_colours(values: Sequence[str]) -> dict[str, Any]:
 
 
 def umap_grid(
-    panels: Mapping[str, tuple[np.ndarray, Sequence[Any], Sequence[Any]]],
+    panels: Mapping[str, tuple[ArrayLike, ArrayLike, ArrayLike]],
     *,
     batch_title: str = "batch",
     label_title: str = "cell type",

@@ -1,6 +1,6 @@
 """Statistics over tidy result tables: Mann–Whitney U per group, Cliff's δ, Benjamini–Hochberg.
 
-Pure functions, no I/O (REFERENCE.md §4). Seeds are the replicate unit: each (group, seed)
+Pure functions, no I/O (docs/algorithms.md#statistics). Seeds are the replicate unit: each (group, seed)
 contributes exactly one value per side of a comparison.
 
 Conventions
@@ -122,7 +122,7 @@ def min_attainable_p(n_a: int, n_b: int) -> float:
     """Smallest attainable two-sided exact Mann–Whitney p: 2 / C(n_a + n_b, n_a), at most 1.
 
     This is the bound without ties (ties only make it larger). n = 3 per side → 0.1,
-    n = 5 → 0.0079, n = 10 → 1.1e-5 (REFERENCE.md §4).
+    n = 5 → 0.0079, n = 10 → 1.1e-5 (docs/algorithms.md#statistics).
     """
     if int(n_a) != n_a or int(n_b) != n_b or n_a < 0 or n_b < 0:
         raise FedscInputError(
@@ -358,7 +358,8 @@ def compare(
     out = out[[*keys, *COMPARE_COLUMNS]]
     n_unreach = int(out["unreachable"].sum())
     if n_unreach:
-        sizes = sorted({(int(r.n_a), int(r.n_b)) for r in out[out["unreachable"]].itertuples()})
+        pairs = out.loc[out["unreachable"], ["n_a", "n_b"]].to_numpy(dtype=int)
+        sizes = sorted({(int(a), int(b)) for a, b in pairs})
         best = float(out.loc[out["unreachable"], "min_attainable_p"].min())
         warnings.warn(
             f"significance at alpha={alpha} is unreachable in {n_unreach} of {len(out)} "

@@ -1,6 +1,6 @@
 """Bundled real data, paths to the shared (GPL) data, and simulators.
 
-Bundled (MIT, see ``data/README.md``):
+Bundled (MIT; every dataset and its licence: ``docs/data.md``):
 
 - :func:`pancreas`: panc8_small, 500 cells × 2000 genes, 5 technologies, 6 cell types.
 - :func:`cellbench_3cl`: CellBench 3 cell lines, 499 cells × 2000 HVGs, 2 protocols.
@@ -72,7 +72,8 @@ def _shared_candidates() -> list[Path]:
 def shared_path(name: str | None = None) -> Path:
     """Locate ``../shared/data`` (relative to the repository) or a file in it.
 
-    The GPL-licensed data stay outside the package, in ``<repo>/../shared/data``.
+    The GPL-licensed data stay outside the package, in ``<repo>/../shared/data``; the
+    catalogue of files and licences is ``docs/data.md``.
 
     Parameters
     ----------
@@ -97,6 +98,6 @@ def shared_path(name: str | None = None) -> Path:
             return target
     raise FileNotFoundError(
         f"shared data {name or 'folder'!r} not found; looked in: {looked}. Put the file in "
-        f"<repo>/../shared/data (see REFERENCE.md section 6) or pass its path to "
+        f"<repo>/../shared/data (see docs/data.md) or pass its path to "
         f"fedsc.datasets.read()."
     )

@@ -58,8 +58,8 @@ def _obs(batch: np.ndarray, ctype: np.ndarray, n_batches: int, n_cell_types: int
     type_names = [f"type{t}" for t in range(n_cell_types)]
     return pd.DataFrame(
         {
-            "batch": pd.Categorical.from_codes(batch, categories=batch_names),
-            "cell_type": pd.Categorical.from_codes(ctype, categories=type_names),
+            "batch": pd.Categorical.from_codes(batch, categories=pd.Index(batch_names)),
+            "cell_type": pd.Categorical.from_codes(ctype, categories=pd.Index(type_names)),
         },
         index=pd.Index([f"cell{i}" for i in range(len(batch))]),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from fedsc.errors import FedscInputError
 def check_embedding(X: object, name: str = "X") -> np.ndarray:
     """Return ``X`` as a finite float32 C-contiguous (n_cells, n_dims) array."""
     if sparse.issparse(X):
-        X = X.toarray()  # type: ignore[union-attr]
+        X = cast(Any, X).toarray()
     arr = np.asarray(X)
     if arr.ndim != 2:
         raise FedscInputError(

@@ -10,6 +10,12 @@ pynndescent, whose core (``nn_descent``) numba cannot cache, so every new proces
 ~10-25 s compiling it. The neighbours are found exactly with scikit-learn instead, which is
 what pynndescent approximates, on at most a few thousand cells x 100 components. The ARPACK
 start vector is seeded, so the result does not depend on earlier ARPACK calls.
+
+The diffusion-map transition matrix (``transition_matrix``) is written here too, rather than
+imported from scib-metrics' private ``scib_metrics.utils._diffusion_nn._compute_transitions``:
+a private function can change or vanish in any release of the open ``scib-metrics`` pin.
+It performs the same operations in the same order, so the results are bit-identical (a test
+compares the two while the private function is importable).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import numpy as np
 import pandas as pd
 import scib_metrics
 from scib_metrics.nearest_neighbors import NeighborsResults
-from scib_metrics.utils._diffusion_nn import _compute_transitions
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
@@ -27,9 +32,26 @@ from sklearn.neighbors import NearestNeighbors
 _EPS = 1e-8
 
 
+def transition_matrix(conn: sparse.spmatrix) -> sparse.spmatrix:
+    """Symmetric diffusion transition matrix of a connectivity graph (Coifman et al. 2005).
+
+    Density normalisation ``K = Q^-1 C Q^-1`` with ``q`` the column sums of ``C`` (the
+    degrees of the graph), then ``T = Z^-1 K Z^-1`` with ``z = sqrt`` of the column sums of
+    ``K``: ``T_ij = K_ij / (z_i z_j)``. Same operations, in the same order, as scanpy's
+    diffusion map and scib-metrics' private ``_compute_transitions`` (sparse input).
+    """
+    n = conn.shape[0]
+    q = np.asarray(conn.sum(axis=0))
+    q_inv = sparse.spdiags(1.0 / q, 0, n, n)
+    kernel = q_inv @ conn @ q_inv
+    z = np.sqrt(np.asarray(kernel.sum(axis=0)))
+    z_inv = sparse.spdiags(1.0 / z, 0, n, n)
+    return z_inv @ kernel @ z_inv
+
+
 def diffusion_nn_exact(conn: sparse.spmatrix, k: int, n_comps: int = 100) -> NeighborsResults:
     """``scib_metrics.utils.diffusion_nn`` with exact neighbours and a seeded ARPACK start."""
-    transitions = _compute_transitions(conn)
+    transitions = transition_matrix(conn)
     n_comps = min(conn.shape[0] - 1, n_comps)
     v0 = np.random.default_rng(0).uniform(-1, 1, conn.shape[0])
     evals, evecs = eigsh(transitions.astype(np.float64), k=n_comps, which="LM", v0=v0)

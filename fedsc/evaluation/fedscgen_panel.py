@@ -1,4 +1,4 @@
-"""The FedscGen evaluation panel (Bakhtiari et al. 2025; REFERENCE.md §3).
+"""The FedscGen evaluation panel (Bakhtiari et al. 2025; docs/algorithms.md#fedscgen-panel).
 
 Everything runs on the top ``n_pcs`` principal components of the evaluated representation
 (all of its centred dimensions when it has no more than ``n_pcs``; PCA is then a rotation,

@@ -1,7 +1,7 @@
 """The scIB panel used by the scBatchProx paper, computed through scib-metrics.
 
 Metrics and aggregation are those of ``scib_metrics.benchmark.Benchmarker`` (0.5.x) with
-batch silhouette selected instead of BRAS (REFERENCE.md §1, §3):
+batch silhouette selected instead of BRAS (docs/algorithms.md#scib-panel):
 
 - bio conservation: KMeans NMI, KMeans ARI, label silhouette, isolated labels, cLISI;
 - batch correction: batch silhouette, iLISI, kBET per label, graph connectivity,

@@ -147,6 +147,35 @@ def test_kbet_subsamples_large_inputs_with_k_capped():
     assert 0.75 < v <= 1.0
 
 
+def test_kbet_transition_matrix_by_hand():
+    from scipy import sparse
+
+    from fedsc.evaluation._kbet import transition_matrix
+
+    # star graph 0-1, 0-2: degrees q = (2, 1, 1); K_ij = C_ij / (q_i q_j) = 1/2 on each
+    # edge; column sums of K s = (1, 1/2, 1/2); T_ij = K_ij / sqrt(s_i s_j) = 1/sqrt(2)
+    conn = sparse.csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0]], dtype=np.float32))
+    s = 1 / np.sqrt(2)
+    expected = np.array([[0, s, s], [s, 0, 0], [s, 0, 0]])
+    np.testing.assert_allclose(transition_matrix(conn).toarray(), expected, rtol=1e-6)
+
+
+def test_kbet_transition_matrix_matches_scib_metrics_private_function():
+    # _kbet.transition_matrix replaces scib-metrics' private _compute_transitions (which a
+    # release may change or remove): while that function exists, both must agree bit for bit
+    private = pytest.importorskip("scib_metrics.utils._diffusion_nn")
+    if not hasattr(private, "_compute_transitions"):
+        pytest.skip("scib-metrics no longer has _compute_transitions")
+    from fedsc.evaluation._kbet import transition_matrix
+    from fedsc.evaluation.scib_panel import knn
+
+    X, _, _ = _blobs(n_per=30)
+    conn = knn(X, 15).knn_graph_connectivities
+    ours, theirs = transition_matrix(conn), private._compute_transitions(conn)
+    assert ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours.toarray(), theirs.toarray())
+
+
 def test_fedscgen_panel_on_separated_blobs():
     X, batch, labels = _blobs()
     v = _values(fedscgen_panel(X, batch, labels, seed=0))
