@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-#: ../shared/data beside the repository root (CI has it; see REFERENCE.md section 6).
+#: ../shared/data beside the repository root (CI has it; see docs/data.md).
 #: This file is <root>/tests/conftest.py, so parents[1] is the repository root.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -324,7 +324,7 @@ def correct(
     expression = np.empty((n_total, model.n_genes), dtype=np.float32)
     for c, z, code in zip(clients, latents, codes, strict=True):
         shifted = z.copy()
-        for s, t in enumerate(shared):
+        for s, t in enumerate(shared.tolist()):
             rows = code == t
             if rows.any():
                 shifted[rows] = z[rows] - z[rows].mean(axis=0) + means[s]

@@ -9,7 +9,7 @@ Each batch is a client. The adapter is a pair of batch-indexed tables gamma, bet
     + lam (||gamma||^2 + ||beta||^2),
 
 and the server takes the cell-count weighted FedAvg of the whole tables
-(REFERENCE.md section 1).
+(docs/algorithms.md#scbatchprox).
 
 Why hand-written instead of autograd: the loss is quadratic in (gamma_b, beta_b), so a
 minibatch enters the gradient only through its sums ``S1 = sum z`` and ``S2 = sum z^2``.
@@ -42,7 +42,7 @@ from smpc import Aggregator
 
 @dataclass
 class ScBatchProxConfig:
-    """Hyper-parameters; defaults from the scBatchProx paper (REFERENCE.md section 1)."""
+    """Hyper-parameters; defaults from the scBatchProx paper (docs/algorithms.md#scbatchprox)."""
 
     rounds: int = 7
     local_epochs: int = 2

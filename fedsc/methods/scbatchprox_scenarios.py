@@ -69,7 +69,8 @@ def cumulative_retraining(
     ``adata`` holds raw counts of all batches; one result per stage.
     """
     _check_stages(adata, batch_key, stages)
-    out, seen = [], []
+    out: list[StageResult] = []
+    seen: list[str] = []
     for k, stage in enumerate(stages):
         seen = seen + [str(b) for b in stage]
         expr = preprocess(_cells(adata, batch_key, seen), n_top_genes=n_top_genes)
