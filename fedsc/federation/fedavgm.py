@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from typing_extensions import override
 
 from fedsc.federation.local_result import LocalResult, State
 from fedsc.federation.strategy import FedAvg
@@ -40,9 +41,11 @@ class FedAvgM(FedAvg):
         self.momentum = float(momentum)
         self._velocity: dict[str, torch.Tensor] | None = None
 
+    @override
     def initialize(self, initial_state: State) -> None:
         self._velocity = None
 
+    @override
     def aggregate(
         self,
         results: Sequence[LocalResult],
@@ -73,5 +76,6 @@ class FedAvgM(FedAvg):
         self._velocity = velocity
         return new
 
+    @override
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "server_lr": self.server_lr, "momentum": self.momentum}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from fedsc.federation.local_result import LocalResult, State
 from fedsc.federation.strategy import Strategy
@@ -25,6 +26,7 @@ class CoordinateMedian(Strategy):
     name = "median"
     tag = "median"
 
+    @override
     def aggregate(
         self,
         results: Sequence[LocalResult],

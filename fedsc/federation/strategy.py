@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from typing_extensions import override
+
 from fedsc.federation.local_result import LocalResult, State
 from smpc import Aggregator
 
@@ -95,6 +97,7 @@ class FedAvg(Strategy):
     name = "fedavg"
     tag = "fedavg"
 
+    @override
     def aggregate(
         self,
         results: Sequence[LocalResult],

@@ -1,6 +1,8 @@
-"""Mechanisms around any aggregator: client-side transforms before sharing (clipping,
-quantisation, DP noise) and transforms of the revealed result. One file per mechanism,
-one line in :mod:`smpc.mechanisms.registry`."""
+"""Mechanisms around any aggregator.
+
+Client-side transforms before sharing (clipping, quantisation, DP noise) and transforms
+of the revealed result. One file per mechanism, one line in :mod:`smpc.mechanisms.registry`.
+"""
 
 from smpc.mechanisms.aggregator import MechanismAggregator
 from smpc.mechanisms.base import ClientContext, Mechanism, ResultContext

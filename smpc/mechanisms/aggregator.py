@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from typing_extensions import override
 
 from smpc.aggregator import Aggregator
 from smpc.flatten import Spec, flatten_like
@@ -71,10 +72,12 @@ class MechanismAggregator(Aggregator):
         self._client_copies: dict[int, tuple[Mechanism, ...]] = {}
 
     # ----------------------------------------------------------------- delegation
+    @override
     @property
     def private(self) -> bool:
         return self.inner.private
 
+    @override
     @property
     def privacy_note(self) -> str:
         names = ", ".join(repr(m) for m in self.mechanisms)
@@ -82,6 +85,7 @@ class MechanismAggregator(Aggregator):
             f"{self.inner.privacy_note}; mechanisms: {names}" if names else self.inner.privacy_note
         )
 
+    @override
     def close(self) -> None:
         self.inner.close()
         super().close()

@@ -1,5 +1,7 @@
-"""The mechanism interface: transform a client's contribution before it is shared, and
-the aggregate after it is revealed.
+"""The mechanism interface.
+
+A mechanism transforms a client's contribution before it is shared, and the aggregate
+after it is revealed.
 
 A mechanism (clipping, quantisation, differential-privacy noise, ...) never sees another
 client's data: :class:`~smpc.mechanisms.aggregator.MechanismAggregator` calls

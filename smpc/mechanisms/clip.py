@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from typing_extensions import override
 
 from smpc.mechanisms.base import ClientContext, Mechanism
 
@@ -29,6 +30,7 @@ class ClipL2(Mechanism):
             raise ValueError(f"clip: max_norm must be positive and finite, got {max_norm!r}.")
         self.max_norm = float(max_norm)
 
+    @override
     def transform_contribution(self, row: np.ndarray, ctx: ClientContext) -> np.ndarray:
         base = 0.0 if ctx.reference is None else ctx.reference
         update = row - base
@@ -37,5 +39,6 @@ class ClipL2(Mechanism):
             return row
         return base + update * (self.max_norm / norm)
 
+    @override
     def params(self) -> dict[str, Any]:
         return {"max_norm": self.max_norm}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from typing_extensions import override
 
 from smpc.mechanisms.base import ClientContext, Mechanism
 
@@ -34,6 +35,7 @@ class Quantize(Mechanism):
         self.step = float(step)
         self.stochastic = bool(stochastic)
 
+    @override
     def transform_contribution(self, row: np.ndarray, ctx: ClientContext) -> np.ndarray:
         base = 0.0 if ctx.reference is None else ctx.reference
         scaled = (row - base) / self.step
@@ -44,5 +46,6 @@ class Quantize(Mechanism):
             q = np.rint(scaled)
         return base + q * self.step
 
+    @override
     def params(self) -> dict[str, Any]:
         return {"step": self.step, "stochastic": self.stochastic}
