@@ -330,5 +330,5 @@ def test_evaluate_reads_layers():
     np.testing.assert_array_equal(representation(adata, "layers/corrected"), adata.X * 2)
     rows = evaluate(adata, rep="layers/corrected", panels=("fedscgen",))
     assert set(rows["embedding"]) == {"layers/corrected"} and len(rows) == 11
-    with pytest.raises(FedscInputError, match="layer 'missing' is not a key of adata.layers"):
+    with pytest.raises(FedscInputError, match="layer 'missing' is not a key"):
         evaluate(adata, rep="layers/missing")
