@@ -97,6 +97,14 @@ def _option_value(method: str, option: str, text: str) -> Any:
     return _parse_value(text)
 
 
+#: ``fedsc run`` flags every method shares; a method option of the same name is set with
+#: ``--param NAME=VALUE`` instead.
+_COMMON_DESTS = {
+    "method", "input", "batch_key", "label_key", "use_rep", "upstream", "backend", "mode",
+    "backend_option", "seed", "holdout", "inclusion", "panels", "param", "out", "command",
+}  # fmt: skip
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     from fedsc.methods import REGISTRY
     from fedsc.upstream import EMBEDDING_METHODS
@@ -129,6 +137,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     for option, names in _method_options().items():
+        if option in _COMMON_DESTS:  # clashes with a common flag: reachable through --param
+            continue
         p.add_argument(
             f"--{option.replace('_', '-')}",
             dest=option,
@@ -156,7 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     params = _params(args.param)
     for option in _method_options():
-        value = getattr(args, option, None)
+        value = getattr(args, option, None) if option not in _COMMON_DESTS else None
         if value is not None:
             params[option] = _option_value(args.method, option, value)
     backend_options = _params(args.backend_option, "--backend-option", "parties=3")

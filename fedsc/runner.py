@@ -124,7 +124,8 @@ INPUT_PREPARATION: dict[str, Callable[[ad.AnnData, RunConfig], Prepared]] = {
 }
 
 
-def _inputs(cfg: RunConfig, agg: Any, use_rep: str | None, show_progress: bool | None):
+def _inputs(cfg: RunConfig, agg: Any, use_rep: str | None, show_progress: bool | None) -> RunInputs:
+    """The common arguments a method's run function receives, from the run config."""
     return RunInputs(
         batch_key=cfg.batch_key,
         label_key=cfg.label_key,

@@ -125,8 +125,8 @@ class MethodSpec:
         Whether it aggregates through an :class:`smpc.Aggregator` (centralized methods get
         ``inputs.aggregator = None`` and only the ``plaintext`` backend).
     outputs
-        Representations it writes: ``obsm`` keys and ``"layers/<name>"``; default
-        ``("X_<name>",)``.
+        Representations it writes: ``obsm`` keys and ``"layers/<name>"``; they must
+        include the embedding ``"X_<name>"`` (the default, alone).
     evaluate
         The output the metric panels evaluate; default the first output.
     panels
@@ -166,6 +166,11 @@ class MethodSpec:
                 f"method {self.name!r}: input {self.input!r} is not one of {list(INPUT_KINDS)}."
             )
         outputs = tuple(self.outputs) or (f"X_{self.name}",)
+        if f"X_{self.name}" not in outputs:
+            raise ValueError(
+                f"method {self.name!r}: outputs {list(outputs)} must include the embedding "
+                f"'X_{self.name}' (sweeps store it for the report's UMAPs)."
+            )
         object.__setattr__(self, "outputs", outputs)
         object.__setattr__(self, "panels", tuple(self.panels))
         object.__setattr__(self, "options", tuple(self.options))

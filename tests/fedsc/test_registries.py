@@ -54,6 +54,8 @@ def test_method_spec_is_checked_when_made():
         MethodSpec(name="m", config=dict, input="cells", run=print)
     with pytest.raises(ValueError, match="evaluate='X_other'"):
         MethodSpec(name="m", config=dict, input="embedding", run=print, evaluate="X_other")
+    with pytest.raises(ValueError, match="must include the embedding 'X_m'"):
+        MethodSpec(name="m", config=dict, input="expression", run=print, outputs=("layers/m",))
     assert MethodSpec(name="m", config=dict, input="counts", run=print).outputs == ("X_m",)
     with pytest.raises(TypeError, match="MethodSpec"):
         fedsc.methods.register("m")
