@@ -101,7 +101,7 @@ def _option_value(method: str, option: str, text: str) -> Any:
 #: ``--param NAME=VALUE`` instead.
 _COMMON_DESTS = {
     "method", "input", "batch_key", "label_key", "use_rep", "upstream", "backend", "mode",
-    "backend_option", "seed", "holdout", "inclusion", "panels", "param", "out", "command",
+    "backend_option", "mechanism", "seed", "holdout", "inclusion", "panels", "param", "out", "command",
 }  # fmt: skip
 
 
@@ -134,6 +134,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="aggregation backend option KEY=VALUE (repeatable), e.g. parties=3",
+    )
+    p.add_argument(
+        "--mechanism",
+        action="append",
+        default=[],
+        help="privacy mechanism around the aggregator (repeatable, applied in order; "
+        "names registered in smpc.mechanisms)",
     )
     p.add_argument("--seed", type=int, default=0)
     for option, names in _method_options().items():
@@ -181,6 +188,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         upstream=args.upstream,
         backend=args.backend,
         backend_options=backend_options,
+        mechanisms=args.mechanism,
         seed=args.seed,
         params=params,
         holdout=args.holdout,

@@ -102,6 +102,10 @@ def test_mechanisms_are_validated_against_smpc(monkeypatch):
     assert cfg.run_id != RunConfig(method="scbatchprox").run_id
     with pytest.raises(FedscInputError, match="centralized; it takes no mechanisms"):
         RunConfig(method="scgen", mechanisms=["clip"])
+    args = build_parser().parse_args(
+        ["run", "scbatchprox", "--mechanism", "clip", "--mechanism", "dp_gaussian", "--out", "x"]
+    )
+    assert args.mechanism == ["clip", "dp_gaussian"]
 
 
 def test_cli_backend_choices_come_from_smpc(monkeypatch):
