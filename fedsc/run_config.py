@@ -36,7 +36,7 @@ class RunConfig:
         compute ``upstream`` from the counts.
     upstream, n_comps, n_top_genes
         Upstream embedding computed when ``use_rep`` is None (a name in
-        ``fedsc.preprocessing.EMBEDDING_METHODS``: PCA/ICA/FA), its dims, and the HVGs.
+        ``fedsc.upstream.EMBEDDING_METHODS``: PCA/ICA/FA), its dims, and the HVGs.
     backend, backend_options
         Aggregation backend (a name in ``smpc.BACKENDS``) and its options.
     mechanisms
