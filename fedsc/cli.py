@@ -7,7 +7,7 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +24,145 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _params(pairs: Sequence[str]) -> dict[str, Any]:
+def _params(pairs: Sequence[str], flag: str = "--param", example: str = "mu=0") -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values parsed by :func:`_parse_value`) as a dict."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise FedscInputError(f"--param expects KEY=VALUE, got {pair!r} (e.g. --param mu=0).")
+            raise FedscInputError(
+                f"{flag} expects KEY=VALUE, got {pair!r} (e.g. {flag} {example})."
+            )
         key, value = pair.split("=", 1)
         out[key.strip()] = _parse_value(value)
     return out
 
 
+class _Choices:
+    """argparse choices read from a registry when first needed (parsing ``run`` or help).
+
+    Reading ``smpc.BACKENDS`` imports torch; the other subcommands should not pay for it.
+    """
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+def _backend_names() -> list[str]:
+    from fedsc.backend import backend_names
+
+    return backend_names()
+
+
+def _inclusion_names() -> list[str]:
+    from fedsc.data.inclusion import SCENARIOS
+
+    return list(SCENARIOS)
+
+
+def _method_options() -> dict[str, list[str]]:
+    """Config fields offered as ``fedsc run`` flags -> the methods that take them."""
+    from fedsc.methods import REGISTRY
+
+    out: dict[str, list[str]] = {}
+    for name, spec in REGISTRY.items():
+        for option in spec.options:
+            out.setdefault(option, []).append(name)
+    return out
+
+
+def _option_value(method: str, option: str, text: str) -> Any:
+    """A flag's text as the type of the method's config field (``--mu 0`` -> ``0.0``)."""
+    from dataclasses import fields
+
+    from fedsc.methods import get_method
+
+    kinds = {f.name: f.type for f in fields(get_method(method).config_class)}
+    kind = kinds.get(option)
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", "")
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise FedscInputError(
+            f"--{option.replace('_', '-')} expects a number ({kind}), got {text!r}."
+        ) from None
+    return _parse_value(text)
+
+
+#: ``fedsc run`` flags every method shares; a method option of the same name is set with
+#: ``--param NAME=VALUE`` instead.
+_COMMON_DESTS = {
+    "method", "input", "batch_key", "label_key", "use_rep", "upstream", "backend", "mode",
+    "backend_option", "mechanism", "seed", "holdout", "inclusion", "panels", "param", "out", "command",
+}  # fmt: skip
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run one method on one dataset and evaluate it")
-    p.add_argument("method", choices=["scbatchprox", "fedscgen", "scgen"])
+    from fedsc.methods import REGISTRY
+    from fedsc.upstream import EMBEDDING_METHODS
+
+    methods = "; ".join(f"{n}: {s.description}" for n, s in REGISTRY.items() if s.description)
+    p = sub.add_parser(
+        "run", help="run one method on one dataset and evaluate it", description=methods or None
+    )
+    p.add_argument("method", choices=REGISTRY.names())
     p.add_argument("--input", default="pancreas", help="an .h5ad path (default: bundled pancreas)")
     p.add_argument("--batch-key", default="batch")
     p.add_argument("--label-key", default="cell_type")
-    p.add_argument("--use-rep", default=None, help="scBatchProx input embedding (obsm key or X)")
-    p.add_argument("--upstream", default="pca", choices=["pca", "ica", "fa"])
-    p.add_argument("--backend", default="plaintext", choices=["plaintext", "crypten"])
+    p.add_argument(
+        "--use-rep", default=None, help="input embedding of embedding methods (obsm key or X)"
+    )
+    p.add_argument("--upstream", default="pca", choices=EMBEDDING_METHODS.names())
+    p.add_argument(
+        "--backend",
+        default="plaintext",
+        choices=_Choices(_backend_names),
+        metavar="BACKEND",
+        help="aggregation backend: %(choices)s (default: %(default)s)",
+    )
     p.add_argument("--mode", default=None, choices=["secure", "debug"], help="crypten mode")
+    p.add_argument(
+        "--backend-option",
+        action="append",
+        default=[],
+        help="aggregation backend option KEY=VALUE (repeatable), e.g. parties=3",
+    )
+    p.add_argument(
+        "--mechanism",
+        action="append",
+        default=[],
+        help="privacy mechanism around the aggregator (repeatable, applied in order; "
+        "names registered in smpc.mechanisms)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mu", type=float, default=None, help="scBatchProx proximal weight")
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--local-epochs", type=int, default=None)
+    for option, names in _method_options().items():
+        if option in _COMMON_DESTS:  # clashes with a common flag: reachable through --param
+            continue
+        p.add_argument(
+            f"--{option.replace('_', '-')}",
+            dest=option,
+            default=None,
+            help=f"{', '.join(names)}: config field {option}",
+        )
     p.add_argument("--holdout", action="append", default=[], help="held-out batch (repeatable)")
-    p.add_argument("--inclusion", default="all", choices=["all", "combined", "dropped"])
-    p.add_argument("--panels", default=None, help="comma-separated: scib,fedscgen,downstream")
+    p.add_argument(
+        "--inclusion",
+        default="all",
+        choices=_Choices(_inclusion_names),
+        metavar="SCENARIO",
+        help="cell-type inclusion scenario: %(choices)s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--panels", default=None, help="comma-separated metric panels, e.g. scib,downstream"
+    )
     p.add_argument("--param", action="append", default=[], help="method option KEY=VALUE")
     p.add_argument("--out", required=True, help="output directory")
 
@@ -60,10 +172,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedsc.runner import execute_run, write_run
 
     params = _params(args.param)
-    for name in ("mu", "rounds", "local_epochs"):
-        value = getattr(args, name)
+    for option in _method_options():
+        value = getattr(args, option, None) if option not in _COMMON_DESTS else None
         if value is not None:
-            params[name] = value
+            params[option] = _option_value(args.method, option, value)
+    backend_options = _params(args.backend_option, "--backend-option", "parties=3")
+    if args.mode:
+        backend_options["mode"] = args.mode
     cfg = RunConfig(
         method=args.method,
         dataset=args.input,
@@ -72,7 +187,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         use_rep=args.use_rep,
         upstream=args.upstream,
         backend=args.backend,
-        backend_options={"mode": args.mode} if args.mode else {},
+        backend_options=backend_options,
+        mechanisms=args.mechanism,
         seed=args.seed,
         params=params,
         holdout=args.holdout,

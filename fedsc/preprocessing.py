@@ -14,20 +14,27 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
 
+from fedsc.data.access import obs_column
 from fedsc.errors import FedscInputError
+from fedsc.upstream import EMBEDDING_METHODS, register_embedding
 
-__all__ = ["EMBEDDING_METHODS", "PREPROCESS_KEY", "UpstreamModel", "fit_embedding", "preprocess"]
+__all__ = [
+    "EMBEDDING_METHODS",
+    "PREPROCESS_KEY",
+    "UpstreamModel",
+    "fit_embedding",
+    "preprocess",
+    "register_embedding",
+]
 
 PREPROCESS_KEY = "fedsc_preprocess"
-EMBEDDING_METHODS = ("pca", "ica", "fa")
-Method = Literal["pca", "ica", "fa"]
 
 
 def _check_counts(adata: ad.AnnData) -> None:
@@ -95,11 +102,8 @@ def preprocess(
         raise FedscInputError(f"target_sum must be > 0, got {target_sum}.")
     if n_top_genes is not None and n_top_genes < 1:
         raise FedscInputError(f"n_top_genes must be >= 1 or None, got {n_top_genes}.")
-    if batch_key is not None and batch_key not in adata.obs.columns:
-        raise FedscInputError(
-            f"batch key {batch_key!r} is not a column of adata.obs (columns: "
-            f"{list(adata.obs.columns)}); pass batch_key=None or an existing column."
-        )
+    if batch_key is not None:
+        obs_column(adata, batch_key, "batch_key")
     if genes is not None:
         genes = np.asarray(genes, dtype=str)
         missing = np.setdiff1d(genes, adata.var_names.to_numpy(dtype=str))
@@ -141,25 +145,6 @@ def _dense64(matrix) -> np.ndarray:
     if sp.issparse(matrix):
         matrix = matrix.toarray()
     return np.asarray(matrix, dtype=np.float64)
-
-
-def _make_estimator(method: str, n_comps: int, seed: int, shape: tuple[int, int]):
-    """The scikit-learn estimator; exact eigen-solvers when cells outnumber genes (fast)."""
-    from sklearn.decomposition import PCA, FactorAnalysis, FastICA
-
-    tall = shape[0] > shape[1]
-    if method == "pca":
-        solver = "covariance_eigh" if tall else "full"
-        return PCA(n_components=n_comps, svd_solver=solver, random_state=seed)
-    if method == "ica":
-        return FastICA(
-            n_components=n_comps,
-            whiten="unit-variance",
-            whiten_solver="eigh" if tall else "svd",
-            max_iter=1000,
-            random_state=seed,
-        )
-    return FactorAnalysis(n_components=n_comps, random_state=seed)
 
 
 @dataclass
@@ -253,7 +238,7 @@ class UpstreamModel:
 
 def fit_embedding(
     adata: ad.AnnData,
-    method: Method = "pca",
+    method: str = "pca",
     n_comps: int = 40,
     seed: int = 0,
     key_added: str | None = None,
@@ -287,10 +272,7 @@ def fit_embedding(
     and ``adata.uns["fedsc_embedding"][key]`` the settings.
     """
     method = str(method).lower()
-    if method not in EMBEDDING_METHODS:
-        raise FedscInputError(
-            f"unknown embedding method {method!r}; choose one of {list(EMBEDDING_METHODS)}."
-        )
+    EMBEDDING_METHODS.get(method)  # unknown names: a clear error before any work
     limit = min(adata.n_obs, adata.n_vars)
     if not 1 <= n_comps < limit:
         raise FedscInputError(
@@ -314,7 +296,7 @@ def fit_embedding(
         std = x.std(axis=0)
         std[std == 0] = 1.0
         x = (x - mean) / std
-    estimator = _make_estimator(method, n_comps, seed, x.shape)
+    estimator = EMBEDDING_METHODS.get(method)(n_comps, seed, x.shape)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_components.*", category=UserWarning)
         emb = estimator.fit_transform(x)

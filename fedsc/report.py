@@ -21,6 +21,7 @@ import pandas as pd
 
 from fedsc.errors import FedscInputError
 from fedsc.plots import delta_heatmap, seed_distributions, stars, umap_coordinates, umap_grid
+from fedsc.results import varying_columns
 from fedsc.stats import COMPARE_COLUMNS, min_seeds_for_alpha
 
 __all__ = ["write_report"]
@@ -75,15 +76,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:60] or "comparison"
 
 
-def _varying(df: pd.DataFrame, cols: Sequence[str], always: Sequence[str]) -> list[str]:
-    return [c for c in cols if c in df.columns and (c in always or df[c].nunique() > 1)]
-
-
 # ------------------------------------------------------------------ sections
 
 
 def _summary_table(results: pd.DataFrame) -> str:
-    keys = _varying(
+    keys = varying_columns(
         results, ["study", "dataset", "method", "variant", "embedding"], ["dataset", "variant"]
     )
     stats = (
@@ -108,7 +105,7 @@ def _summary_table(results: pd.DataFrame) -> str:
 def _privacy_section(results: pd.DataFrame) -> list[str]:
     if "backend" not in results.columns or "private" not in results.columns:
         return ["_Backend/privacy columns absent from the results; privacy not reported._"]
-    keys = _varying(results, ["method", "variant"], ["method", "variant"])
+    keys = varying_columns(results, ["method", "variant"], ["method", "variant"])
     tab = (
         results.groupby([*keys, "backend"], dropna=False, sort=True)["private"]
         .agg(lambda s: "yes" if s.astype(bool).all() else ("no" if not s.any() else "mixed"))
@@ -139,7 +136,9 @@ def _cost_section(results: pd.DataFrame) -> list[str]:
     run_key = (
         ["run_id"] if "run_id" in results.columns else ["dataset", "method", "variant", "seed"]
     )
-    keys = _varying(results, ["dataset", "method", "variant", "backend"], ["method", "variant"])
+    keys = varying_columns(
+        results, ["dataset", "method", "variant", "backend"], ["method", "variant"]
+    )
     runs = results.drop_duplicates(subset=run_key)
     agg: dict[str, tuple[str, str]] = {"runs": (run_key[0], "nunique")}
     if "wall_time_s" in have:

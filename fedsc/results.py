@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import pandas as pd
+
 #: Columns of a tidy results table, in order.
 TIDY_COLUMNS: list[str] = [
     "run_id",  # hash of the run's full config
@@ -19,3 +23,14 @@ TIDY_COLUMNS: list[str] = [
     "wall_time_s",
     "ledger_bytes",  # total bytes received by parties + coordinator
 ]
+
+
+def varying_columns(
+    table: pd.DataFrame, cols: Sequence[str], always: Sequence[str] = ()
+) -> list[str]:
+    """The columns of ``cols`` present in ``table`` that take more than one value.
+
+    Columns in ``always`` are kept whenever present (e.g. ``method`` in every table). Used
+    to label table rows and figure axes only by what differs between runs.
+    """
+    return [c for c in cols if c in table.columns and (c in always or table[c].nunique() > 1)]

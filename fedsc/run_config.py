@@ -7,10 +7,14 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from fedsc.backend import check_backend, check_mechanisms
+from fedsc.data.inclusion import SCENARIOS as INCLUSION_SCENARIOS
 from fedsc.errors import FedscInputError
-from fedsc.methods import REGISTRY, get_method
+from fedsc.methods import get_method, method_names
 
-METHODS = tuple(REGISTRY)
+#: Settings left out of the run id while they hold their default, so adding them did not
+#: change the id (and resume) of any earlier run.
+_UNHASHED_DEFAULTS: dict[str, Any] = {"mechanisms": []}
 
 
 @dataclass
@@ -20,30 +24,37 @@ class RunConfig:
     Attributes
     ----------
     method
-        ``"scbatchprox"``, ``"fedscgen"`` or ``"scgen"`` (centralized baseline).
+        A registered method (``fedsc.methods.REGISTRY``: ``"scbatchprox"``, ``"fedscgen"``,
+        ``"scgen"``...).
     dataset
         ``"pancreas"`` / ``"cellbench_3cl"`` (bundled), ``"shared:<file>"`` (in
         ``../shared/data``) or a path to an ``.h5ad`` file.
     batch_key, label_key
         ``obs`` columns with each cell's batch (client) and cell type.
     use_rep
-        scBatchProx: the upstream embedding (``obsm`` key or ``"X"``). ``None``: compute
-        ``upstream`` from the counts.
+        Embedding methods: the input embedding (``obsm`` key or ``"X"``). ``None``:
+        compute ``upstream`` from the counts.
     upstream, n_comps, n_top_genes
-        Upstream embedding computed when ``use_rep`` is None (PCA/ICA/FA, 40 dims, HVGs).
+        Upstream embedding computed when ``use_rep`` is None (a name in
+        ``fedsc.upstream.EMBEDDING_METHODS``: PCA/ICA/FA), its dims, and the HVGs.
     backend, backend_options
-        Aggregation backend (``"plaintext"``, ``"crypten"``) and its options.
+        Aggregation backend (a name in ``smpc.BACKENDS``) and its options.
+    mechanisms
+        Privacy mechanisms around the aggregator (names in ``smpc.mechanisms``, or
+        ``{name: {options}}``), applied in order.
     seed
         Run seed.
     params
-        Method hyper-parameters (e.g. ``{"mu": 0.0}``, ``{"rounds": 8, "local_epochs": 2}``).
+        Method hyper-parameters (e.g. ``{"mu": 0.0}``, ``{"rounds": 8, "local_epochs": 2}``),
+        validated against the method's config dataclass when the config is created.
     holdout, inclusion
-        FedscGen: held-out batches and inclusion scenario.
+        Held-out batches and inclusion scenario (methods whose spec supports them).
     scenario, stages
-        scBatchProx dataset evolution: ``"cumulative"`` or ``"continual"`` over ``stages``
-        (lists of batches in arrival order); evaluated on all cells after the last stage.
+        Dataset evolution (methods whose spec lists the scenario, e.g. scBatchProx's
+        ``"cumulative"``/``"continual"``) over ``stages`` (lists of batches in arrival
+        order); evaluated on all cells after the last stage.
     panels
-        Metric panels (``"scib"``, ``"fedscgen"``, ``"downstream"``); default per method.
+        Metric panels (names in ``fedsc.evaluation.PANELS``); default per method.
     study, variant
         Labels for tidy results.
     """
@@ -58,6 +69,7 @@ class RunConfig:
     n_top_genes: int = 2000
     backend: str = "plaintext"
     backend_options: dict[str, Any] = field(default_factory=dict)
+    mechanisms: list[Any] = field(default_factory=list)
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     holdout: list[str] = field(default_factory=list)
@@ -69,23 +81,41 @@ class RunConfig:
     variant: str = "default"
 
     def __post_init__(self) -> None:
+        from fedsc.evaluation.panels import check_panels
+        from fedsc.upstream import EMBEDDING_METHODS
+
         spec = get_method(self.method)
-        if self.panels is None:
-            self.panels = list(spec.panels)
+        self.panels = check_panels(spec.panels if self.panels is None else self.panels)
+        check_backend(self.backend)
         if not spec.federated and self.backend != "plaintext":
             raise FedscInputError(
                 f"{self.method} is centralized and uses no aggregation backend; set "
                 "backend: plaintext."
             )
-        if self.holdout and self.method != "fedscgen":
-            raise FedscInputError("held-out batches are a FedscGen option (method: fedscgen).")
+        self.mechanisms = check_mechanisms(self.mechanisms)
+        if self.mechanisms and not spec.federated:
+            raise FedscInputError(f"{self.method} is centralized; it takes no mechanisms.")
+        if self.use_rep is None or self.scenario is not None:
+            EMBEDDING_METHODS.get(self.upstream)
+        spec.make_config(self.params)  # unknown or invalid params fail here, not mid-sweep
         self.holdout = [str(h) for h in self.holdout]
+        if self.holdout and not spec.holdout:
+            raise FedscInputError(
+                f"{self.method} does not support held-out batches; methods that do: "
+                f"{_supporting('holdout')}."
+            )
+        if self.inclusion not in INCLUSION_SCENARIOS:
+            raise FedscInputError(
+                f"unknown inclusion scenario {self.inclusion!r}; choose one of "
+                f"{list(INCLUSION_SCENARIOS)}."
+            )
+        if self.inclusion != "all" and not spec.inclusion:
+            raise FedscInputError(
+                f"{self.method} does not support inclusion scenarios; methods that do: "
+                f"{_supporting('inclusion')}."
+            )
         if self.scenario is not None:
-            if spec.input != "embedding" or self.scenario not in ("cumulative", "continual"):
-                raise FedscInputError(
-                    f"scenario {self.scenario!r} is not available for {self.method}; "
-                    "scBatchProx supports 'cumulative' and 'continual'."
-                )
+            spec.scenario(self.scenario)
             if not self.stages:
                 raise FedscInputError(
                     "a dataset-evolution scenario needs stages, e.g. [[indrop], [celseq]]."
@@ -102,10 +132,20 @@ class RunConfig:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting, as plain data (YAML/JSON)."""
         return asdict(self)
 
     @property
     def run_id(self) -> str:
         """Stable hash of the full config (same config -> same id, across machines)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        data = {
+            k: v
+            for k, v in self.to_dict().items()
+            if not (k in _UNHASHED_DEFAULTS and v == _UNHASHED_DEFAULTS[k])
+        }
+        blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _supporting(capability: str) -> list[str]:
+    return [n for n in method_names() if getattr(get_method(n), capability)]

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -17,15 +18,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fedsc import datasets
+from fedsc.backend import aggregator_for
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
-from fedsc.errors import FedscInputError
-from fedsc.evaluation import downstream_accuracy, fedscgen_panel, representation, scib_panel
-from fedsc.methods import get_method
+from fedsc.evaluation import evaluate
+from fedsc.methods import MethodSpec, RunInputs, get_method
 from fedsc.preprocessing import fit_embedding, preprocess
 from fedsc.results import TIDY_COLUMNS
 from fedsc.run_config import RunConfig
-from fedsc.tl import aggregator_for, config_from_kwargs
 
 PACKAGES = ("fedsc", "torch", "crypten", "numpy", "scipy", "scanpy", "anndata", "scib-metrics")
 
@@ -82,60 +82,111 @@ def prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> ad.AnnData:
     return adata.copy()
 
 
-def prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> tuple[ad.AnnData, str]:
-    """The embedding scBatchProx refines: ``use_rep`` if given, else the upstream model's."""
-    if cfg.use_rep is not None:  # fedsc.tl.scbatchprox validates use_rep
-        return adata, cfg.use_rep
+@dataclass(frozen=True)
+class Prepared:
+    """A method's input: the cells and what the "before" rows evaluate.
+
+    ``before`` (``obsm`` key or ``"X"``) is the uncorrected representation, named ``base``
+    in the ``method`` column (e.g. ``"pca"``, ``"uncorrected"``); ``use_rep`` is the
+    embedding an embedding method reads (``None`` for the other input kinds).
+    """
+
+    adata: ad.AnnData
+    before: str
+    base: str
+    use_rep: str | None = None
+
+
+def _prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    """``use_rep`` if given (the method validates it), else the upstream embedding."""
+    if cfg.use_rep is not None:
+        base = cfg.use_rep.removeprefix("X_").lower()
+        return Prepared(adata, cfg.use_rep, base, use_rep=cfg.use_rep)
     expr = prepare_expression(adata, cfg)
     fit_embedding(expr, method=cfg.upstream, n_comps=cfg.n_comps, seed=cfg.seed)
-    return expr, f"X_{cfg.upstream}"
+    key = f"X_{cfg.upstream}"
+    return Prepared(expr, key, cfg.upstream, use_rep=key)
 
 
-def run_scenario(adata: ad.AnnData, cfg: RunConfig, agg: Any) -> ad.AnnData:
-    """Dataset evolution: the last stage's cells with upstream and refined embeddings."""
-    from fedsc.methods.scbatchprox import ScBatchProxConfig
-    from fedsc.methods.scbatchprox_scenarios import continual_training, cumulative_retraining
+def _prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    return Prepared(prepare_expression(adata, cfg), "X", "uncorrected")
 
-    run = cumulative_retraining if cfg.scenario == "cumulative" else continual_training
-    last = run(
-        adata,
-        cfg.stages,
-        agg,
+
+def _prepare_counts(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    return Prepared(adata.copy(), "X", "uncorrected")
+
+
+#: How the runner prepares each input kind (``MethodSpec.input``).
+INPUT_PREPARATION: dict[str, Callable[[ad.AnnData, RunConfig], Prepared]] = {
+    "embedding": _prepare_embedding,
+    "expression": _prepare_expression,
+    "counts": _prepare_counts,
+}
+
+
+def _inputs(cfg: RunConfig, agg: Any, use_rep: str | None, show_progress: bool | None) -> RunInputs:
+    """The common arguments a method's run function receives, from the run config."""
+    return RunInputs(
         batch_key=cfg.batch_key,
+        label_key=cfg.label_key,
+        aggregator=agg,
+        seed=cfg.seed,
+        use_rep=use_rep,
+        holdout=tuple(cfg.holdout),
+        inclusion=cfg.inclusion,
+        stages=None if cfg.stages is None else tuple(tuple(s) for s in cfg.stages),
         upstream=cfg.upstream,
         n_comps=cfg.n_comps,
         n_top_genes=cfg.n_top_genes,
-        config=config_from_kwargs(ScBatchProxConfig, None, cfg.params),
+        show_progress=show_progress,
+    )
+
+
+def _run_method(
+    adata: ad.AnnData, cfg: RunConfig, spec: MethodSpec, agg: Any, show_progress: bool | None
+) -> Prepared:
+    """Prepare the input, run the method (or its scenario); return what to evaluate."""
+    config = spec.make_config(cfg.params)
+    agg = agg if spec.federated else None
+    if cfg.scenario is not None:
+        inputs = _inputs(cfg, agg, None, show_progress)
+        work = spec.scenario(cfg.scenario)(adata, inputs, config)
+        return Prepared(work, f"X_{cfg.upstream}", cfg.upstream)
+    prepared = INPUT_PREPARATION[spec.input](adata, cfg)
+    spec.fit(prepared.adata, _inputs(cfg, agg, prepared.use_rep, show_progress), config)
+    if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
+        work = apply_inclusion(
+            prepared.adata, batch_key=cfg.batch_key, label_key=cfg.label_key, scenario=cfg.inclusion
+        )
+        return Prepared(work, prepared.before, prepared.base, prepared.use_rep)
+    return prepared
+
+
+def _check_outputs(adata: ad.AnnData, spec: MethodSpec) -> None:
+    def present(rep: str) -> bool:
+        if rep.startswith("layers/"):
+            return rep.removeprefix("layers/") in adata.layers
+        return rep in adata.obsm
+
+    missing = [rep for rep in spec.outputs if not present(rep)]
+    if missing:
+        raise RuntimeError(
+            f"method {spec.name!r} did not write its declared output(s) {missing}; its run "
+            "function must write every entry of MethodSpec.outputs into the AnnData."
+        )
+
+
+def _evaluate(adata: ad.AnnData, rep: str, cfg: RunConfig, pre: str) -> pd.DataFrame:
+    """The run's metric panels on one representation (``pre``: the uncorrected input)."""
+    return evaluate(
+        adata,
+        rep=rep,
+        batch_key=cfg.batch_key,
+        label_key=cfg.label_key,
+        panels=cfg.panels,
+        X_pre_rep=pre,
         seed=cfg.seed,
-    )[-1]
-    work = adata[last.obs_names].copy()
-    work.obsm[f"X_{cfg.upstream}"] = last.upstream
-    work.obsm["X_scbatchprox"] = last.refined
-    return work
-
-
-def evaluate_rep(
-    adata: ad.AnnData, rep: str, cfg: RunConfig, pre: np.ndarray | None = None
-) -> pd.DataFrame:
-    """Every configured panel on one representation, as (panel, metric, value, embedding)."""
-    x = representation(adata, rep)
-    batch = adata.obs[cfg.batch_key].astype(str).to_numpy()
-    labels = adata.obs[cfg.label_key].astype(str).to_numpy()
-    frames = []
-    for panel in cfg.panels or []:
-        if panel == "scib":
-            frames.append(scib_panel(x, batch, labels, X_pre=pre, seed=cfg.seed))
-        elif panel == "fedscgen":
-            frames.append(fedscgen_panel(x, batch, labels, seed=cfg.seed))
-        elif panel == "downstream":
-            frames.append(downstream_accuracy(x, batch, labels, seed=cfg.seed))
-        else:
-            raise FedscInputError(
-                f"unknown metric panel {panel!r}; choose from 'scib', 'fedscgen', 'downstream'."
-            )
-    out = pd.concat(frames, ignore_index=True)
-    out["embedding"] = rep
-    return out
+    )
 
 
 def _method_rows(cfg: RunConfig, frame: pd.DataFrame, method: str, extra: dict) -> pd.DataFrame:
@@ -166,50 +217,17 @@ def execute_run(
     adata = load_dataset(cfg.dataset) if adata is None else adata
     validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key)
     info: dict[str, Any] = {}
-    with aggregator_for(cfg.backend, cfg.backend_options) as agg:
-        spec = get_method(cfg.method)
-        if cfg.scenario is not None:
-            work = run_scenario(adata, cfg, agg)
-            before, base_name = f"X_{cfg.upstream}", cfg.upstream
-        elif spec.input == "embedding":
-            work, before = prepare_embedding(adata, cfg)
-            spec.run(
-                work,
-                batch_key=cfg.batch_key,
-                use_rep=before,
-                backend=agg,
-                seed=cfg.seed,
-                show_progress=show_progress,
-                **cfg.params,
-            )
-            base_name = cfg.upstream if cfg.use_rep is None else before.removeprefix("X_").lower()
-        else:
-            work = prepare_expression(adata, cfg)
-            kwargs: dict[str, Any] = dict(cfg.params)
-            if spec.federated:
-                kwargs.update(backend=agg, holdout=cfg.holdout)
-            spec.run(
-                work,
-                batch_key=cfg.batch_key,
-                label_key=cfg.label_key,
-                seed=cfg.seed,
-                inclusion=cfg.inclusion,
-                show_progress=show_progress,
-                **kwargs,
-            )
-            if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
-                work = apply_inclusion(
-                    work, batch_key=cfg.batch_key, label_key=cfg.label_key, scenario=cfg.inclusion
-                )
-            before, base_name = "X", "uncorrected"
-        after = f"X_{cfg.method}" if spec.input == "embedding" else f"layers/{cfg.method}"
+    spec = get_method(cfg.method)
+    with aggregator_for(cfg.backend, cfg.backend_options, cfg.mechanisms) as agg:
+        prepared = _run_method(adata, cfg, spec, agg, show_progress)
         ledger = agg.ledger.to_dict()
         private = bool(agg.private)
         privacy_note = agg.privacy_note
+    work, before, after = prepared.adata, prepared.before, spec.evaluate
+    _check_outputs(work, spec)
     method_seconds = time.perf_counter() - start
-    pre = representation(work, before)
-    before_rows = evaluate_rep(work, before, cfg, pre=pre)
-    after_rows = evaluate_rep(work, after, cfg, pre=pre)
+    before_rows = _evaluate(work, before, cfg, pre=before)
+    after_rows = _evaluate(work, after, cfg, pre=before)
     wall = time.perf_counter() - start
     ledger_bytes = int(
         sum(ledger["totals"]["bytes_to_party"]) + ledger["totals"]["coordinator_bytes"]
@@ -218,7 +236,7 @@ def execute_run(
     rows = pd.concat(
         [
             _method_rows(
-                cfg, before_rows, base_name, {"backend": "none", "private": True, **extra}
+                cfg, before_rows, prepared.base, {"backend": "none", "private": True, **extra}
             ),
             _method_rows(
                 cfg,

@@ -1,53 +1,95 @@
 """Scanpy-style public API: ``fedsc.tl.<method>(adata, ...)`` writes into ``adata.obsm``.
 
-Each function runs one federated method with an aggregation backend chosen by name
-(``"plaintext"`` or ``"crypten"``) or passed as an :class:`smpc.Aggregator`.
+Every registered method (``fedsc.methods.REGISTRY``) is callable here by name: the three
+built-in ones have documented signatures below, any other registered method is served by
+:func:`apply` through ``fedsc.tl.<name>``. A federated method runs with an aggregation
+backend chosen by name (``smpc.BACKENDS``: ``"plaintext"``, ``"crypten"``) or passed as
+an :class:`smpc.Aggregator`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import fields
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import anndata as ad
-import numpy as np
 
 import smpc
-from fedsc.data.validate import validate_adata
-from fedsc.errors import FedscInputError
-from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
-from fedsc.uns import uns_safe
+from fedsc.backend import aggregator_for
+from fedsc.methods import RunInputs, get_method
+
+__all__ = ["apply", "fedscgen", "scbatchprox", "scgen"]
 
 
-@contextmanager
-def aggregator_for(
-    backend: str | smpc.Aggregator, backend_options: dict[str, Any] | None = None
-) -> Iterator[smpc.Aggregator]:
-    """Yield an aggregator: the one given (left open), or a new one by name (closed after)."""
-    if isinstance(backend, smpc.Aggregator):
-        if backend_options:
-            raise FedscInputError(
-                "backend_options are only used when backend is a name; configure the "
-                "aggregator you passed when you create it."
-            )
-        yield backend
-        return
-    with smpc.make_aggregator(backend, **(backend_options or {})) as agg:
-        yield agg
+def apply(
+    method: str,
+    adata: ad.AnnData,
+    *,
+    batch_key: str = "batch",
+    label_key: str = "cell_type",
+    use_rep: str | None = None,
+    layer: str | None = None,
+    backend: str | smpc.Aggregator = "plaintext",
+    backend_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    config: Any = None,
+    holdout: Sequence[str] = (),
+    inclusion: str = "all",
+    key_added: str | None = None,
+    show_progress: bool | None = None,
+    extra: dict[str, Any] | None = None,
+    **params: Any,
+) -> Any:
+    """Run the registered ``method`` on ``adata`` (its outputs are written into ``adata``).
 
+    Parameters
+    ----------
+    method
+        A name in ``fedsc.methods.REGISTRY``.
+    adata
+        Prepared cells: an embedding in ``obsm[use_rep]`` or expression in ``X``, as the
+        method's ``input`` kind says.
+    batch_key, label_key
+        ``adata.obs`` columns with each cell's batch (client) and cell type.
+    use_rep, layer
+        Embedding (``obsm`` key or ``"X"``) / layer the method reads.
+    backend, backend_options
+        Aggregation backend name (or an open :class:`smpc.Aggregator`) and its options;
+        ignored by centralized methods.
+    seed
+        Run seed.
+    config, **params
+        The method's config dataclass and/or overrides of its fields.
+    holdout, inclusion
+        Held-out batches and inclusion scenario (methods that support them).
+    key_added
+        Output name instead of the method's default.
+    extra
+        Method-specific run options that are not config fields.
 
-def config_from_kwargs(config_cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
-    """Build a config dataclass from an instance and/or keyword overrides."""
-    names = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise FedscInputError(
-            f"unknown {config_cls.__name__} option(s) {unknown}; valid options: {sorted(names)}."
-        )
-    base = {} if config is None else {f.name: getattr(config, f.name) for f in fields(config)}
-    return config_cls(**{**base, **kwargs})
+    Returns
+    -------
+    Whatever the method's run function returns (usually the fitted model).
+    """
+    spec = get_method(method)
+    cfg = spec.make_config(params, config)
+    inputs = dict(
+        batch_key=batch_key,
+        label_key=label_key,
+        seed=seed,
+        use_rep=use_rep,
+        layer=layer,
+        holdout=tuple(str(h) for h in holdout),
+        inclusion=inclusion,
+        key_added=key_added,
+        show_progress=show_progress,
+        extra=dict(extra or {}),
+    )
+    if not spec.federated:
+        return spec.fit(adata, RunInputs(**inputs), cfg)
+    with aggregator_for(backend, backend_options) as agg:
+        return spec.fit(adata, RunInputs(aggregator=agg, **inputs), cfg)
 
 
 def scbatchprox(
@@ -58,11 +100,11 @@ def scbatchprox(
     backend: str | smpc.Aggregator = "plaintext",
     backend_options: dict[str, Any] | None = None,
     seed: int = 0,
-    config: ScBatchProxConfig | None = None,
+    config: Any = None,
     key_added: str = "X_scbatchprox",
     show_progress: bool | None = None,
     **params: Any,
-) -> ScBatchProx:
+) -> Any:
     """Refine ``adata.obsm[use_rep]`` with federated per-batch FiLM adapters.
 
     Parameters
@@ -89,21 +131,19 @@ def scbatchprox(
     -------
     The fitted :class:`~fedsc.methods.scbatchprox.ScBatchProx` model.
     """
-    validate_adata(adata, batch_key=batch_key, use_rep=use_rep)
-    cfg = config_from_kwargs(ScBatchProxConfig, config, params)
-    z = adata.X if use_rep == "X" else adata.obsm[use_rep]
-    z = np.asarray(z.toarray() if hasattr(z, "toarray") else z)
-    labels = adata.obs[batch_key].astype(str).to_numpy()
-    with aggregator_for(backend, backend_options) as agg:
-        model = ScBatchProx.fit(z, labels, agg, config=cfg, seed=seed, show_progress=show_progress)
-    adata.obsm[key_added] = model.transform(z, labels).astype(z.dtype, copy=False)
-    adata.uns[key_added.removeprefix("X_")] = uns_safe(
-        {
-            "params": {**cfg.to_dict(), "use_rep": use_rep, "batch_key": batch_key, "seed": seed},
-            "privacy": agg.privacy_note,
-        }
+    return apply(
+        "scbatchprox",
+        adata,
+        batch_key=batch_key,
+        use_rep=use_rep,
+        backend=backend,
+        backend_options=backend_options,
+        seed=seed,
+        config=config,
+        key_added=key_added,
+        show_progress=show_progress,
+        **params,
     )
-    return model
 
 
 def fedscgen(
@@ -143,24 +183,22 @@ def fedscgen(
     -------
     :class:`~fedsc.methods.fedscgen.FedScGenResult` (model, federation result, info).
     """
-    from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
-
-    validate_adata(adata, batch_key=batch_key, label_key=label_key, layer=layer)
-    cfg = config_from_kwargs(FedScGenConfig, config, params)
-    with aggregator_for(backend, backend_options) as agg:
-        return run_fedscgen(
-            adata,
-            batch_key=batch_key,
-            label_key=label_key,
-            aggregator=agg,
-            config=cfg,
-            seed=seed,
-            holdout=list(holdout),
-            inclusion=inclusion,
-            layer=layer,
-            snapshot_every_round=snapshot_every_round,
-            show_progress=show_progress,
-        )
+    return apply(
+        "fedscgen",
+        adata,
+        batch_key=batch_key,
+        label_key=label_key,
+        layer=layer,
+        backend=backend,
+        backend_options=backend_options,
+        seed=seed,
+        config=config,
+        holdout=holdout,
+        inclusion=inclusion,
+        show_progress=show_progress,
+        extra={"snapshot_every_round": snapshot_every_round},
+        **params,
+    )
 
 
 def scgen(
@@ -179,18 +217,24 @@ def scgen(
 
     Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]``; returns the model.
     """
-    from fedsc.methods.scgen import ScGenConfig, run_scgen
-
-    validate_adata(adata, batch_key=batch_key, label_key=label_key, layer=layer)
-    cfg = config_from_kwargs(ScGenConfig, config, params)
-    model, _ = run_scgen(
+    return apply(
+        "scgen",
         adata,
         batch_key=batch_key,
         label_key=label_key,
         layer=layer,
-        config=cfg,
         seed=seed,
+        config=config,
         inclusion=inclusion,
         show_progress=show_progress,
+        **params,
     )
-    return model
+
+
+def __getattr__(name: str) -> Callable[..., Any]:
+    """``fedsc.tl.<name>`` for any other registered method: :func:`apply` bound to it."""
+    from fedsc.methods import REGISTRY
+
+    if name in REGISTRY:
+        return partial(apply, name)
+    raise AttributeError(f"module 'fedsc.tl' has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """AnnData in, validated; clients (views), inclusion scenarios, reading files."""
 
+from fedsc.data.access import get_representation, obs_column, representation
 from fedsc.data.clients import Client, split_clients
 from fedsc.data.inclusion import (
     SCENARIOS,
@@ -10,7 +11,7 @@ from fedsc.data.inclusion import (
     standalone_types,
 )
 from fedsc.data.io import read_h5ad
-from fedsc.data.validate import get_representation, validate_adata
+from fedsc.data.validate import validate_adata
 
 __all__ = [
     "SCENARIOS",
@@ -19,7 +20,9 @@ __all__ = [
     "cell_type_presence",
     "get_representation",
     "minority_types",
+    "obs_column",
     "read_h5ad",
+    "representation",
     "shared_types",
     "split_clients",
     "standalone_types",

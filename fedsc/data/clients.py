@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 
+from fedsc.data.access import obs_column
 from fedsc.errors import FedscInputError
 
 
@@ -64,12 +65,7 @@ def split_clients(
     -------
     (training clients, held-out clients). Indices run 0..K-1 over both lists.
     """
-    if batch_key not in adata.obs:
-        raise FedscInputError(
-            f"batch key {batch_key!r} is not a column of adata.obs (columns: "
-            f"{list(adata.obs.columns)}); pass batch_key= the column that names each cell's batch."
-        )
-    values = adata.obs[batch_key].astype(str).to_numpy()
+    values = obs_column(adata, batch_key, "batch_key").astype(str).to_numpy()
     present = list(dict.fromkeys(sorted(set(values))))
     if order is None:
         order = present

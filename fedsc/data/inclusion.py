@@ -18,7 +18,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from fedsc.data.validate import obs_column
+from fedsc.data.access import obs_column
 from fedsc.errors import FedscInputError
 
 __all__ = [

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fedsc.data.access import get_representation, obs_column
 from fedsc.errors import FedscInputError
 
-__all__ = ["get_representation", "validate_adata"]
+__all__ = ["get_representation", "obs_column", "validate_adata"]
 
 
 def _values(matrix) -> np.ndarray:
@@ -17,52 +18,6 @@ def _values(matrix) -> np.ndarray:
     if sp.issparse(matrix):
         return np.asarray(matrix.data)
     return np.asarray(matrix)
-
-
-def get_representation(adata: ad.AnnData, use_rep: str | None = None, layer: str | None = None):
-    """Return the matrix a method reads: ``obsm[use_rep]``, ``layers[layer]`` or ``X``.
-
-    ``use_rep="X"`` (or ``None`` without ``layer``) means ``adata.X``.
-    """
-    if use_rep is not None and use_rep != "X":
-        if use_rep not in adata.obsm:
-            raise FedscInputError(
-                f"use_rep={use_rep!r} is not a key of adata.obsm (keys: {list(adata.obsm)}); "
-                f"compute the embedding first (e.g. fedsc.preprocessing.fit_embedding(adata, "
-                f"'pca')) or pass use_rep='X' to use adata.X."
-            )
-        return adata.obsm[use_rep]
-    if layer is not None:
-        if layer not in adata.layers:
-            raise FedscInputError(
-                f"layer {layer!r} is not a key of adata.layers (keys: {list(adata.layers)}); "
-                f"pass layer=None to use adata.X or store the matrix in adata.layers[{layer!r}]."
-            )
-        return adata.layers[layer]
-    return adata.X
-
-
-def obs_column(adata: ad.AnnData, key: str, arg: str) -> pd.Series:
-    """``adata.obs[key]``, or a clear error if it is missing or has NaN values.
-
-    ``arg`` is the caller's parameter name (``"batch_key"``, ``"label_key"``), quoted in
-    the message so the user knows which argument to fix.
-    """
-    what = arg.removesuffix("_key")
-    if key not in adata.obs.columns:
-        raise FedscInputError(
-            f"{arg} {key!r} is not a column of adata.obs (columns: "
-            f"{list(adata.obs.columns)}); pass {arg}= the column that names each cell's {what}."
-        )
-    col = adata.obs[key]
-    n_missing = int(col.isna().sum())
-    if n_missing:
-        raise FedscInputError(
-            f"adata.obs[{key!r}] has {n_missing} missing (NaN) value(s); every cell needs a "
-            f"{what}: fill them (e.g. adata.obs[{key!r}] = adata.obs[{key!r}]"
-            f".cat.add_categories('unknown').fillna('unknown')) or drop those cells."
-        )
-    return col
 
 
 def validate_adata(

@@ -33,9 +33,6 @@ class RunStore:
         """Run ids with a complete record (ok or failed)."""
         return {p.stem for p in self.runs.glob("*.json")}
 
-    def succeeded(self) -> set[str]:
-        return {r["run_id"] for r in self.records() if r["status"] == "ok"}
-
     def write(self, record: dict[str, Any]) -> Path:
         """Atomically write one run's record."""
         target = self.path(record["run_id"])

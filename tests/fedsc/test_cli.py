@@ -52,13 +52,11 @@ def test_param_parsing_errors():
 def test_unknown_method_option_in_a_scenario_is_a_clear_error():
     from fedsc.errors import FedscInputError
     from fedsc.run_config import RunConfig
-    from fedsc.runner import execute_run
 
-    cfg = RunConfig(
-        method="scbatchprox",
-        scenario="continual",
-        stages=[["indrop", "celseq"], ["celseq2"]],
-        params={"mu_typo": 0},
-    )
     with pytest.raises(FedscInputError, match="unknown ScBatchProxConfig option"):
-        execute_run(cfg)
+        RunConfig(
+            method="scbatchprox",
+            scenario="continual",
+            stages=[["indrop", "celseq"], ["celseq2"]],
+            params={"mu_typo": 0},
+        )

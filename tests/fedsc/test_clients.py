@@ -47,7 +47,7 @@ def test_holdout_goes_last(adata):
 
 
 def test_errors(adata):
-    with pytest.raises(FedscInputError, match="batch key 'study'"):
+    with pytest.raises(FedscInputError, match="batch_key 'study' is not a column"):
         split_clients(adata, "study")
     with pytest.raises(FedscInputError, match=r"missing \['c'\]"):
         split_clients(adata, "batch", order=["a", "b"])

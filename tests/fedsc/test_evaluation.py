@@ -279,7 +279,7 @@ def test_evaluate_tidy_rows_with_embedding_column():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"rep": "X_nope"}, "not in adata.obsm"),
+        ({"rep": "X_nope"}, "not a key of adata.obsm"),
         ({"rep": "X", "batch_key": "donor"}, "not a column of adata.obs"),
         ({"rep": "X", "label_key": "ct"}, "not a column of adata.obs"),
         ({"rep": "X", "panels": ("scib", "umap")}, "panels"),
@@ -359,5 +359,5 @@ def test_evaluate_reads_layers():
     np.testing.assert_array_equal(representation(adata, "layers/corrected"), adata.X * 2)
     rows = evaluate(adata, rep="layers/corrected", panels=("fedscgen",))
     assert set(rows["embedding"]) == {"layers/corrected"} and len(rows) == 11
-    with pytest.raises(FedscInputError, match="no layer 'missing'"):
+    with pytest.raises(FedscInputError, match="layer 'missing' is not a key"):
         evaluate(adata, rep="layers/missing")

@@ -58,7 +58,7 @@ def test_preprocess_rejects_bad_input(raw, pre):
     neg.X = neg.X.toarray() - 1.0
     with pytest.raises(FedscInputError, match="negative values"):
         preprocess(neg)
-    with pytest.raises(FedscInputError, match="batch key 'study'"):
+    with pytest.raises(FedscInputError, match="batch_key 'study' is not a column"):
         preprocess(raw, batch_key="study")
     with pytest.raises(FedscInputError, match=r"not in adata\.var_names"):
         preprocess(raw, genes=["gene0", "nope"])

@@ -63,6 +63,14 @@ def test_bad_study_configs(tiny_h5ad):
         Study.from_dict({"study": "x", "datasets": []})
     with pytest.raises(FedscInputError, match="unknown run setting"):
         Study.from_dict({**study_dict(tiny_h5ad), "defaults": {"n_comp": 3}}).expand()
+    # method options are checked against the method's config before any run starts
+    broken = study_dict(tiny_h5ad)
+    broken["methods"]["scbatchprox"]["variants"]["broken"] = {"params": {"rounds": 0}}
+    with pytest.raises(FedscInputError, match="invalid scBatchProx setting"):
+        Study.from_dict(broken).expand()
+    broken["methods"]["scbatchprox"]["variants"]["broken"] = {"holdout": ["batch0"]}
+    with pytest.raises(FedscInputError, match="does not support held-out batches"):
+        Study.from_dict(broken).expand()
 
 
 def test_every_shipped_study_expands():
@@ -94,12 +102,13 @@ def test_sweep_runs_resumes_and_writes_tables(local_sweep):
 
 def test_failed_run_recorded_and_others_continue(tiny_h5ad, tmp_path):
     d = study_dict(tiny_h5ad, seeds=(0,))
-    d["methods"]["scbatchprox"]["variants"]["broken"] = {"params": {"rounds": 0}}
+    # only the data can tell that this embedding is missing: the run fails, not the study
+    d["methods"]["scbatchprox"]["variants"]["broken"] = {"use_rep": "X_nosuch"}
     res = run_sweep(Study.from_dict(d), tmp_path)
     assert res.failed == 1 and res.executed == 3
     failures = RunStore(tmp_path).failures()
     assert failures["variant"].tolist() == ["broken"]
-    assert "rounds" in failures["error"].iloc[0]
+    assert "X_nosuch" in failures["error"].iloc[0]
     assert set(res.table["variant"]) == {"mu=1e-3", "mu=0"}
 
 

@@ -1,0 +1,119 @@
+"""Aggregation backends (and privacy mechanisms) chosen by name, read from :mod:`smpc`.
+
+``smpc.BACKENDS`` is the backend registry; this module only reads it. Privacy mechanisms
+(clipping, DP noise, quantisation) are registered in ``smpc.mechanisms`` when that module
+exists; :func:`check_mechanisms` validates run configs against it and
+:func:`aggregator_for` is the single place where they are applied to an aggregator.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import smpc
+from fedsc.errors import FedscInputError
+
+__all__ = [
+    "aggregator_for",
+    "backend_names",
+    "check_backend",
+    "check_mechanisms",
+    "mechanism_names",
+]
+
+
+def backend_names() -> list[str]:
+    """Names of the registered aggregation backends (``smpc.BACKENDS``)."""
+    return list(smpc.BACKENDS)
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is a registered backend, else a clear :class:`FedscInputError`."""
+    if name not in smpc.BACKENDS:
+        raise FedscInputError(
+            f"unknown aggregation backend {name!r}; choose one of {backend_names()}."
+        )
+    return name
+
+
+def mechanism_names() -> list[str] | None:
+    """Registered privacy mechanisms, or ``None`` when ``smpc`` has no mechanism registry."""
+    try:
+        module = importlib.import_module("smpc.mechanisms")
+    except ModuleNotFoundError:
+        return None
+    registry = getattr(module, "MECHANISMS", None)
+    return None if registry is None else list(registry)
+
+
+def _mechanism_name(entry: Any) -> str:
+    """A mechanism entry is a name or a one-key mapping ``{name: {option: value}}``."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, Mapping) and len(entry) == 1:
+        return str(next(iter(entry)))
+    raise FedscInputError(
+        f"a mechanism must be a name or {{name: {{options}}}}, got {entry!r} "
+        "(e.g. mechanisms: [{clip: {norm: 1.0}}, dp_gaussian])."
+    )
+
+
+def check_mechanisms(mechanisms: Sequence[Any]) -> list[Any]:
+    """Validate mechanism entries against ``smpc``'s registry; return them as a list."""
+    mechanisms = list(mechanisms or [])
+    if not mechanisms:
+        return mechanisms
+    names = [_mechanism_name(m) for m in mechanisms]
+    known = mechanism_names()
+    if known is None:
+        raise FedscInputError(
+            f"mechanisms {names} requested but this smpc has no mechanism registry "
+            "(smpc.mechanisms.MECHANISMS); remove `mechanisms` or update smpc."
+        )
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise FedscInputError(f"unknown mechanism(s) {unknown}; choose from {known}.")
+    return mechanisms
+
+
+def _with_mechanisms(agg: smpc.Aggregator, mechanisms: Sequence[Any]) -> smpc.Aggregator:
+    """Wrap ``agg`` with the configured mechanisms (the one place they are applied)."""
+    if not mechanisms:
+        return agg
+    raise FedscInputError(  # wired when smpc.mechanisms lands (lead, at merge)
+        f"mechanisms {[_mechanism_name(m) for m in mechanisms]} are validated but not yet "
+        "applied by fedsc.backend.aggregator_for; run without them."
+    )
+
+
+@contextmanager
+def aggregator_for(
+    backend: str | smpc.Aggregator,
+    backend_options: dict[str, Any] | None = None,
+    mechanisms: Sequence[Any] = (),
+) -> Iterator[smpc.Aggregator]:
+    """Yield an aggregator: the one given (left open), or a new one by name (closed after).
+
+    Parameters
+    ----------
+    backend
+        A registered backend name (``smpc.BACKENDS``) or an :class:`smpc.Aggregator`.
+    backend_options
+        Options for :func:`smpc.make_aggregator` (only with a name).
+    mechanisms
+        Privacy mechanisms wrapped around the aggregator (see :func:`check_mechanisms`).
+    """
+    if isinstance(backend, smpc.Aggregator):
+        if backend_options:
+            raise FedscInputError(
+                "backend_options are only used when backend is a name; configure the "
+                "aggregator you passed when you create it."
+            )
+        yield _with_mechanisms(backend, mechanisms)
+        return
+    check_backend(backend)
+    with smpc.make_aggregator(backend, **(backend_options or {})) as agg:
+        yield _with_mechanisms(agg, check_mechanisms(mechanisms))

@@ -1,0 +1,132 @@
+"""Metric panels by name, and :func:`evaluate`, the one dispatcher over them.
+
+A panel is a function ``panel(X, batch, labels, *, X_pre=None, seed=0) -> DataFrame``
+returning tidy rows ``panel, metric, value`` for one embedding ``X`` (cells x dims) with
+per-cell ``batch`` and ``labels`` strings; ``X_pre`` is the pre-integration embedding for
+metrics that compare against it (scIB's PCR comparison). Panels are switched on and off
+by name (``panels: [scib, downstream]`` in a run config); a new panel is one
+:func:`register_panel` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from fedsc.data.access import obs_column, representation
+from fedsc.errors import FedscInputError
+from fedsc.evaluation.downstream import downstream_accuracy
+from fedsc.evaluation.fedscgen_panel import fedscgen_panel
+from fedsc.evaluation.scib_panel import scib_panel
+from fedsc.registry import Registry
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["PANELS", "Panel", "check_panels", "evaluate", "register_panel"]
+
+Panel = Callable[..., pd.DataFrame]
+
+#: Metric panels by name.
+PANELS: Registry[Panel] = Registry("metric panel")
+
+
+def register_panel(name: str, panel: Panel) -> Panel:
+    """Register a metric panel under ``name``; a name already taken is an error.
+
+    Parameters
+    ----------
+    name
+        Name used in run configs, studies and ``fedsc run --panels``.
+    panel
+        ``panel(X, batch, labels, *, X_pre=None, seed=0)`` returning a DataFrame with
+        columns ``panel``, ``metric``, ``value``.
+    """
+    return PANELS.register(name, panel)
+
+
+def _scib(X: np.ndarray, batch: Any, labels: Any, *, X_pre: Any = None, seed: int = 0):
+    """The scIB panel (scib-metrics); uses ``X_pre`` for the PCR comparison."""
+    return scib_panel(X, batch, labels, X_pre=X_pre, seed=seed)
+
+
+def _fedscgen(X: np.ndarray, batch: Any, labels: Any, *, X_pre: Any = None, seed: int = 0):
+    """The FedscGen panel (EBM, kNN accuracy, ASW, NMI, ARI, LISI...)."""
+    return fedscgen_panel(X, batch, labels, seed=seed)
+
+
+def _downstream(X: np.ndarray, batch: Any, labels: Any, *, X_pre: Any = None, seed: int = 0):
+    """Leave-one-batch-out MLP cell-type classifier accuracy."""
+    return downstream_accuracy(X, batch, labels, seed=seed)
+
+
+register_panel("scib", _scib)
+register_panel("fedscgen", _fedscgen)
+register_panel("downstream", _downstream)
+
+
+def check_panels(panels: Sequence[str] | str) -> list[str]:
+    """``panels`` as a list of registered names; a clear error for unknown or none."""
+    if isinstance(panels, str):
+        panels = [panels]
+    panels = list(panels)
+    unknown = [p for p in panels if p not in PANELS]
+    if unknown or not panels:
+        raise FedscInputError(
+            f"metric panels {panels} invalid (unknown: {unknown}); choose from {PANELS.names()}."
+        )
+    return panels
+
+
+def evaluate(
+    adata: AnnData,
+    *,
+    rep: str,
+    batch_key: str = "batch",
+    label_key: str = "cell_type",
+    panels: Sequence[str] | str = ("scib",),
+    X_pre_rep: str | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Evaluate one representation of ``adata`` with the chosen metric panels.
+
+    Parameters
+    ----------
+    adata
+        Cells with the representation, batch and label columns.
+    rep
+        ``adata.obsm`` key of the embedding, ``"X"``, or ``"layers/<name>"`` (e.g. the
+        corrected expression ``"layers/fedscgen"``).
+    batch_key, label_key
+        ``adata.obs`` columns with batch and cell type.
+    panels
+        Registered panel names (:data:`PANELS`: ``"scib"``, ``"fedscgen"``,
+        ``"downstream"``, ...), run in this order.
+    X_pre_rep
+        Representation of the pre-integration embedding, for the scIB PCR comparison.
+    seed
+        Passed to every panel.
+
+    Returns
+    -------
+    DataFrame with columns ``embedding`` (== ``rep``), ``panel``, ``metric``, ``value``.
+    """
+    funcs = [PANELS.get(p) for p in check_panels(panels)]
+    X = representation(adata, rep, "rep")
+    batch = obs_column(adata, batch_key, "batch_key")
+    labels = obs_column(adata, label_key, "label_key")
+    X_pre = representation(adata, X_pre_rep, "X_pre_rep") if X_pre_rep is not None else None
+    if batch.nunique(dropna=True) < 2:
+        raise FedscInputError(
+            f"adata.obs[{batch_key!r}] has fewer than 2 batches; batch metrics need at least 2."
+        )
+    batch = batch.astype(str).to_numpy()
+    labels = labels.astype(str).to_numpy()
+    out = pd.concat(
+        [func(X, batch, labels, X_pre=X_pre, seed=seed) for func in funcs], ignore_index=True
+    )
+    out.insert(0, "embedding", rep)
+    return out
