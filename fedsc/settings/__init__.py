@@ -296,7 +296,8 @@ def _apply_threads(n: int) -> None:
         if torch.get_num_threads() != n:
             logger.debug("torch threads %d -> %d", torch.get_num_threads(), n)
             torch.set_num_threads(n)
-        if _values["passive_wait"] and not _wait_policy_was_set_before_torch:
+        if _values["passive_wait"] and not _wait_policy_was_set_before_torch and not _noted:
+            _noted.add("spin")  # once per process
             logger.info(
                 "torch was imported before fedsc.settings.apply(): its OpenMP threads keep "
                 "spin-waiting; call apply() before importing torch, or export "
@@ -310,6 +311,7 @@ def _apply_threads(n: int) -> None:
 
 
 _wait_policy_was_set_before_torch = "OMP_WAIT_POLICY" in os.environ or "torch" not in sys.modules
+_noted: set[str] = set()  # notes already logged
 
 
 # ------------------------------------------------------------------------------- apply
