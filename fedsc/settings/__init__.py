@@ -10,7 +10,8 @@ the runner and sweep workers call :func:`apply`; library users opt in the same w
 
 Settings (each with an environment variable read when this module is imported):
 
-``threads`` (``FEDSC_THREADS``, ``None``/``"auto"``: :func:`available_cpus`)
+``threads`` (``FEDSC_THREADS``; ``None``/``"auto"``: ``OMP_NUM_THREADS`` if the user set
+    it, else :func:`available_cpus`)
     Threads for torch (intra-op), BLAS and OpenMP.
 ``passive_wait`` (``FEDSC_PASSIVE_WAIT``, default on)
     Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``). On a
@@ -244,9 +245,24 @@ def available_cpus() -> int:
     return max(1, n)
 
 
+def _omp_threads_at_start() -> int | None:
+    try:
+        return _check_threads(os.environ.get("OMP_NUM_THREADS"))
+    except ValueError:
+        return None
+
+
+#: ``OMP_NUM_THREADS`` as the user set it before fedsc loaded (apply() overwrites it).
+_USER_OMP_THREADS = _omp_threads_at_start()
+
+
 def resolved_threads() -> int:
-    """The thread count in effect: ``threads`` if set, else :func:`available_cpus`."""
-    return _values["threads"] or available_cpus()
+    """The thread count in effect.
+
+    ``threads`` if set, else a user's ``OMP_NUM_THREADS`` (as set before fedsc was
+    imported), else :func:`available_cpus`.
+    """
+    return _values["threads"] or _USER_OMP_THREADS or available_cpus()
 
 
 def configure_environment(

@@ -104,7 +104,10 @@ def test_available_cpus_respects_affinity_and_quota(monkeypatch):
     monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: None)
     assert settings.available_cpus() == 4
     monkeypatch.setitem(settings._values, "threads", None)
+    monkeypatch.setattr(settings, "_USER_OMP_THREADS", None)
     assert settings.resolved_threads() == 4
+    monkeypatch.setattr(settings, "_USER_OMP_THREADS", 1)  # a user's OMP_NUM_THREADS
+    assert settings.resolved_threads() == 1
     settings.threads = 2
     assert settings.threads == 2 and settings.resolved_threads() == 2
 
