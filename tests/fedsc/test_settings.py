@@ -197,3 +197,25 @@ def test_configure_logging_levels(capsys):
     assert "hidden" not in err and "progress line" in err and "shown" in err
     assert "DEBUG fedsc.methods.vae: debug line" in err
     assert logging.getLogger("fedsc").handlers == []
+
+
+def test_sweep_pool_workers_share_the_cpus_and_wait_passively(monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    from multiprocessing import get_context
+
+    import torch
+
+    from fedsc.sweep.executor import _init_worker
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(settings, "_values", {**settings._values, "compile_cache": False})
+    with ProcessPoolExecutor(
+        1,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(1, settings.worker_snapshot()),
+    ) as pool:
+        assert pool.submit(settings.resolved_threads).result() == 1
+        assert pool.submit(torch.get_num_threads).result() == 1
+        assert pool.submit(partial(os.getenv, "OMP_WAIT_POLICY")).result() == "PASSIVE"
