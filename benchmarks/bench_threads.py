@@ -112,7 +112,10 @@ def _measure(mode: str, args: argparse.Namespace, busy: int) -> dict:
     for b in burners:
         b.start()
     try:
-        return _spawn(mode, args)
+        load = os.getloadavg()[0]
+        out = _spawn(mode, args)
+        out["load_before"] = load
+        return out
     finally:
         for b in burners:
             b.terminate()
@@ -145,17 +148,20 @@ def main() -> None:
         f"competing processes={args.busy}"
     )
     modes = MODES[:1] if args.skip_defaults else MODES
-    ratios = {}
+    ratios: dict[str, tuple[float, float]] = {}
+    checksums: dict[str, tuple[float, int]] = {}
     for mode in modes:
         alone = _measure(mode, args, 0)
         busy = _measure(mode, args, args.busy)
         for label, r in (("alone", alone), ("busy", busy)):
             print(
                 f"  {mode:9s} {label:6s} {r['seconds']:8.1f} s wall {r['cpu_seconds']:8.1f} s CPU"
-                f"   ({r['torch_threads']} torch threads, OMP_WAIT_POLICY={r['omp_wait_policy']})"
+                f"   ({r['torch_threads']} torch threads, OMP_WAIT_POLICY={r['omp_wait_policy']};"
+                f" load average before {r['load_before']:.1f})"
             )
         if alone["checksum"] != busy["checksum"]:
             print(f"  WARNING: {mode} outputs differ between the two runs")
+        checksums[mode] = (alone["checksum"], alone["torch_threads"])
         ratios[mode] = (
             busy["seconds"] / alone["seconds"],
             busy["cpu_seconds"] / alone["cpu_seconds"],
@@ -163,6 +169,10 @@ def main() -> None:
     for mode, (wall, cpu) in ratios.items():
         target = "   (target <= 2.5)" if mode == "fedsc" else "   (baseline)"
         print(f"  slowdown busy / alone, {mode:9s} wall {wall:5.2f} x, CPU {cpu:5.2f} x{target}")
+    if len(checksums) == 2 and len({t for _, t in checksums.values()}) == 1:
+        same = len({c for c, _ in checksums.values()}) == 1
+        print(f"  same thread count in both modes; outputs identical: {same}")
+    print("  (a load average above ~0.5 before an 'alone' run means the machine was not quiet)")
 
 
 if __name__ == "__main__":
