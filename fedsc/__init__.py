@@ -1,7 +1,9 @@
 """fedsc: privacy-preserving federated batch correction of single-cell data.
 
 Submodules load on first use (``fedsc.tl``, ``fedsc.datasets``, ``fedsc.evaluation``...),
-so ``import fedsc`` stays cheap.
+so ``import fedsc`` stays cheap. Importing changes no global state (numba, JAX, torch,
+``warnings``, ``logging``): call ``fedsc.settings.apply()`` for fedsc's thread, compile-cache
+and warning settings (the CLI and the runner do), ideally before importing torch.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ _SUBMODULES = {
     "methods",
     "plots",
     "preprocessing",
+    "progress",
     "report",
     "runner",
+    "settings",
     "stats",
     "sweep",
     "tl",

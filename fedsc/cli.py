@@ -371,9 +371,33 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    def threads(text: str) -> int | str:
+        if text.strip().lower() == "auto":
+            return "auto"
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+        return int(text)
+
+    def add_global_options(p: argparse.ArgumentParser, default: Any) -> None:
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=0 if default is None else default,
+            help="log INFO messages (-vv: DEBUG); default: warnings and progress lines",
+        )
+        p.add_argument(
+            "--threads",
+            type=threads,
+            default=default,
+            help="threads for torch/BLAS/OpenMP (default: $FEDSC_THREADS, else the CPUs "
+            "available to this process; 'auto')",
+        )
+
     parser = argparse.ArgumentParser(
         prog="fedsc", description="Privacy-preserving federated batch correction."
     )
+    add_global_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_demo(sub)
@@ -381,16 +405,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_compare(sub)
     _add_report(sub)
+    for p in sub.choices.values():  # also accepted after the subcommand
+        add_global_options(p, argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except FedscInputError as exc:
-        print(f"fedsc: error: {exc}", file=sys.stderr)
-        return 2
+    from fedsc import settings
+
+    settings.update(threads=args.threads)  # None (not given): keep $FEDSC_THREADS
+    with settings.logging_to_stderr(min(args.verbose, 2) or None):
+        settings.apply()  # threads, passive OpenMP waiting, compile caches, warning filters
+        try:
+            return COMMANDS[args.command](args)
+        except FedscInputError as exc:
+            print(f"fedsc: error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ cells are then decoded. Latents are posterior means μ (REFERENCE.md section 2).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from fedsc.methods.vae import (
 from fedsc.progress import progress
 
 __all__ = ["ScGenConfig", "batch_removal", "run_scgen", "train_scgen", "train_vae"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,11 +86,21 @@ def train_vae(
     )
     x_val = x[val_idx]
     optimizer = make_optimizer(model)
+    logger.info(
+        "scGen: training on %d cells x %d genes (%d validation), up to %d epochs, %d torch threads",
+        x.shape[0],
+        x.shape[1],
+        int(val_idx.shape[0]),
+        config.epochs,
+        torch.get_num_threads(),
+    )
+    start = time.perf_counter()
     best, best_state, best_epoch, waited = float("inf"), None, -1, 0
     for epoch in progress(range(config.epochs), desc="scGen epochs", enable=show_progress):
         loss = train_epoch(model, optimizer, x, derive_generator(seed, EPOCH, 0, epoch), train_idx)
         val = vae_mod.validation_loss(model, x_val)
         model.history.append({"epoch": epoch, "train_loss": loss, "val_loss": val})
+        logger.debug("scGen epoch %d: train loss %.6g, validation loss %.6g", epoch, loss, val)
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         score = loss if np.isnan(val) else val
@@ -98,11 +111,22 @@ def train_vae(
         else:
             waited += 1
             if config.early_stopping and waited >= config.patience:
+                logger.info(
+                    "scGen: early stop after epoch %d (no improvement for %d epochs)",
+                    epoch,
+                    waited,
+                )
                 break
     if config.early_stopping and best_state is not None:
         model.load_state_dict(best_state)
     model.best_epoch = best_epoch if config.early_stopping else None
     model.eval()
+    logger.info(
+        "scGen: trained %d epochs in %.1f s%s",
+        len(model.history),
+        time.perf_counter() - start,
+        f", kept epoch {best_epoch}" if config.early_stopping else "",
+    )
     return model
 
 

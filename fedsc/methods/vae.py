@@ -28,6 +28,7 @@ centralized training for R·E epochs.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,6 +59,8 @@ __all__ = [
     "vae_loss",
     "validation_loss",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Purpose tags for :func:`derive_generator`.
 INIT, SPLIT, EPOCH = 0x1A17, 0x5B17, 0xE90C
@@ -119,6 +122,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
         return
     before = torch.get_num_threads()
     torch.set_num_threads(int(n))
+    logger.debug("torch threads %d -> %d for this block", before, int(n))
     try:
         yield
     finally:
@@ -297,7 +301,9 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         total += loss.detach()
-    return float(total) / n_batches
+    mean = float(total) / n_batches
+    logger.debug("epoch: %d minibatches of %d cells, mean loss %.6g", n_batches, bs, mean)
+    return mean
 
 
 @torch.no_grad()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -14,6 +17,8 @@ from fedsc.sweep.store import RunStore
 from fedsc.sweep.study import Study
 
 __all__ = ["RunStore", "Study", "SweepResult", "execute_record", "run_sweep"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,19 +68,69 @@ def run_sweep(
     done = store.finished()
     first_seed = min(study.seeds)
     jobs = [(r.to_dict(), r.seed == first_seed) for r in runs if r.run_id not in done]
-    records = run_dask(jobs, scheduler) if scheduler else run_local(jobs, workers)
+    where = f"Dask at {scheduler}" if scheduler else f"{max(workers, 1)} local worker(s)"
+    logger.info(
+        "sweep %s: %d runs, %d already done, %d to run on %s -> %s",
+        study.name,
+        len(runs),
+        len(runs) - len(jobs),
+        len(jobs),
+        where,
+        out,
+    )
+    if scheduler:
+        records = run_dask(jobs, scheduler)
+    elif workers <= 1:
+        records = run_local(_announced(jobs), workers)
+    else:
+        records = run_local(jobs, workers)
     failed = 0
     for record in progress(
         records, desc=f"sweep {study.name}", enable=show_progress, total=len(jobs)
     ):
         store.write(record)
         failed += record["status"] != "ok"
+        _log_record(record)
     table = store.write_tables()
+    seconds = time.perf_counter() - start
+    logger.info(
+        "sweep %s finished in %.1f s: %d run, %d failed, %d skipped",
+        study.name,
+        seconds,
+        len(jobs),
+        failed,
+        len(runs) - len(jobs),
+    )
     return SweepResult(
         table=table,
         executed=len(jobs),
         skipped=len(runs) - len(jobs),
         failed=failed,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         out=Path(out),
     )
+
+
+def _describe(cfg: dict[str, Any]) -> str:
+    parts = [str(cfg.get(k)) for k in ("method", "dataset", "backend") if cfg.get(k)]
+    return f"{cfg.get('run_id', '?')} ({', '.join(parts)}, seed {cfg.get('seed')})"
+
+
+def _announced(
+    jobs: Sequence[tuple[dict[str, Any], bool]],
+) -> Iterator[tuple[dict[str, Any], bool]]:
+    """The jobs, logging each as it starts (in-process runs start one at a time)."""
+    for job in jobs:
+        logger.info("run %s started", _describe(job[0]))
+        yield job
+
+
+def _log_record(record: dict[str, Any]) -> None:
+    cfg = {**record.get("config", {}), "run_id": record.get("run_id")}
+    if record.get("status") == "ok":
+        seconds = (record.get("info") or {}).get("wall_time_s")
+        took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+        logger.info("run %s finished%s", _describe(cfg), took)
+    else:
+        logger.warning("run %s failed: %s", _describe(cfg), record.get("error"))
+        logger.debug("run %s traceback:\n%s", record.get("run_id"), record.get("traceback"))

@@ -6,7 +6,6 @@ so the store needs no locking and works with remote Dask workers.
 
 from __future__ import annotations
 
-import os
 import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -41,12 +40,11 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
     return record
 
 
-def _init_worker(threads: int) -> None:
-    """Share the cores between workers instead of oversubscribing them."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
+def _init_worker(threads: int, parent: dict[str, Any] | None = None) -> None:
+    """Share the CPUs between workers; apply the parent's settings (fedsc.settings)."""
+    from fedsc import settings
 
-    torch.set_num_threads(threads)
+    settings.init_worker(parent or {}, threads)
 
 
 def run_local(
@@ -57,12 +55,14 @@ def run_local(
         for cfg, keep in jobs:
             yield execute_record(cfg, keep)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    from fedsc import settings
+
+    threads = max(1, settings.resolved_threads() // workers)  # CPUs available, shared
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
         initializer=_init_worker,
-        initargs=(threads,),
+        initargs=(threads, settings.worker_snapshot()),
     ) as pool:
         futures = [pool.submit(execute_record, cfg, keep) for cfg, keep in jobs]
         for fut in as_completed(futures):

@@ -1,0 +1,465 @@
+"""Process-wide settings: threads, compile caches, warning filters, verbosity, progress.
+
+Nothing here changes global state when imported: ``import fedsc`` (or any submodule)
+leaves numba, JAX, torch, ``warnings`` and ``logging`` as they were. The command line,
+the runner and sweep workers call :func:`apply`; library users opt in the same way::
+
+    import fedsc
+    fedsc.settings.threads = 2          # default: the CPUs available to this process
+    fedsc.settings.apply()              # idempotent; call again after changing a setting
+
+Settings (each with an environment variable read when this module is imported):
+
+``threads`` (``FEDSC_THREADS``; ``None``/``"auto"``: ``OMP_NUM_THREADS`` if the user set
+    it, else :func:`available_cpus`)
+    Threads for torch (intra-op), BLAS and OpenMP.
+``passive_wait`` (``FEDSC_PASSIVE_WAIT``, default on)
+    Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``). On a
+    machine shared with other jobs, spinning threads occupy the cores the working threads
+    wait for: FedscGen ran 14x slower beside one other job with torch's defaults.
+``compile_cache`` / ``cache_dir`` (``FEDSC_COMPILE_CACHE``, ``FEDSC_CACHE_DIR``)
+    numba and JAX persistent compilation caches (see :mod:`fedsc.evaluation.caches`).
+``filter_warnings`` (``FEDSC_FILTER_WARNINGS``, default on)
+    Silence known third-party noise (numba's "Cannot cache compiled function").
+``verbosity`` (``FEDSC_VERBOSITY``: 0 warnings, 1 info, 2 debug)
+    Level used by :func:`configure_logging` (the CLI's ``-v``/``-vv``).
+``progress_interval`` (``FEDSC_PROGRESS_INTERVAL``, seconds, default 30)
+    How often :func:`fedsc.progress.progress` writes a log line when no bar is shown.
+
+The OpenMP runtime (libgomp, loaded with torch) reads ``OMP_WAIT_POLICY`` once, when it is
+loaded: :func:`apply` (and :func:`configure_environment`) can only set it for a torch not
+imported yet, and for child processes. Call ``fedsc.settings.apply()`` before
+``import torch`` (or export ``OMP_WAIT_POLICY=PASSIVE``) to get passive waiting; thread
+counts are applied whenever :func:`apply` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import types
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedsc.settings import _caches
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "apply",
+    "available_cpus",
+    "configure_environment",
+    "configure_logging",
+    "init_worker",
+    "logging_to_stderr",
+    "resolved_threads",
+    "snapshot",
+    "update",
+    "worker_snapshot",
+]
+
+#: Third-party warnings silenced when ``filter_warnings`` is on: (message regex, category).
+WARNING_FILTERS: tuple[tuple[str, type[Warning]], ...] = (
+    # numba cannot cache pynndescent's nn_descent (dynamic globals); it compiles in memory.
+    ("Cannot cache compiled function", Warning),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off.")
+
+
+def _check_threads(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or (isinstance(value, float) and value != n):
+        raise ValueError(f"threads must be a positive integer or 'auto', got {value!r}.")
+    return n
+
+
+def _check_verbosity(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"verbosity must be 0, 1 or 2, got {value!r}.") from None
+    return min(max(n, 0), 2)
+
+
+def _check_interval(value: Any) -> float:
+    x = float(value)
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"progress_interval must be a finite number >= 0, got {value!r}.")
+    return x
+
+
+def _check_dir(value: Any) -> Path | None:
+    return None if value in (None, "") else Path(value).expanduser()
+
+
+_CHECKS = {
+    "threads": _check_threads,
+    "verbosity": _check_verbosity,
+    "progress_interval": _check_interval,
+    "cache_dir": _check_dir,
+    "compile_cache": bool,
+    "passive_wait": bool,
+    "filter_warnings": bool,
+}
+
+
+def _from_env() -> dict[str, Any]:
+    return {
+        "threads": _check_threads(os.environ.get("FEDSC_THREADS")),
+        "verbosity": _check_verbosity(os.environ.get("FEDSC_VERBOSITY", 0)),
+        "progress_interval": _check_interval(os.environ.get("FEDSC_PROGRESS_INTERVAL", 30)),
+        "cache_dir": _check_dir(os.environ.get("FEDSC_CACHE_DIR")),
+        "compile_cache": _env_bool("FEDSC_COMPILE_CACHE", True),
+        "passive_wait": _env_bool("FEDSC_PASSIVE_WAIT", True),
+        "filter_warnings": _env_bool("FEDSC_FILTER_WARNINGS", True),
+    }
+
+
+_values: dict[str, Any] = _from_env()
+_applied: dict[str, Any] | None = None  # snapshot of the last apply()
+
+
+class _SettingsModule(types.ModuleType):
+    """Validates ``fedsc.settings.<name> = value`` for the known settings."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _CHECKS:
+            return _values[name]
+        raise AttributeError(f"module 'fedsc.settings' has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CHECKS:
+            _values[name] = _CHECKS[name](value)
+        else:
+            super().__setattr__(name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_CHECKS})
+
+
+sys.modules[__name__].__class__ = _SettingsModule
+
+
+def update(**values: Any) -> None:
+    """Set several settings at once (validated); ``None`` values are ignored."""
+    unknown = sorted(set(values) - set(_CHECKS))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; known: {sorted(_CHECKS)}.")
+    for name, value in values.items():
+        if value is not None:
+            _values[name] = _CHECKS[name](value)
+
+
+def snapshot() -> dict[str, Any]:
+    """The current settings as a plain, picklable dict (e.g. for worker processes)."""
+    out = dict(_values)
+    out["cache_dir"] = None if out["cache_dir"] is None else str(out["cache_dir"])
+    return out
+
+
+# ------------------------------------------------------------------------------ threads
+def _cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), proc: Path | None = None
+) -> float | None:
+    """CPUs allowed by the cgroup CPU quota (cgroup v2 ``cpu.max`` or v1 CFS), or None.
+
+    Walks from the process's own cgroup up to the root and returns the tightest quota.
+    """
+    proc = Path("/proc/self/cgroup") if proc is None else proc
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        lines = []
+    v2_path, v1_path = "/", "/"
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2_path = parts[2] or "/"
+        elif "cpu" in parts[1].split(","):
+            v1_path = parts[2] or "/"
+
+    limits: list[float] = []
+
+    def ancestors(base: Path, rel: str) -> list[Path]:
+        rel_parts = [p for p in rel.split("/") if p]
+        return [base.joinpath(*rel_parts[:i]) for i in range(len(rel_parts), -1, -1)]
+
+    for d in ancestors(root, v2_path):  # v2: "max 100000" or "<quota> <period>"
+        try:
+            quota, period = (d / "cpu.max").read_text().split()[:2]
+        except (OSError, ValueError):
+            continue
+        if quota != "max" and float(period) > 0:
+            limits.append(float(quota) / float(period))
+    for base in (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu"):
+        for d in ancestors(base, v1_path):
+            try:
+                quota_us = float((d / "cpu.cfs_quota_us").read_text())
+                period_us = float((d / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                continue
+            if quota_us > 0 and period_us > 0:
+                limits.append(quota_us / period_us)
+    return min(limits) if limits else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its CPU affinity, capped by a cgroup CPU quota.
+
+    ``os.cpu_count()`` counts the machine's CPUs, which in a container or under
+    ``taskset`` can be many more than the process gets.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota - 1e-9)))
+    return max(1, n)
+
+
+def _omp_threads_at_start() -> int | None:
+    try:
+        return _check_threads(os.environ.get("OMP_NUM_THREADS"))
+    except ValueError:
+        return None
+
+
+#: ``OMP_NUM_THREADS`` as the user set it before fedsc loaded (apply() overwrites it).
+_USER_OMP_THREADS = _omp_threads_at_start()
+
+
+def resolved_threads() -> int:
+    """The thread count in effect.
+
+    ``threads`` if set, else a user's ``OMP_NUM_THREADS`` (as set before fedsc was
+    imported), else :func:`available_cpus`.
+    """
+    return _values["threads"] or _USER_OMP_THREADS or available_cpus()
+
+
+def configure_environment(
+    threads: int | None = None, environ: dict[str, str] | os._Environ[str] | None = None
+) -> dict[str, str]:
+    """Set the environment variables that libraries read when they load.
+
+    ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT=0`` (when ``passive_wait``; values
+    already in the environment are kept) and ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS`` (overwritten when ``threads`` is given or set, else only
+    filled in). Affects libraries loaded afterwards and child processes only.
+
+    Parameters
+    ----------
+    threads
+        Thread count; default :func:`resolved_threads`.
+    environ
+        Mapping to update (default ``os.environ``).
+
+    Returns
+    -------
+    The variables that were set.
+    """
+    env = os.environ if environ is None else environ
+    explicit = threads is not None or _values["threads"] is not None
+    n = str(threads or resolved_threads())
+    changed: dict[str, str] = {}
+
+    def put(name: str, value: str, overwrite: bool) -> None:
+        if (overwrite or name not in env) and env.get(name) != value:
+            env[name] = value
+            changed[name] = value
+
+    if _values["passive_wait"]:
+        put("OMP_WAIT_POLICY", "PASSIVE", False)
+        put("GOMP_SPINCOUNT", "0", False)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        put(name, n, explicit)
+    if changed:
+        logger.debug("environment: %s", changed)
+    return changed
+
+
+def _apply_threads(n: int) -> None:
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != n:
+            logger.debug("torch threads %d -> %d", torch.get_num_threads(), n)
+            torch.set_num_threads(n)
+        if _values["passive_wait"] and not _wait_policy_was_set_before_torch and not _noted:
+            _noted.add("spin")  # once per process
+            logger.info(
+                "torch was imported before fedsc.settings.apply(): its OpenMP threads keep "
+                "spin-waiting; call apply() before importing torch, or export "
+                "OMP_WAIT_POLICY=PASSIVE, to let idle threads sleep."
+            )
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - comes with scikit-learn
+        return
+    threadpool_limits(limits=n, user_api="blas")
+
+
+_wait_policy_was_set_before_torch = "OMP_WAIT_POLICY" in os.environ or "torch" not in sys.modules
+_noted: set[str] = set()  # notes already logged
+
+
+# ------------------------------------------------------------------------------- apply
+def apply(**overrides: Any) -> dict[str, Any]:
+    """Apply the settings to this process (idempotent; opt-in for library users).
+
+    - environment for libraries not yet loaded and for child processes
+      (:func:`configure_environment`);
+    - torch's and BLAS's thread counts, if those libraries are loaded;
+    - the numba/JAX compilation caches (:mod:`fedsc.evaluation.caches`): configured now
+      for the libraries already loaded, and when the metric panels are imported;
+    - warning filters (``filter_warnings``).
+
+    Logging handlers are not touched (see :func:`configure_logging`).
+
+    Parameters
+    ----------
+    **overrides
+        Settings to change first, as for :func:`update`.
+
+    Returns
+    -------
+    The settings applied (:func:`snapshot` plus ``resolved_threads``).
+    """
+    global _applied, _wait_policy_was_set_before_torch
+    update(**overrides)
+    if "torch" not in sys.modules:
+        _wait_policy_was_set_before_torch = True
+    n = resolved_threads()
+    state = {**snapshot(), "resolved_threads": n}
+    configure_environment(n)
+    _apply_threads(n)
+    if _values["filter_warnings"]:
+        for message, category in WARNING_FILTERS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+    _caches.request(_values["cache_dir"] if _values["compile_cache"] else False)
+    if state == _applied:
+        return state
+    _applied = state
+    logger.info(
+        "settings applied: %d threads (%d CPUs available), passive wait %s, compile cache %s",
+        n,
+        available_cpus(),
+        "on" if _values["passive_wait"] else "off",
+        _caches.cache_root(_values["cache_dir"]) if _values["compile_cache"] else "off",
+    )
+    return state
+
+
+# ----------------------------------------------------------------------------- logging
+_HANDLER_NAME = "fedsc-cli"
+_LOGGERS = ("fedsc", "smpc")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which tests and notebooks replace)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging(verbosity: int | None = None, stream: Any = None) -> logging.Handler:
+    """Log fedsc's (and smpc's) messages to ``stream`` (default stderr); for applications.
+
+    The library itself adds no handlers. This adds one (replacing the one it added before)
+    to the ``fedsc`` and ``smpc`` loggers: level WARNING at verbosity 0, INFO at 1, DEBUG
+    at 2. Progress lines (``fedsc.progress``, written when no progress bar is shown) are
+    shown at every verbosity. :func:`logging_to_stderr` undoes it afterwards.
+
+    Parameters
+    ----------
+    verbosity
+        0, 1 or 2; default the ``verbosity`` setting (which it also sets).
+    stream
+        Where to write; default the current ``sys.stderr``.
+    """
+    if verbosity is not None:
+        _values["verbosity"] = _check_verbosity(verbosity)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[_values["verbosity"]]
+    handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    for name in _LOGGERS:
+        lg = logging.getLogger(name)
+        for old in [h for h in lg.handlers if h.get_name() == _HANDLER_NAME]:
+            lg.removeHandler(old)
+        lg.addHandler(handler)
+        lg.setLevel(level)
+    logging.getLogger("fedsc.progress").setLevel(min(level, logging.INFO))
+    return handler
+
+
+@contextmanager
+def logging_to_stderr(verbosity: int | None = None) -> Iterator[logging.Handler]:
+    """:func:`configure_logging` for a block; the loggers' previous state is restored."""
+    names = (*_LOGGERS, "fedsc.progress")
+    before = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names}
+    try:
+        yield configure_logging(verbosity)
+    finally:
+        for n, (level, handlers) in before.items():
+            lg = logging.getLogger(n)
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+
+
+# ----------------------------------------------------------------------------- workers
+def worker_snapshot() -> dict[str, Any]:
+    """Settings to hand to a worker process (:func:`init_worker`), incl. CLI logging."""
+    handlers = logging.getLogger("fedsc").handlers
+    return {**snapshot(), "log": any(h.get_name() == _HANDLER_NAME for h in handlers)}
+
+
+def init_worker(parent: dict[str, Any], threads: int | None = None) -> None:
+    """In a fresh worker process: take the parent's settings, ``threads``, and apply them.
+
+    Called before the worker imports torch, so passive OpenMP waiting takes effect.
+    """
+    values = {k: v for k, v in parent.items() if k in _CHECKS}
+    if threads is not None:
+        values["threads"] = threads
+    update(**values)
+    if parent.get("log"):
+        configure_logging()
+    apply()
