@@ -235,18 +235,26 @@ class CryptenAggregator(Aggregator):
 
     # ----------------------------------------------------------------- one round trip
     def _run(
-        self, op: str, matrix: np.ndarray, precision: int, weights: np.ndarray | None = None
+        self,
+        op: str,
+        matrix: np.ndarray,
+        precision: int,
+        weights: np.ndarray | None = None,
+        decode: bool = True,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Share each client's row, send share i to party i; return the reconstructed result.
 
         With ``weights``, client ``c`` shares ``[w_c * x_c, w_c]`` (FedAvg). The result is
-        the ring element (raw int64) the parties' result shares add up to.
+        the decoded float64 aggregate, or (``decode=False``) the ring element (raw int64)
+        the parties' result shares add up to.
         """
         self._check_open()
         pool = self._pool
         assert pool is not None
         try:
-            return self._exchange(pool, op, matrix, precision, weights)
+            return self._exchange(
+                pool, op, matrix, precision, weights, precision if decode else None
+            )
         except PartyError:
             self._closed = True
             raise
@@ -264,6 +272,7 @@ class CryptenAggregator(Aggregator):
         matrix: np.ndarray,
         precision: int,
         weights: np.ndarray | None,
+        decode_bits: int | None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         n_clients, n_values = matrix.shape
         size = n_values + (1 if weights is not None else 0)
@@ -368,7 +377,10 @@ class CryptenAggregator(Aggregator):
                     raise pool.lost(rank, op, err) from err
                 result_shares.append(share)
         t3 = time.perf_counter()
-        revealed = sharing.reconstruct(result_shares)
+        if decode_bits is None:
+            revealed = sharing.reconstruct(result_shares)
+        else:
+            revealed = sharing.reconstruct_decode(result_shares, decode_bits)
         del result_shares
         t4 = time.perf_counter()
         self.last_timing = {
@@ -479,17 +491,16 @@ class CryptenAggregator(Aggregator):
         # shares [w*x, w]; the parties reveal sum w*x and sum w; division is in plaintext.
         p = self.sum_precision_bits
         self._check_bounds(matrix, p, weights)
-        raw, stats = self._run("weighted_mean", matrix, p, weights)
-        decoded = sharing.decode(raw, p)
+        decoded, stats = self._run("weighted_mean", matrix, p, weights)
         received = {"sum_weighted": [matrix.shape[1]], "sum_weights": []}
         return decoded[:-1], float(decoded[-1]), Traffic(coordinator_received=received, **stats)
 
     def _sum(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
         p = self.sum_precision_bits
         self._check_bounds(matrix, p)
-        raw, stats = self._run("sum", matrix, p)
+        total, stats = self._run("sum", matrix, p)
         traffic = Traffic(coordinator_received={"sum": [matrix.shape[1]]}, **stats)
-        return sharing.decode(raw, p), traffic
+        return total, traffic
 
     def _argmax(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
         if self.transport == "threads":
@@ -500,7 +511,7 @@ class CryptenAggregator(Aggregator):
         # Values are compared at the fixed-point resolution 2^-p (integer counts exactly);
         # parties form K*x + (K-1-i), hence the K-fold ring bound.
         self._check_bounds(matrix, self.precision_bits)
-        raw, stats = self._run("argmax", matrix, self.precision_bits)
+        raw, stats = self._run("argmax", matrix, self.precision_bits, decode=False)
         traffic = Traffic(coordinator_received={"argmax_index": [matrix.shape[1]]}, **stats)
         return raw.astype(np.int64), traffic
 

@@ -119,15 +119,32 @@ def encode(values: np.ndarray, precision_bits: int = 16) -> np.ndarray:
 
 
 def decode(encoded: np.ndarray, precision_bits: int = 16) -> np.ndarray:
-    """Exact fixed-point decode in float64: ``floor(v / 2^p) + (v mod 2^p) / 2^p``.
+    """Fixed-point decode in float64: ``v * 2^-p``, correctly rounded.
 
-    Unlike CrypTen 0.4.1's decoder this is exact for negative values (see
-    :mod:`smpc.crypten_compat`).
+    The int64 -> float64 conversion rounds once (exact below 2^53) and scaling by a power
+    of two is exact, so this equals the exact floor division ``floor(v / 2^p) + (v mod
+    2^p) / 2^p`` rounded to float64. Unlike CrypTen 0.4.1's decoder it is exact for
+    negative values (see :mod:`smpc.crypten_compat`).
     """
-    encoded = np.asarray(encoded, dtype=np.int64)
-    quotient = encoded >> precision_bits  # arithmetic shift = floor division by 2^p
-    remainder = encoded & ((1 << precision_bits) - 1)
-    return quotient.astype(np.float64) + remainder.astype(np.float64) / float(2**precision_bits)
+    decoded = np.asarray(encoded, dtype=np.int64).astype(np.float64)
+    decoded *= 2.0**-precision_bits
+    return decoded
+
+
+def reconstruct_decode(shares: list[np.ndarray], precision_bits: int) -> np.ndarray:
+    """``decode(reconstruct(shares))`` in one chunked pass (result shares stay in cache)."""
+    size = shares[0].shape[0]
+    out = np.empty(size, dtype=np.float64)
+    acc = np.empty(min(CHUNK_VALUES, max(size, 1)), dtype=np.int64)
+    scale = 2.0**-precision_bits
+    for start in range(0, size, CHUNK_VALUES):
+        stop = min(start + CHUNK_VALUES, size)
+        part = acc[: stop - start]
+        np.add(shares[0][start:stop], shares[1][start:stop], out=part)
+        for share in shares[2:]:
+            np.add(part, share[start:stop], out=part)
+        np.multiply(part, scale, out=out[start:stop], casting="unsafe")
+    return out
 
 
 class ShareRandomness:
