@@ -42,11 +42,15 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
 
 
 def _init_worker(threads: int) -> None:
-    """Share the cores between workers instead of oversubscribing them."""
+    """Share the cores between workers instead of oversubscribing them; keep CrypTen
+    parties warm across the worker's runs (reaped when the worker exits)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
+    from smpc.party_pool import keep_warm
+
     torch.set_num_threads(threads)
+    keep_warm(True)
 
 
 def run_local(
@@ -54,8 +58,11 @@ def run_local(
 ) -> Iterator[dict[str, Any]]:
     """Yield records as runs finish; ``workers == 1`` runs in this process."""
     if workers <= 1:
-        for cfg, keep in jobs:
-            yield execute_record(cfg, keep)
+        from smpc.party_pool import warm_parties
+
+        with warm_parties():  # CrypTen parties start once for all runs
+            for cfg, keep in jobs:
+                yield execute_record(cfg, keep)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(
