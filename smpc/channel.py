@@ -24,6 +24,11 @@ from smpc import messages
 from smpc.framing import FrameError, pack_array_header, payload_bytes, unpack_array_header
 
 
+def _bytes_view(data: Any) -> memoryview:
+    """A flat byte view of a bytes-like object or a contiguous array (no copy)."""
+    return memoryview(data).cast("B")
+
+
 class Channel(ABC):
     """A bidirectional, ordered stream of frames to one peer."""
 
@@ -101,9 +106,7 @@ class ConnectionChannel(Channel):
         self.connection = connection
 
     def send_frame(self, data: bytes | memoryview | np.ndarray) -> None:
-        self.connection.send_bytes(
-            memoryview(data).cast("B") if isinstance(data, np.ndarray) else data
-        )
+        self.connection.send_bytes(_bytes_view(data))
 
     def recv_frame(self) -> bytes:
         return self.connection.recv_bytes()
@@ -112,7 +115,7 @@ class ConnectionChannel(Channel):
         from multiprocessing import BufferTooShort
 
         try:
-            return self.connection.recv_bytes_into(memoryview(buffer).cast("B"))
+            return self.connection.recv_bytes_into(_bytes_view(buffer))
         except BufferTooShort:
             raise FrameError(f"frame larger than the {buffer.nbytes} bytes announced.") from None
 
@@ -158,16 +161,14 @@ class InProcessChannel(Channel):
     def send_frame(self, data: bytes | memoryview | np.ndarray) -> None:
         if self._closed:
             raise BrokenPipeError("the in-process channel is closed")
-        self._outbox.put(
-            bytes(memoryview(data).cast("B")) if isinstance(data, np.ndarray) else bytes(data)
-        )
+        self._outbox.put(bytes(_bytes_view(data)))
 
     def recv_frame(self) -> bytes:
         return self._inbox.get()
 
     def recv_frame_into(self, buffer: np.ndarray) -> int:
         frame = self._inbox.get()
-        view = memoryview(buffer).cast("B")
+        view = _bytes_view(buffer)
         if len(frame) > view.nbytes:
             raise FrameError(f"frame larger than the {view.nbytes} bytes announced.")
         view[: len(frame)] = frame

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 _KINDS = {"sum": "sum", "weighted_mean": "sum", "argmax": "argmax"}
 
 
+def _path(buffer: SharedBuffer | None) -> str | None:
+    return buffer.path if buffer is not None else None
+
+
 class CryptenAggregator(Aggregator):
     """Secure aggregation by three CrypTen parties (semi-honest, non-colluding, with a dealer).
 
@@ -330,13 +334,14 @@ class CryptenAggregator(Aggregator):
                         n_clients=n_clients,
                         size=size,
                         share_format=formats[rank],
-                        buffer_path=buffers[rank].path if buffers[rank] is not None else None,
+                        buffer_path=_path(buffers[rank]),
                     )
                 )
             if keyed:
                 for client in range(n_clients):
                     for rank in range(1, self.parties):
                         key = keys[client][rank - 1]
+                        assert key is not None
                         outboxes[rank].put(msg.MaskKey(client=client, key=key.hex()))
             for client in range(n_clients):
                 self._share_client(client, matrix, weights, precision, keys, buffers, outboxes)

@@ -11,6 +11,8 @@ so the fixed all-zero counter block never repeats under one key.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -41,7 +43,7 @@ class MaskStream:
         """Write the next ``out.size`` mask values into the contiguous int64 array ``out``."""
         if out.dtype != np.int64 or not out.flags.c_contiguous:
             raise ValueError("out must be a contiguous int64 array.")
-        view = memoryview(out).cast("B")
+        view = memoryview(cast(Any, out)).cast("B")
         done = 0
         total = view.nbytes
         while done < total:

@@ -164,7 +164,9 @@ def encode(message: Any) -> bytes:
     name = type(message).__name__
     if MESSAGE_TYPES.get(name) is not type(message):
         raise TypeError(f"{message!r} is not a protocol message.")
-    return pack_message({"type": name, **dataclasses.asdict(message)})
+    cls: Any = type(message)
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(cls)}
+    return pack_message({"type": name, **fields})
 
 
 def decode(frame: bytes | memoryview) -> Any:

@@ -163,7 +163,7 @@ def serve(
                 "the coordinator) or pass authkey=."
             )
         assert listen is not None
-        listener = Listener(tuple(listen), authkey=key)
+        listener = Listener((str(listen[0]), int(listen[1])), authkey=key)
         conn = _accept(listener)
     channel = ConnectionChannel(conn)
     log.info("party %d (pid %d) joined the MPC (%s, %s)", rank, os.getpid(), mode, provider)
@@ -287,12 +287,22 @@ class PartyLoop:
             self._buffer = SharedBuffer(path)
         return self._buffer
 
-    def _next_share(self, op: msg.Aggregate, client: int, buffer: SharedBuffer | None):
+    def _next_share(
+        self, op: msg.Aggregate, client: int, buffer: SharedBuffer | None
+    ) -> tuple[bytes | None, np.ndarray | None, int]:
         """Receive client ``client``'s share: returns (key or None, array or None, bytes)."""
-        message = self.channel.recv()
-        expected = {"key": msg.MaskKey, "array": msg.ShareArray, "buffer": msg.ShareInBuffer}
+        message: Any = self.channel.recv()
+        expected: dict[str, type] = {
+            "key": msg.MaskKey,
+            "array": msg.ShareArray,
+            "buffer": msg.ShareInBuffer,
+        }
         kind = expected.get(op.share_format)
-        if kind is None or not isinstance(message, kind) or message.client != client:
+        if (
+            kind is None
+            or not isinstance(message, kind)
+            or getattr(message, "client", -1) != client
+        ):
             raise ValueError(
                 f"expected the {op.share_format} share of client {client}, got {message!r}"
             )
@@ -334,6 +344,8 @@ class PartyLoop:
                     MaskStream(key).fill(result)
                 else:
                     add_mask(key, result)
+            elif share is None:
+                raise ValueError(f"no share received for client {client}")
             elif client == 0:
                 np.copyto(result, share)
             else:
@@ -369,7 +381,7 @@ class PartyLoop:
         """This party's share of the per-column winning index (lowest index on ties)."""
         import torch
 
-        crypten = self.crypten
+        crypten: Any = self.crypten
         crypten.reset_communication_stats()
         n_clients = shares.shape[0]
         # Encoded values are integers in the ring: precision 0 keeps every product exact.

@@ -125,7 +125,7 @@ class PartyPool:
         pool = cls(settings)
         start = time.perf_counter()
         try:
-            ctx = multiprocessing.get_context(settings.start_method)
+            ctx: Any = multiprocessing.get_context(settings.start_method)
             if settings.start_method == "forkserver":
                 # Import CrypTen once in the fork server, so each party is a ~50 ms fork.
                 ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_compat"])

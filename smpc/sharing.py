@@ -90,7 +90,7 @@ def check_ring_bounds(
     if bad.size == 0:
         return
     lines = []
-    for client in bad:
+    for client in bad.tolist():
         column = int(np.argmax(np.abs(matrix[client])))
         where = f" ({label(column)})" if label is not None else f" (value index {column})"
         lines.append(
