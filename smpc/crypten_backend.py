@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ class CryptenAggregator(Aggregator):
     ) -> None:
         super().__init__()
         self._pool: PartyPool | None = None
+        self._workers: ThreadPoolExecutor | None = None
         self._shutdown_done = False
         if mode not in ("secure", "debug"):
             raise ValueError(f"mode must be 'secure' or 'debug', got {mode!r}.")
@@ -343,8 +345,15 @@ class CryptenAggregator(Aggregator):
                         key = keys[client][rank - 1]
                         assert key is not None
                         outboxes[rank].put(msg.MaskKey(client=client, key=key.hex()))
-            for client in range(n_clients):
-                self._share_client(client, matrix, weights, precision, keys, buffers, outboxes)
+
+            # Clients' work runs on two worker threads (numpy and AES release the GIL);
+            # each client's shares are handed to the senders in client order.
+            def client_shares(client: int) -> list[tuple[int, Any]]:
+                return self._share_client(client, matrix, weights, precision, keys, buffers)
+
+            for items in self._client_workers().map(client_shares, range(n_clients)):
+                for rank, item in items:
+                    outboxes[rank].put(item)
                 for rank in range(self.parties):
                     self._raise_if_send_failed(pool, op, rank, errors)
         finally:
@@ -414,9 +423,12 @@ class CryptenAggregator(Aggregator):
         precision: int,
         keys: list[list[bytes | None]],
         buffers: list[SharedBuffer | None],
-        outboxes: list[queue.Queue],
-    ) -> None:
-        """Client-side work for one client: encode, split; share i goes to party i."""
+    ) -> list[tuple[int, Any]]:
+        """Client-side work for one client: encode, split; share i goes to party i.
+
+        Returns what to send, as ``(rank, message or array)`` in order.
+        """
+        out: list[tuple[int, Any]] = []
         n_clients, n_values = matrix.shape
         size = n_values + (1 if weights is not None else 0)
         scale = float(weights[client]) if weights is not None else 1.0
@@ -434,15 +446,20 @@ class CryptenAggregator(Aggregator):
                 buffer = buffers[rank]
                 if buffer is not None:
                     buffer.inputs(n_clients, size)[client] = mask
-                    outboxes[rank].put(msg.ShareInBuffer(client=client))
+                    out.append((rank, msg.ShareInBuffer(client=client)))
                 else:
-                    outboxes[rank].put(msg.ShareArray(client=client))
-                    outboxes[rank].put(mask)
+                    out += [(rank, msg.ShareArray(client=client)), (rank, mask)]
         if buffer0 is not None:
-            outboxes[0].put(msg.ShareInBuffer(client=client))
+            out.append((0, msg.ShareInBuffer(client=client)))
         else:
-            outboxes[0].put(msg.ShareArray(client=client))
-            outboxes[0].put(first)
+            out += [(0, msg.ShareArray(client=client)), (0, first)]
+        return out
+
+    def _client_workers(self) -> ThreadPoolExecutor:
+        """Two threads for the clients' side of the protocol (created on first use)."""
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smpc-client")
+        return self._workers
 
     @staticmethod
     def _raise_if_send_failed(
@@ -570,6 +587,9 @@ class CryptenAggregator(Aggregator):
         self._closed = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
+        if self._workers is not None:
+            self._workers.shutdown(wait=False)
+            self._workers = None
         pool = self._pool  # kept: pids stay readable after close
         if pool is None or pool.closed:
             return
