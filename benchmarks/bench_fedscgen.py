@@ -110,6 +110,21 @@ def _pin_threads(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
+def _process_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by the live processes ``pids`` (from /proc)."""
+    import os
+
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
 def run_pancreas(args: argparse.Namespace) -> None:
     """Bundled pancreas at FedscGen's defaults: method time, crypten vs plaintext."""
     import torch
@@ -130,11 +145,21 @@ def run_pancreas(args: argparse.Namespace) -> None:
         f"{args.threads} torch threads"
     )
 
+    from smpc.crypten_backend import CryptenAggregator
+
     def timed(backend: str) -> tuple[float, float]:
+        """Wall and CPU seconds (this process + the parties) of one run, start-up included."""
         adata = data.copy()
         cpu, start = time.process_time(), time.perf_counter()
-        fedsc.tl.fedscgen(adata, backend=backend, seed=42, show_progress=False, **params)
-        return time.perf_counter() - start, time.process_time() - cpu
+        if backend == "plaintext":
+            fedsc.tl.fedscgen(adata, backend=backend, seed=42, show_progress=False, **params)
+            party_cpu = 0.0
+        else:
+            with CryptenAggregator() as agg:  # what fedsc.tl does for backend="crypten"
+                before = _process_cpu(agg.pids) if agg.startup_seconds < 0.1 else 0.0
+                fedsc.tl.fedscgen(adata, backend=agg, seed=42, show_progress=False, **params)
+                party_cpu = _process_cpu(agg.pids) - before
+        return time.perf_counter() - start, time.process_time() - cpu + party_cpu
 
     timed("plaintext")  # warm-up (allocator, torch kernels)
     rows = {"plaintext": timed("plaintext"), "crypten (fresh parties)": timed("crypten")}
@@ -144,10 +169,13 @@ def run_pancreas(args: argparse.Namespace) -> None:
     base = rows["plaintext"][0]
     for name, (wall, cpu) in rows.items():
         print(
-            f"  {name:30s} {wall:7.1f} s wall  {cpu:7.1f} s CPU (this process)"
-            f"   {wall / base:5.2f} x plaintext"
+            f"  {name:30s} {wall:7.1f} s wall ({wall / base:5.2f} x plaintext)  "
+            f"{cpu:7.1f} s CPU incl. parties ({cpu / rows['plaintext'][1]:5.2f} x plaintext)"
         )
-    print("  target: crypten / plaintext <= 1.5")
+    print(
+        "  target: crypten / plaintext <= 1.5 (on a machine shared with other jobs the CPU "
+        "ratio is the steadier one)"
+    )
 
 
 def main() -> None:
