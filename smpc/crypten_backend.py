@@ -44,6 +44,7 @@ from smpc.shared_buffer import SharedBuffer
 __all__ = ["CryptenAggregator", "PartyError"]
 
 log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
 
 _KINDS = {"sum": "sum", "weighted_mean": "sum", "argmax": "argmax"}
 

@@ -44,6 +44,7 @@ from smpc.masks import KEY_BYTES, MaskStream, add_mask, expand_key
 from smpc.shared_buffer import SharedBuffer
 
 log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
 
 #: Environment variable holding the shared key that authenticates the coordinator.
 AUTHKEY_ENV = "SMPC_AUTHKEY"

@@ -45,6 +45,7 @@ from smpc.channel import Channel, ConnectionChannel, in_process_pair
 from smpc.shared_buffer import SharedBuffer, private_directory
 
 log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
 
 #: Local transports: shares through shared memory, through the pipes, or party threads.
 TRANSPORTS = ("shm", "pipe", "threads")
