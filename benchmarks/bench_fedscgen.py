@@ -159,6 +159,11 @@ def run_pancreas(args: argparse.Namespace) -> None:
                 before = _process_cpu(agg.pids) if agg.startup_seconds < 0.1 else 0.0
                 fedsc.tl.fedscgen(adata, backend=agg, seed=42, show_progress=False, **params)
                 party_cpu = _process_cpu(agg.pids) - before
+                totals = agg.ledger.totals()
+                print(
+                    f"    ({backend}: party start-up {agg.startup_seconds:.2f} s, "
+                    f"{totals['operations']} aggregations {totals['seconds']:.2f} s)"
+                )
         return time.perf_counter() - start, time.process_time() - cpu + party_cpu
 
     timed("plaintext")  # warm-up (allocator, torch kernels)

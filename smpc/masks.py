@@ -70,3 +70,22 @@ def add_mask(key: bytes, accumulator: np.ndarray) -> None:
         part = accumulator[start : start + CHUNK_VALUES]
         mask = stream.fill(scratch[: part.size])
         np.add(part, mask, out=part)
+
+
+def sum_masks(keys: list[bytes], out: np.ndarray) -> np.ndarray:
+    """Write the sum (mod 2^64) of the masks of ``keys`` into the int64 vector ``out``.
+
+    Chunk by chunk over all keys, so ``out`` is written once (memory traffic of one vector
+    instead of one read and write per key).
+    """
+    streams = [MaskStream(key) for key in keys]
+    scratch = np.empty(min(CHUNK_VALUES, max(out.size, 1)), dtype=np.int64)
+    for start in range(0, out.size, CHUNK_VALUES):
+        part = out[start : start + CHUNK_VALUES]
+        if not streams:
+            part[...] = 0
+            continue
+        streams[0].fill(part)
+        for stream in streams[1:]:
+            np.add(part, stream.fill(scratch[: part.size]), out=part)
+    return out

@@ -40,7 +40,7 @@ import numpy as np
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel
 from smpc.framing import FrameError
-from smpc.masks import KEY_BYTES, MaskStream, add_mask, expand_key
+from smpc.masks import KEY_BYTES, MaskStream, expand_key, sum_masks
 from smpc.shared_buffer import SharedBuffer
 
 log = logging.getLogger(__name__)
@@ -332,19 +332,17 @@ class PartyLoop:
             raise ValueError(f"shared buffer {buffer.path} is too small for {op}")
         result = buffer.result(op.size) if buffer is not None else np.empty(op.size, np.int64)
         rows = np.empty((op.n_clients, op.size), np.int64) if op.kind == "argmax" else None
+        keys: list[bytes] = []  # a sum of keyed shares is expanded once all keys are in
         for client in range(op.n_clients):
             key, share, nbytes = self._next_share(op, client, buffer)
-            if rows is not None:  # argmax keeps every share
+            if rows is None and key is not None:
+                keys.append(key)
+            elif rows is not None:  # argmax keeps every share
                 target = rows[client]
                 if key is not None:
                     MaskStream(key).fill(target)
                 else:
                     target[...] = share
-            elif key is not None:  # sum: accumulate as the shares arrive
-                if client == 0:
-                    MaskStream(key).fill(result)
-                else:
-                    add_mask(key, result)
             elif share is None:
                 raise ValueError(f"no share received for client {client}")
             elif client == 0:
@@ -356,6 +354,8 @@ class PartyLoop:
             if self.record:
                 values = expand_key(key, op.size) if key is not None else np.array(share)
                 self._record(op, client, values)
+        if keys:
+            sum_masks(keys, result)
         self.counters["operations"] += 1
         self.channel.send(msg.SharesReceived(op_id=op.op_id, rank=self.rank))
         traffic, rounds = 0, 0

@@ -45,6 +45,16 @@ def test_streaming_across_chunk_boundaries_equals_one_expansion():
     np.testing.assert_array_equal(acc, np.arange(n, dtype=np.int64) + whole)
 
 
+def test_sum_of_masks_equals_the_sum_of_expansions():
+    keys = [os.urandom(32) for _ in range(4)]
+    n = 2 * masks.CHUNK_VALUES + 5
+    want = np.zeros(n, dtype=np.int64)
+    for key in keys:
+        want += masks.expand_key(key, n)  # wraps mod 2^64
+    np.testing.assert_array_equal(masks.sum_masks(keys, np.empty(n, np.int64)), want)
+    np.testing.assert_array_equal(masks.sum_masks([], np.ones(3, np.int64)), np.zeros(3))
+
+
 def test_top_byte_of_masks_is_uniform():
     values = np.concatenate([masks.expand_key(os.urandom(32), 4096) for _ in range(4)])
     top = (values.view(np.uint64) >> np.uint64(56)).astype(np.int64)
