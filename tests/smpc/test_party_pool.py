@@ -77,3 +77,25 @@ def test_a_pool_that_failed_is_never_given_back():
         agg.close()
         assert not party_pool._WARM.get(agg._pool.settings)
         assert not any(_alive(p) for p in pids)
+
+
+def test_sweep_workers_opt_in_to_warm_parties(monkeypatch):
+    import torch
+
+    from fedsc.sweep import executor
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        executor._init_worker(1)
+        assert party_pool.keeping_warm()
+    finally:
+        party_pool.keep_warm(False)
+        torch.set_num_threads(threads)
+    # in-process sweeps keep parties warm for their runs only
+    seen = []
+    monkeypatch.setattr(
+        executor, "execute_record", lambda cfg, keep: seen.append(party_pool.keeping_warm()) or {}
+    )
+    list(executor.run_local([({}, False), ({}, False)], workers=1))
+    assert seen == [True, True] and not party_pool.keeping_warm()
