@@ -42,6 +42,7 @@ from typing import Any
 
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel, in_process_pair
+from smpc.framing import FrameError
 from smpc.shared_buffer import SharedBuffer, private_directory
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,10 @@ class PartyPool:
             message = channel.recv()
         except (EOFError, OSError) as err:
             raise self.lost(rank, op, err) from err
+        except FrameError as err:
+            raise self.fail(
+                f"{self.names[rank]} sent a malformed frame during {op} ({err})"
+            ) from err
         if isinstance(message, msg.Failure):
             raise self.fail(f"{self.names[rank]} failed during {op}:\n{message.error}")
         return message

@@ -103,6 +103,18 @@ def test_a_party_failure_is_reported_with_its_traceback():
             a.sum(_clients(4))
 
 
+def test_a_malformed_frame_from_a_party_is_a_party_error():
+    settings = PoolSettings(transport="pipe")
+    pool = PartyPool(settings)
+    mine, theirs = in_process_pair()
+    theirs.send_frame(b"\x80\x04K\x01.")  # a pickle: refused, never loaded
+    pool.channels.append(mine)
+    pool.names.append("party 0")
+    with pytest.raises(PartyError, match="party 0 sent a malformed frame during start-up"):
+        pool.await_ready(5.0)
+    assert pool.closed
+
+
 def test_settings_mismatch_is_a_clear_error_at_connect_time():
     # a party that announces other settings than the coordinator's
     settings = PoolSettings(precision_bits=16, transport="pipe")
