@@ -259,6 +259,8 @@ def _add_party(sub: argparse._SubParsersAction) -> None:
         "party",
         help="serve one CrypTen computation party (rank < world size) or the trusted dealer "
         "(rank == world size) for a coordinator on another machine",
+        description="--mode, --provider and --precision-bits must match the coordinator's "
+        "aggregator settings; a mismatch is reported when the coordinator connects.",
     )
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world-size", type=int, default=3)
@@ -267,6 +269,18 @@ def _add_party(sub: argparse._SubParsersAction) -> None:
         "--listen", default=None, help="HOST:PORT the coordinator connects to (parties only)"
     )
     p.add_argument("--mode", default="secure", choices=["secure", "debug"])
+    p.add_argument(
+        "--provider",
+        default="TTP",
+        choices=["TTP", "TFP"],
+        help="CrypTen randomness: TTP (trusted dealer, required in secure mode) or TFP (debug)",
+    )
+    p.add_argument(
+        "--precision-bits",
+        type=int,
+        default=16,
+        help="fixed-point bits of argmax comparisons (the aggregator's precision_bits)",
+    )
     p.add_argument("--seed", type=int, default=None, help="debug mode only")
 
 
@@ -275,6 +289,7 @@ def _cmd_party(args: argparse.Namespace) -> int:
 
     argv = ["--rank", str(args.rank), "--world-size", str(args.world_size)]
     argv += ["--rendezvous", args.rendezvous, "--mode", args.mode]
+    argv += ["--provider", args.provider, "--precision-bits", str(args.precision_bits)]
     if args.listen:
         argv += ["--listen", args.listen]
     if args.seed is not None:

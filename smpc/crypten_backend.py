@@ -2,62 +2,55 @@
 
 The coordinator (this process) plays the clients' side of the protocol: for each client
 it encodes the contribution in fixed point and splits it into three shares
-(:mod:`smpc.sharing`), and sends share ``i`` of every client to party ``i`` only. The
-parties (:mod:`smpc.party`, separate processes) add the shares, or run CrypTen's
-comparison protocol for argmax with a trusted dealer, and each sends its share of the
-result to the coordinator, which alone reconstructs the aggregate. See ``docs/smpc.md``
-for the trust model.
+(:mod:`smpc.sharing`), and sends share ``i`` of every client to party ``i`` only
+(parties 1.. receive the 32-byte key of their mask, :mod:`smpc.masks`). The parties
+(:mod:`smpc.party`, started and reaped by :mod:`smpc.party_pool`) add the shares, or run
+CrypTen's comparison protocol for argmax with a trusted dealer, and each sends its share
+of the result to the coordinator, which alone reconstructs the aggregate. Messages are
+the typed dataclasses of :mod:`smpc.messages` over a :mod:`smpc.channel`. See
+``docs/smpc.md`` for the trust model.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import multiprocessing
+import logging
 import os
 import queue
-import shutil
-import socket
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from multiprocessing.connection import Client, Connection
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from smpc import messages as msg
 from smpc import sharing
 from smpc.aggregator import Aggregator
 from smpc.ledger import Traffic
+from smpc.party_pool import (
+    TRANSPORTS,
+    PartyError,
+    PartyPool,
+    PoolSettings,
+    borrow,
+    give_back,
+    keeping_warm,
+)
+from smpc.shared_buffer import SharedBuffer
 
-_OPS = {"sum": "sum", "weighted_mean": "sum", "argmax": "argmax"}
+__all__ = ["CryptenAggregator", "PartyError"]
 
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
 
-@contextlib.contextmanager
-def _main_without_phantom_file():
-    """Hide ``__main__.__file__`` while starting a party when it names no real file.
-
-    Forkserver/spawn children re-run the parent's main script from ``__main__.__file__``;
-    for code piped to ``python -`` that is ``"<stdin>"``, which cannot be re-run, and the
-    party dies at start-up. Parties never need the user's main module (their target is
-    :func:`smpc.party.serve`), so it is left out of the start-up data in that case.
-    """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is None or os.path.exists(path):
-        yield
-        return
-    del main.__file__
-    try:
-        yield
-    finally:
-        main.__file__ = path
+_KINDS = {"sum": "sum", "weighted_mean": "sum", "argmax": "argmax"}
 
 
-class PartyError(RuntimeError):
-    """A computation party died, failed or stopped answering; all parties were stopped."""
+def _path(buffer: SharedBuffer | None) -> str | None:
+    return buffer.path if buffer is not None else None
 
 
 class CryptenAggregator(Aggregator):
@@ -79,13 +72,13 @@ class CryptenAggregator(Aggregator):
         ``"TFP"`` (party 0 generates everything) is allowed only in debug mode.
     precision_bits
         Fixed-point fractional bits of values compared by ``argmax`` (CrypTen's encoder).
+    rendezvous
+        ``torch.distributed`` init method for local parties (default: a fresh file in a
+        private temporary directory).
     sum_precision_bits
         Fixed-point fractional bits for ``sum``/``weighted_mean``: additions never
         multiply shares, so they afford more precision (24 bits: per-value rounding
         <= 3e-8) while the ring bound still admits |w*x| up to ~2.7e10 for 5 clients.
-    rendezvous
-        ``torch.distributed`` init method for local parties (default: a fresh file in a
-        private temporary directory).
     party_addresses
         ``[(host, port), ...]`` of parties already running elsewhere
         (``python -m smpc.party --listen HOST:PORT ...``); the coordinator then starts no
@@ -102,10 +95,18 @@ class CryptenAggregator(Aggregator):
         Instrumentation: each party keeps what it received from clients; read it with
         :meth:`received_by_parties`.
     mask_source
-        ``"prng"`` (default): each mask is expanded with SHAKE-256 from its own 256-bit
+        ``"prng"`` (default): each mask is expanded with AES-256-CTR from its own 256-bit
         OS-random key, and parties 1.. receive the key instead of the mask (pseudo-random
-        secret sharing). ``"urandom"``: masks drawn from the OS CSPRNG and sent in full
-        (~3x the traffic).
+        secret sharing). ``"urandom"``: masks drawn from the OS CSPRNG and sent in full.
+    transport
+        Local parties only. ``"shm"`` (default): party processes, shares and result shares
+        in per-party shared-memory files; ``"pipe"``: party processes, shares framed
+        through the pipes; ``"threads"``: additions-only parties as threads of this
+        process (no CrypTen, no argmax; for tests).
+    warm
+        Borrow parties kept warm by an earlier aggregator with the same settings and
+        give them back on :meth:`close` (see :mod:`smpc.party_pool`). Default: on inside
+        :func:`smpc.party_pool.warm_parties` (sweep workers), off elsewhere.
     """
 
     name = "crypten"
@@ -127,8 +128,13 @@ class CryptenAggregator(Aggregator):
         startup_timeout: float = 120.0,
         record_received: bool = False,
         mask_source: str = "prng",
+        transport: str = "shm",
+        warm: bool | None = None,
     ) -> None:
         super().__init__()
+        self._pool: PartyPool | None = None
+        self._workers: ThreadPoolExecutor | None = None
+        self._shutdown_done = False
         if mode not in ("secure", "debug"):
             raise ValueError(f"mode must be 'secure' or 'debug', got {mode!r}.")
         if provider not in ("TTP", "TFP"):
@@ -152,6 +158,8 @@ class CryptenAggregator(Aggregator):
             raise ValueError(f"sum_precision_bits must be in 0..40, got {sum_precision_bits}.")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout}.")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}.")
         self.parties = int(parties)
         self.mode = mode
         self.seed = (0 if seed is None else int(seed)) if mode == "debug" else None
@@ -161,23 +169,56 @@ class CryptenAggregator(Aggregator):
         self.sum_precision_bits = int(sum_precision_bits)
         self.record_received = bool(record_received)
         self._randomness = sharing.ShareRandomness(mode, self.seed, source=mask_source)
-        self._conns: list[Connection] = []
-        self._procs: list[Any] = []  # local party processes, then the dealer (if any)
-        self._tmpdir: str | None = None
         self._op_id = 0
-        self._remote = party_addresses is not None
-        self._names: list[str] = []
+        #: Seconds per phase of the last operation.
+        self.last_timing: dict[str, float] = {}
+        settings = PoolSettings(
+            parties=self.parties,
+            mode=mode,
+            seed=self.seed,
+            provider=provider,
+            precision_bits=self.precision_bits,
+            record_received=self.record_received,
+            transport="pipe" if party_addresses is not None else transport,
+            start_method=start_method,
+        )
+        self.transport = settings.transport
+        self._warm = bool(keeping_warm() if warm is None else warm) and party_addresses is None
         start = time.perf_counter()
-        try:
-            if party_addresses is not None:
-                self._connect(party_addresses, authkey, startup_timeout)
-            else:
-                self._start_local(rendezvous, start_method, startup_timeout)
-        except BaseException:
-            self._kill_all()
-            raise
+        if party_addresses is not None:
+            self._pool = self._connect(settings, party_addresses, authkey, startup_timeout)
+        elif transport == "threads":
+            self._pool = PartyPool.start_threads(settings)
+        else:
+            borrowed = borrow(settings) if self._warm and rendezvous is None else None
+            self._pool = borrowed or PartyPool.start_processes(
+                settings, rendezvous, startup_timeout
+            )
+        self.rendezvous = self._pool.rendezvous
         self.startup_seconds = time.perf_counter() - start
         atexit.register(self.close)
+
+    @staticmethod
+    def _connect(
+        settings: PoolSettings,
+        addresses: Sequence[tuple[str, int]],
+        authkey: bytes | None,
+        startup_timeout: float,
+    ) -> PartyPool:
+        from smpc.party import AUTHKEY_ENV
+
+        addresses = [(str(h), int(p)) for h, p in addresses]
+        if len(addresses) != settings.parties:
+            raise ValueError(
+                f"party_addresses lists {len(addresses)} parties but parties={settings.parties}."
+            )
+        key = authkey if authkey is not None else os.environ.get(AUTHKEY_ENV, "").encode()
+        if not key:
+            raise ValueError(
+                f"remote parties need a shared authkey: pass authkey= or set {AUTHKEY_ENV} "
+                "to the value the parties were started with."
+            )
+        return PartyPool.connect(settings, addresses, key, startup_timeout)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -197,195 +238,87 @@ class CryptenAggregator(Aggregator):
     @property
     def pids(self) -> list[int]:
         """Process ids of the local parties, then the dealer (empty for remote parties)."""
-        return [p.pid for p in self._procs]
-
-    # ----------------------------------------------------------------- start-up
-    def _start_local(
-        self, rendezvous: str | None, start_method: str, startup_timeout: float
-    ) -> None:
-        from smpc import party
-
-        ctx = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            # Import CrypTen once in the fork server, so each party is a ~50 ms fork.
-            ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_compat"])
-        if rendezvous is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="smpc-crypten-")
-            rendezvous = "file://" + os.path.join(self._tmpdir, "rendezvous")
-        self.rendezvous = rendezvous
-        options = {
-            "provider": self.provider,
-            "mode": self.mode,
-            "seed": self.seed,
-            "precision_bits": self.precision_bits,
-        }
-        for rank in range(self.parties):
-            parent, child = ctx.Pipe(duplex=True)
-            proc = ctx.Process(
-                target=party.serve,
-                args=(rank, self.parties, rendezvous),
-                kwargs={"conn": child, "record_received": self.record_received, **options},
-                name=f"crypten-party-{rank}",
-                daemon=True,
-            )
-            with _main_without_phantom_file():
-                proc.start()
-            child.close()  # so the parent sees EOF when the party dies
-            self._procs.append(proc)
-            self._conns.append(parent)
-            self._names.append(f"crypten party {rank} (pid {proc.pid})")
-        if self.provider == "TTP":
-            dealer = ctx.Process(
-                target=party.serve,
-                args=(self.parties, self.parties, rendezvous),
-                kwargs=options,
-                name="crypten-dealer",
-                daemon=True,
-            )
-            with _main_without_phantom_file():
-                dealer.start()
-            self._procs.append(dealer)
-        self._await_ready(startup_timeout)
-
-    def _connect(
-        self, addresses: Sequence[tuple[str, int]], authkey: bytes | None, startup_timeout: float
-    ) -> None:
-        from smpc.party import AUTHKEY_ENV
-
-        addresses = [(str(h), int(p)) for h, p in addresses]
-        if len(addresses) != self.parties:
-            raise ValueError(
-                f"party_addresses lists {len(addresses)} parties but parties={self.parties}."
-            )
-        key = authkey if authkey is not None else os.environ.get(AUTHKEY_ENV, "").encode()
-        if not key:
-            raise ValueError(
-                f"remote parties need a shared authkey: pass authkey= or set {AUTHKEY_ENV} "
-                "to the value the parties were started with."
-            )
-        self.rendezvous = None
-        deadline = time.monotonic() + startup_timeout
-        for rank, address in enumerate(addresses):
-            self._names.append(f"crypten party {rank} at {address[0]}:{address[1]}")
-            # Wait until the party listens (it does so once all parties joined the MPC):
-            # multiprocessing's Client has no timeout of its own.
-            while True:
-                try:
-                    socket.create_connection(address, timeout=1.0).close()
-                    break
-                except OSError as err:
-                    if time.monotonic() > deadline:
-                        raise PartyError(
-                            f"{self._names[rank]} is not reachable after {startup_timeout:.0f} s "
-                            f"({err}); start it with `python -m smpc.party --rank {rank} "
-                            f"--world-size {self.parties} --rendezvous tcp://HOST:PORT --listen "
-                            f"{address[0]}:{address[1]}` (and the dealer, rank {self.parties})."
-                        ) from err
-                    time.sleep(0.2)
-            self._conns.append(Client(address, authkey=key))
-        self._await_ready(startup_timeout)
-
-    def _await_ready(self, startup_timeout: float) -> None:
-        deadline = time.monotonic() + startup_timeout
-        for rank in range(len(self._conns)):
-            hello = self._receive(rank, "start-up", deadline)
-            if not hello.get("ready") or hello.get("rank") != rank:
-                raise PartyError(f"{self._names[rank]} answered {hello!r} instead of 'ready'.")
-            expected = {
-                "world_size": self.parties,
-                "provider": self.provider,
-                "mode": self.mode,
-                "precision_bits": self.precision_bits,
-            }
-            mismatched = {k: hello.get(k) for k, v in expected.items() if hello.get(k) != v}
-            if mismatched:
-                raise PartyError(
-                    f"{self._names[rank]} runs with {mismatched} but this aggregator expects "
-                    f"{ {k: expected[k] for k in mismatched} }; start every party with the "
-                    "same settings."
-                )
-            if self._remote:
-                self._names[rank] += f" (pid {hello['pid']})"
-
-    # ----------------------------------------------------------------- health & I/O
-    def _dead_party(self) -> str | None:
-        """Describe the first local process that exited, if any."""
-        for i, proc in enumerate(self._procs):
-            if proc.exitcode is not None:
-                name = self._names[i] if i < self.parties else f"crypten dealer (pid {proc.pid})"
-                return f"{name} exited with code {proc.exitcode}"
-        return None
-
-    def _fail(self, message: str) -> PartyError:
-        self._kill_all()
-        self._closed = True
-        if message.endswith("during start-up") and not self._remote:
-            message += (
-                " (see the party's traceback above; a script that starts an aggregator at "
-                "import time needs an `if __name__ == '__main__':` guard)"
-            )
-        return PartyError(message + "; all party processes were stopped: create a new aggregator.")
-
-    def _check(self, op: str, deadline: float, waiting_for: Sequence[int]) -> None:
-        dead = self._dead_party()
-        if dead:
-            raise self._fail(f"{dead} during {op}")
-        if time.monotonic() > deadline:
-            names = ", ".join(self._names[r] for r in waiting_for)
-            raise self._fail(f"{names} did not answer within {self.timeout:g} s during {op}")
-
-    def _receive(self, rank: int, op: str, deadline: float) -> dict[str, Any]:
-        conn = self._conns[rank]
-        while not conn.poll(0.02):
-            self._check(op, deadline, [rank])
-        try:
-            message = conn.recv()
-        except (EOFError, OSError) as err:
-            time.sleep(0.05)  # let the exit code arrive, for a precise message
-            dead = self._dead_party()
-            raise self._fail(
-                f"{dead or self._names[rank] + ' closed its connection'} during {op}"
-            ) from err
-        if isinstance(message, dict) and message.get("ok") is False:
-            raise self._fail(f"{self._names[rank]} failed during {op}:\n{message.get('error')}")
-        return message
+        return self._pool.pids if self._pool is not None else []
 
     # ----------------------------------------------------------------- one round trip
     def _run(
-        self, op: str, matrix: np.ndarray, precision: int
+        self,
+        op: str,
+        matrix: np.ndarray,
+        precision: int,
+        weights: np.ndarray | None = None,
+        decode: bool = True,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Share each client's row, send share i to party i; return the reconstructed result.
 
-        The result is the ring element (raw int64) the parties' result shares add up to.
+        With ``weights``, client ``c`` shares ``[w_c * x_c, w_c]`` (FedAvg). The result is
+        the decoded float64 aggregate, or (``decode=False``) the ring element (raw int64)
+        the parties' result shares add up to.
         """
         self._check_open()
-        n_clients, size = matrix.shape
-        kind = _OPS[op]
+        pool = self._pool
+        assert pool is not None
+        try:
+            return self._exchange(
+                pool, op, matrix, precision, weights, precision if decode else None
+            )
+        except PartyError:
+            self._closed = True
+            raise
+        except BaseException:
+            # Interrupted mid-protocol: the parties' state is unknown, never reuse them.
+            log.exception("%s interrupted; stopping the parties", op)
+            pool.kill()
+            self._closed = True
+            raise
+
+    def _exchange(
+        self,
+        pool: PartyPool,
+        op: str,
+        matrix: np.ndarray,
+        precision: int,
+        weights: np.ndarray | None,
+        decode_bits: int | None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        n_clients, n_values = matrix.shape
+        size = n_values + (1 if weights is not None else 0)
+        kind = _KINDS[op]
         self._op_id += 1
-        compressed = self.mode == "debug" or self._randomness.source == "prng"
-        header = {
-            "op": kind,
-            "id": self._op_id,
-            "n_clients": n_clients,
-            "size": size,
-            "compressed": compressed,
-        }
-        sent_bytes = [0] * self.parties
+        op_id = self._op_id
         deadline = time.monotonic() + self.timeout
-        self._check(op, deadline, [])
+        pool.check(op, deadline, [], self.timeout)
         t0 = time.perf_counter()
 
-        # One sender thread per party: a stopped party blocks only its own pipe, and the
-        # three transfers overlap with generating the next client's shares.
-        outboxes: list[queue.Queue] = [queue.Queue(maxsize=2) for _ in range(self.parties)]
+        # Keys first: parties 1.. expand their masks while we compute party 0's shares.
+        keys = [
+            [self._randomness.mask_key() for _ in range(1, self.parties)] for _ in range(n_clients)
+        ]
+        keyed = keys[0][0] is not None if keys and keys[0] else False
+        buffers: list[SharedBuffer | None] = []
+        formats: list[str] = []
+        for rank in range(self.parties):
+            holds_inputs = rank == 0 or not keyed
+            needed = SharedBuffer.values_needed(n_clients if holds_inputs else 0, size)
+            buffer = pool.buffer(rank, needed)
+            buffers.append(buffer)
+            if rank > 0 and keyed:
+                formats.append("key")
+            else:
+                formats.append("buffer" if buffer is not None else "array")
+
+        # One sender thread per party: a stopped party blocks only its own channel.
+        outboxes: list[queue.Queue] = [queue.Queue() for _ in range(self.parties)]
         errors: list[BaseException | None] = [None] * self.parties
 
         def send(rank: int) -> None:
-            conn = self._conns[rank]
+            channel = pool.channels[rank]
             try:
-                conn.send(header)
-                for _ in range(n_clients):
-                    conn.send_bytes(outboxes[rank].get())
+                while (item := outboxes[rank].get()) is not None:
+                    if isinstance(item, np.ndarray):
+                        channel.send_array(item)
+                    else:
+                        channel.send(item)
             except BaseException as err:  # reported by the main thread
                 errors[rank] = err
 
@@ -395,63 +328,151 @@ class CryptenAggregator(Aggregator):
         ]
         for t in threads:
             t.start()
-        for client in range(n_clients):
-            # Client-side work: encode, split; share i (or its mask key) goes to party i.
-            encoded = sharing.encode(matrix[client], precision)
-            shares = sharing.split_compressed(encoded, self.parties, self._randomness)
-            del encoded
-            for rank, share in enumerate(shares):
-                sent_bytes[rank] += len(share) if isinstance(share, bytes) else share.nbytes
-                while True:
-                    if errors[rank] is not None:
-                        self._raise_send_error(op, rank, errors[rank])
-                    try:
-                        outboxes[rank].put(share, timeout=0.02)
-                        break
-                    except queue.Full:
-                        self._check(op, deadline, [rank])
-            del shares
-        # Every party acknowledges its shares before the MPC starts, so a party that
-        # stops answering is named precisely rather than the ones waiting for it.
+        try:
+            for rank in range(self.parties):
+                outboxes[rank].put(
+                    msg.Aggregate(
+                        op_id=op_id,
+                        kind=kind,
+                        n_clients=n_clients,
+                        size=size,
+                        share_format=formats[rank],
+                        buffer_path=_path(buffers[rank]),
+                    )
+                )
+            if keyed:
+                for client in range(n_clients):
+                    for rank in range(1, self.parties):
+                        key = keys[client][rank - 1]
+                        assert key is not None
+                        outboxes[rank].put(msg.MaskKey(client=client, key=key.hex()))
+
+            # Clients' work runs on two worker threads (numpy and AES release the GIL);
+            # each client's shares are handed to the senders in client order.
+            def client_shares(client: int) -> list[tuple[int, Any]]:
+                return self._share_client(client, matrix, weights, precision, keys, buffers)
+
+            for items in self._client_workers().map(client_shares, range(n_clients)):
+                for rank, item in items:
+                    outboxes[rank].put(item)
+                for rank in range(self.parties):
+                    self._raise_if_send_failed(pool, op, rank, errors)
+        finally:
+            for box in outboxes:
+                box.put(None)
         for rank in range(self.parties):
             while threads[rank].is_alive():
                 threads[rank].join(0.02)
-                self._check(op, deadline, [rank])
-            if errors[rank] is not None:
-                self._raise_send_error(op, rank, errors[rank])
+                pool.check(op, deadline, [rank], self.timeout)
+            self._raise_if_send_failed(pool, op, rank, errors)
         t1 = time.perf_counter()
+        # Every party acknowledges its shares before the MPC starts, so a party that
+        # stops answering is named precisely rather than the ones waiting for it.
         for rank in range(self.parties):
-            ack = self._receive(rank, op, deadline)
-            if ack.get("ack") != self._op_id:
-                raise self._fail(f"{self._names[rank]} sent {ack!r} instead of an ack during {op}")
+            ack = pool.receive(rank, op, deadline, self.timeout)
+            if not isinstance(ack, msg.SharesReceived) or ack.op_id != op_id:
+                raise pool.fail(f"{pool.names[rank]} sent {ack!r} instead of an ack during {op}")
         t2 = time.perf_counter()
-        replies, result_shares = [], []
+        results: list[msg.Result] = []
+        result_shares: list[np.ndarray] = []
         for rank in range(self.parties):
-            replies.append(self._receive(rank, op, deadline))
-            try:
-                result_shares.append(np.frombuffer(self._conns[rank].recv_bytes(), np.int64))
-            except (EOFError, OSError) as err:
-                raise self._fail(f"{self._names[rank]} closed its connection during {op}") from err
+            reply = pool.receive(rank, op, deadline, self.timeout)
+            if not isinstance(reply, msg.Result) or reply.op_id != op_id:
+                raise pool.fail(
+                    f"{pool.names[rank]} sent {reply!r} instead of a result during {op}"
+                )
+            results.append(reply)
+            buffer = buffers[rank]
+            if reply.in_buffer and buffer is not None:
+                result_shares.append(buffer.result(size))
+            else:
+                try:
+                    share = pool.channels[rank].recv_array(into=np.empty(size, np.int64))
+                except (EOFError, OSError) as err:
+                    raise pool.lost(rank, op, err) from err
+                result_shares.append(share)
         t3 = time.perf_counter()
-        #: Seconds per phase of the last operation (sharing + sending, waiting for the
-        #: parties to receive, MPC + result shares back).
-        self.last_timing = {"share_send": t1 - t0, "receive": t2 - t1, "mpc_reveal": t3 - t2}
-        revealed = sharing.reconstruct(result_shares)
+        if decode_bits is None:
+            revealed = sharing.reconstruct(result_shares)
+        else:
+            revealed = sharing.reconstruct_decode(result_shares, decode_bits)
+        del result_shares
+        t4 = time.perf_counter()
+        self.last_timing = {
+            "share_send": t1 - t0,
+            "receive": t2 - t1,
+            "mpc_results": t3 - t2,
+            "reconstruct": t4 - t3,
+        }
+        log.debug("%s of %d x %d: %s", op, n_clients, size, self.last_timing)
+        share_bytes = n_clients * size * 8
         stats = {
-            "coordinator_bytes": int(sum(r.nbytes for r in result_shares)),
-            "bytes_to_party": sent_bytes,
+            "coordinator_bytes": int(self.parties * size * 8),
+            "bytes_to_party": [share_bytes]
+            + [n_clients * sharing.KEY_BYTES if keyed else share_bytes] * (self.parties - 1),
             "messages_to_party": [n_clients] * self.parties,
-            "bytes_between_parties": [int(r["stats"]["bytes"]) for r in replies],
-            "mpc_rounds": max(int(r["stats"]["rounds"]) for r in replies),
+            "bytes_between_parties": [r.bytes_between_parties for r in results],
+            "mpc_rounds": max(r.mpc_rounds for r in results),
         }
         return revealed, stats
 
-    def _raise_send_error(self, op: str, rank: int, err: BaseException) -> None:
-        time.sleep(0.05)  # let the exit code arrive, for a precise message
-        dead = self._dead_party()
-        raise self._fail(
-            f"{dead or self._names[rank] + f' refused the shares ({err!r})'} during {op}"
-        ) from err
+    def _share_client(
+        self,
+        client: int,
+        matrix: np.ndarray,
+        weights: np.ndarray | None,
+        precision: int,
+        keys: list[list[bytes | None]],
+        buffers: list[SharedBuffer | None],
+    ) -> list[tuple[int, Any]]:
+        """Client-side work for one client: encode, split; share i goes to party i.
+
+        Returns what to send, as ``(rank, message or array)`` in order.
+        """
+        out: list[tuple[int, Any]] = []
+        n_clients, n_values = matrix.shape
+        size = n_values + (1 if weights is not None else 0)
+        scale = float(weights[client]) if weights is not None else 1.0
+        extra = scale if weights is not None else None
+        mask_keys = [k for k in keys[client] if k is not None]
+        buffer0 = buffers[0]
+        first = buffer0.inputs(n_clients, size)[client] if buffer0 is not None else None
+        if first is None:
+            first = np.empty(size, dtype=np.int64)
+        sharing.write_first_share(matrix[client], scale, mask_keys, first, precision, extra)
+        if not mask_keys:  # masks drawn from the OS CSPRNG and sent in full
+            for rank in range(1, self.parties):
+                mask = np.frombuffer(os.urandom(8 * size), dtype=np.int64)
+                np.subtract(first, mask, out=first)
+                buffer = buffers[rank]
+                if buffer is not None:
+                    buffer.inputs(n_clients, size)[client] = mask
+                    out.append((rank, msg.ShareInBuffer(client=client)))
+                else:
+                    out += [(rank, msg.ShareArray(client=client)), (rank, mask)]
+        if buffer0 is not None:
+            out.append((0, msg.ShareInBuffer(client=client)))
+        else:
+            out += [(0, msg.ShareArray(client=client)), (0, first)]
+        return out
+
+    def _client_workers(self) -> ThreadPoolExecutor:
+        """Two threads for the clients' side of the protocol (created on first use)."""
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smpc-client")
+        return self._workers
+
+    @staticmethod
+    def _raise_if_send_failed(
+        pool: PartyPool, op: str, rank: int, errors: list[BaseException | None]
+    ) -> None:
+        err = errors[rank]
+        if err is not None:
+            time.sleep(0.05)  # let the exit code arrive, for a precise message
+            dead = pool.dead_party()
+            raise pool.fail(
+                f"{dead or pool.names[rank] + f' refused the shares ({err!r})'} during {op}"
+            ) from err
 
     def _label(self, column: int) -> str:
         spec = self._current_spec
@@ -467,51 +488,75 @@ class CryptenAggregator(Aggregator):
             offset += n
         return "the client's weight"
 
+    def _check_bounds(
+        self, matrix: np.ndarray, precision: int, weights: np.ndarray | None = None
+    ) -> None:
+        """Ring-bound check before anything is sent (one chunked pass over the matrix)."""
+        peaks = sharing.peak_magnitudes(matrix)
+        if weights is not None:
+            peaks = np.maximum(peaks * weights, weights)
+        if np.all(peaks <= sharing.ring_bound(matrix.shape[0], precision)):
+            return
+        # Slow path, only on failure: the full check names client, tensor and factor.
+        if weights is not None:
+            full = np.empty((matrix.shape[0], matrix.shape[1] + 1), dtype=np.float64)
+            np.multiply(matrix, weights[:, None], out=full[:, :-1])
+            full[:, -1] = weights
+            sharing.check_ring_bounds(full, precision, what="w*x", label=self._label)
+        else:
+            sharing.check_ring_bounds(matrix, precision, what="x", label=self._label)
+
     # ----------------------------------------------------------------- backend hooks
     def _weighted_sum(
         self, matrix: np.ndarray, weights: np.ndarray
     ) -> tuple[np.ndarray, float, Traffic]:
         # FedAvg is additions only: each client pre-multiplies by its weight locally and
         # shares [w*x, w]; the parties reveal sum w*x and sum w; division is in plaintext.
-        weighted = np.empty((matrix.shape[0], matrix.shape[1] + 1), dtype=np.float64)
-        np.multiply(matrix, weights[:, None], out=weighted[:, :-1])
-        weighted[:, -1] = weights
         p = self.sum_precision_bits
-        sharing.check_ring_bounds(weighted, p, what="w*x", label=self._label)
-        raw, stats = self._run("weighted_mean", weighted, p)
-        decoded = sharing.decode(raw, p)
+        self._check_bounds(matrix, p, weights)
+        decoded, stats = self._run("weighted_mean", matrix, p, weights)
         received = {"sum_weighted": [matrix.shape[1]], "sum_weights": []}
         return decoded[:-1], float(decoded[-1]), Traffic(coordinator_received=received, **stats)
 
     def _sum(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
         p = self.sum_precision_bits
-        sharing.check_ring_bounds(matrix, p, what="x", label=self._label)
-        raw, stats = self._run("sum", matrix, p)
+        self._check_bounds(matrix, p)
+        total, stats = self._run("sum", matrix, p)
         traffic = Traffic(coordinator_received={"sum": [matrix.shape[1]]}, **stats)
-        return sharing.decode(raw, p), traffic
+        return total, traffic
 
     def _argmax(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
+        if self.transport == "threads":
+            raise ValueError(
+                "argmax needs CrypTen party processes (comparisons are interactive); "
+                "in-process parties (transport='threads') serve sums and weighted means only."
+            )
         # Values are compared at the fixed-point resolution 2^-p (integer counts exactly);
         # parties form K*x + (K-1-i), hence the K-fold ring bound.
-        sharing.check_ring_bounds(matrix, self.precision_bits, what="x", label=self._label)
-        raw, stats = self._run("argmax", matrix, self.precision_bits)
+        self._check_bounds(matrix, self.precision_bits)
+        raw, stats = self._run("argmax", matrix, self.precision_bits, decode=False)
         traffic = Traffic(coordinator_received={"argmax_index": [matrix.shape[1]]}, **stats)
         return raw.astype(np.int64), traffic
 
     # ----------------------------------------------------------------- instrumentation
-    def _query(self, command: str) -> list[Any]:
+    def _query(self, what: str) -> list[Any]:
         self._check_open()
+        pool = self._pool
+        assert pool is not None
         deadline = time.monotonic() + self.timeout
-        for rank, conn in enumerate(self._conns):
+        for rank, channel in enumerate(pool.channels):
             try:
-                conn.send({"op": command})
+                channel.send(msg.Query(what=what))
             except OSError as err:
-                self._raise_send_error(command, rank, err)
-        return [self._receive(rank, command, deadline) for rank in range(self.parties)]
+                raise pool.lost(rank, what, err) from err
+        return [pool.receive(rank, what, deadline, self.timeout) for rank in range(self.parties)]
 
     def party_counters(self) -> list[dict[str, int]]:
         """Per party: operations, messages and bytes received from clients so far."""
-        return self._query("counters")
+        return [
+            {"operations": c.operations, "messages": c.messages, "bytes": c.bytes}
+            for c in self._query("counters")
+        ]
 
     def received_by_parties(self) -> list[list[dict[str, Any]]]:
         """Per party, what it received from clients since the last call (then cleared).
@@ -521,41 +566,35 @@ class CryptenAggregator(Aggregator):
         """
         if not self.record_received:
             raise RuntimeError("create the aggregator with record_received=True to use this.")
-        return self._query("received")
+        pool = self._pool
+        assert pool is not None
+        out = []
+        for rank, reply in enumerate(self._query("received")):
+            records = []
+            for record in reply.records:
+                record = dict(record)
+                with_values = record.pop("with_values")
+                record["values"] = pool.channels[rank].recv_array() if with_values else None
+                records.append(record)
+            out.append(records)
+        return out
 
     # ----------------------------------------------------------------- shutdown
     def close(self) -> None:
-        """Stop the parties (gracefully, then by force) and release resources. Idempotent."""
-        if getattr(self, "_shutdown_done", False):
+        """Stop the parties (or give them back to the warm pool). Idempotent."""
+        if self._shutdown_done:
             return
         self._shutdown_done = True
         self._closed = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
-        for conn in self._conns:
-            with contextlib.suppress(Exception):
-                conn.send({"op": "close"})
-        deadline = time.monotonic() + 5.0
-        for proc in self._procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-        self._kill_all()
-
-    def _kill_all(self) -> None:
-        """Kill every local process still alive, reap all, close connections. Idempotent."""
-        for proc in self._procs:
-            if proc.exitcode is None:
-                with contextlib.suppress(Exception):
-                    proc.kill()
-        for proc in self._procs:
-            with contextlib.suppress(Exception):
-                proc.join(5.0)
-        for conn in self._conns:
-            with contextlib.suppress(Exception):
-                conn.close()
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-        self._shutdown_done = True
-        self._closed = True
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.close)
+        if self._workers is not None:
+            self._workers.shutdown(wait=False)
+            self._workers = None
+        pool = self._pool  # kept: pids stay readable after close
+        if pool is None or pool.closed:
+            return
+        if self._warm:
+            give_back(pool)
+        else:
+            pool.close()

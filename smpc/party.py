@@ -1,25 +1,21 @@
-"""A CrypTen computation party (or the trusted dealer) as a long-running process.
+"""A computation party (or the trusted dealer): the command loop and its entry points.
 
-One process per rank. Ranks ``0 .. world_size - 1`` are computation parties; rank
+One party per rank. Ranks ``0 .. world_size - 1`` are computation parties; rank
 ``world_size`` is the trusted dealer (CrypTen's ``TTPServer``), which only hands out
 correlated randomness (Beaver triples, ...) for comparisons and never sees a share.
 
 A party talks to two kinds of peers:
 
 * the other parties and the dealer, through ``torch.distributed`` (gloo), set up by
-  ``crypten.init()`` from the ``RENDEZVOUS``/``WORLD_SIZE``/``RANK`` environment;
-* the coordinator, through a :class:`multiprocessing.connection.Connection`: a pipe when
-  the coordinator started the party itself, or an authenticated TCP connection
-  (``listen=(host, port)``) when the party runs on another machine.
+  ``crypten.init()`` from the ``RENDEZVOUS``/``WORLD_SIZE``/``RANK`` environment (only
+  ``argmax`` needs them: sums are local additions of shares);
+* the coordinator, through a :class:`~smpc.channel.Channel` carrying the typed messages
+  of :mod:`smpc.messages` (a pipe to a local party process, optionally with shares in a
+  :class:`~smpc.shared_buffer.SharedBuffer`; an authenticated TCP connection to a remote
+  party; or an in-process channel to a party thread in tests).
 
-Protocol on the coordinator connection (all messages pickled dicts unless noted)::
-
-    party -> coordinator   {"ready": True, "rank", "pid", "world_size", "provider", ...}
-    coordinator -> party   {"op": "sum" | "argmax", "id", "n_clients", "size", ...}
-    coordinator -> party   n_clients raw int64 messages: share `rank` of client c
-    party -> coordinator   {"ack": id}                       (all shares received)
-    party -> coordinator   {"ok": True, "id", "stats": {...}}, then its raw int64 result share
-    coordinator -> party   {"op": "close"}
+:class:`PartyLoop` is the same in all cases; :func:`serve` runs it in a party process,
+:func:`serve_in_thread` in a thread (additions only, no CrypTen).
 
 CrypTen's own ``run_multiprocess`` is not used: it starts processes per call, hangs when a
 function returns a large object, and cannot reuse parties across rounds.
@@ -29,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from multiprocessing import AuthenticationError
@@ -39,7 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from smpc import sharing
+from smpc import messages as msg
+from smpc.channel import Channel, ConnectionChannel
+from smpc.framing import FrameError
+from smpc.masks import KEY_BYTES, MaskStream, expand_key, sum_masks
+from smpc.shared_buffer import SharedBuffer
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
 
 #: Environment variable holding the shared key that authenticates the coordinator.
 AUTHKEY_ENV = "SMPC_AUTHKEY"
@@ -159,23 +164,24 @@ def serve(
                 "the coordinator) or pass authkey=."
             )
         assert listen is not None
-        listener = Listener(tuple(listen), authkey=key)
+        listener = Listener((str(listen[0]), int(listen[1])), authkey=key)
         conn = _accept(listener)
+    channel = ConnectionChannel(conn)
+    log.info("party %d (pid %d) joined the MPC (%s, %s)", rank, os.getpid(), mode, provider)
     try:
-        conn.send(
-            {
-                "ready": True,
-                "rank": rank,
-                "pid": os.getpid(),
-                "world_size": world_size,
-                "provider": provider,
-                "mode": mode,
-                "precision_bits": precision_bits,
-            }
+        channel.send(
+            msg.Ready(
+                rank=rank,
+                pid=os.getpid(),
+                world_size=world_size,
+                provider=provider,
+                mode=mode,
+                precision_bits=precision_bits,
+            )
         )
-        _Party(crypten, rank, conn, precision_bits, record_received).loop()
+        PartyLoop(rank, channel, crypten, record_received).run()
     finally:
-        conn.close()
+        channel.close()
         if listener is not None:
             listener.close()
         crypten.uninit()
@@ -188,6 +194,7 @@ def _accept(listener: Listener) -> Connection:
         try:
             return listener.accept()
         except AuthenticationError:
+            log.warning("rejected a connection with a wrong authkey")
             print("smpc.party: rejected a connection with a wrong authkey", file=sys.stderr)
         except (EOFError, OSError):
             continue
@@ -206,115 +213,220 @@ def _serve_dealer(crypten: Any, mode: str, seed: int | None) -> None:
         crypten.uninit()
 
 
-class _Party:
-    """The command loop of one computation party."""
+class PartyLoop:
+    """The command loop of one computation party, over any :class:`~smpc.channel.Channel`.
+
+    Parameters
+    ----------
+    rank
+        This party's rank.
+    channel
+        Connection to the coordinator.
+    crypten
+        The imported CrypTen module (after ``crypten.init()``), or None for a party that
+        serves additions only (``argmax`` then fails with a clear error).
+    record
+        Keep what this party received from clients (instrumentation for tests).
+    """
 
     def __init__(
-        self, crypten: Any, rank: int, conn: Connection, precision_bits: int, record: bool
+        self, rank: int, channel: Channel, crypten: Any | None = None, record: bool = False
     ) -> None:
-        self.crypten = crypten
         self.rank = rank
-        self.conn = conn
-        self.precision_bits = precision_bits
+        self.channel = channel
+        self.crypten = crypten
         self.record = record
-        self.records: list[dict[str, Any]] = []
+        self.records: list[tuple[dict[str, Any], np.ndarray | None]] = []
         self.counters = {"operations": 0, "messages": 0, "bytes": 0}
+        self._buffer: SharedBuffer | None = None
 
-    def loop(self) -> None:
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                return  # coordinator gone: shut down
-            op = message.get("op")
-            if op == "close":
-                return
-            try:
-                if op in ("sum", "argmax"):
-                    self._aggregate(message)
-                elif op == "counters":
-                    self.conn.send(dict(self.counters))
-                elif op == "received":
-                    self.conn.send(self.records)
-                    self.records = []
+    def run(self) -> None:
+        """Serve commands until :class:`~smpc.messages.Close` or the coordinator leaves."""
+        try:
+            while True:
+                try:
+                    message = self.channel.recv()
+                except (EOFError, OSError):
+                    log.info("party %d: coordinator gone, exiting", self.rank)
+                    return
+                if isinstance(message, msg.Close):
+                    log.info("party %d: closed by the coordinator", self.rank)
+                    return
+                try:
+                    self._dispatch(message)
+                except (EOFError, BrokenPipeError, ConnectionResetError):
+                    return
+                except Exception:
+                    log.exception("party %d failed", self.rank)
+                    self.channel.send(msg.Failure(rank=self.rank, error=traceback.format_exc()))
+        finally:
+            if self._buffer is not None:
+                self._buffer.close()
+                self._buffer = None
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, msg.Aggregate):
+            self._aggregate(message)
+        elif isinstance(message, msg.Query) and message.what == "counters":
+            self.channel.send(msg.Counters(**self.counters))
+        elif isinstance(message, msg.Query) and message.what == "received":
+            self.channel.send(msg.Received(records=[r for r, _ in self.records]))
+            for _, values in self.records:
+                if values is not None:
+                    self.channel.send_array(values)
+            self.records = []
+        else:
+            raise ValueError(f"unexpected message {message!r}")
+
+    # ------------------------------------------------------------------ one operation
+    def _map_buffer(self, path: str | None) -> SharedBuffer | None:
+        if path is None:
+            return None
+        if self._buffer is None or self._buffer.path != path:
+            if self._buffer is not None:
+                self._buffer.close()
+            self._buffer = SharedBuffer(path)
+        return self._buffer
+
+    def _next_share(
+        self, op: msg.Aggregate, client: int, buffer: SharedBuffer | None
+    ) -> tuple[bytes | None, np.ndarray | None, int]:
+        """Receive client ``client``'s share: returns (key or None, array or None, bytes)."""
+        message: Any = self.channel.recv()
+        expected: dict[str, type] = {
+            "key": msg.MaskKey,
+            "array": msg.ShareArray,
+            "buffer": msg.ShareInBuffer,
+        }
+        kind = expected.get(op.share_format)
+        if (
+            kind is None
+            or not isinstance(message, kind)
+            or getattr(message, "client", -1) != client
+        ):
+            raise ValueError(
+                f"expected the {op.share_format} share of client {client}, got {message!r}"
+            )
+        if isinstance(message, msg.MaskKey):
+            key = bytes.fromhex(message.key)
+            if len(key) != KEY_BYTES:
+                raise FrameError(f"a mask key has {KEY_BYTES} bytes, got {len(key)}")
+            return key, None, KEY_BYTES
+        if isinstance(message, msg.ShareInBuffer):
+            if buffer is None:
+                raise ValueError("a share in the shared buffer, but no buffer was announced")
+            return None, buffer.inputs(op.n_clients, op.size)[client], 8 * op.size
+        row = self.channel.recv_array(into=np.empty(op.size, dtype=np.int64))
+        return None, row, row.nbytes
+
+    def _aggregate(self, op: msg.Aggregate) -> None:
+        start = time.perf_counter()
+        if op.kind not in ("sum", "argmax"):
+            raise ValueError(f"unknown operation kind {op.kind!r}")
+        if op.kind == "argmax" and self.crypten is None:
+            raise RuntimeError("argmax needs CrypTen parties (processes), not in-process ones")
+        buffer = self._map_buffer(op.buffer_path)
+        if buffer is not None and buffer.capacity < SharedBuffer.values_needed(
+            op.n_clients if op.share_format == "buffer" else 0, op.size
+        ):
+            raise ValueError(f"shared buffer {buffer.path} is too small for {op}")
+        result = buffer.result(op.size) if buffer is not None else np.empty(op.size, np.int64)
+        rows = np.empty((op.n_clients, op.size), np.int64) if op.kind == "argmax" else None
+        keys: list[bytes] = []  # a sum of keyed shares is expanded once all keys are in
+        for client in range(op.n_clients):
+            key, share, nbytes = self._next_share(op, client, buffer)
+            if rows is None and key is not None:
+                keys.append(key)
+            elif rows is not None:  # argmax keeps every share
+                target = rows[client]
+                if key is not None:
+                    MaskStream(key).fill(target)
                 else:
-                    raise ValueError(f"unknown command {op!r}")
-            except (EOFError, BrokenPipeError, ConnectionResetError):
-                return
-            except Exception:
-                self.conn.send({"ok": False, "rank": self.rank, "error": traceback.format_exc()})
-
-    def _receive_shares(self, message: dict[str, Any]) -> np.ndarray:
-        """Receive one share per client; returns a (n_clients, size) int64 matrix."""
-        n_clients, size = int(message["n_clients"]), int(message["size"])
-        # Parties 1.. may receive each client's mask as its 32-byte key (pseudo-random
-        # secret sharing, see smpc.sharing.split_compressed) and expand it here.
-        keyed = bool(message.get("compressed")) and self.rank > 0
-        shares = np.empty((n_clients, size), dtype=np.int64)
-        for client in range(n_clients):
-            if keyed:
-                key = self.conn.recv_bytes(maxlength=sharing.KEY_BYTES)
-                shares[client] = sharing.expand_key(key, size)
-                nbytes = len(key)
+                    target[...] = share
+            elif share is None:
+                raise ValueError(f"no share received for client {client}")
+            elif client == 0:
+                np.copyto(result, share)
             else:
-                nbytes = self.conn.recv_bytes_into(shares[client])
-                if nbytes != shares[client].nbytes:
-                    raise ValueError(
-                        f"client {client}: expected {size} int64 values, got {nbytes} bytes"
-                    )
+                np.add(result, share, out=result)
             self.counters["messages"] += 1
             self.counters["bytes"] += nbytes
             if self.record:
-                self._record(message, client, shares[client])
-        return shares
-
-    def _record(self, message: dict[str, Any], client: int, share: np.ndarray) -> None:
-        self.records.append(
-            {
-                "op": message["op"],
-                "id": message["id"],
-                "client": client,
-                "sha256": hashlib.sha256(share.tobytes()).hexdigest(),
-                "values": share.copy() if share.size <= RECORD_MAX_VALUES else None,
-            }
-        )
-
-    def _aggregate(self, message: dict[str, Any]) -> None:
-        import torch
-
-        crypten = self.crypten
-        start = time.perf_counter()
-        shares = self._receive_shares(message)
+                values = expand_key(key, op.size) if key is not None else np.array(share)
+                self._record(op, client, values)
+        if keys:
+            sum_masks(keys, result)
         self.counters["operations"] += 1
-        self.conn.send({"ack": message["id"], "rank": self.rank})
-        crypten.reset_communication_stats()
-        if message["op"] == "sum":
-            # Additions of shares are local (sum mod 2^64): no interaction, nothing revealed.
-            result_share = shares[0]
-            for row in shares[1:]:
-                np.add(result_share, row, out=result_share)
-        else:
-            n_clients = shares.shape[0]
-            # Encoded values are integers in the ring: precision 0 keeps every product exact.
-            values = crypten.mpc.MPCTensor.from_shares(torch.from_numpy(shares), precision=0)
-            # Ties go to the lowest client index: compare K*x + (K-1-i), public operations
-            # on shares (local multiply, party 0 adds the constant), all keys distinct.
-            offsets = torch.arange(n_clients - 1, -1, -1, dtype=torch.long).unsqueeze(1)
-            keys = values * n_clients + offsets
-            index = keys.argmax(dim=0, one_hot=False)
-            result_share = index._tensor.share.numpy()
-        stats = crypten.comm.get().get_communication_stats()
-        reply = {
-            "ok": True,
-            "id": message["id"],
-            "rank": self.rank,
-            "stats": {"bytes": int(stats["bytes"]), "rounds": int(stats["rounds"])},
-            "seconds": time.perf_counter() - start,
-        }
-        self.conn.send(reply)
+        self.channel.send(msg.SharesReceived(op_id=op.op_id, rank=self.rank))
+        traffic, rounds = 0, 0
+        if rows is not None:
+            share, traffic, rounds = self._argmax(rows)
+            result[...] = share
+        log.debug("party %d: %s of %d x %d done", self.rank, op.kind, op.n_clients, op.size)
+        self.channel.send(
+            msg.Result(
+                op_id=op.op_id,
+                rank=self.rank,
+                bytes_between_parties=traffic,
+                mpc_rounds=rounds,
+                seconds=time.perf_counter() - start,
+                in_buffer=buffer is not None,
+            )
+        )
         # Each party sends its share of the result to the coordinator only: no party ever
         # holds the aggregate in the clear (CrypTen's reveal() would give it to them).
-        self.conn.send_bytes(np.ascontiguousarray(result_share, dtype=np.int64))
+        if buffer is None:
+            self.channel.send_array(result)
+
+    def _argmax(self, shares: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """This party's share of the per-column winning index (lowest index on ties)."""
+        import torch
+
+        crypten: Any = self.crypten
+        crypten.reset_communication_stats()
+        n_clients = shares.shape[0]
+        # Encoded values are integers in the ring: precision 0 keeps every product exact.
+        values = crypten.mpc.MPCTensor.from_shares(torch.from_numpy(shares), precision=0)
+        # Ties go to the lowest client index: compare K*x + (K-1-i), public operations
+        # on shares (local multiply, party 0 adds the constant), all keys distinct.
+        offsets = torch.arange(n_clients - 1, -1, -1, dtype=torch.long).unsqueeze(1)
+        keys = values * n_clients + offsets
+        index = keys.argmax(dim=0, one_hot=False)
+        stats = crypten.comm.get().get_communication_stats()
+        share = np.ascontiguousarray(index._tensor.share.numpy(), dtype=np.int64)
+        return share, int(stats["bytes"]), int(stats["rounds"])
+
+    def _record(self, op: msg.Aggregate, client: int, share: np.ndarray) -> None:
+        keep = share.size <= RECORD_MAX_VALUES
+        record = {
+            "op": op.kind,
+            "id": op.op_id,
+            "client": client,
+            "sha256": hashlib.sha256(share.tobytes()).hexdigest(),
+            "with_values": keep,
+        }
+        self.records.append((record, share.copy() if keep else None))
+
+
+def serve_in_thread(rank: int, channel: Channel, record: bool = False) -> threading.Thread:
+    """Run an additions-only party (no CrypTen) in a daemon thread of this process."""
+    channel.send(
+        msg.Ready(
+            rank=rank,
+            pid=os.getpid(),
+            world_size=-1,
+            provider="none",
+            mode="threads",
+            precision_bits=-1,
+        )
+    )
+    thread = threading.Thread(
+        target=PartyLoop(rank, channel, None, record).run,
+        name=f"smpc-party-{rank}",
+        daemon=True,
+    )
+    thread.start()
+    return thread
 
 
 def _parse_address(text: str) -> tuple[str, int]:

@@ -16,11 +16,12 @@ rejects such inputs before anything is encoded or sent (see :func:`ring_bound`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 
 import numpy as np
+
+from smpc.masks import CHUNK_VALUES, KEY_BYTES, MaskStream, expand_key
 
 #: Bits of the ring (CrypTen's int64 shares).
 RING_BITS = 64
@@ -28,8 +29,6 @@ RING_BITS = 64
 #: two aggregates (as in a comparison) still fits and float64 rounding of values near the
 #: bound cannot push them over it.
 HEADROOM_BITS = 2
-#: Bytes of a mask key (see :func:`split_compressed`).
-KEY_BYTES = 32
 
 
 class RingOverflowError(ValueError):
@@ -91,7 +90,7 @@ def check_ring_bounds(
     if bad.size == 0:
         return
     lines = []
-    for client in bad:
+    for client in bad.tolist():
         column = int(np.argmax(np.abs(matrix[client])))
         where = f" ({label(column)})" if label is not None else f" (value index {column})"
         lines.append(
@@ -120,15 +119,32 @@ def encode(values: np.ndarray, precision_bits: int = 16) -> np.ndarray:
 
 
 def decode(encoded: np.ndarray, precision_bits: int = 16) -> np.ndarray:
-    """Exact fixed-point decode in float64: ``floor(v / 2^p) + (v mod 2^p) / 2^p``.
+    """Fixed-point decode in float64: ``v * 2^-p``, correctly rounded.
 
-    Unlike CrypTen 0.4.1's decoder this is exact for negative values (see
-    :mod:`smpc.crypten_compat`).
+    The int64 -> float64 conversion rounds once (exact below 2^53) and scaling by a power
+    of two is exact, so this equals the exact floor division ``floor(v / 2^p) + (v mod
+    2^p) / 2^p`` rounded to float64. Unlike CrypTen 0.4.1's decoder it is exact for
+    negative values (see :mod:`smpc.crypten_compat`).
     """
-    encoded = np.asarray(encoded, dtype=np.int64)
-    quotient = encoded >> precision_bits  # arithmetic shift = floor division by 2^p
-    remainder = encoded & ((1 << precision_bits) - 1)
-    return quotient.astype(np.float64) + remainder.astype(np.float64) / float(2**precision_bits)
+    decoded = np.asarray(encoded, dtype=np.int64).astype(np.float64)
+    decoded *= 2.0**-precision_bits
+    return decoded
+
+
+def reconstruct_decode(shares: list[np.ndarray], precision_bits: int) -> np.ndarray:
+    """``decode(reconstruct(shares))`` in one chunked pass (result shares stay in cache)."""
+    size = shares[0].shape[0]
+    out = np.empty(size, dtype=np.float64)
+    acc = np.empty(min(CHUNK_VALUES, max(size, 1)), dtype=np.int64)
+    scale = 2.0**-precision_bits
+    for start in range(0, size, CHUNK_VALUES):
+        stop = min(start + CHUNK_VALUES, size)
+        part = acc[: stop - start]
+        np.add(shares[0][start:stop], shares[1][start:stop], out=part)
+        for share in shares[2:]:
+            np.add(part, share[start:stop], out=part)
+        np.multiply(part, scale, out=out[start:stop], casting="unsafe")
+    return out
 
 
 class ShareRandomness:
@@ -142,8 +158,8 @@ class ShareRandomness:
     seed
         Seed for ``"debug"`` mode; refused in ``"secure"`` mode.
     source
-        Secure mode only. ``"prng"`` (default): each mask is expanded with SHAKE-256 from
-        its own 256-bit key drawn from :func:`os.urandom` (:func:`expand_key`).
+        Secure mode only. ``"prng"`` (default): each mask is expanded with AES-256-CTR from
+        its own 256-bit key drawn from :func:`os.urandom` (:func:`smpc.masks.expand_key`).
         ``"urandom"``: every mask byte comes from the OS CSPRNG and is sent in full.
     """
 
@@ -171,26 +187,6 @@ class ShareRandomness:
         if self.source == "urandom":
             return None
         return os.urandom(KEY_BYTES)
-
-    def ring_elements(self, n: int) -> np.ndarray:
-        """``n`` independent uniform elements of Z/2^64 as an int64 array."""
-        key = self.mask_key()
-        if key is None:
-            return np.frombuffer(os.urandom(8 * n), dtype=np.int64)
-        return expand_key(key, n)
-
-
-def expand_key(key: bytes, n: int) -> np.ndarray:
-    """Expand a 32-byte key into ``n`` ring elements with SHAKE-256.
-
-    SHAKE-256 is a cryptographic extendable-output function: without the key, the mask is
-    indistinguishable from uniform even to a party that knows some inputs (e.g. the zeros
-    non-dominant FedscGen clients send), which a statistical PRNG would not guarantee.
-    A fresh key per mask; parties expand keys themselves (see :func:`split_compressed`).
-    """
-    if len(key) != KEY_BYTES:
-        raise ValueError(f"a mask key has {KEY_BYTES} bytes, got {len(key)}.")
-    return np.frombuffer(hashlib.shake_256(key).digest(8 * n), dtype=np.int64).copy()
 
 
 def split_compressed(
@@ -242,15 +238,72 @@ def reconstruct(shares: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-def share_vector(
-    values: np.ndarray,
-    n_shares: int = 3,
-    precision_bits: int = 16,
-    randomness: ShareRandomness | None = None,
-) -> list[np.ndarray]:
-    """Encode one client's float64 vector and split it into additive shares.
+def peak_magnitudes(matrix: np.ndarray) -> np.ndarray:
+    """Per row, ``max |value|`` (NaN when a row holds NaN), computed chunk by chunk.
 
-    Call :func:`check_ring_bounds` on all clients first: the bound depends on how many
-    contributions are added together.
+    Equivalent to ``np.max(np.abs(matrix), axis=1)`` without a full-size temporary.
     """
-    return split(encode(values, precision_bits), n_shares, randomness)
+    peaks = np.zeros(matrix.shape[0], dtype=np.float64)
+    scratch = np.empty((matrix.shape[0], min(CHUNK_VALUES, matrix.shape[1])), matrix.dtype)
+    for start in range(0, matrix.shape[1], CHUNK_VALUES):
+        part = matrix[:, start : start + CHUNK_VALUES]
+        out = scratch[:, : part.shape[1]]
+        np.abs(part, out=out)
+        np.fmax(peaks, out.max(axis=1), out=peaks)
+        peaks[np.isnan(out).any(axis=1)] = np.nan
+    return peaks
+
+
+def write_first_share(
+    values: np.ndarray,
+    scale: float,
+    mask_keys: list[bytes],
+    out: np.ndarray,
+    precision_bits: int,
+    extra: float | None = None,
+) -> None:
+    """Party 0's share of one client, fused and chunked: ``encode(scale * values) - masks``.
+
+    The masks are the expansions of ``mask_keys`` (the shares of parties 1..); each chunk
+    is encoded, masked and written to ``out`` while in cache, so the client's vector is
+    read once and the share written once (``out`` may be a shared-memory buffer).
+
+    Parameters
+    ----------
+    values
+        The client's float vector (any float dtype; arithmetic in float64).
+    scale
+        Multiplier applied before encoding (the client's FedAvg weight, or 1).
+    mask_keys
+        One key per other party.
+    out
+        Contiguous int64 vector of ``values.size`` (+1 with ``extra``) values.
+    precision_bits
+        Fixed-point fractional bits.
+    extra
+        A value appended after ``values`` (the client's weight for FedAvg), or None.
+
+    The caller must have checked :func:`check_ring_bounds` on ``scale * values``.
+    """
+    size = values.shape[0]
+    factor = float(scale) * float(2**precision_bits)
+    streams = [MaskStream(key) for key in mask_keys]
+    step = CHUNK_VALUES
+    scaled = np.empty(min(step, max(size, 1)), dtype=np.float64)
+    mask = np.empty(min(step, max(size, 1)), dtype=np.int64)
+    for start in range(0, size, step):
+        stop = min(start + step, size)
+        n = stop - start
+        tmp = scaled[:n]
+        np.multiply(values[start:stop], factor, out=tmp, casting="unsafe")
+        np.rint(tmp, out=tmp)
+        target = out[start:stop]
+        target[...] = tmp  # float64 -> int64 (bounded by the ring check)
+        for stream in streams:
+            np.subtract(target, stream.fill(mask[:n]), out=target)
+    if extra is not None:
+        tail = out[size : size + 1]
+        tail[0] = int(np.rint(float(extra) * 2.0**precision_bits))
+        one = np.empty(1, dtype=np.int64)
+        for stream in streams:
+            np.subtract(tail, stream.fill(one), out=tail)

@@ -41,10 +41,15 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
 
 
 def _init_worker(threads: int, parent: dict[str, Any] | None = None) -> None:
-    """Share the CPUs between workers; apply the parent's settings (fedsc.settings)."""
+    """Share the CPUs between workers; apply the parent's settings (fedsc.settings).
+
+    CrypTen parties stay warm across the worker's runs (reaped when the worker exits).
+    """
     from fedsc import settings
+    from smpc.party_pool import keep_warm
 
     settings.init_worker(parent or {}, threads)
+    keep_warm(True)
 
 
 def run_local(
@@ -52,8 +57,11 @@ def run_local(
 ) -> Iterator[dict[str, Any]]:
     """Yield records as runs finish; ``workers == 1`` runs in this process."""
     if workers <= 1:
-        for cfg, keep in jobs:
-            yield execute_record(cfg, keep)
+        from smpc.party_pool import warm_parties
+
+        with warm_parties():  # CrypTen parties start once for all runs
+            for cfg, keep in jobs:
+                yield execute_record(cfg, keep)
         return
     from fedsc import settings
 

@@ -1,0 +1,212 @@
+"""The coordinator <-> party protocol: one typed dataclass per message, shared by both ends.
+
+Messages travel as JSON message frames (:mod:`smpc.framing`); arrays (shares) travel as
+array frames right after the message that announces them. :func:`encode` and
+:func:`decode` are the only way in and out, and :func:`decode` checks that a frame names
+a known message type with exactly its fields, each of the declared type.
+
+One aggregation, seen from party ``r`` (``n`` clients)::
+
+    coordinator -> party   Aggregate(op_id, kind, n_clients, size, share_format, buffer_path)
+    coordinator -> party   n per-client messages, by share_format:
+                             "key":    MaskKey(client, key)            (32-byte mask key)
+                             "array":  ShareArray(client) + array frame (int64 share)
+                             "buffer": ShareInBuffer(client)          (share already written
+                                                                       to the shared buffer)
+    party -> coordinator   SharesReceived(op_id, rank)
+    party -> coordinator   Result(op_id, rank, ...) + array frame of its result share, or
+                           nothing more when the result share went into the shared buffer
+    coordinator -> party   Close()
+
+Start-up: the party sends :class:`Ready` with its settings; instrumentation:
+:class:`Query` -> :class:`Counters` or :class:`Received` (+ array frames).
+Any failure inside a party answers :class:`Failure` with the traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from smpc.framing import FrameError, pack_message, unpack_message
+
+#: Bumped whenever a message changes; both ends must agree.
+PROTOCOL_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A party is up and joined the MPC; its settings must match the coordinator's."""
+
+    rank: int
+    pid: int
+    world_size: int
+    provider: str
+    mode: str
+    precision_bits: int
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Start one operation: ``kind`` is ``"sum"`` (additions only) or ``"argmax"``."""
+
+    op_id: int
+    kind: str
+    n_clients: int
+    size: int
+    share_format: str  # "key" | "array" | "buffer"
+    buffer_path: str | None = None  # shared buffer: result share first, then inputs
+
+
+@dataclass(frozen=True)
+class MaskKey:
+    """Client ``client``'s share for this party, as the hex 256-bit key of its mask."""
+
+    client: int
+    key: str
+
+
+@dataclass(frozen=True)
+class ShareArray:
+    """Client ``client``'s share follows as an int64 array frame."""
+
+    client: int
+
+
+@dataclass(frozen=True)
+class ShareInBuffer:
+    """Client ``client``'s share is in row ``client`` of the shared buffer's inputs."""
+
+    client: int
+
+
+@dataclass(frozen=True)
+class SharesReceived:
+    """The party holds every client's share of operation ``op_id``."""
+
+    op_id: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """The party's result share is ready (array frame follows unless ``in_buffer``)."""
+
+    op_id: int
+    rank: int
+    bytes_between_parties: int
+    mpc_rounds: int
+    seconds: float
+    in_buffer: bool
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Something failed inside the party."""
+
+    rank: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """Instrumentation request: ``what`` is ``"counters"`` or ``"received"``."""
+
+    what: str
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Operations, messages and bytes this party received from clients so far."""
+
+    operations: int
+    messages: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the party received since the last query; ``with_values`` records are followed
+    by one int64 array frame each, in order."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Close:
+    """The session ends: the party exits (or, pooled, waits for the next session)."""
+
+
+#: Every message type of the protocol.
+MESSAGE_CLASSES: tuple[type, ...] = (
+    Ready,
+    Aggregate,
+    MaskKey,
+    ShareArray,
+    ShareInBuffer,
+    SharesReceived,
+    Result,
+    Failure,
+    Query,
+    Counters,
+    Received,
+    Close,
+)
+MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in MESSAGE_CLASSES}
+
+
+def encode(message: Any) -> bytes:
+    """The message frame of ``message``."""
+    name = type(message).__name__
+    if MESSAGE_TYPES.get(name) is not type(message):
+        raise TypeError(f"{message!r} is not a protocol message.")
+    cls: Any = type(message)
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(cls)}
+    return pack_message({"type": name, **fields})
+
+
+def decode(frame: bytes | memoryview) -> Any:
+    """Parse and type-check a message frame; raises :class:`FrameError` if malformed."""
+    fields = unpack_message(frame)
+    name = fields.pop("type")
+    cls = MESSAGE_TYPES.get(name)
+    if cls is None:
+        raise FrameError(f"unknown message type {name!r}.")
+    hints = typing.get_type_hints(cls)
+    declared = {f.name for f in dataclasses.fields(cls)}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    if not required <= set(fields) <= declared:
+        raise FrameError(
+            f"{name} needs fields {sorted(required)} (of {sorted(declared)}), got {sorted(fields)}."
+        )
+    for key, value in fields.items():
+        if not _matches(value, hints[key]):
+            raise FrameError(f"{name}.{key} = {value!r} is not {hints[key]}.")
+    return cls(**fields)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is Any:
+        return True
+    return isinstance(value, annotation)

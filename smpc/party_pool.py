@@ -1,0 +1,462 @@
+"""Party lifecycle: start, connect, watch and reap computation parties (and the dealer).
+
+A :class:`PartyPool` is one set of parties that serve one coordinator:
+
+* :meth:`PartyPool.start_processes`: local party processes and the TTP dealer, forked
+  from a fork server that pre-imported CrypTen; shares travel through per-party
+  :class:`~smpc.shared_buffer.SharedBuffer` files (``transport="shm"``) or the pipes
+  (``transport="pipe"``);
+* :meth:`PartyPool.start_threads`: additions-only parties as threads over in-process
+  channels (no CrypTen; for fast tests);
+* :meth:`PartyPool.connect`: parties already running elsewhere (``python -m smpc.party``).
+
+Every pool is reaped on :meth:`PartyPool.close`, on any error (:meth:`PartyPool.fail`)
+and at interpreter exit.
+
+**Warm pools.** Starting parties costs ~1-4 s. A process that runs many federations (a
+sweep worker) can keep them warm: inside :func:`warm_parties` (or after
+:func:`keep_warm`), a closed aggregator gives its pool back to :data:`_WARM`
+(:func:`give_back`) and the next aggregator with the same settings borrows it
+(:func:`borrow`) instead of starting new processes. A pool with a dead party is reaped and
+replaced by a fresh one. Debug-mode pools are never reused (CrypTen's seeded randomness
+would continue instead of restarting, breaking reproducibility).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Client
+from typing import Any
+
+from smpc import messages as msg
+from smpc.channel import Channel, ConnectionChannel, in_process_pair
+from smpc.framing import FrameError
+from smpc.shared_buffer import SharedBuffer, private_directory
+
+log = logging.getLogger(__name__)
+log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
+
+#: Local transports: shares through shared memory, through the pipes, or party threads.
+TRANSPORTS = ("shm", "pipe", "threads")
+
+
+class PartyError(RuntimeError):
+    """A computation party died, failed or stopped answering; all parties were stopped."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """What a party pool was started with (a warm pool serves only equal settings)."""
+
+    parties: int = 3
+    mode: str = "secure"
+    seed: int | None = None
+    provider: str = "TTP"
+    precision_bits: int = 16
+    record_received: bool = False
+    transport: str = "shm"
+    start_method: str = "forkserver"
+
+
+@contextlib.contextmanager
+def _main_without_phantom_file() -> Iterator[None]:
+    """Hide ``__main__.__file__`` while starting a party when it names no real file.
+
+    Forkserver/spawn children re-run the parent's main script from ``__main__.__file__``;
+    for code piped to ``python -`` that is ``"<stdin>"``, which cannot be re-run, and the
+    party dies at start-up. Parties never need the user's main module (their target is
+    :func:`smpc.party.serve`), so it is left out of the start-up data in that case.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or os.path.exists(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+class PartyPool:
+    """One set of computation parties (and the dealer) serving one coordinator at a time.
+
+    Build with :meth:`start_processes`, :meth:`start_threads` or :meth:`connect`.
+    """
+
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        self.channels: list[Channel] = []
+        self.names: list[str] = []
+        self.procs: list[Any] = []  # local party processes, then the dealer (if any)
+        self.threads: list[threading.Thread] = []
+        self.remote = False
+        self.rendezvous: str | None = None
+        self.buffers: list[SharedBuffer | None] = []
+        self._tmpdir: str | None = None
+        self._shm_dir: str | None = None
+        self._buffer_serial = 0
+        self.closed = False
+        self.startup_seconds = 0.0
+        atexit.register(self.kill)
+
+    # ------------------------------------------------------------------ start-up
+    @classmethod
+    def start_processes(
+        cls,
+        settings: PoolSettings,
+        rendezvous: str | None = None,
+        startup_timeout: float = 120.0,
+    ) -> PartyPool:
+        """Start local party processes (and the TTP dealer) and wait until they are ready."""
+        from smpc import party
+
+        pool = cls(settings)
+        start = time.perf_counter()
+        try:
+            ctx: Any = multiprocessing.get_context(settings.start_method)
+            if settings.start_method == "forkserver":
+                # Import CrypTen once in the fork server, so each party is a ~50 ms fork.
+                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_compat"])
+            if rendezvous is None:
+                pool._tmpdir = tempfile.mkdtemp(prefix="smpc-crypten-")
+                rendezvous = "file://" + os.path.join(pool._tmpdir, "rendezvous")
+            pool.rendezvous = rendezvous
+            options = {
+                "provider": settings.provider,
+                "mode": settings.mode,
+                "seed": settings.seed,
+                "precision_bits": settings.precision_bits,
+            }
+            for rank in range(settings.parties):
+                parent, child = ctx.Pipe(duplex=True)
+                proc = ctx.Process(
+                    target=party.serve,
+                    args=(rank, settings.parties, rendezvous),
+                    kwargs={"conn": child, "record_received": settings.record_received, **options},
+                    name=f"crypten-party-{rank}",
+                    daemon=True,
+                )
+                with _main_without_phantom_file():
+                    proc.start()
+                child.close()  # so the parent sees EOF when the party dies
+                pool.procs.append(proc)
+                pool.channels.append(ConnectionChannel(parent))
+                pool.names.append(f"crypten party {rank} (pid {proc.pid})")
+            if settings.provider == "TTP":
+                dealer = ctx.Process(
+                    target=party.serve,
+                    args=(settings.parties, settings.parties, rendezvous),
+                    kwargs=options,
+                    name="crypten-dealer",
+                    daemon=True,
+                )
+                with _main_without_phantom_file():
+                    dealer.start()
+                pool.procs.append(dealer)
+            if settings.transport == "shm":
+                pool._shm_dir = private_directory()
+            pool.buffers = [None] * settings.parties
+            pool.await_ready(startup_timeout)
+        except BaseException:
+            pool.kill()
+            raise
+        pool.startup_seconds = time.perf_counter() - start
+        log.info("started %s in %.2f s", ", ".join(pool.names), pool.startup_seconds)
+        return pool
+
+    @classmethod
+    def start_threads(cls, settings: PoolSettings) -> PartyPool:
+        """Additions-only parties as threads of this process over in-process channels."""
+        from smpc.party import serve_in_thread
+
+        pool = cls(settings)
+        for rank in range(settings.parties):
+            mine, theirs = in_process_pair()
+            pool.threads.append(serve_in_thread(rank, theirs, settings.record_received))
+            pool.channels.append(mine)
+            pool.names.append(f"in-process party {rank}")
+        pool.buffers = [None] * settings.parties
+        pool.await_ready(10.0)
+        return pool
+
+    @classmethod
+    def connect(
+        cls,
+        settings: PoolSettings,
+        addresses: Sequence[tuple[str, int]],
+        authkey: bytes,
+        startup_timeout: float = 120.0,
+    ) -> PartyPool:
+        """Connect to parties already running elsewhere and check their settings."""
+        pool = cls(settings)
+        pool.remote = True
+        start = time.perf_counter()
+        try:
+            deadline = time.monotonic() + startup_timeout
+            for rank, address in enumerate(addresses):
+                pool.names.append(f"crypten party {rank} at {address[0]}:{address[1]}")
+                # Wait until the party listens (it does so once all parties joined the
+                # MPC): multiprocessing's Client has no timeout of its own.
+                while True:
+                    try:
+                        socket.create_connection(address, timeout=1.0).close()
+                        break
+                    except OSError as err:
+                        if time.monotonic() > deadline:
+                            raise PartyError(
+                                f"{pool.names[rank]} is not reachable after "
+                                f"{startup_timeout:.0f} s ({err}); start it with `python -m "
+                                f"smpc.party --rank {rank} --world-size {settings.parties} "
+                                "--rendezvous tcp://HOST:PORT --listen "
+                                f"{address[0]}:{address[1]}` (and the dealer, rank "
+                                f"{settings.parties})."
+                            ) from err
+                        time.sleep(0.2)
+                pool.channels.append(ConnectionChannel(Client(address, authkey=authkey)))
+            pool.buffers = [None] * settings.parties
+            pool.await_ready(startup_timeout)
+        except BaseException:
+            pool.kill()
+            raise
+        pool.startup_seconds = time.perf_counter() - start
+        log.info("connected to %s in %.2f s", ", ".join(pool.names), pool.startup_seconds)
+        return pool
+
+    def await_ready(self, startup_timeout: float) -> None:
+        """Receive every party's :class:`~smpc.messages.Ready` and check its settings."""
+        deadline = time.monotonic() + startup_timeout
+        s = self.settings
+        for rank in range(len(self.channels)):
+            hello = self.receive(rank, "start-up", deadline, startup_timeout)
+            if not isinstance(hello, msg.Ready) or hello.rank != rank:
+                raise self.fail(f"{self.names[rank]} answered {hello!r} instead of Ready")
+            if s.transport == "threads":
+                continue
+            expected = {
+                "world_size": s.parties,
+                "provider": s.provider,
+                "mode": s.mode,
+                "precision_bits": s.precision_bits,
+                "protocol": msg.PROTOCOL_VERSION,
+            }
+            mismatched = {
+                k: getattr(hello, k) for k, v in expected.items() if getattr(hello, k) != v
+            }
+            if mismatched:
+                raise self.fail(
+                    f"{self.names[rank]} runs with {mismatched} but this aggregator expects "
+                    f"{ {k: expected[k] for k in mismatched} }; start every party with the "
+                    "same settings (--mode, --provider, --precision-bits)"
+                )
+            if self.remote:
+                self.names[rank] += f" (pid {hello.pid})"
+
+    # ------------------------------------------------------------------ health
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the local parties, then the dealer (empty for others)."""
+        return [p.pid for p in self.procs]
+
+    def dead_party(self) -> str | None:
+        """Describe the first local party (process or thread) that exited, if any."""
+        for i, proc in enumerate(self.procs):
+            if proc.exitcode is not None:
+                name = self.names[i] if i < len(self.names) else f"crypten dealer (pid {proc.pid})"
+                return f"{name} exited with code {proc.exitcode}"
+        for i, thread in enumerate(self.threads):
+            if not thread.is_alive():
+                return f"{self.names[i]} stopped"
+        return None
+
+    @property
+    def healthy(self) -> bool:
+        """Open and no party known to be dead."""
+        return not self.closed and self.dead_party() is None
+
+    def fail(self, message: str) -> PartyError:
+        """Reap everything; return the :class:`PartyError` to raise."""
+        self.kill()
+        if message.endswith("during start-up") and not self.remote:
+            message += (
+                " (see the party's traceback above; a script that starts an aggregator at "
+                "import time needs an `if __name__ == '__main__':` guard)"
+            )
+        log.error("%s", message)
+        return PartyError(message + "; all party processes were stopped: create a new aggregator.")
+
+    def check(self, op: str, deadline: float, waiting_for: Sequence[int], timeout: float) -> None:
+        """Raise :class:`PartyError` if a party died or the deadline passed."""
+        dead = self.dead_party()
+        if dead:
+            raise self.fail(f"{dead} during {op}")
+        if time.monotonic() > deadline:
+            names = ", ".join(self.names[r] for r in waiting_for)
+            raise self.fail(f"{names} did not answer within {timeout:g} s during {op}")
+
+    def receive(self, rank: int, op: str, deadline: float, timeout: float) -> Any:
+        """Next message from party ``rank``; a :class:`~smpc.messages.Failure` raises."""
+        channel = self.channels[rank]
+        try:
+            while not channel.poll(0.02):
+                self.check(op, deadline, [rank], timeout)
+            message = channel.recv()
+        except (EOFError, OSError) as err:
+            raise self.lost(rank, op, err) from err
+        except FrameError as err:
+            raise self.fail(
+                f"{self.names[rank]} sent a malformed frame during {op} ({err})"
+            ) from err
+        if isinstance(message, msg.Failure):
+            raise self.fail(f"{self.names[rank]} failed during {op}:\n{message.error}")
+        return message
+
+    def lost(self, rank: int, op: str, err: BaseException) -> PartyError:
+        """The error for a connection to party ``rank`` that broke."""
+        time.sleep(0.05)  # let the exit code arrive, for a precise message
+        dead = self.dead_party()
+        return self.fail(
+            f"{dead or self.names[rank] + f' closed its connection ({err!r})'} during {op}"
+        )
+
+    # ------------------------------------------------------------------ shared memory
+    def buffer(self, rank: int, n_values: int) -> SharedBuffer | None:
+        """Party ``rank``'s shared buffer with at least ``n_values`` (None without shm)."""
+        if self._shm_dir is None:
+            return None
+        current = self.buffers[rank]
+        if current is not None and current.capacity >= n_values:
+            return current
+        if current is not None:
+            current.close(unlink=True)
+        self._buffer_serial += 1
+        path = os.path.join(self._shm_dir, f"party{rank}-{self._buffer_serial}")
+        self.buffers[rank] = SharedBuffer(path, n_values, create=True)
+        return self.buffers[rank]
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Ask the parties to exit, wait briefly, then reap by force. Idempotent."""
+        if self.closed:
+            return
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                channel.send(msg.Close())
+        deadline = time.monotonic() + 5.0
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill every local process still alive, reap all, release resources. Idempotent."""
+        for proc in self.procs:
+            if proc.exitcode is None:
+                with contextlib.suppress(Exception):
+                    proc.kill()
+        for proc in self.procs:
+            with contextlib.suppress(Exception):
+                proc.join(5.0)
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                channel.close()
+        for buffer in self.buffers:
+            if buffer is not None:
+                buffer.close(unlink=True)
+        self.buffers = [None] * len(self.buffers)
+        for path in (self._tmpdir, self._shm_dir):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+        self._tmpdir = self._shm_dir = None
+        if not self.closed:
+            log.info("stopped %s", ", ".join(self.names) or "parties")
+        self.closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.kill)
+
+
+# ---------------------------------------------------------------------- warm pools
+_WARM: dict[PoolSettings, list[PartyPool]] = {}
+_warm_lock = threading.Lock()
+_keep_warm = False
+
+
+def keep_warm(enabled: bool = True) -> None:
+    """Make closed aggregators of this process keep their parties for the next one.
+
+    Pools are still reaped at interpreter exit (and on any error).
+    """
+    global _keep_warm
+    _keep_warm = bool(enabled)
+    if not enabled:
+        close_warm_pools()
+
+
+def keeping_warm() -> bool:
+    """Whether :func:`keep_warm` is on in this process."""
+    return _keep_warm
+
+
+@contextlib.contextmanager
+def warm_parties() -> Iterator[None]:
+    """Keep parties warm inside the block; reap every warm pool when it ends."""
+    previous = _keep_warm
+    keep_warm(True)
+    try:
+        yield
+    finally:
+        keep_warm(previous)
+        close_warm_pools()
+
+
+def borrow(settings: PoolSettings) -> PartyPool | None:
+    """A healthy warm pool with these settings, or None; dead ones are reaped."""
+    with _warm_lock:
+        pools = _WARM.get(settings, [])
+        while pools:
+            pool = pools.pop()
+            if pool.healthy:
+                log.info("reusing warm parties %s", ", ".join(pool.names))
+                return pool
+            log.warning("a warm party died (%s); starting fresh parties", pool.dead_party())
+            pool.kill()
+    return None
+
+
+def give_back(pool: PartyPool) -> bool:
+    """Keep ``pool`` warm if warm pools are on and it is healthy; else close it.
+
+    Returns True when the pool was kept.
+    """
+    if _keep_warm and pool.settings.mode == "secure" and pool.healthy and not pool.remote:
+        with _warm_lock:
+            _WARM.setdefault(pool.settings, []).append(pool)
+        return True
+    pool.close()
+    return False
+
+
+def close_warm_pools() -> None:
+    """Stop every warm pool of this process."""
+    with _warm_lock:
+        pools = [p for group in _WARM.values() for p in group]
+        _WARM.clear()
+    for pool in pools:
+        pool.close()
+
+
+atexit.register(close_warm_pools)
