@@ -34,7 +34,9 @@ from fedsc.errors import FedscInputError
 __all__ = [
     "ACCOUNTANTS",
     "DPConfig",
+    "client_level_epsilon",
     "dp_event",
+    "dp_record",
     "epsilon",
     "noise_multiplier_for",
 ]
@@ -305,3 +307,46 @@ class DPConfig:
 def _suggest_delta(n: int) -> float:
     """A conventional δ: a power of ten at most 1/(10 n)."""
     return 10.0 ** math.floor(math.log10(1.0 / (10.0 * n)))
+
+
+def client_level_epsilon(
+    noise_multiplier: float,
+    rounds: int,
+    delta: float,
+    *,
+    releases_per_round: int = 1,
+    accountant: Accountant = "rdp",
+) -> float:
+    """ε of DP-FedAvg (the ``gaussian`` mechanism) after ``rounds`` rounds.
+
+    Every client takes part in every round (sampling rate 1), so the run is
+    ``rounds · releases_per_round`` Gaussian releases of noise multiplier σ
+    (``releases_per_round`` is 2 when the metrics are noised too:
+    ``GaussianDP.releases_per_round``).
+    """
+    return epsilon(noise_multiplier, rounds * releases_per_round, 1.0, delta, accountant=accountant)
+
+
+def dp_record(
+    epsilon_spent: float,
+    config: DPConfig,
+    *,
+    steps: int,
+    sampling_rate: float,
+    mechanism: str,
+) -> dict[str, Any]:
+    """The DP fields of a run record (run.json and every tidy row): ``dp_epsilon`` etc.
+
+    ``dp_epsilon`` is ``None`` for ε = ∞ (JSON has no infinity).
+    """
+    return {
+        "dp_epsilon": None if math.isinf(epsilon_spent) else float(epsilon_spent),
+        "dp_delta": float(config.delta),
+        "dp_level": config.level,
+        "dp_mechanism": mechanism,
+        "dp_noise_multiplier": config.noise_multiplier,
+        "dp_clip": float(config.clip),
+        "dp_steps": int(steps),
+        "dp_sampling_rate": float(sampling_rate),
+        "dp_accountant": f"dp_accounting {config.accountant.upper()} (add-or-remove-one)",
+    }

@@ -1,0 +1,121 @@
+"""The DP accountant: ε from dp_accounting, checked against Opacus and analytic bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+from fedsc.errors import FedscInputError
+from fedsc.privacy.accounting import (
+    DPConfig,
+    client_level_epsilon,
+    dp_record,
+    epsilon,
+    noise_multiplier_for,
+)
+
+
+def _analytic_gaussian_epsilon(sigma: float, delta: float) -> float:
+    """Exact ε of one Gaussian release, sensitivity 1 (Balle & Wang, ICML 2018, Thm 8)."""
+
+    def gap(eps: float) -> float:
+        return (
+            norm.cdf(0.5 / sigma - eps * sigma)
+            - math.exp(eps) * norm.cdf(-0.5 / sigma - eps * sigma)
+            - delta
+        )
+
+    return brentq(gap, 1e-9, 100.0)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0, 5.0])
+def test_one_full_batch_step_matches_the_analytic_gaussian_mechanism(sigma):
+    exact = _analytic_gaussian_epsilon(sigma, 1e-5)
+    # PLD is tight for one Gaussian release; RDP is an upper bound, within ~10 %
+    assert epsilon(sigma, 1, 1.0, 1e-5, accountant="pld") == pytest.approx(exact, rel=1e-4)
+    rdp = epsilon(sigma, 1, 1.0, 1e-5)
+    assert exact <= rdp <= 1.12 * exact
+
+
+def test_hand_checked_values():
+    # sigma=1, delta=1e-5, one release: the analytic Gaussian mechanism gives 4.3772
+    assert epsilon(1.0, 1, 1.0, 1e-5, accountant="pld") == pytest.approx(4.3772, abs=1e-3)
+    # the classical bound sigma = sqrt(2 ln(1.25/delta)) / eps (Dwork & Roth, Thm A.1) is
+    # sufficient for eps < 1, so the exact epsilon at that sigma is at most eps
+    sigma = math.sqrt(2 * math.log(1.25 / 1e-5)) / 0.5
+    assert epsilon(sigma, 1, 1.0, 1e-5, accountant="pld") <= 0.5
+
+
+def test_rdp_matches_opacus_rdp_accountant():
+    from opacus.accountants import RDPAccountant
+
+    sigma, q, steps, delta = 1.1, 0.01, 1000, 1e-5
+    acc = RDPAccountant()
+    acc.history = [(sigma, q, steps)]  # what `steps` calls of acc.step(...) record
+    ours = epsilon(sigma, steps, q, delta)
+    assert ours == pytest.approx(acc.get_epsilon(delta), rel=1e-3)
+    assert ours == pytest.approx(1.7118, abs=1e-3)  # recorded value (both libraries)
+    # PLD is tighter than RDP on the same event
+    assert epsilon(sigma, steps, q, delta, accountant="pld") < ours
+
+
+def test_edges_and_composition():
+    assert epsilon(0.0, 5, 1.0, 1e-5) == math.inf
+    assert epsilon(1.0, 0, 1.0, 1e-5) == 0.0
+    e1, e4 = epsilon(2.0, 1, 1.0, 1e-5), epsilon(2.0, 4, 1.0, 1e-5)
+    assert e1 < e4 < 4 * e1  # composition, sublinear under RDP
+    # R rounds of DP-FedAvg = R releases; noised metrics double them
+    assert client_level_epsilon(2.0, 4, 1e-5) == e4
+    assert client_level_epsilon(2.0, 2, 1e-5, releases_per_round=2) == e4
+    with pytest.raises(FedscInputError, match="sampling_rate"):
+        epsilon(1.0, 1, 0.0, 1e-5)
+
+
+def test_calibration_inverts_the_accountant():
+    sigma = noise_multiplier_for(2.0, 50, 0.05, 1e-5)
+    eps = epsilon(sigma, 50, 0.05, 1e-5)
+    assert eps <= 2.0 + 1e-3 and eps == pytest.approx(2.0, rel=1e-2)
+    sigma1 = noise_multiplier_for(3.0, 8, 1.0, 1e-4)
+    assert epsilon(sigma1, 8, 1.0, 1e-4) == pytest.approx(3.0, rel=1e-2)
+
+
+def test_config_validation_names_the_value_and_the_fix():
+    with pytest.raises(FedscInputError, match=r"noise_multiplier must be > 0, got 0\.0.*dp: null"):
+        DPConfig(noise_multiplier=0.0)
+    with pytest.raises(FedscInputError, match=r"noise_multiplier must be > 0, got -1"):
+        DPConfig(noise_multiplier=-1.0)
+    with pytest.raises(FedscInputError, match=r"clip must be > 0, got 0"):
+        DPConfig(clip=0.0)
+    with pytest.raises(FedscInputError, match=r"delta must be in \(0, 1\), got 0"):
+        DPConfig(delta=0.0)
+    with pytest.raises(FedscInputError, match="target_epsilon"):
+        DPConfig(noise_multiplier=None)
+    cfg = DPConfig(noise_multiplier=1.0, delta=0.01)
+    with pytest.raises(FedscInputError, match=r"delta=0\.01 is not below 1/n.*n=100 clients"):
+        cfg.validate_for(100)
+    cfg.validate_for(99)
+    cell = DPConfig(1.0, 1.0, 1e-4, level="cell")
+    with pytest.raises(FedscInputError, match=r"n=20000 cells.*delta=1e-06"):
+        cell.validate_for(20000)
+    with pytest.raises(FedscInputError, match="unknown key"):
+        DPConfig.from_dict({"sigma": 1.0})
+    assert DPConfig.from_dict(None) is None
+
+
+def test_resolve_and_record():
+    cfg = DPConfig(noise_multiplier=None, clip=0.5, delta=1e-5, target_epsilon=4.0)
+    fixed = cfg.resolve(steps=10)
+    assert fixed.noise_multiplier is not None
+    assert fixed.epsilon(10) == pytest.approx(4.0, rel=1e-2)
+    with pytest.raises(FedscInputError, match="above target_epsilon"):
+        DPConfig(noise_multiplier=0.5, target_epsilon=1.0).resolve(steps=10)
+    rec = dp_record(fixed.epsilon(10), fixed, steps=10, sampling_rate=1.0, mechanism="gaussian")
+    assert rec["dp_delta"] == 1e-5 and rec["dp_epsilon"] == pytest.approx(4.0, rel=1e-2)
+    assert (
+        dp_record(math.inf, fixed, steps=1, sampling_rate=1.0, mechanism="x")["dp_epsilon"] is None
+    )
+    assert np.isfinite(rec["dp_noise_multiplier"])
