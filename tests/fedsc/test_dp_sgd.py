@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedsc.errors import FedscInputError
+from fedsc.federation import LocalResult
 from fedsc.methods import dp_sgd
 from fedsc.methods.fedscgen import FedScGenConfig, FedScGenMethod
 from fedsc.methods.vae import INIT, VAE, VAEConfig, derive_generator, make_optimizer, torch_threads
@@ -163,3 +164,53 @@ def test_dp_off_is_fedscgens_non_dp_local_update():
     assert set(got.state) == set(want.state)
     assert all(torch.equal(got.state[k], want.state[k]) for k in want.state)
     assert got.losses[-1] == want.metrics["train_loss"]
+
+
+class _DPFedScGen(FedScGenMethod):
+    """How FedscGen's local update calls the DP trainer (the wiring the runner needs)."""
+
+    def __init__(self, data, config, seed, dp):
+        super().__init__(data, config, seed)
+        self.dp = dp
+        self.model = dp_sgd.to_dp_variant(self.model)  # same linear init, GroupNorm
+        self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.epsilon: dict[int, float] = {}
+
+    def local_update(self, client, global_state, round_index, generator):
+        self.model.load_state_dict(global_state)
+        up = dp_sgd.local_train(
+            self.model,
+            make_optimizer(self.model),
+            self.data[client],
+            self.splits[client][0],
+            seed=self.seed,
+            client=client,
+            round_index=round_index,
+            local_epochs=self.config.local_epochs,
+            dp=self.dp,
+        )
+        self.epsilon[client] = up.epsilon
+        # no metrics under DP: the losses are un-noised functions of the cells
+        return LocalResult(up.state, float(self.n_train(client)), {})
+
+
+def test_fedscgen_federation_with_cell_level_dp():
+    import smpc
+    from fedsc.federation import run_federation
+
+    data = {0: _data(300, seed=1), 1: _data(200, seed=2)}
+    cfg = FedScGenConfig(hidden=(32,), latent=3, batch_size=20, lr=1e-2, rounds=2, local_epochs=1)
+    dp = DPConfig(1.0, 1.0, 1e-4, level="cell")
+    for x in data.values():
+        dp.validate_for(len(x))
+    method = _DPFedScGen(data, cfg, seed=0, dp=dp)
+    with smpc.make_aggregator("plaintext") as agg:
+        result = run_federation(method, [0, 1], agg, rounds=cfg.rounds, seed=0)
+    assert result.history == [{"round": 0}, {"round": 1}]
+    want = max(
+        dp_sgd.cell_level_epsilon(dp, method.n_train(c), 20, cfg.local_epochs, cfg.rounds)
+        for c in data
+    )
+    assert max(method.epsilon.values()) == want
+    model = dp_sgd.dp_model_from_state(result.state, GENES, cfg)
+    assert torch.isfinite(model.encode(data[0])[0]).all()
