@@ -42,7 +42,9 @@ and are outside the guarantee.
 Caveats (docs/dp.md):
 
 - collusion: colluding clients know their own noise and can subtract it; with t honest
-  clients the noise left on the honest clients' sum has variance ``σ²C²·t/K``;
+  clients the noise left on the honest clients' sum has variance ``σ²C²·t/K``.
+  ``min_honest=t`` makes every client add ``N(0, σ²C²/t)`` instead, so the guarantee
+  holds against any K − t colluding clients (at K/t times the noise variance);
 - the noise comes from the client's generator in :class:`~smpc.mechanisms.base.ClientContext`
   (numpy PCG64, seeded per operation and client by the wrapper); a deployment wants a
   cryptographically secure generator and fresh entropy (``mechanism_seed=None``);
@@ -93,6 +95,9 @@ class GaussianDP(Mechanism):
         aggregation tagged ``"metrics"``.
     metrics_clip
         L2 bound of a client's metric vector (``metrics="noise"`` only; required there).
+    min_honest
+        Number of clients assumed not to collude (t >= 1): each client's noise variance
+        is ``σ²C²/min(t, K)``. ``None``: t = K (no collusion tolerated).
     """
 
     name = "gaussian"
@@ -108,6 +113,7 @@ class GaussianDP(Mechanism):
         tags: Sequence[str] | None = STATE_TAGS,
         metrics: str = "suppress",
         metrics_clip: float | None = None,
+        min_honest: int | None = None,
     ) -> None:
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
             raise ValueError(
@@ -145,6 +151,12 @@ class GaussianDP(Mechanism):
                 )
         elif metrics_clip is not None:
             raise ValueError("gaussian: metrics_clip is only used with metrics='noise'.")
+        if min_honest is not None and (int(min_honest) != min_honest or min_honest < 1):
+            raise ValueError(
+                f"gaussian: min_honest must be an integer >= 1 (clients assumed not to "
+                f"collude), got {min_honest!r}."
+            )
+        self.min_honest = None if min_honest is None else int(min_honest)
         self.noise_multiplier = float(noise_multiplier)
         self.clip = float(clip)
         self.weighting = weighting
@@ -194,7 +206,8 @@ class GaussianDP(Mechanism):
         norm = float(np.linalg.norm(update))
         if norm > bound:
             update = update * (bound / norm)
-        std = self.noise_multiplier * bound / math.sqrt(ctx.n_clients)
+        share = ctx.n_clients if self.min_honest is None else min(self.min_honest, ctx.n_clients)
+        std = self.noise_multiplier * bound / math.sqrt(share)
         if ctx.op == "weighted_mean":
             w = ctx.weight
             assert w is not None
@@ -235,4 +248,5 @@ class GaussianDP(Mechanism):
             "tags": None if self.tags is None else list(self.tags),
             "metrics": self.metrics,
             "metrics_clip": self.metrics_clip,
+            "min_honest": self.min_honest,
         }

@@ -97,6 +97,19 @@ def test_sum_noise_and_each_client_share():
     assert np.std(row - ref - ups[1]) == pytest.approx(sigma * c / np.sqrt(k), rel=0.05)
 
 
+def test_min_honest_scales_each_clients_noise():
+    sigma, c, k = 1.0, 1.0, 4
+    ref, ups = _setup(k)
+    agg = _agg(noise_multiplier=sigma, clip=c, min_honest=1)
+    with agg.ledger.scope(0, "fedavg"):
+        got = agg.sum([ref + u for u in ups], reference=ref)
+    expected = k * ref + sum(_clipped(u, c) for u in ups)
+    # each client alone carries N(0, sigma^2 C^2): the sum carries K times that variance
+    assert np.std(got - expected) == pytest.approx(sigma * c * np.sqrt(k), rel=0.05)
+    with pytest.raises(ValueError, match="min_honest"):
+        GaussianDP(1.0, 1.0, min_honest=0)
+
+
 def test_metrics_suppressed_noised_or_revealed():
     res = [{"loss": 1.0, "val": 2.0}, {"loss": 3.0, "val": 4.0}]
     agg = _agg(noise_multiplier=1.0, clip=1.0)
