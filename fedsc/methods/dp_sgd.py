@@ -42,9 +42,9 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from opacus.grad_sample import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
+from opacus.grad_sample import GradSampleModule  # type: ignore[import-untyped]
+from opacus.optimizers import DPOptimizer  # type: ignore[import-untyped]
+from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
 from torch import nn
 
 from fedsc.errors import FedscInputError
@@ -88,6 +88,7 @@ def to_dp_variant(model: VAE) -> VAE:
     """
     for stack in (model.encoder, model.decoder):
         for block in stack:
+            assert isinstance(block, nn.ModuleDict)
             norm = block["norm"] if "norm" in block else None
             if isinstance(norm, nn.BatchNorm1d):
                 c = int(norm.num_features)
@@ -266,8 +267,9 @@ def local_train(
                     idx = train_idx[torch.rand(n, generator=g) < q]
                     dp_opt.zero_grad(set_to_none=True)
                     if len(idx) == 0:  # an empty Poisson batch is still a (pure-noise) step
-                        for p in params:
-                            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                        for p in params:  # Opacus reads per-cell gradients from here
+                            empty = torch.zeros((0, *p.shape), dtype=p.dtype)
+                            setattr(p, "grad_sample", empty)  # noqa: B010
                     else:
                         xb = x[idx]
                         recon, mu, logvar = module(xb, g)

@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import dp_accounting
+import dp_accounting  # type: ignore[import-untyped]
 from dp_accounting import pld, rdp
 
 from fedsc.errors import FedscInputError
