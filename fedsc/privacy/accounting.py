@@ -34,7 +34,9 @@ from fedsc.errors import FedscInputError
 __all__ = [
     "ACCOUNTANTS",
     "DPConfig",
+    "LedgerAccount",
     "client_level_epsilon",
+    "client_level_from_ledger",
     "dp_event",
     "dp_record",
     "epsilon",
@@ -350,3 +352,79 @@ def dp_record(
         "dp_sampling_rate": float(sampling_rate),
         "dp_accountant": f"dp_accounting {config.accountant.upper()} (add-or-remove-one)",
     }
+
+
+@dataclass(frozen=True)
+class LedgerAccount:
+    """Client-level DP read off an aggregator's ledger (:func:`client_level_from_ledger`).
+
+    Attributes
+    ----------
+    epsilon
+        ε of all noised releases composed (0 if nothing was released under DP). It
+        covers the noised releases only: see ``uncovered``.
+    delta
+        The δ it holds at.
+    releases
+        Number of Gaussian releases composed, per noise multiplier.
+    uncovered
+        ``"op:tag" -> count`` of operations that revealed an aggregate without the
+        ``gaussian`` mechanism covering it (outside the guarantee; e.g. FedscGen's
+        ``correction/*`` steps, ``argmax``).
+    """
+
+    epsilon: float
+    delta: float
+    releases: dict[float, int]
+    uncovered: dict[str, int]
+
+
+def client_level_from_ledger(
+    ledger: Any, delta: float, *, accountant: Accountant = "rdp"
+) -> LedgerAccount:
+    """ε of the ``gaussian`` mechanism's releases recorded in ``ledger``.
+
+    Every ledger entry lists the mechanisms applied and their parameters, so the releases
+    are counted from what actually happened (rounds, noised metrics), not from a config.
+    Each noised operation is one Gaussian release of its noise multiplier with every
+    client taking part (sampling rate 1); releases compose.
+
+    Parameters
+    ----------
+    ledger
+        An :class:`smpc.Ledger` or its ``to_dict()`` form (e.g. run.json's ``ledger``).
+    delta
+        δ of the guarantee.
+    accountant
+        ``"rdp"`` or ``"pld"``.
+    """
+    from smpc.mechanisms.gaussian import GaussianDP
+
+    entries = ledger["entries"] if isinstance(ledger, dict) else ledger.to_dict()["entries"]
+    releases: dict[float, int] = {}
+    uncovered: dict[str, int] = {}
+    for e in entries:
+        covered = False
+        for rec in e.get("mechanisms") or []:
+            if rec.get("name") != GaussianDP.name:
+                continue
+            mech = GaussianDP(**{k: v for k, v in rec.items() if k != "name"})
+            role = mech.role(e["op"], e["tag"])
+            if role in ("state", "metrics"):
+                sigma = float(rec["noise_multiplier"])
+                releases[sigma] = releases.get(sigma, 0) + 1
+                covered = True
+            elif role == "suppress":
+                covered = True
+        if not covered:
+            key = f"{e['op']}:{e['tag']}"
+            uncovered[key] = uncovered.get(key, 0) + 1
+    _check_args(0.0, 0, 1.0, delta)
+    if not releases:
+        eps = 0.0
+    else:
+        acc = _make_accountant(accountant)
+        for sigma, count in sorted(releases.items()):
+            acc.compose(dp_event(sigma, count))
+        eps = float(acc.get_epsilon(delta))
+    return LedgerAccount(eps, float(delta), releases, uncovered)

@@ -171,8 +171,13 @@ class GaussianDP(Mechanism):
         """Gaussian releases per round the accountant must compose (states, noised metrics)."""
         return 2 if self.metrics == "noise" else 1
 
-    def _role(self, op: str, tag: str | None) -> str:
-        """``"state"``, ``"metrics"``, ``"suppress"``, ``"refuse"`` or ``"pass"``."""
+    def role(self, op: str, tag: str | None) -> str:
+        """What the mechanism does to operation ``op`` under ledger tag ``tag``.
+
+        ``"state"`` or ``"metrics"`` (clipped and noised: one Gaussian release),
+        ``"suppress"`` (zeros shared, nothing revealed), ``"refuse"`` (``gather``) or
+        ``"pass"`` (untouched: outside the guarantee).
+        """
         if op == "gather":
             return "refuse"
         if tag == METRICS_TAG:
@@ -188,7 +193,7 @@ class GaussianDP(Mechanism):
     # ----------------------------------------------------------------- hooks
     @override
     def transform_contribution(self, row: np.ndarray, ctx: ClientContext) -> np.ndarray:
-        role = self._role(ctx.op, ctx.tag)
+        role = self.role(ctx.op, ctx.tag)
         if role == "pass":
             return row
         if role == "refuse":
@@ -226,7 +231,7 @@ class GaussianDP(Mechanism):
 
     @override
     def transform_result(self, result: np.ndarray, ctx: ResultContext) -> np.ndarray:
-        role = self._role(ctx.op, ctx.tag)
+        role = self.role(ctx.op, ctx.tag)
         if role == "suppress":
             return np.zeros_like(result)
         if role not in ("state", "metrics") or ctx.op != "weighted_mean":

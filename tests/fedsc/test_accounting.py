@@ -13,6 +13,7 @@ from fedsc.errors import FedscInputError
 from fedsc.privacy.accounting import (
     DPConfig,
     client_level_epsilon,
+    client_level_from_ledger,
     dp_record,
     epsilon,
     noise_multiplier_for,
@@ -153,6 +154,8 @@ def test_scbatchprox_with_client_level_dp_end_to_end():
             assert np.array_equal(z_dp, z_plain) and model.history == plain.history
         else:
             assert entry["mechanisms"][0]["noise_multiplier"] == sigma
+            from_ledger = client_level_from_ledger(model.ledger, delta)
+            assert from_ledger.epsilon == eps and from_ledger.uncovered == {}
             assert all(h["recon_loss"] == 0.0 for h in model.history)  # metrics suppressed
     print("\nsigma  epsilon  RMS(refined_dp - refined)  RMS(refined_dp - uncorrected)")
     print(
@@ -164,3 +167,35 @@ def test_scbatchprox_with_client_level_dp_end_to_end():
     cost = [r[2] for r in rows]
     assert eps_list == sorted(eps_list, reverse=True)
     assert cost == sorted(cost) and cost[-1] > 10 * cost[1] > 0
+
+
+def test_epsilon_read_off_the_ledger():
+    import smpc
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=20)
+    xs = [ref + rng.normal(size=20) for _ in range(3)]
+    mech = {"name": "gaussian", "noise_multiplier": 2.0, "clip": 1.0}
+    agg = smpc.make_aggregator(
+        "plaintext",
+        mechanisms=[{**mech, "metrics": "noise", "metrics_clip": 1.0}],
+        mechanism_seed=0,
+    )
+    for r in range(3):
+        with agg.ledger.scope(r, "fedavg"):
+            agg.weighted_mean(xs, [1, 2, 3], reference=ref)
+        with agg.ledger.scope(r, "metrics"):
+            agg.weighted_mean([{"loss": 1.0}] * 3, [1, 2, 3])
+    with agg.ledger.scope(None, "correction/presence"):
+        agg.sum(xs)
+    agg.argmax([np.array([1.0, 2.0])] * 3)
+    acc = client_level_from_ledger(agg.ledger, 1e-3)
+    assert acc.releases == {2.0: 6}  # 3 states + 3 noised metrics
+    assert acc.epsilon == client_level_epsilon(2.0, 3, 1e-3, releases_per_round=2)
+    assert acc.uncovered == {"sum:correction/presence": 1, "argmax:None": 1}
+    # the JSON form gives the same; metrics suppressed (default) are not releases
+    assert client_level_from_ledger(agg.ledger.to_dict(), 1e-3) == acc
+    agg2 = smpc.make_aggregator("plaintext", mechanisms=[mech], mechanism_seed=0)
+    with agg2.ledger.scope(0, "metrics"):
+        agg2.weighted_mean([{"loss": 1.0}] * 3, [1, 2, 3])
+    assert client_level_from_ledger(agg2.ledger, 1e-3).epsilon == 0.0
