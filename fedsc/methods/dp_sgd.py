@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +61,7 @@ __all__ = [
     "dp_vae_loss",
     "local_train",
     "make_private",
+    "resolve_for_clients",
     "sampling_rate",
     "steps_per_epoch",
     "to_dp_variant",
@@ -145,6 +147,35 @@ def cell_level_epsilon(
     """ε of one client's cells after ``rounds`` rounds of ``local_epochs`` DP-SGD epochs."""
     steps = rounds * local_epochs * steps_per_epoch(n_train, batch_size)
     return dp.epsilon(steps, sampling_rate(n_train, batch_size))
+
+
+def resolve_for_clients(
+    dp: DPConfig,
+    n_trains: Sequence[int],
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+) -> DPConfig:
+    """``dp`` validated for every client and with σ fixed for the whole federation.
+
+    Checks δ < 1/n_train for each client; with ``noise_multiplier=None`` picks the
+    smallest σ that keeps *every* client's ε within ``target_epsilon`` (the largest of the
+    per-client calibrated values); with σ given, checks it against the target.
+    """
+    if not n_trains:
+        raise FedscInputError("DP-SGD: no training clients.")
+    for n in n_trains:
+        dp.validate_for(int(n))
+    per_client = [
+        (rounds * local_epochs * steps_per_epoch(n, batch_size), sampling_rate(n, batch_size))
+        for n in n_trains
+    ]
+    if dp.noise_multiplier is None:
+        resolved = [dp.resolve(steps, q) for steps, q in per_client]
+        return max(resolved, key=lambda d: d.noise_multiplier or 0.0)
+    for steps, q in per_client:
+        dp.resolve(steps, q)
+    return dp
 
 
 def make_private(

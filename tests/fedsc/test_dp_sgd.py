@@ -214,3 +214,13 @@ def test_fedscgen_federation_with_cell_level_dp():
     assert max(method.epsilon.values()) == want
     model = dp_sgd.dp_model_from_state(result.state, GENES, cfg)
     assert torch.isfinite(model.encode(data[0])[0]).all()
+
+
+def test_resolve_for_clients_meets_the_target_for_every_client():
+    dp = DPConfig(noise_multiplier=None, clip=1.0, delta=1e-4, target_epsilon=3.0, level="cell")
+    sizes = [400, 900]
+    fixed = dp_sgd.resolve_for_clients(dp, sizes, 32, local_epochs=2, rounds=3)
+    eps = [dp_sgd.cell_level_epsilon(fixed, n, 32, 2, 3) for n in sizes]
+    assert max(eps) == pytest.approx(3.0, rel=1e-2) and max(eps) <= 3.0 + 1e-3
+    with pytest.raises(FedscInputError, match="not below 1/n"):
+        dp_sgd.resolve_for_clients(DPConfig(1.0, 1.0, 1e-2, level="cell"), [400], 32, 1, 1)
