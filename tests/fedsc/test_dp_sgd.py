@@ -103,7 +103,12 @@ def test_per_cell_gradients_are_clipped():
     clip = 0.05
     dp = DPConfig(noise_multiplier=1.0, clip=clip, delta=1e-4, level="cell")
     module, dp_opt = dp_sgd.make_private(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), dp, 8, torch.Generator()
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        dp,
+        8,
+        torch.Generator(),
+        clipping="per_sample",
     )
     xb = _data()[:8]
     recon, mu, logvar = module(xb, torch.Generator().manual_seed(1))
@@ -120,6 +125,43 @@ def test_per_cell_gradients_are_clipped():
     assert (clipped.norm(dim=1) <= clip * (1 + 1e-5)).all()
     assert dp_opt.noise_multiplier == 1.0 and dp_opt.max_grad_norm == clip
     module.to_standard_module()
+    # ghost clipping computes the same per-cell norms without materialising gradients,
+    # and its second backward pass yields the same sum of clipped gradients
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    ghost, ghost_opt = dp_sgd.make_private(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), dp, 8, torch.Generator()
+    )
+    recon, mu, logvar = ghost(xb, torch.Generator().manual_seed(1))
+    terms = dp_sgd.per_cell_loss(recon, xb, mu, logvar, cfg.kl_weight, 8)
+    DPTensorFastGradientClipping(ghost, ghost_opt, terms, "mean").backward()
+    assert torch.allclose(ghost.per_sample_gradient_norms, norms, rtol=1e-4)
+    ghost_sum = torch.cat([p.grad.reshape(-1) for p in params])
+    assert torch.allclose(ghost_sum, clipped.sum(0), atol=1e-6)
+    ghost.to_standard_module()
+
+
+def test_ghost_and_per_sample_clipping_train_alike():
+    x = _data()
+    dp = DPConfig(noise_multiplier=0.8, clip=1.0, delta=1e-4, level="cell")
+    states = []
+    for clipping in ("ghost", "per_sample"):
+        model = _dp_model(_cfg())
+        up = dp_sgd.local_train(
+            model,
+            make_optimizer(model),
+            x,
+            torch.arange(400),
+            seed=0,
+            client=0,
+            round_index=0,
+            local_epochs=1,
+            dp=dp,
+            clipping=clipping,
+        )
+        states.append(up.state)
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], atol=1e-4), k
 
 
 def test_empty_poisson_batches_still_step():
