@@ -288,6 +288,30 @@ class DPConfig:
             self.noise_multiplier, steps, sampling_rate, self.delta, accountant=self.accountant
         )
 
+    def mechanism_spec(self, **options: Any) -> dict[str, Any]:
+        """The ``gaussian`` mechanism spec for ``smpc.make_aggregator(mechanisms=[...])``.
+
+        Client level only; σ must be set (:meth:`resolve` with ``steps`` = rounds ×
+        releases per round and sampling rate 1). ``options`` go to the mechanism
+        (``weighting``, ``metrics``, ``min_honest``, ...).
+        """
+        if self.level != "client":
+            raise FedscInputError(
+                "DP config: the gaussian mechanism is client-level DP; this config has "
+                f"level={self.level!r} (cell-level DP is DP-SGD: fedsc.methods.dp_sgd)."
+            )
+        if self.noise_multiplier is None:
+            raise FedscInputError(
+                "DP config: noise_multiplier is not set yet; call resolve(rounds) first to "
+                "calibrate it to target_epsilon."
+            )
+        return {
+            "name": "gaussian",
+            "noise_multiplier": self.noise_multiplier,
+            "clip": self.clip,
+            **options,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for YAML, run.json)."""
         return asdict(self)

@@ -120,6 +120,15 @@ def test_resolve_and_record():
         dp_record(math.inf, fixed, steps=1, sampling_rate=1.0, mechanism="x")["dp_epsilon"] is None
     )
     assert np.isfinite(rec["dp_noise_multiplier"])
+    spec = fixed.mechanism_spec(min_honest=2)
+    assert spec == {
+        "name": "gaussian",
+        "noise_multiplier": fixed.noise_multiplier,
+        "clip": 0.5,
+        "min_honest": 2,
+    }
+    with pytest.raises(FedscInputError, match="DP-SGD"):
+        DPConfig(level="cell").mechanism_spec()
 
 
 def test_scbatchprox_with_client_level_dp_end_to_end():
