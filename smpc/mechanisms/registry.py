@@ -7,10 +7,12 @@ from typing import Any
 
 from smpc.mechanisms.base import Mechanism
 from smpc.mechanisms.clip import ClipL2
+from smpc.mechanisms.gaussian import GaussianDP
 from smpc.mechanisms.quantize import Quantize
 
 MECHANISMS: dict[str, Callable[..., Mechanism]] = {
     "clip": ClipL2,
+    "gaussian": GaussianDP,
     "quantize": Quantize,
 }
 

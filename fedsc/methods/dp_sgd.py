@@ -1,0 +1,375 @@
+"""Cell-level DP-SGD for FedscGen's local training (Opacus 1.6).
+
+Each client trains the VAE with per-cell gradient clipping and Gaussian noise (Abadi et
+al., CCS 2016): Opacus' :class:`~opacus.grad_sample.GradSampleModule` computes every
+cell's gradient, :class:`~opacus.optimizers.DPOptimizer` clips each to L2 norm ``C``,
+sums them, adds ``N(0, σ²C²)`` per coordinate and divides by the expected batch size,
+then steps the wrapped Adam. The unit protected is one cell of one client: whatever the
+client releases afterwards (its trained state, every round) is post-processing, so the
+guarantee holds against the coordinator even without secure aggregation.
+
+Minibatches: fedsc keeps its own generator-driven sampling rather than Opacus'
+DataLoader, and samples the way the accountant assumes: at every step each training
+cell is included independently with probability ``q = batch_size / n_train`` (Poisson
+sampling; batch sizes vary, an empty batch is still a noisy step). An epoch is
+``n_train // batch_size`` steps, as many as the non-DP trainer takes. The generator of
+epoch ``e`` is the non-DP one, ``derive_generator(seed, EPOCH, client, e)`` (it draws the
+sampling, dropout masks and reparameterisation noise); the DP noise has its own
+``derive_generator(seed, DP_NOISE, client, round)``. These are PRNGs: reproducible
+research, not a deployment (Opacus' ``secure_mode`` uses a CSPRNG and is not wired here).
+
+Loss: the VAE loss is a minibatch mean of per-cell terms ``mse_i + α·B·KL_i`` (B the
+configured batch size), so the per-cell gradient Opacus clips is exactly cell i's share
+of the non-DP loss (FedscGen sums the KL over the minibatch).
+
+BatchNorm mixes cells of a minibatch, so it has no per-cell gradient: the DP variant of
+the VAE (:func:`to_dp_variant`) replaces every ``BatchNorm1d(C)`` with ``GroupNorm``
+(32 groups for the 800-unit layers, what ``opacus.validators.ModuleValidator.fix`` does;
+one group for layers of fewer than 32 units, where 32 groups would normalise single
+units to a constant). Runs record ``"normalisation": "GroupNorm (DP variant)"``.
+
+ε: each client's cells are protected by ``rounds · local_epochs · (n_train // B)``
+Poisson-subsampled Gaussian steps at rate q, accounted by
+:mod:`fedsc.privacy.accounting` (``dp_accounting`` RDP by default); the run reports the
+largest ε over clients (:func:`cell_level_epsilon`). DP off (``dp=None``) runs the
+non-DP trainer unchanged (bit-identical to FedscGen's local update).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from opacus.grad_sample import (  # type: ignore[import-untyped]
+    GradSampleModule,
+    GradSampleModuleFastGradientClipping,
+)
+from opacus.optimizers import (  # type: ignore[import-untyped]
+    DPOptimizer,
+    DPOptimizerFastGradientClipping,
+)
+from opacus.utils.fast_gradient_clipping_utils import (  # type: ignore[import-untyped]
+    DPTensorFastGradientClipping,
+)
+from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
+from torch import nn
+
+from fedsc.errors import FedscInputError
+from fedsc.methods.vae import EPOCH, VAE, VAEConfig, derive_generator, train_epoch
+from fedsc.privacy.accounting import DPConfig
+
+__all__ = [
+    "DP_NOISE",
+    "NORMALISATION",
+    "DPLocalUpdate",
+    "cell_level_epsilon",
+    "dp_model_from_state",
+    "dp_vae_loss",
+    "local_train",
+    "make_private",
+    "per_cell_loss",
+    "resolve_for_clients",
+    "sampling_rate",
+    "steps_per_epoch",
+    "to_dp_variant",
+]
+
+#: Purpose tag of the DP noise generator (``derive_generator(seed, DP_NOISE, client, round)``).
+DP_NOISE = 0xD9A0
+#: What runs record as the VAE's normalisation under cell-level DP.
+NORMALISATION = "GroupNorm (DP variant)"
+
+
+def _groups(channels: int) -> int:
+    """Groups for ``channels`` units: the largest divisor <= 32 leaving >= 16 units each."""
+    best = 1
+    for g in range(1, 33):
+        if channels % g == 0 and channels // g >= 16:
+            best = g
+    return best
+
+
+def to_dp_variant(model: VAE) -> VAE:
+    """Replace the VAE's ``BatchNorm1d`` layers by ``GroupNorm`` in place; return the model.
+
+    The linear weights are kept; GroupNorm starts at weight 1, bias 0 (no random draw).
+    The result passes ``opacus.validators.ModuleValidator.validate(strict=True)``.
+    """
+    for stack in (model.encoder, model.decoder):
+        for block in stack:
+            assert isinstance(block, nn.ModuleDict)
+            norm = block["norm"] if "norm" in block else None
+            if isinstance(norm, nn.BatchNorm1d):
+                c = int(norm.num_features)
+                block["norm"] = nn.GroupNorm(_groups(c), c, affine=norm.affine)
+    ModuleValidator.validate(model, strict=True)
+    return model
+
+
+def dp_model_from_state(state: dict[str, torch.Tensor], n_genes: int, config: VAEConfig) -> VAE:
+    """A DP-variant VAE (evaluation mode) holding ``state`` (e.g. the global state)."""
+    model = to_dp_variant(VAE(n_genes, config, derive_generator(0, 0)))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def dp_vae_loss(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    kl_weight: float,
+    batch_size: int,
+) -> torch.Tensor:
+    """Mean over cells of ``mse_i + kl_weight · batch_size · KL_i`` (per-cell VAE loss).
+
+    At a minibatch of exactly ``batch_size`` cells it equals
+    :func:`fedsc.methods.vae.vae_loss`.
+    """
+    return per_cell_loss(recon, x, mu, logvar, kl_weight, batch_size).mean()
+
+
+def per_cell_loss(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    kl_weight: float,
+    batch_size: int,
+) -> torch.Tensor:
+    """Each cell's term ``mse_i + kl_weight · batch_size · KL_i`` (shape: cells)."""
+    mse = ((recon - x) ** 2).mean(dim=1)
+    kl = -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+    return mse + (kl_weight * batch_size) * kl
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """DP-SGD steps per local epoch: ``n_train // batch_size`` (as the non-DP trainer)."""
+    n = n_train // batch_size
+    if n == 0:
+        raise FedscInputError(
+            f"{n_train} training cells are fewer than one minibatch of batch_size="
+            f"{batch_size}; lower batch_size= or hold this batch out of training."
+        )
+    return n
+
+
+def sampling_rate(n_train: int, batch_size: int) -> float:
+    """Poisson sampling rate ``q = batch_size / n_train`` (expected batch = batch_size)."""
+    steps_per_epoch(n_train, batch_size)
+    return batch_size / n_train
+
+
+def cell_level_epsilon(
+    dp: DPConfig, n_train: int, batch_size: int, local_epochs: int, rounds: int
+) -> float:
+    """ε of one client's cells after ``rounds`` rounds of ``local_epochs`` DP-SGD epochs."""
+    steps = rounds * local_epochs * steps_per_epoch(n_train, batch_size)
+    return dp.epsilon(steps, sampling_rate(n_train, batch_size))
+
+
+def resolve_for_clients(
+    dp: DPConfig,
+    n_trains: Sequence[int],
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+) -> DPConfig:
+    """``dp`` validated for every client and with σ fixed for the whole federation.
+
+    Checks δ < 1/n_train for each client; with ``noise_multiplier=None`` picks the
+    smallest σ that keeps *every* client's ε within ``target_epsilon`` (the largest of the
+    per-client calibrated values); with σ given, checks it against the target.
+    """
+    if not n_trains:
+        raise FedscInputError("DP-SGD: no training clients.")
+    for n in n_trains:
+        dp.validate_for(int(n))
+    per_client = [
+        (rounds * local_epochs * steps_per_epoch(n, batch_size), sampling_rate(n, batch_size))
+        for n in n_trains
+    ]
+    if dp.noise_multiplier is None:
+        resolved = [dp.resolve(steps, q) for steps, q in per_client]
+        return max(resolved, key=lambda d: d.noise_multiplier or 0.0)
+    for steps, q in per_client:
+        dp.resolve(steps, q)
+    return dp
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dp: DPConfig,
+    expected_batch_size: int,
+    noise_generator: torch.Generator,
+    *,
+    clipping: str = "ghost",
+) -> tuple[GradSampleModule, DPOptimizer]:
+    """Wrap ``model`` for per-cell clipping and ``optimizer`` for clipping and noise.
+
+    ``clipping="per_sample"``: Opacus' :class:`~opacus.grad_sample.GradSampleModule`
+    materialises every cell's gradient (``p.grad_sample``) and
+    :class:`~opacus.optimizers.DPOptimizer` clips and sums them. ``"ghost"`` (default):
+    ghost clipping (Li et al., ICLR 2022; Opacus'
+    :class:`~opacus.grad_sample.GradSampleModuleFastGradientClipping`) computes each
+    cell's gradient *norm* without materialising the gradient (exact for linear layers),
+    then a second backward pass of ``Σ_i min(1, C/‖g_i‖) ℓ_i`` gives the sum of clipped
+    gradients: the same result, ~20x faster on the 2000-gene VAE. Call
+    ``module.to_standard_module()`` when done to remove Opacus' hooks.
+    """
+    if dp.noise_multiplier is None:
+        raise FedscInputError(
+            "DP-SGD: noise_multiplier is not set; resolve the DP config to its target "
+            "epsilon first (DPConfig.resolve(steps, sampling_rate))."
+        )
+    if clipping not in ("ghost", "per_sample"):
+        raise FedscInputError(
+            f"DP-SGD: clipping must be 'ghost' or 'per_sample', got {clipping!r}."
+        )
+    opts = {
+        "noise_multiplier": dp.noise_multiplier,
+        "max_grad_norm": dp.clip,
+        "expected_batch_size": expected_batch_size,
+        "loss_reduction": "mean",
+        "generator": noise_generator,
+    }
+    if clipping == "ghost":
+        module = GradSampleModuleFastGradientClipping(
+            model,
+            batch_first=True,
+            loss_reduction="mean",
+            strict=True,
+            max_grad_norm=dp.clip,
+            use_ghost_clipping=True,
+        )
+        return module, DPOptimizerFastGradientClipping(optimizer, **opts)
+    module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
+    return module, DPOptimizer(optimizer, **opts)
+
+
+@dataclass
+class DPLocalUpdate:
+    """Outcome of one client's local training (:func:`local_train`).
+
+    Attributes
+    ----------
+    state
+        The trained state (a copy).
+    losses
+        Mean minibatch loss per local epoch.
+    steps
+        Optimiser steps taken in this update.
+    sampling_rate
+        Poisson sampling rate q (``None`` without DP).
+    epsilon
+        ε of this client's cells after all rounds so far (``round_index + 1`` rounds of
+        this length); ``inf`` without DP.
+    """
+
+    state: dict[str, torch.Tensor]
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    sampling_rate: float | None = None
+    epsilon: float = math.inf
+
+
+def local_train(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    train_idx: torch.Tensor,
+    *,
+    seed: int,
+    client: int,
+    round_index: int,
+    local_epochs: int,
+    dp: DPConfig | None,
+    clipping: str = "ghost",
+) -> DPLocalUpdate:
+    """Train ``local_epochs`` epochs of client ``client`` in round ``round_index``.
+
+    With ``dp=None`` this is FedscGen's non-DP loop (``train_epoch`` with the epoch
+    generators ``(seed, EPOCH, client, round_index · local_epochs + j)``), bit-identical
+    to :meth:`fedsc.methods.fedscgen.FedScGenMethod.local_update`. With a
+    :class:`~fedsc.privacy.accounting.DPConfig` (σ resolved, ``level="cell"``) it runs
+    DP-SGD on a DP-variant model (:func:`to_dp_variant`).
+
+    Parameters
+    ----------
+    model, optimizer
+        Trained in place (the optimiser is wrapped for the update only, so its Adam
+        moments may be kept across rounds).
+    x, train_idx
+        The client's expression and the rows it trains on.
+    seed, client, round_index, local_epochs
+        Select the generators and the epoch numbers, as FedscGen does.
+    dp
+        ``None``: no DP. Otherwise σ, C, δ and the accountant.
+    clipping
+        ``"ghost"`` (default, fast) or ``"per_sample"``: how per-cell clipping is
+        computed (:func:`make_private`); the released update has the same distribution.
+    """
+    cfg = model.config
+    if dp is None:
+        losses = []
+        for j in range(local_epochs):
+            g = derive_generator(seed, EPOCH, client, round_index * local_epochs + j)
+            losses.append(train_epoch(model, optimizer, x, g, train_idx))
+        steps = local_epochs * (len(train_idx) // cfg.batch_size)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return DPLocalUpdate(state, losses, steps)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise FedscInputError(
+            "DP-SGD needs the DP variant of the VAE (BatchNorm mixes cells of a batch); "
+            "build the model with fedsc.methods.dp_sgd.to_dp_variant(VAE(...))."
+        )
+    n = len(train_idx)
+    bs = cfg.batch_size
+    per_epoch = steps_per_epoch(n, bs)
+    q = sampling_rate(n, bs)
+    noise_g = derive_generator(seed, DP_NOISE, client, round_index)
+    module, dp_opt = make_private(model, optimizer, dp, bs, noise_g, clipping=clipping)
+    ghost = clipping == "ghost"
+    params = [p for p in model.parameters() if p.requires_grad]
+    module.train()
+    losses = []
+    try:
+        with warnings.catch_warnings():
+            # Opacus' hooks on the first layer: the input needs no gradient; nothing is lost.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for j in range(local_epochs):
+                g = derive_generator(seed, EPOCH, client, round_index * local_epochs + j)
+                total, batches = 0.0, 0
+                for _ in range(per_epoch):
+                    idx = train_idx[torch.rand(n, generator=g) < q]
+                    dp_opt.zero_grad(set_to_none=True)
+                    if len(idx) == 0:  # an empty Poisson batch is still a (pure-noise) step
+                        for p in params:  # Opacus reads per-cell gradients from here
+                            if ghost:
+                                p.grad = torch.zeros_like(p)
+                            else:
+                                empty = torch.zeros((0, *p.shape), dtype=p.dtype)
+                                setattr(p, "grad_sample", empty)  # noqa: B010
+                    else:
+                        xb = x[idx]
+                        recon, mu, logvar = module(xb, g)
+                        terms = per_cell_loss(recon, xb, mu, logvar, cfg.kl_weight, bs)
+                        if ghost:  # two backward passes: norms, then clipped sum
+                            DPTensorFastGradientClipping(module, dp_opt, terms, "mean").backward()
+                        else:
+                            terms.mean().backward()
+                        total += float(terms.detach().mean())
+                        batches += 1
+                    dp_opt.step()
+                losses.append(total / max(batches, 1))
+            dp_opt.zero_grad(set_to_none=True)
+    finally:
+        module.to_standard_module()
+    steps = local_epochs * per_epoch
+    eps = dp.epsilon((round_index + 1) * steps, q)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return DPLocalUpdate(state, losses, steps, q, eps)
