@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from fedsc import datasets
+from fedsc import datasets, settings
 from fedsc.backend import aggregator_for
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
@@ -213,10 +213,11 @@ def execute_run(
     ``"uncorrected"``) and the corrected output, so base-vs-method comparisons come from
     the same run.
     """
+    settings.apply()  # threads, passive waiting, compile caches (idempotent)
     start = time.perf_counter()
     adata = load_dataset(cfg.dataset) if adata is None else adata
     validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key)
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"threads": settings.resolved_threads()}
     spec = get_method(cfg.method)
     with aggregator_for(cfg.backend, cfg.backend_options, cfg.mechanisms) as agg:
         prepared = _run_method(adata, cfg, spec, agg, show_progress)

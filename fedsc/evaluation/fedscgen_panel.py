@@ -20,9 +20,9 @@ import random
 import numpy as np
 import pandas as pd
 
-from fedsc.evaluation.caches import enable_compilation_caches
+from fedsc.evaluation.caches import enable_if_requested
 
-enable_compilation_caches()  # before scib_metrics imports numba/JAX code
+enable_if_requested()  # caches requested by fedsc.settings.apply(), before numba/JAX load
 
 import igraph  # noqa: E402
 import scib_metrics  # noqa: E402

@@ -30,9 +30,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from fedsc.evaluation.caches import enable_compilation_caches
+from fedsc.evaluation.caches import enable_if_requested
 
-enable_compilation_caches()  # before scib_metrics imports numba/JAX code
+enable_if_requested()  # caches requested by fedsc.settings.apply(), before numba/JAX load
 
 import scib_metrics  # noqa: E402
 from scib_metrics.nearest_neighbors import NeighborsResults  # noqa: E402

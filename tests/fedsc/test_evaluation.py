@@ -316,7 +316,7 @@ def test_inputs_rejected_with_clear_messages():
 def test_enable_compilation_caches_sets_dirs(tmp_path, monkeypatch):
     import jax
 
-    caches = importlib.import_module("fedsc.evaluation.caches")
+    caches = importlib.import_module("fedsc.settings._caches")
     monkeypatch.setattr(caches, "_ENABLED", None)  # restored after the test
     before = jax.config.jax_compilation_cache_dir
     try:

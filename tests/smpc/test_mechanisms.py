@@ -132,7 +132,11 @@ def test_privacy_and_backend_attributes_are_delegated():
 @pytest.mark.parametrize(
     ("spec", "error", "match"),
     [
-        ("nope", ValueError, r"unknown mechanism 'nope'; choose one of \['clip', 'gaussian', 'quantize'\]"),
+        (
+            "nope",
+            ValueError,
+            r"unknown mechanism 'nope'; choose one of \['clip', 'gaussian', 'quantize'\]",
+        ),
         ({"max_norm": 1.0}, ValueError, "no 'name'.*clip"),
         (("clip", {"maxnorm": 1.0}), TypeError, "mechanism 'clip'"),
         (("clip", {"max_norm": -1.0}), ValueError, "max_norm must be positive"),
