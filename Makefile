@@ -30,7 +30,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy fedsc smpc
-	@! grep -rnE 'REFERENCE\.md|DESIGN\.md' --include='*.py' --include='*.md' --include='*.yaml' \
+	@! grep -rnE 'REFERENCE(\.md| §)|DESIGN\.md' --include='*.py' --include='*.md' --include='*.yaml' \
 		--include='*.toml' --include='*.ipynb' fedsc smpc tests benchmarks notebooks experiments \
 		docs README.md pyproject.toml \
 		|| { echo "error: cite docs/ (e.g. docs/algorithms.md#scbatchprox), not files outside the repository"; exit 1; }

@@ -5,7 +5,7 @@ type t (present in at least two batches) the *dominant* batch is the one with th
 cells of t (ties: the lowest batch in client order); with M_t the mean latent of the
 dominant batch's cells of t, every cell of type t in batch b moves to
 ``z' = z - mean_b(t) + M_t``. Cells of standalone types (one batch) are not shifted. All
-cells are then decoded. Latents are posterior means μ (REFERENCE.md section 2).
+cells are then decoded. Latents are posterior means μ (docs/algorithms.md#correction-workflow).
 """
 
 from __future__ import annotations

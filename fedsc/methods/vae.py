@@ -1,4 +1,4 @@
-"""The scGen / FedscGen variational autoencoder (REFERENCE.md section 2).
+"""The scGen / FedscGen variational autoencoder (docs/algorithms.md#vae).
 
 Encoder: genes -> 800 -> 800 (each layer linear, batch norm, LeakyReLU(0.3), dropout 0.05;
 the first layer too, unlike the scArches code) -> μ and log-variance heads (latent 10).
@@ -70,7 +70,7 @@ _CHUNK = 4096  # cells per forward pass when encoding/decoding/validating withou
 
 @dataclass
 class VAEConfig:
-    """VAE hyper-parameters; defaults from FedscGen's table (REFERENCE.md section 2)."""
+    """VAE hyper-parameters; defaults from FedscGen's table (docs/algorithms.md#vae)."""
 
     hidden: tuple[int, ...] = (800, 800)
     latent: int = 10
