@@ -145,9 +145,8 @@ def run_pancreas(args: argparse.Namespace) -> None:
         f"{args.threads} torch threads"
     )
 
-    from smpc.crypten_backend import CryptenAggregator
-
     import smpc
+    from smpc.crypten_backend import CryptenAggregator
 
     overheads: dict[str, float] = {}
 
