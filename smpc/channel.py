@@ -12,6 +12,8 @@ Both carry the same frames, so the in-process transport exercises the same encod
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 import collections
 import threading
 from abc import ABC, abstractmethod
@@ -105,12 +107,15 @@ class ConnectionChannel(Channel):
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
+    @override
     def send_frame(self, data: bytes | memoryview | np.ndarray) -> None:
         self.connection.send_bytes(_bytes_view(data))
 
+    @override
     def recv_frame(self) -> bytes:
         return self.connection.recv_bytes()
 
+    @override
     def recv_frame_into(self, buffer: np.ndarray) -> int:
         from multiprocessing import BufferTooShort
 
@@ -119,9 +124,11 @@ class ConnectionChannel(Channel):
         except BufferTooShort:
             raise FrameError(f"frame larger than the {buffer.nbytes} bytes announced.") from None
 
+    @override
     def poll(self, timeout: float) -> bool:
         return self.connection.poll(timeout)
 
+    @override
     def close(self) -> None:
         self.connection.close()
 
@@ -158,14 +165,17 @@ class InProcessChannel(Channel):
         self._inbox, self._outbox = inbox, outbox
         self._closed = False
 
+    @override
     def send_frame(self, data: bytes | memoryview | np.ndarray) -> None:
         if self._closed:
             raise BrokenPipeError("the in-process channel is closed")
         self._outbox.put(bytes(_bytes_view(data)))
 
+    @override
     def recv_frame(self) -> bytes:
         return self._inbox.get()
 
+    @override
     def recv_frame_into(self, buffer: np.ndarray) -> int:
         frame = self._inbox.get()
         view = _bytes_view(buffer)
@@ -174,9 +184,11 @@ class InProcessChannel(Channel):
         view[: len(frame)] = frame
         return len(frame)
 
+    @override
     def poll(self, timeout: float) -> bool:
         return self._inbox.wait(timeout)
 
+    @override
     def close(self) -> None:
         if not self._closed:
             self._closed = True

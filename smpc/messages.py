@@ -130,8 +130,10 @@ class Counters:
 
 @dataclass(frozen=True)
 class Received:
-    """What the party received since the last query; ``with_values`` records are followed
-    by one int64 array frame each, in order."""
+    """What the party received since the last query.
+
+    ``with_values`` records are followed by one int64 array frame each, in order.
+    """
 
     records: list[dict[str, Any]] = field(default_factory=list)
 

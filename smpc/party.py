@@ -379,7 +379,7 @@ class PartyLoop:
             self.channel.send_array(result)
 
     def _argmax(self, shares: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """This party's share of the per-column winning index (lowest index on ties)."""
+        """Return this party's share of the per-column winning index (lowest index on ties)."""
         import torch
 
         crypten: Any = self.crypten
