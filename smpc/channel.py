@@ -12,8 +12,6 @@ Both carry the same frames, so the in-process transport exercises the same encod
 
 from __future__ import annotations
 
-from typing_extensions import override
-
 import collections
 import threading
 from abc import ABC, abstractmethod
@@ -21,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+from typing_extensions import override
 
 from smpc import messages
 from smpc.framing import FrameError, pack_array_header, payload_bytes, unpack_array_header
