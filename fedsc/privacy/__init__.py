@@ -1,0 +1,1 @@
+"""Privacy measurement: what each observer of a run receives, and attacks on it."""
