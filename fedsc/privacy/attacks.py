@@ -17,6 +17,7 @@ import pandas as pd
 from fedsc.privacy.party_shares import party_share_leakage
 from fedsc.privacy.scbatchprox_moments import ClientMoments, scbatchprox_moment_inference
 from fedsc.privacy.scbatchprox_rows import COLUMNS, scbatchprox_row_recovery
+from fedsc.privacy.scbatchprox_weights import scbatchprox_weight_inference
 from fedsc.privacy.views import ObserverView, RunRecord
 
 
@@ -50,6 +51,10 @@ def _moments(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
     return scbatchprox_moment_inference(view, None if truth is None else truth.moments)
 
 
+def _weights(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    return scbatchprox_weight_inference(view, None if truth is None else truth.record)
+
+
 def _shares(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
     return party_share_leakage(view, None if truth is None else truth.record)
 
@@ -58,6 +63,7 @@ def _shares(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
 ATTACKS: dict[str, Attack] = {
     "scbatchprox_rows": _rows,
     "scbatchprox_moments": _moments,
+    "scbatchprox_weights": _weights,
     "party_shares": _shares,
 }
 

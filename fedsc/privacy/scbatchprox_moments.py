@@ -185,10 +185,10 @@ def _residuals(
     return np.stack(out, axis=-1)
 
 
-def _grid() -> tuple[np.ndarray, np.ndarray]:
-    mags = np.logspace(-3, 2.5, 56)
+def _grid(points: int = 56) -> tuple[np.ndarray, np.ndarray]:
+    mags = np.logspace(-3, 2.5, points)
     m1 = np.concatenate([-mags[::-1], [0.0], mags])
-    sd = np.logspace(-3, 2.5, 56)
+    sd = np.logspace(-3, 2.5, points)
     a, s = np.meshgrid(m1, sd, indexing="ij")
     return a.ravel(), s.ravel()
 
@@ -200,6 +200,7 @@ def fit_moments(
     config: Mapping[str, Any],
     *,
     iterations: int = 40,
+    grid_points: int = 56,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit one client's per-dimension moments to its recovered rows.
 
@@ -215,15 +216,30 @@ def fit_moments(
         The public scBatchProx config.
     iterations
         Levenberg-Marquardt iterations after the grid search.
+    grid_points
+        Grid points per half-axis of the search over ``(mean, sd)`` (log-spaced
+        magnitudes 1e-3 .. 10^2.5).
 
     Returns
     -------
     ``(mean, second, rms)``: estimates per dimension and the fit's RMS residual (in units
     of ``lr``).
     """
+    with np.errstate(all="ignore"):  # far-off candidates overflow; they lose the fit
+        return _fit(starts, targets, n_steps, config, iterations, grid_points)
+
+
+def _fit(
+    starts: Sequence[tuple[np.ndarray, np.ndarray]],
+    targets: Sequence[tuple[np.ndarray, np.ndarray]],
+    n_steps: int,
+    config: Mapping[str, Any],
+    iterations: int,
+    grid_points: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     unit = float(config["lr"])
     d = starts[0][0].shape[0]
-    ga, gs = _grid()
+    ga, gs = _grid(grid_points)
     st = [(g[:, None], b[:, None]) for g, b in starts]
     tg = [(g[:, None], b[:, None]) for g, b in targets]
     res = _residuals(
@@ -265,7 +281,114 @@ def fit_moments(
         cost = np.where(better, cost_new, cost)
         damping = np.where(better, damping / 3, damping * 4)
     rms = np.sqrt(cost / r.shape[-1])
-    return p[:, 0], p[:, 0] ** 2 + np.exp(2 * p[:, 1]), rms
+    return p[:, 0], p[:, 0] ** 2 + np.exp(2 * np.clip(p[:, 1], -20.0, 10.0)), rms
+
+
+def n_steps(n_train: float, config: Mapping[str, Any]) -> int:
+    """Adam steps of one round for a client with ``n_train`` training cells."""
+    batches = int(np.ceil(max(round(float(n_train)), 1) / int(config["batch_size"])))
+    return int(config["local_epochs"]) * batches
+
+
+def estimate_weights(
+    view: ObserverView,
+    config: Mapping[str, Any] | None = None,
+    *,
+    tag: str = TAG,
+    dims: int = 8,
+) -> np.ndarray:
+    """Estimate every client's weight ``w_b`` (training cells) from ``W`` and the aggregates.
+
+    With only ``W`` revealed, round ``t`` reveals ``(w_b / W) (theta_b' - theta_b^t)``
+    exactly. For a candidate ``w_b`` the attacker rescales that update, derives the
+    number of Adam steps, and fits the moments (:func:`fit_moments`) on the ``dims``
+    dimensions that moved most; the median fit residual is smallest at the true count (it
+    is 0 there up to rounding when every minibatch holds the whole training split). A
+    log-spaced scan over ``1 .. W`` is zoomed until at most 160 integers remain, which are
+    all tried (all candidates of a scan are fitted in one vectorised call).
+
+    Parameters
+    ----------
+    view
+        A view with the aggregates, the broadcast states and ``W`` (e.g. the crypten
+        coordinator).
+    config
+        The public scBatchProx config (default: ``view.public["config"]``).
+    tag
+        Ledger tag of the state aggregation.
+    dims
+        Dimensions used for the search (fewer: faster).
+
+    Returns
+    -------
+    ``(K,)`` estimated weights (integers as floats).
+    """
+    config = dict(config if config is not None else view.public["config"])
+    key = (tag, dims, repr(sorted(config.items())))
+    if _LAST_WEIGHTS and _LAST_WEIGHTS[0] is view and _LAST_WEIGHTS[1] == key:
+        return _LAST_WEIGHTS[2].copy()
+    rounds = recover_rows(view, tag=tag)
+    if not rounds:
+        raise ValueError(f"the {view.observer!r} view holds no aggregates to attack.")
+    total = view.select(tag=tag, op="weighted_mean")[0].total_weight
+    if total is None:
+        raise ValueError("the view does not hold the total weight W.")
+    k = rounds[0].gamma.shape[0]
+    out = np.empty(k)
+    for b in range(k):
+        # the revealed update (w_b / W) (theta_b' - theta_b^t), per round
+        dg = [(r.gamma[b] - r.gamma_prev[b]) / r.scale[b] for r in rounds]
+        db = [(r.beta[b] - r.beta_prev[b]) / r.scale[b] for r in rounds]
+        moved = np.sum([np.abs(g) + np.abs(x) for g, x in zip(dg, db, strict=True)], axis=0)
+        sel = np.argsort(-moved)[:dims]
+        starts = [(r.gamma_prev[b][sel], r.beta_prev[b][sel]) for r in rounds]
+        updates = [(g[sel], x[sel]) for g, x in zip(dg, db, strict=True)]
+        out[b] = _search_count(starts, updates, float(total), k, config)
+    _LAST_WEIGHTS[:] = [view, key, out.copy()]
+    return out
+
+
+def _search_count(
+    starts: Sequence[tuple[np.ndarray, np.ndarray]],
+    updates: Sequence[tuple[np.ndarray, np.ndarray]],
+    total: float,
+    k: int,
+    config: Mapping[str, Any],
+) -> int:
+    """The count ``n`` whose rescaled updates ``(W / n) * update`` fit the model best."""
+    cache: dict[int, float] = {}
+    d = len(starts[0][0])
+
+    def evaluate(ns: np.ndarray) -> None:
+        # candidates x dims independent problems, flattened into one fit per step count
+        groups: dict[int, list[int]] = {}
+        for n in (int(n) for n in ns if int(n) not in cache):
+            groups.setdefault(n_steps(n, config), []).append(n)
+        for steps, group in groups.items():
+            scale = np.repeat(total / np.asarray(group, dtype=np.float64), d)
+            tiled = [(np.tile(g0, len(group)), np.tile(b0, len(group))) for g0, b0 in starts]
+            targets = [
+                (g0 + scale * np.tile(ug, len(group)), b0 + scale * np.tile(ub, len(group)))
+                for (g0, b0), (ug, ub) in zip(tiled, updates, strict=True)
+            ]
+            *_, rms = fit_moments(tiled, targets, steps, config, iterations=20, grid_points=20)
+            for n, r in zip(group, rms.reshape(len(group), d), strict=True):
+                cache[n] = float(np.median(r))
+
+    lo, hi = 1, max(int(total) - (k - 1), 1)
+    while hi - lo > 160:
+        scan = np.unique(np.round(np.geomspace(lo, hi, 48)).astype(int))
+        evaluate(scan)
+        i = int(np.argmin([cache[int(n)] for n in scan]))
+        lo, hi = int(scan[max(i - 1, 0)]), int(scan[min(i + 1, len(scan) - 1)])
+    candidates = np.arange(lo, hi + 1)
+    evaluate(candidates)
+    return min(candidates.tolist(), key=cache.__getitem__)
+
+
+#: The last :func:`estimate_weights` result (view, settings, weights): attacks (a') and
+#: (b) on the same view share one search.
+_LAST_WEIGHTS: list[Any] = []
 
 
 @dataclass(frozen=True)
@@ -312,12 +435,13 @@ def estimate_moments(
     if first.weights is not None:
         n_train = np.asarray(first.weights, dtype=np.float64)
     elif first.total_weight is not None:
-        n_train = np.full(k, first.total_weight / k)  # equal shares assumed
+        n_train = estimate_weights(view, config, tag=tag)
+        rounds = recover_rows(view, tag=tag, weights=n_train)
     else:
         raise ValueError("the view holds neither the client weights nor their total.")
     means, seconds, rmss = [], [], []
     for b in range(k):
-        steps = int(config["local_epochs"]) * int(np.ceil(round(n_train[b]) / config["batch_size"]))
+        steps = n_steps(n_train[b], config)
         starts = [(r.gamma_prev[b], r.beta_prev[b]) for r in rounds]
         targets = [(r.gamma[b], r.beta[b]) for r in rounds]
         m1, m2, rms = fit_moments(starts, targets, steps, config)

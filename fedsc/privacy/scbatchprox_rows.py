@@ -106,7 +106,9 @@ def _global_sequence(view: ObserverView, tag: str) -> list[tuple[object, np.ndar
     return out
 
 
-def recover_rows(view: ObserverView, *, tag: str = TAG) -> list[RecoveredRound]:
+def recover_rows(
+    view: ObserverView, *, tag: str = TAG, weights: np.ndarray | None = None
+) -> list[RecoveredRound]:
     """Solve each round's aggregate for every client's trained row.
 
     Parameters
@@ -116,6 +118,10 @@ def recover_rows(view: ObserverView, *, tag: str = TAG) -> list[RecoveredRound]:
         client).
     tag
         Ledger tag of the state aggregation.
+    weights
+        Client weights to use when the view lacks them (e.g. estimated with
+        :func:`fedsc.privacy.scbatchprox_moments.estimate_weights`); ``None``: equal
+        shares ``W / K``. Ignored when the view holds the weights.
 
     Returns
     -------
@@ -125,9 +131,10 @@ def recover_rows(view: ObserverView, *, tag: str = TAG) -> list[RecoveredRound]:
     for o, ref, agg in _global_sequence(view, tag):
         k = o.n_clients
         weights_known = o.weights is not None
-        if weights_known:
-            w = np.asarray(o.weights, dtype=np.float64)
-            scale = w.sum() / w
+        if weights_known or weights is not None:
+            w = np.asarray(o.weights if weights_known else weights, dtype=np.float64)
+            total = o.total_weight if o.total_weight is not None else w.sum()
+            scale = total / w
         else:
             scale = np.full(k, float(k))  # equal shares: W / w_b = K
         g_prev, b_prev = split_tables(ref, k)

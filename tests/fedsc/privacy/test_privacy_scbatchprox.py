@@ -113,12 +113,19 @@ def test_client_recovers_other_clients_rows(plain_run):
     assert len(err) == 5 * 7 and err["value"].max() <= 1e-6
 
 
-def test_hidden_unequal_weights_recover_the_direction_only(panc_pca):
+@pytest.fixture(scope="module")
+def unequal_run(panc_pca):
+    # 36, 50, 63, 76, 90 training cells: equal shares W / K is a wrong guess
     z, labels = panc_pca
     keep = np.concatenate(
         [np.flatnonzero(labels == b)[: 40 + 15 * k] for k, b in enumerate(sorted(set(labels)))]
     )
     record, _ = record_scbatchprox(z[keep], labels[keep], "plaintext", seed=0)
+    return record
+
+
+def test_hidden_unequal_weights_equal_share_guess_gets_the_direction_only(unequal_run):
+    record = unequal_run
     hidden = run_attacks(
         observer_view(record, "coordinator", public_weights=False),
         Truth(record),
@@ -130,9 +137,32 @@ def test_hidden_unequal_weights_recover_the_direction_only(panc_pca):
     assert _metric(known, "row_relative_error")["value"].max() <= 1e-6
 
 
+def test_hidden_weights_are_recovered_from_W_alone(unequal_run):
+    record = unequal_run
+    view = observer_view(record, "coordinator", public_weights=False)
+    rows = run_attacks(view, Truth(record), ["scbatchprox_weights"])
+    est = _metric(rows, "estimated_weight")["value"].to_numpy()
+    np.testing.assert_array_equal(est, record.operations[0].weights)  # every count exact
+    assert _metric(rows, "weight_relative_error")["chance"].max() > 0.3  # W / K is wrong
+    err = _metric(rows, "row_relative_error")
+    assert err["value"].max() <= 1e-6 and err["chance"].max() > 1e-4
+
+
+def test_hidden_weights_under_crypten(crypten_run):
+    record, _ = crypten_run
+    rows = run_attacks(observer_view(record, "coordinator"), Truth(record), ["scbatchprox_weights"])
+    assert (_metric(rows, "estimated_weight")["value"] == 90).all()
+    assert _metric(rows, "row_relative_error")["value"].max() <= 1e-6
+
+
 def test_registry_and_views_without_what_an_attack_needs(plain_run):
     record, _ = plain_run
-    assert {"scbatchprox_rows", "scbatchprox_moments", "party_shares"} <= set(ATTACKS)
+    assert {
+        "scbatchprox_rows",
+        "scbatchprox_moments",
+        "scbatchprox_weights",
+        "party_shares",
+    } <= set(ATTACKS)
     reader = observer_view(record, "output_reader")
     assert run_attacks(reader, Truth(record)).empty  # the final tables alone: no round to solve
     no_truth = run_attacks(observer_view(record, "coordinator"), None, ["scbatchprox_rows"])
