@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+from typing_extensions import override
 
 from fedsc.privacy.attacks import Truth, run_attacks
 from fedsc.privacy.runs import pancreas_embedding, record_scbatchprox
 from fedsc.privacy.scbatchprox_moments import client_moments
 from fedsc.privacy.views import observer_view
+from smpc.mechanisms import ClientContext, Mechanism
 
 
 def measure(backends: Sequence[str] = ("plaintext", "crypten"), seed: int = 0) -> pd.DataFrame:
@@ -70,7 +74,6 @@ def measure_minibatches(path: str, seed: int = 0) -> pd.DataFrame:
         Run seed.
     """
     import anndata as ad
-    import numpy as np
 
     adata = ad.read_h5ad(path)
     z = np.asarray(adata.X, dtype=np.float64)
@@ -89,6 +92,67 @@ def measure_minibatches(path: str, seed: int = 0) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     out["backend"] = out["backend"] + ":" + Path(path).stem
     return out
+
+
+class ClientNoise(Mechanism):
+    """Stand-in for the Gaussian mechanism being built in ``smpc/mechanisms/gaussian.py``.
+
+    Each client adds ``N(0, std^2)`` to every value of its own contribution before
+    sharing (``weighted_mean`` only). Used to show how attack (a) degrades with noise; not
+    a calibrated DP mechanism (no accountant, no sensitivity bound).
+
+    Parameters
+    ----------
+    std
+        Noise standard deviation per value and client.
+    """
+
+    name = "client_noise"
+    ops = frozenset({"weighted_mean"})
+
+    def __init__(self, std: float) -> None:
+        self.std = float(std)
+
+    @override
+    def transform_contribution(self, row: np.ndarray, ctx: ClientContext) -> np.ndarray:
+        return row + ctx.generator.normal(0.0, self.std, size=row.shape)
+
+    @override
+    def params(self) -> dict[str, Any]:
+        return {"std": self.std}
+
+
+def measure_mechanisms(
+    z: np.ndarray, labels: np.ndarray, stds: Sequence[float] = (1e-5, 1e-4, 1e-3), seed: int = 0
+) -> pd.DataFrame:
+    """Attacks (a) and (b) with clipping and with per-client noise (plaintext backend).
+
+    Parameters
+    ----------
+    z, labels
+        Embedding and batch labels.
+    stds
+        Per-client noise levels to try (``ClientNoise``).
+    seed
+        Run and mechanism seed.
+    """
+    settings: list[tuple[str, list[Any]]] = [
+        ("clip 1e-3", [{"name": "clip", "max_norm": 1e-3}]),
+        *((f"noise {s:g}", [ClientNoise(s)]) for s in stds),
+    ]
+    frames = []
+    for label, mechanisms in settings:
+        record, _ = record_scbatchprox(
+            z, labels, "plaintext", seed=seed, mechanisms=mechanisms, mechanism_seed=seed
+        )
+        truth = Truth(record, client_moments(z, labels, record.public["config"], seed))
+        frame = run_attacks(
+            observer_view(record, "coordinator"), truth, ["scbatchprox_rows", "scbatchprox_moments"]
+        )
+        frame["weights"] = "known"
+        frame["backend"] = f"plaintext + {label}"
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
@@ -110,8 +174,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="also attack this .h5ad (embedding in X, obs['batch']) with many minibatches",
     )
+    parser.add_argument(
+        "--mechanisms", action="store_true", help="also measure clipping and client noise"
+    )
     args = parser.parse_args(argv)
     rows = measure(args.backends, args.seed)
+    if args.mechanisms:
+        z, labels = pancreas_embedding()
+        rows = pd.concat([rows, measure_mechanisms(z, labels, seed=args.seed)])
     if args.minibatch_data:
         rows = pd.concat([rows, measure_minibatches(args.minibatch_data, args.seed)])
     if args.out:

@@ -175,8 +175,9 @@ def scbatchprox_row_recovery(
     view
         The attacker's view (coordinator or client).
     truth
-        The run's :class:`~fedsc.privacy.views.RunRecord` (the clients' true
-        contributions; evaluation only). Without it only ``update_norm`` is reported.
+        The run's :class:`~fedsc.privacy.views.RunRecord` (the clients' true local rows,
+        before any mechanism when recorded; evaluation only). Without it only
+        ``update_norm`` is reported.
     tag
         Ledger tag of the state aggregation.
 
@@ -206,10 +207,8 @@ def scbatchprox_row_recovery(
         )
 
     for rec in recover_rows(view, tag=tag):
-        true_g = true_b = None
         if truth is not None:
-            contrib = truth.operations[rec.op_index].contributions
-            assert contrib is not None
+            contrib = truth.local_contributions(rec.op_index)
             per_client = [split_tables(row, len(contrib)) for row in contrib]
         for b in range(rec.gamma.shape[0]):
             hat = np.concatenate([rec.gamma[b], rec.beta[b]])

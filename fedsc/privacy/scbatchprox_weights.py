@@ -94,8 +94,7 @@ def scbatchprox_weight_inference(
     with_est = recover_rows(view, tag=tag, weights=est)
     with_equal = recover_rows(view, tag=tag)
     for r_est, r_eq in zip(with_est, with_equal, strict=True):
-        contrib = truth.operations[r_est.op_index].contributions
-        assert contrib is not None
+        contrib = truth.local_contributions(r_est.op_index)
         for b in range(k):
             g, be = split_tables(contrib[b], k)
             true = np.concatenate([g[b], be[b]])

@@ -157,16 +157,27 @@ class _Captured:
 class RecordingMechanism(Mechanism):
     """Identity mechanism that records contributions and revealed aggregates.
 
-    Put it last in the mechanism list, so that it sees each contribution as it is shared
-    (after clipping, noise, ...) and the aggregate as revealed (before result-side
-    transforms). All per-client copies the aggregator makes share one record.
-    Instrumentation for privacy evaluation: it holds every client's contribution.
+    With ``stage="shared"`` put it last in the mechanism list: it sees each contribution
+    as it is shared (after clipping, noise, ...) and the aggregate as revealed (before
+    result-side transforms). With ``stage="input"`` put it first: it sees each client's
+    contribution before any mechanism (the client's true local state) and the result as
+    finally released (after every result-side transform). All per-client copies the
+    aggregator makes share one record. Instrumentation for privacy evaluation: it holds
+    every client's contribution.
+
+    Parameters
+    ----------
+    stage
+        ``"shared"`` or ``"input"`` (see above).
     """
 
     name = "record"
     ops: ClassVar[frozenset[str]] = frozenset({"weighted_mean", "sum", "argmax", "gather"})
 
-    def __init__(self) -> None:
+    def __init__(self, stage: str = "shared") -> None:
+        if stage not in ("shared", "input"):
+            raise ValueError(f"stage must be 'shared' or 'input', got {stage!r}.")
+        self.stage = stage
         self.captured: list[_Captured] = []
         self._open: _Captured | None = None
 
@@ -205,8 +216,8 @@ class RecordingMechanism(Mechanism):
         return result
 
     @override
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name}
+    def params(self) -> dict[str, Any]:
+        return {"stage": self.stage}
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,14 @@ class RunRecord:
     party_shares
         Per operation index, per party, the ``(n_clients, n_values)`` int64 shares the
         party received (crypten with ``record_received=True``; else empty).
+    inputs
+        Per operation index, the clients' contributions *before* any mechanism (their true
+        local states), when other mechanisms were applied; else empty (then
+        ``contributions`` are the inputs).
+    released
+        Per operation index, the result after every result-side mechanism (what the
+        caller got back), when other mechanisms were applied; else empty (then
+        ``aggregate`` is released as is).
     n_parties
         Number of computation parties (0 for plaintext).
     public
@@ -241,6 +260,23 @@ class RunRecord:
     party_shares: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
     n_parties: int = 0
     public: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)
+    released: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def local_contributions(self, index: int) -> np.ndarray:
+        """``(n_clients, n_values)``: the clients' true contributions to operation ``index``.
+
+        Before any mechanism if recorded (:attr:`inputs`), else as shared.
+        """
+        if index in self.inputs:
+            return self.inputs[index]
+        contrib = self.operations[index].contributions
+        assert contrib is not None
+        return contrib
+
+    def released_result(self, index: int) -> np.ndarray | None:
+        """The result of operation ``index`` as released to the caller."""
+        return self.released.get(index, self.operations[index].aggregate)
 
     @classmethod
     def from_run(
@@ -258,7 +294,9 @@ class RunRecord:
             The aggregator the run used (wrapping ``recorder``). For crypten created with
             ``record_received=True``, the parties' shares are fetched (and cleared there).
         recorder
-            The :class:`RecordingMechanism` in its mechanism list.
+            The :class:`RecordingMechanism` (``stage="shared"``) in its mechanism list. An
+            ``stage="input"`` recorder in the list fills :attr:`inputs` and
+            :attr:`released`.
         public
             Public run information (e.g. ``{"config": ..., "seed": ...}``).
         """
@@ -280,11 +318,20 @@ class RunRecord:
             )
             for c in recorder.captured
         )
+        all_mechanisms = tuple(getattr(aggregator, "mechanisms", ()))
         mechanisms = tuple(
-            m.describe()
-            for m in getattr(aggregator, "mechanisms", ())
-            if not isinstance(m, RecordingMechanism)
+            m.describe() for m in all_mechanisms if not isinstance(m, RecordingMechanism)
         )
+        inputs: dict[int, np.ndarray] = {}
+        released: dict[int, np.ndarray] = {}
+        for m in all_mechanisms:
+            if isinstance(m, RecordingMechanism) and m.stage == "input" and m is not recorder:
+                if len(m.captured) != len(ops):
+                    raise RuntimeError("the input and shared recorders saw different operations.")
+                for c in m.captured:
+                    inputs[c.index] = np.stack([np.asarray(r) for r in c.contributions])
+                    if c.aggregate is not None:
+                        released[c.index] = c.aggregate
         shares: dict[int, dict[int, np.ndarray]] = {}
         n_parties = int(getattr(aggregator, "parties", 0) or 0)
         if getattr(aggregator, "record_received", False):
@@ -297,6 +344,8 @@ class RunRecord:
             party_shares=shares,
             n_parties=n_parties,
             public=dict(public or {}),
+            inputs=inputs,
+            released=released,
         )
 
 
@@ -350,6 +399,10 @@ def recording_aggregator(
     record_shares
         Crypten: have every party keep its shares (``record_received=True``), so that
         party views can be built.
+
+    When ``mechanisms`` are given, a second recorder (``stage="input"``) goes first, so
+    the record also holds the clients' contributions before any mechanism and the
+    released results (:attr:`RunRecord.inputs`, :attr:`RunRecord.released`).
     **options
         Backend options (e.g. ``parties=3``).
 
@@ -360,8 +413,10 @@ def recording_aggregator(
     recorder = RecordingMechanism()
     if name == "crypten" and record_shares:
         options.setdefault("record_received", True)
+    others = list(mechanisms or [])
+    first = [RecordingMechanism("input")] if others else []
     agg = make_aggregator(
-        name, mechanisms=[*(mechanisms or []), recorder], mechanism_seed=mechanism_seed, **options
+        name, mechanisms=[*first, *others, recorder], mechanism_seed=mechanism_seed, **options
     )
     return agg, recorder
 
@@ -450,7 +505,7 @@ def observer_view(
         # The final state of each tag is released to the clients and to the output.
         last_of_tag = {o.tag: o.index for o in record.operations if o.reference is not None}
         ops = [
-            replace(o, aggregate=record.operations[o.index].aggregate)
+            replace(o, aggregate=record.released_result(o.index))
             if last_of_tag.get(o.tag) == o.index
             else o
             for o in ops

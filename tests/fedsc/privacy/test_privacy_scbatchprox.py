@@ -169,3 +169,23 @@ def test_registry_and_views_without_what_an_attack_needs(plain_run):
     assert set(no_truth["metric"]) == {"weights_known", "update_norm"}
     with pytest.raises(ValueError, match="unknown attack"):
         run_attacks(reader, None, ["nope"])
+
+
+def test_mechanisms_clip_keeps_the_direction_and_noise_degrades_the_rows(panc_pca):
+    from fedsc.privacy.demo import ClientNoise
+
+    z, labels = panc_pca
+    clipped, _ = record_scbatchprox(
+        z, labels, "plaintext", mechanisms=[{"name": "clip", "max_norm": 1e-3}]
+    )
+    assert clipped.inputs and clipped.released  # truth before mechanisms is recorded
+    assert not np.array_equal(clipped.inputs[0], clipped.operations[0].contributions)
+    rows = run_attacks(observer_view(clipped, "coordinator"), Truth(clipped), ["scbatchprox_rows"])
+    assert _metric(rows, "update_cosine")["value"].min() >= 1 - 1e-9  # scaled, not hidden
+    assert _metric(rows, "update_relative_error")["value"].min() > 0.1
+    noisy, _ = record_scbatchprox(
+        z, labels, "plaintext", mechanisms=[ClientNoise(1e-3)], mechanism_seed=0
+    )
+    rows = run_attacks(observer_view(noisy, "coordinator"), Truth(noisy), ["scbatchprox_rows"])
+    err = _metric(rows, "update_relative_error")["value"]
+    assert err.min() > 1  # noise of ~2x the per-value update: worse than the public guess
