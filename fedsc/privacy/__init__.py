@@ -7,6 +7,7 @@ The threat model is in ``docs/privacy.md``.
 """
 
 from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
+from fedsc.privacy.threat_model import MEASURED_BY, exposure
 from fedsc.privacy.views import (
     OBSERVERS,
     ObservedOp,
@@ -20,6 +21,7 @@ from fedsc.privacy.views import (
 
 __all__ = [
     "ATTACKS",
+    "MEASURED_BY",
     "OBSERVERS",
     "ObservedOp",
     "ObserverView",
@@ -27,6 +29,7 @@ __all__ = [
     "RunRecord",
     "Truth",
     "all_views",
+    "exposure",
     "observer_view",
     "recording_aggregator",
     "run_attacks",

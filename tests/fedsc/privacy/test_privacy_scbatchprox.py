@@ -189,3 +189,15 @@ def test_mechanisms_clip_keeps_the_direction_and_noise_degrades_the_rows(panc_pc
     rows = run_attacks(observer_view(noisy, "coordinator"), Truth(noisy), ["scbatchprox_rows"])
     err = _metric(rows, "update_relative_error")["value"]
     assert err.min() > 1  # noise of ~2x the per-value update: worse than the public guess
+
+
+def test_exposure_from_the_ledger(plain_run, crypten_run):
+    from fedsc.privacy.threat_model import MEASURED_BY, clear_contributions, exposure
+
+    assert clear_contributions(plain_run[1].ledger) == 5 * 14  # every client, every op
+    assert clear_contributions(crypten_run[1].ledger) == 0
+    table = exposure(crypten_run[1].ledger)
+    coord = table[(table["observer"] == "coordinator") & (table["tag"] == "fedavg")]
+    assert set(coord["receives"]) == {"sum_weighted", "sum_weights"}
+    assert set(table["observer"]) == {"coordinator", "party[0]", "party[1]", "party[2]", "client"}
+    assert all(name in ATTACKS for names in MEASURED_BY.values() for name in names)
