@@ -84,7 +84,9 @@ def party_share_leakage(
                 ("share_correlation", _corr(guess[c], true), 0.0),
                 (
                     "share_relative_error",
-                    float(np.linalg.norm(guess[c] - true) / max(np.linalg.norm(true), 1e-300)),
+                    float(
+                        np.linalg.norm(guess[c] - true) / max(float(np.linalg.norm(true)), 1e-300)
+                    ),
                     1.0,
                 ),
             ):

@@ -37,7 +37,7 @@ def pancreas_embedding(n_comps: int = 40, seed: int = 0) -> tuple[np.ndarray, np
 
 def record_scbatchprox(
     z: np.ndarray,
-    batch_labels: Sequence[str],
+    batch_labels: Sequence[str] | np.ndarray,
     backend: str = "plaintext",
     *,
     config: ScBatchProxConfig | None = None,
@@ -66,7 +66,9 @@ def record_scbatchprox(
         backend, mechanisms=mechanisms, mechanism_seed=mechanism_seed, **options
     )
     with agg:
-        model = ScBatchProx.fit(z, batch_labels, agg, config=config, seed=seed)
+        model = ScBatchProx.fit(
+            z, list(np.asarray(batch_labels).astype(str)), agg, config=config, seed=seed
+        )
         record = RunRecord.from_run(
             agg,
             recorder,

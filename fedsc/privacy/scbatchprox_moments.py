@@ -75,7 +75,7 @@ class ClientMoments:
 
 def client_moments(
     z: np.ndarray,
-    batch_labels: Sequence[str],
+    batch_labels: Sequence[str] | np.ndarray,
     config: Mapping[str, Any],
     seed: int,
     *,

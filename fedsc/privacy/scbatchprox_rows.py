@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fedsc.privacy.views import ObserverView, RunRecord
+from fedsc.privacy.views import ObservedOp, ObserverView, RunRecord
 
 ATTACK = "scbatchprox_rows"
 #: Ledger tag of the scBatchProx state aggregation (FedAvg).
@@ -88,7 +88,9 @@ class RecoveredRound:
     weights_known: bool
 
 
-def _global_sequence(view: ObserverView, tag: str) -> list[tuple[object, np.ndarray, np.ndarray]]:
+def _global_sequence(
+    view: ObserverView, tag: str
+) -> list[tuple[ObservedOp, np.ndarray, np.ndarray]]:
     """Per aggregation: (op, broadcast state before, aggregate after) as this view knows them.
 
     A client receives each round's aggregate as the next round's broadcast state (and the

@@ -105,14 +105,14 @@ def scbatchprox_weight_inference(
                 b,
                 r_est.round,
                 "row_relative_error",
-                np.linalg.norm(hat - true) / np.linalg.norm(true),
-                np.linalg.norm(guess - true) / np.linalg.norm(true),
+                float(np.linalg.norm(hat - true) / np.linalg.norm(true)),
+                float(np.linalg.norm(guess - true) / np.linalg.norm(true)),
             )
             add(
                 b,
                 r_est.round,
                 "update_relative_error",
-                np.linalg.norm(hat - true) / np.linalg.norm(true - prev),
-                np.linalg.norm(guess - true) / np.linalg.norm(true - prev),
+                float(np.linalg.norm(hat - true) / np.linalg.norm(true - prev)),
+                float(np.linalg.norm(guess - true) / np.linalg.norm(true - prev)),
             )
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -334,8 +334,9 @@ class RunRecord:
                         released[c.index] = c.aggregate
         shares: dict[int, dict[int, np.ndarray]] = {}
         n_parties = int(getattr(aggregator, "parties", 0) or 0)
-        if getattr(aggregator, "record_received", False):
-            shares = _party_shares(aggregator.received_by_parties(), ops)
+        backend: Any = aggregator  # crypten's instrumentation, reached through the wrapper
+        if getattr(backend, "record_received", False):
+            shares = _party_shares(backend.received_by_parties(), ops)
         return cls(
             backend=aggregator.name,
             private=bool(aggregator.private),
@@ -495,8 +496,9 @@ def observer_view(
                 )
             )
         elif observer == "client":
-            own = np.full_like(o.contributions, np.nan) if o.contributions is not None else None
-            if own is not None:
+            own = None
+            if o.contributions is not None:
+                own = np.full_like(o.contributions, np.nan)
                 own[client] = o.contributions[client]
             ops.append(replace(base, weights=weights, reference=o.reference, contributions=own))
         else:  # output_reader: the released result only, filled below
