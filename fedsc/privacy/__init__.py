@@ -6,7 +6,7 @@ observer views (:func:`~fedsc.privacy.views.observer_view`), and run attacks by 
 The threat model is in ``docs/privacy.md``.
 """
 
-from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
+from fedsc.privacy.attacks import ATTACKS, Truth, attack_record, run_attacks
 from fedsc.privacy.threat_model import MEASURED_BY, exposure
 from fedsc.privacy.views import (
     OBSERVERS,
@@ -29,6 +29,7 @@ __all__ = [
     "RunRecord",
     "Truth",
     "all_views",
+    "attack_record",
     "exposure",
     "observer_view",
     "recording_aggregator",

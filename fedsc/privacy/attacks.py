@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -18,7 +19,7 @@ from fedsc.privacy.party_shares import party_share_leakage
 from fedsc.privacy.scbatchprox_moments import ClientMoments, scbatchprox_moment_inference
 from fedsc.privacy.scbatchprox_rows import COLUMNS, scbatchprox_row_recovery
 from fedsc.privacy.scbatchprox_weights import scbatchprox_weight_inference
-from fedsc.privacy.views import ObserverView, RunRecord
+from fedsc.privacy.views import OBSERVERS, ObserverView, RunRecord, observer_view
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,32 @@ def run_attacks(
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat(frames, ignore_index=True)
+
+
+def attack_record(
+    record: RunRecord,
+    truth: Truth | None = None,
+    *,
+    observers: Iterable[str] = OBSERVERS,
+    attacks: Iterable[str] | None = None,
+    **view_options: Any,
+) -> pd.DataFrame:
+    """Run attacks on the views of several observers of one recorded run (for sweeps).
+
+    Parameters
+    ----------
+    record
+        The run's :class:`~fedsc.privacy.views.RunRecord`.
+    truth
+        What to score against; by default the record itself (no moments).
+    observers
+        Observers whose views are attacked (default: all of :data:`OBSERVERS`).
+    attacks
+        Attack names (default: all).
+    **view_options
+        Options of :func:`~fedsc.privacy.views.observer_view` (``party``, ``parties``,
+        ``client``, ``public_weights``).
+    """
+    truth = truth if truth is not None else Truth(record)
+    views = [observer_view(record, name, **view_options) for name in observers]
+    return run_attacks(views, truth, attacks)

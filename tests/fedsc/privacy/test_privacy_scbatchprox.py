@@ -156,7 +156,11 @@ def test_hidden_weights_under_crypten(crypten_run):
 
 
 def test_registry_and_views_without_what_an_attack_needs(plain_run):
+    from fedsc.privacy import attack_record
+
     record, _ = plain_run
+    sweep = attack_record(record, attacks=["scbatchprox_rows"], public_weights=True)
+    assert set(sweep["observer"]) == {"coordinator", "client"}  # the others hold no rounds
     assert {
         "scbatchprox_rows",
         "scbatchprox_moments",

@@ -19,6 +19,9 @@ def _run(backend: str = "plaintext", mechanisms=None):
             mean = agg.weighted_mean(states, [1.0, 2.0, 3.0], reference=ref)
         with agg.ledger.scope(0, "presence"):
             total = agg.sum([s["b"] for s in states])
+        with agg.ledger.scope(None, "dominant"):
+            winners = agg.argmax([s["b"] for s in states])
+        assert winners.dtype == np.int64
         record = RunRecord.from_run(agg, rec)
     return states, mean, total, record
 
@@ -33,7 +36,11 @@ def test_recorder_changes_nothing():
     assert [(o.round, o.tag, o.op) for o in record.operations] == [
         (0, "fedavg", "weighted_mean"),
         (0, "presence", "sum"),
+        (None, "dominant", "argmax"),
     ]
+    np.testing.assert_array_equal(
+        record.operations[2].aggregate, np.argmax([s["b"] for s in states], axis=0)
+    )
     assert record.mechanisms == ()  # the recorder itself is not listed
 
 
