@@ -63,10 +63,10 @@ _MOMENTUM = 0.1  # torch.nn.BatchNorm1d's default
 
 
 def composition(labels: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
-    """Fraction of ``labels`` of each type in ``vocabulary``."""
+    """Fraction of ``labels`` of each type in ``vocabulary`` (of all labels)."""
     labels = np.asarray(labels).astype(str)
     counts = np.array([(labels == t).sum() for t in vocabulary], dtype=np.float64)
-    return counts / max(counts.sum(), 1.0)
+    return counts / max(len(labels), 1)
 
 
 def estimate_composition_from_update(

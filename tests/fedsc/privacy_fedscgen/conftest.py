@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import scanpy as sc
 import torch
 
+from fedsc.datasets import pancreas
 from fedsc.methods.fedscgen import FedScGenConfig
 from fedsc.privacy.membership import capture_fedscgen_views
 
@@ -29,7 +31,16 @@ def capture():
     return run
 
 
-@pytest.fixture(scope="module")
-def views(panc, capture):
+@pytest.fixture(scope="session")
+def pancreas_log():
+    """The bundled pancreas data, normalised to 1e4 and log1p (for session fixtures)."""
+    a = pancreas()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    return a
+
+
+@pytest.fixture(scope="session")
+def views(pancreas_log, capture):
     """FedscGen on the 5 pancreas batches (plaintext), seed 0, overfitting settings."""
-    return capture(panc, seed=0)
+    return capture(pancreas_log, seed=0)

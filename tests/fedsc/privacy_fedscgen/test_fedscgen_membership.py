@@ -89,9 +89,9 @@ def test_attacks_on_local_update_have_tidy_rows(views):
 
 
 @pytest.mark.slow
-def test_membership_on_local_update_beats_chance_over_seeds(panc, capture, views):
+def test_membership_on_local_update_beats_chance_over_seeds(pancreas_log, capture, views):
     """Pooled over the 5 clients, 3 seeds: the t interval of the AUC lies above 0.5."""
-    runs = [views, capture(panc, seed=1), capture(panc, seed=2)]
+    runs = [views, capture(pancreas_log, seed=1), capture(pancreas_log, seed=2)]
     frames = [
         fedscgen_membership(v, observers=("coordinator",), attacks=("lira_offline",)) for v in runs
     ]
