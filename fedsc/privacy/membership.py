@@ -81,11 +81,13 @@ __all__ = [
     "capture_fedscgen_views",
     "cell_losses",
     "fedscgen_membership",
+    "fedscgen_membership_scores",
     "lira_offline_attack",
     "loss_threshold_attack",
     "membership_metrics",
     "membership_over_seeds",
     "reference_attack",
+    "scores_to_metrics",
     "summarize_over_seeds",
     "train_shadow_models",
 ]
@@ -537,18 +539,7 @@ def lira_offline_attack(
     ``(μ_i - log loss(i)) / σ``, monotone in the one-sided likelihood ratio of the offline
     attack.
     """
-    if len(shadows) < 2:
-        raise FedscInputError("offline LiRA needs at least 2 shadow models.")
-    target = np.log(cell_losses(model, x, kl=kl))
-    out = np.log(np.stack([cell_losses(s, x, kl=kl) for s in shadows]))
-    mu = out.mean(axis=0)
-    if global_variance is None:
-        global_variance = len(shadows) < 16
-    if global_variance:
-        sigma = np.full_like(mu, np.sqrt(np.mean(out.var(axis=0, ddof=1))))
-    else:
-        sigma = out.std(axis=0, ddof=1)
-    scores = (mu - target) / np.maximum(sigma, 1e-12)
+    scores = _lira_scores(model, shadows, x, kl, global_variance)
     return _frame(
         membership_metrics(
             scores,
@@ -571,6 +562,121 @@ def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------ on FedscGen
+def fedscgen_membership_scores(
+    views: FedScGenViews,
+    *,
+    observers: Sequence[str] = ("coordinator", "client"),
+    attacks: Sequence[str] = ("loss_threshold", "reference", "lira_offline"),
+    n_shadows: int = 4,
+    kl: bool = False,
+) -> pd.DataFrame:
+    """Per-cell attack scores against every client of a captured run (higher = member).
+
+    - ``"coordinator"`` attacks client c's last-round local state; the reference model is
+      the broadcast state; shadows are ``local_epochs`` epochs from the broadcast state on
+      ``N_c`` cells of the other clients' data (the attacker's auxiliary data: a stand-in
+      for a public reference of the same tissue).
+    - ``"client"`` attacks the final global model; the reference is the initial state
+      (every client receives it); shadows train ``rounds x local_epochs`` epochs from the
+      initial state on ``N_c`` cells of the other clients' data.
+
+    Returns
+    -------
+    One row per (attack, observer, cell): ``attack``, ``observer``, ``target_client``,
+    ``cell`` (position in the client), ``score``, ``member``, ``seed``.
+    """
+    cfg = views.config
+    frames = []
+    for observer in observers:
+        if observer not in ("coordinator", "client"):
+            raise FedscInputError(f"unknown observer {observer!r}; use 'coordinator' or 'client'.")
+        for c in views.clients:
+            ci = c.index
+            x = views.data[ci]
+            member = _membership(x.shape[0], views.splits[ci][0])
+            if observer == "coordinator":
+                attacked = views.local_model(ci)
+                ref_state, epochs = views.broadcast_state, cfg.local_epochs
+            else:
+                attacked = views.global_model
+                ref_state, epochs = views.initial_state, cfg.rounds * cfg.local_epochs
+            with torch_threads(cfg.num_threads):
+                for attack in attacks:
+                    if attack == "loss_threshold":
+                        score = -cell_losses(attacked, x, kl=kl)
+                    elif attack == "reference":
+                        ref = views.model(ref_state)
+                        score = cell_losses(ref, x, kl=kl) - cell_losses(attacked, x, kl=kl)
+                    elif attack == "lira_offline":
+                        aux = torch.cat([views.data[o] for o in views.data if o != ci])
+                        shadows = train_shadow_models(
+                            ref_state,
+                            aux,
+                            cfg,
+                            n_shadows=n_shadows,
+                            n_cells=int(member.sum()),
+                            epochs=epochs,
+                            seed=views.seed * 1000 + ci,
+                        )
+                        score = _lira_scores(attacked, shadows, x, kl, None)
+                    else:
+                        raise FedscInputError(
+                            f"unknown attack {attack!r}; choose from loss_threshold, "
+                            "reference, lira_offline."
+                        )
+                    frames.append(
+                        pd.DataFrame(
+                            {
+                                "attack": attack,
+                                "observer": observer,
+                                "target_client": c.name,
+                                "cell": np.arange(x.shape[0]),
+                                "score": score,
+                                "member": member,
+                                "seed": views.seed,
+                            }
+                        )
+                    )
+    return pd.concat(frames, ignore_index=True)
+
+
+def scores_to_metrics(
+    scores: pd.DataFrame,
+    *,
+    fprs: Sequence[float] = (0.01, 0.001),
+    per_client: bool = True,
+    pooled: bool = True,
+) -> pd.DataFrame:
+    """Metric rows from per-cell scores: per (attack, observer, client, seed) and pooled.
+
+    Pooled rows (``target_client == "all"``) put every client's cells, each scored under
+    its own client's attacked model, into one ROC per (attack, observer, seed); scores of
+    several seeds pool likewise when their ``seed`` column is set to one value first.
+    """
+    rows = []
+    keys = ["attack", "observer", "seed"]
+    for (attack, observer, seed), g in scores.groupby(keys, sort=False):
+        common = {"attack": attack, "observer": observer, "seed": seed}
+        if per_client:
+            for client, gc in g.groupby("target_client", sort=False):
+                rows += membership_metrics(
+                    gc["score"].to_numpy(),
+                    gc["member"].to_numpy(),
+                    fprs=fprs,
+                    target_client=client,
+                    **common,
+                )
+        if pooled:
+            rows += membership_metrics(
+                g["score"].to_numpy(),
+                g["member"].to_numpy(),
+                fprs=fprs,
+                target_client="all",
+                **common,
+            )
+    return _frame(rows)
+
+
 def fedscgen_membership(
     views: FedScGenViews,
     *,
@@ -582,93 +688,30 @@ def fedscgen_membership(
 ) -> pd.DataFrame:
     """Every attack against every client of a captured run; per-client and pooled rows.
 
-    - ``"coordinator"`` attacks client c's last-round local state; the reference model is
-      the broadcast state; shadows are ``local_epochs`` epochs from the broadcast state on
-      ``N_c`` cells of the other clients' data (the attacker's auxiliary data: a stand-in
-      for a public reference of the same tissue).
-    - ``"client"`` attacks the final global model; the reference is the initial state
-      (every client receives it); shadows train ``rounds x local_epochs`` epochs from the
-      initial state on ``N_c`` cells of the other clients' data.
-
-    The pooled rows (``target_client == "all"``) score every client's cells under that
-    client's attacked model and compute one ROC over all members and non-members.
+    :func:`fedscgen_membership_scores` then :func:`scores_to_metrics`: rows per client and
+    pooled over clients (``target_client == "all"``).
     """
-    cfg = views.config
-    rows = []
-    for observer in observers:
-        if observer not in ("coordinator", "client"):
-            raise FedscInputError(f"unknown observer {observer!r}; use 'coordinator' or 'client'.")
-        pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-        for c in views.clients:
-            ci = c.index
-            x = views.data[ci]
-            train_idx = views.splits[ci][0]
-            if observer == "coordinator":
-                attacked = views.local_model(ci)
-                ref_state, epochs = views.broadcast_state, cfg.local_epochs
-            else:
-                attacked = views.global_model
-                ref_state, epochs = views.initial_state, cfg.rounds * cfg.local_epochs
-            common = {
-                "observer": observer,
-                "target_client": c.name,
-                "seed": views.seed,
-                "kl": kl,
-                "fprs": fprs,
-            }
-            with torch_threads(cfg.num_threads):
-                for attack in attacks:
-                    if attack == "loss_threshold":
-                        df = loss_threshold_attack(attacked, x, train_idx, **common)
-                        s = -cell_losses(attacked, x, kl=kl)
-                    elif attack == "reference":
-                        ref = views.model(ref_state)
-                        df = reference_attack(attacked, ref, x, train_idx, **common)
-                        s = cell_losses(ref, x, kl=kl) - cell_losses(attacked, x, kl=kl)
-                    elif attack == "lira_offline":
-                        aux = torch.cat([views.data[o] for o in views.data if o != ci])
-                        shadows = train_shadow_models(
-                            ref_state,
-                            aux,
-                            cfg,
-                            n_shadows=n_shadows,
-                            n_cells=len(train_idx),
-                            epochs=epochs,
-                            seed=views.seed * 1000 + ci,
-                        )
-                        df = lira_offline_attack(attacked, shadows, x, train_idx, **common)
-                        s = _lira_scores(attacked, shadows, x, kl)
-                    else:
-                        raise FedscInputError(
-                            f"unknown attack {attack!r}; choose from loss_threshold, "
-                            "reference, lira_offline."
-                        )
-                    rows.append(df)
-                    scores, members = pooled.setdefault(attack, ([], []))
-                    scores.append(s)
-                    members.append(_membership(x.shape[0], train_idx))
-        for attack, (scores, members) in pooled.items():
-            rows.append(
-                _frame(
-                    membership_metrics(
-                        np.concatenate(scores),
-                        np.concatenate(members),
-                        fprs=fprs,
-                        attack=attack,
-                        observer=observer,
-                        target_client="all",
-                        seed=views.seed,
-                    )
-                )
-            )
-    return pd.concat(rows, ignore_index=True)
+    scores = fedscgen_membership_scores(
+        views, observers=observers, attacks=attacks, n_shadows=n_shadows, kl=kl
+    )
+    return scores_to_metrics(scores, fprs=fprs)
 
 
-def _lira_scores(model: VAE, shadows: Sequence[VAE], x: torch.Tensor, kl: bool) -> np.ndarray:
+def _lira_scores(
+    model: VAE, shadows: Sequence[VAE], x: torch.Tensor, kl: bool, global_variance: bool | None
+) -> np.ndarray:
+    if len(shadows) < 2:
+        raise FedscInputError("offline LiRA needs at least 2 shadow models.")
     target = np.log(cell_losses(model, x, kl=kl))
     out = np.log(np.stack([cell_losses(s, x, kl=kl) for s in shadows]))
-    sigma = np.sqrt(np.mean(out.var(axis=0, ddof=1))) if len(shadows) < 16 else out.std(axis=0)
-    return (out.mean(axis=0) - target) / np.maximum(sigma, 1e-12)
+    mu = out.mean(axis=0)
+    if global_variance is None:
+        global_variance = len(shadows) < 16
+    if global_variance:
+        sigma = np.full_like(mu, np.sqrt(np.mean(out.var(axis=0, ddof=1))))
+    else:
+        sigma = out.std(axis=0, ddof=1)
+    return (mu - target) / np.maximum(sigma, 1e-12)
 
 
 def membership_over_seeds(

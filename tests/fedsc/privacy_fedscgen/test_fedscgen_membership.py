@@ -13,10 +13,12 @@ from fedsc.privacy.membership import (
     COLUMNS,
     cell_losses,
     fedscgen_membership,
+    fedscgen_membership_scores,
     lira_offline_attack,
     loss_threshold_attack,
     membership_metrics,
     reference_attack,
+    scores_to_metrics,
     summarize_over_seeds,
     train_shadow_models,
 )
@@ -101,6 +103,16 @@ def test_membership_on_local_update_beats_chance_over_seeds(pancreas_log, captur
     (rec,) = summary.to_dict("records")
     assert rec["n_seeds"] == 3 and rec["n_members"] == 3 * 450 and rec["n_nonmembers"] == 150
     assert rec["low"] > 0.5, rec
+
+
+def test_scores_pool_over_seeds_to_resolve_low_fprs(views):
+    scores = fedscgen_membership_scores(views, observers=("client",), attacks=("loss_threshold",))
+    assert len(scores) == 500 and scores["member"].sum() == 450
+    three = pd.concat([scores.assign(seed=s) for s in range(3)]).assign(seed="pooled")
+    rows = scores_to_metrics(three, per_client=False).set_index("metric")
+    assert rows.loc["auc", "n_nonmembers"] == 150
+    assert not np.isnan(rows.loc["tpr@0.01fpr", "value"])  # 150 non-members resolve 1 %
+    assert np.isnan(rows.loc["tpr@0.001fpr", "value"])
 
 
 def test_summarize_over_seeds_t_interval():
