@@ -101,7 +101,9 @@ def main() -> None:
             scores_to_metrics(all_scores.assign(seed="pooled"), per_client=False),
         )
         auc = rows[(rows["target_client"] != "all") & (rows["metric"] == "auc")]
-        per_client = summarize_over_seeds(auc, by=("attack", "observer", "metric"))
+        per_client = summarize_over_seeds(
+            auc, by=("attack", "observer", "metric")
+        )  # client mean per seed
         _show("membership AUC, per-client attacks averaged over clients and seeds", per_client)
         props = pd.concat(prop, ignore_index=True)
         _show(

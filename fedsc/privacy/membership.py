@@ -741,13 +741,18 @@ def summarize_over_seeds(
 ) -> pd.DataFrame:
     """Mean over seeds with a Student-t interval, per group of ``by``.
 
+    Rows of one seed within a group (e.g. several clients when ``by`` leaves out
+    ``target_client``) are averaged first, so the interval is over seeds only.
+
     Columns: ``by``, ``mean``, ``low``, ``high`` (NaN with one seed), ``n_seeds``,
     ``chance``, and the cell counts summed over seeds (``n_members``, ``n_nonmembers``
     where present, else ``n``). NaN values (unresolvable FPRs) are left out of the mean.
     """
     out = []
     for keys, g in rows.groupby(list(by), sort=False, dropna=False):
-        v = g["value"].astype(float).dropna().to_numpy()
+        # several rows of one seed in a group (e.g. clients): average them first
+        values = g.groupby("seed")["value"].mean() if "seed" in g else g["value"]
+        v = values.astype(float).dropna().to_numpy()
         rec = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=True))
         k = len(v)
         mean = float(v.mean()) if k else float("nan")

@@ -119,10 +119,15 @@ def test_summarize_over_seeds_t_interval():
     v = np.array([0.6, 0.7, 0.65, 0.62])
     rows = pd.DataFrame(
         {"attack": "a", "observer": "o", "target_client": "all", "metric": "auc", "value": v}
-        | {"chance": 0.5, "n_members": 10, "n_nonmembers": 5}
+        | {"chance": 0.5, "n_members": 10, "n_nonmembers": 5, "seed": range(4)}
     )
     (rec,) = summarize_over_seeds(rows).to_dict("records")
     half = stats.t.ppf(0.975, 3) * v.std(ddof=1) / 2
     assert rec["mean"] == pytest.approx(v.mean())
     assert rec["high"] - rec["mean"] == pytest.approx(half)
     assert rec["n_members"] == 40 and rec["n_seeds"] == 4
+    # two clients per seed: averaged within the seed first
+    two = pd.concat([rows, rows.assign(value=v + 0.1)])
+    (rec,) = summarize_over_seeds(two, by=("attack", "observer", "metric")).to_dict("records")
+    assert rec["n_seeds"] == 4 and rec["mean"] == pytest.approx(v.mean() + 0.05)
+    assert rec["high"] - rec["mean"] == pytest.approx(half)
