@@ -122,8 +122,9 @@ class ViewRecorder(Mechanism):
     Parameters
     ----------
     keep
-        ``keep(round, tag)`` decides which operations' contributions are kept (results
-        are always kept; they are small or needed). ``None`` keeps everything.
+        ``keep(round, tag)`` decides which operations' contributions and results are kept
+        (results of the correction, ledger tags ``correction/...``, always are). ``None``
+        keeps everything.
     """
 
     name: ClassVar[str] = "view_recorder"
@@ -147,8 +148,10 @@ class ViewRecorder(Mechanism):
         return contribution
 
     def transform_result(self, result: np.ndarray, ctx: ResultContext) -> np.ndarray:
-        """Record the revealed result and pass it on unchanged."""
-        self.results.setdefault((ctx.round, ctx.tag, ctx.op), []).append(np.array(result))
+        """Record the revealed result (see ``keep``) and pass it on unchanged."""
+        correction = ctx.round is None and str(ctx.tag).startswith("correction")
+        if correction or self.keep is None or self.keep(ctx.round, ctx.tag):
+            self.results.setdefault((ctx.round, ctx.tag, ctx.op), []).append(np.array(result))
         return result
 
 

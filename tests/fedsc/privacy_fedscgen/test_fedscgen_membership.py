@@ -8,9 +8,11 @@ import pytest
 import torch
 from scipy import stats
 
+import smpc
 from fedsc.methods.vae import encode_mean
 from fedsc.privacy.membership import (
     COLUMNS,
+    ViewRecorder,
     cell_losses,
     fedscgen_membership,
     fedscgen_membership_scores,
@@ -131,3 +133,22 @@ def test_summarize_over_seeds_t_interval():
     (rec,) = summarize_over_seeds(two, by=("attack", "observer", "metric")).to_dict("records")
     assert rec["n_seeds"] == 4 and rec["mean"] == pytest.approx(v.mean() + 0.05)
     assert rec["high"] - rec["mean"] == pytest.approx(half)
+
+
+def test_view_recorder_sees_contributions_and_results():
+    rec = ViewRecorder(keep=lambda r, tag: r == 1)
+    with smpc.make_aggregator("plaintext", mechanisms=[rec]) as agg:
+        for r in (0, 1):
+            with agg.ledger.scope(r, "fedavg"):
+                out = agg.weighted_mean([np.array([1.0, 2.0]), np.array([3.0, 6.0])], [1, 3])
+        with agg.ledger.scope(None, "correction/presence"):
+            agg.sum([np.array([1.0]), np.array([0.0])])
+    np.testing.assert_allclose(out, [2.5, 5.0])
+    assert list(rec.contributions) == [(1, "fedavg", "weighted_mean")]
+    seen = rec.contributions[(1, "fedavg", "weighted_mean")]
+    np.testing.assert_allclose(seen[1][0], [3.0, 6.0])
+    assert seen[1][1] == 3.0  # the public weight
+    assert set(rec.results) == {
+        (1, "fedavg", "weighted_mean"),
+        (None, "correction/presence", "sum"),
+    }
