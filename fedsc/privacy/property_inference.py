@@ -12,7 +12,11 @@ Property inference against federated updates: Melis et al. (IEEE S&P 2019), Ganj
     recovers ``m_c ≈ W x̄_c + b``, a projection of the client's mean expression. With
     auxiliary labelled cells (other clients' data here; a public atlas in practice) it
     projects every type's mean profile the same way and solves a non-negative least
-    squares for the mixture weights: the client's composition.
+    squares for the mixture weights: the client's composition. The auxiliary profiles
+    come from other batches, so batch effects bias the estimate: on the pancreas
+    (clients = sequencing technologies, similar compositions) it does no better than the
+    prior; on simulated clients with different compositions it does
+    (``benchmarks/privacy_attacks.py``).
 ``"coordinator+crypten"`` (secure aggregation), :func:`revealed_composition_attack`
     It sees only aggregates and FedscGen's revealed values: the number of holders of each
     type, the dominant client of each shared type and that client's count. Client c's
