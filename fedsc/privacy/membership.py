@@ -282,17 +282,14 @@ def capture_fedscgen_views(
     labels = {
         c.index: obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in train
     }
-    splits = {
-        c.index: tuple(
-            t.numpy()
-            for t in split_train_validation(
-                data[c.index].shape[0],
-                config.validation_fraction,
-                derive_generator(seed, SPLIT, c.index),
-            )
+    splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for c in train:
+        tr, val = split_train_validation(
+            data[c.index].shape[0],
+            config.validation_fraction,
+            derive_generator(seed, SPLIT, c.index),
         )
-        for c in train
-    }
+        splits[c.index] = (tr.numpy(), val.numpy())
     initial = VAE(x_all.shape[1], config, derive_generator(seed, INIT)).state_dict()
     initial = {k: v.detach().clone() for k, v in initial.items()}
     spec = flatten(initial)[1]
