@@ -353,12 +353,13 @@ def owned_columns(
         cols: list[np.ndarray] = []
         layout: list[tuple[str | None, tuple[int, ...]]] = []
         for key, rows in owned.items():
-            leaf = leaves.get(key)
-            if leaf is None:
+            found = leaves.get(key)
+            if found is None:
                 raise ValueError(
                     f"owners[{b}] names tensor {key!r}, but the contributions hold "
                     f"{[lf.key for lf in spec.leaves]}."
                 )
+            leaf = found
             if len(leaf.shape) < 1:
                 raise ValueError(f"tensor {key!r} is 0-d: owners name rows of >= 1-d tensors.")
             rows = [int(r) for r in rows]

@@ -334,7 +334,9 @@ class PartyLoop:
             raise ValueError(f"shared buffer {buffer.path} is too small for {op}")
         # An owner-revealed result share never goes into the buffer the coordinator maps.
         in_buffer = buffer is not None and op.destinations is None
-        result = buffer.result(op.size) if in_buffer else np.empty(op.size, np.int64)
+        result = buffer.result(op.size) if buffer is not None and in_buffer else None
+        if result is None:
+            result = np.empty(op.size, np.int64)
         rows = np.empty((op.n_clients, op.size), np.int64) if op.kind == "argmax" else None
         keys: list[bytes] = []  # a sum of keyed shares is expanded once all keys are in
         for client in range(op.n_clients):

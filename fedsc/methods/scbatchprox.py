@@ -356,11 +356,10 @@ class ScBatchProx:
         """
         if not self.config.secure_rows:
             return self.adapter.transform(z, batch_labels)
-        labels = np.asarray(batch_labels).astype(str)
-        rows = self.adapter.rows(labels)  # validates labels and dims below
+        rows = self.adapter.rows(batch_labels)  # validates labels and dims below
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != self.adapter.dim:
-            return self.adapter.transform(z, labels)  # raises the usual error
+            return self.adapter.transform(z, batch_labels)  # raises the usual error
         out = np.empty_like(z)
         for r in np.unique(rows):
             cells = rows == r
