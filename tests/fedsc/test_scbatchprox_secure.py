@@ -170,3 +170,17 @@ def test_secure_rows_refuses_another_strategy():
             strategy="fedavgm",
             show_progress=False,
         )
+
+
+@pytest.mark.parametrize(("secure", "label"), [(False, REVEALS_PAPER), (True, REVEALS_SECURE_ROWS)])
+def test_uns_says_what_the_variant_reveals(secure, label):
+    import anndata as ad
+
+    import fedsc.tl
+
+    z, labels = _data()
+    adata = ad.AnnData(obs={"batch": labels})
+    adata.obsm["X_pca"] = z
+    fedsc.tl.scbatchprox(adata, batch_key="batch", use_rep="X_pca", rounds=1, secure_rows=secure)
+    assert adata.uns["scbatchprox"]["reveals"] == label
+    assert adata.uns["scbatchprox"]["params"]["secure_rows"] is secure
