@@ -66,6 +66,11 @@ REVEALS_SECURE_ROWS = (
     "secure rows: only the total weight N = sum of the clients' training cells is "
     "revealed to the coordinator; row b of the averaged update is revealed only to client b"
 )
+REVEALS_SECURE_ROWS_NOT_PRIVATE = (
+    "secure rows protocol on a non-private aggregator: the coordinator receives every "
+    "client's row update in the clear (use a private backend, e.g. crypten, for the "
+    "secure-rows guarantee)"
+)
 
 
 @dataclass
@@ -341,11 +346,19 @@ class ScBatchProx:
     ledger: dict[str, Any] = field(default_factory=dict)
     #: How each round's results are aggregated (``None``: FedAvg, the paper's).
     strategy: Strategy | str | None = None
+    #: Whether every aggregator it was trained with was private.
+    _private: bool = field(default=True, repr=False)
 
     @property
     def reveals(self) -> str:
-        """What the training revealed to the coordinator (for run info and ``uns``)."""
-        return REVEALS_SECURE_ROWS if self.config.secure_rows else REVEALS_PAPER
+        """What the training revealed to the coordinator (for run info and ``uns``).
+
+        One of :data:`REVEALS_PAPER`, :data:`REVEALS_SECURE_ROWS` (private aggregator)
+        or :data:`REVEALS_SECURE_ROWS_NOT_PRIVATE`.
+        """
+        if not self.config.secure_rows:
+            return REVEALS_PAPER
+        return REVEALS_SECURE_ROWS if self._private else REVEALS_SECURE_ROWS_NOT_PRIVATE
 
     def transform(self, z: np.ndarray, batch_labels: Sequence[str]) -> np.ndarray:
         """Refined embedding of cells ``z`` from batches ``batch_labels``.
@@ -480,6 +493,7 @@ class ScBatchProx:
         self.history.extend(result.history)
         self.seconds += result.seconds
         self.ledger = aggregator.ledger.to_dict()
+        self._private = self._private and bool(aggregator.private)
         return result
 
 

@@ -19,6 +19,7 @@ from fedsc.errors import FedscInputError
 from fedsc.methods.scbatchprox import (
     REVEALS_PAPER,
     REVEALS_SECURE_ROWS,
+    REVEALS_SECURE_ROWS_NOT_PRIVATE,
     ScBatchProx,
     ScBatchProxConfig,
     ScBatchProxFederation,
@@ -73,7 +74,8 @@ def test_secure_equals_paper_faithful_in_plaintext():
     np.testing.assert_allclose(
         secure.transform(z, labels), paper.transform(z, labels), rtol=0, atol=1e-12
     )
-    assert paper.reveals == REVEALS_PAPER and secure.reveals == REVEALS_SECURE_ROWS
+    assert paper.reveals == REVEALS_PAPER
+    assert secure.reveals == REVEALS_SECURE_ROWS_NOT_PRIVATE  # plaintext: not private
     assert ScBatchProxConfig().secure_rows is False  # the paper's protocol stays the default
 
 
@@ -109,6 +111,7 @@ def test_secure_crypten_equals_paper_faithful_and_coordinator_sees_only_total(mo
     # Each client received, each round, its own gamma and beta row and nothing else.
     assert received == [(b, {"gamma": (1, 8), "beta": (1, 8)}) for b in range(3)] * ROUNDS
     assert secure.history == [{"round": r} for r in range(ROUNDS)]  # no metric revealed
+    assert secure.reveals == REVEALS_SECURE_ROWS
 
 
 def test_coordinator_view_depends_on_batch_sizes_only(monkeypatch):
@@ -172,8 +175,15 @@ def test_secure_rows_refuses_another_strategy():
         )
 
 
-@pytest.mark.parametrize(("secure", "label"), [(False, REVEALS_PAPER), (True, REVEALS_SECURE_ROWS)])
-def test_uns_says_what_the_variant_reveals(secure, label):
+@pytest.mark.parametrize(
+    ("secure", "backend", "label"),
+    [
+        (False, "plaintext", REVEALS_PAPER),
+        (True, "plaintext", REVEALS_SECURE_ROWS_NOT_PRIVATE),
+        (True, CryptenAggregator, REVEALS_SECURE_ROWS),
+    ],
+)
+def test_uns_says_what_the_variant_reveals(secure, backend, label):
     import anndata as ad
 
     import fedsc.tl
@@ -181,6 +191,11 @@ def test_uns_says_what_the_variant_reveals(secure, label):
     z, labels = _data()
     adata = ad.AnnData(obs={"batch": labels})
     adata.obsm["X_pca"] = z
-    fedsc.tl.scbatchprox(adata, batch_key="batch", use_rep="X_pca", rounds=1, secure_rows=secure)
+    agg = backend(transport="threads") if backend is CryptenAggregator else backend
+    fedsc.tl.scbatchprox(
+        adata, batch_key="batch", use_rep="X_pca", backend=agg, rounds=1, secure_rows=secure
+    )
+    if not isinstance(agg, str):
+        agg.close()
     assert adata.uns["scbatchprox"]["reveals"] == label
     assert adata.uns["scbatchprox"]["params"]["secure_rows"] is secure
