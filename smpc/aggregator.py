@@ -5,13 +5,16 @@ primitives on float64 matrices with one row per client (``_weighted_sum``, ``_su
 ``_argmax``); this base class validates inputs, restores the caller's structure and
 writes every entry of the :class:`~smpc.ledger.Ledger`. ``gather`` (non-private
 aggregators only) reveals the contributions themselves, and the ledger says so.
+``weighted_mean_to_owners`` reveals each segment of a weighted mean only to the client
+that owns it (the coordinator learns the total weight only); backends implement it with
+``_weighted_mean_to_owners``.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -82,18 +85,23 @@ class Aggregator(ABC):
         """
         self._check_open()
         matrix, spec = flatten_all(contributions)
+        w = self._checked_weights(weights, matrix.shape[0])
+        return spec.unflatten(self._operate("weighted_mean", matrix, spec, w, reference))
+
+    @staticmethod
+    def _checked_weights(weights: Sequence[float], n_clients: int) -> np.ndarray:
         w = np.asarray(weights, dtype=np.float64)
-        if w.ndim != 1 or len(w) != matrix.shape[0]:
+        if w.ndim != 1 or len(w) != n_clients:
             raise ValueError(
                 f"weights must have one entry per client: got {w.shape} for "
-                f"{matrix.shape[0]} contributions."
+                f"{n_clients} contributions."
             )
         if not np.all(np.isfinite(w)) or np.any(w <= 0):
             raise ValueError(
                 f"weights must be positive and finite (e.g. cell counts), got {w.tolist()}; "
                 "drop clients with no cells before aggregating."
             )
-        return spec.unflatten(self._operate("weighted_mean", matrix, spec, w, reference))
+        return w
 
     def sum(self, contributions: Sequence[Any], *, reference: Any = None) -> Any:
         """Element-wise sum over clients, in the structure of the contributions.
@@ -148,6 +156,62 @@ class Aggregator(ABC):
         matrix, spec = flatten_all(contributions)
         rows = self._operate("gather", matrix, spec, None, reference)
         return [spec.unflatten(row) for row in rows]
+
+    def weighted_mean_to_owners(
+        self,
+        contributions: Sequence[Any],
+        weights: Sequence[float],
+        owners: Sequence[Mapping[str | None, Sequence[int]]],
+        deliver: Callable[[int, dict[str | None, np.ndarray]], None],
+    ) -> float:
+        """Weighted mean whose segments are revealed only to the clients that own them.
+
+        The mean is that of :meth:`weighted_mean` (same arithmetic), but nobody sees it
+        whole: segment ``owners[b]`` goes to client ``b`` only (through ``deliver``),
+        segments nobody owns are revealed to nobody, and the caller (the coordinator)
+        learns the total weight only.
+
+        Parameters
+        ----------
+        contributions, weights
+            As in :meth:`weighted_mean`.
+        owners
+            One mapping per client: tensor key (``None`` for a bare tensor) -> indices
+            along that tensor's first axis (rows) client ``b`` may see. A row has at most
+            one owner.
+        deliver
+            ``deliver(b, {key: rows})``: the channel to client ``b`` (in a deployment, its
+            process). Called once per client with the mean's owned rows, float64, shape
+            ``(len(indices), *tensor.shape[1:])``, in the order of ``owners[b]``.
+
+        Returns
+        -------
+        The total weight ``sum_c w_c``, the only value revealed to the coordinator by a
+        private backend (a non-private one reveals every contribution; the ledger says
+        so). The ledger's ``client_received`` lists what each client received.
+        """
+        self._check_open()
+        matrix, spec = flatten_all(contributions)
+        w = self._checked_weights(weights, matrix.shape[0])
+        if len(owners) != matrix.shape[0]:
+            raise ValueError(
+                f"owners must have one entry per client: got {len(owners)} for "
+                f"{matrix.shape[0]} contributions."
+            )
+        columns, layouts = owned_columns(spec, owners)
+        self._current_spec = spec
+        start = time.perf_counter()
+        means, total, traffic = self._compute_owned(matrix, spec, w, columns)
+        self._record("weighted_mean_to_owners", matrix, traffic, time.perf_counter() - start)
+        for b, (flat, layout) in enumerate(zip(means, layouts, strict=True)):
+            out: dict[str | None, np.ndarray] = {}
+            offset = 0
+            for key, shape in layout:
+                n = int(np.prod(shape))
+                out[key] = flat[offset : offset + n].reshape(shape)
+                offset += n
+            deliver(b, out)
+        return total
 
     def close(self) -> None:
         """Release resources (party processes). Idempotent."""
@@ -221,6 +285,24 @@ class Aggregator(ABC):
             f"unknown aggregation {op!r}; expected weighted_mean, sum, argmax or gather."
         )
 
+    def _compute_owned(
+        self, matrix: np.ndarray, spec: Spec, weights: np.ndarray, columns: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], float, Traffic]:
+        """Owned segments of the weighted mean, the total weight, traffic; wrappers override."""
+        return self._weighted_mean_to_owners(matrix, weights, columns)
+
+    def _weighted_mean_to_owners(
+        self, matrix: np.ndarray, weights: np.ndarray, columns: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], float, Traffic]:
+        """Return (per client b: mean[columns[b]], sum_c w_c, traffic).
+
+        ``mean`` is ``sum_c w_c x_c / sum_c w_c``. The traffic's ``client_received`` says
+        what each client received; ``coordinator_received`` what the caller did.
+        """
+        raise NotImplementedError(
+            f"the {self.name!r} aggregator does not implement weighted_mean_to_owners."
+        )
+
     def _mechanism_records(self, op: str) -> list[dict[str, Any]]:
         """Descriptions of the mechanisms applied to ``op`` (none for a bare backend)."""
         return []
@@ -248,6 +330,59 @@ class Aggregator(ABC):
                 f"the {self.name!r} aggregator is closed; create a new one with "
                 "smpc.make_aggregator(...) (one per federation)."
             )
+
+
+def owned_columns(
+    spec: Spec, owners: Sequence[Mapping[str | None, Sequence[int]]]
+) -> tuple[list[np.ndarray], list[list[tuple[str | None, tuple[int, ...]]]]]:
+    """Flat column indices each client owns, and the (key, shape) layout of its segments.
+
+    Raises ``ValueError`` for unknown keys, rows out of range, 0-d tensors or a row owned
+    by two clients.
+    """
+    leaves = {leaf.key: leaf for leaf in spec.leaves}
+    offsets: dict[str | None, int] = {}
+    offset = 0
+    for leaf in spec.leaves:
+        offsets[leaf.key] = offset
+        offset += int(np.prod(leaf.shape))
+    taken: dict[tuple[str | None, int], int] = {}
+    columns: list[np.ndarray] = []
+    layouts: list[list[tuple[str | None, tuple[int, ...]]]] = []
+    for b, owned in enumerate(owners):
+        cols: list[np.ndarray] = []
+        layout: list[tuple[str | None, tuple[int, ...]]] = []
+        for key, rows in owned.items():
+            found = leaves.get(key)
+            if found is None:
+                raise ValueError(
+                    f"owners[{b}] names tensor {key!r}, but the contributions hold "
+                    f"{[lf.key for lf in spec.leaves]}."
+                )
+            leaf = found
+            if len(leaf.shape) < 1:
+                raise ValueError(f"tensor {key!r} is 0-d: owners name rows of >= 1-d tensors.")
+            rows = [int(r) for r in rows]
+            for r in rows:
+                if not 0 <= r < leaf.shape[0]:
+                    raise ValueError(
+                        f"owners[{b}] names row {r} of tensor {key!r}, which has "
+                        f"{leaf.shape[0]} rows."
+                    )
+                if (key, r) in taken:
+                    raise ValueError(
+                        f"row {r} of tensor {key!r} is owned by clients {taken[key, r]} and "
+                        f"{b}; a row has at most one owner."
+                    )
+                taken[key, r] = b
+            width = int(np.prod(leaf.shape[1:]))
+            base = offsets[key]
+            for r in rows:
+                cols.append(np.arange(base + r * width, base + (r + 1) * width))
+            layout.append((key, (len(rows), *leaf.shape[1:])))
+        columns.append(np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64))
+        layouts.append(layout)
+    return columns, layouts
 
 
 def lowest_index_argmax(matrix: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from typing_extensions import override
 
 from smpc import messages as msg
 from smpc import sharing
@@ -41,7 +42,7 @@ from smpc.party_pool import (
 )
 from smpc.shared_buffer import SharedBuffer
 
-__all__ = ["CryptenAggregator", "PartyError"]
+__all__ = ["CryptenAggregator", "OwnerEndpoint", "PartyError"]
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
@@ -51,6 +52,62 @@ _KINDS = {"sum": "sum", "weighted_mean": "sum", "argmax": "argmax"}
 
 def _path(buffer: SharedBuffer | None) -> str | None:
     return buffer.path if buffer is not None else None
+
+
+class OwnerEndpoint:
+    """Client ``client``'s end of an owner-revealed weighted mean.
+
+    Receives every party's result-share slices of the columns the client owns and of the
+    total weight, and reconstructs only those (client-side division by the total). In
+    this single-machine simulation it is an object in the coordinator's process, fed by
+    :meth:`CryptenAggregator._route_owner_shares`, which reads no owned share itself; in
+    a deployment it runs in client ``client``'s process, which the parties send to.
+    """
+
+    def __init__(self, client: int, columns: np.ndarray, parties: int, precision_bits: int) -> None:
+        self.client = int(client)
+        self.columns = np.asarray(columns, dtype=np.int64)
+        self.parties = int(parties)
+        self.precision_bits = int(precision_bits)
+        self._order = np.argsort(self.columns, kind="stable")
+        #: Contiguous ``(start, stop)`` runs of the owned columns, ascending.
+        self.runs: list[tuple[int, int]] = _runs(self.columns[self._order])
+        self._shares: dict[int, dict[int, np.ndarray]] = {}
+
+    def receive(self, rank: int, start: int, share: np.ndarray) -> None:
+        """Keep party ``rank``'s share of the slice starting at ``start``."""
+        self._shares.setdefault(rank, {})[int(start)] = share
+
+    def reveal(self) -> np.ndarray:
+        """``sum_c w_c x_c / sum_c w_c`` on the owned columns (needs every party's slices)."""
+        if sorted(self._shares) != list(range(self.parties)):
+            raise RuntimeError(
+                f"client {self.client} has result shares from parties {sorted(self._shares)}, "
+                f"needs all {self.parties}."
+            )
+        per_party = []
+        for rank in range(self.parties):
+            got = self._shares[rank]
+            parts = [got[lo] for lo, _ in self.runs]
+            total_start = max(got)  # the total weight's slice is the last column
+            per_party.append(np.concatenate([*parts, got[total_start]]))
+        decoded = sharing.reconstruct_decode(per_party, self.precision_bits)
+        self._shares = {}
+        out = np.empty(len(self.columns), dtype=np.float64)
+        out[self._order] = decoded[:-1] / decoded[-1]  # back to the order of ``columns``
+        return out
+
+
+def _runs(columns: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted, distinct ``columns`` as contiguous ``(start, stop)`` runs."""
+    if len(columns) == 0:
+        return []
+    if np.any(np.diff(columns) <= 0):
+        raise ValueError("owned columns must be increasing")
+    breaks = np.flatnonzero(np.diff(columns) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(columns)]])
+    return [(int(columns[a]), int(columns[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
 
 
 class CryptenAggregator(Aggregator):
@@ -248,19 +305,22 @@ class CryptenAggregator(Aggregator):
         precision: int,
         weights: np.ndarray | None = None,
         decode: bool = True,
+        endpoints: list[OwnerEndpoint] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Share each client's row, send share i to party i; return the reconstructed result.
 
         With ``weights``, client ``c`` shares ``[w_c * x_c, w_c]`` (FedAvg). The result is
         the decoded float64 aggregate, or (``decode=False``) the ring element (raw int64)
-        the parties' result shares add up to.
+        the parties' result shares add up to. With ``endpoints`` (owner-revealed), the
+        parties send the slices of their result shares to the endpoints and only the
+        total weight (last value) to the coordinator, which is all this returns.
         """
         self._check_open()
         pool = self._pool
         assert pool is not None
         try:
             return self._exchange(
-                pool, op, matrix, precision, weights, precision if decode else None
+                pool, op, matrix, precision, weights, precision if decode else None, endpoints
             )
         except PartyError:
             self._closed = True
@@ -280,10 +340,18 @@ class CryptenAggregator(Aggregator):
         precision: int,
         weights: np.ndarray | None,
         decode_bits: int | None,
+        endpoints: list[OwnerEndpoint] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         n_clients, n_values = matrix.shape
         size = n_values + (1 if weights is not None else 0)
         kind = _KINDS[op]
+        destinations = None
+        if endpoints is not None:
+            # Each owner gets its runs of columns and the total weight; the coordinator
+            # gets the total weight only.
+            destinations = [
+                [e.client, lo, hi] for e in endpoints for lo, hi in [*e.runs, (size - 1, size)]
+            ] + [[-1, size - 1, size]]
         self._op_id += 1
         op_id = self._op_id
         deadline = time.monotonic() + self.timeout
@@ -338,6 +406,7 @@ class CryptenAggregator(Aggregator):
                         size=size,
                         share_format=formats[rank],
                         buffer_path=_path(buffers[rank]),
+                        destinations=destinations,
                     )
                 )
             if keyed:
@@ -383,7 +452,12 @@ class CryptenAggregator(Aggregator):
                 )
             results.append(reply)
             buffer = buffers[rank]
-            if reply.in_buffer and buffer is not None:
+            if destinations is not None:
+                assert endpoints is not None
+                result_shares.append(
+                    self._route_owner_shares(pool, op, rank, op_id, destinations, endpoints)
+                )
+            elif reply.in_buffer and buffer is not None:
                 result_shares.append(buffer.result(size))
             else:
                 try:
@@ -415,6 +489,43 @@ class CryptenAggregator(Aggregator):
             "mpc_rounds": max(r.mpc_rounds for r in results),
         }
         return revealed, stats
+
+    def _route_owner_shares(
+        self,
+        pool: PartyPool,
+        op: str,
+        rank: int,
+        op_id: int,
+        destinations: list[list[int]],
+        endpoints: list[OwnerEndpoint],
+    ) -> np.ndarray:
+        """Hand party ``rank``'s owner slices to their endpoints; return the coordinator's."""
+        deadline = time.monotonic() + self.timeout
+        mine: np.ndarray | None = None
+        for owner, lo, hi in destinations:
+            note = pool.receive(rank, op, deadline, self.timeout)
+            if not isinstance(note, msg.OwnerShare) or (
+                note.op_id,
+                note.rank,
+                note.owner,
+                note.start,
+                note.stop,
+            ) != (op_id, rank, owner, lo, hi):
+                raise pool.fail(
+                    f"{pool.names[rank]} sent {note!r} instead of the share slice "
+                    f"[{lo}, {hi}) for {owner} during {op}"
+                )
+            try:
+                share = pool.channels[rank].recv_array(into=np.empty(hi - lo, np.int64))
+            except (EOFError, OSError) as err:
+                raise pool.lost(rank, op, err) from err
+            if owner < 0:
+                mine = share
+            else:
+                endpoints[owner].receive(rank, lo, share)
+        if mine is None:
+            raise pool.fail(f"no coordinator slice from {pool.names[rank]} during {op}")
+        return mine
 
     def _share_client(
         self,
@@ -524,6 +635,25 @@ class CryptenAggregator(Aggregator):
         total, stats = self._run("sum", matrix, p)
         traffic = Traffic(coordinator_received={"sum": [matrix.shape[1]]}, **stats)
         return total, traffic
+
+    @override
+    def _weighted_mean_to_owners(
+        self, matrix: np.ndarray, weights: np.ndarray, columns: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], float, Traffic]:
+        # As _weighted_sum, but the parties send their result-share slices of client b's
+        # columns (and of sum w) to client b's endpoint, and only the share of sum w to
+        # the coordinator; unowned columns go to nobody.
+        p = self.sum_precision_bits
+        self._check_bounds(matrix, p, weights)
+        endpoints = [OwnerEndpoint(b, cols, self.parties, p) for b, cols in enumerate(columns)]
+        decoded, stats = self._run("weighted_mean", matrix, p, weights, endpoints=endpoints)
+        total = float(decoded[-1])
+        traffic = Traffic(coordinator_received={"sum_weights": []}, **stats)
+        traffic.coordinator_bytes = int(self.parties * 8)
+        traffic.client_received = {
+            f"client[{e.client}]": {"owned": [len(e.columns)], "sum_weights": []} for e in endpoints
+        }
+        return [e.reveal() for e in endpoints], total, traffic
 
     def _argmax(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
         if self.transport == "threads":

@@ -1,9 +1,10 @@
 """What crossed each boundary during secure aggregation.
 
 Every aggregator keeps a :class:`Ledger`. One :class:`LedgerEntry` is written per
-operation (``weighted_mean``, ``sum``, ``argmax``, ``gather``). The ledger is the
-evidence for the privacy claims of a run: it lists what each computation party received,
-every value the coordinator (the caller) received, and the mechanisms applied.
+operation (``weighted_mean``, ``sum``, ``argmax``, ``gather``,
+``weighted_mean_to_owners``). The ledger is the evidence for the privacy claims of a run:
+it lists what each computation party received, every value the coordinator (the caller)
+received, what each client received (owner-revealed results), and the mechanisms applied.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Traffic:
     mpc_rounds: int = 0
     coordinator_received: dict[str, list[int]] = field(default_factory=dict)
     coordinator_bytes: int = 0
+    client_received: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,8 +40,9 @@ class LedgerEntry:
     Attributes
     ----------
     op
-        ``"weighted_mean"``, ``"sum"``, ``"argmax"`` or ``"gather"`` (every contribution
-        revealed to the coordinator; non-private aggregators only).
+        ``"weighted_mean"``, ``"sum"``, ``"argmax"``, ``"gather"`` (every contribution
+        revealed to the coordinator; non-private aggregators only) or
+        ``"weighted_mean_to_owners"`` (segments of the mean revealed to their owners).
     round
         Federation round the operation belongs to (``None`` outside rounds).
     tag
@@ -68,6 +71,10 @@ class LedgerEntry:
     mechanisms
         What each mechanism wrapped around the backend did (name and parameters), in
         the order applied to client contributions.
+    client_received
+        Operations that reveal results to clients (``weighted_mean_to_owners``): per
+        client (``"client[b]"``), every value that client alone received: name -> shape.
+        Empty for operations whose result goes to the coordinator only.
     """
 
     op: str
@@ -84,6 +91,7 @@ class LedgerEntry:
     coordinator_bytes: int = 0
     private: bool = False
     mechanisms: list[dict[str, Any]] = field(default_factory=list)
+    client_received: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 class Ledger:

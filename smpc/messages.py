@@ -18,6 +18,14 @@ One aggregation, seen from party ``r`` (``n`` clients)::
                            nothing more when the result share went into the shared buffer
     coordinator -> party   Close()
 
+Owner-revealed sums (``Aggregate.destinations`` set): instead of one result share, the
+party sends one ``OwnerShare(op_id, rank, owner, start, stop)`` + array frame per
+destination, the slice ``[start, stop)`` of its result share addressed to client
+``owner`` (``-1``: the coordinator); result values in no destination are sent to nobody.
+In this single-machine simulation every frame arrives at the coordinator's process,
+which hands client frames to that client's endpoint unread
+(:class:`smpc.crypten_backend.OwnerEndpoint`); in a deployment they go to the client.
+
 Start-up: the party sends :class:`Ready` with its settings; instrumentation:
 :class:`Query` -> :class:`Counters` or :class:`Received` (+ array frames).
 Any failure inside a party answers :class:`Failure` with the traceback.
@@ -34,7 +42,7 @@ from typing import Any, Union
 from smpc.framing import FrameError, pack_message, unpack_message
 
 #: Bumped whenever a message changes; both ends must agree.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class Aggregate:
     size: int
     share_format: str  # "key" | "array" | "buffer"
     buffer_path: str | None = None  # shared buffer: result share first, then inputs
+    #: ``[[owner, start, stop], ...]``: send these slices of the result share to these
+    #: recipients (owner -1: the coordinator) and nothing else; ``None``: the whole
+    #: result share to the coordinator. Only with kind ``"sum"``.
+    destinations: list[list[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,20 @@ class Result:
     mpc_rounds: int
     seconds: float
     in_buffer: bool
+
+
+@dataclass(frozen=True)
+class OwnerShare:
+    """Slice ``[start, stop)`` of the party's result share, for ``owner`` (-1: coordinator).
+
+    An int64 array frame of ``stop - start`` values follows.
+    """
+
+    op_id: int
+    rank: int
+    owner: int
+    start: int
+    stop: int
 
 
 @dataclass(frozen=True)
@@ -152,6 +178,7 @@ MESSAGE_CLASSES: tuple[type, ...] = (
     ShareInBuffer,
     SharesReceived,
     Result,
+    OwnerShare,
     Failure,
     Query,
     Counters,

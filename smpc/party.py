@@ -325,12 +325,18 @@ class PartyLoop:
             raise ValueError(f"unknown operation kind {op.kind!r}")
         if op.kind == "argmax" and self.crypten is None:
             raise RuntimeError("argmax needs CrypTen parties (processes), not in-process ones")
+        if op.destinations is not None:
+            self._check_destinations(op)
         buffer = self._map_buffer(op.buffer_path)
         if buffer is not None and buffer.capacity < SharedBuffer.values_needed(
             op.n_clients if op.share_format == "buffer" else 0, op.size
         ):
             raise ValueError(f"shared buffer {buffer.path} is too small for {op}")
-        result = buffer.result(op.size) if buffer is not None else np.empty(op.size, np.int64)
+        # An owner-revealed result share never goes into the buffer the coordinator maps.
+        in_buffer = buffer is not None and op.destinations is None
+        result = buffer.result(op.size) if buffer is not None and in_buffer else None
+        if result is None:
+            result = np.empty(op.size, np.int64)
         rows = np.empty((op.n_clients, op.size), np.int64) if op.kind == "argmax" else None
         keys: list[bytes] = []  # a sum of keyed shares is expanded once all keys are in
         for client in range(op.n_clients):
@@ -370,13 +376,34 @@ class PartyLoop:
                 bytes_between_parties=traffic,
                 mpc_rounds=rounds,
                 seconds=time.perf_counter() - start,
-                in_buffer=buffer is not None,
+                in_buffer=in_buffer,
             )
         )
+        if op.destinations is not None:
+            # Owner-revealed: each slice to its recipient only; the rest to nobody.
+            for owner, lo, hi in op.destinations:
+                self.channel.send(
+                    msg.OwnerShare(op_id=op.op_id, rank=self.rank, owner=owner, start=lo, stop=hi)
+                )
+                self.channel.send_array(np.ascontiguousarray(result[lo:hi]))
+            return
         # Each party sends its share of the result to the coordinator only: no party ever
         # holds the aggregate in the clear (CrypTen's reveal() would give it to them).
-        if buffer is None:
+        if not in_buffer:
             self.channel.send_array(result)
+
+    @staticmethod
+    def _check_destinations(op: msg.Aggregate) -> None:
+        if op.kind != "sum":
+            raise ValueError(f"destinations are for sums only, got kind {op.kind!r}")
+        for item in op.destinations or []:
+            if (
+                len(item) != 3
+                or not all(isinstance(v, int) for v in item)
+                or item[0] < -1
+                or not 0 <= item[1] < item[2] <= op.size
+            ):
+                raise ValueError(f"bad destination {item!r} for a result of {op.size} values")
 
     def _argmax(self, shares: np.ndarray) -> tuple[np.ndarray, int, int]:
         """Return this party's share of the per-column winning index (lowest index on ties)."""

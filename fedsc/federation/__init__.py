@@ -9,6 +9,7 @@ from fedsc.federation.engine import (
 from fedsc.federation.fedavgm import FedAvgM
 from fedsc.federation.local_result import LocalResult, State
 from fedsc.federation.median import CoordinateMedian
+from fedsc.federation.owner_reveal import OwnerRevealFedAvg
 from fedsc.federation.seeding import client_generators, derive_generator, derive_rng
 from fedsc.federation.strategy import FedAvg, Strategy
 from fedsc.federation.strategy_registry import STRATEGIES, make_strategy
@@ -22,6 +23,7 @@ __all__ = [
     "FederatedMethod",
     "FederationResult",
     "LocalResult",
+    "OwnerRevealFedAvg",
     "State",
     "Strategy",
     "client_generators",

@@ -11,6 +11,23 @@ Each batch is a client. The adapter is a pair of batch-indexed tables gamma, bet
 and the server takes the cell-count weighted FedAvg of the whole tables
 (docs/algorithms.md#scbatchprox).
 
+Two variants, the same mathematics, different visibility (``ScBatchProxConfig.secure_rows``):
+
+- paper-faithful (default): every client sends its whole tables, row ``b`` changed, and
+  the coordinator receives their weighted mean. Because only client ``b`` changes row
+  ``b``, the averaged row is ``(n_b theta_b' + (N - n_b) theta_b^t) / N`` and the
+  coordinator, who knows ``theta^t``, ``N`` and ``n_b``, recovers every client's row
+  exactly, also under CrypTen.
+- secure rows: the regulariser ``lam (||gamma||^2 + ||beta||^2)`` is a sum over rows, so
+  the gradient for row ``b`` involves row ``b`` only and client ``b`` needs nothing but
+  its own row. Each client keeps its row; it sends its update
+  ``theta_b' - theta_b^t`` in row ``b`` and zeros elsewhere, and
+  :meth:`smpc.Aggregator.weighted_mean_to_owners` reveals row ``b`` of the weighted mean,
+  ``n_b (theta_b' - theta_b^t) / N``, and ``N`` to client ``b`` only. Client ``b``
+  adds it to its row: ``theta_b^t + n_b (theta_b' - theta_b^t) / N``, which is the
+  paper's averaged row (equal up to float64 rounding: the sum is grouped differently).
+  The coordinator learns ``N = sum_b n_b`` and nothing else, not even the mean loss.
+
 Why hand-written instead of autograd: the loss is quadratic in (gamma_b, beta_b), so a
 minibatch enters the gradient only through its sums ``S1 = sum z`` and ``S2 = sum z^2``.
 We precompute those sums for every minibatch of every client and run Adam on all
@@ -32,12 +49,28 @@ from fedsc.errors import FedscInputError
 from fedsc.federation import (
     FederationResult,
     LocalResult,
+    OwnerRevealFedAvg,
     State,
     Strategy,
     derive_rng,
     run_federation,
 )
 from smpc import Aggregator
+
+#: What each variant reveals (run info, ``adata.uns``).
+REVEALS_PAPER = (
+    "paper-faithful: the coordinator receives the averaged adapter tables and can recover "
+    "each client's row from them (row b = (n_b theta_b' + (N - n_b) theta_b^t) / N)"
+)
+REVEALS_SECURE_ROWS = (
+    "secure rows: only the total weight N = sum of the clients' training cells is "
+    "revealed to the coordinator; row b of the averaged update is revealed only to client b"
+)
+REVEALS_SECURE_ROWS_NOT_PRIVATE = (
+    "secure rows protocol on a non-private aggregator: the coordinator receives every "
+    "client's row update in the clear (use a private backend, e.g. crypten, for the "
+    "secure-rows guarantee)"
+)
 
 
 @dataclass
@@ -53,6 +86,9 @@ class ScBatchProxConfig:
     train_fraction: float = 0.9
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
+    #: Keep each client's row client-side: the coordinator learns only the total weight
+    #: (see the module docstring); ``False`` is the paper's protocol.
+    secure_rows: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -153,6 +189,10 @@ class ScBatchProxFederation:
         new batches only).
     config, seed
         Hyper-parameters and the run seed (fixes the training splits).
+
+    With ``config.secure_rows`` the clients keep their rows (:attr:`own_rows`, client-side
+    state), the engine's global state is empty and updates are sent as deltas in the
+    client's row, zeros elsewhere (see :class:`~fedsc.federation.OwnerRevealFedAvg`).
     """
 
     def __init__(
@@ -167,16 +207,32 @@ class ScBatchProxFederation:
         self.config = config
         self.client_rows = list(client_rows)
         self.init_gamma, self.init_beta = init
+        self.secure_rows = bool(config.secure_rows)
+        #: secure_rows: each client's own (gamma row, beta row), held client-side.
+        self.own_rows: list[tuple[np.ndarray, np.ndarray]] = [
+            (self.init_gamma[r].copy(), self.init_beta[r].copy()) for r in self.client_rows
+        ]
         self.train_z = []
         for c, cells in enumerate(client_cells):
             split = training_split(len(cells), config.train_fraction, seed, c)
             self.train_z.append(np.asarray(z[cells[split]], dtype=np.float64))
 
     def initial_state(self) -> State:
+        if self.secure_rows:
+            return {}  # the coordinator holds no rows
         return {
             "gamma": torch.from_numpy(self.init_gamma.copy()),
             "beta": torch.from_numpy(self.init_beta.copy()),
         }
+
+    def owners(self) -> list[dict[str | None, list[int]]]:
+        """secure_rows: the rows of the tables each client (engine position) owns."""
+        return [{"gamma": [r], "beta": [r]} for r in self.client_rows]
+
+    def receive(self, client: int, owned: dict[str | None, np.ndarray]) -> None:
+        """secure_rows: client ``client`` adds its row of the averaged update to its row."""
+        gamma, beta = self.own_rows[client]
+        self.own_rows[client] = (gamma + owned["gamma"][0], beta + owned["beta"][0])
 
     def local_update(
         self, client: int, global_state: State, round_index: int, generator: torch.Generator
@@ -216,11 +272,17 @@ class ScBatchProxFederation:
     ) -> list[LocalResult]:
         """All clients' local training of one round, vectorised over clients."""
         cfg = self.config
-        gamma_t = global_state["gamma"].numpy()
-        beta_t = global_state["beta"].numpy()
         rows = [self.client_rows[c] for c in clients]
         s1, s2, m = self._minibatch_sums(clients, generators)
-        g0, b0 = gamma_t[rows].copy(), beta_t[rows].copy()  # rows at the global value
+        if self.secure_rows:  # each client starts from its own row, held client-side
+            g0 = np.stack([self.own_rows[c][0] for c in clients])
+            b0 = np.stack([self.own_rows[c][1] for c in clients])
+            gamma_t = np.zeros((len(self.client_rows), g0.shape[1]))
+            beta_t = np.zeros_like(gamma_t)
+        else:
+            gamma_t = global_state["gamma"].numpy()
+            beta_t = global_state["beta"].numpy()
+            g0, b0 = gamma_t[rows].copy(), beta_t[rows].copy()  # rows at the global value
         gam, bet = g0.copy(), b0.copy()
         # Adam state per client row (fresh every round: each local training is new).
         mg, vg = np.zeros_like(gam), np.zeros_like(gam)
@@ -258,7 +320,10 @@ class ScBatchProxFederation:
         n_steps = (m > 0).sum(1)
         for k, c in enumerate(clients):
             g_new, b_new = gamma_t.copy(), beta_t.copy()
-            g_new[rows[k]], b_new[rows[k]] = gam[k], bet[k]
+            if self.secure_rows:  # the update in the client's row, zeros elsewhere
+                g_new[rows[k]], b_new[rows[k]] = gam[k] - g0[k], bet[k] - b0[k]
+            else:
+                g_new[rows[k]], b_new[rows[k]] = gam[k], bet[k]
             results.append(
                 LocalResult(
                     {"gamma": torch.from_numpy(g_new), "beta": torch.from_numpy(b_new)},
@@ -281,10 +346,43 @@ class ScBatchProx:
     ledger: dict[str, Any] = field(default_factory=dict)
     #: How each round's results are aggregated (``None``: FedAvg, the paper's).
     strategy: Strategy | str | None = None
+    #: Whether every aggregator it was trained with was private.
+    _private: bool = field(default=True, repr=False)
+
+    @property
+    def reveals(self) -> str:
+        """What the training revealed to the coordinator (for run info and ``uns``).
+
+        One of :data:`REVEALS_PAPER`, :data:`REVEALS_SECURE_ROWS` (private aggregator)
+        or :data:`REVEALS_SECURE_ROWS_NOT_PRIVATE`.
+        """
+        if not self.config.secure_rows:
+            return REVEALS_PAPER
+        return REVEALS_SECURE_ROWS if self._private else REVEALS_SECURE_ROWS_NOT_PRIVATE
 
     def transform(self, z: np.ndarray, batch_labels: Sequence[str]) -> np.ndarray:
-        """Refined embedding of cells ``z`` from batches ``batch_labels``."""
-        return self.adapter.transform(z, batch_labels)
+        """Refined embedding of cells ``z`` from batches ``batch_labels``.
+
+        With ``secure_rows`` this is computed batch by batch from each batch's own row,
+        as each client computes its cells' embedding locally (the same values as
+        ``adapter.transform``).
+        """
+        if not self.config.secure_rows:
+            return self.adapter.transform(z, batch_labels)
+        rows = self.adapter.rows(batch_labels)  # validates labels and dims below
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != self.adapter.dim:
+            return self.adapter.transform(z, batch_labels)  # raises the usual error
+        out = np.empty_like(z)
+        for r in np.unique(rows):
+            cells = rows == r
+            out[cells] = self.client_transform(z[cells], self.adapter.batches[r])
+        return out
+
+    def client_transform(self, z: np.ndarray, batch: str) -> np.ndarray:
+        """Client-side refinement of one batch's cells with that batch's row only."""
+        r = self.adapter.rows([batch])[0]
+        return self.adapter.gamma[r] * np.asarray(z, dtype=np.float64) + self.adapter.beta[r]
 
     @classmethod
     def fit(
@@ -302,8 +400,15 @@ class ScBatchProx:
         """Train adapters for every batch from the identity (one client per batch).
 
         ``strategy`` aggregates each round (``None``: FedAvg); :meth:`extend` reuses it.
+        With ``config.secure_rows`` the strategy is fixed
+        (:class:`~fedsc.federation.OwnerRevealFedAvg`) and ``strategy`` must be ``None``.
         """
         config = config or ScBatchProxConfig()
+        if config.secure_rows and strategy is not None:
+            raise FedscInputError(
+                f"secure_rows=True aggregates with owner-revealed FedAvg; strategy={strategy!r} "
+                "cannot be combined with it (drop strategy, or use secure_rows=False)."
+            )
         z, labels = _check_inputs(z, batch_labels)
         batches = list(batches) if batches is not None else sorted(set(labels))
         adapter = FiLMAdapter.identity(batches, z.shape[1])
@@ -364,6 +469,9 @@ class ScBatchProx:
             config=self.config,
             seed=self.seed,
         )
+        strategy = self.strategy
+        if self.config.secure_rows:
+            strategy = OwnerRevealFedAvg(method.owners(), method.receive)
         result = run_federation(
             method,
             range(len(rows)),
@@ -372,13 +480,20 @@ class ScBatchProx:
             seed=self.seed,
             show_progress=show_progress,
             description="scBatchProx rounds",
-            strategy=self.strategy,
+            strategy=strategy,
         )
-        self.adapter.gamma[rows] = result.state["gamma"].numpy()
-        self.adapter.beta[rows] = result.state["beta"].numpy()
+        if self.config.secure_rows:
+            # The union of the rows the clients hold (a simulation convenience: no party
+            # of the protocol holds it; each client applies its own row, client_transform).
+            self.adapter.gamma[rows] = np.stack([g for g, _ in method.own_rows])
+            self.adapter.beta[rows] = np.stack([b for _, b in method.own_rows])
+        else:
+            self.adapter.gamma[rows] = result.state["gamma"].numpy()
+            self.adapter.beta[rows] = result.state["beta"].numpy()
         self.history.extend(result.history)
         self.seconds += result.seconds
         self.ledger = aggregator.ledger.to_dict()
+        self._private = self._private and bool(aggregator.private)
         return result
 
 

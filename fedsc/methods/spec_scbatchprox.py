@@ -37,6 +37,7 @@ def run(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
                 "seed": inputs.seed,
             },
             "privacy": agg.privacy_note,
+            "reveals": model.reveals,
         }
     )
     return model

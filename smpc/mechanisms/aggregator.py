@@ -111,6 +111,25 @@ class MechanismAggregator(Aggregator):
     def _argmax(self, matrix: np.ndarray) -> tuple[np.ndarray, Traffic]:
         return self.inner._argmax(matrix)
 
+    @override
+    def _compute_owned(
+        self, matrix: np.ndarray, spec: Spec, weights: np.ndarray, columns: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], float, Traffic]:
+        active = [
+            m
+            for m in self.mechanisms
+            if m.applies_to("weighted_mean_to_owners") or m.applies_to("weighted_mean")
+        ]
+        if active:
+            # A result transform (e.g. noise on the mean) would run where the mean is
+            # whole, i.e. at the coordinator; owner-revealed results never are.
+            raise NotImplementedError(
+                f"mechanisms {active} are not supported by weighted_mean_to_owners: the "
+                "mean is never whole at the coordinator, where they would transform it."
+            )
+        self.inner._current_spec = spec
+        return self.inner._compute_owned(matrix, spec, weights, columns)
+
     # ----------------------------------------------------------------- mechanisms
     def _mechanism_records(self, op: str) -> list[dict[str, Any]]:
         own = [m.describe() for m in self.mechanisms if m.applies_to(op)]

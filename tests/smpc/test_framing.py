@@ -27,6 +27,7 @@ EXAMPLES = [
     msg.Ready(rank=1, pid=123, world_size=3, provider="TTP", mode="secure", precision_bits=16),
     msg.Aggregate(op_id=7, kind="sum", n_clients=5, size=10, share_format="key"),
     msg.Aggregate(7, "argmax", 5, 10, "buffer", buffer_path="/dev/shm/x/party0-1"),
+    msg.Aggregate(8, "sum", 5, 10, "key", destinations=[[0, 0, 4], [-1, 9, 10]]),
     msg.MaskKey(client=3, key="ab" * 32),
     msg.ShareArray(client=0),
     msg.ShareInBuffer(client=4),
@@ -34,6 +35,7 @@ EXAMPLES = [
     msg.Result(
         op_id=7, rank=2, bytes_between_parties=10, mpc_rounds=3, seconds=0.5, in_buffer=True
     ),
+    msg.OwnerShare(op_id=8, rank=1, owner=0, start=0, stop=4),
     msg.Failure(rank=0, error="Traceback ..."),
     msg.Query(what="counters"),
     msg.Counters(operations=1, messages=5, bytes=160),
