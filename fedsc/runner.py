@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -312,11 +313,15 @@ def check_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
         raise FedscOutputError(
             f"--out {out}: {parent} is a file, not a folder; choose another location."
         )
-    if not os.access(parent, os.W_OK | os.X_OK):
+    try:  # a real probe: os.access says yes to root on read-only or virtual file systems
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".fedsc-probe-{os.getpid()}-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
         raise FedscOutputError(
-            f"--out {out}: cannot write in {parent} (permission denied); choose a writable "
-            "location."
-        )
+            f"--out {out}: cannot write in {parent} ({exc.strerror or exc}); choose a "
+            "writable location."
+        ) from None
     return out
 
 
