@@ -170,6 +170,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """A run config from plain data (a study's merged settings, a stored record)."""
+        if not isinstance(data, Mapping):
+            raise FedscInputError(
+                f"a run config must be a mapping of settings, got {type(data).__name__}."
+            )
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -229,3 +229,24 @@ def test_truncated_run_is_quarantined_and_run_again(tmp_path, caplog):
     third = run_sweep(study, out)
     assert (third.executed, third.skipped) == (0, 2)
     assert not list((out / "runs").glob(".tmp-*"))
+
+
+def test_sweep_out_is_a_file(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "study: s\ndatasets: [pancreas]\nseeds: [0]\n"
+        "methods: {scbatchprox: {settings: {use_rep: X_pca, panels: []}}}\n"
+    )
+    target = tmp_path / "results.txt"
+    target.write_text("keep")
+    code, _, err = cli(capsys, "sweep", str(study), "--out", str(target))
+    assert code == 2 and "is not a folder" in err and "--out" in err
+    assert target.read_text() == "keep"
+
+
+def test_run_config_from_a_list_is_a_clear_error():
+    from fedsc.errors import FedscInputError
+    from fedsc.run_config import RunConfig
+
+    with pytest.raises(FedscInputError, match="must be a mapping"):
+        RunConfig.from_dict(["scbatchprox"])
