@@ -270,7 +270,48 @@ def check_backend_options(backend: str, options: Any) -> dict[str, Any]:
                 f"{backend} backend option {name} expects {kind.__name__} "
                 f"(default {default!r}), got {value!r}."
             )
+    if backend == "crypten":
+        _check_crypten_values(options)
     return options
+
+
+def _check_crypten_values(options: dict[str, Any]) -> None:
+    """The crypten choices a user gets wrong most, before any data is loaded.
+
+    These mirror the first checks of ``smpc.crypten_backend.CryptenAggregator`` (which
+    checks them again, and the rest, when it starts).
+    """
+    mode = options.get("mode", "secure")
+    if mode not in ("secure", "debug"):
+        raise FedscInputError(f"crypten option mode must be 'secure' or 'debug', got {mode!r}.")
+    provider = options.get("provider", "TTP")
+    if provider not in ("TTP", "TFP"):
+        raise FedscInputError(
+            f"crypten option provider must be 'TTP' (trusted dealer) or 'TFP', got {provider!r}."
+        )
+    if mode == "secure" and provider == "TFP":
+        raise FedscInputError(
+            "crypten provider TFP is refused in secure mode (party 0 would generate all the "
+            "randomness); use provider TTP or mode debug."
+        )
+    if mode == "secure" and options.get("seed") is not None:
+        raise FedscInputError(
+            "a crypten seed is refused in secure mode (seeded masks are predictable); use "
+            "mode debug for reproducible, non-private runs."
+        )
+    parties = options.get("parties", 3)
+    if int(parties) < 2:
+        raise FedscInputError(f"crypten option parties must be >= 2, got {parties}.")
+    from smpc.party_pool import TRANSPORTS
+
+    transport = options.get("transport", TRANSPORTS[0])
+    if transport not in TRANSPORTS:
+        raise FedscInputError(
+            f"crypten option transport must be one of {list(TRANSPORTS)}, got {transport!r}."
+        )
+    timeout = options.get("timeout", 1.0)
+    if timeout <= 0:
+        raise FedscInputError(f"crypten option timeout must be positive seconds, got {timeout}.")
 
 
 def _backend_parameters(backend: str) -> dict[str, inspect.Parameter] | None:

@@ -94,6 +94,27 @@ BAD_RUNS = [
         ["--backend-option", "parties"],
         ["--backend-option", "KEY=VALUE"],
     ),
+    (
+        "crypten-mode-unknown",
+        ["--backend", "crypten", "--backend-option", "mode=fast"],
+        ["mode must be 'secure' or 'debug'", "'fast'"],
+    ),
+    (
+        "crypten-seed-in-secure-mode",
+        ["--backend", "crypten", "--backend-option", "seed=1"],
+        ["seed is refused in secure mode", "mode debug"],
+    ),
+    (
+        "crypten-one-party",
+        ["--backend", "crypten", "--backend-option", "parties=1"],
+        ["parties must be >= 2"],
+    ),
+    (
+        "crypten-transport-unknown",
+        ["--backend", "crypten", "--backend-option", "transport=udp"],
+        ["transport must be one of", "'udp'"],
+    ),
+    ("mode-on-plaintext", ["--mode", "debug"], ["plaintext backend takes no options", "mode"]),
     ("panel-unknown", ["--panels", "scib,nope"], ["nope", "choose from"]),
     ("panel-twice", ["--panels", "scib,scib"], ["twice"]),
     ("holdout-unsupported", ["--holdout", "indrop"], ["does not support held-out", "fedscgen"]),
