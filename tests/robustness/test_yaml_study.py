@@ -238,3 +238,17 @@ def test_cli_sweep_workers_zero(tmp_path, capsys):
             ]
         )
     assert info.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_holdout_string_in_a_study_is_one_batch(tmp_path):
+    text = (
+        "study: s\ndatasets: [pancreas]\nseeds: [0]\n"
+        "methods: {fedscgen: {settings: {holdout: indrop, panels: []}}}\n"
+    )
+    (run,) = Study.from_yaml(study_file(tmp_path, text)).expand()
+    assert run.holdout == ["indrop"]
+
+
+def test_use_rep_list_in_a_study(tmp_path):
+    message = load_error(tmp_path, GOOD.replace("use_rep: X_pca", "use_rep: [X_pca]"))
+    assert "use_rep must be an obsm key" in message and "variants.a" in message
