@@ -142,7 +142,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="privacy mechanism around the aggregator (repeatable, applied in order; "
         "names registered in smpc.mechanisms)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg, default=0, help="run seed, 0..2**32-1")
     for option, names in _method_options().items():
         if option in _COMMON_DESTS:  # clashes with a common flag: reachable through --param
             continue
@@ -161,15 +161,41 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="cell-type inclusion scenario: %(choices)s (default: %(default)s)",
     )
     p.add_argument(
-        "--panels", default=None, help="comma-separated metric panels, e.g. scib,downstream"
+        "--panels",
+        default=None,
+        help="comma-separated metric panels, e.g. scib,downstream; '' or none: no evaluation",
     )
     p.add_argument("--param", action="append", default=[], help="method option KEY=VALUE")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (a new folder)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run in --out (atomically)"
+    )
+
+
+def _seed_arg(text: str) -> int:
+    """``--seed``: an integer in the range every seeded library accepts."""
+    from fedsc.run_config import check_seed
+
+    value: Any = text.strip()
+    if value.isdigit():
+        value = int(value)
+    else:
+        try:
+            value = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            pass
+    try:
+        return check_seed(value, "--seed")
+    except FedscInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--seed ")) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedsc.run_config import RunConfig
-    from fedsc.runner import execute_run, write_run
+    from fedsc.runner import check_output_dir, execute_run, write_run
+
+    check_output_dir(args.out, overwrite=args.overwrite)  # before any computation
+    _check_input(args.input)
 
     params = _params(args.param)
     for option in _method_options():
@@ -193,16 +219,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
         params=params,
         holdout=args.holdout,
         inclusion=args.inclusion,
-        panels=args.panels.split(",") if args.panels else None,
+        panels=None if args.panels is None else args.panels.split(","),
     )
     result = execute_run(cfg)
-    out = write_run(result, args.out)
-    _print_panel(result.rows)
+    out = write_run(result, args.out, overwrite=args.overwrite)
+    if len(result.rows):
+        _print_panel(result.rows)
+    else:
+        print("no metric panels: evaluation skipped")
     print(f"\nprivacy: {result.info['privacy']}")
     print(
         f"wall time: {result.info['wall_time_s']:.1f} s; wrote {out}/corrected.h5ad, metrics.csv, run.json"
     )
     return 0
+
+
+def _check_input(name: str) -> None:
+    """``--input`` that is a path: an existing ``.h5ad`` file (before anything loads)."""
+    if name in ("pancreas", "cellbench_3cl") or name.startswith("shared:"):
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise FedscInputError(f"--input {name} is a folder; pass an .h5ad file.")
+    if not path.is_file():
+        raise FedscInputError(
+            f"--input {name} not found; pass an .h5ad file or a bundled dataset "
+            "(pancreas, cellbench_3cl)."
+        )
+    with path.open("rb") as fh:
+        magic = fh.read(8)
+    if magic != b"\x89HDF\r\n\x1a\n":
+        raise FedscInputError(
+            f"--input {name} is not an .h5ad (HDF5) file; convert it with anndata "
+            "(adata.write_h5ad) first."
+        )
 
 
 def _print_panel(rows) -> None:
@@ -302,9 +352,15 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run a study (datasets x methods x variants x seeds)")
     p.add_argument("study", help="study YAML (see experiments/)")
     p.add_argument("--out", required=True)
-    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--workers", type=_positive, default=1, help="local worker processes")
     p.add_argument("--scheduler", default=None, help="Dask scheduler tcp://HOST:PORT")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -402,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="log INFO messages (-vv: DEBUG); default: warnings and progress lines",
         )
         p.add_argument(
+            "--debug",
+            action="store_true",
+            default=False if default is None else default,
+            help="show the full traceback of an error",
+        )
+        p.add_argument(
             "--threads",
             type=threads,
             default=default,
@@ -434,9 +496,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.apply()  # threads, passive OpenMP waiting, compile caches, warning filters
         try:
             return COMMANDS[args.command](args)
-        except FedscInputError as exc:
-            print(f"fedsc: error: {exc}", file=sys.stderr)
-            return 2
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print("fedsc: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if args.debug:
+                raise
+            print(f"fedsc: error: {_describe_error(exc)}", file=sys.stderr)
+            return 2 if _is_user_error(exc) else 1
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """Errors that report bad input, a bad environment or a failed party: exit code 2."""
+    import yaml
+
+    kinds: list[type[BaseException]] = [ValueError, OSError, yaml.YAMLError, TimeoutError]
+    try:
+        from smpc.party_pool import PartyError
+
+        kinds.append(PartyError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, _library_errors())
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line (or a few) for the user; no traceback unless --debug."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, FedscInputError):
+        return text
+    name = type(exc).__name__
+    if name == "PartyError":
+        return f"a computation party failed: {text}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or text}: {exc.filename}"
+    if _is_user_error(exc):
+        return f"{text} ({name})"
+    return f"{name}: {text} (an internal error; rerun with --debug for the traceback)"
 
 
 if __name__ == "__main__":

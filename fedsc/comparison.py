@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,17 +14,57 @@ import pandas as pd
 from fedsc.errors import FedscInputError
 from fedsc.report import write_report
 from fedsc.stats import compare
-from fedsc.sweep.store import RunStore
+from fedsc.sweep.store import RunStore, warn_corrupt
+
+logger = logging.getLogger(__name__)
 
 
 def load_results(sweep_dir: str | Path) -> pd.DataFrame:
     """The tidy results of a sweep directory (``results.parquet``)."""
-    path = Path(sweep_dir) / "results.parquet"
+    root = Path(sweep_dir)
+    path = root / "results.parquet"
+    if not root.is_dir():
+        raise FedscInputError(f"sweep folder {root} not found; pass the --out of a `fedsc sweep`.")
     if not path.is_file():
         raise FedscInputError(
             f"{path} not found; run `fedsc sweep STUDY.yaml --out {sweep_dir}` first."
         )
-    return pd.read_parquet(path)
+    try:
+        results = pd.read_parquet(path)
+    except Exception as exc:  # truncated or not parquet
+        raise FedscInputError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); rerun `fedsc sweep "
+            f"STUDY.yaml --out {sweep_dir}` to rebuild it from the run files."
+        ) from None
+    _check_consistent(root, results)
+    return results
+
+
+def _check_consistent(root: Path, results: pd.DataFrame) -> None:
+    """Warn when run files are corrupt or disagree with ``results.parquet``."""
+    store = RunStore(root, create=False)
+    good, bad = store.scan()
+    if bad:
+        warn_corrupt(bad, root)
+    ok = {r["run_id"] for r in good if r["status"] == "ok" and r.get("rows")}
+    in_table = set(results["run_id"].astype(str)) if "run_id" in results else set()
+    missing, extra = sorted(ok - in_table), sorted(in_table - ok)
+    if store.runs.is_dir() and (missing or extra):
+        logger.warning(
+            "%s does not match the run files in %s (%d run(s) missing from the table, %d "
+            "without a readable run file: %s); rerun `fedsc sweep STUDY --out %s` to rebuild.",
+            root / "results.parquet",
+            store.runs,
+            len(missing),
+            len(extra),
+            ", ".join((missing + extra)[:5]),
+            root,
+        )
+    if results.empty:
+        raise FedscInputError(
+            f"{root / 'results.parquet'} holds no results (no successful run, or runs "
+            "without metric panels); nothing to compare or report."
+        )
 
 
 def _coerce(results: pd.DataFrame, selector: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,14 +75,19 @@ def _coerce(results: pd.DataFrame, selector: Mapping[str, Any]) -> dict[str, Any
             out[key] = value
             continue
         dtype = results[key].dtype
-        if pd.api.types.is_bool_dtype(dtype):
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif pd.api.types.is_integer_dtype(dtype):
-            out[key] = int(value)
-        elif pd.api.types.is_float_dtype(dtype):
-            out[key] = float(value)
-        else:
-            out[key] = value
+        try:
+            if pd.api.types.is_bool_dtype(dtype):
+                out[key] = value.lower() in ("1", "true", "yes")
+            elif pd.api.types.is_integer_dtype(dtype):
+                out[key] = int(value)
+            elif pd.api.types.is_float_dtype(dtype):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise FedscInputError(
+                f"selector {key}={value!r}: column {key} holds {dtype} values."
+            ) from None
     return out
 
 
@@ -56,7 +102,25 @@ def compare_sweep(
 ) -> pd.DataFrame:
     """Compare side ``a`` with side ``b`` of a sweep; write ``comparison.csv``."""
     results = load_results(sweep_dir)
-    table = compare(results, _coerce(results, a), _coerce(results, b), family=family, alpha=alpha)
+    a, b = _coerce(results, a), _coerce(results, b)
+    for side, selector in (("--a", a), ("--b", b)):
+        unknown = sorted(set(selector) - set(results.columns))
+        if unknown:
+            raise FedscInputError(
+                f"{side} selects by unknown column(s) {unknown}; columns: "
+                f"{sorted(results.columns)}."
+            )
+        mask = np.ones(len(results), dtype=bool)
+        for key, value in selector.items():
+            mask &= (results[key] == value).to_numpy()
+        if not mask.any():
+            values = {k: sorted(map(str, results[k].unique()))[:10] for k in selector}
+            raise FedscInputError(
+                f"{side} {dict(selector)} selects no results; values present: {values}."
+            )
+    if not 0 < alpha < 1:
+        raise FedscInputError(f"--alpha must be between 0 and 1, got {alpha}.")
+    table = compare(results, a, b, family=family, alpha=alpha)
     table.to_csv(Path(out) if out else Path(sweep_dir) / "comparison.csv", index=False)
     return table
 
@@ -64,7 +128,8 @@ def compare_sweep(
 def sweep_embeddings(sweep_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One stored embedding per (dataset, method, variant): the first seed's."""
     out = {}
-    for record in RunStore(sweep_dir).records():
+    good, _ = RunStore(sweep_dir, create=False).scan()  # corrupt files: warned by load_results
+    for record in good:
         emb = record.get("embedding")
         if record["status"] != "ok" or not emb:
             continue

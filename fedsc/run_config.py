@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -15,6 +17,13 @@ from fedsc.methods import get_method, method_names
 #: Settings left out of the run id while they hold their default, so adding them did not
 #: change the id (and resume) of any earlier run.
 _UNHASHED_DEFAULTS: dict[str, Any] = {"mechanisms": []}
+
+#: Seeds reach scikit-learn's ``random_state`` (``numpy.random.RandomState``), which takes
+#: 0..2**32-1; torch and numpy generators accept more, so this is the bound runs need.
+SEED_MAX = 2**32 - 1
+
+#: ``panels`` values that mean "evaluate nothing" (``fedsc run --panels ""``).
+NO_PANELS = ("", "none")
 
 
 @dataclass
@@ -84,21 +93,57 @@ class RunConfig:
         from fedsc.evaluation.panels import check_panels
         from fedsc.upstream import EMBEDDING_METHODS
 
+        for name in ("method", "dataset", "batch_key", "label_key", "upstream", "backend"):
+            _check_text(name, getattr(self, name))
+        _check_text("inclusion", self.inclusion)
+        _check_text("study", self.study)
+        _check_text("variant", self.variant)
+        if self.use_rep is not None:
+            _check_text("use_rep", self.use_rep, "an obsm key (e.g. X_pca) or 'X'")
+        self.seed = check_seed(self.seed)
+        self.n_comps = _check_count("n_comps", self.n_comps)
+        self.n_top_genes = _check_count("n_top_genes", self.n_top_genes)
         spec = get_method(self.method)
-        self.panels = check_panels(spec.panels if self.panels is None else self.panels)
+        panels = spec.panels if self.panels is None else self.panels
+        panels = [panels] if isinstance(panels, str) else panels
+        if not isinstance(panels, list | tuple) or not all(isinstance(p, str) for p in panels):
+            raise FedscInputError(
+                f"panels must be a list of panel names (e.g. [scib]), got {panels!r}."
+            )
+        panels = [p.strip() for p in panels]
+        if all(p.lower() in NO_PANELS for p in panels):  # [], [""], ["none"]: no evaluation
+            self.panels = []
+        else:
+            self.panels = check_panels([p for p in panels if p.lower() not in NO_PANELS])
+            if len(set(self.panels)) != len(self.panels):
+                raise FedscInputError(f"panels {self.panels} lists a panel twice.")
         check_backend(self.backend)
+        self.backend_options = check_backend_options(self.backend, self.backend_options)
         if not spec.federated and self.backend != "plaintext":
             raise FedscInputError(
                 f"{self.method} is centralized and uses no aggregation backend; set "
                 "backend: plaintext."
+            )
+        if isinstance(self.mechanisms, str):
+            self.mechanisms = [self.mechanisms]
+        if not isinstance(self.mechanisms, list | tuple):
+            raise FedscInputError(
+                f"mechanisms must be a list (e.g. [clip]), got {self.mechanisms!r}."
             )
         self.mechanisms = check_mechanisms(self.mechanisms)
         if self.mechanisms and not spec.federated:
             raise FedscInputError(f"{self.method} is centralized; it takes no mechanisms.")
         if self.use_rep is None or self.scenario is not None:
             EMBEDDING_METHODS.get(self.upstream)
+        if not isinstance(self.params, Mapping):
+            raise FedscInputError(
+                f"params must be a mapping of method options (e.g. {{mu: 0.0}}), got "
+                f"{self.params!r}."
+            )
+        self.params = dict(self.params)
+        _check_param_types(spec, self.params)
         spec.make_config(self.params)  # unknown or invalid params fail here, not mid-sweep
-        self.holdout = [str(h) for h in self.holdout]
+        self.holdout = _batch_list("holdout", self.holdout)
         if self.holdout and not spec.holdout:
             raise FedscInputError(
                 f"{self.method} does not support held-out batches; methods that do: "
@@ -120,9 +165,16 @@ class RunConfig:
                 raise FedscInputError(
                     "a dataset-evolution scenario needs stages, e.g. [[indrop], [celseq]]."
                 )
+        if self.stages is not None:
+            self.stages = _check_stages(self.stages)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """A run config from plain data (a study's merged settings, a stored record)."""
+        if not isinstance(data, Mapping):
+            raise FedscInputError(
+                f"a run config must be a mapping of settings, got {type(data).__name__}."
+            )
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -145,6 +197,242 @@ class RunConfig:
         }
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_seed(seed: Any, where: str = "seed") -> int:
+    """``seed`` as an int in ``0..SEED_MAX``; bools, floats and strings are refused.
+
+    A float seed was truncated (``1.5`` ran as 1) and a string was split into digits
+    (``"42"`` ran seeds 4 and 2), so both are errors naming the fix.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        hint = ""
+        if isinstance(seed, float) and seed.is_integer():
+            hint = f"; write {int(seed)}"
+        elif isinstance(seed, str) and seed.strip().isdigit():
+            hint = f"; write {int(seed)} without quotes"
+        raise FedscInputError(
+            f"{where} must be an integer in 0..{SEED_MAX}, got {seed!r} "
+            f"({type(seed).__name__}){hint}."
+        )
+    if not 0 <= seed <= SEED_MAX:
+        raise FedscInputError(
+            f"{where} must be in 0..{SEED_MAX} (2**32-1, scikit-learn's random_state range), "
+            f"got {seed}."
+        )
+    return int(seed)
+
+
+def check_backend_options(backend: str, options: Any) -> dict[str, Any]:
+    """Backend options checked by name (and simple type) before any data is loaded.
+
+    Names come from the backend's constructor signature; the plaintext backend takes
+    none. Values are checked against the type of the option's default (``parties=abc``
+    fails here, not after loading the data); the backend checks ranges when it starts.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise FedscInputError(
+            f"backend_options must be a mapping (e.g. {{parties: 3}}), got {options!r}."
+        )
+    options = dict(options)
+    if not options:
+        return options
+    params = _backend_parameters(backend)
+    if params is None:
+        return options  # a backend registered without a signature: it checks on start
+    if not params:
+        raise FedscInputError(
+            f"the {backend} backend takes no options, got {sorted(options)}; remove "
+            "--backend-option/backend_options (options such as parties or mode are for "
+            "backend crypten)."
+        )
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise FedscInputError(
+            f"unknown {backend} backend option(s) {unknown}; valid options: {sorted(params)}."
+        )
+    for name, value in options.items():
+        default = params[name].default
+        if default is inspect.Parameter.empty or default is None or value is None:
+            continue
+        kind = type(default)
+        ok = (
+            isinstance(value, int | float) and not isinstance(value, bool)
+            if kind in (int, float)
+            else isinstance(value, kind)
+        )
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            ok = False
+        if not ok:
+            raise FedscInputError(
+                f"{backend} backend option {name} expects {kind.__name__} "
+                f"(default {default!r}), got {value!r}."
+            )
+    if backend == "crypten":
+        _check_crypten_values(options)
+    return options
+
+
+def _check_crypten_values(options: dict[str, Any]) -> None:
+    """The crypten choices a user gets wrong most, before any data is loaded.
+
+    These mirror the first checks of ``smpc.crypten_backend.CryptenAggregator`` (which
+    checks them again, and the rest, when it starts).
+    """
+    mode = options.get("mode", "secure")
+    if mode not in ("secure", "debug"):
+        raise FedscInputError(f"crypten option mode must be 'secure' or 'debug', got {mode!r}.")
+    provider = options.get("provider", "TTP")
+    if provider not in ("TTP", "TFP"):
+        raise FedscInputError(
+            f"crypten option provider must be 'TTP' (trusted dealer) or 'TFP', got {provider!r}."
+        )
+    if mode == "secure" and provider == "TFP":
+        raise FedscInputError(
+            "crypten provider TFP is refused in secure mode (party 0 would generate all the "
+            "randomness); use provider TTP or mode debug."
+        )
+    if mode == "secure" and options.get("seed") is not None:
+        raise FedscInputError(
+            "a crypten seed is refused in secure mode (seeded masks are predictable); use "
+            "mode debug for reproducible, non-private runs."
+        )
+    parties = options.get("parties", 3)
+    if int(parties) < 2:
+        raise FedscInputError(f"crypten option parties must be >= 2, got {parties}.")
+    from smpc.party_pool import TRANSPORTS
+
+    transport = options.get("transport", TRANSPORTS[0])
+    if transport not in TRANSPORTS:
+        raise FedscInputError(
+            f"crypten option transport must be one of {list(TRANSPORTS)}, got {transport!r}."
+        )
+    timeout = options.get("timeout", 1.0)
+    if timeout <= 0:
+        raise FedscInputError(f"crypten option timeout must be positive seconds, got {timeout}.")
+
+
+def _backend_parameters(backend: str) -> dict[str, inspect.Parameter] | None:
+    """The keyword options a registered backend takes (``{}``: none; ``None``: unknown)."""
+    if backend == "plaintext":
+        return {}
+    if backend == "crypten":
+        from smpc.crypten_backend import CryptenAggregator
+
+        target: Any = CryptenAggregator.__init__
+    else:
+        import smpc
+
+        target = smpc.BACKENDS[backend]
+    params = {
+        n: p
+        for n, p in inspect.signature(target).parameters.items()
+        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    variadic = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
+    return None if variadic and not params else params
+
+
+def _check_param_types(spec: Any, params: dict[str, Any]) -> None:
+    """Numbers where the method's config declares ``int``/``float`` (``mu=abc`` is an error).
+
+    ``1e-3`` is a string to PyYAML; a numeric string is read as the number it spells.
+    """
+    kinds = {f.name: f.type for f in fields(spec.config_class)}
+    for key, value in list(params.items()):
+        kind = kinds.get(key)
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", "")
+        if kind not in ("int", "float"):
+            continue
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+            else:
+                value = int(value) if kind == "int" and value.is_integer() else value
+                params[key] = value
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind == "int" and isinstance(value, float) and not value.is_integer()):
+            raise FedscInputError(
+                f"params.{key} ({spec.name}) expects {'an integer' if kind == 'int' else 'a number'}"
+                f", got {value!r}."
+            )
+        if kind == "int" and isinstance(value, float):
+            params[key] = int(value)
+
+
+def _check_text(name: str, value: Any, what: str = "a string") -> None:
+    if not isinstance(value, str) or not value:
+        raise FedscInputError(f"{name} must be {what}, got {value!r} ({type(value).__name__}).")
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FedscInputError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _batch_list(name: str, value: Any) -> list[str]:
+    """Batch names as a list (a single string is one batch, not its characters)."""
+    if value is None:
+        return []
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise FedscInputError(
+            f"{name} must be a list of batch names (e.g. [indrop]), got {value!r}."
+        )
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, str | int) or str(item) == "":
+            raise FedscInputError(f"{name} lists {item!r}; batch names are non-empty strings.")
+        out.append(str(item))
+    dups = sorted({b for b in out if out.count(b) > 1})
+    if dups:
+        raise FedscInputError(f"{name} lists batch(es) {dups} more than once.")
+    return out
+
+
+def _check_stages(stages: Any) -> list[list[str]]:
+    if not isinstance(stages, list | tuple) or not stages:
+        raise FedscInputError(
+            f"stages must be a list of batch lists, e.g. [[indrop], [celseq]], got {stages!r}."
+        )
+    out = [_batch_list(f"stage {i}", s) for i, s in enumerate(stages)]
+    flat = [b for s in out for b in s]
+    dups = sorted({b for b in flat if flat.count(b) > 1})
+    if dups:
+        raise FedscInputError(
+            f"stages list batch(es) {dups} more than once; each batch arrives in one stage."
+        )
+    if any(not s for s in out):
+        raise FedscInputError(f"stages {out} has an empty stage.")
+    return out
+
+
+def check_holdout_batches(cfg: RunConfig, batches: Any) -> None:
+    """Held-out batches against the loaded data's batches (right after loading).
+
+    Holdouts are only names, so they can be checked only once the data is loaded; this
+    runs before any preprocessing or training.
+    """
+    if not cfg.holdout:
+        return
+    present = sorted({str(b) for b in batches})
+    unknown = [h for h in cfg.holdout if h not in present]
+    if unknown:
+        raise FedscInputError(
+            f"holdout {unknown} names no batch of {cfg.batch_key!r} in {cfg.dataset}; "
+            f"batches: {present}."
+        )
+    if len(set(cfg.holdout)) >= len(present):
+        raise FedscInputError(
+            f"holdout {cfg.holdout} holds out every batch of {cfg.dataset}; at least one "
+            "batch must train."
+        )
 
 
 def _supporting(capability: str) -> list[str]:

@@ -60,11 +60,29 @@ def run_sweep(
     start = time.perf_counter()
     if not isinstance(study, Study):
         study = Study.from_yaml(study)
+    runs = study.expand()  # every run config is checked before the store is touched
     store = RunStore(out)
+    with store.lock():  # a second sweep on this folder fails fast
+        return _run_locked(
+            study, runs, store, start, workers, scheduler, retry_failed, show_progress
+        )
+
+
+def _run_locked(
+    study: Study,
+    runs: list[Any],
+    store: RunStore,
+    start: float,
+    workers: int,
+    scheduler: str | None,
+    retry_failed: bool,
+    show_progress: bool | None,
+) -> SweepResult:
+    out = store.root
     store.clean_temporary()
+    store.quarantine()  # corrupt run files are moved aside and run again
     if retry_failed:
         store.discard_failed()
-    runs = study.expand()
     done = store.finished()
     first_seed = min(study.seeds)
     jobs = [(r.to_dict(), r.seed == first_seed) for r in runs if r.run_id not in done]

@@ -1,7 +1,8 @@
 """Execute runs: in this process, on a local process pool, or on a Dask cluster.
 
-Workers compute and return a run's record; only the calling process writes the store,
-so the store needs no locking and works with remote Dask workers.
+Workers compute and return a run's record; only the calling process writes the store
+(works with remote Dask workers). That process holds the store's lock
+(:meth:`fedsc.sweep.store.RunStore.lock`), so two sweeps never write one folder.
 """
 
 from __future__ import annotations
