@@ -15,11 +15,11 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from fedsc import datasets, settings
 from fedsc.backend import aggregator_for
 from fedsc.data.inclusion import apply_inclusion
+from fedsc.data.input_kind import check_input_kind, detect_input_kind
 from fedsc.data.validate import validate_adata
 from fedsc.evaluation import evaluate
 from fedsc.methods import MethodSpec, RunInputs, get_method
@@ -60,9 +60,8 @@ def dataset_label(name: str) -> str:
 
 
 def looks_like_counts(x: Any) -> bool:
-    """Raw counts are non-negative and reach values no log-normalised matrix has."""
-    values = x.data if sp.issparse(x) else np.asarray(x)
-    return bool(values.size) and float(values.min()) >= 0 and float(values.max()) > 30
+    """Raw counts: non-negative and above log1p(1e4) (``fedsc.data.input_kind``)."""
+    return detect_input_kind(x).kind == "counts"
 
 
 def package_versions() -> dict[str, str]:
@@ -76,8 +75,16 @@ def package_versions() -> dict[str, str]:
 
 
 def prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> ad.AnnData:
-    """Log-normalised HVG expression: from counts if X holds counts, else as given."""
-    if looks_like_counts(adata.X):
+    """Log-normalised HVG expression: from counts if X holds counts, else as given.
+
+    ``X`` must be raw counts (normalised, log1p'd and reduced to HVGs here) or
+    log-normalised expression (used as given); anything else (counts with negative
+    entries, an embedding or scaled data) is refused with a message naming what was found.
+    """
+    found = check_input_kind(
+        adata.X, "expression_or_counts", method=f"method {cfg.method!r}", adata=adata
+    )
+    if found.kind == "counts":
         return preprocess(adata, n_top_genes=cfg.n_top_genes)
     return adata.copy()
 
@@ -113,6 +120,7 @@ def _prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
 
 
 def _prepare_counts(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    check_input_kind(adata.X, "counts", method=f"method {cfg.method!r}", adata=adata)
     return Prepared(adata.copy(), "X", "uncorrected")
 
 
