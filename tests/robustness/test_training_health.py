@@ -95,7 +95,9 @@ def test_case_scbatchprox_lr_1e3_diverges_with_lr_in_message():
 def test_case_scgen_lr_1e3_diverges_with_lr_in_message():
     a = _lognorm()
     before = _digest(a)
-    with pytest.raises(TrainingDivergedError, match=r"scGen training diverged at epoch 1/2") as info:
+    with pytest.raises(
+        TrainingDivergedError, match=r"scGen training diverged at epoch 1/2"
+    ) as info:
         fedsc.tl.scgen(
             a, show_progress=False, epochs=2, hidden=(16,), latent=4, batch_size=8, lr=1e3
         )
