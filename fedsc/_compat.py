@@ -44,13 +44,18 @@ class BrokenCombination:
 
 KNOWN_BROKEN: tuple[BrokenCombination, ...] = (
     BrokenCombination(
-        ranges={"scanpy": "<1.12", "scipy": ">=1.17"},
+        # Reported as "scanpy 1.11.5 with scipy 1.17.1"; the cause is pynndescent 0.7.0,
+        # whose PyNNDescentTransformer returns a scipy csr_array (0.6.0: csr_matrix), on
+        # which scanpy 1.11.x's _ind_dist_shortcut calls getnnz (sparse arrays have none).
+        # scanpy uses that transformer above 8192 cells (euclidean), hence 300 cells pass.
+        # Reproduced on 14k cells with scipy 1.17.1 and with 1.16.3: scipy is not the cause.
+        ranges={"scanpy": "<1.12", "pynndescent": ">=0.7"},
         symptom=(
-            "sc.pp.neighbors fails on more than ~4k cells (the umap/pynndescent path; 14k "
-            "cells tested, 300 pass) with AttributeError: 'csr_array' object has no "
-            "attribute 'getnnz' (scipy 1.17 removed getnnz from sparse arrays)"
+            "sc.pp.neighbors fails above 8192 cells (14k tested; 300 and 5000 pass) with "
+            "AttributeError: 'csr_array' object has no attribute 'getnnz' (pynndescent "
+            ">=0.7 returns sparse arrays, scanpy 1.11 calls csr_matrix.getnnz on them)"
         ),
-        fix="install scipy<1.17 (pip install 'scipy>=1.11,<1.17'; 1.16.3 tested)",
+        fix="install pynndescent<0.7 (pip install 'pynndescent>=0.5.13,<0.7'; 0.6.0 tested)",
     ),
 )
 

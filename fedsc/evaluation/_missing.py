@@ -63,8 +63,11 @@ def frame(panel: str, values: dict[str, float], order: list[str], reasons: dict[
     return out
 
 
-def scale_problem(X: np.ndarray) -> str | None:
-    """A reason when ``X`` has coordinates too large for the metrics, else ``None``."""
+def scale_problem(X: np.ndarray, cells=None) -> str | None:
+    """A reason when ``X`` has coordinates too large for the metrics, else ``None``.
+
+    ``cells`` (e.g. ``adata.obs_names``) names the offending cell in the reason.
+    """
     if X.size == 0:
         return None
     absx = np.abs(X)
@@ -73,8 +76,9 @@ def scale_problem(X: np.ndarray) -> str | None:
     if not top > SCALE_LIMIT:
         return None
     row, col = np.unravel_index(flat, X.shape)
+    cell = repr(str(cells[int(row)])) if cells is not None else str(int(row))
     return (
-        f"the evaluated embedding has a value of magnitude {top:.3g} (cell {int(row)}, dim "
+        f"the evaluated embedding has a value of magnitude {top:.3g} (cell {cell}, dim "
         f"{int(col)}), above {SCALE_LIMIT:g}: distances overflow float32 and one such value "
         "dominates every metric; check the method's output or rescale/drop that cell"
     )

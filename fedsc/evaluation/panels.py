@@ -140,7 +140,7 @@ def evaluate(
         )
     batch = batch.astype(str).to_numpy()
     labels = labels.astype(str).to_numpy()
-    problem = scale_problem(check_embedding(X, f"representation {rep!r}"))
+    problem = scale_problem(check_embedding(X, f"representation {rep!r}"), adata.obs_names)
     frames, reasons = [], {}
     for name, func in zip(names, funcs, strict=True):
         if problem is not None:  # nothing meaningful can be computed: all missing, one reason
