@@ -13,6 +13,10 @@ Rules (:func:`detect_input_kind`, on the finite stored values; NaN/Inf are
   negative entries (at most :data:`NEGATIVE_COUNTS_SHARE` of the stored values): neither
   counts nor log-normalised expression, refused everywhere;
 - ``"expression"``: non-negative, maximum at most :data:`EXPRESSION_MAX`, not all integer;
+- ``"log_other_scale"``: non-negative, maximum in (:data:`EXPRESSION_MAX`,
+  :data:`LOG_CPM_MAX`] and practically every non-zero value non-integer: log-normalised
+  with a target sum above 1e4 (e.g. log1p CPM); refused (re-normalising it as counts
+  would take the log twice, using it as is breaks the CP10k scale the methods assume);
 - ``"embedding"``: negative values in more than :data:`NEGATIVE_COUNTS_SHARE` of the
   entries (PCs, scaled data, latent spaces);
 - ``"empty"``: no finite stored value.
@@ -35,6 +39,7 @@ from fedsc.errors import FedscInputError
 
 __all__ = [
     "EXPRESSION_MAX",
+    "LOG_CPM_MAX",
     "NEGATIVE_COUNTS_SHARE",
     "InputKind",
     "check_input_kind",
@@ -44,6 +49,9 @@ __all__ = [
 #: Largest value of log1p(normalize_total(target_sum=1e4)) data (one gene with all counts),
 #: with a little room for float32 rounding.
 EXPRESSION_MAX: float = float(np.log1p(1e4)) + 1e-3
+#: Above EXPRESSION_MAX but at most this, every non-zero value non-integer: log-normalised
+#: with a larger target sum (log1p of CPM reaches log1p(1e6) = 13.8), not counts.
+LOG_CPM_MAX: float = float(np.log1p(1e6)) + 1e-3
 #: Count-scale data with at most this share of negative entries is corrupt counts, more is
 #: an embedding or scaled data.
 NEGATIVE_COUNTS_SHARE: float = 0.01
@@ -119,7 +127,9 @@ def detect_input_kind(matrix: Any) -> InputKind:
             r, c = np.unravel_index(int(np.argmin(flat)), shaped.shape)
             argmin = (int(r), int(c) if shaped.ndim > 1 else 0)
     count_scale = vmax > EXPRESSION_MAX
-    if n_neg == 0:
+    if n_neg == 0 and count_scale and vmax <= LOG_CPM_MAX and nonint > 0.99:
+        kind = "log_other_scale"
+    elif n_neg == 0:
         kind = "counts" if count_scale or nonint == 0.0 else "expression"
     elif count_scale and n_neg <= NEGATIVE_COUNTS_SHARE * values.size:
         kind = "negative_counts"
@@ -178,6 +188,12 @@ def check_input_kind(
             f"expression. Counts are non-negative; fix or drop the negative entries "
             f"(e.g. check the file, or clip with X[X < 0] = 0 only if you know they are "
             f"noise) before running {method}."
+        )
+    if found.kind == "log_other_scale" and expected in ("expression", "expression_or_counts"):
+        raise FedscInputError(
+            f"{where} looks log-normalised with a target sum above 1e4 ({stats}; log1p of "
+            f"CP10k is at most {EXPRESSION_MAX:.2f}, of CPM {LOG_CPM_MAX:.2f}); {method} "
+            f"needs log1p(CP10k) expression: start from the raw counts and {_PREPROCESS_FIX}."
         )
     if expected == "expression":
         if found.kind == "counts":

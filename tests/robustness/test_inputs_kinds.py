@@ -306,3 +306,18 @@ def test_check_input_kind_expression_accepts_lognorm_and_refuses_counts_message(
     assert check_input_kind(a.X, "expression").kind == "expression"
     with pytest.raises(FedscInputError, match=r"at most log1p\(1e4\) = 9\.21"):
         check_input_kind(_counts().X, "expression", method="FedscGen")
+
+
+def test_case_log_cpm_is_not_mistaken_for_counts():
+    """log1p(CPM) reaches 13.8 > 9.21: refused by name, not re-normalised as counts."""
+    a = _counts()
+    sc.pp.normalize_total(a, target_sum=1e6)
+    sc.pp.log1p(a)
+    assert detect_input_kind(a.X).kind == "log_other_scale"
+    cfg = RunConfig(method="fedscgen")
+    _refused(
+        lambda ad_: prepare_expression(ad_, cfg),
+        a,
+        "looks log-normalised with a target sum above 1e4",
+        "start from the raw counts",
+    )
