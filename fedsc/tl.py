@@ -194,7 +194,10 @@ def fedscgen(
     """Federated scGen training + the FedscGen correction workflow.
 
     Writes ``adata.obsm["X_fedscgen"]`` (shifted latent) and ``adata.layers["fedscgen"]``
-    (corrected expression). ``adata.X`` must hold log-normalised expression.
+    (corrected expression). ``adata.X`` must hold log-normalised expression
+    (log1p of CP10k); raw counts, an embedding or scaled data are refused with a message
+    saying what was found (:mod:`fedsc.data.input_kind`). A diverging training run raises
+    :class:`~fedsc.methods.health.TrainingDivergedError` naming ``lr`` and writes nothing.
 
     Parameters
     ----------
@@ -245,6 +248,8 @@ def scgen(
     """Centralized scGen (the baseline): train, then ``batch_removal``.
 
     Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]``; returns the model.
+    ``adata.X`` (or ``layers[layer]``) must hold log-normalised expression: raw counts or
+    PCs are refused with a message naming what was found (:mod:`fedsc.data.input_kind`).
     """
     return apply(
         "scgen",
