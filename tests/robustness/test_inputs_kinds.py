@@ -321,3 +321,15 @@ def test_case_log_cpm_is_not_mistaken_for_counts():
         "looks log-normalised with a target sum above 1e4",
         "start from the raw counts",
     )
+
+
+def test_case_validate_adata_refuses_list_keys():
+    from fedsc.data import validate_adata
+
+    a = _counts()
+    _refused(
+        lambda ad_: validate_adata(ad_, batch_key=["batch"]),
+        a,
+        "batch_key must be one name (a string), got list ['batch']",
+        "pass batch_key='batch'",
+    )
