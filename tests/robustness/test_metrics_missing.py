@@ -65,6 +65,7 @@ def test_case_huge_value_through_runner_reported_not_success():
     cfg = RunConfig(method="scbatchprox", use_rep="X_pca", params={"rounds": 1})
     res = execute_run(cfg, adata=a, show_progress=False)
     missing = res.info["missing_metrics"]
+    assert isinstance(res.info["movement"], float)  # recorded by execute_run (run_health)
     assert {(m["method"], m["metric"]) for m in missing} >= {
         ("pca", "total"),
         ("scbatchprox", "total"),
