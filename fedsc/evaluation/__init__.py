@@ -15,7 +15,7 @@ from fedsc.evaluation.fedscgen_panel import fedscgen_panel
 from fedsc.evaluation.panels import PANELS, check_panels, evaluate, register_panel
 from fedsc.evaluation.scib_panel import scib_panel
 
-warn_if_broken()  # known-broken scanpy/scipy pairs (fedsc._compat): say so at import
+warn_if_broken()  # known-broken dependency pairs (fedsc._compat): say so at import
 
 __all__ = [
     "PANELS",
