@@ -201,7 +201,11 @@ def _check_outputs(adata: ad.AnnData, spec: MethodSpec) -> None:
 
 
 def run_health(
-    adata: ad.AnnData, before: str, after: str, rows: dict[str, pd.DataFrame], method: str
+    adata: ad.AnnData,
+    before: str,
+    after: str | None,
+    rows: dict[str, pd.DataFrame],
+    method: str,
 ) -> dict[str, Any]:
     """What the run summary (``run.json`` info) says about the run's health.
 
@@ -222,8 +226,12 @@ def run_health(
     method
         The method's name.
     """
-    movement = relative_movement(
-        representation(adata, before, "before"), representation(adata, after, "after")
+    movement = (
+        None
+        if after is None
+        else relative_movement(
+            representation(adata, before, "before"), representation(adata, after, "after")
+        )
     )
     warnings_: list[str] = []
     note = movement_note(method, movement)
