@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -17,18 +18,23 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from fedsc import datasets, settings
 from fedsc.backend import aggregator_for
+from fedsc.data.access import representation
 from fedsc.data.inclusion import apply_inclusion
+from fedsc.data.input_kind import check_input_kind, detect_input_kind
 from fedsc.data.validate import validate_adata
 from fedsc.errors import FedscOutputError
 from fedsc.evaluation import evaluate
+from fedsc.evaluation.panels import missing_reasons
 from fedsc.methods import MethodSpec, RunInputs, get_method
+from fedsc.methods.health import movement_note, relative_movement
 from fedsc.preprocessing import fit_embedding, preprocess
 from fedsc.results import TIDY_COLUMNS
 from fedsc.run_config import RunConfig, check_holdout_batches
+
+logger = logging.getLogger(__name__)
 
 PACKAGES = ("fedsc", "torch", "crypten", "numpy", "scipy", "scanpy", "anndata", "scib-metrics")
 
@@ -63,9 +69,8 @@ def dataset_label(name: str) -> str:
 
 
 def looks_like_counts(x: Any) -> bool:
-    """Raw counts are non-negative and reach values no log-normalised matrix has."""
-    values = x.data if sp.issparse(x) else np.asarray(x)
-    return bool(values.size) and float(values.min()) >= 0 and float(values.max()) > 30
+    """Raw counts: non-negative and above log1p(1e4) (``fedsc.data.input_kind``)."""
+    return detect_input_kind(x).kind == "counts"
 
 
 def package_versions() -> dict[str, str]:
@@ -79,8 +84,16 @@ def package_versions() -> dict[str, str]:
 
 
 def prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> ad.AnnData:
-    """Log-normalised HVG expression: from counts if X holds counts, else as given."""
-    if looks_like_counts(adata.X):
+    """Log-normalised HVG expression: from counts if X holds counts, else as given.
+
+    ``X`` must be raw counts (normalised, log1p'd and reduced to HVGs here) or
+    log-normalised expression (used as given); anything else (counts with negative
+    entries, an embedding or scaled data) is refused with a message naming what was found.
+    """
+    found = check_input_kind(
+        adata.X, "expression_or_counts", method=f"method {cfg.method!r}", adata=adata
+    )
+    if found.kind == "counts":
         return preprocess(adata, n_top_genes=cfg.n_top_genes)
     return adata.copy()
 
@@ -116,6 +129,7 @@ def _prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
 
 
 def _prepare_counts(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    check_input_kind(adata.X, "counts", method=f"method {cfg.method!r}", adata=adata)
     return Prepared(adata.copy(), "X", "uncorrected")
 
 
@@ -177,6 +191,90 @@ def _check_outputs(adata: ad.AnnData, spec: MethodSpec) -> None:
             f"method {spec.name!r} did not write its declared output(s) {missing}; its run "
             "function must write every entry of MethodSpec.outputs into the AnnData."
         )
+    for rep in spec.outputs:
+        values = representation(adata, rep, "output")
+        bad = int((~np.isfinite(values)).any(axis=1).sum()) if values.ndim == 2 else 0
+        if bad:
+            raise RuntimeError(
+                f"method {spec.name!r} wrote non-finite values (NaN/Inf) for {bad} of "
+                f"{values.shape[0]} cells into its output {rep!r}: the method failed (e.g. its "
+                "training diverged; try a smaller learning rate lr=), this is not a problem of "
+                "the input. Nothing was evaluated."
+            )
+
+
+def run_health(
+    adata: ad.AnnData,
+    before: str,
+    after: str | None,
+    rows: dict[str, pd.DataFrame],
+    method: str,
+) -> dict[str, Any]:
+    """What the run summary (``run.json`` info) says about the run's health.
+
+    Returns ``movement`` (``||Z' - Z||_F / ||Z||_F`` between the uncorrected ``before`` and
+    the corrected ``after`` representation, ``None`` when their shapes differ),
+    ``missing_metrics`` (one record per metric that could not be computed: method,
+    embedding, panel, metric, reason) and ``warnings`` (also logged): a method that left
+    its input practically unchanged, metrics that are missing.
+
+    Parameters
+    ----------
+    adata
+        The evaluated cells.
+    before, after
+        The uncorrected and the corrected representation (``evaluate``'s ``rep``).
+    rows
+        ``method`` label -> the rows :func:`fedsc.evaluation.evaluate` returned for it.
+    method
+        The method's name.
+    """
+    movement = (
+        None
+        if after is None
+        else relative_movement(
+            representation(adata, before, "before"), representation(adata, after, "after")
+        )
+    )
+    warnings_: list[str] = []
+    note = movement_note(method, movement)
+    if note:
+        warnings_.append(note)
+    missing = [
+        {"method": label, "embedding": str(frame["embedding"].iloc[0]) if len(frame) else "",
+         "panel": panel, "metric": metric, "reason": reason}
+        for label, frame in rows.items()
+        for (panel, metric), reason in missing_reasons(frame).items()
+    ]  # fmt: skip
+    if missing:
+        names = ", ".join(f"{m['method']}/{m['metric']}" for m in missing)
+        text = f"{len(missing)} metric(s) could not be computed and are reported missing: {names}"
+        logger.warning(text)
+        warnings_.append(text)
+    return {"movement": movement, "missing_metrics": missing, "warnings": warnings_}
+
+
+def format_metrics(rows: pd.DataFrame, info: dict[str, Any] | None = None) -> str:
+    """The metric table the CLI prints: every metric row, missing values shown as such.
+
+    Unlike a plain ``pivot_table`` (which drops all-NaN rows), a metric that is missing
+    stays in the table as ``missing``; the reasons (from ``info["missing_metrics"]``) and
+    the run's warnings follow the table.
+    """
+    methods = list(dict.fromkeys(rows["method"]))
+    metrics = list(dict.fromkeys(rows["metric"]))
+    table = rows.pivot_table(
+        index="metric", columns="method", values="value", sort=False, dropna=False
+    ).reindex(index=metrics, columns=methods)
+    shown = table.map(lambda v: "missing" if not np.isfinite(v) else f"{v:.4f}")
+    lines = [shown.to_string()]
+    info = info or {}
+    for m in info.get("missing_metrics", []):
+        lines.append(f"missing: {m['method']} {m['panel']}/{m['metric']}: {m['reason']}")
+    for w in info.get("warnings", []):
+        if not w.startswith(f"{len(info.get('missing_metrics', []))} metric(s)"):
+            lines.append(f"warning: {w}")
+    return "\n".join(lines)
 
 
 def _evaluate(adata: ad.AnnData, rep: str, cfg: RunConfig, pre: str) -> pd.DataFrame:
@@ -271,6 +369,11 @@ def execute_run(
             "evaluated": {"before": before, "after": after},
             "cpu_count": os.cpu_count(),
         }
+    )
+    info.update(
+        run_health(
+            work, before, after, {prepared.base: before_rows, cfg.method: after_rows}, cfg.method
+        )
     )
     return RunResult(cfg, work, rows, info)
 

@@ -17,6 +17,7 @@ import anndata as ad
 
 import smpc
 from fedsc.backend import aggregator_for
+from fedsc.errors import FedscInputError
 from fedsc.methods import RunInputs, get_method
 
 __all__ = ["apply", "fedscgen", "scbatchprox", "scgen"]
@@ -34,7 +35,7 @@ def apply(
     backend_options: dict[str, Any] | None = None,
     seed: int = 0,
     config: Any = None,
-    holdout: Sequence[str] = (),
+    holdout: str | Sequence[str] = (),
     inclusion: str = "all",
     key_added: str | None = None,
     show_progress: bool | None = None,
@@ -74,13 +75,21 @@ def apply(
     """
     spec = get_method(method)
     cfg = spec.make_config(params, config)
+    for arg, value in (("use_rep", use_rep), ("layer", layer), ("batch_key", batch_key),
+                       ("label_key", label_key)):  # fmt: skip
+        if value is not None and not isinstance(value, str):
+            raise FedscInputError(
+                f"{arg} must be one name (a string), got {type(value).__name__} {value!r}; "
+                f"pass e.g. {arg}={_first(value)!r}."
+            )
+    holdout = _names(holdout, "holdout")
     inputs = dict(
         batch_key=batch_key,
         label_key=label_key,
         seed=seed,
         use_rep=use_rep,
         layer=layer,
-        holdout=tuple(str(h) for h in holdout),
+        holdout=holdout,
         inclusion=inclusion,
         key_added=key_added,
         show_progress=show_progress,
@@ -90,6 +99,26 @@ def apply(
         return spec.fit(adata, RunInputs(**inputs), cfg)
     with aggregator_for(backend, backend_options) as agg:
         return spec.fit(adata, RunInputs(aggregator=agg, **inputs), cfg)
+
+
+def _first(value: Any) -> Any:
+    try:
+        return next(iter(value))
+    except (TypeError, StopIteration):
+        return "X_pca"
+
+
+def _names(value: str | Sequence[str], arg: str) -> tuple[str, ...]:
+    """A batch name or a list of them as a tuple; duplicates are an error.
+
+    A single string is one name: ``holdout="celseq"`` holds out the batch ``celseq``, not
+    the batches ``c``, ``e``, ``l``...
+    """
+    names = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FedscInputError(f"{arg} lists {dup} more than once; list each batch once.")
+    return names
 
 
 def scbatchprox(
@@ -155,7 +184,7 @@ def fedscgen(
     backend_options: dict[str, Any] | None = None,
     seed: int = 0,
     config: Any = None,
-    holdout: list[str] | tuple[str, ...] = (),
+    holdout: str | list[str] | tuple[str, ...] = (),
     inclusion: str = "all",
     layer: str | None = None,
     snapshot_every_round: bool = False,
@@ -165,7 +194,10 @@ def fedscgen(
     """Federated scGen training + the FedscGen correction workflow.
 
     Writes ``adata.obsm["X_fedscgen"]`` (shifted latent) and ``adata.layers["fedscgen"]``
-    (corrected expression). ``adata.X`` must hold log-normalised expression.
+    (corrected expression). ``adata.X`` must hold log-normalised expression
+    (log1p of CP10k); raw counts, an embedding or scaled data are refused with a message
+    saying what was found (:mod:`fedsc.data.input_kind`). A diverging training run raises
+    :class:`~fedsc.methods.health.TrainingDivergedError` naming ``lr`` and writes nothing.
 
     Parameters
     ----------
@@ -175,7 +207,7 @@ def fedscgen(
         :class:`~fedsc.methods.fedscgen.FedScGenConfig` and/or overrides
         (``rounds=8, local_epochs=2, hidden=(800, 800)``...).
     holdout
-        Batches that do not train but are corrected.
+        Batches that do not train but are corrected: one name (``"celseq"``) or a list.
     inclusion
         ``"all"``, ``"combined"`` or ``"dropped"`` (minority cell types).
 
@@ -216,6 +248,8 @@ def scgen(
     """Centralized scGen (the baseline): train, then ``batch_removal``.
 
     Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]``; returns the model.
+    ``adata.X`` (or ``layers[layer]``) must hold log-normalised expression: raw counts or
+    PCs are refused with a message naming what was found (:mod:`fedsc.data.input_kind`).
     """
     return apply(
         "scgen",

@@ -77,6 +77,14 @@ def validate_adata(
             f"first."
         )
 
+    for arg, value in (("batch_key", batch_key), ("label_key", label_key),
+                       ("use_rep", use_rep), ("layer", layer)):  # fmt: skip
+        if value is not None and not isinstance(value, str):
+            example = next(iter(value), None) if isinstance(value, list | tuple) else None
+            raise FedscInputError(
+                f"{arg} must be one name (a string), got {type(value).__name__} {value!r}"
+                + (f"; pass {arg}={example!r}." if example is not None else ".")
+            )
     batches = obs_column(adata, batch_key, "batch_key")
     if label_key is not None:
         obs_column(adata, label_key, "label_key")

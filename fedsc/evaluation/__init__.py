@@ -7,12 +7,15 @@ Each panel returns tidy rows ``panel, metric, value``. :data:`PANELS` names them
 
 from __future__ import annotations
 
+from fedsc._compat import warn_if_broken
 from fedsc.data.access import representation
 from fedsc.evaluation.caches import enable_compilation_caches
 from fedsc.evaluation.downstream import downstream_accuracy
 from fedsc.evaluation.fedscgen_panel import fedscgen_panel
 from fedsc.evaluation.panels import PANELS, check_panels, evaluate, register_panel
 from fedsc.evaluation.scib_panel import scib_panel
+
+warn_if_broken()  # known-broken dependency pairs (fedsc._compat): say so at import
 
 __all__ = [
     "PANELS",

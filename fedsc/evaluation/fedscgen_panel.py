@@ -33,6 +33,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  #
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
 from fedsc.errors import FedscInputError  # noqa: E402
+from fedsc.evaluation import _missing  # noqa: E402
 from fedsc.evaluation._inputs import check_embedding, check_groups  # noqa: E402
 from fedsc.evaluation.scib_panel import isolated_label_names, silhouette_batch  # noqa: E402
 
@@ -245,22 +246,29 @@ def fedscgen_panel(
     graph = with_self(idx, dist)
 
     v: dict[str, float] = {}
+    why: dict[str, str] = {}
     clusterings = leiden_clusterings(graph, RESOLUTIONS, seed)
-    v["nmi"] = max(
-        normalized_mutual_info_score(labels, c, average_method="arithmetic")
-        for c in clusterings.values()
-    )
-    v["ari"] = adjusted_rand_score(labels, clusterings[1.0])
-    v["ebm"] = entropy_batch_mixing(idx, batch_codes, n_batches, rng=rng)
-    v["knn_acc"] = knn_accuracy(idx, labels)
-    v["asw_c"] = scib_metrics.silhouette_label(Z, labels)
-    v["asw_b"] = silhouette_batch(Z, labels, batch)
-    v["gc"] = scib_metrics.graph_connectivity(graph, labels)
-    v["ilf1"] = isolated_label_f1(clusterings[1.0], labels, batch)
-    v["kbet"] = kbet_sweep(Z, batch, max_k=kbet_max_k, rng=rng)
     lisi_graph = with_self(idx_all[:, :k_lisi], dist_all[:, :k_lisi])
-    v["ilisi"] = np.nanmedian(scib_metrics.lisi_knn(lisi_graph, batch, perplexity=lisi_perplexity))
-    v["clisi"] = np.nanmedian(scib_metrics.lisi_knn(lisi_graph, labels, perplexity=lisi_perplexity))
-    return pd.DataFrame(
-        {"panel": PANEL, "metric": list(METRICS), "value": [float(v[m]) for m in METRICS]}
-    )
+    computations = {
+        "nmi": lambda: max(
+            normalized_mutual_info_score(labels, c, average_method="arithmetic")
+            for c in clusterings.values()
+        ),
+        "ari": lambda: adjusted_rand_score(labels, clusterings[1.0]),
+        "ebm": lambda: entropy_batch_mixing(idx, batch_codes, n_batches, rng=rng),
+        "knn_acc": lambda: knn_accuracy(idx, labels),
+        "asw_c": lambda: scib_metrics.silhouette_label(Z, labels),
+        "asw_b": lambda: silhouette_batch(Z, labels, batch),
+        "gc": lambda: scib_metrics.graph_connectivity(graph, labels),
+        "ilf1": lambda: isolated_label_f1(clusterings[1.0], labels, batch),
+        "kbet": lambda: kbet_sweep(Z, batch, max_k=kbet_max_k, rng=rng),
+        "ilisi": lambda: np.nanmedian(
+            scib_metrics.lisi_knn(lisi_graph, batch, perplexity=lisi_perplexity)
+        ),
+        "clisi": lambda: np.nanmedian(
+            scib_metrics.lisi_knn(lisi_graph, labels, perplexity=lisi_perplexity)
+        ),
+    }
+    for name in METRICS:  # in this order: ebm and kbet draw from rng in turn
+        _missing.compute(v, why, name, computations[name])
+    return _missing.frame(PANEL, v, list(METRICS), why)

@@ -18,15 +18,26 @@ import pandas as pd
 
 from fedsc.data.access import obs_column, representation
 from fedsc.errors import FedscInputError
+from fedsc.evaluation._inputs import check_embedding
+from fedsc.evaluation._missing import MISSING_ATTR, scale_problem
 from fedsc.evaluation.downstream import downstream_accuracy
+from fedsc.evaluation.fedscgen_panel import METRICS as FEDSCGEN_METRICS
 from fedsc.evaluation.fedscgen_panel import fedscgen_panel
-from fedsc.evaluation.scib_panel import scib_panel
+from fedsc.evaluation.scib_panel import AGGREGATES, BATCH_METRICS, BIO_METRICS, scib_panel
 from fedsc.registry import Registry
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["PANELS", "Panel", "check_panels", "evaluate", "register_panel"]
+__all__ = [
+    "MISSING_ATTR",
+    "PANELS",
+    "Panel",
+    "check_panels",
+    "evaluate",
+    "missing_reasons",
+    "register_panel",
+]
 
 Panel = Callable[..., pd.DataFrame]
 
@@ -113,8 +124,12 @@ def evaluate(
     Returns
     -------
     DataFrame with columns ``embedding`` (== ``rep``), ``panel``, ``metric``, ``value``.
+    A metric that cannot be computed has value NaN; ``attrs["missing_reasons"]`` maps its
+    ``(panel, metric)`` to the reason (see :func:`missing_reasons`). An embedding with
+    coordinates beyond ``1e15`` gets every metric missing with that reason.
     """
-    funcs = [PANELS.get(p) for p in check_panels(panels)]
+    names = check_panels(panels)
+    funcs = [PANELS.get(p) for p in names]
     X = representation(adata, rep, "rep")
     batch = obs_column(adata, batch_key, "batch_key")
     labels = obs_column(adata, label_key, "label_key")
@@ -125,8 +140,50 @@ def evaluate(
         )
     batch = batch.astype(str).to_numpy()
     labels = labels.astype(str).to_numpy()
-    out = pd.concat(
-        [func(X, batch, labels, X_pre=X_pre, seed=seed) for func in funcs], ignore_index=True
-    )
+    problem = scale_problem(check_embedding(X, f"representation {rep!r}"), adata.obs_names)
+    frames, reasons = [], {}
+    for name, func in zip(names, funcs, strict=True):
+        if problem is not None:  # nothing meaningful can be computed: all missing, one reason
+            metrics = _expected_metrics(name, X_pre is not None)
+            df = pd.DataFrame({"panel": name, "metric": metrics, "value": np.nan})
+            panel_reasons = dict.fromkeys(metrics, problem)
+        else:
+            df = func(X, batch, labels, X_pre=X_pre, seed=seed)
+            panel_reasons = dict(df.attrs.get(MISSING_ATTR, {}))
+        for panel, metric, value in zip(df["panel"], df["metric"], df["value"], strict=True):
+            if not np.isfinite(value):
+                reasons[(str(panel), str(metric))] = panel_reasons.get(
+                    metric, f"the computation returned {value}"
+                )
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs = {}
     out.insert(0, "embedding", rep)
+    out.attrs[MISSING_ATTR] = reasons
+    return out
+
+
+def _expected_metrics(panel: str, with_pre: bool) -> list[str]:
+    """The metric rows a built-in panel returns (one ``"all"`` row for other panels)."""
+    if panel == "scib":
+        batch = [m for m in BATCH_METRICS if with_pre or m != "pcr_comparison"]
+        return [*BIO_METRICS, *batch, *AGGREGATES]
+    if panel == "fedscgen":
+        return list(FEDSCGEN_METRICS)
+    if panel == "downstream":
+        return ["lobo_accuracy"]
+    return ["all"]
+
+
+def missing_reasons(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(panel, metric) -> reason for the missing values of :func:`evaluate`'s rows.
+
+    Rows without recorded reasons (e.g. read back from a CSV) get a generic one for every
+    non-finite value.
+    """
+    known = dict(rows.attrs.get(MISSING_ATTR, {}))
+    out = {}
+    for panel, metric, value in zip(rows["panel"], rows["metric"], rows["value"], strict=True):
+        if not np.isfinite(value):
+            out[(str(panel), str(metric))] = known.get((str(panel), str(metric)), "value missing")
     return out

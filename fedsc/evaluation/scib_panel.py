@@ -41,6 +41,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  #
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
 from fedsc.errors import FedscInputError  # noqa: E402
+from fedsc.evaluation import _missing  # noqa: E402
 from fedsc.evaluation._inputs import check_embedding, check_groups  # noqa: E402
 from fedsc.evaluation._kbet import kbet_per_label  # noqa: E402
 
@@ -151,14 +152,27 @@ def silhouette_batch(X: np.ndarray, labels: np.ndarray, batch: np.ndarray) -> fl
     return float(scib_metrics.silhouette_batch(X, labels, batch))
 
 
-def _aggregate(values: dict[str, float]) -> dict[str, float]:
-    bio = np.mean([values[m] for m in BIO_METRICS])
-    batch = np.mean([values[m] for m in BATCH_METRICS if m in values])
-    return {
-        "bio_conservation": float(bio),
-        "batch_correction": float(batch),
-        "total": float(0.6 * bio + 0.4 * batch),
-    }
+AGGREGATES: tuple[str, ...] = ("bio_conservation", "batch_correction", "total")
+
+
+def _aggregate(values: dict[str, float], reasons: dict[str, str] | None = None) -> dict[str, float]:
+    """The three aggregates; one with a missing (NaN) component is missing, with a reason."""
+    reasons = {} if reasons is None else reasons
+    v = dict(values)
+    bio = list(BIO_METRICS)
+    batch = [m for m in BATCH_METRICS if m in values]
+    _missing.aggregate(v, reasons, "bio_conservation", bio, lambda: np.mean([v[m] for m in bio]))
+    _missing.aggregate(
+        v, reasons, "batch_correction", batch, lambda: np.mean([v[m] for m in batch])
+    )
+    _missing.aggregate(
+        v,
+        reasons,
+        "total",
+        ["bio_conservation", "batch_correction"],
+        lambda: 0.6 * v["bio_conservation"] + 0.4 * v["batch_correction"],
+    )
+    return {k: float(v[k]) for k in AGGREGATES}
 
 
 def scib_panel(
@@ -193,6 +207,8 @@ def scib_panel(
     -------
     DataFrame with columns ``panel`` (``"scib"``), ``metric``, ``value``: the ten metrics
     (nine without ``X_pre``) then ``bio_conservation``, ``batch_correction``, ``total``.
+    A metric that cannot be computed has value NaN and its reason in
+    ``attrs["missing_reasons"]``; an aggregate with a missing component is missing too.
     """
     X = check_embedding(X)
     n = X.shape[0]
@@ -212,34 +228,52 @@ def scib_panel(
     neigh_kbet = neigh.subset_neighbors(min(_K_KBET, neigh.n_neighbors))
 
     v: dict[str, float] = {}
+    why: dict[str, str] = {}
     # Bio conservation.
     n_types = len(np.unique(labels))
     pred = KMeans(n_types, seed=seed).fit(X).labels_
-    v["kmeans_nmi"] = normalized_mutual_info_score(labels, pred, average_method="arithmetic")
-    v["kmeans_ari"] = adjusted_rand_score(labels, pred)
+    _missing.compute(
+        v,
+        why,
+        "kmeans_nmi",
+        lambda: normalized_mutual_info_score(labels, pred, average_method="arithmetic"),
+    )
+    _missing.compute(v, why, "kmeans_ari", lambda: adjusted_rand_score(labels, pred))
     # One silhouette for both: scib_metrics.silhouette_label and .isolated_labels each call
     # silhouette_samples(X, labels) and rescale it to (s + 1) / 2.
     sil = (silhouette_samples(X, labels) + 1.0) / 2.0
-    v["silhouette_label"] = float(np.mean(sil))
-    v["isolated_labels"] = float(
-        np.mean([sil[labels == lab].mean() for lab in isolated_label_names(labels, batch)])
+    _missing.compute(v, why, "silhouette_label", lambda: np.mean(sil))
+    _missing.compute(
+        v,
+        why,
+        "isolated_labels",
+        lambda: np.mean([sil[labels == lab].mean() for lab in isolated_label_names(labels, batch)]),
     )
-    v["clisi_knn"] = scib_metrics.clisi_knn(neigh, labels)
+    _missing.compute(v, why, "clisi_knn", lambda: scib_metrics.clisi_knn(neigh, labels))
     # Batch correction.
-    v["silhouette_batch"] = silhouette_batch(X, labels, batch)
-    v["ilisi_knn"] = scib_metrics.ilisi_knn(neigh, batch)
-    v["kbet_per_label"] = kbet_per_label(neigh_kbet, batch, labels)
-    v["graph_connectivity"] = scib_metrics.graph_connectivity(neigh_gc, labels)
+    _missing.compute(v, why, "silhouette_batch", lambda: silhouette_batch(X, labels, batch))
+    if np.isnan(v["silhouette_batch"]) and "silhouette_batch" in why:
+        why["silhouette_batch"] = (
+            "no cell type spans two batches with fewer batches than cells, so the batch "
+            "silhouette is undefined"
+        )
+    _missing.compute(v, why, "ilisi_knn", lambda: scib_metrics.ilisi_knn(neigh, batch))
+    _missing.compute(v, why, "kbet_per_label", lambda: kbet_per_label(neigh_kbet, batch, labels))
+    _missing.compute(
+        v, why, "graph_connectivity", lambda: scib_metrics.graph_connectivity(neigh_gc, labels)
+    )
     if X_pre is not None:
         with warnings.catch_warnings():
             # scib-metrics warns each time it clips a negative score to 0 (as documented);
             # the clipped value is what the scIB convention reports.
             warnings.filterwarnings("ignore", message="PCR comparison score is negative")
-            v["pcr_comparison"] = scib_metrics.pcr_comparison(X_pre, X, batch, categorical=True)
+            _missing.compute(
+                v,
+                why,
+                "pcr_comparison",
+                lambda: scib_metrics.pcr_comparison(X_pre, X, batch, categorical=True),
+            )
 
-    v = {k: float(val) for k, val in v.items()}
     order = [m for m in BIO_METRICS + BATCH_METRICS if m in v]
-    rows = [(m, v[m]) for m in order] + list(_aggregate(v).items())
-    return pd.DataFrame(
-        {"panel": PANEL, "metric": [r[0] for r in rows], "value": [r[1] for r in rows]}
-    )
+    v.update(_aggregate(v, why))
+    return _missing.frame(PANEL, v, [*order, *AGGREGATES], why)

@@ -52,6 +52,7 @@ from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
 from fedsc.federation import FederationResult, LocalResult, State, Strategy, run_federation
 from fedsc.methods import vae as vae_mod
+from fedsc.methods.health import TrainingDivergedError, check_loss
 from fedsc.methods.scgen import prepare_inclusion, write_outputs
 from fedsc.methods.vae import (
     EPOCH,
@@ -120,7 +121,13 @@ class FedScGenMethod:
         Run seed (initial weights, each client's split and epochs).
     """
 
-    def __init__(self, data: Mapping[int, torch.Tensor], config: FedScGenConfig, seed: int) -> None:
+    def __init__(
+        self,
+        data: Mapping[int, torch.Tensor],
+        config: FedScGenConfig,
+        seed: int,
+        names: Mapping[int, str] | None = None,
+    ) -> None:
         if not data:
             raise FedscInputError("FedscGen needs at least one training client.")
         n_genes = {int(x.shape[1]) for x in data.values()}
@@ -130,6 +137,8 @@ class FedScGenMethod:
         self.seed = int(seed)
         self.n_genes = n_genes.pop()
         self.data = {int(c): x for c, x in data.items()}
+        #: Client names for messages (default: the indices).
+        self.names = {c: str((names or {}).get(c, c)) for c in self.data}
         self.model = VAE(self.n_genes, config, derive_generator(seed, INIT))
         self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.splits = {
@@ -181,6 +190,14 @@ class FedScGenMethod:
             epoch = round_index * cfg.local_epochs + j
             g = derive_generator(self.seed, EPOCH, client, epoch)
             losses.append(train_epoch(self.model, optimizer, x, g, train_idx))
+            check_loss(
+                losses[-1],
+                method="FedscGen",
+                lr=cfg.lr,
+                default_lr=FedScGenConfig.lr,
+                where=f"round {round_index + 1}/{cfg.rounds} (local epoch {j + 1})",
+                client=self.names[client],
+            )
         val = vae_mod.validation_loss(self.model, x[val_idx])
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return LocalResult(
@@ -439,6 +456,13 @@ def run_fedscgen(
                 key_added=key_added,
                 strategy=strategy,
             )
+    if isinstance(holdout, str):  # one batch name, not its characters
+        holdout = [holdout]
+    for arg, names in (("holdout", holdout), ("client_order", client_order)):
+        listed = [str(n) for n in names or ()]
+        dup = sorted({n for n in listed if listed.count(n) > 1})
+        if dup:
+            raise FedscInputError(f"{arg} lists {dup} more than once; list each batch once.")
     start = time.perf_counter()
     used, rows = prepare_inclusion(adata, batch_key, label_key, inclusion, min_cells)
     train, held = split_clients(used, batch_key, holdout=holdout, order=client_order)
@@ -446,7 +470,7 @@ def run_fedscgen(
     data = {c.index: x_all[torch.from_numpy(c.obs_indices)] for c in train}
     del x_all
     with torch_threads(config.num_threads):
-        method = FedScGenMethod(data, config, seed)
+        method = FedScGenMethod(data, config, seed, names={c.index: c.name for c in train})
         fed = run_federation(
             method,
             [c.index for c in train],
@@ -465,6 +489,12 @@ def run_fedscgen(
         trained = time.perf_counter()
         result = correct(
             model, train + held, aggregator, label_key, layer=layer, vocabulary=label_vocabulary
+        )
+    if not (np.isfinite(result.latent).all() and np.isfinite(result.expression).all()):
+        raise TrainingDivergedError(
+            "FedscGen produced non-finite corrected values although every training loss was "
+            f"finite; the learning rate lr={config.lr:g} is likely too large; try "
+            f"lr={min(config.lr / 10, FedScGenConfig.lr):g}. No output was written."
         )
     write_outputs(adata, rows, key_added, result.latent, result.expression)
     params = {

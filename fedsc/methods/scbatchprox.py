@@ -55,6 +55,7 @@ from fedsc.federation import (
     derive_rng,
     run_federation,
 )
+from fedsc.methods.health import check_loss
 from smpc import Aggregator
 
 #: What each variant reveals (run info, ``adata.uns``).
@@ -216,6 +217,11 @@ class ScBatchProxFederation:
         for c, cells in enumerate(client_cells):
             split = training_split(len(cells), config.train_fraction, seed, c)
             self.train_z.append(np.asarray(z[cells[split]], dtype=np.float64))
+        #: Client names for messages (set by :meth:`ScBatchProx._train`).
+        self.client_names: list[str] | None = None
+        #: Per client: mean squared norm of its cells. A local loss above it means the
+        #: adapter moves cells farther than their own length: training has diverged.
+        self.scale = [float(np.mean(np.sum(zc * zc, axis=1))) for zc in self.train_z]
 
     def initial_state(self) -> State:
         if self.secure_rows:
@@ -319,6 +325,25 @@ class ScBatchProxFederation:
         results = []
         n_steps = (m > 0).sum(1)
         for k, c in enumerate(clients):
+            loss = float(loss_sum[k] / max(n_steps[k], 1))
+            finite = bool(np.isfinite(gam[k]).all() and np.isfinite(bet[k]).all())
+            if not finite or loss > max(self.scale[c], 1e-12):
+                name = self.client_names[c] if self.client_names else str(c)
+                check_loss(
+                    float("nan") if not finite else float("inf"),
+                    method="scBatchProx",
+                    lr=cfg.lr,
+                    default_lr=ScBatchProxConfig.lr,
+                    where=f"round {round_index + 1}/{cfg.rounds}",
+                    client=name,
+                    detail=(
+                        None
+                        if not finite
+                        else f"the local loss {loss:.3g} exceeds the cells' own mean squared "
+                        f"norm {self.scale[c]:.3g} (the adapter moves cells farther than "
+                        "their length)"
+                    ),
+                )
             g_new, b_new = gamma_t.copy(), beta_t.copy()
             if self.secure_rows:  # the update in the client's row, zeros elsewhere
                 g_new[rows[k]], b_new[rows[k]] = gam[k] - g0[k], bet[k] - b0[k]
@@ -328,7 +353,7 @@ class ScBatchProxFederation:
                 LocalResult(
                     {"gamma": torch.from_numpy(g_new), "beta": torch.from_numpy(b_new)},
                     weight=float(len(self.train_z[c])),
-                    metrics={"recon_loss": float(loss_sum[k] / max(n_steps[k], 1))},
+                    metrics={"recon_loss": loss},
                 )
             )
         return results
@@ -469,6 +494,7 @@ class ScBatchProx:
             config=self.config,
             seed=self.seed,
         )
+        method.client_names = [str(b) for b in train_batches]
         strategy = self.strategy
         if self.config.secure_rows:
             strategy = OwnerRevealFedAvg(method.owners(), method.receive)

@@ -41,10 +41,12 @@ def _check_stages(adata: ad.AnnData, batch_key: str, stages: Sequence[Sequence[s
     unknown = sorted(set(flat) - present)
     if not stages or any(len(s) == 0 for s in stages):
         raise FedscInputError("stages must be a non-empty list of non-empty batch lists.")
-    if unknown or len(flat) != len(set(flat)):
+    dup = sorted({b for b in flat if flat.count(b) > 1})
+    if unknown or dup:
         raise FedscInputError(
             f"each batch must appear in exactly one stage and exist in adata.obs[{batch_key!r}]"
-            f" (unknown: {unknown}, listed: {flat})."
+            f" (listed more than once: {dup}, unknown: {unknown}, listed: {flat}); list each "
+            "batch in one stage only."
         )
 
 

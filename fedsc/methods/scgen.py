@@ -25,6 +25,7 @@ from fedsc.data.inclusion import DEFAULT_MIN_CELLS, SCENARIOS, apply_inclusion
 from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
 from fedsc.methods import vae as vae_mod
+from fedsc.methods.health import TrainingDivergedError, check_loss
 from fedsc.methods.vae import (
     EPOCH,
     INIT,
@@ -98,6 +99,13 @@ def train_vae(
     best, best_state, best_epoch, waited = float("inf"), None, -1, 0
     for epoch in progress(range(config.epochs), desc="scGen epochs", enable=show_progress):
         loss = train_epoch(model, optimizer, x, derive_generator(seed, EPOCH, 0, epoch), train_idx)
+        check_loss(
+            loss,
+            method="scGen",
+            lr=config.lr,
+            default_lr=ScGenConfig.lr,
+            where=f"epoch {epoch + 1}/{config.epochs}",
+        )
         val = vae_mod.validation_loss(model, x_val)
         model.history.append({"epoch": epoch, "train_loss": loss, "val_loss": val})
         logger.debug("scGen epoch %d: train loss %.6g, validation loss %.6g", epoch, loss, val)
@@ -245,6 +253,12 @@ def run_scgen(
     model = train_scgen(used, layer=layer, config=config, seed=seed, show_progress=show_progress)
     with torch_threads(config.num_threads):
         latent, corrected = batch_removal(model, used, batch_key, label_key, layer=layer)
+    if not (np.isfinite(latent).all() and np.isfinite(corrected).all()):
+        raise TrainingDivergedError(
+            "scGen produced non-finite corrected values although every training loss was "
+            f"finite; the learning rate lr={config.lr:g} is likely too large; try "
+            f"lr={min(config.lr / 10, ScGenConfig.lr):g}. No output was written."
+        )
     write_outputs(adata, rows, key_added, latent, corrected)
     info = {
         "params": {

@@ -18,11 +18,19 @@ def run(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     ``inputs.extra`` passes keyword arguments of :func:`~fedsc.methods.fedscgen.run_fedscgen`
     that are not config fields (``snapshot_every_round``, ``label_vocabulary``...).
     """
-    from fedsc.data import validate_adata
+    from fedsc.data import get_representation, validate_adata
+    from fedsc.data.input_kind import check_input_kind
     from fedsc.methods.fedscgen import run_fedscgen
 
     validate_adata(
         adata, batch_key=inputs.batch_key, label_key=inputs.label_key, layer=inputs.layer
+    )
+    check_input_kind(
+        get_representation(adata, None, inputs.layer, what="layer"),
+        "expression",
+        where="adata.X" if inputs.layer is None else f"adata.layers[{inputs.layer!r}]",
+        method="FedscGen",
+        adata=adata,
     )
     return run_fedscgen(
         adata,
