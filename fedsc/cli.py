@@ -192,7 +192,7 @@ def _seed_arg(text: str) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedsc.run_config import RunConfig
-    from fedsc.runner import check_output_dir, execute_run, write_run
+    from fedsc.runner import check_output_dir, execute_run, format_metrics, write_run
 
     check_output_dir(args.out, overwrite=args.overwrite)  # before any computation
     _check_input(args.input)
@@ -224,7 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = execute_run(cfg)
     out = write_run(result, args.out, overwrite=args.overwrite)
     if len(result.rows):
-        _print_panel(result.rows)
+        print(format_metrics(result.rows, result.info))
     else:
         print("no metric panels: evaluation skipped")
     print(f"\nprivacy: {result.info['privacy']}")
@@ -253,11 +253,6 @@ def _check_input(name: str) -> None:
             f"--input {name} is not an .h5ad (HDF5) file; convert it with anndata "
             "(adata.write_h5ad) first."
         )
-
-
-def _print_panel(rows) -> None:
-    table = rows.pivot_table(index="metric", columns="method", values="value", sort=False)
-    print(table.round(4).to_string())
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
