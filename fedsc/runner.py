@@ -328,7 +328,7 @@ def execute_run(
         ledger = agg.ledger.to_dict()
         private = bool(agg.private)
         privacy_note = agg.privacy_note
-    work, before, after = prepared.adata, prepared.before, spec.evaluate
+    work, before, after = prepared.adata, prepared.before, spec.evaluated
     _check_outputs(work, spec)
     method_seconds = time.perf_counter() - start
     before_rows = _evaluate(work, before, cfg, pre=before)

@@ -83,7 +83,7 @@ def apply(
                 f"pass e.g. {arg}={_first(value)!r}."
             )
     holdout = _names(holdout, "holdout")
-    inputs = dict(
+    inputs: dict[str, Any] = dict(
         batch_key=batch_key,
         label_key=label_key,
         seed=seed,

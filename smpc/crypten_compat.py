@@ -83,7 +83,7 @@ def import_crypten() -> ModuleType:
                 "`pip install --no-deps crypten==0.4.1 && pip install omegaconf onnx pyyaml` "
                 "(never let pip resolve torch), or use the 'plaintext' backend."
             ) from err
-        from crypten.encoder import FixedPointEncoder  # type: ignore[import-untyped]
+        from crypten.encoder import FixedPointEncoder
 
         FixedPointEncoder.decode = exact_decode
         _crypten = crypten

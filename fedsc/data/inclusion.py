@@ -12,7 +12,7 @@ Definitions (plaintext utilities, for centralized use and tests):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -72,7 +72,7 @@ def apply_inclusion(
     *,
     batch_key: str,
     label_key: str,
-    scenario: Scenario = "all",
+    scenario: Scenario | str = "all",
     min_cells: int = DEFAULT_MIN_CELLS,
     other_label: str = "others",
 ) -> ad.AnnData:
@@ -109,7 +109,11 @@ def apply_inclusion(
     obs_column(adata, batch_key, "batch_key").astype(str)
     labels = obs_column(adata, label_key, "label_key").astype(str)
     minority = minority_types(adata, label_key, min_cells=min_cells)
-    info = {"scenario": scenario, "min_cells": int(min_cells), "minority_types": minority}
+    info: dict[str, Any] = {
+        "scenario": scenario,
+        "min_cells": int(min_cells),
+        "minority_types": minority,
+    }
 
     if scenario == "all":
         out = adata.copy()

@@ -131,15 +131,14 @@ def evaluate(
     names = check_panels(panels)
     funcs = [PANELS.get(p) for p in names]
     X = representation(adata, rep, "rep")
-    batch = obs_column(adata, batch_key, "batch_key")
-    labels = obs_column(adata, label_key, "label_key")
+    batch_col = obs_column(adata, batch_key, "batch_key")
     X_pre = representation(adata, X_pre_rep, "X_pre_rep") if X_pre_rep is not None else None
-    if batch.nunique(dropna=True) < 2:
+    if batch_col.nunique(dropna=True) < 2:
         raise FedscInputError(
             f"adata.obs[{batch_key!r}] has fewer than 2 batches; batch metrics need at least 2."
         )
-    batch = batch.astype(str).to_numpy()
-    labels = labels.astype(str).to_numpy()
+    batch = batch_col.astype(str).to_numpy()
+    labels = obs_column(adata, label_key, "label_key").astype(str).to_numpy()
     problem = scale_problem(check_embedding(X, f"representation {rep!r}"), adata.obs_names)
     frames, reasons = [], {}
     for name, func in zip(names, funcs, strict=True):

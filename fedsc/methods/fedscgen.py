@@ -328,9 +328,9 @@ def correct(
         for pos, (z, code, k) in enumerate(zip(latents, codes, counts, strict=True)):
             lsum = np.zeros((len(shared), z.shape[1]))
             cnt = np.zeros(len(shared))
-            for s in np.flatnonzero(winners == pos):
-                lsum[s] = z[code == shared[s]].sum(axis=0)
-                cnt[s] = k[shared[s]]
+            for j in np.flatnonzero(winners == pos):
+                lsum[j] = z[code == shared[j]].sum(axis=0)
+                cnt[j] = k[shared[j]]
             contributions.append({"latent_sum": lsum, "count": cnt})
         with ledger.scope(None, "correction/mean_latent"):
             total = aggregator.sum(contributions)

@@ -130,7 +130,7 @@ class FiLMAdapter:
     def dim(self) -> int:
         return int(self.gamma.shape[1])
 
-    def rows(self, batch_labels: Sequence[str]) -> np.ndarray:
+    def rows(self, batch_labels: Sequence[str] | np.ndarray) -> np.ndarray:
         """Row index of each cell's batch; a clear error for batches without a row."""
         lookup = {b: i for i, b in enumerate(self.batches)}
         labels = np.asarray(batch_labels).astype(str)
@@ -142,7 +142,7 @@ class FiLMAdapter:
             )
         return np.fromiter((lookup[b] for b in labels), dtype=np.int64, count=len(labels))
 
-    def transform(self, z: np.ndarray, batch_labels: Sequence[str]) -> np.ndarray:
+    def transform(self, z: np.ndarray, batch_labels: Sequence[str] | np.ndarray) -> np.ndarray:
         """Apply each cell's batch row: gamma_b * z + beta_b (float64)."""
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != self.dim:
@@ -385,7 +385,7 @@ class ScBatchProx:
             return REVEALS_PAPER
         return REVEALS_SECURE_ROWS if self._private else REVEALS_SECURE_ROWS_NOT_PRIVATE
 
-    def transform(self, z: np.ndarray, batch_labels: Sequence[str]) -> np.ndarray:
+    def transform(self, z: np.ndarray, batch_labels: Sequence[str] | np.ndarray) -> np.ndarray:
         """Refined embedding of cells ``z`` from batches ``batch_labels``.
 
         With ``secure_rows`` this is computed batch by batch from each batch's own row,
@@ -413,7 +413,7 @@ class ScBatchProx:
     def fit(
         cls,
         z: np.ndarray,
-        batch_labels: Sequence[str],
+        batch_labels: Sequence[str] | np.ndarray,
         aggregator: Aggregator,
         *,
         config: ScBatchProxConfig | None = None,
@@ -524,7 +524,7 @@ class ScBatchProx:
 
 
 def _check_inputs(
-    z: np.ndarray, batch_labels: Sequence[str], min_batches: int = 2
+    z: np.ndarray, batch_labels: Sequence[str] | np.ndarray, min_batches: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(z)
     labels = np.asarray(batch_labels).astype(str)

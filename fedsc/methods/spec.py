@@ -184,6 +184,11 @@ class MethodSpec:
             )
 
     @property
+    def evaluated(self) -> str:
+        """The output the metric panels evaluate (``evaluate``, else the first output)."""
+        return self.evaluate if self.evaluate is not None else self.outputs[0]
+
+    @property
     def config_class(self) -> type:
         """The config dataclass (imported on first use)."""
         return resolve(self.config)

@@ -33,7 +33,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -185,7 +185,8 @@ class VAE(nn.Module):
         drop = self.training and p > 0
         if drop and generator is None:
             raise ValueError("training-mode forward passes need a torch.Generator for dropout.")
-        for block in stack:
+        for module in stack:
+            block = cast(nn.ModuleDict, module)
             h = block["linear"](h)
             if "norm" in block:
                 h = block["norm"](h)

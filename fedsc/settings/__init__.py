@@ -41,10 +41,10 @@ import os
 import sys
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsc.settings import _caches
 
@@ -116,7 +116,7 @@ def _check_dir(value: Any) -> Path | None:
     return None if value in (None, "") else Path(value).expanduser()
 
 
-_CHECKS = {
+_CHECKS: dict[str, Callable[[Any], Any]] = {
     "threads": _check_threads,
     "verbosity": _check_verbosity,
     "progress_interval": _check_interval,
@@ -125,6 +125,15 @@ _CHECKS = {
     "passive_wait": bool,
     "filter_warnings": bool,
 }
+
+if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModule
+    threads: int | None
+    verbosity: int
+    progress_interval: float
+    cache_dir: Path | None
+    compile_cache: bool
+    passive_wait: bool
+    filter_warnings: bool
 
 
 def _from_env() -> dict[str, Any]:
@@ -388,7 +397,7 @@ class _StderrHandler(logging.StreamHandler):
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

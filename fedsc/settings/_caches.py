@@ -144,7 +144,10 @@ def _enable_numba_caching(packages: tuple[str, ...]) -> int:
                     continue
         for mod in mods:
             for obj in list(vars(mod).values()):
-                if isinstance(obj, Dispatcher) and type(obj._cache).__name__ == "NullCache":
+                if (
+                    isinstance(obj, Dispatcher)
+                    and type(getattr(obj, "_cache", None)).__name__ == "NullCache"
+                ):
                     obj.enable_caching()
                     n += 1
     return n

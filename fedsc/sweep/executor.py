@@ -8,7 +8,7 @@ Workers compute and return a run's record; only the calling process writes the s
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Any
@@ -54,7 +54,7 @@ def _init_worker(threads: int, parent: dict[str, Any] | None = None) -> None:
 
 
 def run_local(
-    jobs: Sequence[tuple[dict[str, Any], bool]], workers: int
+    jobs: Iterable[tuple[dict[str, Any], bool]], workers: int
 ) -> Iterator[dict[str, Any]]:
     """Yield records as runs finish; ``workers == 1`` runs in this process."""
     if workers <= 1:
