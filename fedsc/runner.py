@@ -18,12 +18,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fedsc import datasets, settings
-from fedsc.backend import aggregator_for
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
 from fedsc.evaluation import evaluate
 from fedsc.methods import MethodSpec, RunInputs, get_method
 from fedsc.preprocessing import fit_embedding, preprocess
+from fedsc.privacy import in_run
 from fedsc.results import TIDY_COLUMNS
 from fedsc.run_config import RunConfig
 
@@ -201,7 +201,7 @@ def _method_rows(cfg: RunConfig, frame: pd.DataFrame, method: str, extra: dict) 
         **extra,
     }.items():
         frame[key] = value
-    return frame[TIDY_COLUMNS]
+    return frame.reindex(columns=TIDY_COLUMNS)
 
 
 def execute_run(
@@ -219,8 +219,9 @@ def execute_run(
     validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key)
     info: dict[str, Any] = {"threads": settings.resolved_threads()}
     spec = get_method(cfg.method)
-    with aggregator_for(cfg.backend, cfg.backend_options, cfg.mechanisms) as agg:
-        prepared = _run_method(adata, cfg, spec, agg, show_progress)
+    privacy = in_run.start(cfg, adata, spec)  # attacks + DP (checked now that n is known)
+    with privacy.aggregator() as agg:
+        prepared = _run_method(adata, privacy.method_cfg, spec, agg, show_progress)
         ledger = agg.ledger.to_dict()
         private = bool(agg.private)
         privacy_note = agg.privacy_note
@@ -266,6 +267,7 @@ def execute_run(
             "cpu_count": os.cpu_count(),
         }
     )
+    rows, info = privacy.annotate(rows, info, work)  # DP/privacy columns, attack rows
     return RunResult(cfg, work, rows, info)
 
 
