@@ -115,11 +115,10 @@ def _privacy_section(results: pd.DataFrame) -> list[str]:
     if "privacy" not in results.columns:
         return ["_No privacy labels in the results (older tidy schema); privacy not reported._"]
     keys = varying_columns(results, ["method", "variant"], ["method", "variant"])
-    rows = results[results["privacy"].notna()] if "panel" not in results else results
     tab = (
-        rows.groupby([*keys, "backend"], dropna=False, sort=True)
+        results.groupby([*keys, "backend"], dropna=False, sort=True)
         .agg(
-            privacy=("privacy", lambda s: " | ".join(dict.fromkeys(map(str, s.dropna())))),
+            privacy=("privacy", lambda s: " / ".join(dict.fromkeys(map(str, s.dropna()))) or "–"),
             private=("private", _private_summary),
         )
         .reset_index()
