@@ -413,7 +413,7 @@ def attack_success(results: pd.DataFrame, observer: str = "coordinator") -> pd.D
     """
     att = results[(results["panel"] == "attack") & (results["observer"] == observer)]
     keys = ["run_id", "method", "variant", "backend", "seed", "dp_epsilon"]
-    cos = att[att["metric"].str.endswith(":update_cosine")]
+    cos = att[att["metric"].str.endswith(":update_cosine")]  # client-specific only
     err = att[att["metric"].str.endswith(":update_relative_error")]
     a = cos.groupby(keys, dropna=False)["value"].max().rename("cosine")
     b = err.groupby(keys, dropna=False)["value"].min().rename("rel_error")

@@ -89,10 +89,13 @@ def update_recovery(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
     For every state aggregation (a ``weighted_mean``/``sum`` with a broadcast reference,
     not the metrics), the estimate of client c's update ``x_c - reference`` is its
     contribution if the view holds it in the clear (plaintext coordinator; noised under
-    the ``gaussian`` mechanism), else the revealed aggregate's update (the mean update:
-    all the coordinator of a secure backend gets). A client's own update is skipped in a
-    client view. Metrics ``update_relative_error`` (chance 1: guessing no update) and
-    ``update_cosine`` (chance 0), scored against the true local update.
+    the ``gaussian`` mechanism): metrics ``update_relative_error`` (chance 1: guessing no
+    update) and ``update_cosine`` (chance 0), scored against the true local update. A view
+    without clear contributions (a secure backend's coordinator, a client) gets the
+    revealed aggregate's update, the federation's mean update, scored the same way as
+    ``mean_update_relative_error``/``mean_update_cosine``: how close the intended output
+    already is to each client's update (not a client-specific recovery, so it does not
+    count as one in the labels). A client's own update is skipped in a client view.
     """
     rows: list[dict[str, Any]] = []
     if truth is None or truth.record is None:
@@ -108,9 +111,9 @@ def update_recovery(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
                 continue
             own = None if o.contributions is None else o.contributions[c]
             if own is not None and np.isfinite(own).all():
-                est = np.asarray(own, dtype=np.float64) - ref
+                est, prefix = np.asarray(own, dtype=np.float64) - ref, "update"
             elif o.aggregate is not None and o.op == "weighted_mean":
-                est = np.asarray(o.aggregate, dtype=np.float64) - ref
+                est, prefix = np.asarray(o.aggregate, dtype=np.float64) - ref, "mean_update"
             else:
                 continue
             u = np.asarray(true_all[c], dtype=np.float64) - ref
@@ -121,8 +124,8 @@ def update_recovery(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
             ne = float(np.linalg.norm(est))
             cos = float(est @ u) / (ne * nu) if ne > 0 else 0.0
             for metric, value, chance in (
-                ("update_relative_error", err, 1.0),
-                ("update_cosine", cos, 0.0),
+                (f"{prefix}_relative_error", err, 1.0),
+                (f"{prefix}_cosine", cos, 0.0),
             ):
                 rows.append(
                     {
@@ -357,6 +360,15 @@ class InRunPrivacy:
                 (summary["observer"] == observer) & summary["metric"].isin(_ERROR_METRICS)
             ]
             if not len(errs):
+                mean = summary[
+                    (summary["observer"] == observer)
+                    & (summary["metric"] == "mean_update_relative_error")
+                ]
+                if len(mean):
+                    parts.append(
+                        f"{observer}: aggregate only, no client-specific recovery (mean "
+                        f"update vs a client's: rel. err {float(mean['value'].min()):.2g})"
+                    )
                 continue
             best = errs.loc[errs["value"].idxmin()]
             err = float(best["value"])
