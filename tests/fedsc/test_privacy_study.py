@@ -170,3 +170,33 @@ def test_tiny_privacy_utility_study_sweep_to_report(tiny, tmp_path):
     assert "## Privacy–utility frontier" in text and "## Per-observer leakage" in text
     assert "## DP versus no DP" in text and "@coordinator" in text
     assert math.isfinite(float(dp_rows["dp_epsilon"].iloc[0]))
+
+
+@pytest.mark.parametrize(
+    ("dp", "mechanism"),
+    [
+        ({"level": "client", "target_epsilon": 8.0, "clip": 1.0, "delta": 0.1}, "gaussian"),
+        ({"level": "cell", "target_epsilon": 8.0, "clip": 1.0, "delta": 1e-3}, "dp_sgd (Opacus)"),
+    ],
+)
+def test_fedscgen_dp_wiring_records_epsilon(tiny, dp, mechanism):
+    adata, path = tiny
+    params = {"rounds": 2, "local_epochs": 1, "hidden": [16], "latent": 4}
+    cfg = RunConfig(
+        "fedscgen",
+        dataset=str(path),
+        n_top_genes=200,
+        panels=["fedscgen"],
+        params=params,
+        attacks=["update_recovery"],
+        dp=dp,
+    )
+    res = execute_run(cfg, adata=adata)
+    assert res.info["dp"]["dp_mechanism"] == mechanism
+    eps = res.info["dp"]["dp_epsilon"]
+    assert 0 < eps <= 8.0 + 1e-3
+    mine = res.rows[res.rows["method"] == "fedscgen"]
+    assert np.allclose(mine["dp_epsilon"], eps)
+    assert res.adata.uns["fedscgen"]["dp"]["normalisation"] == "GroupNorm (DP variant)"
+    att = mine[mine["panel"] == "attack"]
+    assert set(att["observer"]) >= {"coordinator"}
