@@ -423,8 +423,17 @@ def attack_success(results: pd.DataFrame, observer: str = "coordinator") -> pd.D
 def _eps_positions(eps: pd.Series, finite: Sequence[float]) -> np.ndarray:
     """ε on a log axis; ε = ∞ (NaN: DP off) one decade right of the largest finite ε."""
     top = max(finite) * 10 if len(finite) else 10.0
-    values = eps.to_numpy(dtype=float)
+    values = _round_eps(eps.to_numpy(dtype=float))
     return np.where(np.isfinite(values), values, top)
+
+
+def _round_eps(values: np.ndarray) -> np.ndarray:
+    """ε to two significant digits (calibration lands just under the target: 3.9996 -> 4)."""
+    out = np.array(values, dtype=float)
+    ok = np.isfinite(out) & (out > 0)
+    mag = 10.0 ** (np.floor(np.log10(out[ok])) - 1)
+    out[ok] = np.round(out[ok] / mag) * mag
+    return out
 
 
 def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator") -> Figure:
@@ -451,9 +460,8 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
         metric = headline_utility(results, method)
         util = results[(results["method"] == method) & (results["metric"] == metric)]
         succ = success[success["method"] == method]
-        finite = sorted(
-            {float(e) for e in pd.concat([util["dp_epsilon"], succ["dp_epsilon"]]) if e == e}
-        )
+        eps_all = pd.concat([util["dp_epsilon"], succ["dp_epsilon"]]).to_numpy(dtype=float)
+        finite = sorted({float(e) for e in _round_eps(eps_all) if np.isfinite(e)})
         for ax, frame, col, ylabel in (
             (axes[0, j], util, "value", f"utility: {metric}"),
             (axes[1, j], succ, "cosine", f"attack success ({observer}):\nupdate cosine"),

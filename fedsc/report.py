@@ -118,7 +118,7 @@ def _privacy_section(results: pd.DataFrame) -> list[str]:
     tab = (
         results.groupby([*keys, "backend"], dropna=False, sort=True)
         .agg(
-            privacy=("privacy", lambda s: " / ".join(dict.fromkeys(map(str, s.dropna()))) or "–"),
+            privacy=("privacy", _first_label),
             private=("private", _private_summary),
         )
         .reset_index()
@@ -131,6 +131,16 @@ def _privacy_section(results: pd.DataFrame) -> list[str]:
         "itself recovers client updates (n/a: not a federated computation or no attack run)."
     )
     return out
+
+
+def _first_label(s: pd.Series) -> str:
+    """The label of the first run; the numbers in it vary by seed, so say how many differ."""
+    labels = list(dict.fromkeys(map(str, s.dropna())))
+    if not labels:
+        return "–"
+    return labels[0] + (
+        f" (first seed; {len(labels)} runs differ in numbers)" if len(labels) > 1 else ""
+    )
 
 
 def _private_summary(s: pd.Series) -> str:
@@ -272,6 +282,12 @@ def _privacy_utility_sections(results: pd.DataFrame, fig_dir: Path, alpha: float
         f"q < {alpha} (two-sided Mann–Whitney U over seeds; Benjamini–Hochberg over this "
         "table). Attack metrics are named `attack:<attack>:<metric>@<observer>`."
     )
+    if "unreachable" in comp.columns and comp["unreachable"].any():
+        lines.append(
+            f"\nSignificance is unreachable in {int(comp['unreachable'].sum())} of {len(comp)} "
+            f"comparisons (too few seeds per side for q < {alpha}; at least "
+            f"{min_seeds_for_alpha(alpha)} per side are needed): not evidence of equivalence."
+        )
     return lines
 
 
