@@ -1,4 +1,4 @@
-"""Figures from tidy results and comparison tables: Δ heatmap, per-seed distributions, UMAP grid.
+"""Figures from tidy results and comparisons: Δ heatmap, seed distributions, UMAPs, frontier.
 
 Every function returns a :class:`matplotlib.figure.Figure` attached to an Agg canvas; nothing
 touches pyplot's global state, so the functions are safe in headless runs and in tests. Save
@@ -22,7 +22,11 @@ from fedsc.errors import FedscInputError
 from fedsc.stats import COMPARE_COLUMNS
 
 __all__ = [
+    "UTILITY_PREFERENCE",
+    "attack_success",
     "delta_heatmap",
+    "headline_utility",
+    "privacy_utility_frontier",
     "seed_distributions",
     "stars",
     "umap_coordinates",
@@ -381,4 +385,111 @@ def umap_grid(
             frameon=False,
             ncols=1 if len(handles) <= 12 else 2,
         )
+    return fig
+
+
+# ------------------------------------------------------------------ privacy-utility frontier
+
+#: Headline utility metric of a method, first present wins (else its first metric).
+UTILITY_PREFERENCE: tuple[str, ...] = ("total", "ari", "nmi", "knn_acc")
+
+
+def headline_utility(results: pd.DataFrame, method: str) -> str | None:
+    """The utility metric drawn for ``method`` on the frontier (see :data:`UTILITY_PREFERENCE`)."""
+    rows = results[(results["method"] == method) & (results["panel"] != "attack")]
+    metrics = list(dict.fromkeys(rows["metric"]))
+    for m in UTILITY_PREFERENCE:
+        if m in metrics:
+            return m
+    return metrics[0] if metrics else None
+
+
+def attack_success(results: pd.DataFrame, observer: str = "coordinator") -> pd.DataFrame:
+    """Per run: ``observer``'s best update recovery, as cosine to the true update.
+
+    The largest ``update_cosine`` over the attacks run (1: the update's direction exactly,
+    0: chance) and the smallest ``update_relative_error`` (0: exact, 1: chance). Columns
+    ``run_id, method, variant, backend, seed, dp_epsilon, cosine, rel_error``.
+    """
+    att = results[(results["panel"] == "attack") & (results["observer"] == observer)]
+    keys = ["run_id", "method", "variant", "backend", "seed", "dp_epsilon"]
+    cos = att[att["metric"].str.endswith(":update_cosine")]  # client-specific only
+    err = att[att["metric"].str.endswith(":update_relative_error")]
+    a = cos.groupby(keys, dropna=False)["value"].max().rename("cosine")
+    b = err.groupby(keys, dropna=False)["value"].min().rename("rel_error")
+    return pd.concat([a, b], axis=1).reset_index()
+
+
+def _eps_positions(eps: pd.Series, finite: Sequence[float]) -> np.ndarray:
+    """ε on a log axis; ε = ∞ (NaN: DP off) one decade right of the largest finite ε."""
+    top = max(finite) * 10 if len(finite) else 10.0
+    values = _round_eps(eps.to_numpy(dtype=float))
+    return np.where(np.isfinite(values), values, top)
+
+
+def _round_eps(values: np.ndarray) -> np.ndarray:
+    """ε to two significant digits (calibration lands just under the target: 3.9996 -> 4)."""
+    out = np.array(values, dtype=float)
+    ok = np.isfinite(out) & (out > 0)
+    mag = 10.0 ** (np.floor(np.log10(out[ok])) - 1)
+    out[ok] = np.round(out[ok] / mag) * mag
+    return out
+
+
+def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator") -> Figure:
+    """Utility and attack success versus ε, one column per method (two panels, shared ε).
+
+    Top: the method's headline utility (:func:`headline_utility`); bottom: the
+    ``observer``'s attack success (:func:`attack_success`, cosine of the recovered update
+    to the true one; 0 = chance). One colour per backend; dots per seed, line through the
+    means. ε = ∞ (DP off) sits at the right end, labelled "∞ (no DP)".
+    """
+    needed = ["method", "panel", "metric", "value", "dp_epsilon", "backend", "seed"]
+    missing = [c for c in needed if c not in results.columns]
+    if missing:
+        raise FedscInputError(f"results lacks columns {missing} for the frontier figure.")
+    methods = [m for m in dict.fromkeys(results.loc[results["panel"] == "attack", "method"])] or [
+        m for m in dict.fromkeys(results["method"])
+    ]
+    success = attack_success(results, observer)
+    fig = _new_figure(4.2 * max(len(methods), 1), 6.0)
+    axes = fig.subplots(2, max(len(methods), 1), sharex="col", squeeze=False)
+    backends = sorted(set(results.loc[results["method"].isin(methods), "backend"].astype(str)))
+    colours = {b: colormaps["tab10"](i) for i, b in enumerate(backends)}
+    for j, method in enumerate(methods):
+        metric = headline_utility(results, method)
+        util = results[(results["method"] == method) & (results["metric"] == metric)]
+        succ = success[success["method"] == method]
+        eps_all = pd.concat([util["dp_epsilon"], succ["dp_epsilon"]]).to_numpy(dtype=float)
+        finite = sorted({float(e) for e in _round_eps(eps_all) if np.isfinite(e)})
+        for ax, frame, col, ylabel in (
+            (axes[0, j], util, "value", f"utility: {metric}"),
+            (axes[1, j], succ, "cosine", f"attack success ({observer}):\nupdate cosine"),
+        ):
+            for backend, part in frame.groupby(frame["backend"].astype(str), sort=True):
+                x = _eps_positions(part["dp_epsilon"], finite)
+                y = part[col].to_numpy(dtype=float)
+                ax.scatter(x, y, s=14, alpha=0.5, color=colours.get(backend), label=None)
+                means = pd.DataFrame({"x": x, "y": y}).groupby("x")["y"].mean()
+                ax.plot(
+                    means.index,
+                    means.to_numpy(),
+                    "-o",
+                    ms=4,
+                    color=colours.get(backend),
+                    label=backend,
+                )
+            ax.set_xscale("log")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[1, j].axhline(0.0, color="grey", lw=0.8, ls="--")
+        axes[1, j].set_ylim(-0.1, 1.05)
+        axes[0, j].set_title(method)
+        ticks = [*finite, max(finite) * 10 if finite else 10.0]
+        axes[1, j].set_xticks(ticks)
+        axes[1, j].set_xticklabels([f"{t:g}" for t in finite] + ["∞ (no DP)"])
+        axes[1, j].minorticks_off()
+        axes[1, j].set_xlabel("ε (client- or cell-level DP)")
+        axes[0, j].legend(fontsize=8, title="backend", title_fontsize=8)
+    fig.suptitle("Privacy–utility frontier (dots: seeds; line: mean; dashed: chance)")
     return fig

@@ -6,6 +6,7 @@
     report.md
     figures/delta_heatmap[_<a>_vs_<b>].png / .pdf
     figures/seed_distributions.png
+    figures/privacy_utility_frontier.png / .pdf (only with attack rows)
     figures/umap.png                      (only when embeddings are given)
 """
 
@@ -20,11 +21,18 @@ import numpy as np
 import pandas as pd
 
 from fedsc.errors import FedscInputError
-from fedsc.plots import delta_heatmap, seed_distributions, stars, umap_coordinates, umap_grid
+from fedsc.plots import (
+    delta_heatmap,
+    privacy_utility_frontier,
+    seed_distributions,
+    stars,
+    umap_coordinates,
+    umap_grid,
+)
 from fedsc.results import varying_columns
 from fedsc.stats import COMPARE_COLUMNS, min_seeds_for_alpha
 
-__all__ = ["write_report"]
+__all__ = ["attack_rows", "comparison_table", "privacy_comparisons", "write_report"]
 
 _REQUIRED = ["dataset", "method", "variant", "seed", "metric", "value"]
 
@@ -103,26 +111,184 @@ def _summary_table(results: pd.DataFrame) -> str:
 
 
 def _privacy_section(results: pd.DataFrame) -> list[str]:
-    if "backend" not in results.columns or "private" not in results.columns:
-        return ["_Backend/privacy columns absent from the results; privacy not reported._"]
+    """Per-observer privacy labels (from the attacks and the ledger, never the backend)."""
+    if "privacy" not in results.columns:
+        return ["_No privacy labels in the results (older tidy schema); privacy not reported._"]
     keys = varying_columns(results, ["method", "variant"], ["method", "variant"])
     tab = (
-        results.groupby([*keys, "backend"], dropna=False, sort=True)["private"]
-        .agg(lambda s: "yes" if s.astype(bool).all() else ("no" if not s.any() else "mixed"))
+        results.groupby([*keys, "backend"], dropna=False, sort=True)
+        .agg(
+            privacy=("privacy", _first_label),
+            private=("private", _private_summary),
+        )
         .reset_index()
     )
-    out = [_md_table(tab)]
-    notp = tab[tab["private"] != "yes"]
-    if len(notp):
-        out.append(
-            "\nNot private: "
-            + "; ".join(_label_row(r, [*keys, "backend"]) for _, r in notp.iterrows())
-            + ". Plaintext aggregation and CrypTen debug mode (seeded masks) do not hide "
-            "client inputs."
-        )
-    else:
-        out.append("\nEvery run aggregated privately.")
+    out = [_md_table(tab.astype(str))]
+    out.append(
+        "\nLabels come from the attacks run on each observer's recorded view (rel. err: "
+        "median relative error of the recovered client update; < 0.5 counts as recovered) "
+        "and, without attacks, from the ledger; `private` = no observer other than a client "
+        "itself recovers client updates (n/a: not a federated computation or no attack run)."
+    )
     return out
+
+
+def _first_label(s: pd.Series) -> str:
+    """The label of the first run; the numbers in it vary by seed, so say how many differ."""
+    labels = list(dict.fromkeys(map(str, s.dropna())))
+    if not labels:
+        return "–"
+    return labels[0] + (
+        f" (first seed; {len(labels)} runs differ in numbers)" if len(labels) > 1 else ""
+    )
+
+
+def _private_summary(s: pd.Series) -> str:
+    vals = s.dropna()
+    if not len(vals):
+        return "n/a"
+    vals = vals.astype(bool)
+    return "yes" if vals.all() else ("no" if not vals.any() else "mixed")
+
+
+def attack_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The attack rows of tidy results (``panel == "attack"``); empty if none."""
+    if "panel" not in results.columns or "observer" not in results.columns:
+        return results.iloc[0:0]
+    return results[results["panel"] == "attack"]
+
+
+def _leakage_table(results: pd.DataFrame) -> list[str]:
+    """Per method, variant, observer and attack metric: mean ± sd over seeds vs chance."""
+    att = attack_rows(results)
+    keys = varying_columns(att, ["method", "variant"], ["method", "variant"])
+    tab = (
+        att.groupby([*keys, "observer", "metric"], sort=True, dropna=False)
+        .agg(
+            mean=("value", "mean"),
+            sd=("value", "std"),
+            chance=("chance", "mean"),
+            eps=("dp_epsilon", "mean"),
+            n=("seed", "nunique"),
+        )
+        .reset_index()
+    )
+    shown = tab[[*keys, "observer"]].astype(str).copy()
+    shown["attack metric"] = tab["metric"].str.removeprefix("attack:")
+    shown["ε"] = [_fmt(e) if np.isfinite(e) else "∞" for e in tab["eps"]]
+    shown["value (mean ± sd)"] = [
+        f"{_fmt(m)} ± {_fmt(sd)}" if np.isfinite(sd) else _fmt(m)
+        for m, sd in zip(tab["mean"], tab["sd"], strict=True)
+    ]
+    shown["chance"] = tab["chance"].map(_fmt)
+    shown["seeds"] = tab["n"].astype(int)
+    return [
+        _md_table(shown),
+        "\nPer run each value is the median over target clients and rounds; "
+        "`update_relative_error` 0 = the observer recovers the client's update exactly, "
+        "1 = chance; `update_cosine` 1 = exact direction, 0 = chance; "
+        "`share_*`: what pooled party shares say about a client's input.",
+    ]
+
+
+def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Tidy results for :func:`fedsc.stats.compare`: attack metrics named per observer.
+
+    Attack rows get ``metric`` = ``attack:<attack>:<metric>@<observer>`` so that one
+    (method, metric) group holds one value per seed.
+    """
+    out = results.copy()
+    if "observer" in out.columns and "panel" in out.columns:
+        att = out["panel"] == "attack"
+        out.loc[att, "metric"] = out.loc[att, "metric"] + "@" + out.loc[att, "observer"].astype(str)
+    return out
+
+
+def privacy_comparisons(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Each DP variant against the variant without DP on the same backend (utility + attacks).
+
+    Mann–Whitney U over seeds per (dataset, method, metric), Benjamini–Hochberg over the
+    whole table (:func:`fedsc.stats.compare`). Empty when the results hold no DP variant.
+    """
+    import warnings
+
+    from fedsc.stats import compare
+
+    if "dp_epsilon" not in results.columns:
+        return pd.DataFrame()
+    runs = results[results["panel"] != "attack"] if "panel" in results else results
+    runs = runs.dropna(subset=["backend"])
+    per_variant = runs[runs["method"].isin(attack_rows(results)["method"].unique())]
+    if not len(per_variant):
+        per_variant = runs
+    info = per_variant.groupby("variant", sort=False).agg(
+        backend=("backend", "first"), eps=("dp_epsilon", "max")
+    )
+    frames = []
+    table = comparison_table(results)
+    for variant, row in info.iterrows():
+        if not np.isfinite(row["eps"]):
+            continue
+        base = info[(info["backend"] == row["backend"]) & ~np.isfinite(info["eps"])]
+        if not len(base):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frames.append(
+                compare(table, {"variant": variant}, {"variant": base.index[0]}, alpha=alpha)
+            )
+    if not frames:
+        return pd.DataFrame()
+    from fedsc.stats import bh_adjust
+
+    comp = pd.concat(frames, ignore_index=True)
+    comp["q"] = bh_adjust(comp["p"].to_numpy(dtype=float))
+    comp["significant"] = comp["q"] < alpha
+    return comp
+
+
+def _privacy_utility_sections(results: pd.DataFrame, fig_dir: Path, alpha: float) -> list[str]:
+    """Frontier figure, per-observer leakage table and DP comparisons (attack rows present)."""
+    if not len(attack_rows(results)):
+        return []
+    lines = ["", "## Privacy–utility frontier", ""]
+    fig = privacy_utility_frontier(results)
+    fig.savefig(fig_dir / "privacy_utility_frontier.png", dpi=130)
+    fig.savefig(fig_dir / "privacy_utility_frontier.pdf")
+    lines.append("![Privacy–utility frontier](figures/privacy_utility_frontier.png)")
+    lines.append(
+        "\nPer method: the headline utility metric (top) and the coordinator's attack "
+        "success (bottom: cosine between the recovered and the true client update, best "
+        "attack; 0 = chance) against ε; ε = ∞ (DP off) at the right end."
+    )
+    lines += ["", "## Per-observer leakage", ""]
+    lines += _leakage_table(results)
+    comp = privacy_comparisons(results, alpha)
+    lines += ["", "## DP versus no DP (utility and attack success)", ""]
+    if not len(comp):
+        lines.append("_No DP variant with a non-DP counterpart on the same backend._")
+        return lines
+    shown = comp[["method", "metric", "a", "b"]].astype(str).copy()
+    shown["n A/B"] = [f"{x}/{y}" for x, y in zip(comp["n_a"], comp["n_b"], strict=True)]
+    shown["mean A"] = comp["mean_a"].map(_fmt)
+    shown["mean B"] = comp["mean_b"].map(_fmt)
+    shown["Δ mean"] = comp["delta_mean"].map(_fmt)
+    shown["p"] = comp["p"].map(_fmt_p)
+    shown["q (BH)"] = comp["q"].map(_fmt_p)
+    shown["sig."] = [stars(q) for q in comp["q"]]
+    lines.append(_md_table(shown))
+    lines.append(
+        f"\n{int(comp['significant'].sum())} of {len(comp)} comparisons significant at "
+        f"q < {alpha} (two-sided Mann–Whitney U over seeds; Benjamini–Hochberg over this "
+        "table). Attack metrics are named `attack:<attack>:<metric>@<observer>`."
+    )
+    if "unreachable" in comp.columns and comp["unreachable"].any():
+        lines.append(
+            f"\nSignificance is unreachable in {int(comp['unreachable'].sum())} of {len(comp)} "
+            f"comparisons (too few seeds per side for q < {alpha}; at least "
+            f"{min_seeds_for_alpha(alpha)} per side are needed): not evidence of equivalence."
+        )
+    return lines
 
 
 def _label_row(row: pd.Series, keys: Sequence[str]) -> str:
@@ -352,8 +518,11 @@ def write_report(
     lines += ["", "## Privacy", ""]
     lines += _privacy_section(results)
 
+    lines += _privacy_utility_sections(results, fig_dir, alpha)
+
+    utility = results[results["panel"] != "attack"] if "panel" in results.columns else results
     lines += ["", "## Metrics per variant (mean ± sd over seeds)", ""]
-    lines.append(_summary_table(results))
+    lines.append(_summary_table(utility))
 
     lines += ["", "## Comparisons"]
     if comparisons is None or len(comparisons) == 0:
@@ -364,7 +533,7 @@ def write_report(
         lines += comp_lines
 
     lines += ["", "## Per-seed distributions", ""]
-    fig = seed_distributions(results)
+    fig = seed_distributions(utility)
     fig.savefig(fig_dir / "seed_distributions.png", dpi=130)
     lines.append("![Per-seed values](figures/seed_distributions.png)")
 

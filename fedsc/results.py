@@ -1,4 +1,23 @@
-"""Tidy result rows: one row per (run, metric). Every table and figure is built from them."""
+"""Tidy result rows: one row per (run, metric). Every table and figure is built from them.
+
+Utility rows (``panel`` = a metric panel) and attack rows (``panel`` = ``"attack"``) share
+one schema. An attack row is one (attack, observer, metric) of one run, summarised over
+target clients and rounds (median): ``method`` is the attacked method, ``metric`` is
+``attack:<attack>:<metric>`` (e.g. ``attack:scbatchprox_rows:update_relative_error``),
+``observer`` the observer whose view was attacked (``coordinator``, ``party``,
+``colluding_parties``, ``client``, ``output_reader``), ``value`` the attack's median over
+clients and rounds and ``chance`` the same metric for the best guess without the attack
+(:mod:`fedsc.privacy.attacks`). Utility rows have ``observer`` and ``chance`` empty.
+
+Privacy labels (``fedsc.privacy.in_run``): ``privacy`` is a per-observer description
+derived from the attacks run and the ledger (e.g. ``"coordinator: recovers client
+updates (update_recovery, rel. err 0)"``; ``"centralized: all cells are pooled in one
+place"``; ``"n/a (uncorrected input)"``); ``private`` is derived from it: ``True`` when no
+observer other than a client itself recovers client data in the attacks run, ``False``
+when one does, NA when no attack ran or the row is not a federated computation.
+``dp_epsilon``/``dp_delta``: the run's (ε, δ) differential-privacy guarantee, NaN when DP
+is off (ε = ∞).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +33,10 @@ TIDY_COLUMNS: list[str] = [
     "method",  # e.g. "scbatchprox", "fedscgen", "scgen", "pca" (uncorrected upstream)
     "variant",  # human label of the variant within the study, e.g. "crypten", "mu=0"
     "backend",  # "plaintext" | "crypten" | "none" (centralized)
-    "private",  # bool: whether aggregation hid client inputs (False for debug mode)
+    "private",  # True/False/NA, derived from the attacks (see the module docstring)
+    "privacy",  # per-observer privacy label, derived from attacks and ledger
+    "dp_epsilon",  # ε of the run's DP guarantee; NaN when DP is off (ε = ∞)
+    "dp_delta",  # δ of the run's DP guarantee; NaN when DP is off
     "seed",
     "embedding",  # which representation was evaluated, e.g. "X_pca", "X_scbatchprox"
     "panel",  # "scib" | "fedscgen" | "downstream"
@@ -22,7 +44,12 @@ TIDY_COLUMNS: list[str] = [
     "value",
     "wall_time_s",
     "ledger_bytes",  # total bytes received by parties + coordinator
+    "observer",  # attack rows: the observer whose view was attacked; else empty
+    "chance",  # attack rows: the metric for the best guess without the attack; else NaN
 ]
+
+#: ``panel`` of attack rows.
+ATTACK_PANEL = "attack"
 
 
 def varying_columns(

@@ -16,7 +16,7 @@ from fedsc.methods import get_method, method_names
 
 #: Settings left out of the run id while they hold their default, so adding them did not
 #: change the id (and resume) of any earlier run.
-_UNHASHED_DEFAULTS: dict[str, Any] = {"mechanisms": []}
+_UNHASHED_DEFAULTS: dict[str, Any] = {"mechanisms": [], "attacks": [], "dp": None}
 
 #: Seeds reach scikit-learn's ``random_state`` (``numpy.random.RandomState``), which takes
 #: 0..2**32-1; torch and numpy generators accept more, so this is the bound runs need.
@@ -66,6 +66,12 @@ class RunConfig:
         Metric panels (names in ``fedsc.evaluation.PANELS``); default per method.
     study, variant
         Labels for tidy results.
+    attacks
+        Privacy attacks run on the recorded observer views (names in
+        ``fedsc.privacy.in_run.IN_RUN_ATTACKS``); their rows join the tidy results.
+    dp
+        Differential privacy (``fedsc.privacy.accounting.DPConfig`` mapping, e.g.
+        ``{level: client, target_epsilon: 4, clip: 0.1, delta: 1e-3}``) or ``None`` (off).
     """
 
     method: str
@@ -88,6 +94,8 @@ class RunConfig:
     stages: list[list[str]] | None = None
     study: str = "adhoc"
     variant: str = "default"
+    attacks: list[str] = field(default_factory=list)
+    dp: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from fedsc.evaluation.panels import check_panels
@@ -143,6 +151,9 @@ class RunConfig:
         self.params = dict(self.params)
         _check_param_types(spec, self.params)
         spec.make_config(self.params)  # unknown or invalid params fail here, not mid-sweep
+        from fedsc.privacy.in_run import check_run_privacy
+
+        self.attacks, self.dp = check_run_privacy(self.attacks, self.dp, spec)
         self.holdout = _batch_list("holdout", self.holdout)
         if self.holdout and not spec.holdout:
             raise FedscInputError(

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from fedsc import datasets, settings
-from fedsc.backend import aggregator_for
 from fedsc.data.access import representation
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.input_kind import check_input_kind, detect_input_kind
@@ -31,6 +30,7 @@ from fedsc.evaluation.panels import missing_reasons
 from fedsc.methods import MethodSpec, RunInputs, get_method
 from fedsc.methods.health import movement_note, relative_movement
 from fedsc.preprocessing import fit_embedding, preprocess
+from fedsc.privacy import in_run
 from fedsc.results import TIDY_COLUMNS
 from fedsc.run_config import RunConfig, check_holdout_batches
 
@@ -304,7 +304,7 @@ def _method_rows(cfg: RunConfig, frame: pd.DataFrame, method: str, extra: dict) 
         **extra,
     }.items():
         frame[key] = value
-    return frame[TIDY_COLUMNS]
+    return frame.reindex(columns=TIDY_COLUMNS)
 
 
 def execute_run(
@@ -323,8 +323,9 @@ def execute_run(
     check_holdout_batches(cfg, adata.obs[cfg.batch_key].unique())  # before any training
     info: dict[str, Any] = {"threads": settings.resolved_threads()}
     spec = get_method(cfg.method)
-    with aggregator_for(cfg.backend, cfg.backend_options, cfg.mechanisms) as agg:
-        prepared = _run_method(adata, cfg, spec, agg, show_progress)
+    privacy = in_run.start(cfg, adata, spec)  # attacks + DP (checked now that n is known)
+    with privacy.aggregator() as agg:
+        prepared = _run_method(adata, privacy.method_cfg, spec, agg, show_progress)
         ledger = agg.ledger.to_dict()
         private = bool(agg.private)
         privacy_note = agg.privacy_note
@@ -375,6 +376,7 @@ def execute_run(
             work, before, after, {prepared.base: before_rows, cfg.method: after_rows}, cfg.method
         )
     )
+    rows, info = privacy.annotate(rows, info, work)  # DP/privacy columns, attack rows
     return RunResult(cfg, work, rows, info)
 
 

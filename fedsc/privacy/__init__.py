@@ -3,10 +3,13 @@
 Record a run through a :class:`~fedsc.privacy.views.RecordingMechanism`, split it into
 observer views (:func:`~fedsc.privacy.views.observer_view`), and run attacks by name
 (:func:`~fedsc.privacy.attacks.run_attacks`, :data:`~fedsc.privacy.attacks.ATTACKS`).
-The threat model is in ``docs/privacy.md``.
+Inside runs and sweeps (``attacks:``/``dp:`` in a run config),
+:mod:`fedsc.privacy.in_run` records the views, runs the attacks and the DP accounting and
+labels the tidy rows. The threat model is in ``docs/privacy.md``.
 """
 
 from fedsc.privacy.attacks import ATTACKS, Truth, attack_record, run_attacks
+from fedsc.privacy.in_run import IN_RUN_ATTACKS, update_recovery
 from fedsc.privacy.threat_model import MEASURED_BY, exposure
 from fedsc.privacy.views import (
     OBSERVERS,
@@ -21,6 +24,7 @@ from fedsc.privacy.views import (
 
 __all__ = [
     "ATTACKS",
+    "IN_RUN_ATTACKS",
     "MEASURED_BY",
     "OBSERVERS",
     "ObservedOp",
@@ -34,4 +38,5 @@ __all__ = [
     "observer_view",
     "recording_aggregator",
     "run_attacks",
+    "update_recovery",
 ]

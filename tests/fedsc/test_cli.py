@@ -34,7 +34,8 @@ def test_run_scbatchprox_writes_outputs(tmp_path, capsys):
     assert run["config"]["seed"] == 3 and run["config"]["params"] == {"mu": 0.0, "rounds": 2}
     assert run["versions"]["torch"].startswith("2.13")
     assert run["ledger"]["totals"]["operations"] == 4  # per round: FedAvg + metrics mean
-    assert run["privacy"].startswith("not private")
+    assert run["backend_privacy_note"].startswith("not private")
+    assert run["privacy"].startswith("coordinator: receives") and "in the clear" in run["privacy"]
     assert "total" in capsys.readouterr().out
 
 

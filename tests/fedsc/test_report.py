@@ -11,8 +11,15 @@ import pytest
 from matplotlib.image import imread
 
 from fedsc.errors import FedscInputError
-from fedsc.plots import delta_heatmap, stars, umap_coordinates, umap_grid
-from fedsc.report import write_report
+from fedsc.plots import (
+    attack_success,
+    delta_heatmap,
+    privacy_utility_frontier,
+    stars,
+    umap_coordinates,
+    umap_grid,
+)
+from fedsc.report import privacy_comparisons, write_report
 from fedsc.results import TIDY_COLUMNS
 from fedsc.stats import SignificanceUnreachableWarning, compare
 
@@ -86,8 +93,7 @@ def test_write_report_files_tables_and_heatmap(tmp_path):
     assert "1 of 8 comparisons significant" in text
     assert "unreachable" not in text.lower()
     # privacy, summary and cost sections
-    assert "| scbatchprox | plaintext | plaintext | no |" in text
-    assert "Not private: method=scbatchprox, variant=plaintext" in text
+    assert "| scbatchprox | plaintext | plaintext | – | no |" in text
     assert "| pbmc | crypten | 10 |" in text and " ± " in text
     assert "3.0 MiB" in text and "2.000 ± 0.000" in text
     assert "![Δ heatmap" in text
@@ -189,3 +195,75 @@ def test_methods_with_disjoint_metric_panels_get_one_heatmap_each(tmp_path):
     assert figs == ["delta_heatmap_1.png", "delta_heatmap_2.png"]
     text = (tmp_path / "report.md").read_text()
     assert "figures/delta_heatmap_1.png" in text and "figures/delta_heatmap_2.png" in text
+
+
+def privacy_table(seeds=(0, 1, 2, 3, 4)) -> pd.DataFrame:
+    """Tidy rows of a privacy-utility study: utility + coordinator attack rows per ε."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for method, metric in (("scbatchprox", "total"), ("fedscgen", "ari")):
+        for variant, backend, eps in (
+            ("plaintext", "plaintext", np.nan),
+            ("crypten", "crypten", np.nan),
+            ("crypten+dp(eps=1)", "crypten", 1.0),
+            ("crypten+dp(eps=16)", "crypten", 16.0),
+        ):
+            cos = 1.0 if np.isnan(eps) else 0.05 * np.log2(eps + 1)
+            for seed in seeds:
+                base = dict(
+                    run_id=f"{method}-{variant}-{seed}",
+                    study="pu",
+                    dataset="pancreas",
+                    method=method,
+                    variant=variant,
+                    backend=backend,
+                    seed=seed,
+                    dp_epsilon=eps,
+                    dp_delta=np.nan if np.isnan(eps) else 0.01,
+                    wall_time_s=1.0,
+                    ledger_bytes=0,
+                )
+                util = 0.7 - (0.3 / eps if eps == eps else 0) + rng.normal(0, 0.01)
+                rows.append(base | dict(embedding="X", panel="scib", metric=metric, value=util))
+                for m, v, chance in (
+                    ("update_cosine", cos + rng.normal(0, 0.01), 0.0),
+                    ("update_relative_error", 1 - cos + abs(rng.normal(0, 0.01)), 1.0),
+                ):
+                    rows.append(
+                        base
+                        | dict(
+                            private=bool(cos < 0.5),
+                            privacy="coordinator: ...",
+                            panel="attack",
+                            metric=f"attack:update_recovery:{m}",
+                            observer="coordinator",
+                            value=v,
+                            chance=chance,
+                        )
+                    )
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+
+def test_report_writes_frontier_leakage_table_and_dp_comparisons(tmp_path):
+    df = privacy_table()
+    succ = attack_success(df)
+    assert len(succ) == 2 * 4 * 5 and succ["cosine"].notna().all()
+    fig = privacy_utility_frontier(df)
+    assert len(fig.axes) == 4  # utility + attack success, per method
+    assert fig.axes[2].get_xticklabels()[-1].get_text() == "∞ (no DP)"
+    comp = privacy_comparisons(df)
+    assert set(comp["a"]) == {"variant=crypten+dp(eps=1)", "variant=crypten+dp(eps=16)"}
+    assert set(comp["b"]) == {"variant=crypten"}
+    assert comp["metric"].str.endswith("@coordinator").any()
+    text = write_report(df, None, tmp_path).read_text()
+    png = tmp_path / "figures" / "privacy_utility_frontier.png"
+    assert (
+        png.stat().st_size > 5000
+        and (tmp_path / "figures" / "privacy_utility_frontier.pdf").exists()
+    )
+    assert "## Privacy–utility frontier" in text and "## Per-observer leakage" in text
+    assert "| plaintext | coordinator | update_recovery:update_cosine | ∞ | 1.0" in text
+    assert "## DP versus no DP" in text
+    # attack rows stay out of the utility summary
+    summary = text[text.index("## Metrics per variant") :]
+    assert "attack:" not in summary.split("## Comparisons")[0]

@@ -1,0 +1,430 @@
+"""Attacks and DP accounting inside a run: the one object the runner drives.
+
+:func:`start` reads a run config's ``attacks`` and ``dp`` settings (after the data are
+loaded, so the number of protected units n is known), :meth:`InRunPrivacy.aggregator`
+yields the run's aggregator (with the ``gaussian`` mechanism for client-level DP and a
+recorder when attacks are listed; the plain :func:`fedsc.backend.aggregator_for` path
+otherwise, so runs without either are unchanged), and :meth:`InRunPrivacy.annotate`
+adds to the run's tidy rows the DP columns (``dp_epsilon``, ``dp_delta``), the
+per-observer ``privacy`` label and the derived ``private`` flag, and one attack row per
+(attack, observer, metric) (schema: :mod:`fedsc.results`).
+
+DP settings (``RunConfig.dp``, a :class:`~fedsc.privacy.accounting.DPConfig` mapping):
+
+``level: client``
+    DP-FedAvg through the ``gaussian`` mechanism (:mod:`smpc.mechanisms.gaussian`):
+    n = training clients, σ calibrated to ``target_epsilon`` over the method's rounds if
+    not given; ε is read off the ledger afterwards
+    (:func:`~fedsc.privacy.accounting.client_level_from_ledger`). FedscGen then trains the
+    GroupNorm DP variant of its VAE (BatchNorm buffers break under clipping and noise).
+``level: cell``
+    DP-SGD in FedscGen's local training (:mod:`fedsc.methods.dp_sgd`); ε is the largest
+    over clients.
+
+Labels are derived from the attacks' results, never from the backend's name: an observer
+"recovers client updates" when an attack's median relative error on a client's update is
+below :data:`RECOVERED` (exactly: below :data:`EXACT`). Without attacks the label says
+what the ledger shows the coordinator received (clear contributions or aggregates only)
+and ``private`` is NA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from fedsc.errors import FedscInputError
+from fedsc.privacy.accounting import DPConfig, client_level_from_ledger, dp_record
+from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
+from fedsc.privacy.scbatchprox_rows import COLUMNS
+from fedsc.privacy.threat_model import clear_contributions
+from fedsc.privacy.views import (
+    OBSERVERS,
+    ObserverView,
+    RecordingMechanism,
+    RunRecord,
+    observer_view,
+    recording_aggregator,
+)
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from fedsc.methods import MethodSpec
+    from fedsc.run_config import RunConfig
+
+__all__ = [
+    "CENTRALIZED",
+    "EXACT",
+    "IN_RUN_ATTACKS",
+    "NOT_FEDERATED",
+    "RECOVERED",
+    "InRunPrivacy",
+    "check_run_privacy",
+    "start",
+    "update_recovery",
+]
+
+#: Median relative error below which an observer "recovers client updates".
+RECOVERED = 0.5
+#: ... and below which it recovers them exactly (up to fixed-point rounding).
+EXACT = 1e-3
+#: Label of a centralized method's rows (no federation at all).
+CENTRALIZED = "centralized: all cells are pooled in one place"
+#: Label of the uncorrected-input rows.
+NOT_FEDERATED = "n/a (uncorrected input, not a federated computation)"
+#: Metrics that measure how well a client's update (or row) is recovered.
+_ERROR_METRICS = ("update_relative_error", "share_relative_error")
+
+
+def update_recovery(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    """Any method: each client's model update as the observer can estimate it.
+
+    For every state aggregation (a ``weighted_mean``/``sum`` with a broadcast reference,
+    not the metrics), the estimate of client c's update ``x_c - reference`` is its
+    contribution if the view holds it in the clear (plaintext coordinator; noised under
+    the ``gaussian`` mechanism): metrics ``update_relative_error`` (chance 1: guessing no
+    update) and ``update_cosine`` (chance 0), scored against the true local update. A view
+    without clear contributions (a secure backend's coordinator, a client) gets the
+    revealed aggregate's update, the federation's mean update, scored the same way as
+    ``mean_update_relative_error``/``mean_update_cosine``: how close the intended output
+    already is to each client's update (not a client-specific recovery, so it does not
+    count as one in the labels). A client's own update is skipped in a client view.
+    """
+    rows: list[dict[str, Any]] = []
+    if truth is None or truth.record is None:
+        return pd.DataFrame(rows, columns=COLUMNS)
+    record = truth.record
+    for o in view.operations:
+        if o.op not in ("weighted_mean", "sum") or o.tag == "metrics" or o.reference is None:
+            continue
+        ref = np.asarray(o.reference, dtype=np.float64)
+        true_all = record.local_contributions(o.index)
+        for c in range(o.n_clients):
+            if view.observer == "client" and c == view.client:
+                continue
+            own = None if o.contributions is None else o.contributions[c]
+            if own is not None and np.isfinite(own).all():
+                est, prefix = np.asarray(own, dtype=np.float64) - ref, "update"
+            elif o.aggregate is not None and o.op == "weighted_mean":
+                est, prefix = np.asarray(o.aggregate, dtype=np.float64) - ref, "mean_update"
+            else:
+                continue
+            u = np.asarray(true_all[c], dtype=np.float64) - ref
+            nu = float(np.linalg.norm(u))
+            if nu == 0:
+                continue
+            err = float(np.linalg.norm(est - u)) / nu
+            ne = float(np.linalg.norm(est))
+            cos = float(est @ u) / (ne * nu) if ne > 0 else 0.0
+            for metric, value, chance in (
+                (f"{prefix}_relative_error", err, 1.0),
+                (f"{prefix}_cosine", cos, 0.0),
+            ):
+                rows.append(
+                    {
+                        "attack": "update_recovery",
+                        "observer": view.observer,
+                        "backend": view.backend,
+                        "target_client": c,
+                        "round": o.round,
+                        "metric": metric,
+                        "value": value,
+                        "chance": chance,
+                    }
+                )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+#: Attacks a run config may list: :data:`fedsc.privacy.ATTACKS` plus ``update_recovery``.
+IN_RUN_ATTACKS: dict[str, Any] = {**ATTACKS, "update_recovery": update_recovery}
+
+
+def check_run_privacy(
+    attacks: Sequence[str], dp: dict[str, Any] | None, spec: MethodSpec
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Config-time checks of ``RunConfig.attacks`` and ``RunConfig.dp`` (n not known yet).
+
+    Refuses unknown attacks, σ ≤ 0, clip ≤ 0, δ outside (0, 1), DP on a centralized
+    method, and cell-level DP on a method without DP-SGD (only FedscGen has it).
+    """
+    names = [str(a) for a in attacks or []]
+    unknown = [a for a in names if a not in IN_RUN_ATTACKS]
+    if unknown:
+        raise FedscInputError(f"unknown attack(s) {unknown}; choose from {sorted(IN_RUN_ATTACKS)}.")
+    if names and not spec.federated:
+        raise FedscInputError(
+            f"{spec.name} is centralized (all cells in one place): there is no federated "
+            "computation to attack; drop `attacks`."
+        )
+    if dp is None:
+        return names, None
+    dp = dict(dp)
+    if dp.get("target_epsilon") is not None and "noise_multiplier" not in dp:
+        dp["noise_multiplier"] = None  # calibrate sigma to the target
+    conf = DPConfig.from_dict(dp)
+    if not spec.federated:
+        raise FedscInputError(f"{spec.name} is centralized; it takes no dp settings.")
+    if conf.level == "cell" and spec.name != "fedscgen":
+        raise FedscInputError(
+            f"cell-level DP (DP-SGD) is implemented for fedscgen only, not {spec.name}; "
+            "use dp: {level: client, ...} (the gaussian mechanism)."
+        )
+    return names, dp
+
+
+@dataclass
+class InRunPrivacy:
+    """The privacy side of one run (see the module docstring).
+
+    Attributes
+    ----------
+    cfg
+        The run config as given (its ``run_id`` labels every row).
+    method_cfg
+        The config the method runs with (``params["dp"]`` set for FedscGen under DP).
+    spec
+        The method's spec.
+    attacks
+        Attack names to run (empty: none, no recorder).
+    dp
+        The resolved DP settings (σ fixed), or ``None``.
+    mechanism
+        The ``gaussian`` mechanism spec (client-level DP), or ``None``.
+    """
+
+    cfg: RunConfig
+    method_cfg: RunConfig
+    spec: MethodSpec
+    attacks: list[str] = field(default_factory=list)
+    dp: DPConfig | None = None
+    mechanism: dict[str, Any] | None = None
+    public: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord | None = None
+    _recorder: RecordingMechanism | None = None
+
+    @contextmanager
+    def aggregator(self) -> Iterator[Any]:
+        """The run's aggregator; the record is collected when the block ends normally."""
+        from fedsc.backend import aggregator_for
+
+        cfg = self.cfg
+        if not (self.attacks or self.mechanism) or not self.spec.federated:
+            with aggregator_for(cfg.backend, cfg.backend_options, cfg.mechanisms) as agg:
+                yield agg
+            return
+        import smpc
+
+        mechs = [_smpc_mechanism(m) for m in cfg.mechanisms]
+        if self.mechanism is not None:
+            mechs.append(self.mechanism)
+        opts = dict(cfg.backend_options)
+        if self.attacks:
+            agg, self._recorder = recording_aggregator(
+                cfg.backend, mechanisms=mechs, mechanism_seed=cfg.seed, **opts
+            )
+        else:
+            agg = smpc.make_aggregator(
+                cfg.backend, mechanisms=mechs, mechanism_seed=cfg.seed, **opts
+            )
+        with agg:
+            yield agg
+            if self._recorder is not None:
+                self.record = RunRecord.from_run(agg, self._recorder, public=self.public)
+
+    def annotate(
+        self, rows: pd.DataFrame, info: dict[str, Any], adata: ad.AnnData | None = None
+    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """Rows with DP and privacy columns plus attack rows; ``info`` with ``dp``/``attacks``.
+
+        Parameters
+        ----------
+        rows
+            The run's tidy rows (uncorrected input and method output).
+        info
+            The run's ``run.json`` content (needs ``ledger``).
+        adata
+            The evaluated AnnData (FedscGen's cell-level ε is in ``uns["fedscgen"]["dp"]``).
+        """
+        rows = rows.copy()
+        info = dict(info)
+        ledger = info.get("ledger")
+        dp_info = self._dp_info(ledger, adata)
+        eps = math.nan if dp_info is None else dp_info["dp_epsilon"]
+        eps = math.inf if dp_info is not None and eps is None else eps
+        delta = math.nan if dp_info is None else dp_info["dp_delta"]
+        summary = self._attack_summary()
+        label, private = self._label(summary, ledger)
+        base = rows["method"] != self.cfg.method
+        rows["dp_epsilon"] = np.where(base, math.nan, eps).astype(float)
+        rows["dp_delta"] = np.where(base, math.nan, delta).astype(float)
+        rows["privacy"] = np.where(base, NOT_FEDERATED, label)
+        rows["private"] = pd.array([pd.NA if b else private for b in base], dtype="boolean")
+        if len(summary):
+            template = rows[~base].iloc[0]
+            extra = pd.DataFrame(
+                {
+                    "metric": "attack:" + summary["attack"] + ":" + summary["metric"],
+                    "value": summary["value"].to_numpy(float),
+                    "chance": summary["chance"].to_numpy(float),
+                    "observer": summary["observer"].to_numpy(),
+                }
+            )
+            for col in rows.columns:
+                if col not in extra.columns:
+                    extra[col] = template[col]
+            extra["panel"] = "attack"
+            extra["embedding"] = ""
+            extra["private"] = pd.array([private] * len(extra), dtype="boolean")
+            rows = pd.concat([rows, extra[rows.columns]], ignore_index=True)
+        info["dp"] = dp_info
+        info["attacks"] = summary.to_dict(orient="records")
+        info["backend_privacy_note"] = info.get("privacy")
+        info["privacy"] = label
+        info["private"] = None if private is pd.NA else bool(private)
+        return rows, info
+
+    # ------------------------------------------------------------------ internals
+
+    def _dp_info(self, ledger: Any, adata: ad.AnnData | None) -> dict[str, Any] | None:
+        if self.dp is None:
+            return None
+        if self.dp.level == "client":
+            acct = client_level_from_ledger(ledger, self.dp.delta, accountant=self.dp.accountant)
+            steps = sum(acct.releases.values())
+            out = dp_record(
+                acct.epsilon, self.dp, steps=steps, sampling_rate=1.0, mechanism="gaussian"
+            )
+            out["dp_uncovered"] = acct.uncovered
+            return out
+        uns = {} if adata is None else dict(adata.uns.get("fedscgen", {}).get("dp", {}))
+        if "epsilon" not in uns:
+            raise RuntimeError("cell-level DP ran but the method recorded no epsilon.")
+        conf = replace(self.dp, noise_multiplier=float(uns["noise_multiplier"]))
+        return dp_record(
+            float(uns["epsilon"]),
+            conf,
+            steps=int(uns["steps"]),
+            sampling_rate=float(uns["sampling_rate"]),
+            mechanism="dp_sgd (Opacus)",
+        )
+
+    def _attack_summary(self) -> pd.DataFrame:
+        cols = ["attack", "observer", "metric", "value", "chance"]
+        if self.record is None or not self.attacks:
+            return pd.DataFrame(columns=cols)
+        truth = Truth(self.record)
+        views = [observer_view(self.record, name) for name in OBSERVERS]
+        frames = []
+        for name in self.attacks:
+            if name.startswith("scbatchprox_") and self.spec.name != "scbatchprox":
+                continue
+            if name == "update_recovery":
+                frames += [update_recovery(v, truth) for v in views]
+            else:
+                frames.append(run_attacks(views, truth, [name]))
+        raw = pd.concat([f for f in frames if len(f)] or [pd.DataFrame(columns=COLUMNS)])
+        if not len(raw):
+            return pd.DataFrame(columns=cols)
+        own = (raw["observer"] == "client") & (raw["target_client"] == 0)
+        raw = raw[~own & (raw["metric"] != "weights_known")]
+        raw = raw.astype({"value": float, "chance": float})
+        return (
+            raw.groupby(["attack", "observer", "metric"], sort=True)[["value", "chance"]]
+            .median()
+            .reset_index()[cols]
+        )
+
+    def _label(self, summary: pd.DataFrame, ledger: Any) -> tuple[str, Any]:
+        if not self.spec.federated:
+            return CENTRALIZED, pd.NA
+        if not len(summary):
+            if ledger is None:
+                return "no attacks run", pd.NA
+            n = clear_contributions(ledger)
+            seen = (
+                f"receives {n} client contributions in the clear"
+                if n
+                else "receives aggregates only"
+            )
+            return f"coordinator: {seen} (ledger; no attacks run)", pd.NA
+        parts, leaked = [], False
+        for observer in OBSERVERS:
+            errs = summary[
+                (summary["observer"] == observer) & summary["metric"].isin(_ERROR_METRICS)
+            ]
+            if not len(errs):
+                mean = summary[
+                    (summary["observer"] == observer)
+                    & (summary["metric"] == "mean_update_relative_error")
+                ]
+                if len(mean):
+                    parts.append(
+                        f"{observer}: aggregate only, no client-specific recovery (mean "
+                        f"update vs a client's: rel. err {float(mean['value'].min()):.2g})"
+                    )
+                continue
+            best = errs.loc[errs["value"].idxmin()]
+            err = float(best["value"])
+            if err < EXACT:
+                what, leaked = "recovers client updates exactly", True
+            elif err < RECOVERED:
+                what, leaked = "recovers client updates approximately", True
+            else:
+                what = "no client update recovered"
+            parts.append(f"{observer}: {what} ({best['attack']}, rel. err {err:.2g})")
+        if not parts:
+            return "no attack applies to this run", pd.NA
+        return "; ".join(parts), not leaked
+
+
+def _smpc_mechanism(entry: Any) -> Any:
+    """A fedsc mechanism entry (name or ``{name: {options}}``) as smpc takes it."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, opts = next(iter(entry.items()))
+        return (name, dict(opts or {}))
+    return entry
+
+
+def _training_clients(adata: ad.AnnData, cfg: RunConfig) -> int:
+    batches = set(adata.obs[cfg.batch_key].astype(str))
+    return len(batches - set(cfg.holdout))
+
+
+def start(cfg: RunConfig, adata: ad.AnnData, spec: MethodSpec) -> InRunPrivacy:
+    """The run's privacy settings, checked against the loaded data (n known).
+
+    Client-level DP: δ < 1/n for the n training clients, σ calibrated to
+    ``target_epsilon`` over the method's rounds (one release per round: the metrics are
+    suppressed). Cell-level DP: passed to FedscGen (``params["dp"]``), which checks
+    δ < 1/n_train per client and calibrates σ (:func:`fedsc.methods.dp_sgd.resolve_for_clients`).
+    """
+    attacks = list(getattr(cfg, "attacks", None) or [])
+    raw_dp = getattr(cfg, "dp", None)
+    method_cfg = cfg
+    dp = None if raw_dp is None else DPConfig.from_dict(dict(raw_dp))
+    mechanism = None
+    if dp is not None:
+        params = dict(cfg.params)
+        config = spec.make_config(params)
+        if dp.level == "client":
+            dp.validate_for(_training_clients(adata, cfg))
+            dp = dp.resolve(int(config.rounds))
+            mechanism = dp.mechanism_spec()
+            if spec.name == "fedscgen":  # GroupNorm variant (BatchNorm buffers break)
+                params["dp"] = {"level": "client", "clip": dp.clip, "delta": dp.delta}
+        else:
+            params["dp"] = dict(raw_dp)
+        method_cfg = replace(cfg, params=params)
+    public: dict[str, Any] = {"method": spec.name, "seed": cfg.seed}
+    if attacks:
+        config = spec.make_config(method_cfg.params)
+        public["config"] = asdict(config) if is_dataclass(config) else dict(config)
+        public["batches"] = sorted(set(adata.obs[cfg.batch_key].astype(str)))
+    return InRunPrivacy(cfg, method_cfg, spec, attacks, dp, mechanism, public)

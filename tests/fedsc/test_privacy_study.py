@@ -1,0 +1,202 @@
+"""Privacy-utility study: attacks and DP inside runs, honest labels, sweep -> report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsc.comparison import load_results, report_sweep
+from fedsc.datasets import simulate
+from fedsc.errors import FedscInputError
+from fedsc.methods import get_method
+from fedsc.privacy import in_run
+from fedsc.results import TIDY_COLUMNS
+from fedsc.run_config import RunConfig
+from fedsc.runner import execute_run
+from fedsc.sweep import Study, run_sweep
+
+COMMON = {"n_comps": 10, "n_top_genes": 200, "params": {"rounds": 2}}
+DP = {"level": "client", "target_epsilon": 4.0, "clip": 0.01, "delta": 0.1}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple:
+    adata = simulate(240, 300, n_batches=3, n_cell_types=3, seed=0)
+    path = tmp_path_factory.mktemp("data") / "tiny.h5ad"
+    adata.write_h5ad(path)
+    return adata, path
+
+
+@pytest.fixture(scope="module")
+def attacked_runs(tiny):
+    adata, path = tiny
+    attacks = ["scbatchprox_rows", "update_recovery"]
+    plain = execute_run(RunConfig("scbatchprox", dataset=str(path), **COMMON), adata=adata)
+    recorded = execute_run(
+        RunConfig("scbatchprox", dataset=str(path), attacks=attacks, **COMMON), adata=adata
+    )
+    noised = execute_run(
+        RunConfig("scbatchprox", dataset=str(path), attacks=attacks, dp=DP, **COMMON),
+        adata=adata,
+    )
+    return plain, recorded, noised
+
+
+def test_rows_carry_dp_columns_and_attack_rows(attacked_runs):
+    plain, recorded, noised = attacked_runs
+    for res in attacked_runs:
+        assert list(res.rows.columns) == TIDY_COLUMNS
+    util = plain.rows[plain.rows["method"] == "scbatchprox"]
+    assert util["dp_epsilon"].isna().all() and util["dp_delta"].isna().all()
+    att = recorded.rows[recorded.rows["panel"] == "attack"]
+    assert len(att) and att["metric"].str.startswith("attack:").all()
+    assert set(att["observer"]) >= {"coordinator", "client"} and att["chance"].notna().all()
+    exact = att[
+        (att["observer"] == "coordinator")
+        & (att["metric"] == "attack:scbatchprox_rows:update_relative_error")
+    ]
+    assert float(exact["value"].iloc[0]) < 1e-6  # plaintext coordinator: rows exactly
+    assert "coordinator: recovers client updates exactly" in recorded.info["privacy"]
+    assert recorded.rows.loc[recorded.rows["method"] == "scbatchprox", "private"].eq(False).all()
+    # client-level DP: eps/delta in every row of the method and in run.json
+    mine = noised.rows[noised.rows["method"] == "scbatchprox"]
+    assert np.allclose(mine["dp_epsilon"], noised.info["dp"]["dp_epsilon"])
+    assert 0 < noised.info["dp"]["dp_epsilon"] <= 4.0 + 1e-6
+    assert (mine["dp_delta"] == 0.1).all() and noised.info["dp"]["dp_mechanism"] == "gaussian"
+    err = mine[
+        (mine["observer"] == "coordinator")
+        & (mine["metric"] == "attack:scbatchprox_rows:update_relative_error")
+    ]
+    assert float(err["value"].iloc[0]) > 0.5  # the noise hides the updates
+
+
+def test_dp_off_and_recording_reproduce_the_plain_run_exactly(attacked_runs):
+    plain, recorded, _ = attacked_runs
+    a = plain.rows[plain.rows["panel"] != "attack"].reset_index(drop=True)
+    b = recorded.rows[recorded.rows["panel"] != "attack"].reset_index(drop=True)
+    assert a["value"].tolist() == b["value"].tolist()
+    assert np.array_equal(plain.adata.obsm["X_scbatchprox"], recorded.adata.obsm["X_scbatchprox"])
+
+
+def test_baseline_rows_are_not_labelled_private(attacked_runs):
+    plain, recorded, _ = attacked_runs
+    for res in (plain, recorded):
+        base = res.rows[res.rows["method"] == "pca"]
+        assert base["private"].isna().all()
+        assert (base["privacy"] == in_run.NOT_FEDERATED).all()
+    # no attacks: the label comes from the ledger, `private` stays NA
+    assert "in the clear" in plain.info["privacy"] and plain.info["private"] is None
+
+
+def test_centralized_label_is_not_a_federation_claim(tiny):
+    adata, path = tiny
+    cfg = RunConfig("scgen", dataset=str(path))
+    priv = in_run.start(cfg, adata, get_method("scgen"))
+    rows = pd.DataFrame(
+        {"method": ["uncorrected", "scgen"], "metric": ["ari", "ari"], "value": [0.1, 0.2]}
+    )
+    out, info = priv.annotate(rows, {"privacy": "not private: plaintext", "ledger": None})
+    assert info["privacy"] == in_run.CENTRALIZED == "centralized: all cells are pooled in one place"
+    assert out["private"].isna().all() and info["private"] is None
+    assert "coordinator" not in info["privacy"]
+
+
+@pytest.mark.parametrize(
+    ("dp", "match"),
+    [
+        ({"level": "client", "noise_multiplier": 0.0}, "noise_multiplier must be > 0"),
+        ({"level": "client", "noise_multiplier": 1.0, "clip": 0.0}, "clip must be > 0"),
+        ({"level": "cell", "noise_multiplier": 1.0}, "fedscgen only"),
+    ],
+)
+def test_nonsense_dp_is_refused_at_config_time(dp, match):
+    with pytest.raises(FedscInputError, match=match):
+        RunConfig("scbatchprox", dp=dp)
+
+
+def test_delta_above_one_over_n_is_refused_once_n_is_known(tiny):
+    adata, path = tiny
+    cfg = RunConfig("scbatchprox", dataset=str(path), dp={**DP, "delta": 0.5}, **COMMON)
+    with pytest.raises(FedscInputError, match="not below 1/n"):
+        in_run.start(cfg, adata, get_method("scbatchprox"))
+    with pytest.raises(FedscInputError, match="unknown attack"):
+        RunConfig("scbatchprox", attacks=["no_such_attack"])
+    with pytest.raises(FedscInputError, match="centralized"):
+        RunConfig("scgen", attacks=["update_recovery"])
+
+
+def test_run_id_unchanged_without_privacy_settings():
+    assert RunConfig("scbatchprox").run_id == RunConfig("scbatchprox", attacks=[], dp=None).run_id
+
+
+def test_tiny_privacy_utility_study_sweep_to_report(tiny, tmp_path):
+    _, path = tiny
+    study = Study.from_dict(
+        {
+            "study": "tiny_pu",
+            "datasets": [str(path)],
+            "seeds": [0, 1],
+            "defaults": {"n_comps": 10, "n_top_genes": 200},
+            "methods": {
+                "scbatchprox": {
+                    "settings": {
+                        "params": {"rounds": 2},
+                        "attacks": ["scbatchprox_rows", "update_recovery"],
+                    },
+                    "variants": {
+                        "plaintext": {"backend": "plaintext"},
+                        "plaintext+dp(eps=4)": {"backend": "plaintext", "dp": DP},
+                    },
+                }
+            },
+        }
+    )
+    res = run_sweep(study, tmp_path)
+    assert res.failed == 0
+    results = load_results(tmp_path)
+    assert (results["panel"] == "attack").any()
+    dp_rows = results[
+        (results["variant"] == "plaintext+dp(eps=4)") & (results["method"] == "scbatchprox")
+    ]
+    assert results.loc[results["method"] == "pca", "dp_epsilon"].isna().all()
+    assert dp_rows["dp_epsilon"].notna().all()
+    report = report_sweep(tmp_path)
+    text = report.read_text()
+    assert (Path(tmp_path) / "figures" / "privacy_utility_frontier.png").is_file()
+    assert "## Privacy–utility frontier" in text and "## Per-observer leakage" in text
+    assert "## DP versus no DP" in text and "@coordinator" in text
+    assert math.isfinite(float(dp_rows["dp_epsilon"].iloc[0]))
+
+
+@pytest.mark.parametrize(
+    ("dp", "mechanism"),
+    [
+        ({"level": "client", "target_epsilon": 8.0, "clip": 1.0, "delta": 0.1}, "gaussian"),
+        ({"level": "cell", "target_epsilon": 8.0, "clip": 1.0, "delta": 1e-3}, "dp_sgd (Opacus)"),
+    ],
+)
+def test_fedscgen_dp_wiring_records_epsilon(tiny, dp, mechanism):
+    adata, path = tiny
+    params = {"rounds": 2, "local_epochs": 1, "hidden": [16], "latent": 4}
+    cfg = RunConfig(
+        "fedscgen",
+        dataset=str(path),
+        n_top_genes=200,
+        panels=["fedscgen"],
+        params=params,
+        attacks=["update_recovery"],
+        dp=dp,
+    )
+    res = execute_run(cfg, adata=adata)
+    assert res.info["dp"]["dp_mechanism"] == mechanism
+    eps = res.info["dp"]["dp_epsilon"]
+    assert 0 < eps <= 8.0 + 1e-3
+    mine = res.rows[res.rows["method"] == "fedscgen"]
+    assert np.allclose(mine["dp_epsilon"], eps)
+    assert res.adata.uns["fedscgen"]["dp"]["normalisation"] == "GroupNorm (DP variant)"
+    att = mine[mine["panel"] == "attack"]
+    assert set(att["observer"]) >= {"coordinator"}
