@@ -83,10 +83,9 @@ def _with_mechanisms(agg: smpc.Aggregator, mechanisms: Sequence[Any]) -> smpc.Ag
     """Wrap ``agg`` with the configured mechanisms (the one place they are applied)."""
     if not mechanisms:
         return agg
-    raise FedscInputError(  # wired when smpc.mechanisms lands (lead, at merge)
-        f"mechanisms {[_mechanism_name(m) for m in mechanisms]} are validated but not yet "
-        "applied by fedsc.backend.aggregator_for; run without them."
-    )
+    from smpc.mechanisms import MechanismAggregator, make_mechanisms
+
+    return MechanismAggregator(agg, make_mechanisms(list(mechanisms)))
 
 
 @contextmanager

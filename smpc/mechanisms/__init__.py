@@ -8,7 +8,12 @@ from smpc.mechanisms.aggregator import MechanismAggregator
 from smpc.mechanisms.base import ClientContext, Mechanism, ResultContext
 from smpc.mechanisms.clip import ClipL2
 from smpc.mechanisms.quantize import Quantize
-from smpc.mechanisms.registry import MECHANISMS, make_mechanism, make_mechanisms
+from smpc.mechanisms.registry import (
+    MECHANISMS,
+    make_mechanism,
+    make_mechanisms,
+    register_mechanism,
+)
 
 __all__ = [
     "MECHANISMS",
@@ -20,4 +25,5 @@ __all__ = [
     "ResultContext",
     "make_mechanism",
     "make_mechanisms",
+    "register_mechanism",
 ]

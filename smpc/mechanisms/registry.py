@@ -16,6 +16,25 @@ MECHANISMS: dict[str, Callable[..., Mechanism]] = {
     "quantize": Quantize,
 }
 
+
+
+def register_mechanism(name: str, factory: Callable[..., Mechanism]) -> Callable[..., Mechanism]:
+    """Add a mechanism to the registry (one line per new mechanism file).
+
+    Raises ``ValueError`` when ``name`` is taken: unregister the old one first
+    (``del MECHANISMS[name]``) if replacing it is intended.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a mechanism name must be a non-empty string, got {name!r}.")
+    if name in MECHANISMS:
+        raise ValueError(
+            f"a mechanism named {name!r} is already registered ({MECHANISMS[name]!r}); "
+            "choose another name."
+        )
+    MECHANISMS[name] = factory
+    return factory
+
+
 #: What ``make_mechanism`` accepts: an instance, a name, ``{"name": ..., **options}``
 #: or ``(name, {options})``.
 MechanismSpec = Mechanism | str | Mapping[str, Any] | tuple[str, Mapping[str, Any]]
