@@ -48,7 +48,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, int | np.integer):
         return str(int(x))
     if isinstance(x, float | np.floating):
-        return f"{x:.{digits}g}" if (x != 0 and abs(x) < 1e-3) else f"{x:.{digits}f}"
+        xf = float(x)
+        return f"{xf:.{digits}g}" if (xf != 0 and abs(xf) < 1e-3) else f"{xf:.{digits}f}"
     return str(x)
 
 
@@ -404,7 +405,7 @@ def _metric_blocks(comp: pd.DataFrame) -> list[pd.DataFrame]:
     metric_sets = comp.groupby("method", sort=False)["metric"].agg(frozenset)
     groups: dict[frozenset, list[str]] = {}
     for method, metrics in metric_sets.items():
-        groups.setdefault(metrics, []).append(method)
+        groups.setdefault(metrics, []).append(str(method))
     if len(groups) == 1:
         return [comp]
     return [comp[comp["method"].isin(methods)] for methods in groups.values()]

@@ -169,6 +169,8 @@ def check_run_privacy(
     if dp.get("target_epsilon") is not None and "noise_multiplier" not in dp:
         dp["noise_multiplier"] = None  # calibrate sigma to the target
     conf = DPConfig.from_dict(dp)
+    if conf is None:  # from_dict(None) only; dp is a mapping here
+        return names, None
     if not spec.federated:
         raise FedscInputError(f"{spec.name} is centralized; it takes no dp settings.")
     if conf.level == "cell" and spec.name != "fedscgen":
@@ -370,7 +372,7 @@ class InRunPrivacy:
                         f"update vs a client's: rel. err {float(mean['value'].min()):.2g})"
                     )
                 continue
-            best = errs.loc[errs["value"].idxmin()]
+            best = errs.iloc[int(np.argmin(errs["value"].to_numpy()))]
             err = float(best["value"])
             if err < EXACT:
                 what, leaked = "recovers client updates exactly", True
@@ -420,11 +422,15 @@ def start(cfg: RunConfig, adata: ad.AnnData, spec: MethodSpec) -> InRunPrivacy:
             if spec.name == "fedscgen":  # GroupNorm variant (BatchNorm buffers break)
                 params["dp"] = {"level": "client", "clip": dp.clip, "delta": dp.delta}
         else:
-            params["dp"] = dict(raw_dp)
+            params["dp"] = dict(raw_dp or {})
         method_cfg = replace(cfg, params=params)
     public: dict[str, Any] = {"method": spec.name, "seed": cfg.seed}
     if attacks:
         config = spec.make_config(method_cfg.params)
-        public["config"] = asdict(config) if is_dataclass(config) else dict(config)
+        public["config"] = (
+            asdict(config)
+            if is_dataclass(config) and not isinstance(config, type)
+            else dict(config)
+        )
         public["batches"] = sorted(set(adata.obs[cfg.batch_key].astype(str)))
     return InRunPrivacy(cfg, method_cfg, spec, attacks, dp, mechanism, public)

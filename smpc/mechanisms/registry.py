@@ -17,7 +17,6 @@ MECHANISMS: dict[str, Callable[..., Mechanism]] = {
 }
 
 
-
 def register_mechanism(name: str, factory: Callable[..., Mechanism]) -> Callable[..., Mechanism]:
     """Add a mechanism to the registry (one line per new mechanism file).
 
