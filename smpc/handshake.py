@@ -117,11 +117,13 @@ def run_hub(
     timeout: float,
     *,
     ready: threading.Event | None = None,
+    linger: float = 10.0,
 ) -> None:
     """Rank 0: listen on ``address`` until every rank joined, then release the port.
 
     Raises :class:`HandshakeError` (after telling every joined rank why) on a mismatch or
-    when ranks are missing after ``timeout`` seconds.
+    when ranks are missing after ``timeout`` seconds. After a mismatch the hub keeps
+    answering late ranks with the reason for up to ``linger`` seconds.
     """
     deadline = time.monotonic() + timeout
     want = [r for r in expected_ranks(mine) if r != mine.rank]
@@ -157,7 +159,10 @@ def run_hub(
                 sock.close()
             elif isinstance(outcome, HandshakeError):
                 sock.close()
-                raise _abort(key, joined, str(outcome))
+                error = _abort(key, joined, str(outcome))
+                # Tell ranks that arrive later why, instead of letting them time out.
+                _linger(server, key, str(outcome), min(deadline, time.monotonic() + linger))
+                raise error
         for sock, nonce, _ in joined.values():
             body = {"type": "go", "ranks": len(want) + 1}
             _send(sock, {**body, "mac": _mac(key, b"reply", nonce, body)})
@@ -231,6 +236,32 @@ def _admit(
     joined[theirs.rank] = (sock, nonce, f"{peer} (pid {theirs.pid})")
     log.info("rendezvous: %s joined", who)
     return None
+
+
+def _linger(server: socket.socket, key: bytes, reason: str, until: float) -> None:
+    """Answer every authenticated rank that connects before ``until`` with the abort."""
+    while time.monotonic() < until:
+        try:
+            sock, _ = server.accept()
+        except TimeoutError:
+            continue
+        with sock:
+            try:
+                sock.settimeout(2.0)
+                challenge = os.urandom(_NONCE)
+                _send(sock, {"type": "challenge", "nonce": challenge.hex()})
+                body = _recv(sock)
+                mac = body.pop("mac", "")
+                if not isinstance(mac, str) or not hmac.compare_digest(
+                    mac, _mac(key, b"hello", challenge, body)
+                ):
+                    _send(sock, {"type": "refused", "reason": "authentication failed: wrong key"})
+                    continue
+                answer = {"type": "abort", "reason": reason}
+                nonce = bytes.fromhex(str(body.get("nonce", "")))
+                _send(sock, {**answer, "mac": _mac(key, b"reply", nonce, answer)})
+            except (OSError, EOFError, ValueError, HandshakeError):
+                continue
 
 
 def _abort(
