@@ -23,6 +23,7 @@ object; nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -161,7 +162,14 @@ def run_hub(
                 sock.close()
                 error = _abort(key, joined, str(outcome))
                 # Tell ranks that arrive later why, instead of letting them time out.
-                _linger(server, key, str(outcome), min(deadline, time.monotonic() + linger))
+                told = {*joined, int(getattr(outcome, "rank", -1))}
+                _linger(
+                    server,
+                    key,
+                    str(outcome),
+                    min(deadline, time.monotonic() + linger),
+                    {r for r in want if r not in told},
+                )
                 raise error
         for sock, nonce, _ in joined.values():
             body = {"type": "go", "ranks": len(want) + 1}
@@ -216,7 +224,7 @@ def _admit(
         listed = ", ".join(f"{k} {t!r} (rank {mine.rank} has {m!r})" for k, (m, t) in diff.items())
         reason = f"{who} runs with {listed}; start every rank with the same settings"
         reply("abort", reason)
-        return HandshakeError(reason)
+        return _fatal(reason, theirs.rank)
     if theirs.rank not in expected_ranks(mine) or theirs.rank == mine.rank:
         reason = (
             f"{who} claims rank {theirs.rank}, but world size {mine.world_size} has ranks "
@@ -226,7 +234,7 @@ def _admit(
             reply("refused", f"duplicate rank {theirs.rank}: {reason}")
             return f"refused duplicate rank {theirs.rank} from {who}: rank {mine.rank} is the host"
         reply("abort", reason)
-        return HandshakeError(reason)
+        return _fatal(reason, theirs.rank)
     if theirs.rank in joined:
         holder = joined[theirs.rank][2]
         reason = f"duplicate rank {theirs.rank}: already held by the process at {holder}"
@@ -238,9 +246,9 @@ def _admit(
     return None
 
 
-def _linger(server: socket.socket, key: bytes, reason: str, until: float) -> None:
-    """Answer every authenticated rank that connects before ``until`` with the abort."""
-    while time.monotonic() < until:
+def _linger(server: socket.socket, key: bytes, reason: str, until: float, untold: set[int]) -> None:
+    """Answer authenticated ranks with the abort until ``until`` or all ``untold`` heard it."""
+    while untold and time.monotonic() < until:
         try:
             sock, _ = server.accept()
         except TimeoutError:
@@ -260,8 +268,16 @@ def _linger(server: socket.socket, key: bytes, reason: str, until: float) -> Non
                 answer = {"type": "abort", "reason": reason}
                 nonce = bytes.fromhex(str(body.get("nonce", "")))
                 _send(sock, {**answer, "mac": _mac(key, b"reply", nonce, answer)})
+                with contextlib.suppress(KeyError, TypeError):
+                    untold.discard(int(body["hello"]["rank"]))
             except (OSError, EOFError, ValueError, HandshakeError):
                 continue
+
+
+def _fatal(reason: str, rank: int) -> HandshakeError:
+    error = HandshakeError(reason)
+    error.rank = rank  # type: ignore[attr-defined]
+    return error
 
 
 def _abort(

@@ -555,7 +555,8 @@ def main(argv: list[str] | None = None) -> None:
             gloo_interface=args.gloo_interface,
         )
     except (handshake.HandshakeError, ValueError) as err:
-        print(f"smpc.party: error: rank {args.rank}: {err}", file=sys.stderr)
+        rank = args.rank if args.rank is not None else os.environ.get("RANK", "?")
+        print(f"smpc.party: error: rank {rank}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
