@@ -162,7 +162,16 @@ def serve(
             "secure mode requires provider='TTP': with 'TFP' party 0 generates all "
             "randomness and could recover the other parties' inputs."
         )
+    if rank == world_size and provider != "TTP":
+        raise ValueError("rank == world_size is the dealer, which exists only for 'TTP'.")
+    if rank < world_size and (conn is None) == (listen is None):
+        raise ValueError("a party needs exactly one of conn= (local) or listen= (remote).")
     key = authkey if authkey is not None else os.environ.get(AUTHKEY_ENV, "").encode()
+    if rank < world_size and conn is None and not key:
+        raise ValueError(
+            f"a remote party needs a shared authkey: set {AUTHKEY_ENV} (same value on "
+            "the coordinator) or pass authkey=."
+        )
     if handshake.rendezvous_address(rendezvous) is not None:
         if not key:
             raise ValueError(
@@ -179,27 +188,19 @@ def serve(
             pid=os.getpid(),
         )
         handshake.handshake(rendezvous, key, hello, startup_timeout)
+        _exit_unless_mpc_forms(rank, startup_timeout)
     _bind_gloo(rendezvous, gloo_interface)
     crypten = _configure_crypten(provider, precision_bits, mode, world_size, rank, rendezvous)
     if rank == world_size:
-        if provider != "TTP":
-            raise ValueError("rank == world_size is the dealer, which exists only for 'TTP'.")
         _serve_dealer(crypten, mode, seed)
         return
-    if (conn is None) == (listen is None):
-        raise ValueError("a party needs exactly one of conn= (local) or listen= (remote).")
 
     crypten.init()
     if mode == "debug":
         crypten.manual_seed(*debug_seeds(0 if seed is None else seed, rank))
     listener = None
     if conn is None:
-        if not key:
-            raise ValueError(
-                f"a remote party needs a shared authkey: set {AUTHKEY_ENV} (same value on "
-                "the coordinator) or pass authkey=."
-            )
-        assert listen is not None
+        assert listen is not None and key  # checked before the handshake
         # No authkey for Listener: the mutual HMAC-SHA256 of smpc.handshake runs instead,
         # with a timeout, so a silent or keyless peer never blocks nor takes the slot.
         listener = Listener((str(listen[0]), int(listen[1])))
@@ -223,6 +224,28 @@ def serve(
         if listener is not None:
             listener.close()
         crypten.uninit()
+
+
+def _exit_unless_mpc_forms(rank: int, timeout: float) -> None:
+    """Exit if torch.distributed is not up ``timeout`` s after the handshake.
+
+    A rank that dies between the handshake and ``crypten.init()`` would leave the others
+    waiting in gloo's rendezvous (30 min by default); this bounds it by the start-up timeout.
+    """
+
+    def watch() -> None:
+        time.sleep(timeout)
+        dist = sys.modules.get("torch.distributed")  # no import: it may still be loading
+        if dist is None or not dist.is_initialized():
+            print(
+                f"smpc.party: error: rank {rank}: every rank passed the handshake but the MPC "
+                f"did not form within the start-up timeout of {timeout:g} s (a rank exited?)",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(3)
+
+    threading.Thread(target=watch, name="smpc-formation-watch", daemon=True).start()
 
 
 def _bind_gloo(rendezvous: str, interface: str | None) -> None:

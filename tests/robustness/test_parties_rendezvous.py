@@ -195,9 +195,11 @@ def test_coordinator_link_carries_frames_only_never_pickle(monkeypatch):
 
 # ------------------------------------------------------------------ real party processes
 def _party(rank: int, world_size: int, gloo: int, key: str, *extra: str) -> subprocess.Popen:
+    # start-up timeout 60 s: four interpreters importing torch on a loaded 2-core host
+    # take up to ~20 s before the handshake starts (a later --startup-timeout overrides)
     cmd = [sys.executable, "-m", "smpc.party", "--rank", str(rank)]
     cmd += ["--world-size", str(world_size), "--rendezvous", f"tcp://127.0.0.1:{gloo}"]
-    cmd += ["--startup-timeout", "20", *extra]
+    cmd += ["--startup-timeout", "60", *extra]
     env = {**os.environ, "SMPC_AUTHKEY": key, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
@@ -217,9 +219,11 @@ def _finish(procs: list[subprocess.Popen], seconds: float) -> list[tuple[int | N
 
 
 def test_party_processes_with_different_world_sizes_fail_clearly_none_hangs():
-    (gloo,) = _free_ports(1)
+    gloo, *listen = _free_ports(4)
     start = time.monotonic()
-    procs = [_party(r, 3, gloo, "k") for r in (0, 1, 3)] + [_party(2, 4, gloo, "k")]
+    on = {r: ["--listen", f"127.0.0.1:{listen[r]}"] for r in range(3)}
+    procs = [_party(r, 3, gloo, "k", *on.get(r, [])) for r in (0, 1, 3)]
+    procs.append(_party(2, 4, gloo, "k", *on[2]))
     results = _finish(procs, 120)
     # Every rank exits as soon as the last one joined (its imports take up to ~20 s on a
     # loaded 2-core host): well before start-up timeout + imports, and none hangs.
@@ -240,7 +244,7 @@ def test_rogue_party_process_is_refused_and_the_right_parties_still_work():
         for r in range(4)
     ]
     try:
-        ((code, err),) = _finish([rogue], 40)
+        ((code, err),) = _finish([rogue], 90)
         assert code == 2 and "authentication failed: wrong key" in err, err
         addresses = [("127.0.0.1", p) for p in listen]
         with CryptenAggregator(party_addresses=addresses, authkey=b"right", timeout=60) as agg:
@@ -277,3 +281,21 @@ def test_coordinator_with_a_wrong_key_is_refused_by_remote_parties():
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_rank_that_vanishes_after_the_handshake_does_not_hang_the_others():
+    gloo, *listen = _free_ports(4)
+    procs = [
+        _party(r, 3, gloo, "k", "--startup-timeout", "8", "--listen", f"127.0.0.1:{listen[r]}")
+        for r in range(3)
+    ]
+    # The "dealer" authenticates and passes the handshake, then never joins gloo.
+    fake = _hello(3)
+    dealer, dealer_out = _in_thread(handshake.join, ("127.0.0.1", gloo), b"k", fake, 60.0)
+    dealer.join(60)
+    assert dealer_out == ["ok"]
+    passed = time.monotonic()
+    results = _finish(procs, 60)
+    assert time.monotonic() - passed < 8 + 6  # slack for a loaded host
+    for code, err in results:
+        assert code == 3 and "the MPC did not form within the start-up timeout of 8 s" in err, err
