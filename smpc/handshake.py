@@ -320,8 +320,17 @@ def join(address: tuple[str, int], key: bytes, mine: Hello, timeout: float) -> N
 
 
 def _join_once(sock: socket.socket, key: bytes, mine: Hello, where: str, deadline: float) -> None:
+    # The hub challenges at once; silence means something else holds the port (e.g. the
+    # MPC already formed and torch's store listens there).
+    sock.settimeout(max(0.1, min(5.0, deadline - time.monotonic())))
+    try:
+        challenge_msg = _recv(sock)
+    except TimeoutError:
+        raise HandshakeError(
+            f"{where} sent no challenge within 5 s: it is not (or no longer) an smpc "
+            "rendezvous; the MPC may already have formed without this rank"
+        ) from None
     sock.settimeout(max(0.1, deadline - time.monotonic()))
-    challenge_msg = _recv(sock)
     if challenge_msg.get("type") != "challenge":
         raise HandshakeError(f"{where} is not an smpc rendezvous (sent {challenge_msg!r:.80})")
     challenge = bytes.fromhex(str(challenge_msg.get("nonce", "")))

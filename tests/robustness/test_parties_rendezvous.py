@@ -238,14 +238,14 @@ def test_rogue_party_process_is_refused_and_the_right_parties_still_work():
     from smpc.crypten_backend import CryptenAggregator
 
     gloo, *listen = _free_ports(4)
-    rogue = _party(1, 3, gloo, "wrong", "--listen", f"127.0.0.1:{listen[1]}")
-    procs = [
-        _party(r, 3, gloo, "right", *([] if r == 3 else ["--listen", f"127.0.0.1:{listen[r]}"]))
-        for r in range(4)
-    ]
+    on = {r: ["--listen", f"127.0.0.1:{listen[r]}"] for r in range(3)}
+    procs = [_party(0, 3, gloo, "right", *on[0])]  # rank 0 hosts the rendezvous
+    rogue = _party(1, 3, gloo, "wrong", *on[1])
     try:
         ((code, err),) = _finish([rogue], 90)
         assert code == 2 and "authentication failed: wrong key" in err, err
+        # the rogue took no slot: the right ranks join after it and compute
+        procs += [_party(r, 3, gloo, "right", *on.get(r, [])) for r in (1, 2, 3)]
         addresses = [("127.0.0.1", p) for p in listen]
         with CryptenAggregator(party_addresses=addresses, authkey=b"right", timeout=60) as agg:
             np.testing.assert_allclose(agg.sum([np.ones(4)] * 3), np.full(4, 3.0))
