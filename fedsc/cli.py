@@ -321,9 +321,30 @@ def _add_party(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world-size", type=int, default=3)
-    p.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT shared by all ranks")
     p.add_argument(
-        "--listen", default=None, help="HOST:PORT the coordinator connects to (parties only)"
+        "--rendezvous",
+        required=True,
+        help="tcp://HOST:PORT shared by all ranks; rank 0 listens there (HOST must be its "
+        "address); every rank needs $SMPC_AUTHKEY",
+    )
+    p.add_argument(
+        "--listen",
+        default=None,
+        help="HOST:PORT the coordinator connects to (parties only); use this host's address "
+        "on the private network (0.0.0.0 listens on every interface and warns)",
+    )
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=None,
+        help="seconds for every rank to join the authenticated rendezvous handshake "
+        "(default 120); a world-size, rank or settings mismatch fails every rank at once",
+    )
+    p.add_argument(
+        "--gloo-interface",
+        default=None,
+        help="network interface gloo binds (GLOO_SOCKET_IFNAME); default: the interface "
+        "that reaches the rendezvous host",
     )
     p.add_argument("--mode", default="secure", choices=["secure", "debug"])
     p.add_argument(
@@ -351,6 +372,10 @@ def _cmd_party(args: argparse.Namespace) -> int:
         argv += ["--listen", args.listen]
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
+    if args.startup_timeout is not None:
+        argv += ["--startup-timeout", str(args.startup_timeout)]
+    if args.gloo_interface:
+        argv += ["--gloo-interface", args.gloo_interface]
     party_main(argv)
     return 0
 

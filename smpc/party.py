@@ -31,12 +31,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener
 from typing import Any
 
 import numpy as np
 
+from smpc import handshake, process_guard
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel
 from smpc.framing import FrameError
@@ -96,6 +98,10 @@ def serve(
     seed: int | None = None,
     precision_bits: int = 16,
     record_received: bool = False,
+    startup_timeout: float = 120.0,
+    gloo_interface: str | None = None,
+    parent_pids: Sequence[int] = (),
+    cleanup: Sequence[str] = (),
 ) -> None:
     """Run one CrypTen party (or the dealer, ``rank == world_size``) until told to close.
 
@@ -122,7 +128,20 @@ def serve(
         Fixed-point precision of the shares (must match the clients').
     record_received
         Keep what this party received from clients (instrumentation for tests).
+    startup_timeout
+        Seconds for the handshake of a ``tcp://`` rendezvous (:mod:`smpc.handshake`):
+        every rank authenticates with the shared key and must agree on world size,
+        protocol and settings before gloo starts, or every rank exits with the reason.
+    gloo_interface
+        Network interface gloo binds (``GLOO_SOCKET_IFNAME``); default: loopback for a
+        ``file://`` rendezvous, else the interface this host uses to reach the rendezvous.
+    parent_pids
+        Local parties: exit as soon as any of these processes (the coordinator) dies.
+    cleanup
+        Local parties: folders to remove when exiting because the coordinator died.
     """
+    if parent_pids or cleanup:
+        process_guard.die_with(parent_pids, cleanup)
     rank = int(os.environ["RANK"]) if rank is None else int(rank)
     world_size = int(os.environ.get("WORLD_SIZE", 3)) if world_size is None else int(world_size)
     rendezvous = os.environ.get("RENDEZVOUS") if rendezvous is None else rendezvous
@@ -143,29 +162,49 @@ def serve(
             "secure mode requires provider='TTP': with 'TFP' party 0 generates all "
             "randomness and could recover the other parties' inputs."
         )
+    if rank == world_size and provider != "TTP":
+        raise ValueError("rank == world_size is the dealer, which exists only for 'TTP'.")
+    if rank < world_size and (conn is None) == (listen is None):
+        raise ValueError("a party needs exactly one of conn= (local) or listen= (remote).")
+    key = authkey if authkey is not None else os.environ.get(AUTHKEY_ENV, "").encode()
+    if rank < world_size and conn is None and not key:
+        raise ValueError(
+            f"a remote party needs a shared authkey: set {AUTHKEY_ENV} (same value on "
+            "the coordinator) or pass authkey=."
+        )
+    if handshake.rendezvous_address(rendezvous) is not None:
+        if not key:
+            raise ValueError(
+                f"a tcp:// rendezvous needs the shared key: set {AUTHKEY_ENV} (same value on "
+                "every rank and the coordinator) or pass authkey=."
+            )
+        hello = handshake.Hello(
+            rank=rank,
+            world_size=world_size,
+            protocol=msg.PROTOCOL_VERSION,
+            provider=provider,
+            mode=mode,
+            precision_bits=precision_bits,
+            pid=os.getpid(),
+        )
+        handshake.handshake(rendezvous, key, hello, startup_timeout)
+        _exit_unless_mpc_forms(rank, startup_timeout)
+    _bind_gloo(rendezvous, gloo_interface)
     crypten = _configure_crypten(provider, precision_bits, mode, world_size, rank, rendezvous)
     if rank == world_size:
-        if provider != "TTP":
-            raise ValueError("rank == world_size is the dealer, which exists only for 'TTP'.")
         _serve_dealer(crypten, mode, seed)
         return
-    if (conn is None) == (listen is None):
-        raise ValueError("a party needs exactly one of conn= (local) or listen= (remote).")
 
     crypten.init()
     if mode == "debug":
         crypten.manual_seed(*debug_seeds(0 if seed is None else seed, rank))
     listener = None
     if conn is None:
-        key = authkey if authkey is not None else os.environ.get(AUTHKEY_ENV, "").encode()
-        if not key:
-            raise ValueError(
-                f"a remote party needs a shared authkey: set {AUTHKEY_ENV} (same value on "
-                "the coordinator) or pass authkey=."
-            )
-        assert listen is not None
-        listener = Listener((str(listen[0]), int(listen[1])), authkey=key)
-        conn = _accept(listener)
+        assert listen is not None and key  # checked before the handshake
+        # No authkey for Listener: the mutual HMAC-SHA256 of smpc.handshake runs instead,
+        # with a timeout, so a silent or keyless peer never blocks nor takes the slot.
+        listener = Listener((str(listen[0]), int(listen[1])))
+        conn = _accept(listener, key)
     channel = ConnectionChannel(conn)
     log.info("party %d (pid %d) joined the MPC (%s, %s)", rank, os.getpid(), mode, provider)
     try:
@@ -187,17 +226,67 @@ def serve(
         crypten.uninit()
 
 
-def _accept(listener: Listener) -> Connection:
+def _exit_unless_mpc_forms(rank: int, timeout: float) -> None:
+    """Exit if torch.distributed is not up ``timeout`` s after the handshake.
+
+    A rank that dies between the handshake and ``crypten.init()`` would leave the others
+    waiting in gloo's rendezvous (30 min by default); this bounds it by the start-up timeout.
+    """
+
+    def watch() -> None:
+        time.sleep(timeout)
+        dist = sys.modules.get("torch.distributed")  # no import: it may still be loading
+        if dist is None or not dist.is_initialized():
+            print(
+                f"smpc.party: error: rank {rank}: every rank passed the handshake but the MPC "
+                f"did not form within the start-up timeout of {timeout:g} s (a rank exited?)",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(3)
+
+    threading.Thread(target=watch, name="smpc-formation-watch", daemon=True).start()
+
+
+def _bind_gloo(rendezvous: str, interface: str | None) -> None:
+    """Pin gloo to one interface (``GLOO_SOCKET_IFNAME``) instead of the host name's address."""
+    if interface is None and os.environ.get("GLOO_SOCKET_IFNAME"):
+        return  # set explicitly by the operator
+    if interface is None:
+        address = handshake.rendezvous_address(rendezvous)
+        local = "127.0.0.1"
+        if address is not None:
+            local = process_guard.source_address_towards(*address) or address[0]
+        interface = process_guard.interface_for(local)
+        if interface is None:
+            log.warning(
+                "no interface holds %s: gloo binds where the host name resolves; pass "
+                "--gloo-interface (GLOO_SOCKET_IFNAME)",
+                local,
+            )
+            return
+    os.environ["GLOO_SOCKET_IFNAME"] = interface
+    log.info("gloo binds interface %s", interface)
+
+
+def _accept(listener: Listener, key: bytes) -> Connection:
     """Accept the first connection that authenticates; reachability probes (the
-    coordinator checks the port before connecting) and wrong keys are skipped."""
+    coordinator checks the port before connecting), silent peers and wrong keys are skipped."""
     while True:
         try:
-            return listener.accept()
-        except AuthenticationError:
-            log.warning("rejected a connection with a wrong authkey")
-            print("smpc.party: rejected a connection with a wrong authkey", file=sys.stderr)
-        except (EOFError, OSError):
+            conn = listener.accept()
+        except OSError:
             continue
+        try:
+            handshake.authenticate_party_side(conn, key)
+            return conn
+        except AuthenticationError as err:
+            peer = listener.last_accepted
+            log.warning("rejected a connection from %s: %s", peer, err)
+            print(f"smpc.party: rejected a connection from {peer}: {err}", file=sys.stderr)
+        except (EOFError, OSError, TimeoutError):
+            pass
+        conn.close()
 
 
 def _serve_dealer(crypten: Any, mode: str, seed: int | None) -> None:
@@ -483,17 +572,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default="secure", choices=["secure", "debug"])
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--precision-bits", type=int, default=16)
-    args = parser.parse_args(argv)
-    serve(
-        args.rank,
-        args.world_size,
-        args.rendezvous,
-        listen=args.listen,
-        provider=args.provider,
-        mode=args.mode,
-        seed=args.seed,
-        precision_bits=args.precision_bits,
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=120.0,
+        help="seconds for every rank to join the rendezvous handshake (default 120)",
     )
+    parser.add_argument(
+        "--gloo-interface",
+        default=None,
+        help="network interface for gloo (GLOO_SOCKET_IFNAME); default: the one that "
+        "reaches the rendezvous host",
+    )
+    args = parser.parse_args(argv)
+    if args.listen is not None and args.listen[0] in ("0.0.0.0", "::", ""):
+        print(
+            f"smpc.party: warning: --listen {args.listen[0]} accepts the coordinator on every "
+            "interface; prefer this host's address on the private network",
+            file=sys.stderr,
+        )
+    try:
+        serve(
+            args.rank,
+            args.world_size,
+            args.rendezvous,
+            listen=args.listen,
+            provider=args.provider,
+            mode=args.mode,
+            seed=args.seed,
+            precision_bits=args.precision_bits,
+            startup_timeout=args.startup_timeout,
+            gloo_interface=args.gloo_interface,
+        )
+    except (handshake.HandshakeError, ValueError) as err:
+        rank = args.rank if args.rank is not None else os.environ.get("RANK", "?")
+        print(f"smpc.party: error: rank {rank}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocesses in tests

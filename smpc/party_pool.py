@@ -29,21 +29,23 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from typing import Any
 
+from smpc import handshake, process_guard
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel, in_process_pair
 from smpc.framing import FrameError
-from smpc.shared_buffer import SharedBuffer, private_directory
+from smpc.shared_buffer import SharedBuffer, private_directory, shm_root
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
@@ -131,15 +133,28 @@ class PartyPool:
             if settings.start_method == "forkserver":
                 # Import CrypTen once in the fork server, so each party is a ~50 ms fork.
                 ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_compat"])
+            # Folders of coordinators that were SIGKILLed with all their parties.
+            process_guard.remove_stale_directories([None, shm_root()])
             if rendezvous is None:
-                pool._tmpdir = tempfile.mkdtemp(prefix="smpc-crypten-")
+                # file:// in a private 0700 folder: no other user can join the MPC.
+                pool._tmpdir = process_guard.owned_directory("smpc-crypten-")
                 rendezvous = "file://" + os.path.join(pool._tmpdir, "rendezvous")
             pool.rendezvous = rendezvous
+            if settings.transport == "shm":
+                pool._shm_dir = private_directory()
+            parent = multiprocessing.parent_process()
             options = {
                 "provider": settings.provider,
                 "mode": settings.mode,
                 "seed": settings.seed,
                 "precision_bits": settings.precision_bits,
+                "startup_timeout": startup_timeout,
+                # A tcp:// rendezvous runs the authenticated handshake with a fresh key.
+                "authkey": secrets.token_bytes(32),
+                # Parties die with this process (and with the process that started it,
+                # when it is a multiprocessing worker: sweep workers), removing its folders.
+                "parent_pids": [os.getpid()] + ([parent.pid] if parent and parent.pid else []),
+                "cleanup": [p for p in (pool._tmpdir, pool._shm_dir) if p],
             }
             for rank in range(settings.parties):
                 parent, child = ctx.Pipe(duplex=True)
@@ -167,8 +182,6 @@ class PartyPool:
                 with _main_without_phantom_file():
                     dealer.start()
                 pool.procs.append(dealer)
-            if settings.transport == "shm":
-                pool._shm_dir = private_directory()
             pool.buffers = [None] * settings.parties
             pool.await_ready(startup_timeout)
         except BaseException:
@@ -218,15 +231,25 @@ class PartyPool:
                     except OSError as err:
                         if time.monotonic() > deadline:
                             raise PartyError(
-                                f"{pool.names[rank]} is not reachable after "
-                                f"{startup_timeout:.0f} s ({err}); start it with `python -m "
+                                f"{pool.names[rank]} is not reachable within the start-up "
+                                f"timeout of {startup_timeout:g} s ({err}); start it with `python -m "
                                 f"smpc.party --rank {rank} --world-size {settings.parties} "
                                 "--rendezvous tcp://HOST:PORT --listen "
                                 f"{address[0]}:{address[1]}` (and the dealer, rank "
                                 f"{settings.parties})."
                             ) from err
                         time.sleep(0.2)
-                pool.channels.append(ConnectionChannel(Client(address, authkey=authkey)))
+                conn = Client(address)  # authenticated below, not by multiprocessing
+                pool.channels.append(ConnectionChannel(conn))
+                try:
+                    handshake.authenticate_coordinator_side(
+                        conn, authkey, max(1.0, deadline - time.monotonic())
+                    )
+                except (AuthenticationError, EOFError, OSError) as err:
+                    raise PartyError(
+                        f"{pool.names[rank]} did not authenticate ({err}); use the same "
+                        "SMPC_AUTHKEY on the coordinator and every party"
+                    ) from err
             pool.buffers = [None] * settings.parties
             pool.await_ready(startup_timeout)
         except BaseException:

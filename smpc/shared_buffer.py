@@ -22,10 +22,17 @@ import numpy as np
 _SHM_ROOT = "/dev/shm"
 
 
+def shm_root() -> str | None:
+    """``/dev/shm`` when present and writable, else None (the temp dir)."""
+    return _SHM_ROOT if os.path.isdir(_SHM_ROOT) and os.access(_SHM_ROOT, os.W_OK) else None
+
+
 def private_directory() -> str:
-    """A fresh 0700 directory in RAM (``/dev/shm`` when present, else the temp dir)."""
-    root = _SHM_ROOT if os.path.isdir(_SHM_ROOT) and os.access(_SHM_ROOT, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="smpc-shm-", dir=root)
+    """A fresh 0700 directory ``smpc-shm-<pid>-*`` in RAM (else in the temp dir)."""
+    root = shm_root()
+    # Named after this process, so a later start removes it if this process was killed
+    # before it (or its parties) could (smpc.process_guard.remove_stale_directories).
+    return tempfile.mkdtemp(prefix=f"smpc-shm-{os.getpid()}-", dir=root)
 
 
 class SharedBuffer:

@@ -99,3 +99,29 @@ def test_sweep_workers_opt_in_to_warm_parties(monkeypatch):
     )
     list(executor.run_local([({}, False), ({}, False)], workers=1))
     assert seen == [True, True] and not party_pool.keeping_warm()
+
+
+def test_folders_of_dead_coordinators_are_removed_at_the_next_start(tmp_path):
+    import subprocess
+    import sys
+
+    from smpc import process_guard
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    stale = tmp_path / f"smpc-crypten-{dead.pid}-abcd"
+    mine = tmp_path / f"smpc-shm-{os.getpid()}-abcd"
+    foreign = tmp_path / "smpc-shm-nopid"
+    for folder in (stale, mine, foreign):
+        folder.mkdir()
+    assert process_guard.remove_stale_directories([str(tmp_path)]) == [str(stale)]
+    assert not stale.exists() and mine.exists() and foreign.exists()
+
+
+def test_local_parties_watch_the_coordinator_and_name_their_folders_after_it():
+    with CryptenAggregator() as agg:
+        pool = agg._pool
+        folders = [pool._tmpdir, pool._shm_dir]
+        assert all(f"-{os.getpid()}-" in os.path.basename(f) for f in folders)
+        assert all(os.stat(f).st_mode & 0o777 == 0o700 for f in folders)
+    assert not any(os.path.exists(f) for f in folders)
