@@ -7,6 +7,7 @@ Workers compute and return a run's record; only the calling process writes the s
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -44,11 +45,14 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
 def _init_worker(threads: int, parent: dict[str, Any] | None = None) -> None:
     """Share the CPUs between workers; apply the parent's settings (fedsc.settings).
 
-    CrypTen parties stay warm across the worker's runs (reaped when the worker exits).
+    CrypTen parties stay warm across the worker's runs (reaped when the worker exits). A
+    worker exits as soon as the sweep that started it dies (no orphans after a SIGKILL).
     """
     from fedsc import settings
     from smpc.party_pool import keep_warm
+    from smpc.process_guard import die_with
 
+    die_with([os.getppid()])
     settings.init_worker(parent or {}, threads)
     keep_warm(True)
 
