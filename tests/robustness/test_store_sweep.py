@@ -31,9 +31,10 @@ def folder_hash(path: Path) -> str:
 def record(run_id: str, backend: str, seed: int, value: float) -> dict:
     row = {
         "run_id": run_id, "study": "s", "dataset": "pancreas", "method": "m",
-        "variant": backend, "backend": backend, "private": backend == "crypten", "seed": seed,
+        "variant": backend, "backend": backend, "private": backend == "crypten",
+        "privacy": "", "dp_epsilon": float("nan"), "dp_delta": float("nan"), "seed": seed,
         "embedding": "X_m", "panel": "scib", "metric": "total", "value": value,
-        "wall_time_s": 1.0, "ledger_bytes": 0,
+        "wall_time_s": 1.0, "ledger_bytes": 0, "observer": "", "chance": float("nan"),
     }  # fmt: skip
     assert list(row) == TIDY_COLUMNS
     return {"run_id": run_id, "status": "ok", "config": {"variant": backend}, "rows": [row]}
