@@ -474,6 +474,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fedsc`` argument parser (subcommands from the registries)."""
+
     def threads(text: str) -> int | str:
         if text.strip().lower() == "auto":
             return "auto"
@@ -520,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fedsc`` command line; return the exit code (2 for bad input)."""
     args = build_parser().parse_args(argv)
     from fedsc import settings
 

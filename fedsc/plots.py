@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 from fedsc.errors import FedscInputError
+from fedsc.results import varying_columns
 from fedsc.stats import COMPARE_COLUMNS
 
 __all__ = [
@@ -55,9 +56,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _varying(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
     """The columns among ``cols`` that take more than one value (at least the first one)."""
-    present = [c for c in cols if c in df.columns]
-    varying = [c for c in present if df[c].nunique(dropna=False) > 1]
-    return varying or present[:1]
+    return varying_columns(df, cols) or [c for c in cols if c in df.columns][:1]
 
 
 def _label(row: Sequence[Any]) -> str:

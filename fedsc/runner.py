@@ -74,6 +74,7 @@ def looks_like_counts(x: Any) -> bool:
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a run record lists."""
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

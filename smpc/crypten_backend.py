@@ -278,10 +278,12 @@ class CryptenAggregator(Aggregator):
         return PartyPool.connect(settings, addresses, key, startup_timeout)
 
     # ----------------------------------------------------------------- properties
+    @override
     @property
     def private(self) -> bool:
         return self.mode == "secure"
 
+    @override
     @property
     def privacy_note(self) -> str:
         if self.mode == "debug":

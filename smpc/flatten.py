@@ -35,6 +35,7 @@ class Spec:
 
     @property
     def size(self) -> int:
+        """Number of scalar values in one flattened contribution."""
         return int(sum(int(np.prod(leaf.shape)) for leaf in self.leaves))
 
     def unflatten(self, flat: np.ndarray) -> Any:

@@ -270,8 +270,11 @@ def _bind_gloo(rendezvous: str, interface: str | None) -> None:
 
 
 def _accept(listener: Listener, key: bytes) -> Connection:
-    """Accept the first connection that authenticates; reachability probes (the
-    coordinator checks the port before connecting), silent peers and wrong keys are skipped."""
+    """Accept the first connection that authenticates.
+
+    Reachability probes (the coordinator checks the port before connecting), silent peers
+    and wrong keys are skipped.
+    """
     while True:
         try:
             conn = listener.accept()

@@ -18,10 +18,12 @@ class PlaintextAggregator(Aggregator):
 
     name = "plaintext"
 
+    @override
     @property
     def private(self) -> bool:
         return False
 
+    @override
     @property
     def privacy_note(self) -> str:
         return "not private: the coordinator receives every client's plaintext contribution"

@@ -38,6 +38,7 @@ class Client:
 
     @property
     def n_obs(self) -> int:
+        """Number of cells of this client."""
         return int(self.adata.n_obs)
 
 

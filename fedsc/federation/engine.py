@@ -68,7 +68,9 @@ class BatchedFederatedMethod(FederatedMethod, Protocol):
         global_state: State,
         round_index: int,
         generators: Sequence[torch.Generator],
-    ) -> list[LocalResult]: ...
+    ) -> list[LocalResult]:
+        """Train ``clients`` from ``global_state``; one result per client, in order."""
+        ...
 
 
 @dataclass

@@ -190,6 +190,7 @@ class FedScGenMethod:
         return len(self.splits[client][0])
 
     def initial_state(self) -> State:
+        """The global VAE state before round 0 (:class:`FederatedMethod`)."""
         return {k: v.clone() for k, v in self._initial.items()}
 
     def local_update(
@@ -483,7 +484,9 @@ def run_fedscgen(
     """
     config = FedScGenConfig() if config is None else config
     if isinstance(aggregator, str):
-        with smpc.make_aggregator(aggregator) as agg:
+        from fedsc.backend import aggregator_for
+
+        with aggregator_for(aggregator) as agg:
             return run_fedscgen(
                 adata,
                 batch_key=batch_key,

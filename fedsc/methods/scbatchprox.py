@@ -109,6 +109,7 @@ class ScBatchProxConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (run records, ``adata.uns``)."""
         return asdict(self)
 
 
@@ -128,6 +129,7 @@ class FiLMAdapter:
 
     @property
     def dim(self) -> int:
+        """Embedding dimension d of the tables."""
         return int(self.gamma.shape[1])
 
     def rows(self, batch_labels: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -224,6 +226,7 @@ class ScBatchProxFederation:
         self.scale = [float(np.mean(np.sum(zc * zc, axis=1))) for zc in self.train_z]
 
     def initial_state(self) -> State:
+        """The global tables before round 0 (:class:`FederatedMethod`)."""
         if self.secure_rows:
             return {}  # the coordinator holds no rows
         return {
@@ -243,6 +246,7 @@ class ScBatchProxFederation:
     def local_update(
         self, client: int, global_state: State, round_index: int, generator: torch.Generator
     ) -> LocalResult:
+        """One client's local epochs from the broadcast tables (:class:`FederatedMethod`)."""
         return self.local_updates([client], global_state, round_index, [generator])[0]
 
     def _minibatch_sums(

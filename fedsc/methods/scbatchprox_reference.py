@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from fedsc.federation import LocalResult, State
 from fedsc.methods.scbatchprox import ScBatchProxFederation, epoch_batches
@@ -17,6 +18,7 @@ from fedsc.methods.scbatchprox import ScBatchProxFederation, epoch_batches
 class ReferenceScBatchProxFederation(ScBatchProxFederation):
     """Same method, local update by autograd, one client at a time (no batching)."""
 
+    @override
     def local_update(
         self, client: int, global_state: State, round_index: int, generator: torch.Generator
     ) -> LocalResult:

@@ -1,12 +1,14 @@
 """A study: datasets x methods x variants x seeds, read from YAML, expanded into runs.
 
-Example::
+An example study file::
 
     study: privacy_ablation
     datasets: [pancreas]
     seeds: [42, 123, 456]
     defaults: {batch_key: batch, label_key: cell_type}
-    methods:
+
+Methods
+-------
       scbatchprox:
         settings: {upstream: pca}
         variants:
