@@ -21,6 +21,7 @@ import pytest
 from smpc import handshake
 from smpc.channel import ConnectionChannel
 from smpc.handshake import HandshakeError, Hello
+from smpc.messages import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,7 +40,9 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _hello(rank: int, world_size: int = 3, **changes) -> Hello:
-    fields = dict(rank=rank, world_size=world_size, protocol=2, provider="TTP", mode="secure")
+    fields = dict(
+        rank=rank, world_size=world_size, protocol=PROTOCOL_VERSION, provider="TTP", mode="secure"
+    )
     return Hello(**{**fields, "precision_bits": 16, "pid": 1000 + rank, **changes})
 
 
@@ -100,7 +103,7 @@ def test_duplicate_rank_is_refused_naming_it():
     [
         ({"world_size": 4}, "runs with world_size 4 (rank 0 has 3)"),
         ({"precision_bits": 20}, "runs with precision_bits 20 (rank 0 has 16)"),
-        ({"protocol": 1}, "runs with protocol 1 (rank 0 has 2)"),
+        ({"protocol": 1}, f"runs with protocol 1 (rank 0 has {PROTOCOL_VERSION})"),
     ],
 )
 def test_a_mismatch_aborts_every_rank_with_the_reason(change, expected):
