@@ -3,7 +3,7 @@
 FedscGen's correction reveals, for every shared cell type t, the index of the dominant
 client (the one with the most cells of t), that client's cell count of t and its mean
 latent M_t (the posterior mean averaged over its cells of t); every client needs M_t
-by design of the method (REFERENCE.md section 7). Anyone holding the global model decodes
+by design of the method (docs/privacy.md). Anyone holding the global model decodes
 M_t into an expression profile: :func:`revealed_profile_attack` measures how close that
 profile is to the dominant client's true mean (log-normalised) expression of t, by the
 Pearson correlation over genes.
