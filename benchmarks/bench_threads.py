@@ -150,6 +150,10 @@ def main() -> None:
     modes = MODES[:1] if args.skip_defaults else MODES
     ratios: dict[str, tuple[float, float]] = {}
     checksums: dict[str, tuple[float, int]] = {}
+    # The first child of a fresh machine pays one-off costs (page cache, compile caches):
+    # run it once and discard it, so no mode is measured cold.
+    warm = _measure(modes[0], args, 0)
+    print(f"  warm-up run (discarded): {warm['seconds']:.1f} s wall")
     for mode in modes:
         alone = _measure(mode, args, 0)
         busy = _measure(mode, args, args.busy)
