@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-import torch
+from _tiny_data import pancreas_subset
 
 import fedsc.tl
 from fedsc.data.input_kind import EXPRESSION_MAX, check_input_kind, detect_input_kind
@@ -27,22 +27,8 @@ from fedsc.runner import execute_run, looks_like_counts, prepare_expression
 TINY = {"hidden": (16,), "latent": 4, "batch_size": 8, "rounds": 1, "local_epochs": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _counts():
-    a = pancreas()
-    keep = np.concatenate(
-        [np.flatnonzero(a.obs["batch"].to_numpy() == b)[:30] for b in sorted(set(a.obs["batch"]))]
-    )
-    a = a[keep, :200].copy()
-    a.X = sp.csr_matrix(a.X.toarray())
-    return a
+    return pancreas_subset()
 
 
 def _lognorm():

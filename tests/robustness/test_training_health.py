@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-import torch
+from _tiny_data import pancreas_subset
 
 import fedsc.tl
 from fedsc.cli import main
-from fedsc.datasets import pancreas
 from fedsc.errors import FedscInputError
 from fedsc.methods.health import TrainingDivergedError, relative_movement
 from fedsc.run_config import RunConfig
@@ -28,21 +27,8 @@ from fedsc.runner import execute_run, run_health
 TINY = {"hidden": (16,), "latent": 4, "batch_size": 8, "rounds": 2, "local_epochs": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _subset():
-    a = pancreas()
-    keep = np.concatenate(
-        [np.flatnonzero(a.obs["batch"].to_numpy() == b)[:30] for b in sorted(set(a.obs["batch"]))]
-    )
-    a = a[keep, :200].copy()
-    a.X = sp.csr_matrix(a.X.toarray())
+    a = pancreas_subset()
     a.obsm["X_pca"] = a.obsm["X_pca"][:, :10].copy()
     return a
 
