@@ -441,12 +441,14 @@ def configure_logging(verbosity: int | None = None, stream: Any = None) -> loggi
 
 @contextmanager
 def logging_to_stderr(verbosity: int | None = None) -> Iterator[logging.Handler]:
-    """:func:`configure_logging` for a block; the loggers' previous state is restored."""
+    """:func:`configure_logging` for a block; the loggers' state and the setting are restored."""
     names = (*_LOGGERS, "fedsc.progress")
     before = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names}
+    verbosity_before = _values["verbosity"]
     try:
         yield configure_logging(verbosity)
     finally:
+        _values["verbosity"] = verbosity_before
         for n, (level, handlers) in before.items():
             lg = logging.getLogger(n)
             lg.setLevel(level)

@@ -187,6 +187,7 @@ def test_cli_verbosity_and_threads(capsys, tmp_path, monkeypatch):
 
 
 def test_configure_logging_levels(capsys):
+    verbosity_before = settings.snapshot()["verbosity"]
     with settings.logging_to_stderr(0):
         logging.getLogger("fedsc.sweep").info("hidden")
         logging.getLogger("fedsc.progress").info("progress line")
@@ -197,6 +198,8 @@ def test_configure_logging_levels(capsys):
     assert "hidden" not in err and "progress line" in err and "shown" in err
     assert "DEBUG fedsc.methods.vae: debug line" in err
     assert logging.getLogger("fedsc").handlers == []
+    # the block's verbosity does not outlive it (a later CLI call without -v stays quiet)
+    assert settings.snapshot()["verbosity"] == verbosity_before
 
 
 def test_sweep_pool_workers_share_the_cpus_and_wait_passively(monkeypatch):
