@@ -9,7 +9,7 @@ given (so through the secure backend and any mechanisms, and into the ledger).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from typing_extensions import override
 
@@ -81,14 +81,24 @@ class Strategy:
                 )
         if not names:
             return {}
-        mean = aggregator.weighted_mean(
-            [{k: float(res.metrics[k]) for k in names} for res in results], weights
-        )
+        mean = aggregator.weighted_mean([_metric_values(res, names) for res in results], weights)
         return {k: float(mean[k]) for k in names}
 
     def describe(self) -> dict[str, object]:
         """Name and parameters, for run records."""
         return {"name": self.name}
+
+
+def _metric_values(result: LocalResult, names: Sequence[str]) -> Any:
+    """A client's metrics ``names`` as an aggregator contribution.
+
+    Metrics kept at a deployed site (:class:`fedsc.deploy.remote.RemoteMetrics`) give
+    a reference the deployed aggregator resolves; local ones their float values.
+    """
+    select = getattr(result.metrics, "select", None)
+    if select is not None:
+        return select(names)
+    return {k: float(result.metrics[k]) for k in names}
 
 
 class FedAvg(Strategy):

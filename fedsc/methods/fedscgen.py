@@ -72,10 +72,12 @@ from fedsc.methods.vae import (
 
 __all__ = [
     "CorrectionResult",
+    "CorrectionSite",
     "FedScGenConfig",
     "FedScGenMethod",
     "FedScGenResult",
     "correct",
+    "dominant_means",
     "model_from_state",
     "run_fedscgen",
 ]
@@ -290,6 +292,97 @@ REVEALED = [
 ]
 
 
+class CorrectionSite:
+    """One client's side of the correction (steps a, b-d inputs, e); all work is local.
+
+    Parameters
+    ----------
+    model
+        The trained global VAE.
+    x
+        The client's log-normalised expression (cells x genes).
+    labels
+        The client's cell types.
+    vocabulary
+        Agreed cell-type name -> column.
+    """
+
+    def __init__(
+        self, model: VAE, x: torch.Tensor, labels: np.ndarray, vocabulary: Mapping[str, int]
+    ) -> None:
+        self.model = model
+        # a. encode (posterior mean) and count cells per type
+        self.latent = encode_mean(model, x).to(torch.float64).numpy()
+        self.code = np.fromiter((vocabulary[t] for t in labels), dtype=np.int64, count=len(labels))
+        self.counts = np.bincount(self.code, minlength=len(vocabulary)).astype(np.float64)
+
+    def presence(self) -> np.ndarray:
+        """b. 0/1 per type: does this client hold the type."""
+        return (self.counts > 0).astype(np.float64)
+
+    def shared_counts(self, shared: np.ndarray) -> np.ndarray:
+        """c. This client's cell count of each shared type (argmax input)."""
+        return self.counts[np.asarray(shared, dtype=np.int64)]
+
+    def contribution(
+        self, shared: np.ndarray, winners: np.ndarray, position: int
+    ) -> dict[str, np.ndarray]:
+        """d. Latent sum and count of the types this client dominates; zeros elsewhere."""
+        shared = np.asarray(shared, dtype=np.int64)
+        lsum = np.zeros((len(shared), self.latent.shape[1]))
+        cnt = np.zeros(len(shared))
+        for j in np.flatnonzero(np.asarray(winners) == position):
+            lsum[j] = self.latent[self.code == shared[j]].sum(axis=0)
+            cnt[j] = self.counts[shared[j]]
+        return {"latent_sum": lsum, "count": cnt}
+
+    def corrected(self, shared: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """e. Shift own cells of shared types to ``means``; decode. Returns float32 arrays."""
+        shifted = self.latent.copy()
+        for s, t in enumerate(np.asarray(shared, dtype=np.int64).tolist()):
+            rows = self.code == t
+            if rows.any():
+                shifted[rows] = self.latent[rows] - self.latent[rows].mean(axis=0) + means[s]
+        z32 = shifted.astype(np.float32)
+        return z32, decode(self.model, torch.from_numpy(z32)).numpy()
+
+
+def dominant_means(
+    sites: Sequence[Any], aggregator: smpc.Aggregator, n_latent: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps b-d over ``sites`` (in client order): what every client needs to correct.
+
+    ``sites`` are :class:`CorrectionSite` objects, or stand-ins whose step methods return
+    what the aggregator accepts (a deployment's references to values kept at the sites);
+    only the aggregator's outputs are read here.
+
+    Returns
+    -------
+    (clients holding each type, shared type columns, dominant client per shared type,
+    the dominant client's mean latent per shared type).
+    """
+    ledger = aggregator.ledger
+    # b. number of clients per type (only that is revealed)
+    with ledger.scope(None, "correction/presence"):
+        n_clients = np.rint(np.asarray(aggregator.sum([s.presence() for s in sites])))
+    shared = np.flatnonzero(n_clients >= 2)
+    means = np.zeros((len(shared), n_latent))
+    winners = np.zeros(0, dtype=np.int64)
+    if len(shared):
+        # c. dominant client per shared type (only the winner's index is revealed)
+        with ledger.scope(None, "correction/dominant"):
+            winners = np.asarray(
+                aggregator.argmax([s.shared_counts(shared) for s in sites]), dtype=np.int64
+            )
+        # d. mean latent of the dominant client's cells, by a sum that is zero elsewhere
+        with ledger.scope(None, "correction/mean_latent"):
+            total = aggregator.sum(
+                [s.contribution(shared, winners, pos) for pos, s in enumerate(sites)]
+            )
+        means = np.asarray(total["latent_sum"]) / np.asarray(total["count"])[:, None]
+    return n_clients, shared, winners, means
+
+
 def correct(
     model: VAE,
     clients: Sequence[Client],
@@ -349,52 +442,17 @@ def correct(
                     "vocabulary; add them to label_vocabulary= or relabel them."
                 )
     col = {t: i for i, t in enumerate(vocab)}
-
-    # a. local: encode (posterior mean) and count cells per type
-    latents, codes, counts = [], [], []
-    for c, lab in zip(clients, labels, strict=True):
-        x = as_tensor(get_representation(c.adata, layer=layer))
-        latents.append(encode_mean(model, x).to(torch.float64).numpy())
-        code = np.fromiter((col[t] for t in lab), dtype=np.int64, count=len(lab))
-        codes.append(code)
-        counts.append(np.bincount(code, minlength=len(vocab)).astype(np.float64))
-
-    ledger = aggregator.ledger
-    # b. number of clients per type (only that is revealed)
-    with ledger.scope(None, "correction/presence"):
-        n_clients = np.rint(aggregator.sum([(k > 0).astype(np.float64) for k in counts]))
-    shared = np.flatnonzero(n_clients >= 2)
-    # c. dominant client per shared type (only the winner's index is revealed)
-    means = np.zeros((len(shared), model.config.latent))
-    winners = np.zeros(0, dtype=np.int64)
-    if len(shared):
-        with ledger.scope(None, "correction/dominant"):
-            winners = np.asarray(aggregator.argmax([k[shared] for k in counts]), dtype=np.int64)
-        # d. mean latent of the dominant client's cells, by a sum that is zero elsewhere
-        contributions = []
-        for pos, (z, code, k) in enumerate(zip(latents, codes, counts, strict=True)):
-            lsum = np.zeros((len(shared), z.shape[1]))
-            cnt = np.zeros(len(shared))
-            for j in np.flatnonzero(winners == pos):
-                lsum[j] = z[code == shared[j]].sum(axis=0)
-                cnt[j] = k[shared[j]]
-            contributions.append({"latent_sum": lsum, "count": cnt})
-        with ledger.scope(None, "correction/mean_latent"):
-            total = aggregator.sum(contributions)
-        means = np.asarray(total["latent_sum"]) / np.asarray(total["count"])[:, None]
+    sites = [
+        CorrectionSite(model, as_tensor(get_representation(c.adata, layer=layer)), lab, col)
+        for c, lab in zip(clients, labels, strict=True)
+    ]
+    n_clients, shared, winners, means = dominant_means(sites, aggregator, model.config.latent)
 
     # e. local: shift own cells of shared types, decode everything
     latent = np.empty((n_total, model.config.latent), dtype=np.float32)
     expression = np.empty((n_total, model.n_genes), dtype=np.float32)
-    for c, z, code in zip(clients, latents, codes, strict=True):
-        shifted = z.copy()
-        for s, t in enumerate(shared.tolist()):
-            rows = code == t
-            if rows.any():
-                shifted[rows] = z[rows] - z[rows].mean(axis=0) + means[s]
-        z32 = shifted.astype(np.float32)
-        latent[c.obs_indices] = z32
-        expression[c.obs_indices] = decode(model, torch.from_numpy(z32)).numpy()
+    for c, site in zip(clients, sites, strict=True):
+        latent[c.obs_indices], expression[c.obs_indices] = site.corrected(shared, means)
 
     shared_names = [vocab[t] for t in shared]
     return CorrectionResult(

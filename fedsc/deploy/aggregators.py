@@ -1,0 +1,83 @@
+"""Deployed aggregators: the smpc interface over values that stay at the sites.
+
+Each takes :class:`~fedsc.deploy.remote.RemoteValue` references where a simulated
+aggregator takes the clients' values, and gets the aggregate through one transport:
+
+* :class:`DeployedPlaintext`: the sites send their values; the coordinator aggregates them
+  with smpc's plaintext backend (so results, and ledger entries, are those of simulation);
+* :class:`DeployedSecAggPlus` (:mod:`fedsc.deploy.secagg`): Flower's SecAgg+ workflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from typing_extensions import override
+
+from fedsc.deploy.fleet import Fleet
+from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
+from fedsc.deploy.site import arrays_to_value
+from smpc.plaintext import PlaintextAggregator
+
+
+def ask_values(fleet: Fleet, values: Sequence[RemoteValue], transport: str) -> dict[str, Any]:
+    """Send each reference's step to its site (one per site); replies by site."""
+    sites = [v.site for v in values]
+    if len(set(sites)) != len(sites):
+        raise ValueError(f"one aggregation asks a site twice: {sites}.")
+    return fleet.ask(
+        {v.site: (v.step, {**v.params, "transport": transport}, v.arrays) for v in values}
+    )
+
+
+class DeployedPlaintext(PlaintextAggregator):
+    """Plaintext over a deployment: every site's value reaches the coordinator (not private)."""
+
+    name = "plaintext"
+
+    def __init__(self, fleet: Fleet) -> None:
+        super().__init__()
+        self.fleet = fleet
+
+    @property
+    def privacy_note(self) -> str:
+        """What the coordinator receives."""
+        return (
+            "not private: the coordinator receives every site's plaintext contribution "
+            "(deployed; cells stay at the sites)"
+        )
+
+    def _resolve(self, values: Sequence[Any]) -> list[Any]:
+        if not is_remote(values):
+            return list(values)
+        replies = ask_values(self.fleet, values, "plaintext")
+        out = []
+        for v in values:
+            arrays, bare = self.fleet.value(replies[v.site])
+            value = arrays_to_value(arrays, bare)
+            if v.torch:
+                value = {k: torch.from_numpy(a.copy()) for k, a in value.items()}
+            elif v.scalars:
+                value = as_float_metrics(value)
+            out.append(value)
+        return out
+
+    @override
+    def weighted_mean(
+        self, contributions: Sequence[Any], weights: Sequence[float], *, reference: Any = None
+    ) -> Any:
+        return super().weighted_mean(self._resolve(contributions), weights, reference=reference)
+
+    @override
+    def sum(self, contributions: Sequence[Any], *, reference: Any = None) -> Any:
+        return super().sum(self._resolve(contributions), reference=reference)
+
+    @override
+    def argmax(self, columns: Sequence[Any]) -> Any:
+        return super().argmax(self._resolve(columns))
+
+    @override
+    def gather(self, contributions: Sequence[Any], *, reference: Any = None) -> list[Any]:
+        return super().gather(self._resolve(contributions), reference=reference)

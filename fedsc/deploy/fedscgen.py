@@ -1,0 +1,364 @@
+"""FedscGen deployed: the sites' steps and the coordinator's driver.
+
+No second implementation: a site trains with :class:`fedsc.methods.fedscgen.FedScGenMethod`
+(its own cells only) and corrects with :class:`~fedsc.methods.fedscgen.CorrectionSite`;
+the coordinator runs :func:`fedsc.federation.run_federation` (same strategies) and
+:func:`~fedsc.methods.fedscgen.dominant_means`, with :class:`~fedsc.deploy.remote.RemoteValue`
+references where simulation holds the clients' values. Client ``i`` is the ``i``-th
+training site in sorted (or ``client_order``) order, then the held-out sites, exactly as
+:func:`fedsc.data.split_clients` numbers the batches of one AnnData, so a deployment at a
+seed reproduces the simulation at that seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import smpc
+from fedsc.data.validate import get_representation
+from fedsc.deploy.remote import RemoteMetrics, RemoteValue
+from fedsc.deploy.site import Site, register_step
+from fedsc.errors import FedscInputError
+from fedsc.federation import LocalResult, State, run_federation
+from fedsc.federation.seeding import client_generators
+from fedsc.methods.fedscgen import (
+    CorrectionSite,
+    FedScGenConfig,
+    FedScGenMethod,
+    dominant_means,
+    model_from_state,
+)
+from fedsc.methods.vae import (
+    INIT,
+    SPLIT,
+    VAE,
+    as_tensor,
+    derive_generator,
+    split_train_validation,
+    torch_threads,
+)
+
+#: Metrics a FedscGen client reports per round (without DP-SGD).
+METRICS = ("train_loss", "val_loss")
+_MODEL = "fedscgen/model"
+
+
+def _config(params: Mapping[str, Any]) -> FedScGenConfig:
+    return FedScGenConfig(**params["config"])
+
+
+def _state(arrays: Mapping[str, np.ndarray]) -> State:
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+
+
+def _expression(site: Site, params: Mapping[str, Any]) -> torch.Tensor:
+    return as_tensor(get_representation(site.adata, layer=params.get("layer")))
+
+
+# ----------------------------------------------------------------------------- site steps
+@register_step("fedscgen/update")
+def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> State:
+    """Local training from the global state (``arrays``) for round ``params["round"]``."""
+    config = _config(params)
+    index, r, seed = int(params["index"]), int(params["round"]), int(params["seed"])
+    with torch_threads(config.num_threads):
+        method = FedScGenMethod(
+            {index: _expression(site, params)}, config, seed, {index: site.name or str(index)}
+        )
+        result = method.local_update(
+            index, _state(arrays), r, client_generators(seed, r, [index])[0]
+        )
+    site.state[f"fedscgen/metrics/{r}"] = {
+        k: np.asarray(v, dtype=np.float64) for k, v in result.metrics.items()
+    }
+    return result.state
+
+
+@register_step("fedscgen/metrics")
+def site_metrics(
+    site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The metrics of the site's update of round ``params["round"]``."""
+    key = f"fedscgen/metrics/{int(params['round'])}"
+    if key not in site.state:
+        raise FedscInputError(f"no update of round {params['round']} was trained at this site.")
+    return {k: site.state[key][k] for k in params["names"]}
+
+
+def _correction_site(
+    site: Site, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+) -> CorrectionSite:
+    if arrays:
+        site.state[_MODEL] = {k: np.asarray(v) for k, v in arrays.items()}
+    if _MODEL not in site.state:
+        raise FedscInputError("the coordinator has not sent the trained model to this site yet.")
+    config = _config(params)
+    x = _expression(site, params)
+    model = model_from_state(_state(site.state[_MODEL]), int(x.shape[1]), config)
+    vocab = [str(v) for v in params["vocabulary"]]
+    labels = site.adata.obs[params["label_key"]].astype(str).to_numpy()
+    unknown = sorted(set(labels) - set(vocab))
+    if unknown:
+        raise FedscInputError(
+            f"this site has cell types {unknown} outside the agreed vocabulary; add them to "
+            "label_vocabulary or relabel them."
+        )
+    with torch_threads(config.num_threads):
+        return CorrectionSite(model, x, labels, {t: i for i, t in enumerate(vocab)})
+
+
+@register_step("fedscgen/presence")
+def site_presence(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Correction step b (receives and keeps the trained model)."""
+    return _correction_site(site, params, arrays).presence()
+
+
+@register_step("fedscgen/shared_counts")
+def site_shared_counts(
+    site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Correction step c: counts of the shared types (argmax input)."""
+    return _correction_site(site, params, {}).shared_counts(np.asarray(params["shared"]))
+
+
+@register_step("fedscgen/contribution")
+def site_contribution(
+    site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Correction step d: latent sums of the types this site dominates."""
+    corr = _correction_site(site, params, {})
+    return corr.contribution(
+        np.asarray(params["shared"]), np.asarray(params["winners"]), int(params["position"])
+    )
+
+
+@register_step("fedscgen/apply", public=True)
+def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Correction step e: shift and decode; write ``<out_dir>/<site>.h5ad`` at the site."""
+    corr = _correction_site(site, params, {})
+    config = _config(params)
+    with torch_threads(config.num_threads):
+        latent, expression = corr.corrected(np.asarray(params["shared"]), arrays["means"])
+    out = site.adata.copy()
+    key = str(params.get("key_added", "fedscgen"))
+    out.obsm[f"X_{key}"] = latent
+    out.layers[key] = expression
+    name = site.site_name(str(params["batch_key"]))
+    out_dir = Path(site.out_dir or ".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.h5ad"
+    out.write_h5ad(path)
+    return {"path": str(path), "n_obs": int(out.n_obs)}
+
+
+# ----------------------------------------------------------------------------- coordinator
+@dataclass
+class RemoteFedScGen:
+    """The coordinator's stand-in for :class:`FedScGenMethod` (a ``FederatedMethod``)."""
+
+    names: Mapping[int, str]
+    params: Mapping[str, Any]
+    initial: State
+
+    def initial_state(self) -> State:
+        """The global VAE state before round 0 (same seed, same weights as simulation)."""
+        return {k: v.clone() for k, v in self.initial.items()}
+
+    def local_update(
+        self, client: int, global_state: State, round_index: int, generator: torch.Generator
+    ) -> LocalResult:
+        """A reference to the site's update; trained when the aggregator asks for it."""
+        site = self.names[client]
+        params = {**self.params, "index": client, "round": round_index}
+        state = RemoteValue(site, "fedscgen/update", params, global_state, torch=True)
+        metrics = RemoteMetrics(site, "fedscgen/metrics", METRICS, {"round": round_index})
+        weight = float(self.params["n_train"][site])
+        return LocalResult(state, weight, metrics)  # type: ignore[arg-type]
+
+
+@dataclass
+class RemoteCorrectionSite:
+    """The coordinator's stand-in for one site's :class:`CorrectionSite`."""
+
+    site: str
+    params: Mapping[str, Any]
+    model: State | None = None
+
+    def presence(self) -> RemoteValue:
+        """Step b at the site (the request carries the trained model)."""
+        return RemoteValue(self.site, "fedscgen/presence", self.params, self.model)
+
+    def shared_counts(self, shared: np.ndarray) -> RemoteValue:
+        """Step c at the site."""
+        return RemoteValue(
+            self.site, "fedscgen/shared_counts", {**self.params, "shared": _ints(shared)}
+        )
+
+    def contribution(self, shared: np.ndarray, winners: np.ndarray, position: int) -> RemoteValue:
+        """Step d at the site."""
+        params = {
+            **self.params,
+            "shared": _ints(shared),
+            "winners": _ints(winners),
+            "position": position,
+        }
+        return RemoteValue(self.site, "fedscgen/contribution", params)
+
+
+def _ints(values: Any) -> list[int]:
+    return [int(v) for v in np.asarray(values).tolist()]
+
+
+def site_order(
+    hello: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """(training sites, held-out sites) in client-index order, as split_clients numbers them."""
+    names = sorted(hello)
+    order = [str(o) for o in params.get("client_order") or names]
+    if sorted(order) != names:
+        raise FedscInputError(f"client_order {order} must list every site {names} exactly once.")
+    holdout = [str(h) for h in params.get("holdout") or []]
+    unknown = sorted(set(holdout) - set(names))
+    if unknown:
+        raise FedscInputError(f"held-out site(s) {unknown} are not connected; sites: {names}.")
+    train = [n for n in order if n not in holdout]
+    if not train:
+        raise FedscInputError("every site is held out: at least one site must train.")
+    return train, [n for n in order if n in holdout]
+
+
+def check_deployable(config: FedScGenConfig) -> None:
+    """Refuse settings the deployment does not support yet, naming the fix."""
+    if config.dp is not None:
+        raise FedscInputError(
+            "differential privacy is not available in deployment yet (its mechanisms run in "
+            "the coordinator's process in simulation); run DP studies with `fedsc run`."
+        )
+    if config.keep_optimizer_state:
+        raise FedscInputError(
+            "keep_optimizer_state=True needs each site to keep its Adam moments between "
+            "rounds, which deployed sites do not yet do; use the default (fresh Adam)."
+        )
+
+
+def run(
+    hello: Mapping[str, Mapping[str, Any]],
+    aggregator: smpc.Aggregator,
+    apply: Any,
+    params: Mapping[str, Any],
+    *,
+    strategy: Any = None,
+) -> dict[str, Any]:
+    """Train and correct over the connected sites; returns the run's public record.
+
+    Parameters
+    ----------
+    hello
+        Each site's public facts (step ``hello``), by site name.
+    aggregator
+        A deployed aggregator (:mod:`fedsc.deploy.aggregators`).
+    apply
+        ``apply({site: (step, params, arrays)}) -> {site: public reply}``: runs a public
+        step at the sites (the final correction, which writes each site's output).
+    params
+        ``config`` (FedScGenConfig fields), ``seed``, ``batch_key``, ``label_key``, ``layer``,
+        ``holdout``, ``client_order``, ``label_vocabulary``, ``key_added``.
+    """
+    config = _config(params)
+    check_deployable(config)
+    digests = {h["genes"] for h in hello.values()}
+    if len(digests) != 1:
+        raise FedscInputError(
+            "the sites measure different genes (or in a different order): "
+            f"{ {s: h['genes'] for s, h in hello.items()} }; agree on one gene list first "
+            "(docs/deployment.md, federated preprocessing)."
+        )
+    train, held = site_order(hello, params)
+    names = {i: n for i, n in enumerate(train + held)}
+    seed = int(params["seed"])
+    n_genes = int(next(iter(hello.values()))["n_vars"])
+    n_train = {
+        n: len(
+            split_train_validation(
+                int(hello[n]["n_obs"]), config.validation_fraction, derive_generator(seed, SPLIT, i)
+            )[0]
+        )
+        for i, n in names.items()
+        if n in train
+    }
+    small = {n: k for n, k in n_train.items() if k < config.batch_size}
+    if small:
+        raise FedscInputError(
+            f"sites {sorted(small)} have fewer training cells ({small}) than one minibatch "
+            f"(batch_size={config.batch_size}); lower batch_size or hold them out."
+        )
+    base = {
+        "config": config.to_dict(),
+        "seed": seed,
+        "batch_key": params["batch_key"],
+        "label_key": params["label_key"],
+        "layer": params.get("layer"),
+    }
+    with torch_threads(config.num_threads):
+        model = VAE(n_genes, config, derive_generator(seed, INIT))
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        method = RemoteFedScGen(names, {**base, "n_train": n_train}, initial)
+        fed = run_federation(
+            method,
+            list(range(len(train))),
+            aggregator,
+            rounds=config.rounds,
+            seed=seed,
+            show_progress=False,
+            description="FedscGen rounds (deployed)",
+            strategy=strategy,
+        )
+    vocabulary = params.get("label_vocabulary") or sorted(
+        set().union(*(set(h["labels"]) for h in hello.values()))
+    )
+    corr_params = {**base, "vocabulary": list(vocabulary)}
+    final = {k: v.detach().clone() for k, v in fed.state.items()}
+    sites = [RemoteCorrectionSite(names[i], corr_params, final) for i in range(len(names))]
+    n_clients, shared, winners, means = dominant_means(sites, aggregator, config.latent)
+    written = apply(
+        {
+            names[i]: (
+                "fedscgen/apply",
+                {
+                    **corr_params,
+                    "shared": _ints(shared),
+                    "key_added": params.get("key_added", "fedscgen"),
+                },
+                {"means": np.asarray(means, dtype=np.float64)},
+            )
+            for i in range(len(names))
+        }
+    )
+    shared_names = [vocabulary[t] for t in shared]
+    return {
+        "history": fed.history,
+        "clients": [
+            {
+                "name": names[i],
+                "index": i,
+                "held_out": names[i] in held,
+                "n_cells": int(hello[names[i]]["n_obs"]),
+                "n_train": n_train.get(names[i], 0),
+            }
+            for i in range(len(names))
+        ],
+        "correction": {
+            "vocabulary": list(vocabulary),
+            "n_clients_per_type": {t: int(n) for t, n in zip(vocabulary, n_clients, strict=True)},
+            "shared_types": shared_names,
+            "dominant": {t: names[int(w)] for t, w in zip(shared_names, winners, strict=True)},
+        },
+        "outputs": written,
+        "seconds_training": fed.seconds,
+    }

@@ -1,0 +1,231 @@
+"""A whole deployment on this machine: one SuperLink and one SuperNode per site file.
+
+For tests, benchmarks and trying a deployment out (``fedsc deploy local``). Everything
+listens on 127.0.0.1 (insecure HTTP: no TLS, no node authentication; docs/deployment.md
+shows a real 3-site setup). The run itself is submitted with Flower's ``flwr run``; the
+ServerApp writes ``run.json``/``ledger.json`` to ``out_dir`` and each site writes its
+corrected data to its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+
+from fedsc.deploy.fleet import DeploymentError
+
+#: The Flower app folder ``flwr run`` packages.
+APP_DIR = Path(__file__).parent / "flower_app"
+
+
+def split_by_batch(adata: ad.AnnData, batch_key: str, out_dir: str | Path) -> dict[str, Path]:
+    """Write one h5ad per batch (``<out_dir>/<batch>.h5ad``, cells in their original order)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if batch_key not in adata.obs:
+        raise DeploymentError(f"adata has no obs column {batch_key!r} to split by.")
+    values = adata.obs[batch_key].astype(str).to_numpy()
+    paths = {}
+    for name in sorted(set(values)):
+        path = out / f"{name}.h5ad"
+        adata[values == name].copy().write_h5ad(path)
+        paths[name] = path
+    return paths
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+class LocalDeployment:
+    """SuperLink + SuperNodes on 127.0.0.1; a context manager that stops them all.
+
+    Parameters
+    ----------
+    sites
+        ``{site name: h5ad path}``; one SuperNode each.
+    workdir
+        Folder for Flower's home, logs and the sites' outputs (default: a temp folder).
+    idle_poll
+        Idle poll of the SuperNodes (:mod:`fedsc.deploy.supernode`).
+    """
+
+    def __init__(
+        self,
+        sites: Mapping[str, str | Path],
+        workdir: str | Path | None = None,
+        *,
+        idle_poll: float = 0.1,
+    ) -> None:
+        self.sites = {str(k): Path(v) for k, v in sites.items()}
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedsc-deploy-"))
+        self.idle_poll = idle_poll
+        self.home = self.workdir / "flwr-home"
+        self.port = _free_port()
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(self.home),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+        }
+
+    def site_out(self, site: str) -> Path:
+        """Where site ``site`` writes its corrected data."""
+        return self.workdir / "sites" / site
+
+    def __enter__(self) -> LocalDeployment:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        logf = open(self.workdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            args, env=self.env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.processes[name] = proc
+        return proc
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink and every site's SuperNode; wait until the link listens."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            '[superlink]\ndefault = "fedsc-local"\n\n[superlink.fedsc-local]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        self._spawn(
+            "superlink",
+            [
+                _bin("flower-superlink"),
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--port",
+                str(self.port),
+            ],
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                self._check_alive("superlink")
+                time.sleep(0.1)
+        else:
+            raise DeploymentError(
+                f"the SuperLink did not listen within {timeout:.0f} s; see {self.workdir}/superlink.log"
+            )
+        for name, path in self.sites.items():
+            out = self.site_out(name)
+            out.mkdir(parents=True, exist_ok=True)
+            node_config = f'data-path="{path}" site="{name}" out-dir="{out}"'
+            self._spawn(
+                f"site-{name}",
+                [
+                    sys.executable,
+                    "-m",
+                    "fedsc.deploy.supernode",
+                    "--idle-poll",
+                    str(self.idle_poll),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--port",
+                    str(_free_port()),
+                    "--node-config",
+                    node_config,
+                ],
+            )
+
+    def _check_alive(self, name: str) -> None:
+        proc = self.processes[name]
+        if proc.poll() is not None:
+            log = (self.workdir / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise DeploymentError(f"{name} exited with code {proc.returncode}:\n{log}")
+
+    def run(
+        self, run_config: Mapping[str, Any], out_dir: str | Path, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        """Submit one run (``flwr run``) and wait for it; returns its ``run.json``."""
+        out = Path(out_dir)
+        if (out / "run.json").exists():
+            (out / "run.json").unlink()
+        config = {
+            "n-sites": len(self.sites),
+            **dict(run_config),
+            "out-dir": str(out),
+        }
+        toml = self.workdir / f"run-{time.time_ns()}.toml"
+        toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        for name in self.processes:
+            if name.startswith("site-") or name == "superlink":
+                self._check_alive(name)
+        result = subprocess.run(
+            [
+                _bin("flwr"),
+                "run",
+                str(APP_DIR),
+                "fedsc-local",
+                "--stream",
+                "--run-config",
+                str(toml),
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if not (out / "run.json").exists():
+            tail = (result.stdout + result.stderr)[-4000:]
+            raise DeploymentError(
+                f"the deployed run wrote no run.json (flwr run exit {result.returncode}):\n{tail}"
+            )
+        return json.loads((out / "run.json").read_text())
+
+    def kill_site(self, name: str) -> None:
+        """Kill one site's SuperNode (and its ClientApp processes): a dropout."""
+        proc = self.processes[f"site-{name}"]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def close(self) -> None:
+        """Stop every process (SuperNodes first)."""
+        for name in sorted(self.processes, key=lambda n: n == "superlink"):
+            proc = self.processes[name]
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.processes.clear()
+
+    def remove(self) -> None:
+        """Delete the work folder."""
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,328 @@
+"""SecAgg+ in deployment: Flower's own protocol for sums and weighted means.
+
+Each aggregation is one run of Flower's :class:`~flwr.server.workflow.SecAggPlusWorkflow`
+(setup, key sharing, masked vectors, unmasking): the sites compute their value inside
+the round (the ClientApp's ``train`` handler, wrapped by Flower's ``secaggplus_mod``),
+quantise and mask it; the coordinator only learns the sum of the sites that finished.
+
+Numbers. Values are clipped to ``[-B, B]`` (B: the request's public ``bound``, else the
+aggregator's ``clipping_range``; a site refuses values outside it rather than clip them)
+and stochastically quantised to ``Q`` levels, ``Q`` the largest power of two with
+``(n + 1) Q <= 2^32``; the error of a weighted mean is at most ``2B/Q`` per value (a sum's
+``n`` times that), e.g. 1.2e-7 for B = 64, three sites. Weights must be integers (cell
+counts): SecAgg+ carries them as ``num_examples``.
+
+Dropouts: a site that stops answering during a round is left out (Flower recovers its
+masks from its neighbours' shares); the result is the aggregate of the survivors, and
+the ledger entry records who dropped. A site that *fails* (raises) stops the run with
+its error. The argmax (FedscGen's dominant client) is not a sum: SecAgg+ cannot compute
+it without revealing every count, so it is refused with the transport that can do it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import Strategy as FlowerStrategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+from fedsc.deploy.fleet import DeploymentError, FastGrid, Fleet
+from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
+from fedsc.errors import FedscInputError
+from smpc.aggregator import Aggregator
+from smpc.flatten import flatten
+from smpc.ledger import Traffic
+
+log = logging.getLogger(__name__)
+
+#: SecAgg+ modulus (Flower's default and maximum).
+MODULUS = 1 << 32
+#: Config key of fedsc's request inside a SecAgg+ FitIns.
+REQUEST = "fedsc"
+
+
+def quantization_range(n_sites: int) -> int:
+    """The largest power of two Q with (n + 1) Q <= 2^32 (no overflow of the masked sum)."""
+    return 1 << math.floor(math.log2(MODULUS / (n_sites + 1)))
+
+
+class _OneRound(FlowerStrategy):
+    """A Flower strategy that configures one SecAgg+ round and keeps its aggregate."""
+
+    def __init__(self, fitins: dict[int, FitIns], proxies: dict[int, GridClientProxy]) -> None:
+        self.fitins = fitins
+        self.proxies = proxies
+        self.aggregate: list[np.ndarray] | None = None
+        self.meta: dict[str, Any] = {}
+        self.n_results = 0
+        self.results_from: list[int] = []
+
+    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+        return None
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
+        return [(self.proxies[n], ins) for n, ins in self.fitins.items()]
+
+    def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+        self.n_results = len(results)
+        self.results_from = [proxy.node_id for proxy, _ in results]
+        if results:
+            self.aggregate = parameters_to_ndarrays(results[0][1].parameters)
+            self.meta = json.loads(str(results[0][1].metrics[REQUEST]))
+        return None, {}
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> Any:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> Any:
+        return None
+
+
+class DeployedSecAggPlus(Aggregator):
+    """Sums and weighted means over the sites by Flower's SecAgg+ (private).
+
+    Parameters
+    ----------
+    fleet
+        The connected sites.
+    clipping_range
+        Default bound B on every value (requests may name their own ``bound``).
+    reconstruction_threshold
+        Fraction of a site's neighbours whose shares recover its masks (SecAgg+).
+    timeout
+        Seconds per SecAgg+ stage; a site silent that long is treated as dropped.
+    """
+
+    name = "secagg+"
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        clipping_range: float = 64.0,
+        reconstruction_threshold: float = 0.67,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.clipping_range = float(clipping_range)
+        self.reconstruction_threshold = float(reconstruction_threshold)
+        self.timeout = fleet.timeout if timeout is None else float(timeout)
+        self.rounds = 0
+        #: Sites left out of each aggregation (dropouts), by ledger position.
+        self.dropped: list[list[str]] = []
+
+    @property
+    def private(self) -> bool:
+        """The coordinator learns sums of the sites that finished a round, nothing else."""
+        return True
+
+    @property
+    def privacy_note(self) -> str:
+        """What SecAgg+ hides."""
+        return (
+            "private (SecAgg+): the coordinator learns only sums / weighted means of the "
+            "sites that finished each round; values are quantised (docs/deployment.md)"
+        )
+
+    # ---------------------------------------------------------------- public API
+    def weighted_mean(
+        self, contributions: Sequence[Any], weights: Sequence[float], *, reference: Any = None
+    ) -> Any:
+        """Weighted mean of the sites' values (integer weights, e.g. cell counts)."""
+        self._check_open()
+        refs = self._refs(contributions)
+        w = self._checked_weights(weights, len(refs))
+        ints = np.rint(w)
+        if not np.array_equal(ints, w):
+            raise FedscInputError(
+                f"SecAgg+ carries weights as integer example counts; got {w.tolist()}. Use "
+                "cell counts as weights, or the plaintext/crypten transports."
+            )
+        return self._run("weighted_mean", refs, [int(x) for x in ints])
+
+    def sum(self, contributions: Sequence[Any], *, reference: Any = None) -> Any:
+        """Element-wise sum of the sites' values."""
+        self._check_open()
+        refs = self._refs(contributions)
+        return self._run("sum", refs, [1] * len(refs))
+
+    def argmax(self, columns: Sequence[Any]) -> np.ndarray:
+        """Refused: SecAgg+ computes sums only."""
+        raise FedscInputError(
+            "SecAgg+ computes sums only; an argmax over sites (FedscGen's dominant client) "
+            "would need every site's counts. Deploy FedscGen with transport='plaintext' "
+            "for now (the CrypTen parties, which compute it securely, are the next "
+            "deployment transport; docs/deployment.md)."
+        )
+
+    # ---------------------------------------------------------------- internals
+    def _refs(self, contributions: Sequence[Any]) -> list[RemoteValue]:
+        if not is_remote(contributions):
+            raise TypeError("the SecAgg+ aggregator takes site references (RemoteValue) only.")
+        return list(contributions)
+
+    def _run(self, op: str, refs: list[RemoteValue], examples: list[int]) -> Any:
+        import time
+
+        start = time.perf_counter()
+        fleet = self.fleet
+        nodes = [fleet.nodes[r.site] for r in refs]
+        bound = max(float(r.params.get("bound", self.clipping_range)) for r in refs)
+        q_range = quantization_range(len(refs))
+        max_weight = float(max(examples))
+        fitins = {}
+        for node, ref, n_ex in zip(nodes, refs, examples, strict=True):
+            arrays = dict(ref.arrays or {})
+            request = {
+                **ref.params,
+                "step": ref.step,
+                "array_keys": list(arrays),
+                "num_examples": n_ex,
+                "bound": bound,
+            }
+            params = ndarrays_to_parameters([_numpy(a) for a in arrays.values()])
+            fitins[node] = FitIns(params, {REQUEST: json.dumps(request, default=_json)})
+        grid = FastGrid(fleet.grid, fleet)
+        proxies = {n: GridClientProxy(n, grid, 0) for n in nodes}  # type: ignore[arg-type]
+        strategy = _OneRound(fitins, proxies)
+        self.rounds += 1
+        state = RecordDict()
+        state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: self.rounds})
+        state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+        context = LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy)
+        before = len(fleet.log.entries)
+        workflow = SecAggPlusWorkflow(
+            num_shares=1.0,
+            reconstruction_threshold=self.reconstruction_threshold,
+            max_weight=max_weight,
+            clipping_range=bound,
+            quantization_range=q_range,
+            modulus_range=MODULUS,
+            timeout=self.timeout,
+        )
+        workflow(grid, context)  # type: ignore[arg-type]
+        self._raise_site_errors(before)
+        if strategy.aggregate is None:
+            raise DeploymentError(
+                f"SecAgg+ {op} did not finish: too few sites answered "
+                f"({strategy.n_results} of {len(refs)}); see the ServerApp log."
+            )
+        survivors = set(strategy.results_from)
+        dropped = [r.site for r, n in zip(refs, nodes, strict=True) if n not in survivors]
+        if dropped:
+            log.warning("SecAgg+ %s: site(s) %s dropped out; aggregated the others.", op, dropped)
+        self.dropped.append(dropped)
+        flat = np.concatenate([a.ravel() for a in strategy.aggregate]).astype(np.float64)
+        if op == "sum":
+            flat = flat * len(survivors)  # the workflow returns the mean over survivors
+        n_values = flat.size
+        value = self._rebuild(refs[0], strategy.meta, strategy.aggregate, flat)
+        traffic = Traffic(
+            coordinator_received={fleet.site_of(n): [int(n_values)] for n in strategy.results_from},
+            coordinator_bytes=int(len(survivors) * n_values * 4),
+        )
+        self._record(
+            op,
+            np.broadcast_to(0.0, (len(survivors), n_values)),
+            traffic,
+            time.perf_counter() - start,
+        )
+        return value
+
+    def _raise_site_errors(self, since: int) -> None:
+        """A site that raised (not one that dropped out) stops the run with its message."""
+        for entry in self.fleet.log.entries[since:]:
+            for name, value in entry["scalars"].items():
+                if name.endswith("fedsc.error/0") or name.endswith("/error/0"):
+                    raise DeploymentError(f"site {entry['site']!r} failed in SecAgg+: {value}")
+
+    @staticmethod
+    def _rebuild(
+        ref: RemoteValue, meta: dict[str, Any], arrays: list[np.ndarray], flat: np.ndarray
+    ) -> Any:
+        """The aggregate in the structure the sites reported (keys, dtypes; public)."""
+        keys, dtypes = list(meta["keys"]), list(meta["dtypes"])
+        template: dict[str, Any] = {}
+        for key, dtype, arr in zip(keys, dtypes, arrays, strict=True):
+            zeros = np.zeros(arr.shape, dtype=np.dtype(dtype))
+            template[key] = torch.from_numpy(zeros) if ref.torch else zeros
+        _, spec = flatten(template)
+        value = spec.unflatten(flat)
+        if ref.scalars:
+            return as_float_metrics(value)
+        return value["value"] if meta.get("bare") else value
+
+    # Backend hooks are unused: every operation goes through _run.
+    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _sum(self, matrix: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _argmax(self, matrix: np.ndarray) -> Any:
+        raise NotImplementedError
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def site_fit(fitins: FitIns, run_step: Any) -> FitRes:
+    """The site's side of one SecAgg+ round: run the requested step, return its value.
+
+    ``run_step(step, params, arrays)`` runs a site step. The value's structure (keys,
+    dtypes; public) travels in the FitRes metrics, the arrays go to ``secaggplus_mod``,
+    which quantises and masks them; a value outside the public bound is refused (clipping
+    it would silently change the aggregate).
+    """
+    from flwr.common import Code, Status
+
+    from fedsc.deploy.site import value_to_arrays
+
+    request = json.loads(str(fitins.config[REQUEST]))
+    arrays_in = dict(
+        zip(request["array_keys"], parameters_to_ndarrays(fitins.parameters), strict=True)
+    )
+    value = run_step(str(request["step"]), request, arrays_in)
+    arrays, bare = value_to_arrays(value)
+    bound = float(request["bound"])
+    for key, arr in arrays.items():
+        top = float(np.max(np.abs(arr))) if arr.size else 0.0
+        if not np.isfinite(top) or top > bound:
+            raise FedscInputError(
+                f"value {key!r} of step {request['step']!r} reaches {top:.6g}, outside the "
+                f"SecAgg+ clipping range [-{bound:g}, {bound:g}]; raise secagg-clip (run "
+                "config) or use the plaintext transport."
+            )
+    meta = {"keys": list(arrays), "dtypes": [str(a.dtype) for a in arrays.values()], "bare": bare}
+    params = ndarrays_to_parameters([a.astype(np.float64) for a in arrays.values()])
+    return FitRes(
+        Status(Code.OK, ""), params, int(request["num_examples"]), {REQUEST: json.dumps(meta)}
+    )

@@ -1,0 +1,83 @@
+"""The fedsc ServerApp: the coordinator of a deployed run. It never holds a cell.
+
+Run config (``flwr run ... --run-config``; defaults in the app's pyproject.toml):
+``method`` (``"fedscgen"``), ``params`` (the method's parameters as JSON, e.g. the
+FedscGen config, seed, batch_key, label_key), ``transport`` (``"plaintext"`` or
+``"secagg+"``), ``n-sites``, ``out-dir`` (where ``run.json`` and ``ledger.json`` go, on the
+coordinator's machine), ``log-messages`` (also write every received message to
+``<out-dir>/messages/`` for inspection), ``timeout`` (seconds per step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsc.deploy.records import params_of
+
+app = ServerApp()
+
+
+def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Coordinate one deployed run over ``grid``; returns the run record (also written)."""
+    from fedsc.deploy.secagg import DeployedSecAggPlus
+
+    from fedsc.deploy import fedscgen
+    from fedsc.deploy.aggregators import DeployedPlaintext
+    from fedsc.deploy.fleet import Fleet, MessageLog
+    from fedsc.errors import FedscInputError
+
+    start = time.perf_counter()
+    out_dir = Path(str(config["out-dir"]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = MessageLog(out_dir / "messages" if config.get("log-messages") else None)
+    fleet = Fleet(grid, int(config["n-sites"]), timeout=float(config["timeout"]), log=log)
+    params = json.loads(str(config["params"]))
+    method = str(config["method"])
+    if method != "fedscgen":
+        raise FedscInputError(f"method {method!r} cannot be deployed yet; deployable: fedscgen.")
+    hello = fleet.connect({"batch_key": params["batch_key"], "label_key": params["label_key"]})
+    transport = str(config["transport"])
+    if transport == "plaintext":
+        aggregator: Any = DeployedPlaintext(fleet)
+    elif transport == "secagg+":
+        aggregator = DeployedSecAggPlus(fleet, clipping_range=float(config["secagg-clip"]))
+    else:
+        raise FedscInputError(f"unknown transport {transport!r}; choose plaintext or secagg+.")
+
+    def apply(requests: dict[str, Any]) -> dict[str, Any]:
+        replies = fleet.ask(requests)
+        return {s: params_of(r)["public"] for s, r in replies.items()}
+
+    record = fedscgen.run(hello, aggregator, apply, params)
+    record.update(
+        {
+            "method": method,
+            "deployment": {
+                "transport": transport,
+                "sites": sorted(hello),
+                "messages": len(log.entries),
+            },
+            "params": params,
+            "backend": aggregator.name,
+            "private": aggregator.private,
+            "privacy": aggregator.privacy_note,
+            "seconds": time.perf_counter() - start,
+        }
+    )
+    (out_dir / "ledger.json").write_text(
+        json.dumps(aggregator.ledger.to_dict(), indent=1, default=float)
+    )
+    (out_dir / "run.json").write_text(json.dumps(record, indent=1, default=float))
+    return record
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point."""
+    run_deployed(grid, dict(context.run_config))

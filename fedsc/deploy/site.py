@@ -1,0 +1,156 @@
+"""A site: one client's data and the steps the coordinator may ask it to run.
+
+Everything here runs in the site's own process (a Flower ClientApp on the site's
+SuperNode). The coordinator sends a step name, JSON parameters and arrays (e.g. the
+global state); the site answers with a *value*: a dict of arrays (or one array) that the
+deployment's secure transport then handles (returned as is in plaintext, masked by
+SecAgg+, or secret-shared to the CrypTen parties). Steps are registered per method
+(:func:`register_step`), each one small function calling the method's own code.
+
+State between messages of a run (the trained model, metrics kept for a later request)
+lives in the Flower ``Context.state`` the SuperNode keeps for the run: each message runs
+in a fresh ClientApp process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from fedsc.errors import FedscInputError
+
+#: A step: (site, params, arrays) -> value (one array or a dict of arrays).
+Step = Callable[["Site", dict[str, Any], dict[str, np.ndarray]], Any]
+#: Registered steps by name ("<method>/<step>").
+STEPS: dict[str, Step] = {}
+#: Steps whose answer is public (JSON sent in the clear, e.g. cell counts, label sets);
+#: every other step's answer is a value for the secure transport.
+PUBLIC_STEPS: set[str] = set()
+
+
+def register_step(name: str, *, public: bool = False) -> Callable[[Step], Step]:
+    """Decorator: register a site step under ``name`` (refuses duplicates).
+
+    ``public=True``: the step answers JSON the coordinator may read (declared public in
+    docs/deployment.md); otherwise its value only goes through the secure transport.
+    """
+
+    def add(fn: Step) -> Step:
+        if name in STEPS:
+            raise ValueError(f"site step {name!r} is already registered.")
+        STEPS[name] = fn
+        if public:
+            PUBLIC_STEPS.add(name)
+        return fn
+
+    return add
+
+
+def genes_digest(names: Any) -> str:
+    """A short digest of an ordered gene list (sites must agree on it exactly)."""
+    joined = "\n".join(str(n) for n in names).encode()
+    return hashlib.sha256(joined).hexdigest()[:16]
+
+
+@dataclass
+class Site:
+    """One site's data and run state.
+
+    Parameters
+    ----------
+    data_path
+        The site's h5ad file (log-normalised expression for FedscGen).
+    name
+        The site's name; ``None`` takes the file's only value of the batch column.
+    out_dir
+        Where the site writes its corrected data (``<out_dir>/<name>.h5ad``).
+    state
+        Arrays kept between messages of a run (the ClientApp context's state).
+    """
+
+    data_path: Path
+    name: str | None = None
+    out_dir: Path | None = None
+    state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    _adata: ad.AnnData | None = field(default=None, repr=False)
+
+    @property
+    def adata(self) -> ad.AnnData:
+        """The site's AnnData (read on first use)."""
+        if self._adata is None:
+            if not Path(self.data_path).is_file():
+                raise FedscInputError(
+                    f"site data file {str(self.data_path)!r} does not exist; start the "
+                    "SuperNode with --node-config 'data-path=\"/path/to/site.h5ad\"'."
+                )
+            self._adata = ad.read_h5ad(self.data_path)
+        return self._adata
+
+    def site_name(self, batch_key: str) -> str:
+        """The site's name: configured, or the file's only batch."""
+        if self.name:
+            return str(self.name)
+        if batch_key not in self.adata.obs:
+            raise FedscInputError(
+                f"{self.data_path} has no obs column {batch_key!r}; set batch_key= or name "
+                "the site with --node-config 'site=\"NAME\"'."
+            )
+        batches = sorted(self.adata.obs[batch_key].astype(str).unique())
+        if len(batches) != 1:
+            raise FedscInputError(
+                f"{self.data_path} holds batches {batches}; a site holds one batch (split "
+                "the file with `fedsc deploy split`) or is named with --node-config site=."
+            )
+        return batches[0]
+
+    def run(self, step: str, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+        """Run a registered step."""
+        if step not in STEPS:
+            raise FedscInputError(
+                f"unknown site step {step!r}; this site knows {sorted(STEPS)} (are the "
+                "coordinator and the site on the same fedsc version?)."
+            )
+        return STEPS[step](self, params, arrays)
+
+
+@register_step("hello", public=True)
+def hello(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Public facts the coordinator needs: name, cell count, gene digest, label set."""
+    adata = site.adata
+    label_key = params.get("label_key")
+    labels: list[str] = []
+    if label_key:
+        if label_key not in adata.obs:
+            raise FedscInputError(f"{site.data_path} has no obs column {label_key!r}.")
+        labels = sorted(adata.obs[label_key].astype(str).unique())
+    return {
+        "site": site.site_name(str(params.get("batch_key", "batch"))),
+        "n_obs": int(adata.n_obs),
+        "n_vars": int(adata.n_vars),
+        "genes": genes_digest(adata.var_names),
+        "labels": labels,
+    }
+
+
+def value_to_arrays(value: Any) -> tuple[dict[str, np.ndarray], bool]:
+    """A step's value as named arrays, and whether it was one bare array."""
+    if isinstance(value, Mapping):
+        return {str(k): _numpy(v) for k, v in value.items()}, False
+    return {"value": _numpy(value)}, True
+
+
+def arrays_to_value(arrays: dict[str, np.ndarray], bare: bool) -> Any:
+    """Inverse of :func:`value_to_arrays`."""
+    return arrays["value"] if bare else arrays
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
