@@ -1,39 +1,60 @@
 """The fedsc ClientApp: what runs at a site, on the site's SuperNode.
 
-Node config (``flower-supernode --node-config``): ``data-path`` (the site's h5ad, required),
+Node config (``flower-supernode --node-config``): ``data-path`` (the site's h5ad),
 ``site`` (its name; default the file's only batch), ``out-dir`` (where corrected data are
-written; default the data file's folder). Requests of type ``query`` run one site step
-(:mod:`fedsc.deploy.site`) and answer by the transport the coordinator names; ``train``
-messages are SecAgg+ rounds (:mod:`fedsc.deploy.secagg`), handled by Flower's
-``secaggplus_mod`` around :func:`train`.
+written; default the data file's folder), and optionally ``worker`` + ``worker-key-file``:
+the site's long-lived worker (:mod:`fedsc.deploy.site_worker`), which then runs every step
+(this module stays a thin adapter that imports neither torch nor anndata).
+
+Requests of type ``query`` run one site step (:mod:`fedsc.deploy.site`) and answer by the
+transport the coordinator names; ``train`` messages are SecAgg+ rounds, handled by
+Flower's ``secaggplus_mod`` around :func:`train`.
 """
 
 from __future__ import annotations
 
+import json
 import traceback
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedsc.deploy import fedscgen as _fedscgen  # noqa: F401  (registers its steps)
 from fedsc.deploy.records import arrays_of, content, from_array_record, params_of, to_array_record
-from fedsc.deploy.site import PUBLIC_STEPS, Site, value_to_arrays
 from fedsc.errors import FedscInputError
 
 app = ClientApp(mods=[secaggplus_mod])
 
 _STATE_PREFIX = "fedsc:"
+#: Config key of fedsc's request inside a SecAgg+ FitIns.
+REQUEST = "fedsc"
 
 
-def site_of(context: Context) -> Site:
-    """The site of this SuperNode, with the run state it kept."""
+def run_step(
+    context: Context, step: str, params: dict[str, Any], arrays: dict[str, Any]
+) -> tuple[str, Any]:
+    """Run a step at this site: ``("public", json)`` or ``("value", (arrays, bare))``."""
     cfg = context.node_config
+    if cfg.get("worker"):
+        from fedsc.deploy.site_worker import call
+
+        key = Path(str(cfg["worker-key-file"])).read_bytes()
+        kind, payload = call(str(cfg["worker"]), key, step, params, arrays)
+        if kind == "error":
+            raise RuntimeError(payload)
+        return kind, payload
+    # no worker: run the step in this process, keeping the run state in the context
+    from fedsc.deploy.site import Site
+    from fedsc.deploy.site_worker import answer
+
     if "data-path" not in cfg:
         raise FedscInputError(
             "this SuperNode has no data: start it with --node-config "
-            "'data-path=\"/path/to/site.h5ad\"'."
+            "'data-path=\"/path/to/site.h5ad\"' (or use `fedsc deploy site`)."
         )
     data = Path(str(cfg["data-path"]))
     site = Site(
@@ -41,16 +62,13 @@ def site_of(context: Context) -> Site:
         name=str(cfg["site"]) if cfg.get("site") else None,
         out_dir=Path(str(cfg.get("out-dir") or data.parent)),
     )
-    for key, record in context.state.array_records.items():
-        if key.startswith(_STATE_PREFIX):
-            site.state[key[len(_STATE_PREFIX) :]] = from_array_record(record)
-    return site
-
-
-def keep_state(site: Site, context: Context) -> None:
-    """Store the site's run state back into the context (kept by the SuperNode)."""
-    for key, arrays in site.state.items():
-        context.state.array_records[_STATE_PREFIX + key] = to_array_record(arrays)
+    for key_, record in context.state.array_records.items():
+        if key_.startswith(_STATE_PREFIX):
+            site.state[key_[len(_STATE_PREFIX) :]] = from_array_record(record)
+    reply = answer(site, step, params, arrays)
+    for key_, values in site.state.items():
+        context.state.array_records[_STATE_PREFIX + key_] = to_array_record(values)
+    return reply
 
 
 @app.query()
@@ -59,14 +77,12 @@ def query(msg: Message, context: Context) -> Message:
     params = params_of(msg.content)
     step = str(params.get("step"))
     try:
-        site = site_of(context)
-        value = site.run(step, params, arrays_of(msg.content))
-        keep_state(site, context)
-        if step in PUBLIC_STEPS:
-            return Message(content({"public": value}), reply_to=msg)
+        kind, payload = run_step(context, step, params, arrays_of(msg.content))
+        if kind == "public":
+            return Message(content({"public": payload}), reply_to=msg)
         transport = params.get("transport")
         if transport == "plaintext":
-            arrays, bare = value_to_arrays(value)
+            arrays, bare = payload
             return Message(content({"bare": bare}, arrays), reply_to=msg)
         raise FedscInputError(f"unknown transport {transport!r} for step {step!r}.")
     except Exception as err:  # reported to the coordinator, which names this site
@@ -74,15 +90,74 @@ def query(msg: Message, context: Context) -> Message:
         return Message(content({"error": detail}), reply_to=msg)
 
 
+def site_fit(fitins: FitIns, context: Context) -> FitRes:
+    """The site's side of one SecAgg+ round: run the requested step, return its value.
+
+    The value's structure (keys, dtypes; public) travels in the FitRes metrics, the arrays
+    go to ``secaggplus_mod``, which quantises and masks them. A value outside the public
+    bound is refused: clipping it would silently change the aggregate.
+    """
+    request = json.loads(str(fitins.config[REQUEST]))
+    keys = request["array_keys"]
+    arrays_in = dict(zip(keys, parameters_to_ndarrays(fitins.parameters), strict=True))
+    kind, payload = run_step(context, str(request["step"]), request, arrays_in)
+    if kind != "value":
+        raise FedscInputError(f"step {request['step']!r} has no value to aggregate.")
+    arrays, bare = payload
+    if request.get("encode"):
+        arrays, bare = {"value": encode(request, arrays, bare)}, True
+    bound = float(request["bound"])
+    for key, arr in arrays.items():
+        top = float(np.max(np.abs(arr))) if arr.size else 0.0
+        if not np.isfinite(top) or top > bound:
+            raise FedscInputError(
+                f"value {key!r} of step {request['step']!r} reaches {top:.6g}, outside the "
+                f"SecAgg+ clipping range [-{bound:g}, {bound:g}]; raise secagg-clip (run "
+                "config) or use the plaintext transport."
+            )
+    meta = {
+        "keys": list(arrays),
+        "dtypes": [str(a.dtype) for a in arrays.values()],
+        "shapes": [list(a.shape) for a in arrays.values()],
+        "bare": bare,
+    }
+    # at least 1-d: Flower 1.41's SecAgg+ unmasking skips its offset and weight
+    # correction for 0-d arrays (it rebinds a scalar in place of updating it)
+    vectors = [np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in arrays.values()]
+    params = ndarrays_to_parameters(vectors)
+    n_examples = int(request["num_examples"])
+    return FitRes(Status(Code.OK, ""), params, n_examples, {REQUEST: json.dumps(meta)})
+
+
+def encode(request: dict[str, Any], arrays: dict[str, np.ndarray], bare: bool) -> np.ndarray:
+    """Encode a count vector for an argmax by sums (see ``DeployedSecAggPlus.argmax``).
+
+    ``histogram``: one-hot of each count over ``0..cap`` (one row per column);
+    ``at_max``: 1 at this site's position where its count equals the announced maximum.
+    """
+    counts = np.asarray(arrays["value"]) if bare else None
+    if counts is None or counts.ndim != 1 or not np.array_equal(counts, np.rint(counts)):
+        raise FedscInputError("an argmax by sums needs one vector of integer counts per site.")
+    counts = np.rint(counts).astype(np.int64)
+    if request["encode"] == "histogram":
+        cap = int(request["cap"])
+        if counts.min(initial=0) < 0 or counts.max(initial=0) > cap:
+            raise FedscInputError(f"counts must lie in [0, {cap}], got {counts.tolist()}.")
+        out = np.zeros((counts.size, cap + 1))
+        out[np.arange(counts.size), counts] = 1.0
+        return out
+    if request["encode"] == "at_max":
+        out = np.zeros((counts.size, int(request["n_sites"])))
+        out[:, int(request["position"])] = counts == np.asarray(request["max"])
+        return out
+    raise FedscInputError(f"unknown encoding {request['encode']!r}.")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One SecAgg+ round's value (Flower's ``secaggplus_mod`` masks what this returns)."""
     import flwr.compat.common.recorddict_compat as compat
 
-    from fedsc.deploy.secagg import site_fit
-
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    site = site_of(context)
-    fitres = site_fit(fitins, site.run)
-    keep_state(site, context)
+    fitres = site_fit(fitins, context)
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)

@@ -308,7 +308,9 @@ def run(
     with torch_threads(config.num_threads):
         model = VAE(n_genes, config, derive_generator(seed, INIT))
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        method = RemoteFedScGen(names, {**base, "n_train": n_train}, initial)
+        # BatchNorm's step counter is part of the state: SecAgg+ must cover its range
+        steps = config.rounds * config.local_epochs * -(-max(n_train.values()) // config.batch_size)
+        method = RemoteFedScGen(names, {**base, "n_train": n_train, "bound": steps + 1}, initial)
         fed = run_federation(
             method,
             list(range(len(train))),
@@ -322,7 +324,9 @@ def run(
     vocabulary = params.get("label_vocabulary") or sorted(
         set().union(*(set(h["labels"]) for h in hello.values()))
     )
-    corr_params = {**base, "vocabulary": list(vocabulary)}
+    # a latent sum of up to n cells: values up to 64 n (sites refuse larger ones)
+    cap = max(int(h["n_obs"]) for h in hello.values())
+    corr_params = {**base, "vocabulary": list(vocabulary), "bound": 64.0 * cap}
     final = {k: v.detach().clone() for k, v in fed.state.items()}
     sites = [RemoteCorrectionSite(names[i], corr_params, final) for i in range(len(names))]
     n_clients, shared, winners, means = dominant_means(sites, aggregator, config.latent)
@@ -361,4 +365,5 @@ def run(
         },
         "outputs": written,
         "seconds_training": fed.seconds,
+        "model_state": {k: v.detach().cpu().numpy() for k, v in fed.state.items()},
     }

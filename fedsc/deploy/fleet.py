@@ -57,13 +57,19 @@ class MessageLog:
                         arrays[name] = np.frombuffer(v, dtype=np.uint8).copy()
                     else:
                         scalars[name] = v
-        entry = {"site": site, "step": step, "arrays": arrays, "scalars": scalars}
+        entry = {
+            "site": site,
+            "step": step,
+            "arrays": arrays,
+            "scalars": scalars,
+            "time": time.time(),
+        }
         self.entries.append(entry)
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             n = len(self.entries) - 1
             np.savez(self.directory / f"{n:05d}.npz", **arrays)
-            meta = {"site": site, "step": step, "scalars": scalars}
+            meta = {"site": site, "step": step, "scalars": scalars, "time": entry["time"]}
             (self.directory / f"{n:05d}.json").write_text(json.dumps(meta, default=str))
 
 
@@ -106,7 +112,9 @@ class FastGrid:
         replies = exchange(self._grid, msgs, limit, self._fleet.poll)
         for reply in replies:
             site = self._fleet.site_of(reply.metadata.src_node_id)
-            if reply.has_content():
+            if reply.has_error():
+                self._fleet.errors.append((site, str(reply.error.reason)))
+            elif reply.has_content():
                 self._fleet.log.add(site, "secagg+", reply.content)
         return replies
 
@@ -144,6 +152,8 @@ class Fleet:
         self.log = log or MessageLog()
         self.nodes: dict[str, int] = {}
         self.hello: dict[str, dict[str, Any]] = {}
+        #: (site, reason) of every error reply a Flower workflow received.
+        self.errors: list[tuple[str, str]] = []
 
     def site_of(self, node_id: int) -> str:
         """The site name of a node (its node id until it said hello)."""

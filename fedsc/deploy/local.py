@@ -25,6 +25,7 @@ from typing import Any
 import anndata as ad
 
 from fedsc.deploy.fleet import DeploymentError
+from fedsc.deploy.site_worker import new_key
 
 #: The Flower app folder ``flwr run`` packages.
 APP_DIR = Path(__file__).parent / "flower_app"
@@ -66,6 +67,8 @@ class LocalDeployment:
         Folder for Flower's home, logs and the sites' outputs (default: a temp folder).
     idle_poll
         Idle poll of the SuperNodes (:mod:`fedsc.deploy.supernode`).
+    workers
+        Give each site a long-lived worker (:mod:`fedsc.deploy.site_worker`).
     """
 
     def __init__(
@@ -74,7 +77,9 @@ class LocalDeployment:
         workdir: str | Path | None = None,
         *,
         idle_poll: float = 0.1,
+        workers: bool = True,
     ) -> None:
+        self.workers = workers
         self.sites = {str(k): Path(v) for k, v in sites.items()}
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedsc-deploy-"))
         self.idle_poll = idle_poll
@@ -140,6 +145,29 @@ class LocalDeployment:
             out = self.site_out(name)
             out.mkdir(parents=True, exist_ok=True)
             node_config = f'data-path="{path}" site="{name}" out-dir="{out}"'
+            if self.workers:
+                socket_path = self.workdir / f"worker-{name}.sock"
+                key_file = self.workdir / f"worker-{name}.key"
+                new_key(key_file)
+                self._spawn(
+                    f"worker-{name}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "fedsc.deploy.site_worker",
+                        "--data",
+                        str(path),
+                        "--socket",
+                        str(socket_path),
+                        "--key-file",
+                        str(key_file),
+                        "--site",
+                        name,
+                        "--out-dir",
+                        str(out),
+                    ],
+                )
+                node_config += f' worker="{socket_path}" worker-key-file="{key_file}"'
             self._spawn(
                 f"site-{name}",
                 [
@@ -179,8 +207,7 @@ class LocalDeployment:
         toml = self.workdir / f"run-{time.time_ns()}.toml"
         toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
         for name in self.processes:
-            if name.startswith("site-") or name == "superlink":
-                self._check_alive(name)
+            self._check_alive(name)
         result = subprocess.run(
             [
                 _bin("flwr"),
@@ -204,10 +231,12 @@ class LocalDeployment:
         return json.loads((out / "run.json").read_text())
 
     def kill_site(self, name: str) -> None:
-        """Kill one site's SuperNode (and its ClientApp processes): a dropout."""
-        proc = self.processes[f"site-{name}"]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        """Kill one site's SuperNode, ClientApp processes and worker: a dropout."""
+        for key in (f"site-{name}", f"worker-{name}"):
+            proc = self.processes.get(key)
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def close(self) -> None:
         """Stop every process (SuperNodes first)."""

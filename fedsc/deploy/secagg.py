@@ -15,8 +15,8 @@ counts): SecAgg+ carries them as ``num_examples``.
 Dropouts: a site that stops answering during a round is left out (Flower recovers its
 masks from its neighbours' shares); the result is the aggregate of the survivors, and
 the ledger entry records who dropped. A site that *fails* (raises) stops the run with
-its error. The argmax (FedscGen's dominant client) is not a sum: SecAgg+ cannot compute
-it without revealing every count, so it is refused with the transport that can do it.
+its error. The argmax (FedscGen's dominant client) is not a sum; :meth:`DeployedSecAggPlus.argmax` computes it from two
+SecAgg+ sums and reveals more than the CrypTen parties would (see there).
 """
 
 from __future__ import annotations
@@ -25,18 +25,20 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy as FlowerStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
+from fedsc.deploy.client_app import REQUEST
 from fedsc.deploy.fleet import DeploymentError, FastGrid, Fleet
 from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
 from fedsc.errors import FedscInputError
@@ -48,8 +50,6 @@ log = logging.getLogger(__name__)
 
 #: SecAgg+ modulus (Flower's default and maximum).
 MODULUS = 1 << 32
-#: Config key of fedsc's request inside a SecAgg+ FitIns.
-REQUEST = "fedsc"
 
 
 def quantization_range(n_sites: int) -> int:
@@ -164,13 +164,52 @@ class DeployedSecAggPlus(Aggregator):
         return self._run("sum", refs, [1] * len(refs))
 
     def argmax(self, columns: Sequence[Any]) -> np.ndarray:
-        """Refused: SecAgg+ computes sums only."""
-        raise FedscInputError(
-            "SecAgg+ computes sums only; an argmax over sites (FedscGen's dominant client) "
-            "would need every site's counts. Deploy FedscGen with transport='plaintext' "
-            "for now (the CrypTen parties, which compute it securely, are the next "
-            "deployment transport; docs/deployment.md)."
-        )
+        """Per column, the site with the largest count (ties: lowest index), by two sums.
+
+        SecAgg+ only sums, so the argmax of counts is computed from (1) the sum of each
+        site's one-hot encoding of its counts (a histogram per column: reveals the
+        multiset of counts per column, not which site has which), whose highest non-empty
+        bin is the maximum M, and (2) the sum of each site's indicator "my count equals
+        M" at its own position (reveals which sites tie at the maximum). This reveals more
+        than the CrypTen parties' argmax (the winner only); docs/deployment.md says so.
+        Counts must be integers in ``[0, n]``, n the largest site's cell count (public).
+        """
+        self._check_open()
+        refs = self._refs(columns)
+        cap = int(max(int(h["n_obs"]) for h in self.fleet.hello.values()))
+        histogram = [
+            replace(r, params={**r.params, "encode": "histogram", "cap": cap, "bound": 1.0})
+            for r in refs
+        ]
+        hist = np.rint(np.asarray(self._run("sum", histogram, [1] * len(refs))))
+        if hist.ndim != 2 or (hist.sum(axis=1) < 1).any():
+            raise DeploymentError("SecAgg+ argmax: a column has no counts; every site must report.")
+        maxima = [int(np.flatnonzero(row > 0)[-1]) for row in hist]
+        indicators = [
+            replace(
+                r,
+                params={
+                    **r.params,
+                    "encode": "at_max",
+                    "max": maxima,
+                    "position": pos,
+                    "n_sites": len(refs),
+                    "bound": 1.0,
+                },
+            )
+            for pos, r in enumerate(refs)
+        ]
+        ties = np.rint(np.asarray(self._run("sum", indicators, [1] * len(refs))))
+        winners = []
+        for j, row in enumerate(ties):
+            at_max = np.flatnonzero(row > 0)
+            if not len(at_max):
+                raise DeploymentError(
+                    f"SecAgg+ argmax: no site reported the maximum of column {j} (a site "
+                    "dropped out between the two sums); rerun the step."
+                )
+            winners.append(int(at_max[0]))
+        return np.asarray(winners, dtype=np.int64)
 
     # ---------------------------------------------------------------- internals
     def _refs(self, contributions: Sequence[Any]) -> list[RemoteValue]:
@@ -184,7 +223,8 @@ class DeployedSecAggPlus(Aggregator):
         start = time.perf_counter()
         fleet = self.fleet
         nodes = [fleet.nodes[r.site] for r in refs]
-        bound = max(float(r.params.get("bound", self.clipping_range)) for r in refs)
+        # a request's bound is the least range its values need (e.g. a step counter)
+        bound = max([self.clipping_range] + [float(r.params.get("bound", 0.0)) for r in refs])
         q_range = quantization_range(len(refs))
         max_weight = float(max(examples))
         fitins = {}
@@ -207,7 +247,7 @@ class DeployedSecAggPlus(Aggregator):
         state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: self.rounds})
         state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
         context = LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy)
-        before = len(fleet.log.entries)
+        before = len(fleet.errors)
         workflow = SecAggPlusWorkflow(
             num_shares=1.0,
             reconstruction_threshold=self.reconstruction_threshold,
@@ -229,11 +269,10 @@ class DeployedSecAggPlus(Aggregator):
         if dropped:
             log.warning("SecAgg+ %s: site(s) %s dropped out; aggregated the others.", op, dropped)
         self.dropped.append(dropped)
-        flat = np.concatenate([a.ravel() for a in strategy.aggregate]).astype(np.float64)
-        if op == "sum":
-            flat = flat * len(survivors)  # the workflow returns the mean over survivors
-        n_values = flat.size
-        value = self._rebuild(refs[0], strategy.meta, strategy.aggregate, flat)
+        scale = float(len(survivors)) if op == "sum" else 1.0  # the workflow returns means
+        aggregate = [np.asarray(a, dtype=np.float64) * scale for a in strategy.aggregate]
+        n_values = int(sum(a.size for a in aggregate))
+        value = self._rebuild(refs[0], strategy.meta, aggregate)
         traffic = Traffic(
             coordinator_received={fleet.site_of(n): [int(n_values)] for n in strategy.results_from},
             coordinator_bytes=int(len(survivors) * n_values * 4),
@@ -248,23 +287,22 @@ class DeployedSecAggPlus(Aggregator):
 
     def _raise_site_errors(self, since: int) -> None:
         """A site that raised (not one that dropped out) stops the run with its message."""
-        for entry in self.fleet.log.entries[since:]:
-            for name, value in entry["scalars"].items():
-                if name.endswith("fedsc.error/0") or name.endswith("/error/0"):
-                    raise DeploymentError(f"site {entry['site']!r} failed in SecAgg+: {value}")
+        for site, reason in self.fleet.errors[since:]:
+            raise DeploymentError(f"site {site!r} failed during SecAgg+: {reason}")
 
     @staticmethod
-    def _rebuild(
-        ref: RemoteValue, meta: dict[str, Any], arrays: list[np.ndarray], flat: np.ndarray
-    ) -> Any:
+    def _rebuild(ref: RemoteValue, meta: dict[str, Any], aggregate: list[np.ndarray]) -> Any:
         """The aggregate in the structure the sites reported (keys, dtypes; public)."""
-        keys, dtypes = list(meta["keys"]), list(meta["dtypes"])
+        shapes = [tuple(s) for s in meta["shapes"]]
+        arrays = {
+            k: a.reshape(shape) for k, a, shape in zip(meta["keys"], aggregate, shapes, strict=True)
+        }
         template: dict[str, Any] = {}
-        for key, dtype, arr in zip(keys, dtypes, arrays, strict=True):
-            zeros = np.zeros(arr.shape, dtype=np.dtype(dtype))
+        for key, dtype in zip(meta["keys"], meta["dtypes"], strict=True):
+            zeros = np.zeros(arrays[key].shape, dtype=np.dtype(dtype))
             template[key] = torch.from_numpy(zeros) if ref.torch else zeros
-        _, spec = flatten(template)
-        value = spec.unflatten(flat)
+        _, spec = flatten(template)  # leaves in sorted key order
+        value = spec.unflatten(np.concatenate([arrays[k].ravel() for k in sorted(arrays)]))
         if ref.scalars:
             return as_float_metrics(value)
         return value["value"] if meta.get("bare") else value
@@ -292,37 +330,3 @@ def _json(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def site_fit(fitins: FitIns, run_step: Any) -> FitRes:
-    """The site's side of one SecAgg+ round: run the requested step, return its value.
-
-    ``run_step(step, params, arrays)`` runs a site step. The value's structure (keys,
-    dtypes; public) travels in the FitRes metrics, the arrays go to ``secaggplus_mod``,
-    which quantises and masks them; a value outside the public bound is refused (clipping
-    it would silently change the aggregate).
-    """
-    from flwr.common import Code, Status
-
-    from fedsc.deploy.site import value_to_arrays
-
-    request = json.loads(str(fitins.config[REQUEST]))
-    arrays_in = dict(
-        zip(request["array_keys"], parameters_to_ndarrays(fitins.parameters), strict=True)
-    )
-    value = run_step(str(request["step"]), request, arrays_in)
-    arrays, bare = value_to_arrays(value)
-    bound = float(request["bound"])
-    for key, arr in arrays.items():
-        top = float(np.max(np.abs(arr))) if arr.size else 0.0
-        if not np.isfinite(top) or top > bound:
-            raise FedscInputError(
-                f"value {key!r} of step {request['step']!r} reaches {top:.6g}, outside the "
-                f"SecAgg+ clipping range [-{bound:g}, {bound:g}]; raise secagg-clip (run "
-                "config) or use the plaintext transport."
-            )
-    meta = {"keys": list(arrays), "dtypes": [str(a.dtype) for a in arrays.values()], "bare": bare}
-    params = ndarrays_to_parameters([a.astype(np.float64) for a in arrays.values()])
-    return FitRes(
-        Status(Code.OK, ""), params, int(request["num_examples"]), {REQUEST: json.dumps(meta)}
-    )

@@ -25,11 +25,10 @@ app = ServerApp()
 
 def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Coordinate one deployed run over ``grid``; returns the run record (also written)."""
-    from fedsc.deploy.secagg import DeployedSecAggPlus
-
     from fedsc.deploy import fedscgen
     from fedsc.deploy.aggregators import DeployedPlaintext
     from fedsc.deploy.fleet import Fleet, MessageLog
+    from fedsc.deploy.secagg import DeployedSecAggPlus
     from fedsc.errors import FedscInputError
 
     start = time.perf_counter()
@@ -55,6 +54,9 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         return {s: params_of(r)["public"] for s, r in replies.items()}
 
     record = fedscgen.run(hello, aggregator, apply, params)
+    import numpy as np
+
+    np.savez(out_dir / "model.npz", **record.pop("model_state"))
     record.update(
         {
             "method": method,

@@ -18,12 +18,14 @@ import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anndata as ad
 import numpy as np
 
 from fedsc.errors import FedscInputError
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 #: A step: (site, params, arrays) -> value (one array or a dict of arrays).
 Step = Callable[["Site", dict[str, Any], dict[str, np.ndarray]], Any]
@@ -89,6 +91,8 @@ class Site:
                     f"site data file {str(self.data_path)!r} does not exist; start the "
                     "SuperNode with --node-config 'data-path=\"/path/to/site.h5ad\"'."
                 )
+            import anndata as ad
+
             self._adata = ad.read_h5ad(self.data_path)
         return self._adata
 
@@ -112,11 +116,18 @@ class Site:
     def run(self, step: str, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         """Run a registered step."""
         if step not in STEPS:
+            load_method_steps()
+        if step not in STEPS:
             raise FedscInputError(
                 f"unknown site step {step!r}; this site knows {sorted(STEPS)} (are the "
                 "coordinator and the site on the same fedsc version?)."
             )
         return STEPS[step](self, params, arrays)
+
+
+def load_method_steps() -> None:
+    """Import the methods' deployment modules (each registers its site steps)."""
+    from fedsc.deploy import fedscgen  # noqa: F401
 
 
 @register_step("hello", public=True)
