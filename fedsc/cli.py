@@ -463,6 +463,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    from fedsc.deploy.cli import add_parser
+
+    add_parser(sub)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from fedsc.deploy.cli import command
+
+    return command(args)
+
+
 COMMANDS = {
     "run": _cmd_run,
     "demo": _cmd_demo,
@@ -470,6 +482,7 @@ COMMANDS = {
     "sweep": _cmd_sweep,
     "compare": _cmd_compare,
     "report": _cmd_report,
+    "deploy": _cmd_deploy,
 }
 
 
@@ -516,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_compare(sub)
     _add_report(sub)
+    _add_deploy(sub)
     for p in sub.choices.values():  # also accepted after the subcommand
         add_global_options(p, argparse.SUPPRESS)
     return parser

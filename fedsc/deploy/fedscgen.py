@@ -254,6 +254,8 @@ def run(
     params: Mapping[str, Any],
     *,
     strategy: Any = None,
+    on_round_end: Any = None,
+    live: Any = None,
 ) -> dict[str, Any]:
     """Train and correct over the connected sites; returns the run's public record.
 
@@ -269,6 +271,10 @@ def run(
     params
         ``config`` (FedScGenConfig fields), ``seed``, ``batch_key``, ``label_key``, ``layer``,
         ``holdout``, ``client_order``, ``label_vocabulary``, ``key_added``.
+    on_round_end
+        ``(round, global_state)`` after each round (e.g. to save the coordinator's model).
+    live
+        ``live(sites) -> sites`` without those that dropped out (their output is skipped).
     """
     config = _config(params)
     check_deployable(config)
@@ -320,6 +326,7 @@ def run(
             show_progress=False,
             description="FedscGen rounds (deployed)",
             strategy=strategy,
+            on_round_end=on_round_end,
         )
     vocabulary = params.get("label_vocabulary") or sorted(
         set().union(*(set(h["labels"]) for h in hello.values()))
@@ -330,9 +337,10 @@ def run(
     final = {k: v.detach().clone() for k, v in fed.state.items()}
     sites = [RemoteCorrectionSite(names[i], corr_params, final) for i in range(len(names))]
     n_clients, shared, winners, means = dominant_means(sites, aggregator, config.latent)
+    alive = list(names.values()) if live is None else live(list(names.values()))
     written = apply(
         {
-            names[i]: (
+            site: (
                 "fedscgen/apply",
                 {
                     **corr_params,
@@ -341,7 +349,7 @@ def run(
                 },
                 {"means": np.asarray(means, dtype=np.float64)},
             )
-            for i in range(len(names))
+            for site in alive
         }
     )
     shared_names = [vocabulary[t] for t in shared]
@@ -364,6 +372,7 @@ def run(
             "dominant": {t: names[int(w)] for t, w in zip(shared_names, winners, strict=True)},
         },
         "outputs": written,
+        "dropped_sites": [n for n in names.values() if n not in alive],
         "seconds_training": fed.seconds,
         "model_state": {k: v.detach().cpu().numpy() for k, v in fed.state.items()},
     }

@@ -68,7 +68,7 @@ class MessageLog:
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             n = len(self.entries) - 1
-            np.savez(self.directory / f"{n:05d}.npz", **arrays)
+            np.savez(self.directory / f"{n:05d}.npz", **arrays)  # type: ignore[arg-type]
             meta = {"site": site, "step": step, "scalars": scalars, "time": entry["time"]}
             (self.directory / f"{n:05d}.json").write_text(json.dumps(meta, default=str))
 
@@ -154,6 +154,13 @@ class Fleet:
         self.hello: dict[str, dict[str, Any]] = {}
         #: (site, reason) of every error reply a Flower workflow received.
         self.errors: list[tuple[str, str]] = []
+        #: Sites that dropped out of a dropout-tolerant protocol (SecAgg+); later steps
+        #: skip them (:meth:`live`).
+        self.dropped: list[str] = []
+
+    def live(self, sites: list[str]) -> list[str]:
+        """``sites`` without the ones that dropped out."""
+        return [s for s in sites if s not in self.dropped]
 
     def site_of(self, node_id: int) -> str:
         """The site name of a node (its node id until it said hello)."""

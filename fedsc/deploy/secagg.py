@@ -222,6 +222,14 @@ class DeployedSecAggPlus(Aggregator):
 
         start = time.perf_counter()
         fleet = self.fleet
+        # sites that dropped out earlier are left out (no waiting for them again)
+        kept = [i for i, r in enumerate(refs) if r.site not in fleet.dropped]
+        refs, examples = [refs[i] for i in kept], [examples[i] for i in kept]
+        if len(refs) < 2:
+            raise DeploymentError(
+                f"SecAgg+ needs at least two live sites; left: {[r.site for r in refs]} "
+                f"(dropped: {fleet.dropped})."
+            )
         nodes = [fleet.nodes[r.site] for r in refs]
         # a request's bound is the least range its values need (e.g. a step counter)
         bound = max([self.clipping_range] + [float(r.params.get("bound", 0.0)) for r in refs])
@@ -268,6 +276,7 @@ class DeployedSecAggPlus(Aggregator):
         dropped = [r.site for r, n in zip(refs, nodes, strict=True) if n not in survivors]
         if dropped:
             log.warning("SecAgg+ %s: site(s) %s dropped out; aggregated the others.", op, dropped)
+            fleet.dropped += dropped
         self.dropped.append(dropped)
         scale = float(len(survivors)) if op == "sum" else 1.0  # the workflow returns means
         aggregate = [np.asarray(a, dtype=np.float64) * scale for a in strategy.aggregate]

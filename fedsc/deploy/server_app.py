@@ -53,9 +53,23 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         replies = fleet.ask(requests)
         return {s: params_of(r)["public"] for s, r in replies.items()}
 
-    record = fedscgen.run(hello, aggregator, apply, params)
     import numpy as np
 
+    def save_round(r: int, state: dict[str, Any]) -> None:
+        # the coordinator's own global model after each round
+        np.savez(out_dir / f"model-round{r}.npz", **{k: v.numpy() for k, v in state.items()})
+
+    try:
+        record = fedscgen.run(
+            hello, aggregator, apply, params, on_round_end=save_round, live=fleet.live
+        )
+    except Exception as err:
+        failed = {"error": f"{type(err).__name__}: {err}", "params": params}
+        (out_dir / "ledger.json").write_text(
+            json.dumps(aggregator.ledger.to_dict(), indent=1, default=float)
+        )
+        (out_dir / "run.json").write_text(json.dumps(failed, indent=1, default=float))
+        raise
     np.savez(out_dir / "model.npz", **record.pop("model_state"))
     record.update(
         {
