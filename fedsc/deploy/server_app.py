@@ -25,7 +25,7 @@ app = ServerApp()
 
 def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Coordinate one deployed run over ``grid``; returns the run record (also written)."""
-    from fedsc.deploy import fedscgen
+    from fedsc.deploy import fedscgen, scbatchprox
     from fedsc.deploy.aggregators import DeployedPlaintext
     from fedsc.deploy.fleet import Fleet, MessageLog
     from fedsc.deploy.secagg import DeployedSecAggPlus
@@ -38,9 +38,14 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     fleet = Fleet(grid, int(config["n-sites"]), timeout=float(config["timeout"]), log=log)
     params = json.loads(str(config["params"]))
     method = str(config["method"])
-    if method != "fedscgen":
-        raise FedscInputError(f"method {method!r} cannot be deployed yet; deployable: fedscgen.")
-    hello = fleet.connect({"batch_key": params["batch_key"], "label_key": params["label_key"]})
+    drivers = {"fedscgen": fedscgen.run, "scbatchprox": scbatchprox.run}
+    if method not in drivers:
+        raise FedscInputError(
+            f"method {method!r} cannot be deployed yet; deployable: {sorted(drivers)}."
+        )
+    hello = fleet.connect(
+        {k: params[k] for k in ("batch_key", "label_key", "embedding_key") if k in params}
+    )
     transport = str(config["transport"])
     if transport == "plaintext":
         aggregator: Any = DeployedPlaintext(fleet)
@@ -60,7 +65,7 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         np.savez(out_dir / f"model-round{r}.npz", **{k: v.numpy() for k, v in state.items()})
 
     try:
-        record = fedscgen.run(
+        record = drivers[method](
             hello, aggregator, apply, params, on_round_end=save_round, live=fleet.live
         )
     except Exception as err:

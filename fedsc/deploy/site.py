@@ -127,7 +127,7 @@ class Site:
 
 def load_method_steps() -> None:
     """Import the methods' deployment modules (each registers its site steps)."""
-    from fedsc.deploy import fedscgen  # noqa: F401
+    from fedsc.deploy import fedscgen, scbatchprox  # noqa: F401
 
 
 @register_step("hello", public=True)
@@ -140,13 +140,22 @@ def hello(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
         if label_key not in adata.obs:
             raise FedscInputError(f"{site.data_path} has no obs column {label_key!r}.")
         labels = sorted(adata.obs[label_key].astype(str).unique())
-    return {
+    facts = {
         "site": site.site_name(str(params.get("batch_key", "batch"))),
         "n_obs": int(adata.n_obs),
         "n_vars": int(adata.n_vars),
         "genes": genes_digest(adata.var_names),
         "labels": labels,
     }
+    key = params.get("embedding_key")
+    if key:
+        if key not in adata.obsm:
+            raise FedscInputError(
+                f"{site.data_path} has no obsm[{key!r}]; project the site's cells with the "
+                "agreed upstream model first (docs/deployment.md)."
+            )
+        facts["n_dims"] = int(np.asarray(adata.obsm[key]).shape[1])
+    return facts
 
 
 def value_to_arrays(value: Any) -> tuple[dict[str, np.ndarray], bool]:

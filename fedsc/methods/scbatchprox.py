@@ -192,6 +192,9 @@ class ScBatchProxFederation:
         new batches only).
     config, seed
         Hyper-parameters and the run seed (fixes the training splits).
+    indices
+        The clients' indices in the federation, when ``client_cells`` lists only some of
+        them (a deployed site: its own); default ``0..len(client_cells)-1``.
 
     With ``config.secure_rows`` the clients keep their rows (:attr:`own_rows`, client-side
     state), the engine's global state is empty and updates are sent as deltas in the
@@ -206,6 +209,7 @@ class ScBatchProxFederation:
         init: tuple[np.ndarray, np.ndarray],
         config: ScBatchProxConfig,
         seed: int,
+        indices: Sequence[int] | None = None,
     ) -> None:
         self.config = config
         self.client_rows = list(client_rows)
@@ -216,7 +220,10 @@ class ScBatchProxFederation:
             (self.init_gamma[r].copy(), self.init_beta[r].copy()) for r in self.client_rows
         ]
         self.train_z = []
-        for c, cells in enumerate(client_cells):
+        # each client's split is seeded by its index in the federation: a deployed site
+        # holding only its own cells passes that index (``indices``)
+        indices = list(range(len(client_cells))) if indices is None else list(indices)
+        for c, cells in zip(indices, client_cells, strict=True):
             split = training_split(len(cells), config.train_fraction, seed, c)
             self.train_z.append(np.asarray(z[cells[split]], dtype=np.float64))
         #: Client names for messages (set by :meth:`ScBatchProx._train`).
