@@ -670,6 +670,92 @@ class CryptenAggregator(Aggregator):
         traffic = Traffic(coordinator_received={"argmax_index": [matrix.shape[1]]}, **stats)
         return raw.astype(np.int64), traffic
 
+    # ----------------------------------------------------------------- deployed clients
+    def aggregate_sealed(
+        self,
+        kind: str,
+        sealed: Sequence[Sequence[bytes]],
+        names: Sequence[str],
+        context: str,
+        size: int,
+        decode_bits: int | None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """One operation over shares deployed clients made and sealed (:mod:`smpc.sealed`).
+
+        ``sealed[c][i]`` is client ``c``'s share for party ``i``, opaque here: this
+        process relays it and never holds a share. ``kind`` is ``"sum"`` or ``"argmax"``;
+        the result is decoded at ``decode_bits`` (``None``: the raw ring value, e.g. the
+        argmax index). Returns (result, traffic statistics).
+        """
+        self._check_open()
+        pool = self._pool
+        assert pool is not None
+        if kind not in ("sum", "argmax"):
+            raise ValueError(f"kind must be 'sum' or 'argmax', got {kind!r}.")
+        if len(sealed) != len(names) or any(len(s) != self.parties for s in sealed):
+            raise ValueError("one sealed share per party for every named client is needed.")
+        self._op_id += 1
+        op_id = self._op_id
+        deadline = time.monotonic() + self.timeout
+        try:
+            pool.check(kind, deadline, [], self.timeout)
+            for rank in range(self.parties):
+                channel = pool.channels[rank]
+                try:
+                    channel.send(
+                        msg.Aggregate(
+                            op_id=op_id,
+                            kind=kind,
+                            n_clients=len(sealed),
+                            size=int(size),
+                            share_format="sealed",
+                        )
+                    )
+                    for client, (name, blobs) in enumerate(zip(names, sealed, strict=True)):
+                        blob = np.frombuffer(blobs[rank], dtype=np.uint8)
+                        channel.send(
+                            msg.SealedShare(
+                                client=client, name=str(name), context=context, nbytes=blob.size
+                            )
+                        )
+                        channel.send_array(blob)
+                except OSError as err:
+                    raise pool.lost(rank, kind, err) from err
+            for rank in range(self.parties):
+                ack = pool.receive(rank, kind, deadline, self.timeout)
+                if not isinstance(ack, msg.SharesReceived) or ack.op_id != op_id:
+                    raise pool.fail(
+                        f"{pool.names[rank]} sent {ack!r} instead of an ack during {kind}"
+                    )
+            results: list[msg.Result] = []
+            shares: list[np.ndarray] = []
+            for rank in range(self.parties):
+                reply = pool.receive(rank, kind, deadline, self.timeout)
+                if not isinstance(reply, msg.Result) or reply.op_id != op_id:
+                    raise pool.fail(
+                        f"{pool.names[rank]} sent {reply!r} instead of a result during {kind}"
+                    )
+                results.append(reply)
+                try:
+                    shares.append(pool.channels[rank].recv_array(into=np.empty(size, np.int64)))
+                except (EOFError, OSError) as err:
+                    raise pool.lost(rank, kind, err) from err
+        except PartyError:
+            self._closed = True
+            raise
+        if decode_bits is None:
+            revealed = sharing.reconstruct(shares)
+        else:
+            revealed = sharing.reconstruct_decode(shares, decode_bits)
+        stats = {
+            "coordinator_bytes": int(self.parties * size * 8),
+            "bytes_to_party": [sum(len(s[r]) for s in sealed) for r in range(self.parties)],
+            "messages_to_party": [len(sealed)] * self.parties,
+            "bytes_between_parties": [r.bytes_between_parties for r in results],
+            "mpc_rounds": max(r.mpc_rounds for r in results),
+        }
+        return revealed, stats
+
     # ----------------------------------------------------------------- instrumentation
     def _query(self, what: str) -> list[Any]:
         self._check_open()

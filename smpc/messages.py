@@ -13,6 +13,9 @@ One aggregation, seen from party ``r`` (``n`` clients)::
                              "array":  ShareArray(client) + array frame (int64 share)
                              "buffer": ShareInBuffer(client)          (share already written
                                                                        to the shared buffer)
+                             "sealed": SealedShare(client, name, context, nbytes) + uint8
+                                       array frame (made and sealed by a deployed client;
+                                       party 0: the int64 share, others: the mask key)
     party -> coordinator   SharesReceived(op_id, rank)
     party -> coordinator   Result(op_id, rank, ...) + array frame of its result share, or
                            nothing more when the result share went into the shared buffer
@@ -97,6 +100,20 @@ class ShareInBuffer:
 
 
 @dataclass(frozen=True)
+class SealedShare:
+    """Client ``client``'s share, sealed by the client for this party (:mod:`smpc.sealed`).
+
+    It follows as a uint8 array frame of ``nbytes``; ``name`` is the client's name (which
+    selects its key) and ``context`` the operation it was sealed for.
+    """
+
+    client: int
+    name: str
+    context: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class SharesReceived:
     """The party holds every client's share of operation ``op_id``."""
 
@@ -176,6 +193,7 @@ MESSAGE_CLASSES: tuple[type, ...] = (
     MaskKey,
     ShareArray,
     ShareInBuffer,
+    SealedShare,
     SharesReceived,
     Result,
     OwnerShare,

@@ -331,6 +331,10 @@ class PartyLoop:
         self.records: list[tuple[dict[str, Any], np.ndarray | None]] = []
         self.counters = {"operations": 0, "messages": 0, "bytes": 0}
         self._buffer: SharedBuffer | None = None
+        #: Operation ids of sealed operations already run (replays are refused).
+        self._sealed_ops: set[str] = set()
+        #: This party's secret for deployed clients' sealed shares (``$SMPC_CLIENT_SECRET``).
+        self._client_secret: bytes | None = None
 
     def run(self) -> None:
         """Serve commands until :class:`~smpc.messages.Close` or the coordinator leaves."""
@@ -389,6 +393,7 @@ class PartyLoop:
             "key": msg.MaskKey,
             "array": msg.ShareArray,
             "buffer": msg.ShareInBuffer,
+            "sealed": msg.SealedShare,
         }
         kind = expected.get(op.share_format)
         if (
@@ -404,6 +409,8 @@ class PartyLoop:
             if len(key) != KEY_BYTES:
                 raise FrameError(f"a mask key has {KEY_BYTES} bytes, got {len(key)}")
             return key, None, KEY_BYTES
+        if isinstance(message, msg.SealedShare):
+            return self._open_sealed(op, message)
         if isinstance(message, msg.ShareInBuffer):
             if buffer is None:
                 raise ValueError("a share in the shared buffer, but no buffer was announced")
@@ -411,8 +418,46 @@ class PartyLoop:
         row = self.channel.recv_array(into=np.empty(op.size, dtype=np.int64))
         return None, row, row.nbytes
 
+    def _open_sealed(
+        self, op: msg.Aggregate, message: msg.SealedShare
+    ) -> tuple[bytes | None, np.ndarray | None, int]:
+        """A deployed client's share, opened with the key this party shares with it."""
+        from smpc import sealed
+
+        if self._client_secret is None:
+            secret = os.environ.get(sealed.SECRET_ENV, "")
+            if not secret:
+                raise ValueError(
+                    f"sealed client shares need this party's secret in ${sealed.SECRET_ENV}."
+                )
+            self._client_secret = sealed.party_secret(bytes.fromhex(secret), self.rank)
+        payload_bytes = 8 * op.size if self.rank == 0 else KEY_BYTES
+        if message.nbytes != sealed.sealed_size(payload_bytes):
+            raise ValueError(f"a sealed share of {message.nbytes} bytes; expected another size")
+        blob = self.channel.recv_array(into=np.empty(message.nbytes, dtype=np.uint8))
+        key = sealed.client_key(self._client_secret, message.name)
+        payload = sealed.open_sealed(key, blob.tobytes(), message.context, message.name, self.rank)
+        self._sealed_seen.append((message.name, message.context))
+        if self.rank == 0:
+            return None, np.frombuffer(payload, dtype=np.int64).copy(), message.nbytes
+        return payload, None, message.nbytes
+
+    def _check_sealed_operation(self) -> None:
+        """Every share of a sealed operation carries one context listing exactly its clients."""
+        from smpc import sealed
+
+        contexts = {c for _, c in self._sealed_seen}
+        if len(contexts) != 1:
+            raise sealed.SealError(
+                "the shares of one operation were sealed for different operations."
+            )
+        context = contexts.pop()
+        body = sealed.check_context(context, [n for n, _ in self._sealed_seen], self._sealed_ops)
+        self._sealed_ops.add(str(body["op"]))
+
     def _aggregate(self, op: msg.Aggregate) -> None:
         start = time.perf_counter()
+        self._sealed_seen: list[tuple[str, str]] = []
         if op.kind not in ("sum", "argmax"):
             raise ValueError(f"unknown operation kind {op.kind!r}")
         if op.kind == "argmax" and self.crypten is None:
@@ -452,6 +497,8 @@ class PartyLoop:
             if self.record:
                 values = expand_key(key, op.size) if key is not None else np.array(share)
                 self._record(op, client, values)
+        if op.share_format == "sealed":
+            self._check_sealed_operation()  # before anything is computed or revealed
         if keys:
             sum_masks(keys, result)
         self.counters["operations"] += 1
