@@ -84,10 +84,64 @@ def query(msg: Message, context: Context) -> Message:
         if transport == "plaintext":
             arrays, bare = payload
             return Message(content({"bare": bare}, arrays), reply_to=msg)
+        if transport == "crypten":
+            meta, sealed_arrays = seal_for_parties(context, params, *payload)
+            return Message(content({"meta": meta}, sealed_arrays), reply_to=msg)
         raise FedscInputError(f"unknown transport {transport!r} for step {step!r}.")
     except Exception as err:  # reported to the coordinator, which names this site
         detail = "".join(traceback.format_exception_only(type(err), err)).strip()
         return Message(content({"error": detail}), reply_to=msg)
+
+
+def seal_for_parties(
+    context: Context, params: dict[str, Any], arrays: dict[str, np.ndarray], bare: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Secret-share this site's value and seal share i for party i (the coordinator relays).
+
+    Keys: node config ``party-keys``, a file with one hex key per party (this site's key
+    at that party, from the party operators). Values are flattened in sorted key order
+    (as ``smpc.flatten``); the structure (keys, dtypes, shapes) is public.
+    """
+    from smpc import sealed, sharing
+
+    cfg = context.node_config
+    if not cfg.get("party-keys"):
+        raise FedscInputError(
+            "the crypten transport needs this site's party keys: start the SuperNode with "
+            "--node-config 'party-keys=\"/path/to/keys\"' (one hex key per party)."
+        )
+    keys = [bytes.fromhex(line) for line in Path(str(cfg["party-keys"])).read_text().split()]
+    if len(keys) != int(params["parties"]):
+        raise FedscInputError(f"{len(keys)} party keys for {params['parties']} parties.")
+    order = sorted(arrays)
+    flat = np.concatenate([np.asarray(arrays[k], dtype=np.float64).ravel() for k in order])
+    weight = params.get("weight")
+    scale = 1.0 if weight is None else float(weight)
+    n_sites = len(json.loads(str(params["context"]))["clients"])
+    bound = sharing.ring_bound(n_sites, int(params["bits"]))
+    top = float(np.max(np.abs(flat * scale))) if flat.size else 0.0
+    if not np.isfinite(top) or top > bound or (weight is not None and abs(scale) > bound):
+        raise FedscInputError(
+            f"values up to {top:.6g} exceed what {n_sites} sites can sum in the parties' ring "
+            f"(|x| <= {bound:.6g} at {params['bits']} fractional bits)."
+        )
+    name = str(cfg.get("site") or params.get("site_name"))
+    blobs = sealed.seal_shares(
+        flat,
+        keys,
+        client=name,
+        context=str(params["context"]),
+        precision_bits=int(params["bits"]),
+        scale=scale,
+        extra=None if weight is None else scale,
+    )
+    meta = {
+        "keys": order,
+        "dtypes": [str(np.asarray(arrays[k]).dtype) for k in order],
+        "shapes": [list(np.shape(arrays[k])) for k in order],
+        "bare": bare,
+    }
+    return meta, {f"sealed/{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(blobs)}
 
 
 def site_fit(fitins: FitIns, context: Context) -> FitRes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ import anndata as ad
 
 from fedsc.deploy.fleet import DeploymentError
 from fedsc.deploy.site_worker import new_key
+from smpc import sealed
 
 #: The Flower app folder ``flwr run`` packages.
 APP_DIR = Path(__file__).parent / "flower_app"
@@ -69,6 +71,10 @@ class LocalDeployment:
         Idle poll of the SuperNodes (:mod:`fedsc.deploy.supernode`).
     workers
         Give each site a long-lived worker (:mod:`fedsc.deploy.site_worker`).
+    parties
+        Also start three CrypTen parties and the dealer (``python -m smpc.party``, each
+        with its own secret for the sites' sealed shares; the coordinator gets only their
+        addresses and the connection key) and give each site its party keys.
     """
 
     def __init__(
@@ -78,8 +84,13 @@ class LocalDeployment:
         *,
         idle_poll: float = 0.1,
         workers: bool = True,
+        parties: bool = False,
     ) -> None:
         self.workers = workers
+        self.with_parties = parties
+        self._client_secret: bytes | None = None
+        #: ``HOST:PORT,...`` of the parties (the run config's ``parties``).
+        self.party_addresses = ""
         self.sites = {str(k): Path(v) for k, v in sites.items()}
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedsc-deploy-"))
         self.idle_poll = idle_poll
@@ -91,6 +102,7 @@ class LocalDeployment:
             "FLWR_HOME": str(self.home),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+            "SMPC_AUTHKEY": secrets.token_hex(16),
         }
 
     def site_out(self, site: str) -> Path:
@@ -141,10 +153,22 @@ class LocalDeployment:
             raise DeploymentError(
                 f"the SuperLink did not listen within {timeout:.0f} s; see {self.workdir}/superlink.log"
             )
+        client_secret = secrets.token_bytes(32) if self.with_parties else None
+        self._client_secret = client_secret
         for name, path in self.sites.items():
             out = self.site_out(name)
             out.mkdir(parents=True, exist_ok=True)
             node_config = f'data-path="{path}" site="{name}" out-dir="{out}"'
+            if client_secret is not None:
+                # what each party's operator hands the site: its key at that party
+                keys = [
+                    sealed.client_key(sealed.party_secret(client_secret, r), name).hex()
+                    for r in range(3)
+                ]
+                key_file = self.workdir / f"party-keys-{name}"
+                key_file.write_text("\n".join(keys))
+                key_file.chmod(0o600)
+                node_config += f' party-keys="{key_file}"'
             if self.workers:
                 socket_path = self.workdir / f"worker-{name}.sock"
                 key_file = self.workdir / f"worker-{name}.key"
@@ -186,6 +210,30 @@ class LocalDeployment:
                 ],
             )
 
+    def _start_parties(self, client_secret: bytes) -> None:
+        """Three CrypTen parties and the dealer on 127.0.0.1, as ``fedsc party`` runs them.
+
+        They serve one coordinator connection (one run); :meth:`run` starts them anew.
+        """
+        for rank in range(4):
+            old = self.processes.pop(f"party-{rank}", None)
+            if old is not None and old.poll() is None:
+                os.killpg(old.pid, signal.SIGKILL)
+                old.wait()
+        rendezvous = f"tcp://127.0.0.1:{_free_port()}"
+        listen = [_free_port() for _ in range(3)]
+        env = {**self.env, sealed.SECRET_ENV: client_secret.hex()}
+        for rank in range(4):  # rank 3: the trusted dealer
+            args = [sys.executable, "-m", "smpc.party", "--rank", str(rank), "--world-size", "3"]
+            args += ["--rendezvous", rendezvous]
+            if rank < 3:
+                args += ["--listen", f"127.0.0.1:{listen[rank]}"]
+            logf = open(self.workdir / f"party-{rank}.log", "wb")
+            self.processes[f"party-{rank}"] = subprocess.Popen(
+                args, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.party_addresses = ",".join(f"127.0.0.1:{p}" for p in listen)
+
     def _check_alive(self, name: str) -> None:
         proc = self.processes[name]
         if proc.poll() is not None:
@@ -199,15 +247,21 @@ class LocalDeployment:
         out = Path(out_dir)
         if (out / "run.json").exists():
             (out / "run.json").unlink()
+        if run_config.get("transport") == "crypten":
+            if self._client_secret is None:
+                raise DeploymentError("start the LocalDeployment with parties=True for crypten.")
+            self._start_parties(self._client_secret)
         config = {
             "n-sites": len(self.sites),
+            **({"parties": self.party_addresses} if self.party_addresses else {}),
             **dict(run_config),
             "out-dir": str(out),
         }
         toml = self.workdir / f"run-{time.time_ns()}.toml"
         toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
         for name in self.processes:
-            self._check_alive(name)
+            if not name.startswith("party-"):
+                self._check_alive(name)
         result = subprocess.run(
             [
                 _bin("flwr"),

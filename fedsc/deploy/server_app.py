@@ -51,8 +51,21 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         aggregator: Any = DeployedPlaintext(fleet)
     elif transport == "secagg+":
         aggregator = DeployedSecAggPlus(fleet, clipping_range=float(config["secagg-clip"]))
+    elif transport == "crypten":
+        from fedsc.deploy.crypten import DeployedCrypten, parse_parties
+
+        if not config.get("parties"):
+            raise FedscInputError(
+                "transport crypten needs the parties' addresses: run config "
+                "parties='HOST:PORT,HOST:PORT,HOST:PORT' (and $SMPC_AUTHKEY)."
+            )
+        aggregator = DeployedCrypten(
+            fleet, parse_parties(str(config["parties"])), timeout=float(config["timeout"])
+        )
     else:
-        raise FedscInputError(f"unknown transport {transport!r}; choose plaintext or secagg+.")
+        raise FedscInputError(
+            f"unknown transport {transport!r}; choose plaintext, secagg+ or crypten."
+        )
 
     def apply(requests: dict[str, Any]) -> dict[str, Any]:
         replies = fleet.ask(requests)
@@ -75,6 +88,8 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         )
         (out_dir / "run.json").write_text(json.dumps(failed, indent=1, default=float))
         raise
+    finally:
+        aggregator.close()
     np.savez(out_dir / "model.npz", **record.pop("model_state"))
     record.update(
         {

@@ -1,0 +1,176 @@
+"""The CrypTen parties in deployment: sites share their values straight to the parties.
+
+Each site secret-shares its own value and seals share ``i`` for party ``i``
+(:mod:`smpc.sealed`, AES-256-GCM under a key only that site and that party hold); the
+sealed shares ride on Flower's messages to the coordinator, which relays them to the
+parties unopened (:meth:`smpc.crypten_backend.CryptenAggregator.aggregate_sealed`). The
+parties compute sums and FedscGen's argmax as in simulation and send their result shares
+to the coordinator, which reconstructs only the aggregate. The coordinator never holds a
+share vector or an unmasked value; a site that stops answering stops the run with its
+name (no dropout tolerance: an additive sharing needs every share).
+
+The parties run elsewhere (``fedsc party`` on three hosts of non-colluding operators, each
+with its own ``$SMPC_CLIENT_SECRET``); the coordinator connects to them (``parties`` run
+config: ``HOST:PORT,HOST:PORT,HOST:PORT``; key in ``$SMPC_AUTHKEY``).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsc.deploy.aggregators import ask_values
+from fedsc.deploy.fleet import Fleet
+from fedsc.deploy.records import arrays_of, params_of
+from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
+from smpc.aggregator import Aggregator
+from smpc.crypten_backend import CryptenAggregator
+from smpc.flatten import flatten
+from smpc.ledger import Traffic
+
+
+def parse_parties(text: str) -> list[tuple[str, int]]:
+    """``"HOST:PORT,HOST:PORT,..."`` -> addresses."""
+    out = []
+    for item in str(text).split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"party address {item!r} is not HOST:PORT.")
+        out.append((host, int(port)))
+    return out
+
+
+class DeployedCrypten(Aggregator):
+    """Sums, weighted means and argmax over the sites by the CrypTen parties (private)."""
+
+    name = "crypten"
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        parties: Sequence[tuple[str, int]],
+        *,
+        authkey: bytes | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.backend = CryptenAggregator(
+            parties=len(parties), party_addresses=list(parties), authkey=authkey, timeout=timeout
+        )
+
+    @property
+    def private(self) -> bool:
+        """Only aggregates (and FedscGen's winners) reach the coordinator."""
+        return True
+
+    @property
+    def privacy_note(self) -> str:
+        """What the coordinator learns."""
+        return (
+            "private (CrypTen parties, deployed): sites seal their shares for the parties; "
+            "the coordinator relays ciphertext and learns only aggregates"
+        )
+
+    def weighted_mean(
+        self, contributions: Sequence[Any], weights: Sequence[float], *, reference: Any = None
+    ) -> Any:
+        """Weighted mean; each site shares ``[w x, w]``."""
+        self._check_open()
+        w = self._checked_weights(weights, len(contributions))
+        out, meta, ref = self._run("sum", contributions, w, self.backend.sum_precision_bits)
+        return self._rebuild(ref, meta, out[:-1] / out[-1])
+
+    def sum(self, contributions: Sequence[Any], *, reference: Any = None) -> Any:
+        """Element-wise sum."""
+        self._check_open()
+        out, meta, ref = self._run("sum", contributions, None, self.backend.sum_precision_bits)
+        return self._rebuild(ref, meta, out)
+
+    def argmax(self, columns: Sequence[Any]) -> np.ndarray:
+        """Per column, the winning site (ties: lowest index); only the winners are revealed."""
+        self._check_open()
+        out, _, _ = self._run("argmax", columns, None, self.backend.precision_bits, decode=False)
+        return np.asarray(out, dtype=np.int64)
+
+    def close(self) -> None:
+        """Disconnect from the parties."""
+        self.backend.close()
+        super().close()
+
+    def _run(
+        self,
+        kind: str,
+        contributions: Sequence[Any],
+        weights: np.ndarray | None,
+        bits: int,
+        decode: bool = True,
+    ) -> tuple[np.ndarray, dict[str, Any], RemoteValue]:
+        if not is_remote(contributions):
+            raise TypeError("the deployed CrypTen aggregator takes site references only.")
+        refs: list[RemoteValue] = list(contributions)
+        start = time.perf_counter()
+        names = [r.site for r in refs]
+        context = json.dumps({"op": secrets.token_hex(16), "clients": names})
+        for i, ref in enumerate(refs):
+            extra: dict[str, Any] = {
+                "context": context,
+                "bits": bits,
+                "parties": self.backend.parties,
+                "site_name": ref.site,
+            }
+            if weights is not None:
+                extra["weight"] = float(weights[i])
+            refs[i] = RemoteValue(
+                ref.site, ref.step, {**ref.params, **extra}, ref.arrays, ref.torch, ref.scalars
+            )
+        replies = ask_values(self.fleet, refs, "crypten")
+        metas = [params_of(replies[s])["meta"] for s in names]
+        if any(m != metas[0] for m in metas[1:]):
+            raise ValueError(f"the sites' values differ in structure: {metas}.")
+        sealed = []
+        for s in names:
+            arrays = arrays_of(replies[s])
+            sealed.append([arrays[f"sealed/{i}"].tobytes() for i in range(self.backend.parties)])
+        size = int(sum(np.prod(sh) for sh in metas[0]["shapes"])) + (
+            1 if weights is not None else 0
+        )
+        out, stats = self.backend.aggregate_sealed(
+            kind, sealed, names, context, size, bits if decode else None
+        )
+        what = {"argmax": "argmax_index", "sum": "sum_weighted" if weights is not None else "sum"}
+        traffic = Traffic(coordinator_received={what[kind]: [size]}, **stats)
+        op = "weighted_mean" if weights is not None else kind
+        self._record(
+            op, np.broadcast_to(0.0, (len(refs), size)), traffic, time.perf_counter() - start
+        )
+        return out, metas[0], refs[0]
+
+    @staticmethod
+    def _rebuild(ref: RemoteValue, meta: dict[str, Any], flat: np.ndarray) -> Any:
+        """The aggregate in the structure the sites reported (sorted keys, as they sent)."""
+        template: dict[str, Any] = {}
+        for key, dtype, shape in zip(meta["keys"], meta["dtypes"], meta["shapes"], strict=True):
+            zeros = np.zeros(tuple(shape), dtype=np.dtype(dtype))
+            template[key] = torch.from_numpy(zeros) if ref.torch else zeros
+        _, spec = flatten(template)
+        value = spec.unflatten(np.asarray(flat, dtype=np.float64))
+        if ref.scalars:
+            return as_float_metrics(value)
+        return value["value"] if meta.get("bare") else value
+
+    # Backend hooks are unused: every operation goes through _run.
+    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _sum(self, matrix: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _argmax(self, matrix: np.ndarray) -> Any:
+        raise NotImplementedError
