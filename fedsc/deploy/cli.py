@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 #: Defaults of ``fedsc deploy local``.
-TRANSPORTS = ("plaintext", "secagg+")
+TRANSPORTS = ("plaintext", "secagg+", "crypten")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--local-epochs", type=int, default=2)
     loc.add_argument("--seed", type=int, default=0)
     loc.add_argument("--out", required=True, help="run.json, ledger.json and the sites' outputs")
+    loc.add_argument("--method", choices=["fedscgen"], default="fedscgen")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -136,7 +137,8 @@ def _local(args: argparse.Namespace) -> int:
         "batch_key": args.batch_key,
         "label_key": args.label_key,
     }
-    with LocalDeployment(paths, out / "deployment") as dep:
+    crypten = args.transport == "crypten"
+    with LocalDeployment(paths, out / "deployment", parties=crypten) as dep:
         record = dep.run(
             {"params": json.dumps(params), "transport": args.transport}, out / "coordinator"
         )
