@@ -53,7 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--local-epochs", type=int, default=2)
     loc.add_argument("--seed", type=int, default=0)
     loc.add_argument("--out", required=True, help="run.json, ledger.json and the sites' outputs")
-    loc.add_argument("--method", choices=["fedscgen"], default="fedscgen")
 
 
 def command(args: argparse.Namespace) -> int:
