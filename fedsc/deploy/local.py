@@ -26,6 +26,7 @@ from typing import Any
 import anndata as ad
 
 from fedsc.deploy.fleet import DeploymentError
+from fedsc.errors import FedscInputError
 from fedsc.deploy.site_worker import new_key
 from smpc import sealed
 
@@ -38,7 +39,9 @@ def split_by_batch(adata: ad.AnnData, batch_key: str, out_dir: str | Path) -> di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if batch_key not in adata.obs:
-        raise DeploymentError(f"adata has no obs column {batch_key!r} to split by.")
+        raise FedscInputError(
+            f"adata has no obs column {batch_key!r} to split by; name it with --batch-key."
+        )
     values = adata.obs[batch_key].astype(str).to_numpy()
     paths = {}
     for name in sorted(set(values)):
