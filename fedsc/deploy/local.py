@@ -26,8 +26,8 @@ from typing import Any
 import anndata as ad
 
 from fedsc.deploy.fleet import DeploymentError
-from fedsc.errors import FedscInputError
 from fedsc.deploy.site_worker import new_key
+from fedsc.errors import FedscInputError
 from smpc import sealed
 
 #: The Flower app folder ``flwr run`` packages.
