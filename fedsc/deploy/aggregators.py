@@ -19,6 +19,7 @@ from typing_extensions import override
 from fedsc.deploy.fleet import Fleet
 from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
 from fedsc.deploy.site import arrays_to_value
+from smpc.aggregator import Aggregator
 from smpc.plaintext import PlaintextAggregator
 
 
@@ -81,3 +82,31 @@ class DeployedPlaintext(PlaintextAggregator):
     @override
     def gather(self, contributions: Sequence[Any], *, reference: Any = None) -> list[Any]:
         return super().gather(self._resolve(contributions), reference=reference)
+
+
+class SecureSiteAggregator(Aggregator):
+    """Base of the private deployed aggregators: site references in, aggregates out.
+
+    Subclasses implement the public operations through their transport; smpc's flat
+    backend hooks do not apply (the coordinator never holds the clients' matrix).
+    """
+
+    @property
+    def private(self) -> bool:
+        """Only aggregates reach the coordinator."""
+        return True
+
+    @staticmethod
+    def _refs(contributions: Sequence[Any]) -> list[RemoteValue]:
+        if not is_remote(contributions):
+            raise TypeError("a private deployed aggregator takes site references only.")
+        return list(contributions)
+
+    def _weighted_sum(self, matrix: Any, weights: Any) -> Any:
+        raise NotImplementedError("deployed aggregators aggregate site references")
+
+    def _sum(self, matrix: Any) -> Any:
+        raise NotImplementedError("deployed aggregators aggregate site references")
+
+    def _argmax(self, matrix: Any) -> Any:
+        raise NotImplementedError("deployed aggregators aggregate site references")

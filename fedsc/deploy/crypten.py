@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsc.deploy.aggregators import ask_values
+from fedsc.deploy.aggregators import SecureSiteAggregator, ask_values
 from fedsc.deploy.fleet import Fleet
 from fedsc.deploy.records import arrays_of, params_of
-from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
-from smpc.aggregator import Aggregator
+from fedsc.deploy.remote import RemoteValue, as_float_metrics
 from smpc.crypten_backend import CryptenAggregator
 from smpc.flatten import flatten
 from smpc.ledger import Traffic
@@ -46,7 +45,7 @@ def parse_parties(text: str) -> list[tuple[str, int]]:
     return out
 
 
-class DeployedCrypten(Aggregator):
+class DeployedCrypten(SecureSiteAggregator):
     """Sums, weighted means and argmax over the sites by the CrypTen parties (private)."""
 
     name = "crypten"
@@ -64,11 +63,6 @@ class DeployedCrypten(Aggregator):
         self.backend = CryptenAggregator(
             parties=len(parties), party_addresses=list(parties), authkey=authkey, timeout=timeout
         )
-
-    @property
-    def private(self) -> bool:
-        """Only aggregates (and FedscGen's winners) reach the coordinator."""
-        return True
 
     @property
     def privacy_note(self) -> str:
@@ -112,9 +106,7 @@ class DeployedCrypten(Aggregator):
         bits: int,
         decode: bool = True,
     ) -> tuple[np.ndarray, dict[str, Any], RemoteValue]:
-        if not is_remote(contributions):
-            raise TypeError("the deployed CrypTen aggregator takes site references only.")
-        refs: list[RemoteValue] = list(contributions)
+        refs = self._refs(contributions)
         start = time.perf_counter()
         names = [r.site for r in refs]
         context = json.dumps({"op": secrets.token_hex(16), "clients": names})
@@ -164,13 +156,3 @@ class DeployedCrypten(Aggregator):
         if ref.scalars:
             return as_float_metrics(value)
         return value["value"] if meta.get("bare") else value
-
-    # Backend hooks are unused: every operation goes through _run.
-    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    def _sum(self, matrix: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    def _argmax(self, matrix: np.ndarray) -> Any:
-        raise NotImplementedError

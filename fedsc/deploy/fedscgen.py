@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +21,10 @@ import torch
 
 import smpc
 from fedsc.data.validate import get_representation
-from fedsc.deploy.remote import RemoteMetrics, RemoteValue
-from fedsc.deploy.site import Site, register_step
+from fedsc.deploy.remote import RemoteMethod, RemoteValue
+from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
-from fedsc.federation import LocalResult, State, run_federation
+from fedsc.federation import State, run_federation
 from fedsc.federation.seeding import client_generators
 from fedsc.methods.fedscgen import (
     CorrectionSite,
@@ -74,21 +73,8 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
         result = method.local_update(
             index, _state(arrays), r, client_generators(seed, r, [index])[0]
         )
-    site.state[f"fedscgen/metrics/{r}"] = {
-        k: np.asarray(v, dtype=np.float64) for k, v in result.metrics.items()
-    }
+    keep_metrics(site, "fedscgen", r, result.metrics)
     return result.state
-
-
-@register_step("fedscgen/metrics")
-def site_metrics(
-    site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """The metrics of the site's update of round ``params["round"]``."""
-    key = f"fedscgen/metrics/{int(params['round'])}"
-    if key not in site.state:
-        raise FedscInputError(f"no update of round {params['round']} was trained at this site.")
-    return {k: site.state[key][k] for k in params["names"]}
 
 
 def _correction_site(
@@ -149,39 +135,10 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     key = str(params.get("key_added", "fedscgen"))
     out.obsm[f"X_{key}"] = latent
     out.layers[key] = expression
-    name = site.site_name(str(params["batch_key"]))
-    out_dir = Path(site.out_dir or ".")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.h5ad"
-    out.write_h5ad(path)
-    return {"path": str(path), "n_obs": int(out.n_obs)}
+    return write_output(site, str(params["batch_key"]), out)
 
 
 # ----------------------------------------------------------------------------- coordinator
-@dataclass
-class RemoteFedScGen:
-    """The coordinator's stand-in for :class:`FedScGenMethod` (a ``FederatedMethod``)."""
-
-    names: Mapping[int, str]
-    params: Mapping[str, Any]
-    initial: State
-
-    def initial_state(self) -> State:
-        """The global VAE state before round 0 (same seed, same weights as simulation)."""
-        return {k: v.clone() for k, v in self.initial.items()}
-
-    def local_update(
-        self, client: int, global_state: State, round_index: int, generator: torch.Generator
-    ) -> LocalResult:
-        """A reference to the site's update; trained when the aggregator asks for it."""
-        site = self.names[client]
-        params = {**self.params, "index": client, "round": round_index}
-        state = RemoteValue(site, "fedscgen/update", params, global_state, torch=True)
-        metrics = RemoteMetrics(site, "fedscgen/metrics", METRICS, {"round": round_index})
-        weight = float(self.params["n_train"][site])
-        return LocalResult(state, weight, metrics)  # type: ignore[arg-type]
-
-
 @dataclass
 class RemoteCorrectionSite:
     """The coordinator's stand-in for one site's :class:`CorrectionSite`."""
@@ -316,7 +273,8 @@ def run(
         initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         # BatchNorm's step counter is part of the state: SecAgg+ must cover its range
         steps = config.rounds * config.local_epochs * -(-max(n_train.values()) // config.batch_size)
-        method = RemoteFedScGen(names, {**base, "n_train": n_train, "bound": steps + 1}, initial)
+        update = {**base, "n_train": n_train, "bound": steps + 1}
+        method = RemoteMethod("fedscgen", names, update, initial, METRICS)
         fed = run_federation(
             method,
             list(range(len(train))),

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedsc.federation import LocalResult, State
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,52 @@ class RemoteMetrics(Mapping[str, float]):
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+@dataclass
+class RemoteMethod:
+    """The coordinator's stand-in for a method's clients (a ``FederatedMethod``).
+
+    ``local_update`` returns references: the site trains (step ``<method>/update``) when
+    the aggregator asks for its update; its metrics stay at the site (``metrics``).
+
+    Attributes
+    ----------
+    method
+        The method's name (its site steps are ``<method>/update``, metrics ``metrics``).
+    names
+        Client index -> site name.
+    params
+        Parameters every update request carries (incl. ``n_train``: the public weights).
+    initial
+        The global state before round 0 (same seed, same values as simulation).
+    metrics
+        Names of the metrics each update reports.
+    """
+
+    method: str
+    names: Mapping[int, str]
+    params: Mapping[str, Any]
+    initial: State
+    metrics: Sequence[str]
+
+    def initial_state(self) -> State:
+        """The global state before round 0."""
+        return {k: v.clone() for k, v in self.initial.items()}
+
+    def local_update(
+        self, client: int, global_state: State, round_index: int, generator: torch.Generator
+    ) -> LocalResult:
+        """A reference to the site's update of this round, and to its metrics."""
+        from fedsc.federation import LocalResult
+
+        site = self.names[client]
+        params = {**self.params, "index": client, "round": round_index}
+        state = RemoteValue(site, f"{self.method}/update", params, global_state, torch=True)
+        keep = {"method": self.method, "round": round_index}
+        metrics = RemoteMetrics(site, "metrics", self.metrics, keep)
+        weight = float(self.params["n_train"][site])
+        return LocalResult(state, weight, metrics)  # type: ignore[arg-type]
 
 
 def is_remote(values: Sequence[Any]) -> bool:

@@ -13,8 +13,6 @@ shared model: each site's file holds its cells projected by it (``obsm[embedding
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +20,10 @@ import torch
 
 import smpc
 from fedsc.deploy.fedscgen import site_order
-from fedsc.deploy.remote import RemoteMetrics, RemoteValue
-from fedsc.deploy.site import Site, register_step
+from fedsc.deploy.remote import RemoteMethod
+from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
-from fedsc.federation import LocalResult, State, run_federation
+from fedsc.federation import State, run_federation
 from fedsc.federation.seeding import client_generators
 from fedsc.methods.scbatchprox import ScBatchProxConfig, ScBatchProxFederation, training_split
 
@@ -61,21 +59,8 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
     state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
     gen = client_generators(seed, r, [index])[0]
     result = method.local_update(0, state, r, gen)
-    site.state[f"scbatchprox/metrics/{r}"] = {
-        k: np.asarray(v, dtype=np.float64) for k, v in result.metrics.items()
-    }
+    keep_metrics(site, "scbatchprox", r, result.metrics)
     return result.state
-
-
-@register_step("scbatchprox/metrics")
-def site_metrics(
-    site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """The metrics of the site's update of round ``params["round"]``."""
-    key = f"scbatchprox/metrics/{int(params['round'])}"
-    if key not in site.state:
-        raise FedscInputError(f"no update of round {params['round']} was trained at this site.")
-    return {k: site.state[key][k] for k in params["names"]}
 
 
 @register_step("scbatchprox/apply", public=True)
@@ -86,36 +71,7 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     refined = arrays["gamma"][index] * z + arrays["beta"][index]
     out = site.adata.copy()
     out.obsm[f"X_{params.get('key_added', 'scbatchprox')}"] = refined
-    name = site.site_name(str(params["batch_key"]))
-    out_dir = Path(site.out_dir or ".")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.h5ad"
-    out.write_h5ad(path)
-    return {"path": str(path), "n_obs": int(out.n_obs)}
-
-
-@dataclass
-class RemoteScBatchProx:
-    """The coordinator's stand-in for :class:`ScBatchProxFederation` (a ``FederatedMethod``)."""
-
-    names: Mapping[int, str]
-    params: Mapping[str, Any]
-    initial: State
-
-    def initial_state(self) -> State:
-        """Identity tables (gamma 1, beta 0), one row per site."""
-        return {k: v.clone() for k, v in self.initial.items()}
-
-    def local_update(
-        self, client: int, global_state: State, round_index: int, generator: torch.Generator
-    ) -> LocalResult:
-        """A reference to the site's update; trained when the aggregator asks for it."""
-        site = self.names[client]
-        params = {**self.params, "index": client, "round": round_index}
-        state = RemoteValue(site, "scbatchprox/update", params, global_state, torch=True)
-        metrics = RemoteMetrics(site, "scbatchprox/metrics", METRICS, {"round": round_index})
-        weight = float(self.params["n_train"][site])
-        return LocalResult(state, weight, metrics)  # type: ignore[arg-type]
+    return write_output(site, str(params["batch_key"]), out)
 
 
 def run(
@@ -167,7 +123,7 @@ def run(
         "gamma": torch.ones((len(names), d), dtype=torch.float64),
         "beta": torch.zeros((len(names), d), dtype=torch.float64),
     }
-    method = RemoteScBatchProx(names, base, initial)
+    method = RemoteMethod("scbatchprox", names, base, initial, METRICS)
     fed = run_federation(
         method,
         list(range(len(names))),

@@ -38,11 +38,11 @@ from flwr.server.strategy import Strategy as FlowerStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
+from fedsc.deploy.aggregators import SecureSiteAggregator
 from fedsc.deploy.client_app import REQUEST
 from fedsc.deploy.fleet import DeploymentError, FastGrid, Fleet
-from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
+from fedsc.deploy.remote import RemoteValue, as_float_metrics
 from fedsc.errors import FedscInputError
-from smpc.aggregator import Aggregator
 from smpc.flatten import flatten
 from smpc.ledger import Traffic
 
@@ -94,7 +94,7 @@ class _OneRound(FlowerStrategy):
         return None
 
 
-class DeployedSecAggPlus(Aggregator):
+class DeployedSecAggPlus(SecureSiteAggregator):
     """Sums and weighted means over the sites by Flower's SecAgg+ (private).
 
     Parameters
@@ -127,11 +127,6 @@ class DeployedSecAggPlus(Aggregator):
         self.rounds = 0
         #: Sites left out of each aggregation (dropouts), by ledger position.
         self.dropped: list[list[str]] = []
-
-    @property
-    def private(self) -> bool:
-        """The coordinator learns sums of the sites that finished a round, nothing else."""
-        return True
 
     @property
     def privacy_note(self) -> str:
@@ -212,11 +207,6 @@ class DeployedSecAggPlus(Aggregator):
         return np.asarray(winners, dtype=np.int64)
 
     # ---------------------------------------------------------------- internals
-    def _refs(self, contributions: Sequence[Any]) -> list[RemoteValue]:
-        if not is_remote(contributions):
-            raise TypeError("the SecAgg+ aggregator takes site references (RemoteValue) only.")
-        return list(contributions)
-
     def _run(self, op: str, refs: list[RemoteValue], examples: list[int]) -> Any:
         import time
 
@@ -315,16 +305,6 @@ class DeployedSecAggPlus(Aggregator):
         if ref.scalars:
             return as_float_metrics(value)
         return value["value"] if meta.get("bare") else value
-
-    # Backend hooks are unused: every operation goes through _run.
-    def _weighted_sum(self, matrix: np.ndarray, weights: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    def _sum(self, matrix: np.ndarray) -> Any:
-        raise NotImplementedError
-
-    def _argmax(self, matrix: np.ndarray) -> Any:
-        raise NotImplementedError
 
 
 def _numpy(value: Any) -> np.ndarray:

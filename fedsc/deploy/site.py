@@ -158,6 +158,32 @@ def hello(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
     return facts
 
 
+def keep_metrics(site: Site, method: str, round_index: int, metrics: Mapping[str, Any]) -> None:
+    """Keep an update's metrics at the site until their weighted mean is asked for."""
+    site.state[f"{method}/metrics/{int(round_index)}"] = {
+        k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()
+    }
+
+
+@register_step("metrics")
+def metrics(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The kept metrics ``names`` of the site's update of ``round`` for ``method``."""
+    key = f"{params['method']}/metrics/{int(params['round'])}"
+    if key not in site.state:
+        raise FedscInputError(f"no update of round {params['round']} was trained at this site.")
+    return {k: site.state[key][k] for k in params["names"]}
+
+
+def write_output(site: Site, batch_key: str, out: ad.AnnData) -> dict[str, Any]:
+    """Write a site's corrected AnnData to ``<out_dir>/<site>.h5ad``; the public receipt."""
+    name = site.site_name(batch_key)
+    out_dir = Path(site.out_dir or ".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.h5ad"
+    out.write_h5ad(path)
+    return {"path": str(path), "n_obs": int(out.n_obs)}
+
+
 def value_to_arrays(value: Any) -> tuple[dict[str, np.ndarray], bool]:
     """A step's value as named arrays, and whether it was one bare array."""
     if isinstance(value, Mapping):

@@ -19,16 +19,14 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
+from _sites import SITES
 
-from fedsc.datasets import pancreas
 from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.deploy.secagg import quantization_range
 from fedsc.federation.seeding import client_generators
 from fedsc.methods.fedscgen import FedScGenConfig, FedScGenMethod, run_fedscgen
 from fedsc.methods.vae import as_tensor, torch_threads
-from fedsc.preprocessing import preprocess
 
-SITES = ["celseq", "celseq2", "smartseq2"]
 CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1)
 SEED = 3
 CLIP = 64.0  # the app's default secagg-clip
@@ -38,12 +36,6 @@ def _params() -> str:
     return json.dumps(
         {"config": CONFIG.to_dict(), "seed": SEED, "batch_key": "batch", "label_key": "celltype"}
     )
-
-
-@pytest.fixture(scope="module")
-def data() -> ad.AnnData:
-    a = preprocess(pancreas(), n_top_genes=None)
-    return a[a.obs["batch"].isin(SITES)].copy()
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,12 @@ import time
 import anndata as ad
 import numpy as np
 import pytest
+from _sites import SITES
 
-from fedsc.datasets import pancreas
 from fedsc.deploy.fleet import DeploymentError
 from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
-from fedsc.preprocessing import preprocess
 
-SITES = ["celseq", "celseq2", "smartseq2"]
 CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1)
 SEED = 5
 
@@ -32,12 +30,6 @@ def _params() -> str:
     return json.dumps(
         {"config": CONFIG.to_dict(), "seed": SEED, "batch_key": "batch", "label_key": "celltype"}
     )
-
-
-@pytest.fixture(scope="module")
-def data() -> ad.AnnData:
-    a = preprocess(pancreas(), n_top_genes=None)
-    return a[a.obs["batch"].isin(SITES)].copy()
 
 
 @pytest.fixture(scope="module")
