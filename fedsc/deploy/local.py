@@ -285,7 +285,10 @@ class LocalDeployment:
             raise DeploymentError(
                 f"the deployed run wrote no run.json (flwr run exit {result.returncode}):\n{tail}"
             )
-        return json.loads((out / "run.json").read_text())
+        record = json.loads((out / "run.json").read_text())
+        if "error" in record:
+            raise DeploymentError(f"the deployed run failed: {record['error']}")
+        return dict(record)
 
     def kill_site(self, name: str) -> None:
         """Kill one site's SuperNode, ClientApp processes and worker: a dropout."""
