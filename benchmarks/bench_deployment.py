@@ -25,13 +25,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SITES = ["celseq", "celseq2", "smartseq2"]
 
@@ -70,7 +70,9 @@ def main() -> None:
             data.copy(), batch_key="batch", label_key="celltype", aggregator=agg, config=config
         )
         sim_bytes = int(agg.ledger.totals()["coordinator_bytes"])
-    rows.append(("simulation (plaintext)", time.perf_counter() - w0, time.process_time() - c0, sim_bytes))
+    rows.append(
+        ("simulation (plaintext)", time.perf_counter() - w0, time.process_time() - c0, sim_bytes)
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = split_by_batch(data, "batch", Path(tmp) / "sites")
@@ -79,16 +81,24 @@ def main() -> None:
             startup = time.perf_counter() - t
             for transport in ("plaintext", "secagg+"):
                 folder = Path(tmp) / transport.replace("+", "p")
-                run_config = {"params": json.dumps(params), "transport": transport, "log-messages": True}
+                run_config = {
+                    "params": json.dumps(params),
+                    "transport": transport,
+                    "log-messages": True,
+                }
                 w0, c0 = time.perf_counter(), time.process_time()
                 dep.run(run_config, folder, timeout=1200)
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
                 rows.append((f"deployment ({transport})", wall, cpu, _received_bytes(folder)))
 
     base_wall, base_bytes = rows[0][1], rows[0][3]
-    print(f"FedscGen, 3 pancreas sites, {args.rounds} rounds x 1 epoch, 1 thread; "
-          f"deployment start-up {startup:.1f} s (not included)")
-    print(f"{'variant':28s} {'wall s':>8s} {'cpu s':>7s} {'x wall':>7s} {'bytes/round':>12s} {'x bytes':>8s}")
+    print(
+        f"FedscGen, 3 pancreas sites, {args.rounds} rounds x 1 epoch, 1 thread; "
+        f"deployment start-up {startup:.1f} s (not included)"
+    )
+    print(
+        f"{'variant':28s} {'wall s':>8s} {'cpu s':>7s} {'x wall':>7s} {'bytes/round':>12s} {'x bytes':>8s}"
+    )
     for name, wall, cpu, nbytes in rows:
         print(
             f"{name:28s} {wall:8.2f} {cpu:7.2f} {wall / base_wall:7.2f} "
