@@ -74,10 +74,20 @@ class MessageLog:
 
 
 def exchange(
-    grid: Any, messages: list[Message], timeout: float | None, poll: float
+    grid: Any,
+    messages: list[Message],
+    timeout: float | None,
+    poll: float,
+    pushed: list[str] | None = None,
 ) -> list[Message]:
-    """Push ``messages`` and pull their replies every ``poll`` s until all or ``timeout``."""
-    ids = set(grid.push_messages(messages))
+    """Push ``messages`` and pull their replies every ``poll`` s until all or ``timeout``.
+
+    ``pushed``, if given, receives the pushed messages' ids in order.
+    """
+    order = list(grid.push_messages(messages))
+    if pushed is not None:
+        pushed[:] = order
+    ids = set(order)
     replies: list[Message] = []
     deadline = None if timeout is None else time.monotonic() + timeout
     while ids:
@@ -220,16 +230,21 @@ class Fleet:
             )
             for node, (step, params, arrays) in requests.items()
         ]
-        sent = {m.metadata.message_id: node for m, node in zip(messages, requests, strict=True)}
-        replies = exchange(self.grid, messages, self.timeout, self.poll)
+        pushed: list[str] = []
+        replies = exchange(self.grid, messages, self.timeout, self.poll, pushed)
+        # match replies by the message they answer: Flower may answer for an unreachable
+        # node itself (an error reply whose source is not that node)
+        sent = dict(zip(pushed, requests, strict=True))
         out: dict[int, RecordDict] = {}
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = sent.get(reply.metadata.reply_to_message_id)
+            if node is None:
+                continue
             site = self.site_of(node)
             step = requests[node][0]
             if reply.has_error():
                 raise DeploymentError(
-                    f"site {site!r} failed during step {step!r}: {reply.error.reason}"
+                    f"site {site!r} did not answer step {step!r}: {reply.error.reason}"
                 )
             self.log.add(site, step, reply.content)
             params = params_of(reply.content)

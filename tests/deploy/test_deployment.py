@@ -142,6 +142,39 @@ def _candidates(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def test_scbatchprox_deployment_equals_simulation(deployment, data, tmp_path):
+    """scBatchProx (the paper's protocol) on the agreed embedding obsm["X_pca"]:
+    plaintext bit for bit, SecAgg+ within the quantisation error times |z|."""
+    import smpc
+    from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
+
+    cfg = ScBatchProxConfig(rounds=1)
+    params = {
+        "config": {**cfg.to_dict(), "adam_betas": list(cfg.adam_betas)},
+        "seed": SEED,
+        "batch_key": "batch",
+        "embedding_key": "X_pca",
+    }
+    z = np.asarray(data.obsm["X_pca"], dtype=np.float64)
+    labels = data.obs["batch"].astype(str).to_numpy()
+    with smpc.make_aggregator("plaintext") as agg:
+        model = ScBatchProx.fit(z, labels, agg, config=cfg, seed=SEED)
+    want = model.transform(z, labels)
+    step = 2 * CLIP / quantization_range(len(SITES))
+    for transport in ("plaintext", "secagg+"):
+        config = {"method": "scbatchprox", "params": json.dumps(params), "transport": transport}
+        record = deployment.run(config, tmp_path / transport.replace("+", "p"), timeout=400)
+        assert [h["round"] for h in record["history"]] == [0]
+        for s in SITES:
+            got = ad.read_h5ad(deployment.site_out(s) / f"{s}.h5ad").obsm["X_scbatchprox"]
+            mine = want[labels == s]
+            if transport == "plaintext":
+                np.testing.assert_array_equal(got, mine)
+            else:  # gamma and beta each within 2B/Q
+                tol = step * 1.01 * (np.abs(z[labels == s]).max() + 1)
+                assert np.abs(got - mine).max() <= tol
+
+
 def test_plaintext_deployment_equals_simulation_bit_for_bit(runs, simulation):
     sim, result = simulation
     record, folder, outputs = runs["plaintext"]
@@ -257,36 +290,3 @@ def test_secagg_coordinator_never_holds_an_update(runs, data):
 
     assert matches(runs["plaintext"][1]) == set(SITES)  # the positive control
     assert matches(runs["secagg+"][1]) == set()
-
-
-def test_scbatchprox_deployment_equals_simulation(deployment, data, tmp_path):
-    """scBatchProx (the paper's protocol) on the agreed embedding obsm["X_pca"]:
-    plaintext bit for bit, SecAgg+ within the quantisation error times |z|."""
-    import smpc
-    from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
-
-    cfg = ScBatchProxConfig(rounds=1)
-    params = {
-        "config": {**cfg.to_dict(), "adam_betas": list(cfg.adam_betas)},
-        "seed": SEED,
-        "batch_key": "batch",
-        "embedding_key": "X_pca",
-    }
-    z = np.asarray(data.obsm["X_pca"], dtype=np.float64)
-    labels = data.obs["batch"].astype(str).to_numpy()
-    with smpc.make_aggregator("plaintext") as agg:
-        model = ScBatchProx.fit(z, labels, agg, config=cfg, seed=SEED)
-    want = model.transform(z, labels)
-    step = 2 * CLIP / quantization_range(len(SITES))
-    for transport in ("plaintext", "secagg+"):
-        config = {"method": "scbatchprox", "params": json.dumps(params), "transport": transport}
-        record = deployment.run(config, tmp_path / transport.replace("+", "p"), timeout=400)
-        assert [h["round"] for h in record["history"]] == [0]
-        for s in SITES:
-            got = ad.read_h5ad(deployment.site_out(s) / f"{s}.h5ad").obsm["X_scbatchprox"]
-            mine = want[labels == s]
-            if transport == "plaintext":
-                np.testing.assert_array_equal(got, mine)
-            else:  # gamma and beta each within 2B/Q
-                tol = step * 1.01 * (np.abs(z[labels == s]).max() + 1)
-                assert np.abs(got - mine).max() <= tol
