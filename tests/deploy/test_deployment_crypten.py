@@ -107,5 +107,5 @@ def test_a_site_killed_mid_round_stops_the_run_naming_it(deployment, tmp_path):
         deployment.run(config, folder, timeout=400)
     killer.join(5)
     run = json.loads((folder / "run.json").read_text())
-    assert f"site {victim!r} did not answer" in run["error"], run["error"]
+    assert f"[{victim!r}] did not answer step 'fedscgen/update'" in run["error"], run["error"]
     assert time.monotonic() - start < 120 + timeout
