@@ -4,8 +4,10 @@ Each notebook is read into memory and executed in a temporary working directory;
 stored notebooks are never written. The kernel is this interpreter
 (``sys.executable -m ipykernel_launcher``) through a kernelspec written to ``tmp_path``,
 so the test needs no installed kernel and always uses the project's virtual environment.
-Together about 2-3 minutes on two cores (most of it the first metric evaluation in each
-kernel, which compiles scib-metrics' kernels, and starting CrypTen's parties).
+Together about 1.5-2 minutes on two cores (most of it starting each kernel and importing
+the stack, and starting CrypTen's parties). The notebooks load scib-metrics' compiled
+kernels from the compilation caches (notebook 01 calls ``fedsc.settings.apply()``; the
+sweep notebooks' runs call it) instead of compiling them in every kernel.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@
 registries/strategies/mechanisms/smpc restructuring (commit cba94e9), in a fresh process
 with ``OMP_NUM_THREADS=1`` and one torch thread. Any change of a number here is a change
 of behaviour, not a refactor. (``FEDSC_FULL_FIXTURE=1`` checks all forty runs.)
+
+The runs share warm CrypTen parties, as in ``make demo`` (``run_sweep`` with one worker
+keeps them warm across runs): the first CrypTen run of the process starts fresh parties,
+the later ones reuse them (both paths are checked, and seven start-ups are saved).
+Secure-mode sharing is exact, so reusing parties changes no value.
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ import pandas as pd
 import torch
 from fedsc.runner import execute_run
 from fedsc.sweep.study import Study
+from smpc.party_pool import warm_parties
 
 study_path, seeds, out = sys.argv[1:4]
 rows = []
-for cfg in Study.from_yaml(study_path).expand():
-    if seeds != "all" and cfg.seed not in {int(s) for s in seeds.split(",")}:
-        continue
-    torch.set_num_threads(1)
-    frame = execute_run(cfg, show_progress=False).rows
-    rows.append(frame.assign(variant=cfg.variant, seed=cfg.seed))
+with warm_parties():  # as run_sweep(workers=1): CrypTen parties start once
+    for cfg in Study.from_yaml(study_path).expand():
+        if seeds != "all" and cfg.seed not in {int(s) for s in seeds.split(",")}:
+            continue
+        torch.set_num_threads(1)
+        frame = execute_run(cfg, show_progress=False).rows
+        rows.append(frame.assign(variant=cfg.variant, seed=cfg.seed))
 pd.concat(rows).to_csv(out, index=False, float_format="%.17g")
 """
 
