@@ -578,6 +578,7 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
         bottom.set_xticklabels([f"{t:g}" for t in finite] + ["∞ (no DP)"])
         bottom.minorticks_off()
         bottom.set_xlabel("ε (client- or cell-level DP)")
-        axes[0, j].legend(fontsize=8, title="backend", title_fontsize=8)
+        if axes[0, j].get_legend_handles_labels()[0]:  # no utility rows: no legend
+            axes[0, j].legend(fontsize=8, title="backend", title_fontsize=8)
     fig.suptitle("Privacy–utility frontier (dots: seeds; line: mean; dashed: chance)")
     return fig

@@ -312,7 +312,8 @@ class InRunPrivacy:
             extra["panel"] = "attack"
             extra["embedding"] = ""
             extra["private"] = pd.array([private] * len(extra), dtype="boolean")
-            rows = pd.concat([rows, extra[rows.columns]], ignore_index=True)
+            parts = [rows, extra[rows.columns]] if len(rows) else [extra[rows.columns]]
+            rows = pd.concat(parts, ignore_index=True)
         info["dp"] = dp_info
         info["attacks"] = summary.to_dict(orient="records")
         info["backend_privacy_note"] = info.get("privacy")

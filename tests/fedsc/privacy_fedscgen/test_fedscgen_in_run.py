@@ -118,3 +118,19 @@ def test_heavy_dp_sgd_moves_update_membership_toward_chance(tiny, plain):
     clear, noised = _attack(plain.rows, metric), _attack(dp.rows, metric)
     assert clear > 0.65
     assert abs(noised - 0.5) < abs(clear - 0.5) - 0.1
+
+
+def test_frontier_shows_fedscgen_attack_advantage(plain):
+    from fedsc.plots import attack_advantage, privacy_utility_frontier
+
+    adv = attack_advantage(plain.rows)
+    lira = adv[adv["metric"] == "attack:fedscgen_membership:update_lira_auc_pooled"]
+    value = _attack(plain.rows, "attack:fedscgen_membership:update_lira_auc_pooled")
+    assert len(lira) == 1 and float(lira["advantage"].iloc[0]) == pytest.approx(value - 0.5)
+    mae = adv[adv["metric"] == "attack:fedscgen_property:revealed_proportion_mae"]
+    row = plain.rows[plain.rows["metric"] == "attack:fedscgen_property:revealed_proportion_mae"]
+    row = row[row["observer"] == "coordinator"]
+    expected = float(row["chance"].iloc[0]) - float(row["value"].iloc[0])  # errors: flipped
+    assert float(mae["advantage"].iloc[0]) == pytest.approx(expected)
+    fig = privacy_utility_frontier(plain.rows)
+    assert len(fig.axes) == 3  # utility, update cosine, advantage over chance
