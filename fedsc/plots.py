@@ -23,7 +23,9 @@ from fedsc.results import varying_columns
 from fedsc.stats import COMPARE_COLUMNS
 
 __all__ = [
+    "ADVANTAGE_METRICS",
     "UTILITY_PREFERENCE",
+    "attack_advantage",
     "attack_success",
     "delta_heatmap",
     "headline_utility",
@@ -419,6 +421,58 @@ def attack_success(results: pd.DataFrame, observer: str = "coordinator") -> pd.D
     return pd.concat([a, b], axis=1).reset_index()
 
 
+#: Attack metrics shown as advantage over chance in the frontier figure: tidy metric ->
+#: (observer, label, +1 if higher is better for the attacker, -1 if lower is).
+ADVANTAGE_METRICS: dict[str, tuple[str, str, int]] = {
+    "attack:fedscgen_membership:update_lira_auc_pooled": (
+        "coordinator",
+        "membership AUC, local update (LiRA)",
+        1,
+    ),
+    "attack:fedscgen_membership:global_lira_auc_pooled": (
+        "client",
+        "membership AUC, global model (LiRA)",
+        1,
+    ),
+    "attack:fedscgen_property:update_proportion_mae": (
+        "coordinator",
+        "composition from update (MAE)",
+        -1,
+    ),
+    "attack:fedscgen_property:revealed_proportion_mae": (
+        "coordinator",
+        "composition from revealed values (MAE)",
+        -1,
+    ),
+    "attack:fedscgen_revealed_values:pearson_centered": (
+        "coordinator",
+        "revealed M_t vs true profile (r, centred)",
+        1,
+    ),
+}
+
+
+def attack_advantage(results: pd.DataFrame) -> pd.DataFrame:
+    """Per run and headline attack metric (:data:`ADVANTAGE_METRICS`): advantage over chance.
+
+    ``advantage`` = value - chance for metrics where higher helps the attacker, chance -
+    value for errors; 0 = chance. Columns ``run_id, method, variant, backend, seed,
+    dp_epsilon, metric, label, advantage``.
+    """
+    keys = ["run_id", "method", "variant", "backend", "seed", "dp_epsilon"]
+    att = results[results["panel"] == "attack"] if "panel" in results else results.iloc[:0]
+    frames = []
+    for metric, (observer, label, sign) in ADVANTAGE_METRICS.items():
+        part = att[(att["metric"] == metric) & (att["observer"] == observer)]
+        if not len(part):
+            continue
+        adv = sign * (part["value"].astype(float) - part["chance"].astype(float))
+        frames.append(part[keys].assign(metric=metric, label=label, advantage=adv.to_numpy()))
+    if not frames:
+        return pd.DataFrame(columns=[*keys, "metric", "label", "advantage"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def _eps_positions(eps: pd.Series, finite: Sequence[float]) -> np.ndarray:
     """ε on a log axis; ε = ∞ (NaN: DP off) one decade right of the largest finite ε."""
     top = max(finite) * 10 if len(finite) else 10.0
@@ -435,13 +489,43 @@ def _round_eps(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _advantage_panel(ax: Any, frame: pd.DataFrame, finite: Sequence[float]) -> None:
+    """Mean advantage over chance vs ε: one colour per attack metric, one style per backend."""
+    styles = ["-o", "--s", ":^", "-.D"]
+    backends = sorted(set(frame["backend"].astype(str)))
+    for k, (label, part) in enumerate(frame.groupby("label", sort=False)):
+        colour = colormaps["tab10"](k)
+        for b, (backend, sub) in enumerate(part.groupby(part["backend"].astype(str))):
+            x = _eps_positions(sub["dp_epsilon"], finite)
+            points = pd.DataFrame({"x": x, "y": sub["advantage"].to_numpy(float)})
+            means = points.groupby("x")["y"].mean()
+            ax.plot(
+                means.index,
+                means.to_numpy(),
+                styles[backends.index(backend) % len(styles)],
+                ms=4,
+                color=colour,
+                label=label if b == 0 else None,
+            )
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_ylabel("attack advantage\nover chance")
+    ax.grid(alpha=0.3)
+    if len(frame):
+        names = ("solid", "dashed", "dotted", "dash-dot")
+        key = "; ".join(f"{names[i % len(names)]}: {b}" for i, b in enumerate(backends))
+        ax.legend(fontsize=6, title=key, title_fontsize=6)
+
+
 def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator") -> Figure:
     """Utility and attack success versus ε, one column per method (two panels, shared ε).
 
     Top: the method's headline utility (:func:`headline_utility`); bottom: the
     ``observer``'s attack success (:func:`attack_success`, cosine of the recovered update
     to the true one; 0 = chance). One colour per backend; dots per seed, line through the
-    means. ε = ∞ (DP off) sits at the right end, labelled "∞ (no DP)".
+    means. With FedscGen attack rows a third row shows the headline attacks' advantage over
+    chance (:func:`attack_advantage`, mean over seeds; 0 = chance). ε = ∞ (DP off) sits at
+    the right end, labelled "∞ (no DP)".
     """
     needed = ["method", "panel", "metric", "value", "dp_epsilon", "backend", "seed"]
     missing = [c for c in needed if c not in results.columns]
@@ -451,8 +535,10 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
         m for m in dict.fromkeys(results["method"])
     ]
     success = attack_success(results, observer)
-    fig = _new_figure(4.2 * max(len(methods), 1), 6.0)
-    axes = fig.subplots(2, max(len(methods), 1), sharex="col", squeeze=False)
+    advantage = attack_advantage(results)
+    n_rows = 3 if len(advantage) else 2
+    fig = _new_figure(max(4.2 * len(methods), 6.5), 3.0 * n_rows)
+    axes = fig.subplots(n_rows, max(len(methods), 1), sharex="col", squeeze=False)
     backends = sorted(set(results.loc[results["method"].isin(methods), "backend"].astype(str)))
     colours = {b: colormaps["tab10"](i) for i, b in enumerate(backends)}
     for j, method in enumerate(methods):
@@ -484,11 +570,15 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
         axes[1, j].axhline(0.0, color="grey", lw=0.8, ls="--")
         axes[1, j].set_ylim(-0.1, 1.05)
         axes[0, j].set_title(method)
+        if n_rows == 3:
+            _advantage_panel(axes[2, j], advantage[advantage["method"] == method], finite)
+        bottom = axes[n_rows - 1, j]
         ticks = [*finite, max(finite) * 10 if finite else 10.0]
-        axes[1, j].set_xticks(ticks)
-        axes[1, j].set_xticklabels([f"{t:g}" for t in finite] + ["∞ (no DP)"])
-        axes[1, j].minorticks_off()
-        axes[1, j].set_xlabel("ε (client- or cell-level DP)")
-        axes[0, j].legend(fontsize=8, title="backend", title_fontsize=8)
+        bottom.set_xticks(ticks)
+        bottom.set_xticklabels([f"{t:g}" for t in finite] + ["∞ (no DP)"])
+        bottom.minorticks_off()
+        bottom.set_xlabel("ε (client- or cell-level DP)")
+        if axes[0, j].get_legend_handles_labels()[0]:  # no utility rows: no legend
+            axes[0, j].legend(fontsize=8, title="backend", title_fontsize=8)
     fig.suptitle("Privacy–utility frontier (dots: seeds; line: mean; dashed: chance)")
     return fig

@@ -260,7 +260,11 @@ def _privacy_utility_sections(results: pd.DataFrame, fig_dir: Path, alpha: float
     lines.append(
         "\nPer method: the headline utility metric (top) and the coordinator's attack "
         "success (bottom: cosine between the recovered and the true client update, best "
-        "attack; 0 = chance) against ε; ε = ∞ (DP off) at the right end."
+        "attack; 0 = chance) against ε; ε = ∞ (DP off) at the right end. With FedscGen "
+        "attack rows, a third row: the advantage over chance of membership inference "
+        "(AUC - 0.5, on a client's local update and on the global model), property "
+        "inference (chance MAE - MAE of the composition) and the revealed-values "
+        "correlation (r - chance r); 0 = chance (`fedsc.plots.ADVANTAGE_METRICS`)."
     )
     lines += ["", "## Per-observer leakage", ""]
     lines += _leakage_table(results)

@@ -33,10 +33,14 @@ class Truth:
     moments
         The clients' true embedding moments (scBatchProx; see
         :func:`fedsc.privacy.scbatchprox_moments.client_moments`).
+    fedscgen
+        FedscGen's clients, cells, labels and splits
+        (:class:`fedsc.privacy.fedscgen_in_run.FedscGenTruth`), for the FedscGen attacks.
     """
 
     record: RunRecord | None = None
     moments: ClientMoments | None = None
+    fedscgen: Any = None
 
 
 Attack = Callable[[ObserverView, Truth | None], pd.DataFrame]

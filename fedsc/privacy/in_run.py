@@ -52,6 +52,7 @@ from fedsc.privacy.views import (
     observer_view,
     recording_aggregator,
 )
+from fedsc.results import TIDY_COLUMNS
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -142,8 +143,33 @@ def update_recovery(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-#: Attacks a run config may list: :data:`fedsc.privacy.ATTACKS` plus ``update_recovery``.
-IN_RUN_ATTACKS: dict[str, Any] = {**ATTACKS, "update_recovery": update_recovery}
+def _fedscgen_membership(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    from fedsc.privacy.fedscgen_in_run import fedscgen_membership
+
+    return fedscgen_membership(view, truth)
+
+
+def _fedscgen_property(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    from fedsc.privacy.fedscgen_in_run import fedscgen_property
+
+    return fedscgen_property(view, truth)
+
+
+def _fedscgen_revealed_values(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    from fedsc.privacy.fedscgen_in_run import fedscgen_revealed_values
+
+    return fedscgen_revealed_values(view, truth)
+
+
+#: Attacks a run config may list: :data:`fedsc.privacy.ATTACKS`, ``update_recovery`` and
+#: the FedscGen attacks of :mod:`fedsc.privacy.fedscgen_in_run` (imported on first use).
+IN_RUN_ATTACKS: dict[str, Any] = {
+    **ATTACKS,
+    "update_recovery": update_recovery,
+    "fedscgen_membership": _fedscgen_membership,
+    "fedscgen_property": _fedscgen_property,
+    "fedscgen_revealed_values": _fedscgen_revealed_values,
+}
 
 
 def check_run_privacy(
@@ -261,7 +287,7 @@ class InRunPrivacy:
         eps = math.nan if dp_info is None else dp_info["dp_epsilon"]
         eps = math.inf if dp_info is not None and eps is None else eps
         delta = math.nan if dp_info is None else dp_info["dp_delta"]
-        summary = self._attack_summary()
+        summary = self._attack_summary(adata)
         label, private = self._label(summary, ledger)
         base = rows["method"] != self.cfg.method
         rows["dp_epsilon"] = np.where(base, math.nan, eps).astype(float)
@@ -269,7 +295,9 @@ class InRunPrivacy:
         rows["privacy"] = np.where(base, NOT_FEDERATED, label)
         rows["private"] = pd.array([pd.NA if b else private for b in base], dtype="boolean")
         if len(summary):
-            template = rows[~base].iloc[0]
+            template = (
+                rows[~base].iloc[0] if (~base).any() else self._template(info, eps, delta, label)
+            )
             extra = pd.DataFrame(
                 {
                     "metric": "attack:" + summary["attack"] + ":" + summary["metric"],
@@ -284,7 +312,8 @@ class InRunPrivacy:
             extra["panel"] = "attack"
             extra["embedding"] = ""
             extra["private"] = pd.array([private] * len(extra), dtype="boolean")
-            rows = pd.concat([rows, extra[rows.columns]], ignore_index=True)
+            parts = [rows, extra[rows.columns]] if len(rows) else [extra[rows.columns]]
+            rows = pd.concat(parts, ignore_index=True)
         info["dp"] = dp_info
         info["attacks"] = summary.to_dict(orient="records")
         info["backend_privacy_note"] = info.get("privacy")
@@ -293,6 +322,31 @@ class InRunPrivacy:
         return rows, info
 
     # ------------------------------------------------------------------ internals
+
+    def _template(self, info: dict[str, Any], eps: float, delta: float, label: str) -> pd.Series:
+        """The run's columns for attack rows when it has no utility rows (``panels: []``)."""
+        from fedsc.runner import dataset_label
+
+        cfg = self.cfg
+        ledger = info.get("ledger") or {}
+        totals = ledger.get("totals", {}) if isinstance(ledger, dict) else {}
+        n_bytes = sum(totals.get("bytes_to_party", [])) + totals.get("coordinator_bytes", 0)
+        return pd.Series(
+            {
+                "run_id": cfg.run_id,
+                "study": cfg.study,
+                "dataset": dataset_label(cfg.dataset),
+                "method": cfg.method,
+                "variant": cfg.variant,
+                "backend": cfg.backend,
+                "dp_epsilon": eps,
+                "dp_delta": delta,
+                "seed": cfg.seed,
+                "wall_time_s": info.get("wall_time_s", math.nan),
+                "ledger_bytes": int(n_bytes) if totals else math.nan,
+                "privacy": label,
+            }
+        ).reindex(TIDY_COLUMNS)
 
     def _dp_info(self, ledger: Any, adata: ad.AnnData | None) -> dict[str, Any] | None:
         if self.dp is None:
@@ -317,20 +371,22 @@ class InRunPrivacy:
             mechanism="dp_sgd (Opacus)",
         )
 
-    def _attack_summary(self) -> pd.DataFrame:
+    def _attack_summary(self, adata: ad.AnnData | None = None) -> pd.DataFrame:
         cols = ["attack", "observer", "metric", "value", "chance"]
         if self.record is None or not self.attacks:
             return pd.DataFrame(columns=cols)
-        truth = Truth(self.record)
+        truth = Truth(self.record, fedscgen=self._fedscgen_truth(adata))
         views = [observer_view(self.record, name) for name in OBSERVERS]
         frames = []
         for name in self.attacks:
-            if name.startswith("scbatchprox_") and self.spec.name != "scbatchprox":
-                continue
-            if name == "update_recovery":
-                frames += [update_recovery(v, truth) for v in views]
+            for prefix in ("scbatchprox_", "fedscgen_"):
+                if name.startswith(prefix) and self.spec.name != prefix[:-1]:
+                    break
             else:
-                frames.append(run_attacks(views, truth, [name]))
+                if name in ATTACKS:
+                    frames.append(run_attacks(views, truth, [name]))
+                else:
+                    frames += [IN_RUN_ATTACKS[name](v, truth) for v in views]
         raw = pd.concat([f for f in frames if len(f)] or [pd.DataFrame(columns=COLUMNS)])
         if not len(raw):
             return pd.DataFrame(columns=cols)
@@ -341,6 +397,28 @@ class InRunPrivacy:
             raw.groupby(["attack", "observer", "metric"], sort=True)[["value", "chance"]]
             .median()
             .reset_index()[cols]
+        )
+
+    def _fedscgen_truth(self, adata: ad.AnnData | None) -> Any:
+        """FedscGen's clients and splits from the evaluated cells (FedscGen attacks only)."""
+        cfg = self.cfg
+        if (
+            adata is None
+            or self.spec.name != "fedscgen"
+            or not any(a.startswith("fedscgen_") for a in self.attacks)
+            or cfg.inclusion != "all"
+            or cfg.scenario is not None
+        ):
+            return None
+        from fedsc.privacy.fedscgen_in_run import fedscgen_truth
+
+        return fedscgen_truth(
+            adata,
+            batch_key=cfg.batch_key,
+            label_key=cfg.label_key,
+            config=self.spec.make_config(self.method_cfg.params),
+            seed=cfg.seed,
+            holdout=cfg.holdout,
         )
 
     def _label(self, summary: pd.DataFrame, ledger: Any) -> tuple[str, Any]:

@@ -26,7 +26,8 @@ what one observer receives:
     Two parties pooling their shares. With three parties that is still one share short.
 ``client``
     One client: its own contributions and the broadcast global state of every round
-    (the ``reference`` it trains from), plus the final released state.
+    (the ``reference`` it trains from), plus the final released state and the results
+    returned to every client (FedscGen's ``correction/*`` aggregates).
 ``output_reader``
     Whoever receives the result: the final released state (for scBatchProx the tables;
     the corrected embedding ``gamma_b * z + beta_b`` determines row ``b`` from two cells).
@@ -43,6 +44,9 @@ from typing_extensions import override
 
 from smpc import Aggregator, make_aggregator
 from smpc.mechanisms import ClientContext, Mechanism, ResultContext
+
+#: Ledger tag prefix of results returned to every client (FedscGen's correction).
+CORRECTION_PREFIX = "correction/"
 
 OBSERVERS: tuple[str, ...] = (
     "coordinator",
@@ -509,6 +513,15 @@ def observer_view(
         ops = [
             replace(o, aggregate=record.released_result(o.index))
             if last_of_tag.get(o.tag) == o.index
+            else o
+            for o in ops
+        ]
+    if observer == "client":
+        # FedscGen's correction results (holders per type, dominant clients, M_t) go back
+        # to every client: each corrects its own cells with them.
+        ops = [
+            replace(o, aggregate=record.released_result(o.index))
+            if str(o.tag).startswith(CORRECTION_PREFIX)
             else o
             for o in ops
         ]
