@@ -100,7 +100,7 @@ def test_a_site_killed_mid_round_stops_the_run_naming_it(deployment, tmp_path):
 
     killer = threading.Thread(target=kill_after_hello, daemon=True)
     killer.start()
-    timeout = 20.0
+    timeout = 10.0
     config = {"params": _params(), "transport": "crypten", "log-messages": True, "timeout": timeout}
     start = time.monotonic()
     with pytest.raises(DeploymentError):

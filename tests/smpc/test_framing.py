@@ -31,6 +31,7 @@ EXAMPLES = [
     msg.MaskKey(client=3, key="ab" * 32),
     msg.ShareArray(client=0),
     msg.ShareInBuffer(client=4),
+    msg.SealedShare(client=1, name="site_a", context='{"op": "1"}', nbytes=60),
     msg.SharesReceived(op_id=7, rank=2),
     msg.Result(
         op_id=7, rank=2, bytes_between_parties=10, mpc_rounds=3, seconds=0.5, in_buffer=True

@@ -55,7 +55,9 @@ def _parties():
 
     before = os.environ.get(sealed.SECRET_ENV)
     os.environ[sealed.SECRET_ENV] = SECRET.hex()
-    agg = smpc.make_aggregator("crypten", warm=False)
+    # spawn: the parties read $SMPC_CLIENT_SECRET as set now (a fork server started
+    # earlier in the session would hand them its own, older environment)
+    agg = smpc.make_aggregator("crypten", warm=False, start_method="spawn")
     try:
         yield agg
     finally:
