@@ -25,7 +25,12 @@ from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
 from fedsc.federation import State, run_federation
 from fedsc.federation.seeding import client_generators
-from fedsc.methods.scbatchprox import ScBatchProxConfig, ScBatchProxFederation, training_split
+from fedsc.methods.scbatchprox import (
+    FiLMAdapter,
+    ScBatchProxConfig,
+    ScBatchProxFederation,
+    training_split,
+)
 
 METRICS = ("recon_loss",)
 
@@ -119,10 +124,8 @@ def run(
         "embedding_key": params["embedding_key"],
         "n_train": n_train,
     }
-    initial = {
-        "gamma": torch.ones((len(names), d), dtype=torch.float64),
-        "beta": torch.zeros((len(names), d), dtype=torch.float64),
-    }
+    identity = FiLMAdapter.identity(list(names.values()), d)  # as ScBatchProx.fit starts
+    initial = {"gamma": torch.from_numpy(identity.gamma), "beta": torch.from_numpy(identity.beta)}
     method = RemoteMethod("scbatchprox", names, base, initial, METRICS)
     fed = run_federation(
         method,

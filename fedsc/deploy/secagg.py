@@ -14,7 +14,7 @@ counts): SecAgg+ carries them as ``num_examples``.
 
 Dropouts: a site that stops answering during a round is left out (Flower recovers its
 masks from its neighbours' shares); the result is the aggregate of the survivors, and
-the ledger entry records who dropped. A site that *fails* (raises) stops the run with
+the ledger entry lists only the survivors. A site that *fails* (raises) stops the run with
 its error. The argmax (FedscGen's dominant client) is not a sum; :meth:`DeployedSecAggPlus.argmax` computes it from two
 SecAgg+ sums and reveals more than the CrypTen parties would (see there).
 """
@@ -125,8 +125,6 @@ class DeployedSecAggPlus(SecureSiteAggregator):
         self.reconstruction_threshold = float(reconstruction_threshold)
         self.timeout = fleet.timeout if timeout is None else float(timeout)
         self.rounds = 0
-        #: Sites left out of each aggregation (dropouts), by ledger position.
-        self.dropped: list[list[str]] = []
 
     @property
     def privacy_note(self) -> str:
@@ -267,7 +265,6 @@ class DeployedSecAggPlus(SecureSiteAggregator):
         if dropped:
             log.warning("SecAgg+ %s: site(s) %s dropped out; aggregated the others.", op, dropped)
             fleet.dropped += dropped
-        self.dropped.append(dropped)
         scale = float(len(survivors)) if op == "sum" else 1.0  # the workflow returns means
         aggregate = [np.asarray(a, dtype=np.float64) * scale for a in strategy.aggregate]
         n_values = int(sum(a.size for a in aggregate))
