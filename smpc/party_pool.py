@@ -13,7 +13,8 @@ A :class:`PartyPool` is one set of parties that serve one coordinator:
 Every pool is reaped on :meth:`PartyPool.close`, on any error (:meth:`PartyPool.fail`)
 and at interpreter exit.
 
-**Warm pools.** Starting parties costs ~1-4 s. A process that runs many federations (a
+**Warm pools.** Starting parties costs ~0.1-2 s (the first start in a process also
+starts the fork server, which imports torch and CrypTen). A process that runs many federations (a
 sweep worker) can keep them warm: inside :func:`warm_parties` (or after
 :func:`keep_warm`), a closed aggregator gives its pool back to :data:`_WARM`
 (:func:`give_back`) and the next aggregator with the same settings borrows it
@@ -131,8 +132,9 @@ class PartyPool:
         try:
             ctx: Any = multiprocessing.get_context(settings.start_method)
             if settings.start_method == "forkserver":
-                # Import CrypTen once in the fork server, so each party is a ~50 ms fork.
-                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_compat"])
+                # Import torch and CrypTen once in the fork server (smpc.crypten_preload calls
+                # import_crypten), so each party is a ~50 ms fork.
+                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_preload"])
             # Folders of coordinators that were SIGKILLed with all their parties.
             process_guard.remove_stale_directories([None, shm_root()])
             if rendezvous is None:
