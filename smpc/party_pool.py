@@ -53,6 +53,9 @@ log.addHandler(logging.NullHandler())  # quiet unless the application configures
 
 #: Local transports: shares through shared memory, through the pipes, or party threads.
 TRANSPORTS = ("shm", "pipe", "threads")
+#: Seconds a background start may overrun its start-up deadline before the caller gives
+#: up on it (its own deadline names the silent party first; this catches a stuck fork server).
+START_GRACE = 10.0
 
 
 class PartyError(RuntimeError):
@@ -114,6 +117,11 @@ class PartyPool:
         self._buffer_serial = 0
         self.closed = False
         self.startup_seconds = 0.0
+        self._lock = threading.Lock()
+        self._starting: threading.Event | None = None  # set once a process start ended
+        self._start_error: BaseException | None = None
+        self._start_deadline = 0.0
+        self._stopping = False
         atexit.register(self.kill)
 
     # ------------------------------------------------------------------ start-up
@@ -123,19 +131,18 @@ class PartyPool:
         settings: PoolSettings,
         rendezvous: str | None = None,
         startup_timeout: float = 120.0,
+        *,
+        wait: bool = True,
     ) -> PartyPool:
-        """Start local party processes (and the TTP dealer) and wait until they are ready."""
-        from smpc import party
+        """Start local party processes (and the TTP dealer).
 
+        With ``wait=False`` the processes start in a background thread and this returns
+        at once (the rendezvous is set); :meth:`wait_started` joins it. Either way the
+        whole start-up (fork server included) must end within ``startup_timeout``.
+        """
         pool = cls(settings)
-        start = time.perf_counter()
+        pool._start_deadline = time.monotonic() + startup_timeout
         try:
-            ctx: Any = multiprocessing.get_context(settings.start_method)
-            if settings.start_method == "forkserver":
-                # Import torch and CrypTen once in the fork server (smpc.crypten_preload calls
-                # import_crypten), so each party is a ~50 ms fork.
-                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_preload"])
-            # Folders of coordinators that were SIGKILLed with all their parties.
             process_guard.remove_stale_directories([None, shm_root()])
             if rendezvous is None:
                 # file:// in a private 0700 folder: no other user can join the MPC.
@@ -144,6 +151,34 @@ class PartyPool:
             pool.rendezvous = rendezvous
             if settings.transport == "shm":
                 pool._shm_dir = private_directory()
+        except BaseException:
+            pool.kill()
+            raise
+        pool._starting = threading.Event()
+        if wait:
+            pool._launch(startup_timeout)
+            pool.wait_started()
+            return pool
+        thread = threading.Thread(
+            target=pool._launch, args=(startup_timeout,), name="smpc-party-start", daemon=True
+        )
+        thread.start()
+        return pool
+
+    def _launch(self, startup_timeout: float) -> None:
+        """Start the processes and await Ready; errors are kept for :meth:`wait_started`."""
+        from smpc import party
+
+        settings = self.settings
+        start = time.perf_counter()
+        assert self._starting is not None and self.rendezvous is not None
+        try:
+            ctx: Any = multiprocessing.get_context(settings.start_method)
+            if settings.start_method == "forkserver":
+                # Import torch and CrypTen once in the fork server, so each party is a
+                # ~50 ms fork; smpc.crypten_preload also keeps the coordinator's main
+                # module out of the parties.
+                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_preload"])
             parent = multiprocessing.parent_process()
             options = {
                 "provider": settings.provider,
@@ -156,42 +191,62 @@ class PartyPool:
                 # Parties die with this process (and with the process that started it,
                 # when it is a multiprocessing worker: sweep workers), removing its folders.
                 "parent_pids": [os.getpid()] + ([parent.pid] if parent and parent.pid else []),
-                "cleanup": [p for p in (pool._tmpdir, pool._shm_dir) if p],
+                "cleanup": [p for p in (self._tmpdir, self._shm_dir) if p],
             }
-            for rank in range(settings.parties):
-                parent, child = ctx.Pipe(duplex=True)
+            for rank in range(settings.parties + (settings.provider == "TTP")):
+                dealer = rank == settings.parties
+                kwargs = dict(options)
+                pipe = None if dealer else ctx.Pipe(duplex=True)
+                if pipe is not None:
+                    kwargs.update(conn=pipe[1], record_received=settings.record_received)
                 proc = ctx.Process(
                     target=party.serve,
-                    args=(rank, settings.parties, rendezvous),
-                    kwargs={"conn": child, "record_received": settings.record_received, **options},
-                    name=f"crypten-party-{rank}",
+                    args=(rank, settings.parties, self.rendezvous),
+                    kwargs=kwargs,
+                    name="crypten-dealer" if dealer else f"crypten-party-{rank}",
                     daemon=True,
                 )
                 with _main_without_phantom_file():
                     proc.start()
-                child.close()  # so the parent sees EOF when the party dies
-                pool.procs.append(proc)
-                pool.channels.append(ConnectionChannel(parent))
-                pool.names.append(f"crypten party {rank} (pid {proc.pid})")
-            if settings.provider == "TTP":
-                dealer = ctx.Process(
-                    target=party.serve,
-                    args=(settings.parties, settings.parties, rendezvous),
-                    kwargs=options,
-                    name="crypten-dealer",
-                    daemon=True,
-                )
-                with _main_without_phantom_file():
-                    dealer.start()
-                pool.procs.append(dealer)
-            pool.buffers = [None] * settings.parties
-            pool.await_ready(startup_timeout)
-        except BaseException:
-            pool.kill()
-            raise
-        pool.startup_seconds = time.perf_counter() - start
-        log.info("started %s in %.2f s", ", ".join(pool.names), pool.startup_seconds)
-        return pool
+                with self._lock:
+                    self.procs.append(proc)
+                    if pipe is not None:
+                        pipe[1].close()  # so the parent sees EOF when the party dies
+                        self.channels.append(ConnectionChannel(pipe[0]))
+                        self.names.append(f"crypten party {rank} (pid {proc.pid})")
+                    if self._stopping:  # killed (closed, timed out) while starting
+                        raise PartyError("the parties were stopped during start-up")
+            self.buffers = [None] * settings.parties
+            self.await_ready(startup_timeout, self._start_deadline)
+        except BaseException as err:
+            self._start_error = err
+            self.kill()
+        else:
+            self.startup_seconds = time.perf_counter() - start
+            log.info("started %s in %.2f s", ", ".join(self.names), self.startup_seconds)
+        finally:
+            self._starting.set()
+
+    def wait_started(self) -> float:
+        """Wait for a background start (bounded by the start-up timeout); return seconds waited.
+
+        Raises the start-up's error (a :class:`PartyError` naming the party, or the
+        error that stopped the start); a start that overruns its deadline (a stuck fork
+        server) by :data:`START_GRACE` seconds stops everything and raises
+        :class:`PartyError`.
+        """
+        started = self._starting
+        if started is None or (started.is_set() and self._start_error is None):
+            return 0.0
+        begin = time.perf_counter()
+        if not started.wait(max(0.0, self._start_deadline - time.monotonic()) + START_GRACE):
+            raise self.fail(
+                f"{', '.join(self.names) or 'the crypten parties'} did not start within the "
+                f"start-up timeout (the fork server is stuck?) during start-up"
+            )
+        if self._start_error is not None:
+            raise self._start_error
+        return time.perf_counter() - begin
 
     @classmethod
     def start_threads(cls, settings: PoolSettings) -> PartyPool:
@@ -261,9 +316,13 @@ class PartyPool:
         log.info("connected to %s in %.2f s", ", ".join(pool.names), pool.startup_seconds)
         return pool
 
-    def await_ready(self, startup_timeout: float) -> None:
-        """Receive every party's :class:`~smpc.messages.Ready` and check its settings."""
-        deadline = time.monotonic() + startup_timeout
+    def await_ready(self, startup_timeout: float, deadline: float | None = None) -> None:
+        """Receive every party's :class:`~smpc.messages.Ready` and check its settings.
+
+        ``deadline`` (``time.monotonic()``) defaults to ``startup_timeout`` from now.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + startup_timeout
         s = self.settings
         for rank in range(len(self.channels)):
             hello = self.receive(rank, "start-up", deadline, startup_timeout)
@@ -309,8 +368,11 @@ class PartyPool:
 
     @property
     def healthy(self) -> bool:
-        """Open and no party known to be dead."""
-        return not self.closed and self.dead_party() is None
+        """Open, started (if started in the background) and no party known to be dead."""
+        started = self._starting is None or self._starting.is_set()
+        return (
+            started and self._start_error is None and not self.closed and self.dead_party() is None
+        )
 
     def fail(self, message: str) -> PartyError:
         """Reap everything; return the :class:`PartyError` to raise."""
@@ -375,6 +437,9 @@ class PartyPool:
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
         """Ask the parties to exit, wait briefly, then reap by force. Idempotent."""
+        if self._starting is not None and not self._starting.is_set():
+            with contextlib.suppress(Exception):
+                self.wait_started()  # bounded; a failed start has stopped everything
         if self.closed:
             return
         for channel in self.channels:
@@ -388,15 +453,21 @@ class PartyPool:
         self.kill()
 
     def kill(self) -> None:
-        """Kill every local process still alive, reap all, release resources. Idempotent."""
-        for proc in self.procs:
+        """Kill every local process still alive, reap all, release resources. Idempotent.
+
+        A background start still running stops too: it kills what it starts afterwards.
+        """
+        with self._lock:
+            self._stopping = True
+            procs, channels = list(self.procs), list(self.channels)
+        for proc in procs:
             if proc.exitcode is None:
                 with contextlib.suppress(Exception):
                     proc.kill()
-        for proc in self.procs:
+        for proc in procs:
             with contextlib.suppress(Exception):
                 proc.join(5.0)
-        for channel in self.channels:
+        for channel in channels:
             with contextlib.suppress(Exception):
                 channel.close()
         for buffer in self.buffers:

@@ -146,11 +146,15 @@ def test_startup_timeout_message_names_the_startup_timeout(monkeypatch):
         return False
 
     monkeypatch.setattr(ConnectionChannel, "poll", silent)
+    begin = time.monotonic()
+    agg = CryptenAggregator(timeout=7, startup_timeout=0.3)  # parties start in the background
     with pytest.raises(PartyError) as caught:
-        CryptenAggregator(timeout=7, startup_timeout=0.3)
+        agg.sum(_clients(10))  # the first operation waits for them
     text = str(caught.value)
     assert "within 0.3 s during start-up" in text and "7 s" not in text
+    assert time.monotonic() - begin < 0.3 + 10.0  # the fork server may take seconds to start
     assert not _leftovers(os.getpid())
+    assert not _gone_within(agg.pids)
 
 
 # ------------------------------------------------------------------ the coordinator dies
