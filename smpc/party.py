@@ -54,6 +54,9 @@ log.addHandler(logging.NullHandler())  # quiet unless the application configures
 AUTHKEY_ENV = "SMPC_AUTHKEY"
 #: Arrays up to this many values are kept verbatim by ``record_received`` (digests beyond).
 RECORD_MAX_VALUES = 1 << 20
+#: Exit code of a rank that could not join the MPC (``crypten.init()``): usually because
+#: another rank died first, which the coordinator then names instead.
+JOIN_FAILED_EXIT_CODE = 3
 
 
 def debug_seeds(seed: int, rank: int) -> tuple[int, int, int]:
@@ -290,7 +293,7 @@ class LazyCrypten:
                     file=sys.stderr,
                     flush=True,
                 )
-                os._exit(3)
+                os._exit(JOIN_FAILED_EXIT_CODE)
 
         self._thread = threading.Thread(
             target=run, name=f"smpc-crypten-init-{self.rank}", daemon=True
@@ -329,7 +332,7 @@ def _exit_unless_mpc_forms(rank: int, timeout: float) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            os._exit(3)
+            os._exit(JOIN_FAILED_EXIT_CODE)
 
     threading.Thread(target=watch, name="smpc-formation-watch", daemon=True).start()
 

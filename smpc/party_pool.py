@@ -46,6 +46,7 @@ from smpc import handshake, process_guard
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel, in_process_pair
 from smpc.framing import FrameError
+from smpc.party import JOIN_FAILED_EXIT_CODE
 from smpc.shared_buffer import SharedBuffer, private_directory, shm_root
 
 log = logging.getLogger(__name__)
@@ -356,11 +357,19 @@ class PartyPool:
         return [p.pid for p in self.procs]
 
     def dead_party(self) -> str | None:
-        """Describe the first local party (process or thread) that exited, if any."""
-        for i, proc in enumerate(self.procs):
-            if proc.exitcode is not None:
-                name = self.names[i] if i < len(self.names) else f"crypten dealer (pid {proc.pid})"
-                return f"{name} exited with code {proc.exitcode}"
+        """Describe the local party (process or thread) that exited, if any.
+
+        A rank that exited because it could not join the MPC
+        (:data:`~smpc.party.JOIN_FAILED_EXIT_CODE`) is named only when no other rank
+        died: another rank's death is usually what made it fail.
+        """
+        with self._lock:
+            procs = list(self.procs)
+        dead = [(i, p) for i, p in enumerate(procs) if p.exitcode is not None]
+        dead.sort(key=lambda item: item[1].exitcode == JOIN_FAILED_EXIT_CODE)  # stable
+        for i, proc in dead:
+            name = self.names[i] if i < len(self.names) else f"crypten dealer (pid {proc.pid})"
+            return f"{name} exited with code {proc.exitcode}"
         for i, thread in enumerate(self.threads):
             if not thread.is_alive():
                 return f"{self.names[i]} stopped"

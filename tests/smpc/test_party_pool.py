@@ -213,3 +213,23 @@ def test_parties_do_not_import_the_coordinators_main_module(tmp_path):
     assert "[3.0, 3.0, 3.0]" in done.stdout
     # Only the coordinator ran it: not the 3 parties, the dealer or the fork server.
     assert len(marks.read_text().split()) == 1, marks.read_text()
+
+
+def test_a_rank_that_could_not_join_is_named_only_when_no_other_rank_died():
+    from types import SimpleNamespace
+
+    from smpc.party import JOIN_FAILED_EXIT_CODE
+
+    pool = party_pool.PartyPool(party_pool.PoolSettings())
+    try:
+        pool.names = [f"crypten party {r} (pid {100 + r})" for r in range(3)]
+        codes = [None, JOIN_FAILED_EXIT_CODE, None, None]  # parties 0-2, then the dealer
+        pool.procs = [SimpleNamespace(pid=100 + i, exitcode=c) for i, c in enumerate(codes)]
+        assert pool.dead_party() == f"crypten party 1 (pid 101) exited with code {codes[1]}"
+        pool.procs[3].exitcode = -9  # the dealer died: it is the cause
+        assert pool.dead_party() == "crypten dealer (pid 103) exited with code -9"
+        pool.procs[2].exitcode = -9
+        assert pool.dead_party() == "crypten party 2 (pid 102) exited with code -9"
+    finally:
+        pool.procs = []
+        pool.kill()
