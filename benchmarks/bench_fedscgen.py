@@ -174,7 +174,9 @@ def run_pancreas(args: argparse.Namespace) -> None:
                 fedsc.tl.fedscgen(adata, backend=agg, seed=42, show_progress=False, **params)
             party_cpu, startup, waited = 0.0, 0.0, 0.0
         else:
-            with CryptenAggregator() as agg:  # what fedsc.tl does for backend="crypten"
+            agg = CryptenAggregator()  # what fedsc.tl does for backend="crypten"
+            constructed = time.perf_counter() - start
+            with agg:
                 # Fresh parties start in the background: read their pids only at the end.
                 borrowed = getattr(agg, "borrowed", agg.startup_seconds < 0.1)  # older smpc
                 before = _process_cpu(agg.pids) if borrowed else 0.0
@@ -186,10 +188,12 @@ def run_pancreas(args: argparse.Namespace) -> None:
                 party_cpu = _process_cpu(agg.pids) - before
                 party_cpu += _process_cpu(_forkserver_pids()) - server_cpu
         totals = agg.ledger.totals()
-        overheads[backend] = waited + totals["seconds"]
+        # A background start is waited for inside the first aggregation (in the ledger's
+        # seconds); a blocking one (older smpc) in the constructor.
+        overheads[backend] = (constructed if backend != "plaintext" else 0.0) + totals["seconds"]
         print(
-            f"    ({backend}: party start-up {startup:.2f} s in the background, caller waited "
-            f"{waited:.2f} s; {totals['operations']} aggregations {totals['seconds']:.2f} s)"
+            f"    ({backend}: party start-up {startup:.2f} s, caller waited {waited:.2f} s; "
+            f"{totals['operations']} aggregations {totals['seconds']:.2f} s)"
         )
         return time.perf_counter() - start, time.process_time() - cpu + party_cpu
 
