@@ -147,7 +147,10 @@ class CryptenAggregator(Aggregator):
         forks parties from a clean server process that pre-imported CrypTen: fast, and the
         parties do not inherit the coordinator's memory (which holds the clients' data).
     startup_timeout
-        Seconds to wait for the parties to come up.
+        Seconds for the parties to come up (fork server included). Fresh local parties
+        start in the background: the constructor returns at once and the first use of the
+        parties (an operation, :attr:`pids`, :meth:`wait_for_parties`) waits for them,
+        raising :class:`PartyError` if they failed or did not start in time.
     record_received
         Instrumentation: each party keeps what it received from clients; read it with
         :meth:`received_by_parties`.

@@ -13,9 +13,14 @@ A :class:`PartyPool` is one set of parties that serve one coordinator:
 Every pool is reaped on :meth:`PartyPool.close`, on any error (:meth:`PartyPool.fail`)
 and at interpreter exit.
 
-**Warm pools.** Starting parties costs ~0.1-2 s (the first start in a process also
-starts the fork server, which imports torch and CrypTen). A process that runs many federations (a
-sweep worker) can keep them warm: inside :func:`warm_parties` (or after
+**Background start.** ``start_processes(..., wait=False)`` (what
+:class:`~smpc.crypten_backend.CryptenAggregator` does) returns at once and starts the fork
+server, the processes and their ``Ready`` in a thread; :meth:`PartyPool.wait_started`
+joins it within the start-up timeout and raises its error.
+
+**Warm pools.** Starting parties costs ~0.1 s once the fork server runs (~2 s for the
+first start in a process: the fork server imports torch and CrypTen). A process that runs
+many federations (a sweep worker) can keep them warm: inside :func:`warm_parties` (or after
 :func:`keep_warm`), a closed aggregator gives its pool back to :data:`_WARM`
 (:func:`give_back`) and the next aggregator with the same settings borrows it
 (:func:`borrow`) instead of starting new processes. A pool with a dead party is reaped and
@@ -144,6 +149,7 @@ class PartyPool:
         pool = cls(settings)
         pool._start_deadline = time.monotonic() + startup_timeout
         try:
+            # Folders of coordinators that were SIGKILLed with all their parties.
             process_guard.remove_stale_directories([None, shm_root()])
             if rendezvous is None:
                 # file:// in a private 0700 folder: no other user can join the MPC.
@@ -387,10 +393,13 @@ class PartyPool:
         """Reap everything; return the :class:`PartyError` to raise."""
         self.kill()
         if message.endswith("during start-up") and not self.remote:
-            message += (
-                " (see the party's traceback above; a script that starts an aggregator at "
-                "import time needs an `if __name__ == '__main__':` guard)"
-            )
+            message += " (see the party's traceback above"
+            if self.settings.start_method == "spawn":  # forkserver parties skip __main__
+                message += (
+                    "; a script that starts an aggregator at import time needs an "
+                    "`if __name__ == '__main__':` guard"
+                )
+            message += ")"
         log.error("%s", message)
         return PartyError(message + "; all party processes were stopped: create a new aggregator.")
 
