@@ -142,9 +142,10 @@ class PartyPool:
     ) -> PartyPool:
         """Start local party processes (and the TTP dealer).
 
-        With ``wait=False`` the processes start in a background thread and this returns
-        at once (the rendezvous is set); :meth:`wait_started` joins it. Either way the
-        whole start-up (fork server included) must end within ``startup_timeout``.
+        With ``wait=False`` (forkserver only; other start methods wait) the processes
+        start in a background thread and this returns at once (the rendezvous is set);
+        :meth:`wait_started` joins it. Either way the whole start-up (fork server
+        included) must end within ``startup_timeout``.
         """
         pool = cls(settings)
         pool._start_deadline = time.monotonic() + startup_timeout
@@ -162,7 +163,10 @@ class PartyPool:
             pool.kill()
             raise
         pool._starting = threading.Event()
-        if wait:
+        # Only forkserver children may be started from a thread that then ends: a spawn or
+        # fork child's parent is that thread, and PR_SET_PDEATHSIG (process_guard) fires
+        # when the parent *thread* exits, killing the party right after start-up.
+        if wait or settings.start_method != "forkserver":
             pool._launch(startup_timeout)
             pool.wait_started()
             return pool

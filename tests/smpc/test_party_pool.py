@@ -233,3 +233,13 @@ def test_a_rank_that_could_not_join_is_named_only_when_no_other_rank_died():
     finally:
         pool.procs = []
         pool.kill()
+
+
+def test_spawned_parties_outlive_their_start_up():
+    # A spawn child's parent is the thread that started it (PR_SET_PDEATHSIG fires when
+    # that thread ends): spawned parties are started by the caller, not in the background.
+    with CryptenAggregator(start_method="spawn", warm=False) as agg:
+        assert agg._party_pool is not None and agg._party_pool._starting.is_set()
+        time.sleep(0.5)
+        assert all(_alive(p) for p in agg.pids)
+        _mean_ok(agg)
