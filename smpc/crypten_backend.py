@@ -147,7 +147,10 @@ class CryptenAggregator(Aggregator):
         forks parties from a clean server process that pre-imported CrypTen: fast, and the
         parties do not inherit the coordinator's memory (which holds the clients' data).
     startup_timeout
-        Seconds to wait for the parties to come up.
+        Seconds for the parties to come up (fork server included). Fresh local parties
+        start in the background: the constructor returns at once and the first use of the
+        parties (an operation, :attr:`pids`, :meth:`wait_for_parties`) waits for them,
+        raising :class:`PartyError` if they failed or did not start in time.
     record_received
         Instrumentation: each party keeps what it received from clients; read it with
         :meth:`received_by_parties`.
@@ -189,7 +192,7 @@ class CryptenAggregator(Aggregator):
         warm: bool | None = None,
     ) -> None:
         super().__init__()
-        self._pool: PartyPool | None = None
+        self._party_pool: PartyPool | None = None
         self._workers: ThreadPoolExecutor | None = None
         self._shutdown_done = False
         if mode not in ("secure", "debug"):
@@ -242,18 +245,51 @@ class CryptenAggregator(Aggregator):
         self.transport = settings.transport
         self._warm = bool(keeping_warm() if warm is None else warm) and party_addresses is None
         start = time.perf_counter()
+        #: Whether the parties were borrowed from a warm pool (see :mod:`smpc.party_pool`).
+        self.borrowed = False
         if party_addresses is not None:
-            self._pool = self._connect(settings, party_addresses, authkey, startup_timeout)
+            pool = self._connect(settings, party_addresses, authkey, startup_timeout)
         elif transport == "threads":
-            self._pool = PartyPool.start_threads(settings)
+            pool = PartyPool.start_threads(settings)
         else:
             borrowed = borrow(settings) if self._warm and rendezvous is None else None
-            self._pool = borrowed or PartyPool.start_processes(
-                settings, rendezvous, startup_timeout
+            self.borrowed = borrowed is not None
+            # Fresh local parties start in the background (fork server, processes, Ready)
+            # while the caller loads data and builds models; the first use of the pool
+            # (``_pool``) waits for them, within the start-up timeout.
+            pool = borrowed or PartyPool.start_processes(
+                settings, rendezvous, startup_timeout, wait=False
             )
-        self.rendezvous = self._pool.rendezvous
+        self._party_pool = pool
+        self.rendezvous = pool.rendezvous
+        #: Seconds the caller waited for the parties: construction, then (after a
+        #: background start) the wait at the first operation.
         self.startup_seconds = time.perf_counter() - start
         atexit.register(self.close)
+
+    @property
+    def _pool(self) -> PartyPool | None:
+        """The party pool, once started (waits for a background start; raises its error)."""
+        pool = self._party_pool
+        if pool is not None and pool._starting is not None and not pool._starting.is_set():
+            try:
+                self.startup_seconds += pool.wait_started()
+            except BaseException:
+                self._closed = True
+                raise
+        elif pool is not None and pool._start_error is not None:
+            self._closed = True
+            raise pool._start_error
+        return pool
+
+    def wait_for_parties(self) -> float:
+        """Wait until the parties are up (they start in the background); return ``startup_seconds``.
+
+        Raises :class:`PartyError` if they failed to start or did not within the
+        start-up timeout.
+        """
+        self._pool  # noqa: B018 - the property waits
+        return self.startup_seconds
 
     @staticmethod
     def _connect(
@@ -297,7 +333,12 @@ class CryptenAggregator(Aggregator):
     @property
     def pids(self) -> list[int]:
         """Process ids of the local parties, then the dealer (empty for remote parties)."""
-        return self._pool.pids if self._pool is not None else []
+        pool = self._party_pool
+        if pool is None:
+            return []
+        with contextlib.suppress(PartyError):
+            pool.wait_started()  # every pid is known once started (a failed start: those begun)
+        return pool.pids
 
     # ----------------------------------------------------------------- one round trip
     def _run(
@@ -809,9 +850,12 @@ class CryptenAggregator(Aggregator):
         if self._workers is not None:
             self._workers.shutdown(wait=False)
             self._workers = None
-        pool = self._pool  # kept: pids stay readable after close
+        pool = self._party_pool  # kept: pids stay readable after close
         if pool is None or pool.closed:
             return
+        if pool._starting is not None and not pool._starting.is_set():
+            with contextlib.suppress(Exception):
+                pool.wait_started()  # bounded; a failed start stopped everything
         if self._warm:
             give_back(pool)
         else:

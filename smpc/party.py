@@ -15,7 +15,9 @@ A party talks to two kinds of peers:
   party; or an in-process channel to a party thread in tests).
 
 :class:`PartyLoop` is the same in all cases; :func:`serve` runs it in a party process,
-:func:`serve_in_thread` in a thread (additions only, no CrypTen).
+:func:`serve_in_thread` in a thread (additions only, no CrypTen). A local party process
+answers ``Ready`` and serves sums while it joins the process group in a background thread
+(:class:`LazyCrypten`); ``argmax`` waits for the join.
 
 CrypTen's own ``run_multiprocess`` is not used: it starts processes per call, hangs when a
 function returns a large object, and cannot reuse parties across rounds.
@@ -52,6 +54,9 @@ log.addHandler(logging.NullHandler())  # quiet unless the application configures
 AUTHKEY_ENV = "SMPC_AUTHKEY"
 #: Arrays up to this many values are kept verbatim by ``record_received`` (digests beyond).
 RECORD_MAX_VALUES = 1 << 20
+#: Exit code of a rank that could not join the MPC (``crypten.init()``): usually because
+#: another rank died first, which the coordinator then names instead.
+JOIN_FAILED_EXIT_CODE = 3
 
 
 def debug_seeds(seed: int, rank: int) -> tuple[int, int, int]:
@@ -195,9 +200,16 @@ def serve(
         _serve_dealer(crypten, mode, seed)
         return
 
-    crypten.init()
-    if mode == "debug":
-        crypten.manual_seed(*debug_seeds(0 if seed is None else seed, rank))
+    lazy: LazyCrypten | None = None
+    if conn is None:
+        # Remote parties join the MPC before they listen (the coordinator waits for it).
+        LazyCrypten(crypten, rank, mode, seed).initialise()
+    else:
+        # Local parties answer Ready at once and serve sums (additions of shares, no
+        # CrypTen) while the process group with the other ranks and the dealer forms in
+        # the background; argmax waits for it; a failed join exits this party (code 3).
+        lazy = LazyCrypten(crypten, rank, mode, seed)
+        lazy.start()
     listener = None
     if conn is None:
         assert listen is not None and key  # checked before the handshake
@@ -218,12 +230,89 @@ def serve(
                 precision_bits=precision_bits,
             )
         )
-        PartyLoop(rank, channel, crypten, record_received).run()
+        PartyLoop(rank, channel, crypten if lazy is None else lazy, record_received).run()
     finally:
         channel.close()
         if listener is not None:
             listener.close()
-        crypten.uninit()
+        if lazy is not None:
+            # Party 0's uninit tells the dealer to stop: let a pending init finish first.
+            lazy.join(startup_timeout)
+        if crypten.is_initialized():
+            crypten.uninit()
+
+
+class LazyCrypten:
+    """``crypten.init()`` (and the debug seeds) of one party, now or in a background thread.
+
+    :meth:`get` returns the initialised CrypTen module, waiting for the background
+    initialisation. A failed background initialisation prints the reason and exits the
+    party with code 3, so the coordinator's next operation raises ``PartyError`` naming
+    it; :meth:`get` raises ``RuntimeError`` naming the party should it still be asked.
+    """
+
+    def __init__(self, crypten: Any, rank: int, mode: str, seed: int | None) -> None:
+        self.crypten = crypten
+        self.rank = rank
+        self.mode = mode
+        self.seed = seed
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def initialise(self) -> None:
+        """Join the process group with the other ranks and the dealer (blocking)."""
+        start = time.perf_counter()
+        try:
+            self.crypten.init()
+            if self.mode == "debug":
+                self.crypten.manual_seed(
+                    *debug_seeds(0 if self.seed is None else self.seed, self.rank)
+                )
+        except BaseException as err:
+            self.error = err
+            log.exception("party %d: CrypTen initialisation failed", self.rank)
+            raise
+        finally:
+            self.seconds = time.perf_counter() - start
+            self._done.set()
+        log.info("party %d joined the MPC in %.2f s", self.rank, self.seconds)
+
+    def start(self) -> None:
+        """Initialise in a daemon thread."""
+
+        def run() -> None:
+            try:
+                self.initialise()
+            except BaseException as err:
+                # Fail fast, as an eager start-up failure would: the coordinator names
+                # this party (exit code 3) in its next operation, not a silent peer.
+                print(
+                    f"smpc.party: error: rank {self.rank}: CrypTen initialisation failed: {err!r}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(JOIN_FAILED_EXIT_CODE)
+
+        self._thread = threading.Thread(
+            target=run, name=f"smpc-crypten-init-{self.rank}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` s for a background initialisation to end."""
+        self._done.wait(timeout)
+
+    def get(self) -> Any:
+        """The initialised CrypTen module (waits for the background initialisation)."""
+        self._done.wait()
+        if self.error is not None:
+            raise RuntimeError(
+                f"party {self.rank}: CrypTen initialisation (joining the other parties and the "
+                f"dealer) failed: {self.error!r}"
+            ) from self.error
+        return self.crypten
 
 
 def _exit_unless_mpc_forms(rank: int, timeout: float) -> None:
@@ -243,7 +332,7 @@ def _exit_unless_mpc_forms(rank: int, timeout: float) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            os._exit(3)
+            os._exit(JOIN_FAILED_EXIT_CODE)
 
     threading.Thread(target=watch, name="smpc-formation-watch", daemon=True).start()
 
@@ -315,8 +404,9 @@ class PartyLoop:
     channel
         Connection to the coordinator.
     crypten
-        The imported CrypTen module (after ``crypten.init()``), or None for a party that
-        serves additions only (``argmax`` then fails with a clear error).
+        The imported CrypTen module (after ``crypten.init()``), a :class:`LazyCrypten`
+        (initialising in the background; ``argmax`` waits for it), or None for a party
+        that serves additions only (``argmax`` then fails with a clear error).
     record
         Keep what this party received from clients (instrumentation for tests).
     """
@@ -549,6 +639,8 @@ class PartyLoop:
         import torch
 
         crypten: Any = self.crypten
+        if isinstance(crypten, LazyCrypten):
+            crypten = crypten.get()
         crypten.reset_communication_stats()
         n_clients = shares.shape[0]
         # Encoded values are integers in the ring: precision 0 keeps every product exact.

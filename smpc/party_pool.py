@@ -13,8 +13,14 @@ A :class:`PartyPool` is one set of parties that serve one coordinator:
 Every pool is reaped on :meth:`PartyPool.close`, on any error (:meth:`PartyPool.fail`)
 and at interpreter exit.
 
-**Warm pools.** Starting parties costs ~1-4 s. A process that runs many federations (a
-sweep worker) can keep them warm: inside :func:`warm_parties` (or after
+**Background start.** ``start_processes(..., wait=False)`` (what
+:class:`~smpc.crypten_backend.CryptenAggregator` does) returns at once and starts the fork
+server, the processes and their ``Ready`` in a thread; :meth:`PartyPool.wait_started`
+joins it within the start-up timeout and raises its error.
+
+**Warm pools.** Starting parties costs ~0.1 s once the fork server runs (~2 s for the
+first start in a process: the fork server imports torch and CrypTen). A process that runs
+many federations (a sweep worker) can keep them warm: inside :func:`warm_parties` (or after
 :func:`keep_warm`), a closed aggregator gives its pool back to :data:`_WARM`
 (:func:`give_back`) and the next aggregator with the same settings borrows it
 (:func:`borrow`) instead of starting new processes. A pool with a dead party is reaped and
@@ -45,6 +51,7 @@ from smpc import handshake, process_guard
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel, in_process_pair
 from smpc.framing import FrameError
+from smpc.party import JOIN_FAILED_EXIT_CODE
 from smpc.shared_buffer import SharedBuffer, private_directory, shm_root
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,9 @@ log.addHandler(logging.NullHandler())  # quiet unless the application configures
 
 #: Local transports: shares through shared memory, through the pipes, or party threads.
 TRANSPORTS = ("shm", "pipe", "threads")
+#: Seconds a background start may overrun its start-up deadline before the caller gives
+#: up on it (its own deadline names the silent party first; this catches a stuck fork server).
+START_GRACE = 10.0
 
 
 class PartyError(RuntimeError):
@@ -113,6 +123,11 @@ class PartyPool:
         self._buffer_serial = 0
         self.closed = False
         self.startup_seconds = 0.0
+        self._lock = threading.Lock()
+        self._starting: threading.Event | None = None  # set once a process start ended
+        self._start_error: BaseException | None = None
+        self._start_deadline = 0.0
+        self._stopping = False
         atexit.register(self.kill)
 
     # ------------------------------------------------------------------ start-up
@@ -122,17 +137,19 @@ class PartyPool:
         settings: PoolSettings,
         rendezvous: str | None = None,
         startup_timeout: float = 120.0,
+        *,
+        wait: bool = True,
     ) -> PartyPool:
-        """Start local party processes (and the TTP dealer) and wait until they are ready."""
-        from smpc import party
+        """Start local party processes (and the TTP dealer).
 
+        With ``wait=False`` (forkserver only; other start methods wait) the processes
+        start in a background thread and this returns at once (the rendezvous is set);
+        :meth:`wait_started` joins it. Either way the whole start-up (fork server
+        included) must end within ``startup_timeout``.
+        """
         pool = cls(settings)
-        start = time.perf_counter()
+        pool._start_deadline = time.monotonic() + startup_timeout
         try:
-            ctx: Any = multiprocessing.get_context(settings.start_method)
-            if settings.start_method == "forkserver":
-                # Import CrypTen once in the fork server, so each party is a ~50 ms fork.
-                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_compat"])
             # Folders of coordinators that were SIGKILLed with all their parties.
             process_guard.remove_stale_directories([None, shm_root()])
             if rendezvous is None:
@@ -142,6 +159,37 @@ class PartyPool:
             pool.rendezvous = rendezvous
             if settings.transport == "shm":
                 pool._shm_dir = private_directory()
+        except BaseException:
+            pool.kill()
+            raise
+        pool._starting = threading.Event()
+        # Only forkserver children may be started from a thread that then ends: a spawn or
+        # fork child's parent is that thread, and PR_SET_PDEATHSIG (process_guard) fires
+        # when the parent *thread* exits, killing the party right after start-up.
+        if wait or settings.start_method != "forkserver":
+            pool._launch(startup_timeout)
+            pool.wait_started()
+            return pool
+        thread = threading.Thread(
+            target=pool._launch, args=(startup_timeout,), name="smpc-party-start", daemon=True
+        )
+        thread.start()
+        return pool
+
+    def _launch(self, startup_timeout: float) -> None:
+        """Start the processes and await Ready; errors are kept for :meth:`wait_started`."""
+        from smpc import party
+
+        settings = self.settings
+        start = time.perf_counter()
+        assert self._starting is not None and self.rendezvous is not None
+        try:
+            ctx: Any = multiprocessing.get_context(settings.start_method)
+            if settings.start_method == "forkserver":
+                # Import torch and CrypTen once in the fork server, so each party is a
+                # ~50 ms fork; smpc.crypten_preload also keeps the coordinator's main
+                # module out of the parties.
+                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_preload"])
             parent = multiprocessing.parent_process()
             options = {
                 "provider": settings.provider,
@@ -154,42 +202,62 @@ class PartyPool:
                 # Parties die with this process (and with the process that started it,
                 # when it is a multiprocessing worker: sweep workers), removing its folders.
                 "parent_pids": [os.getpid()] + ([parent.pid] if parent and parent.pid else []),
-                "cleanup": [p for p in (pool._tmpdir, pool._shm_dir) if p],
+                "cleanup": [p for p in (self._tmpdir, self._shm_dir) if p],
             }
-            for rank in range(settings.parties):
-                parent, child = ctx.Pipe(duplex=True)
+            for rank in range(settings.parties + (settings.provider == "TTP")):
+                dealer = rank == settings.parties
+                kwargs = dict(options)
+                pipe = None if dealer else ctx.Pipe(duplex=True)
+                if pipe is not None:
+                    kwargs.update(conn=pipe[1], record_received=settings.record_received)
                 proc = ctx.Process(
                     target=party.serve,
-                    args=(rank, settings.parties, rendezvous),
-                    kwargs={"conn": child, "record_received": settings.record_received, **options},
-                    name=f"crypten-party-{rank}",
+                    args=(rank, settings.parties, self.rendezvous),
+                    kwargs=kwargs,
+                    name="crypten-dealer" if dealer else f"crypten-party-{rank}",
                     daemon=True,
                 )
                 with _main_without_phantom_file():
                     proc.start()
-                child.close()  # so the parent sees EOF when the party dies
-                pool.procs.append(proc)
-                pool.channels.append(ConnectionChannel(parent))
-                pool.names.append(f"crypten party {rank} (pid {proc.pid})")
-            if settings.provider == "TTP":
-                dealer = ctx.Process(
-                    target=party.serve,
-                    args=(settings.parties, settings.parties, rendezvous),
-                    kwargs=options,
-                    name="crypten-dealer",
-                    daemon=True,
-                )
-                with _main_without_phantom_file():
-                    dealer.start()
-                pool.procs.append(dealer)
-            pool.buffers = [None] * settings.parties
-            pool.await_ready(startup_timeout)
-        except BaseException:
-            pool.kill()
-            raise
-        pool.startup_seconds = time.perf_counter() - start
-        log.info("started %s in %.2f s", ", ".join(pool.names), pool.startup_seconds)
-        return pool
+                with self._lock:
+                    self.procs.append(proc)
+                    if pipe is not None:
+                        pipe[1].close()  # so the parent sees EOF when the party dies
+                        self.channels.append(ConnectionChannel(pipe[0]))
+                        self.names.append(f"crypten party {rank} (pid {proc.pid})")
+                    if self._stopping:  # killed (closed, timed out) while starting
+                        raise PartyError("the parties were stopped during start-up")
+            self.buffers = [None] * settings.parties
+            self.await_ready(startup_timeout, self._start_deadline)
+        except BaseException as err:
+            self._start_error = err
+            self.kill()
+        else:
+            self.startup_seconds = time.perf_counter() - start
+            log.info("started %s in %.2f s", ", ".join(self.names), self.startup_seconds)
+        finally:
+            self._starting.set()
+
+    def wait_started(self) -> float:
+        """Wait for a background start (bounded by the start-up timeout); return seconds waited.
+
+        Raises the start-up's error (a :class:`PartyError` naming the party, or the
+        error that stopped the start); a start that overruns its deadline (a stuck fork
+        server) by :data:`START_GRACE` seconds stops everything and raises
+        :class:`PartyError`.
+        """
+        started = self._starting
+        if started is None or (started.is_set() and self._start_error is None):
+            return 0.0
+        begin = time.perf_counter()
+        if not started.wait(max(0.0, self._start_deadline - time.monotonic()) + START_GRACE):
+            raise self.fail(
+                f"{', '.join(self.names) or 'the crypten parties'} did not start within the "
+                f"start-up timeout (the fork server is stuck?) during start-up"
+            )
+        if self._start_error is not None:
+            raise self._start_error
+        return time.perf_counter() - begin
 
     @classmethod
     def start_threads(cls, settings: PoolSettings) -> PartyPool:
@@ -259,9 +327,13 @@ class PartyPool:
         log.info("connected to %s in %.2f s", ", ".join(pool.names), pool.startup_seconds)
         return pool
 
-    def await_ready(self, startup_timeout: float) -> None:
-        """Receive every party's :class:`~smpc.messages.Ready` and check its settings."""
-        deadline = time.monotonic() + startup_timeout
+    def await_ready(self, startup_timeout: float, deadline: float | None = None) -> None:
+        """Receive every party's :class:`~smpc.messages.Ready` and check its settings.
+
+        ``deadline`` (``time.monotonic()``) defaults to ``startup_timeout`` from now.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + startup_timeout
         s = self.settings
         for rank in range(len(self.channels)):
             hello = self.receive(rank, "start-up", deadline, startup_timeout)
@@ -295,11 +367,19 @@ class PartyPool:
         return [p.pid for p in self.procs]
 
     def dead_party(self) -> str | None:
-        """Describe the first local party (process or thread) that exited, if any."""
-        for i, proc in enumerate(self.procs):
-            if proc.exitcode is not None:
-                name = self.names[i] if i < len(self.names) else f"crypten dealer (pid {proc.pid})"
-                return f"{name} exited with code {proc.exitcode}"
+        """Describe the local party (process or thread) that exited, if any.
+
+        A rank that exited because it could not join the MPC
+        (:data:`~smpc.party.JOIN_FAILED_EXIT_CODE`) is named only when no other rank
+        died: another rank's death is usually what made it fail.
+        """
+        with self._lock:
+            procs = list(self.procs)
+        dead = [(i, p) for i, p in enumerate(procs) if p.exitcode is not None]
+        dead.sort(key=lambda item: item[1].exitcode == JOIN_FAILED_EXIT_CODE)  # stable
+        for i, proc in dead:
+            name = self.names[i] if i < len(self.names) else f"crypten dealer (pid {proc.pid})"
+            return f"{name} exited with code {proc.exitcode}"
         for i, thread in enumerate(self.threads):
             if not thread.is_alive():
                 return f"{self.names[i]} stopped"
@@ -307,17 +387,23 @@ class PartyPool:
 
     @property
     def healthy(self) -> bool:
-        """Open and no party known to be dead."""
-        return not self.closed and self.dead_party() is None
+        """Open, started (if started in the background) and no party known to be dead."""
+        started = self._starting is None or self._starting.is_set()
+        return (
+            started and self._start_error is None and not self.closed and self.dead_party() is None
+        )
 
     def fail(self, message: str) -> PartyError:
         """Reap everything; return the :class:`PartyError` to raise."""
         self.kill()
         if message.endswith("during start-up") and not self.remote:
-            message += (
-                " (see the party's traceback above; a script that starts an aggregator at "
-                "import time needs an `if __name__ == '__main__':` guard)"
-            )
+            message += " (see the party's traceback above"
+            if self.settings.start_method == "spawn":  # forkserver parties skip __main__
+                message += (
+                    "; a script that starts an aggregator at import time needs an "
+                    "`if __name__ == '__main__':` guard"
+                )
+            message += ")"
         log.error("%s", message)
         return PartyError(message + "; all party processes were stopped: create a new aggregator.")
 
@@ -373,6 +459,9 @@ class PartyPool:
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
         """Ask the parties to exit, wait briefly, then reap by force. Idempotent."""
+        if self._starting is not None and not self._starting.is_set():
+            with contextlib.suppress(Exception):
+                self.wait_started()  # bounded; a failed start has stopped everything
         if self.closed:
             return
         for channel in self.channels:
@@ -386,15 +475,21 @@ class PartyPool:
         self.kill()
 
     def kill(self) -> None:
-        """Kill every local process still alive, reap all, release resources. Idempotent."""
-        for proc in self.procs:
+        """Kill every local process still alive, reap all, release resources. Idempotent.
+
+        A background start still running stops too: it kills what it starts afterwards.
+        """
+        with self._lock:
+            self._stopping = True
+            procs, channels = list(self.procs), list(self.channels)
+        for proc in procs:
             if proc.exitcode is None:
                 with contextlib.suppress(Exception):
                     proc.kill()
-        for proc in self.procs:
+        for proc in procs:
             with contextlib.suppress(Exception):
                 proc.join(5.0)
-        for channel in self.channels:
+        for channel in channels:
             with contextlib.suppress(Exception):
                 channel.close()
         for buffer in self.buffers:

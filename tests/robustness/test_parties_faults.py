@@ -26,6 +26,7 @@ try:
 except ImportError as err:  # pragma: no cover - crypten is installed by the Makefile
     pytest.skip(f"crypten unavailable: {err}", allow_module_level=True)
 
+from smpc.channel import ConnectionChannel
 from smpc.crypten_backend import CryptenAggregator, PartyError
 
 pytestmark = pytest.mark.timeout(300)
@@ -137,12 +138,23 @@ def test_party_sigstop_during_an_operation_is_named_within_the_timeout():
     assert not _leftovers(os.getpid())
 
 
-def test_startup_timeout_message_names_the_startup_timeout():
+def test_startup_timeout_message_names_the_startup_timeout(monkeypatch):
+    # Parties are Ready in ~0.1 s once the fork server runs: make them silent instead of
+    # relying on a slow start-up, so the start-up deadline is what fires.
+    def silent(self, timeout=0.0):
+        time.sleep(timeout)
+        return False
+
+    monkeypatch.setattr(ConnectionChannel, "poll", silent)
+    begin = time.monotonic()
+    agg = CryptenAggregator(timeout=7, startup_timeout=0.3)  # parties start in the background
     with pytest.raises(PartyError) as caught:
-        CryptenAggregator(timeout=7, startup_timeout=0.3)
+        agg.sum(_clients(10))  # the first operation waits for them
     text = str(caught.value)
     assert "within 0.3 s during start-up" in text and "7 s" not in text
+    assert time.monotonic() - begin < 0.3 + 10.0  # the fork server may take seconds to start
     assert not _leftovers(os.getpid())
+    assert not _gone_within(agg.pids)
 
 
 # ------------------------------------------------------------------ the coordinator dies
