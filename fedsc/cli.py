@@ -101,11 +101,12 @@ def _option_value(method: str, option: str, text: str) -> Any:
 #: ``--param NAME=VALUE`` instead.
 _COMMON_DESTS = {
     "method", "input", "batch_key", "label_key", "use_rep", "upstream", "backend", "mode",
-    "backend_option", "mechanism", "seed", "holdout", "inclusion", "panels", "param", "out", "command",
+    "backend_option", "mechanism", "deploy", "seed", "holdout", "inclusion", "panels", "param", "out", "command",
 }  # fmt: skip
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
+    from fedsc.deploy.drivers import TRANSPORTS
     from fedsc.methods import REGISTRY
     from fedsc.upstream import EMBEDDING_METHODS
 
@@ -141,6 +142,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="privacy mechanism around the aggregator (repeatable, applied in order; "
         "names registered in smpc.mechanisms)",
+    )
+    p.add_argument(
+        "--deploy",
+        default=None,
+        choices=TRANSPORTS,
+        help="run as a Flower deployment on 127.0.0.1 (one SuperNode per batch) over this "
+        "transport instead of in this process (fedscgen, scbatchprox)",
     )
     p.add_argument("--seed", type=_seed_arg, default=0, help="run seed, 0..2**32-1")
     for option, names in _method_options().items():
@@ -220,6 +228,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         inclusion=args.inclusion,
         panels=None if args.panels is None else args.panels.split(","),
+        deploy=args.deploy,
     )
     result = execute_run(cfg)
     out = write_run(result, args.out, overwrite=args.overwrite)

@@ -16,7 +16,12 @@ from fedsc.methods import get_method, method_names
 
 #: Settings left out of the run id while they hold their default, so adding them did not
 #: change the id (and resume) of any earlier run.
-_UNHASHED_DEFAULTS: dict[str, Any] = {"mechanisms": [], "attacks": [], "dp": None}
+_UNHASHED_DEFAULTS: dict[str, Any] = {
+    "mechanisms": [],
+    "attacks": [],
+    "dp": None,
+    "deploy": None,
+}
 
 #: Seeds reach scikit-learn's ``random_state`` (``numpy.random.RandomState``), which takes
 #: 0..2**32-1; torch and numpy generators accept more, so this is the bound runs need.
@@ -72,6 +77,11 @@ class RunConfig:
     dp
         Differential privacy (``fedsc.privacy.accounting.DPConfig`` mapping, e.g.
         ``{level: client, target_epsilon: 4, clip: 0.1, delta: 1e-3}``) or ``None`` (off).
+    deploy
+        ``None``: the federation runs in this process (simulation). A transport name
+        (``"plaintext"``, ``"secagg+"``, ``"crypten"``): the run is a Flower deployment on
+        127.0.0.1, one SuperNode per batch holding only its own cells
+        (:mod:`fedsc.deploy.experiment`); evaluated and recorded like a simulated run.
     """
 
     method: str
@@ -96,6 +106,7 @@ class RunConfig:
     variant: str = "default"
     attacks: list[str] = field(default_factory=list)
     dp: dict[str, Any] | None = None
+    deploy: str | None = None
 
     def __post_init__(self) -> None:
         from fedsc.evaluation.panels import check_panels
@@ -178,6 +189,33 @@ class RunConfig:
                 )
         if self.stages is not None:
             self.stages = _check_stages(self.stages)
+        if self.deploy is not None:
+            self._check_deploy(spec)
+
+    def _check_deploy(self, spec: Any) -> None:
+        """A deployed run: a deployable method and nothing the deployment cannot do yet."""
+        from fedsc.deploy.drivers import check_deployed_method, check_transport, driver_module
+
+        _check_text("deploy", self.deploy, "a transport: plaintext, secagg+ or crypten")
+        check_transport(str(self.deploy))
+        check_deployed_method(self.method)
+        refused = {
+            "backend": self.backend != "plaintext" or bool(self.backend_options),
+            "mechanisms": bool(self.mechanisms),
+            "dp": self.dp is not None,
+            "attacks": bool(self.attacks),
+            "scenario": self.scenario is not None,
+            "inclusion": self.inclusion != "all",
+        }
+        bad = [k for k, v in refused.items() if v]
+        if bad:
+            raise FedscInputError(
+                f"deploy: {self.deploy} cannot be combined with {bad} yet: a deployment's "
+                "transport replaces the backend (deploy: crypten, not backend: crypten), and "
+                "DP mechanisms, in-run attacks, scenarios and inclusion run in simulation "
+                "only; drop them or drop deploy."
+            )
+        driver_module(self.method).check_deployable(spec.make_config(self.params))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

@@ -142,7 +142,9 @@ INPUT_PREPARATION: dict[str, Callable[[ad.AnnData, RunConfig], Prepared]] = {
 }
 
 
-def _inputs(cfg: RunConfig, agg: Any, use_rep: str | None, show_progress: bool | None) -> RunInputs:
+def run_inputs(
+    cfg: RunConfig, agg: Any, use_rep: str | None, show_progress: bool | None
+) -> RunInputs:
     """The common arguments a method's run function receives, from the run config."""
     return RunInputs(
         batch_key=cfg.batch_key,
@@ -167,11 +169,11 @@ def _run_method(
     config = spec.make_config(cfg.params)
     agg = agg if spec.federated else None
     if cfg.scenario is not None:
-        inputs = _inputs(cfg, agg, None, show_progress)
+        inputs = run_inputs(cfg, agg, None, show_progress)
         work = spec.scenario(cfg.scenario)(adata, inputs, config)
         return Prepared(work, f"X_{cfg.upstream}", cfg.upstream)
     prepared = INPUT_PREPARATION[spec.input](adata, cfg)
-    spec.fit(prepared.adata, _inputs(cfg, agg, prepared.use_rep, show_progress), config)
+    spec.fit(prepared.adata, run_inputs(cfg, agg, prepared.use_rep, show_progress), config)
     if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
         work = apply_inclusion(
             prepared.adata, batch_key=cfg.batch_key, label_key=cfg.label_key, scenario=cfg.inclusion
@@ -308,6 +310,21 @@ def _method_rows(cfg: RunConfig, frame: pd.DataFrame, method: str, extra: dict) 
     return frame.reindex(columns=TIDY_COLUMNS)
 
 
+@dataclass
+class MethodOutcome:
+    """What running a method left to evaluate: its cells and its privacy evidence.
+
+    ``info`` holds extra ``run.json`` entries (a deployment's coordinator record).
+    """
+
+    prepared: Prepared
+    ledger: dict[str, Any]
+    private: bool
+    privacy_note: str
+    method_seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 def execute_run(
     cfg: RunConfig, *, adata: ad.AnnData | None = None, show_progress: bool | None = None
 ) -> RunResult:
@@ -315,31 +332,52 @@ def execute_run(
 
     Rows cover the uncorrected input (``method`` = the upstream name, e.g. ``"pca"``, or
     ``"uncorrected"``) and the corrected output, so base-vs-method comparisons come from
-    the same run.
+    the same run. With ``cfg.deploy`` the method runs as a Flower deployment on this
+    machine (:mod:`fedsc.deploy.experiment`) and is evaluated the same way.
     """
     settings.apply()  # threads, passive waiting, compile caches (idempotent)
     start = time.perf_counter()
     adata = load_dataset(cfg.dataset) if adata is None else adata
     validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key)
     check_holdout_batches(cfg, adata.obs[cfg.batch_key].unique())  # before any training
-    info: dict[str, Any] = {"threads": settings.resolved_threads()}
     spec = get_method(cfg.method)
     privacy = in_run.start(cfg, adata, spec)  # attacks + DP (checked now that n is known)
+    if cfg.deploy is not None:  # RunConfig refused attacks and DP with deploy
+        from fedsc.deploy.experiment import deploy_run
+
+        return evaluate_run(cfg, spec, deploy_run(adata, cfg, spec, start), privacy)
     with privacy.aggregator() as agg:
         prepared = _run_method(adata, privacy.method_cfg, spec, agg, show_progress)
-        ledger = agg.ledger.to_dict()
-        private = bool(agg.private)
-        privacy_note = agg.privacy_note
+        outcome = MethodOutcome(
+            prepared,
+            agg.ledger.to_dict(),
+            bool(agg.private),
+            agg.privacy_note,
+            time.perf_counter() - start,
+        )
+    return evaluate_run(cfg, spec, outcome, privacy)
+
+
+def evaluate_run(
+    cfg: RunConfig,
+    spec: MethodSpec,
+    outcome: MethodOutcome,
+    privacy: in_run.InRunPrivacy | None = None,
+) -> RunResult:
+    """Evaluate a method's outcome: tidy rows (before and after) and the run's record."""
+    start = time.perf_counter()
+    prepared = outcome.prepared
     work, before, after = prepared.adata, prepared.before, spec.evaluated
     _check_outputs(work, spec)
-    method_seconds = time.perf_counter() - start
     before_rows = _evaluate(work, before, cfg, pre=before)
     after_rows = _evaluate(work, after, cfg, pre=before)
-    wall = time.perf_counter() - start
+    wall = outcome.method_seconds + time.perf_counter() - start
+    ledger = outcome.ledger
     ledger_bytes = int(
         sum(ledger["totals"]["bytes_to_party"]) + ledger["totals"]["coordinator_bytes"]
     )
     extra = {"wall_time_s": wall, "ledger_bytes": ledger_bytes}
+    backend = cfg.backend if cfg.deploy is None else f"deploy:{cfg.deploy}"
     rows = pd.concat(
         [
             _method_rows(
@@ -350,26 +388,28 @@ def execute_run(
                 after_rows,
                 cfg.method,
                 {
-                    "backend": cfg.backend if spec.federated else "none",
-                    "private": private,
+                    "backend": backend if spec.federated else "none",
+                    "private": outcome.private,
                     **extra,
                 },
             ),
         ],
         ignore_index=True,
     )
+    info: dict[str, Any] = {"threads": settings.resolved_threads()}
     info.update(
         {
             "run_id": cfg.run_id,
             "config": cfg.to_dict(),
             "versions": package_versions(),
             "wall_time_s": wall,
-            "method_seconds": method_seconds,
-            "privacy": privacy_note,
-            "private": private,
+            "method_seconds": outcome.method_seconds,
+            "privacy": outcome.privacy_note,
+            "private": outcome.private,
             "ledger": ledger,
             "evaluated": {"before": before, "after": after},
             "cpu_count": os.cpu_count(),
+            **outcome.info,
         }
     )
     info.update(
@@ -377,7 +417,8 @@ def execute_run(
             work, before, after, {prepared.base: before_rows, cfg.method: after_rows}, cfg.method
         )
     )
-    rows, info = privacy.annotate(rows, info, work)  # DP/privacy columns, attack rows
+    if privacy is not None:
+        rows, info = privacy.annotate(rows, info, work)  # DP/privacy columns, attack rows
     return RunResult(cfg, work, rows, info)
 
 

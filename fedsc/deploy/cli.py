@@ -11,12 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-#: Defaults of ``fedsc deploy local``.
-TRANSPORTS = ("plaintext", "secagg+", "crypten")
+from fedsc.deploy.drivers import TRANSPORTS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``fedsc deploy {split,site,local}``."""
+    """Register ``fedsc deploy {split,site,local,evaluate}``."""
     p = sub.add_parser("deploy", help="run fedsc across sites on Flower (docs/deployment.md)")
     dsub = p.add_subparsers(dest="deploy_command", required=True)
 
@@ -54,10 +53,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--seed", type=int, default=0)
     loc.add_argument("--out", required=True, help="run.json, ledger.json and the sites' outputs")
 
+    e = dsub.add_parser(
+        "evaluate",
+        help="evaluate a finished deployment: gather the sites' outputs, write a run folder "
+        "(and a sweep record for compare/report)",
+    )
+    e.add_argument("coordinator", help="the ServerApp's out-dir (run.json, ledger.json)")
+    e.add_argument("outputs", nargs="+", help="every site's output <site>.h5ad")
+    e.add_argument("--out", required=True, help="run folder: corrected.h5ad, metrics.csv, run.json")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    e.add_argument("--dataset", default="deployment", help="dataset label of the rows")
+    e.add_argument("--study", default="adhoc", help="study label of the rows")
+    e.add_argument("--variant", default="default", help="variant label of the rows")
+    e.add_argument("--panels", default=None, help="comma-separated panels (default: the method's)")
+    e.add_argument(
+        "--store",
+        default=None,
+        help="also add the run to this sweep folder, beside simulated runs (fedsc compare/report)",
+    )
+
 
 def command(args: argparse.Namespace) -> int:
     """Run a ``fedsc deploy`` subcommand."""
-    return {"split": _split, "site": _site, "local": _local}[args.deploy_command](args)
+    commands = {"split": _split, "site": _site, "local": _local, "evaluate": _evaluate}
+    return commands[args.deploy_command](args)
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -146,4 +165,33 @@ def _local(args: argparse.Namespace) -> int:
             f"{record['seconds']:.1f} s; outputs at {dep.workdir / 'sites'}; "
             f"run.json at {out / 'coordinator'}"
         )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from fedsc.deploy.experiment import evaluate_deployment
+    from fedsc.runner import check_output_dir, format_metrics, write_run
+    from fedsc.sweep import RunStore
+    from fedsc.sweep.executor import ok_record
+
+    check_output_dir(args.out, overwrite=args.overwrite)
+    result = evaluate_deployment(
+        args.coordinator,
+        args.outputs,
+        dataset=args.dataset,
+        study=args.study,
+        variant=args.variant,
+        panels=None if args.panels is None else args.panels.split(","),
+    )
+    out = write_run(result, args.out, overwrite=args.overwrite)
+    if len(result.rows):
+        print(format_metrics(result.rows, result.info))
+    print(f"\nprivacy: {result.info['privacy']}")
+    print(f"wrote {out}/corrected.h5ad, metrics.csv, run.json")
+    if args.store:
+        store = RunStore(args.store)
+        with store.lock():
+            store.write(ok_record(result))
+            store.write_tables()
+        print(f"added run {result.config.run_id} to the sweep folder {args.store}")
     return 0

@@ -26,6 +26,7 @@ from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
 from fedsc.federation import State, run_federation
 from fedsc.federation.seeding import client_generators
+from fedsc.methods import RunInputs
 from fedsc.methods.fedscgen import (
     CorrectionSite,
     FedScGenConfig,
@@ -188,6 +189,19 @@ def site_order(
     if not train:
         raise FedscInputError("every site is held out: at least one site must train.")
     return train, [n for n in order if n in holdout]
+
+
+def run_params(inputs: RunInputs, config: FedScGenConfig) -> dict[str, Any]:
+    """The driver's ``params`` for a run with ``inputs`` and ``config`` (same seed and keys)."""
+    check_deployable(config)
+    return {
+        "config": config.to_dict(),
+        "seed": int(inputs.seed),
+        "batch_key": inputs.batch_key,
+        "label_key": inputs.label_key,
+        "layer": inputs.layer,
+        "holdout": list(inputs.holdout),
+    }
 
 
 def check_deployable(config: FedScGenConfig) -> None:

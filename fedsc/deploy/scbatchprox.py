@@ -25,6 +25,7 @@ from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
 from fedsc.federation import State, run_federation
 from fedsc.federation.seeding import client_generators
+from fedsc.methods import RunInputs
 from fedsc.methods.scbatchprox import (
     FiLMAdapter,
     ScBatchProxConfig,
@@ -79,6 +80,27 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     return write_output(site, str(params["batch_key"]), out)
 
 
+def check_deployable(config: ScBatchProxConfig) -> None:
+    """Refuse settings the deployment does not support yet, naming the fix."""
+    if config.secure_rows:
+        raise FedscInputError(
+            "secure_rows (owner-revealed FedAvg) is not deployed yet; deploy the paper's "
+            "protocol (secure_rows=False) or run secure_rows in simulation."
+        )
+
+
+def run_params(inputs: RunInputs, config: ScBatchProxConfig) -> dict[str, Any]:
+    """The driver's ``params`` for a run with ``inputs`` and ``config`` (same seed and keys)."""
+    check_deployable(config)
+    return {
+        "config": {**config.to_dict(), "adam_betas": list(config.adam_betas)},
+        "seed": int(inputs.seed),
+        "batch_key": inputs.batch_key,
+        "label_key": inputs.label_key,
+        "embedding_key": inputs.use_rep,
+    }
+
+
 def run(
     hello: Mapping[str, Mapping[str, Any]],
     aggregator: smpc.Aggregator,
@@ -96,11 +118,7 @@ def run(
     ``client_order``, ``key_added``. Other arguments as :func:`fedsc.deploy.fedscgen.run`.
     """
     config = _config(params)
-    if config.secure_rows:
-        raise FedscInputError(
-            "secure_rows (owner-revealed FedAvg) is not deployed yet; deploy the paper's "
-            "protocol (secure_rows=False) or run secure_rows in simulation."
-        )
+    check_deployable(config)
     dims = {int(h.get("n_dims", -1)) for h in hello.values()}
     if len(dims) != 1 or -1 in dims:
         raise FedscInputError(

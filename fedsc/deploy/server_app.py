@@ -25,11 +25,8 @@ app = ServerApp()
 
 def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Coordinate one deployed run over ``grid``; returns the run record (also written)."""
-    from fedsc.deploy import fedscgen, scbatchprox
-    from fedsc.deploy.aggregators import DeployedPlaintext
+    from fedsc.deploy.drivers import driver_module
     from fedsc.deploy.fleet import Fleet, MessageLog
-    from fedsc.deploy.secagg import DeployedSecAggPlus
-    from fedsc.errors import FedscInputError
 
     start = time.perf_counter()
     out_dir = Path(str(config["out-dir"]))
@@ -38,34 +35,8 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     fleet = Fleet(grid, int(config["n-sites"]), timeout=float(config["timeout"]), log=log)
     params = json.loads(str(config["params"]))
     method = str(config["method"])
-    drivers = {"fedscgen": fedscgen.run, "scbatchprox": scbatchprox.run}
-    if method not in drivers:
-        raise FedscInputError(
-            f"method {method!r} cannot be deployed yet; deployable: {sorted(drivers)}."
-        )
-    hello = fleet.connect(
-        {k: params[k] for k in ("batch_key", "label_key", "embedding_key") if k in params}
-    )
     transport = str(config["transport"])
-    if transport == "plaintext":
-        aggregator: Any = DeployedPlaintext(fleet)
-    elif transport == "secagg+":
-        aggregator = DeployedSecAggPlus(fleet, clipping_range=float(config["secagg-clip"]))
-    elif transport == "crypten":
-        from fedsc.deploy.crypten import DeployedCrypten, parse_parties
-
-        if not config.get("parties"):
-            raise FedscInputError(
-                "transport crypten needs the parties' addresses: run config "
-                "parties='HOST:PORT,HOST:PORT,HOST:PORT' (and $SMPC_AUTHKEY)."
-            )
-        aggregator = DeployedCrypten(
-            fleet, parse_parties(str(config["parties"])), timeout=float(config["timeout"])
-        )
-    else:
-        raise FedscInputError(
-            f"unknown transport {transport!r}; choose plaintext, secagg+ or crypten."
-        )
+    aggregator: Any = None
 
     def apply(requests: dict[str, Any]) -> dict[str, Any]:
         replies = fleet.ask(requests)
@@ -77,19 +48,24 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         # the coordinator's own global model after each round
         np.savez(out_dir / f"model-round{r}.npz", **{k: v.numpy() for k, v in state.items()})
 
-    try:
-        record = drivers[method](
-            hello, aggregator, apply, params, on_round_end=save_round, live=fleet.live
+    try:  # a failed run (bad config, a site or party that fails) still writes run.json
+        driver = driver_module(method).run
+        hello = fleet.connect(
+            {k: params[k] for k in ("batch_key", "label_key", "embedding_key") if k in params}
         )
+        aggregator = transport_aggregator(transport, fleet, config)
+        record = driver(hello, aggregator, apply, params, on_round_end=save_round, live=fleet.live)
     except Exception as err:
         failed = {"error": f"{type(err).__name__}: {err}", "params": params}
-        (out_dir / "ledger.json").write_text(
-            json.dumps(aggregator.ledger.to_dict(), indent=1, default=float)
-        )
+        if aggregator is not None:
+            (out_dir / "ledger.json").write_text(
+                json.dumps(aggregator.ledger.to_dict(), indent=1, default=float)
+            )
         (out_dir / "run.json").write_text(json.dumps(failed, indent=1, default=float))
         raise
     finally:
-        aggregator.close()
+        if aggregator is not None:
+            aggregator.close()
     np.savez(out_dir / "model.npz", **record.pop("model_state"))
     record.update(
         {
@@ -111,6 +87,30 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     )
     (out_dir / "run.json").write_text(json.dumps(record, indent=1, default=float))
     return record
+
+
+def transport_aggregator(transport: str, fleet: Any, config: dict[str, Any]) -> Any:
+    """The deployed aggregator of ``transport`` over ``fleet`` (run config ``config``)."""
+    from fedsc.deploy.aggregators import DeployedPlaintext
+    from fedsc.deploy.secagg import DeployedSecAggPlus
+    from fedsc.errors import FedscInputError
+
+    if transport == "plaintext":
+        return DeployedPlaintext(fleet)
+    if transport == "secagg+":
+        return DeployedSecAggPlus(fleet, clipping_range=float(config["secagg-clip"]))
+    if transport == "crypten":
+        from fedsc.deploy.crypten import DeployedCrypten, parse_parties
+
+        if not config.get("parties"):
+            raise FedscInputError(
+                "transport crypten needs the parties' addresses: run config "
+                "parties='HOST:PORT,HOST:PORT,HOST:PORT' (and $SMPC_AUTHKEY)."
+            )
+        return DeployedCrypten(
+            fleet, parse_parties(str(config["parties"])), timeout=float(config["timeout"])
+        )
+    raise FedscInputError(f"unknown transport {transport!r}; choose plaintext, secagg+ or crypten.")
 
 
 @app.main()

@@ -29,8 +29,7 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
             status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()
         )
         return record
-    # info keeps the full ledger: every value the coordinator received, per operation
-    record.update(status="ok", error=None, rows=result.rows.to_dict("records"), info=result.info)
+    record = ok_record(result)
     if keep_embedding:
         key = f"X_{cfg.method}"
         record["embedding"] = {
@@ -40,6 +39,20 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
             "labels": result.adata.obs[cfg.label_key].astype(str).tolist(),
         }
     return record
+
+
+def ok_record(result: Any) -> dict[str, Any]:
+    """The store record of a finished run (a :class:`fedsc.runner.RunResult`)."""
+    cfg = result.config
+    # info keeps the full ledger: every value the coordinator received, per operation
+    return {
+        "run_id": cfg.run_id,
+        "config": cfg.to_dict(),
+        "status": "ok",
+        "error": None,
+        "rows": result.rows.to_dict("records"),
+        "info": result.info,
+    }
 
 
 def _init_worker(threads: int, parent: dict[str, Any] | None = None) -> None:

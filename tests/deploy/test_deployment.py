@@ -17,14 +17,21 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from _sites import SITES
 
+from fedsc.cli import main
+from fedsc.deploy.experiment import evaluate_deployment
 from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.deploy.secagg import quantization_range
+from fedsc.errors import FedscInputError
 from fedsc.federation.seeding import client_generators
 from fedsc.methods.fedscgen import FedScGenConfig, FedScGenMethod, run_fedscgen
 from fedsc.methods.vae import as_tensor, torch_threads
+from fedsc.run_config import RunConfig
+from fedsc.runner import RUN_FILES, execute_run
+from fedsc.sweep import RunStore
 
 CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1)
 SEED = 3
@@ -173,6 +180,37 @@ def test_scbatchprox_deployment_equals_simulation(deployment, data, tmp_path):
             else:  # gamma and beta each within 2B/Q
                 tol = step * 1.01 * (np.abs(z[labels == s]).max() + 1)
                 assert np.abs(got - mine).max() <= tol
+
+
+def test_deploy_evaluate_gives_the_runners_rows(runs, data, tmp_path):
+    """``fedsc deploy evaluate`` on the coordinator's folder and the sites' output files:
+    the run folder and sweep record hold the rows ``execute_run`` gives in simulation."""
+    record, folder, outputs = runs["plaintext"]
+    files = []
+    for s, part in outputs.items():
+        files.append(str(tmp_path / f"{s}.h5ad"))
+        part.write_h5ad(files[-1])
+    store = tmp_path / "store"
+    argv = ["deploy", "evaluate", str(folder), *files, "--out", str(tmp_path / "run")]
+    assert main([*argv, "--panels", "fedscgen", "--store", str(store), "--variant", "dep"]) == 0
+    assert {p.name for p in (tmp_path / "run").iterdir()} == set(RUN_FILES)
+    (mine,) = RunStore(store).records()
+    assert mine["status"] == "ok" and mine["config"]["deploy"] == "plaintext"
+    assert mine["info"]["deployment"]["correction"] == record["correction"]
+    cfg = RunConfig(
+        method="fedscgen",
+        batch_key="batch",
+        label_key="celltype",
+        params=CONFIG.to_dict(),
+        seed=SEED,
+        panels=["fedscgen"],
+    )
+    want = execute_run(cfg, adata=data.copy()).rows
+    key = ["method", "panel", "metric"]
+    got = pd.DataFrame(mine["rows"]).set_index(key)["value"].sort_index()
+    pd.testing.assert_series_equal(got, want.set_index(key)["value"].sort_index())
+    with pytest.raises(FedscInputError, match="outputs given"):  # every site's output
+        evaluate_deployment(folder, files[:2])
 
 
 def test_plaintext_deployment_equals_simulation_bit_for_bit(runs, simulation):

@@ -103,9 +103,10 @@ def test_a_site_killed_mid_round_stops_the_run_naming_it(deployment, tmp_path):
     timeout = 10.0
     config = {"params": _params(), "transport": "crypten", "log-messages": True, "timeout": timeout}
     start = time.monotonic()
-    with pytest.raises(DeploymentError):
+    with pytest.raises(DeploymentError) as failure:
         deployment.run(config, folder, timeout=400)
     killer.join(5)
+    assert (folder / "run.json").exists(), str(failure.value)
     run = json.loads((folder / "run.json").read_text())
     assert f"[{victim!r}] did not answer step 'fedscgen/update'" in run["error"], run["error"]
     assert time.monotonic() - start < 120 + timeout

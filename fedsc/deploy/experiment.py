@@ -1,0 +1,273 @@
+"""Deployed runs as experiments: the same rows, ledger and ``run.json`` as simulated runs.
+
+Two ways in:
+
+* ``RunConfig(deploy="secagg+")`` (``fedsc run --deploy``, or ``deploy:`` in a study's
+  variant): :func:`deploy_run` prepares the input as the in-process run does, writes one
+  h5ad per batch, starts a :class:`~fedsc.deploy.local.LocalDeployment` (a SuperLink, one
+  SuperNode and worker per site, the CrypTen parties for ``crypten``) and submits the run.
+  The runner then evaluates it like any other, so deployed runs enter sweeps, ``compare``
+  and ``report``.
+* A real deployment (``fedsc deploy evaluate``): :func:`evaluate_deployment` reads the
+  coordinator's folder and the sites' output files and writes the run folder.
+
+Both gather the sites' outputs into one AnnData for the metric panels. Whoever does that
+holds every site's corrected cells: in a consortium, the evaluator the sites agree to send
+their outputs to (docs/deployment.md, "Evaluating a deployment"). The coordinator never
+does it: it ends with the model and the ledger.
+
+The preparation (HVG selection, the upstream PCA) runs here, on the pooled cells, as an
+agreed shared preprocessing stands in for it in a consortium
+(``fedsc/data/federated_preprocessing.py`` computes the same HVGs and PCA from secure sums).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+
+from fedsc.errors import FedscInputError
+
+if TYPE_CHECKING:
+    from fedsc.methods import MethodSpec
+    from fedsc.run_config import RunConfig
+    from fedsc.runner import MethodOutcome, Prepared
+
+#: How long one deployed run may take before ``flwr run`` is stopped (seconds); each step
+#: at the sites has its own timeout (the app's ``timeout``).
+RUN_TIMEOUT = 24 * 3600.0
+
+
+def deploy_run(
+    adata: ad.AnnData, cfg: RunConfig, spec: MethodSpec, start: float | None = None
+) -> MethodOutcome:
+    """Run ``cfg`` (``cfg.deploy`` set) as a Flower deployment on 127.0.0.1.
+
+    Parameters
+    ----------
+    adata
+        Every batch's cells (each batch becomes one site holding only its own cells).
+    cfg
+        The run config; ``cfg.deploy`` names the transport.
+    spec
+        The method's spec (a method in :data:`fedsc.deploy.drivers.DEPLOYED`).
+    start
+        ``time.perf_counter()`` when the run started (method seconds count from it).
+
+    Returns
+    -------
+    MethodOutcome
+        The prepared cells with the sites' outputs, the coordinator's ledger and privacy
+        note, and ``info["deployment"]``: the coordinator's ``run.json``.
+    """
+    from fedsc.deploy.drivers import check_transport, driver_module
+    from fedsc.deploy.local import LocalDeployment, split_by_batch
+    from fedsc.runner import INPUT_PREPARATION, MethodOutcome, run_inputs
+
+    start = time.perf_counter() if start is None else start
+    transport = check_transport(str(cfg.deploy))
+    _check_unique_cells(adata)
+    prepared = INPUT_PREPARATION[spec.input](adata, cfg)
+    config = spec.make_config(cfg.params)
+    params = driver_module(spec.name).run_params(
+        run_inputs(cfg, None, prepared.use_rep, False), config
+    )
+    run_config = {"method": spec.name, "params": json.dumps(params), "transport": transport}
+    with tempfile.TemporaryDirectory(prefix="fedsc-deploy-") as tmp:
+        root = Path(tmp)
+        files = split_by_batch(prepared.adata, cfg.batch_key, root / "site-files")
+        with LocalDeployment(files, root / "work", parties=transport == "crypten") as dep:
+            record = dep.run(run_config, root / "coordinator", timeout=RUN_TIMEOUT)
+            outputs = {s: ad.read_h5ad(dep.site_out(s) / f"{s}.h5ad") for s in files}
+        ledger = json.loads((root / "coordinator" / "ledger.json").read_text())
+    gathered = gather_outputs(prepared.adata, outputs, spec.outputs, cfg.batch_key)
+    return MethodOutcome(
+        _replace_adata(prepared, gathered),
+        ledger,
+        bool(record["private"]),
+        str(record["privacy"]),
+        time.perf_counter() - start,
+        {"deployment": _public_record(record)},
+    )
+
+
+def evaluate_deployment(
+    coordinator: str | Path,
+    site_outputs: list[str | Path],
+    *,
+    dataset: str = "deployment",
+    study: str = "adhoc",
+    variant: str = "default",
+    panels: list[str] | None = None,
+) -> Any:
+    """Evaluate a finished deployment from the coordinator's folder and the sites' outputs.
+
+    Parameters
+    ----------
+    coordinator
+        The ServerApp's ``out-dir`` (``run.json``, ``ledger.json``).
+    site_outputs
+        Each site's output h5ad (``<site>.h5ad``, written by the site's last step).
+    dataset, study, variant, panels
+        Labels of the tidy rows, and the panels (default: the method's).
+
+    Returns
+    -------
+    fedsc.runner.RunResult
+        Rows and ``run.json`` content as :func:`fedsc.runner.execute_run` returns them.
+    """
+    from fedsc.methods import get_method
+    from fedsc.privacy import in_run
+    from fedsc.run_config import RunConfig
+    from fedsc.runner import MethodOutcome, Prepared, evaluate_run
+
+    folder = Path(coordinator)
+    try:
+        record = json.loads((folder / "run.json").read_text())
+        ledger = json.loads((folder / "ledger.json").read_text())
+    except FileNotFoundError as exc:
+        raise FedscInputError(
+            f"{folder} holds no finished deployment ({Path(exc.filename).name} is missing); "
+            "give the ServerApp's out-dir."
+        ) from None
+    if "error" in record:
+        raise FedscInputError(f"the deployment in {folder} failed: {record['error']}")
+    params = record["params"]
+    method = str(record["method"])
+    spec = get_method(method)
+    if not site_outputs:
+        raise FedscInputError("give every site's output h5ad (at least one).")
+    outputs: dict[str, ad.AnnData] = {}
+    for path in map(Path, site_outputs):
+        if not path.is_file():
+            raise FedscInputError(f"site output {path} does not exist.")
+        outputs[path.stem] = ad.read_h5ad(path)
+    expected = sorted(c["name"] for c in record.get("clients", []))
+    if expected and sorted(outputs) != expected:
+        raise FedscInputError(
+            f"the run's sites are {expected} but the outputs given are {sorted(outputs)}; "
+            "give one <site>.h5ad per site (sites that dropped out have none: their cells "
+            "cannot be evaluated)."
+        )
+    cells = ad.concat(list(outputs.values()), merge="same", uns_merge=None)
+    _check_unique_cells(cells)
+    cfg = RunConfig(
+        method=method,
+        dataset=dataset,
+        batch_key=str(params["batch_key"]),
+        label_key=str(params.get("label_key", "cell_type")),
+        use_rep=params.get("embedding_key"),
+        params=_method_params(params),
+        seed=int(params["seed"]),
+        holdout=list(params.get("holdout") or []),
+        panels=panels,
+        study=study,
+        variant=variant,
+        deploy=str(record["deployment"]["transport"]),
+    )
+    if spec.input == "embedding":
+        rep = str(params["embedding_key"])
+        prepared = Prepared(cells, rep, rep.removeprefix("X_").lower(), use_rep=rep)
+    else:
+        prepared = Prepared(cells, "X", "uncorrected")
+    outcome = MethodOutcome(
+        prepared,
+        ledger,
+        bool(record["private"]),
+        str(record["privacy"]),
+        float(record["seconds"]),
+        {"deployment": _public_record(record)},
+    )
+    return evaluate_run(cfg, spec, outcome, in_run.start(cfg, cells, spec))
+
+
+def gather_outputs(
+    adata: ad.AnnData,
+    outputs: Mapping[str, ad.AnnData],
+    keys: tuple[str, ...] | list[str],
+    batch_key: str,
+) -> ad.AnnData:
+    """``adata`` with each site's outputs (``obsm`` keys, ``"layers/NAME"``) in its rows.
+
+    Cells are matched by ``obs_names``; every batch of ``adata`` must have an output that
+    holds exactly its cells (a site that dropped out has none: an error naming it).
+    """
+    batches = adata.obs[batch_key].astype(str).to_numpy()
+    missing = sorted(set(batches) - set(outputs))
+    if missing:
+        raise FedscInputError(
+            f"site(s) {missing} wrote no output (dropped out?): their cells cannot be "
+            "evaluated; run again, or evaluate without them."
+        )
+    out = adata.copy()
+    filled: dict[str, np.ndarray] = {}
+    for site, part in outputs.items():
+        rows = out.obs_names.get_indexer(part.obs_names)
+        expected = np.flatnonzero(batches == site)
+        if (rows < 0).any() or not np.array_equal(np.sort(rows), expected):
+            raise FedscInputError(
+                f"site {site!r}'s output does not hold exactly its own cells (matched by "
+                "obs_names); was the site's file changed after the split?"
+            )
+        for key in keys:
+            values = np.asarray(_read(part, key))
+            if key not in filled:
+                filled[key] = np.full((out.n_obs, *values.shape[1:]), np.nan, values.dtype)
+            filled[key][rows] = values
+    for key, values in filled.items():
+        if key.startswith("layers/"):
+            out.layers[key.removeprefix("layers/")] = values
+        else:
+            out.obsm[key] = values
+    return out
+
+
+def _read(part: ad.AnnData, key: str) -> Any:
+    if key.startswith("layers/"):
+        name = key.removeprefix("layers/")
+        if name not in part.layers:
+            raise FedscInputError(f"a site's output lacks layers[{name!r}].")
+        value = part.layers[name]
+    else:
+        if key not in part.obsm:
+            raise FedscInputError(f"a site's output lacks obsm[{key!r}].")
+        value = part.obsm[key]
+    return value.toarray() if hasattr(value, "toarray") else value
+
+
+def _check_unique_cells(adata: ad.AnnData) -> None:
+    if not adata.obs_names.is_unique:
+        raise FedscInputError(
+            "cell names (obs_names) repeat; a deployment matches each site's output to its "
+            "cells by name: call adata.obs_names_make_unique() first."
+        )
+
+
+def _replace_adata(prepared: Prepared, adata: ad.AnnData) -> Prepared:
+    from dataclasses import replace
+
+    return replace(prepared, adata=adata)
+
+
+def _method_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The method config of a deployment's ``params`` (fields the coordinator filled in)."""
+    config = dict(params["config"])
+    if "adam_betas" in config:
+        config["adam_betas"] = tuple(config["adam_betas"])
+    return config
+
+
+def _public_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The coordinator's record without site-local paths (they name the sites' disks)."""
+    public = {k: v for k, v in record.items() if k != "outputs"}
+    public["outputs"] = {
+        s: {"n_obs": o.get("n_obs")} for s, o in (record.get("outputs") or {}).items()
+    }
+    return public

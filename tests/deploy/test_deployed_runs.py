@@ -1,0 +1,106 @@
+"""Deployed runs enter sweeps, ``compare`` and ``report`` like simulated ones.
+
+A study with a simulated and a deployed variant (``deploy: plaintext``: three SuperNodes
+on 127.0.0.1, one pancreas batch each) gives the same tidy rows, bit for bit, and the same
+ledger; ``fedsc compare`` and ``fedsc report`` read both. (``fedsc deploy evaluate``, for
+a real deployment's folders, is tested in test_deployment.py on its plaintext run.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from _sites import SITES
+
+from fedsc.cli import main
+from fedsc.errors import FedscInputError
+from fedsc.run_config import RunConfig
+from fedsc.sweep import RunStore
+
+PARAMS = {"rounds": 1, "local_epochs": 1, "num_threads": 1, "hidden": [64, 64], "latent": 8}
+SEEDS = [1]  # each deployed run starts its own SuperLink, SuperNodes and workers
+
+
+@pytest.fixture(scope="module")
+def dataset(data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "three_sites.h5ad"
+    data.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    study = {
+        "study": "deployed_vs_simulated",
+        "datasets": [str(dataset)],
+        "seeds": SEEDS,
+        "defaults": {"batch_key": "batch", "label_key": "celltype", "panels": ["fedscgen"]},
+        "methods": {
+            "fedscgen": {
+                "settings": {"params": PARAMS},
+                "variants": {"simulated": {}, "deployed": {"deploy": "plaintext"}},
+            }
+        },
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["sweep", str(path), "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def test_deployed_rows_equal_simulated_rows(sweep):
+    records = {(r["config"]["variant"], r["config"]["seed"]): r for r in RunStore(sweep).records()}
+    assert sorted(records) == sorted((v, s) for v in ("deployed", "simulated") for s in SEEDS)
+    assert all(r["status"] == "ok" for r in records.values()), [
+        r.get("error") for r in records.values()
+    ]
+    for seed in SEEDS:
+        sim, dep = records["simulated", seed], records["deployed", seed]
+        rows = {}
+        for name, rec in (("sim", sim), ("dep", dep)):
+            frame = pd.DataFrame(rec["rows"])
+            rows[name] = frame.set_index(["method", "panel", "metric"])["value"].sort_index()
+        assert len(rows["sim"]) > 4
+        pd.testing.assert_series_equal(rows["sim"], rows["dep"], check_exact=True)
+        # the coordinator received the same values: the deployed ledger's operations
+        ops = [
+            [(e["op"], e["round"], e["tag"], e["n_values"]) for e in r["info"]["ledger"]["entries"]]
+            for r in (sim, dep)
+        ]
+        assert ops[0] == ops[1]
+        assert dep["info"]["deployment"]["deployment"]["transport"] == "plaintext"
+        assert sorted(dep["info"]["deployment"]["deployment"]["sites"]) == SITES
+        backends = set(pd.DataFrame(dep["rows"]).query("method == 'fedscgen'")["backend"])
+        assert backends == {"deploy:plaintext"}
+
+
+def test_compare_and_report_read_deployed_runs(sweep, capsys):
+    assert main(["compare", str(sweep), "--a", "variant=simulated", "--b", "variant=deployed"]) == 0
+    table = pd.read_csv(sweep / "comparison.csv")
+    fed = table[table["method"] == "fedscgen"]
+    assert len(fed) and (fed["n_a"] == len(SEEDS)).all() and (fed["n_b"] == len(SEEDS)).all()
+    assert np.allclose(fed["delta_mean"], 0.0, atol=0)  # bit-identical runs
+    assert main(["report", str(sweep)]) == 0
+    assert "deployed" in (sweep / "report.md").read_text()
+
+
+def test_deploy_setting_is_checked_before_anything_runs():
+    with pytest.raises(FedscInputError, match="unknown deployment transport"):
+        RunConfig(method="fedscgen", deploy="grpc")
+    with pytest.raises(FedscInputError, match="cannot be deployed"):
+        RunConfig(method="scgen", deploy="plaintext")
+    with pytest.raises(FedscInputError, match=r"replaces the backend"):
+        RunConfig(method="fedscgen", deploy="plaintext", backend="crypten")
+    with pytest.raises(FedscInputError, match=r"\['dp'\]"):
+        RunConfig(
+            method="fedscgen",
+            deploy="secagg+",
+            dp={"level": "client", "target_epsilon": 4.0, "clip": 0.1, "delta": 1e-3},
+        )
+    with pytest.raises(FedscInputError, match="secure_rows"):
+        RunConfig(method="scbatchprox", deploy="plaintext", params={"secure_rows": True})
+    # the default (simulation) keeps every earlier run id (this one predates deploy)
+    assert RunConfig(method="fedscgen").run_id == "667a38da4b58b48c"
