@@ -520,6 +520,7 @@ class CryptenAggregator(Aggregator):
             "receive": t2 - t1,
             "mpc_results": t3 - t2,
             "reconstruct": t4 - t3,
+            "party_max": max(r.seconds for r in results),
         }
         log.debug("%s of %d x %d: %s", op, n_clients, size, self.last_timing)
         share_bytes = n_clients * size * 8

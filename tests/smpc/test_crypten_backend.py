@@ -132,6 +132,24 @@ def test_argmax_equals_lowest_index_argmax_on_200_count_matrices(agg):
     assert agg.ledger.entries[-1].mpc_rounds > 1
 
 
+def test_argmax_for_every_client_count_with_ties_and_in_one_comparison(agg):
+    # smpc.party.distinct_argmax: pairwise comparisons batched, product of the wins.
+    rng = np.random.default_rng(3)
+    for n_clients in range(1, 8):
+        counts = rng.integers(0, 3, size=(n_clients, 40))  # many ties
+        counts[:, 0] = 5  # an all-tied column
+        counts[-1, 1] = counts[:, 1].max() + 1  # the last client wins
+        got = agg.argmax(list(counts.astype(float)))
+        np.testing.assert_array_equal(got, lowest_index_argmax(counts))
+        entry = agg.ledger.entries[-1]
+        assert entry.coordinator_received == {"argmax_index": [40]}
+        if n_clients > 1:
+            # one comparison (~60 rounds) + ceil(log2(K-1)) multiplications; CrypTen's
+            # argmax took two comparisons (136 rounds for 5 clients).
+            assert entry.mpc_rounds <= 80
+    assert agg.ledger.entries[-3].mpc_rounds < agg.ledger.entries[-1].mpc_rounds
+
+
 def test_argmax_of_fractional_values(agg):
     matrix = np.array([[0.25, -3.5, 7.0], [0.5, -3.25, 7.0], [-1.0, -3.5, 6.5]])
     np.testing.assert_array_equal(agg.argmax(list(matrix)), [1, 1, 0])
