@@ -208,6 +208,45 @@ def test_pipe_transport_equals_plaintext(plain):
     _assert_all_gone(pids)
 
 
+def test_first_operation_overlaps_the_start_and_buffers_are_reused(plain, monkeypatch):
+    # The clients' side of the first operation runs while fresh parties start (here kept
+    # starting 0.5 s longer); reserve() allocates the shared buffers ahead; a buffer
+    # serves every later operation of its size or smaller, in any order.
+    from smpc.party_pool import PartyPool
+
+    slow_ready = PartyPool.await_ready
+
+    def await_ready(self, *args, **kwargs):
+        time.sleep(0.5)
+        return slow_ready(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartyPool, "await_ready", await_ready)
+    with CryptenAggregator() as a:
+        pool = a._party_pool
+        a.reserve(K, 30_000)
+        assert pool.starting
+        xs = _clients(30_000, seed=9)
+        got = a.weighted_mean(xs, WEIGHTS)
+        assert a.startup_seconds > 0.1  # waited for the parties inside the operation
+        np.testing.assert_allclose(got, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-9)
+        assert [b.capacity for b in pool.buffers] == [(K + 1) * 30_001, 30_001, 30_001]
+        paths = [b.path for b in pool.buffers]
+        for n in (7, 30_000, 1, 12_345):
+            xs = _clients(n, seed=n)
+            want = plain.weighted_mean(xs, WEIGHTS)
+            np.testing.assert_allclose(a.weighted_mean(xs, WEIGHTS), want, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(a.sum(xs), plain.sum(xs), rtol=0, atol=1e-6)
+        assert [b.path for b in pool.buffers] == paths
+        xs = _clients(40_000, seed=2)  # larger: new buffers
+        want = plain.weighted_mean(xs, WEIGHTS)
+        np.testing.assert_allclose(a.weighted_mean(xs, WEIGHTS), want, rtol=0, atol=1e-9)
+        assert all(b.path not in paths for b in pool.buffers)
+        counts = np.array([[3, 1, 4], [3, 5, 9], [2, 6, 5], [3, 5, 8], [0, 0, 9]], dtype=float)
+        np.testing.assert_array_equal(a.argmax(list(counts)), [0, 2, 1])
+        pids = a.pids
+    _assert_all_gone(pids)
+
+
 def test_secure_mode_refuses_tfp_and_seeds():
     with pytest.raises(ValueError, match=r"TFP.*refused in secure mode"):
         CryptenAggregator(provider="TFP")
