@@ -666,6 +666,38 @@ class PartyLoop:
         self.records.append((record, share.copy() if keep else None))
 
 
+def _less_than_zero(crypten: Any, values: Any) -> Any:
+    """Secret-shared ``values < 0`` (0/1, precision 0) of an arithmetic ``MPCTensor``.
+
+    CrypTen's own comparison converts the arithmetic shares to binary ones by adding the
+    parties' shares with a 64-bit adder circuit per share after the first (two for three
+    parties, ~7 rounds of AND gates each). Hand-written here with a carry-save step:
+    three binary shares become two with one round of AND gates (``a ^ b ^ c`` and the
+    shifted majority ``(a & b) ^ (c & (a ^ b))``, both ANDs in one batch), so one adder
+    remains. The sign bit goes back to an arithmetic share as in CrypTen
+    (``B2A_single_bit``: the bit is revealed only masked by a random bit from the dealer).
+    """
+    from crypten.mpc.primitives import BinarySharedTensor
+    from crypten.mpc.primitives.beaver import B2A_single_bit
+
+    share = values._tensor.share
+    world = crypten.comm.get().get_world_size()
+    # Party i's arithmetic share as an XOR-sharing (zero-sharing from seeds: no traffic).
+    parts = [BinarySharedTensor(share, src=i) for i in range(world)]
+    while len(parts) > 2:
+        a, b, c = parts[-3:]
+        del parts[-3:]
+        a_xor_b = a ^ b
+        ands = BinarySharedTensor.stack([a, c]) & BinarySharedTensor.stack([b, a_xor_b])
+        first = BinarySharedTensor.from_shares(ands.share[0], precision=0)
+        second = BinarySharedTensor.from_shares(ands.share[1], precision=0)
+        parts += [a_xor_b ^ c, (first ^ second) << 1]
+    total = parts[0] + parts[1] if len(parts) == 2 else parts[0]
+    sign = (total >> 63) & 1  # the sign bit of the 64-bit ring element
+    bit = B2A_single_bit(sign)
+    return crypten.mpc.MPCTensor.from_shares(bit.share, precision=0)
+
+
 def distinct_argmax(crypten: Any, keys: Any) -> Any:
     """Secret-shared per-column argmax of ``keys`` (rows x columns) whose keys are distinct.
 
@@ -696,7 +728,7 @@ def distinct_argmax(crypten: Any, keys: Any) -> Any:
     if n_rows == 1:
         return keys[0] * 0
     first, second = torch.triu_indices(n_rows, n_rows, 1)
-    beats = keys[first].gt(keys[second])  # (pairs, columns): key_first > key_second
+    beats = _less_than_zero(crypten, keys[second] - keys[first])  # key_first > key_second
     both = crypten.cat([beats, 1 - beats])  # then key_second > key_first
     pairs = int(first.numel())
     terms: list[list[int]] = [[] for _ in range(n_rows)]
