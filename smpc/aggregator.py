@@ -63,6 +63,21 @@ class Aggregator(ABC):
         return "private" if self.private else "not private"
 
     # ----------------------------------------------------------------- public API
+    def reserve(self, n_clients: int, n_values: int) -> None:
+        """Hint that operations over ``n_clients`` contributions of ``n_values`` values follow.
+
+        Backends may prepare for them in the background (the crypten backend allocates
+        its shared-memory buffers); the default does nothing. Results never depend on it.
+
+        Parameters
+        ----------
+        n_clients
+            Number of contributions per operation.
+        n_values
+            Scalar values in one flattened contribution (e.g. a model's parameters).
+        """
+        del n_clients, n_values
+
     def weighted_mean(
         self, contributions: Sequence[Any], weights: Sequence[float], *, reference: Any = None
     ) -> Any:

@@ -193,6 +193,7 @@ class CryptenAggregator(Aggregator):
     ) -> None:
         super().__init__()
         self._party_pool: PartyPool | None = None
+        self._reserving: threading.Thread | None = None
         self._workers: ThreadPoolExecutor | None = None
         self._shutdown_done = False
         if mode not in ("secure", "debug"):
@@ -359,7 +360,9 @@ class CryptenAggregator(Aggregator):
         total weight (last value) to the coordinator, which is all this returns.
         """
         self._check_open()
-        pool = self._pool
+        pool = self._party_pool
+        if pool is None or not pool.starting:
+            pool = self._pool  # raises a failed start's error
         assert pool is not None
         try:
             return self._exchange(
@@ -397,8 +400,14 @@ class CryptenAggregator(Aggregator):
             ] + [[-1, size - 1, size]]
         self._op_id += 1
         op_id = self._op_id
+        # Fresh parties still starting: the clients' side (encoding, masks, party 0's
+        # shares written into its buffer) needs no party, so it runs first and overlaps
+        # the wait; the messages are queued and sent once the parties are up.
+        early = pool.starting
         deadline = time.monotonic() + self.timeout
-        pool.check(op, deadline, [], self.timeout)
+        if not early:
+            pool.check(op, deadline, [], self.timeout)
+        self._join_reserve()
         t0 = time.perf_counter()
 
         # Keys first: parties 1.. expand their masks while we compute party 0's shares.
@@ -408,9 +417,7 @@ class CryptenAggregator(Aggregator):
         keyed = keys[0][0] is not None if keys and keys[0] else False
         buffers: list[SharedBuffer | None] = []
         formats: list[str] = []
-        for rank in range(self.parties):
-            holds_inputs = rank == 0 or not keyed
-            needed = SharedBuffer.values_needed(n_clients if holds_inputs else 0, size)
+        for rank, needed in enumerate(self._buffer_sizes(n_clients, size, keyed)):
             buffer = pool.buffer(rank, needed)
             buffers.append(buffer)
             if rank > 0 and keyed:
@@ -437,8 +444,9 @@ class CryptenAggregator(Aggregator):
             threading.Thread(target=send, args=(r,), daemon=True, name=f"smpc-send-{r}")
             for r in range(self.parties)
         ]
-        for t in threads:
-            t.start()
+        if not early:
+            for t in threads:
+                t.start()
         try:
             for rank in range(self.parties):
                 outboxes[rank].put(
@@ -469,11 +477,17 @@ class CryptenAggregator(Aggregator):
                     outboxes[rank].put(item)
                 for rank in range(self.parties):
                     self._raise_if_send_failed(pool, op, rank, errors)
+            if early:
+                self.wait_for_parties()  # raises PartyError if they failed to start
+                deadline = time.monotonic() + self.timeout
+                pool.check(op, deadline, [], self.timeout)
+                for t in threads:
+                    t.start()
         finally:
             for box in outboxes:
                 box.put(None)
         for rank in range(self.parties):
-            while threads[rank].is_alive():
+            while threads[rank].ident is not None and threads[rank].is_alive():
                 threads[rank].join(0.02)
                 pool.check(op, deadline, [rank], self.timeout)
             self._raise_if_send_failed(pool, op, rank, errors)
@@ -520,6 +534,7 @@ class CryptenAggregator(Aggregator):
             "receive": t2 - t1,
             "mpc_results": t3 - t2,
             "reconstruct": t4 - t3,
+            "party_max": max(r.seconds for r in results),
         }
         log.debug("%s of %d x %d: %s", op, n_clients, size, self.last_timing)
         share_bytes = n_clients * size * 8
@@ -532,6 +547,48 @@ class CryptenAggregator(Aggregator):
             "mpc_rounds": max(r.mpc_rounds for r in results),
         }
         return revealed, stats
+
+    def _buffer_sizes(self, n_clients: int, size: int, keyed: bool) -> list[int]:
+        """Per party, the shared-buffer values one operation needs (result + input shares).
+
+        Party 0 holds every client's share; parties 1.. only their result share when they
+        receive keys (else every mask too).
+        """
+        return [
+            SharedBuffer.values_needed(n_clients if rank == 0 or not keyed else 0, size)
+            for rank in range(self.parties)
+        ]
+
+    def reserve(self, n_clients: int, n_values: int) -> None:
+        """Allocate the parties' shared-memory buffers for operations of this size now.
+
+        In a background thread (the pages cost ~0.2 s per 200 MB to allocate, which the
+        first operation would otherwise pay while everyone waits); sized for a weighted
+        mean (``n_values + 1`` per client). Does nothing without shared-memory parties
+        or when the buffers are large enough; the next operation waits for it.
+        """
+        pool = self._party_pool
+        if self._closed or pool is None or self.transport != "shm" or pool.remote:
+            return
+        self._join_reserve()
+        sizes = self._buffer_sizes(
+            int(n_clients), int(n_values) + 1, self._randomness.source == "prng"
+        )
+
+        def allocate() -> None:
+            try:
+                for rank, needed in enumerate(sizes):
+                    pool.buffer(rank, needed, populate=True)
+            except Exception:  # only a hint: the operation allocates what it needs
+                log.debug("reserving shared buffers failed", exc_info=True)
+
+        self._reserving = threading.Thread(target=allocate, name="smpc-reserve", daemon=True)
+        self._reserving.start()
+
+    def _join_reserve(self) -> None:
+        if self._reserving is not None:
+            self._reserving.join()
+            self._reserving = None
 
     def _route_owner_shares(
         self,
@@ -646,7 +703,16 @@ class CryptenAggregator(Aggregator):
         self, matrix: np.ndarray, precision: int, weights: np.ndarray | None = None
     ) -> None:
         """Ring-bound check before anything is sent (one chunked pass over the matrix)."""
-        peaks = sharing.peak_magnitudes(matrix)
+        n_clients = matrix.shape[0]
+        if matrix.size >= 1 << 20 and n_clients > 1:
+            # Two halves of the clients on the two client threads (numpy releases the GIL).
+            half = (n_clients + 1) // 2
+            parts = self._client_workers().map(
+                sharing.peak_magnitudes, [matrix[:half], matrix[half:]]
+            )
+            peaks = np.concatenate(list(parts))
+        else:
+            peaks = sharing.peak_magnitudes(matrix)
         if weights is not None:
             peaks = np.maximum(peaks * weights, weights)
         if np.all(peaks <= sharing.ring_bound(matrix.shape[0], precision)):
@@ -847,6 +913,7 @@ class CryptenAggregator(Aggregator):
         self._closed = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
+        self._join_reserve()
         if self._workers is not None:
             self._workers.shutdown(wait=False)
             self._workers = None

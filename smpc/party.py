@@ -649,7 +649,7 @@ class PartyLoop:
         # on shares (local multiply, party 0 adds the constant), all keys distinct.
         offsets = torch.arange(n_clients - 1, -1, -1, dtype=torch.long).unsqueeze(1)
         keys = values * n_clients + offsets
-        index = keys.argmax(dim=0, one_hot=False)
+        index = distinct_argmax(crypten, keys)
         stats = crypten.comm.get().get_communication_stats()
         share = np.ascontiguousarray(index._tensor.share.numpy(), dtype=np.int64)
         return share, int(stats["bytes"]), int(stats["rounds"])
@@ -664,6 +664,82 @@ class PartyLoop:
             "with_values": keep,
         }
         self.records.append((record, share.copy() if keep else None))
+
+
+def _less_than_zero(crypten: Any, values: Any) -> Any:
+    """Secret-shared ``values < 0`` (0/1, precision 0) of an arithmetic ``MPCTensor``.
+
+    CrypTen's own comparison converts the arithmetic shares to binary ones by adding the
+    parties' shares with a 64-bit adder circuit per share after the first (two for three
+    parties, ~7 rounds of AND gates each). Hand-written here with a carry-save step:
+    three binary shares become two with one round of AND gates (``a ^ b ^ c`` and the
+    shifted majority ``(a & b) ^ (c & (a ^ b))``, both ANDs in one batch), so one adder
+    remains. The sign bit goes back to an arithmetic share as in CrypTen
+    (``B2A_single_bit``: the bit is revealed only masked by a random bit from the dealer).
+    """
+    from crypten.mpc.primitives import BinarySharedTensor
+    from crypten.mpc.primitives.beaver import B2A_single_bit
+
+    share = values._tensor.share
+    world = crypten.comm.get().get_world_size()
+    # Party i's arithmetic share as an XOR-sharing (zero-sharing from seeds: no traffic).
+    parts = [BinarySharedTensor(share, src=i) for i in range(world)]
+    while len(parts) > 2:
+        a, b, c = parts[-3:]
+        del parts[-3:]
+        a_xor_b = a ^ b
+        ands = BinarySharedTensor.stack([a, c]) & BinarySharedTensor.stack([b, a_xor_b])
+        first = BinarySharedTensor.from_shares(ands.share[0], precision=0)
+        second = BinarySharedTensor.from_shares(ands.share[1], precision=0)
+        parts += [a_xor_b ^ c, (first ^ second) << 1]
+    total = parts[0] + parts[1] if len(parts) == 2 else parts[0]
+    sign = (total >> 63) & 1  # the sign bit of the 64-bit ring element
+    bit = B2A_single_bit(sign)
+    return crypten.mpc.MPCTensor.from_shares(bit.share, precision=0)
+
+
+def distinct_argmax(crypten: Any, keys: Any) -> Any:
+    """Secret-shared per-column argmax of ``keys`` (rows x columns) whose keys are distinct.
+
+    Hand-written instead of CrypTen's ``argmax(dim=0, one_hot=False)``: with distinct keys
+    the winner is unique, so CrypTen's random tie-break (``weighted_index``: a cumulative
+    sum, random numbers and a second comparison of the whole tensor) only doubled the
+    communication rounds. Here one batched comparison covers the K(K-1)/2 pairs
+    (``key_i > key_j`` for i < j; the reverse order is ``1 -`` it, a local operation);
+    row i wins where it beats all K-1 others, the product of those K-1 bits
+    (ceil(log2(K-1)) rounds of Beaver multiplications, all rows at once); the index is
+    ``sum_i i * win_i`` (local). Everything stays secret-shared: the caller reveals
+    only the index, as before.
+
+    Parameters
+    ----------
+    crypten
+        The initialised CrypTen module.
+    keys
+        ``MPCTensor`` of integer keys at precision 0, distinct within every column.
+
+    Returns
+    -------
+    MPCTensor of the winning row per column (precision 0).
+    """
+    import torch
+
+    n_rows = int(keys.size(0))
+    if n_rows == 1:
+        return keys[0] * 0
+    first, second = torch.triu_indices(n_rows, n_rows, 1)
+    beats = _less_than_zero(crypten, keys[second] - keys[first])  # key_first > key_second
+    both = crypten.cat([beats, 1 - beats])  # then key_second > key_first
+    pairs = int(first.numel())
+    terms: list[list[int]] = [[] for _ in range(n_rows)]
+    for p, (i, j) in enumerate(zip(first.tolist(), second.tolist(), strict=True)):
+        terms[i].append(p)  # row i beats row j
+        terms[j].append(pairs + p)  # row j beats row i
+    order = torch.tensor([p for row in terms for p in row], dtype=torch.long)
+    factors = both.index_select(0, order).view(n_rows, n_rows - 1, *keys.size()[1:])
+    wins = factors.prod(1)  # one-hot over rows, per column
+    weights = torch.arange(n_rows, dtype=torch.long).view(n_rows, *([1] * (keys.dim() - 1)))
+    return (wins * weights).sum(0)
 
 
 def serve_in_thread(rank: int, channel: Channel, record: bool = False) -> threading.Thread:

@@ -117,7 +117,10 @@ class PartyPool:
         self.threads: list[threading.Thread] = []
         self.remote = False
         self.rendezvous: str | None = None
-        self.buffers: list[SharedBuffer | None] = []
+        # Set here, not when the processes have started: the coordinator may fill a
+        # party's buffer while the parties are still starting.
+        self.buffers: list[SharedBuffer | None] = [None] * settings.parties
+        self._buffer_lock = threading.Lock()
         self._tmpdir: str | None = None
         self._shm_dir: str | None = None
         self._buffer_serial = 0
@@ -227,7 +230,6 @@ class PartyPool:
                         self.names.append(f"crypten party {rank} (pid {proc.pid})")
                     if self._stopping:  # killed (closed, timed out) while starting
                         raise PartyError("the parties were stopped during start-up")
-            self.buffers = [None] * settings.parties
             self.await_ready(startup_timeout, self._start_deadline)
         except BaseException as err:
             self._start_error = err
@@ -442,19 +444,30 @@ class PartyPool:
         )
 
     # ------------------------------------------------------------------ shared memory
-    def buffer(self, rank: int, n_values: int) -> SharedBuffer | None:
-        """Party ``rank``'s shared buffer with at least ``n_values`` (None without shm)."""
+    def buffer(self, rank: int, n_values: int, populate: bool = False) -> SharedBuffer | None:
+        """Party ``rank``'s shared buffer with at least ``n_values`` (None without shm).
+
+        A buffer is kept across operations and replaced only by a larger one;
+        ``populate`` allocates a new buffer's pages at once (see :class:`SharedBuffer`).
+        """
         if self._shm_dir is None:
             return None
-        current = self.buffers[rank]
-        if current is not None and current.capacity >= n_values:
-            return current
-        if current is not None:
-            current.close(unlink=True)
-        self._buffer_serial += 1
-        path = os.path.join(self._shm_dir, f"party{rank}-{self._buffer_serial}")
-        self.buffers[rank] = SharedBuffer(path, n_values, create=True)
-        return self.buffers[rank]
+        with self._buffer_lock:
+            current = self.buffers[rank]
+            if current is not None and current.capacity >= n_values:
+                return current
+            if current is not None:
+                current.close(unlink=True)
+            self._buffer_serial += 1
+            path = os.path.join(self._shm_dir, f"party{rank}-{self._buffer_serial}")
+            buffer = SharedBuffer(path, n_values, create=True, populate=populate)
+            self.buffers[rank] = buffer
+            return buffer
+
+    @property
+    def starting(self) -> bool:
+        """Whether a background start is still under way."""
+        return self._starting is not None and not self._starting.is_set()
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:

@@ -143,6 +143,8 @@ def run_federation(
     start = time.perf_counter()
     state = {k: v.detach().clone() for k, v in method.initial_state().items()}
     strategy.initialize(state)
+    # A hint: a backend may prepare for rounds of this size while the clients train.
+    aggregator.reserve(len(clients), sum(int(v.numel()) for v in state.values()))
     history: list[dict[str, Any]] = []
     snapshots: list[State] = []
     ledger = aggregator.ledger

@@ -90,6 +90,10 @@ class MechanismAggregator(Aggregator):
         self.inner.close()
         super().close()
 
+    @override
+    def reserve(self, n_clients: int, n_values: int) -> None:
+        self.inner.reserve(n_clients, n_values)
+
     def _check_open(self) -> None:
         super()._check_open()
         self.inner._check_open()

@@ -132,6 +132,25 @@ def test_argmax_equals_lowest_index_argmax_on_200_count_matrices(agg):
     assert agg.ledger.entries[-1].mpc_rounds > 1
 
 
+def test_argmax_for_every_client_count_with_ties_and_in_one_comparison(agg):
+    # smpc.party.distinct_argmax: pairwise comparisons batched, product of the wins.
+    rng = np.random.default_rng(3)
+    for n_clients in range(1, 8):
+        counts = rng.integers(0, 3, size=(n_clients, 40))  # many ties
+        counts[:, 0] = 5  # an all-tied column
+        counts[-1, 1] = counts[:, 1].max() + 1  # the last client wins
+        got = agg.argmax(list(counts.astype(float)))
+        np.testing.assert_array_equal(got, lowest_index_argmax(counts))
+        entry = agg.ledger.entries[-1]
+        assert entry.coordinator_received == {"argmax_index": [40]}
+        if n_clients > 1:
+            # one comparison with a carry-save step (~36 rounds) + ceil(log2(K-1))
+            # multiplications; CrypTen's argmax took two comparisons with two adders
+            # each (136 rounds for 5 clients).
+            assert entry.mpc_rounds <= 50
+    assert agg.ledger.entries[-3].mpc_rounds < agg.ledger.entries[-1].mpc_rounds
+
+
 def test_argmax_of_fractional_values(agg):
     matrix = np.array([[0.25, -3.5, 7.0], [0.5, -3.25, 7.0], [-1.0, -3.5, 6.5]])
     np.testing.assert_array_equal(agg.argmax(list(matrix)), [1, 1, 0])
@@ -186,6 +205,45 @@ def test_pipe_transport_equals_plaintext(plain):
         counts = np.array([[3, 1, 4], [3, 5, 9], [2, 6, 5], [3, 5, 8], [0, 0, 9]], dtype=float)
         np.testing.assert_array_equal(a.argmax(list(counts)), [0, 2, 1])
         assert a.ledger.entries[0].bytes_to_party == [K * 20_001 * 8, K * 32, K * 32]
+        pids = a.pids
+    _assert_all_gone(pids)
+
+
+def test_first_operation_overlaps_the_start_and_buffers_are_reused(plain, monkeypatch):
+    # The clients' side of the first operation runs while fresh parties start (here kept
+    # starting 0.5 s longer); reserve() allocates the shared buffers ahead; a buffer
+    # serves every later operation of its size or smaller, in any order.
+    from smpc.party_pool import PartyPool
+
+    slow_ready = PartyPool.await_ready
+
+    def await_ready(self, *args, **kwargs):
+        time.sleep(0.5)
+        return slow_ready(self, *args, **kwargs)
+
+    monkeypatch.setattr(PartyPool, "await_ready", await_ready)
+    with CryptenAggregator() as a:
+        pool = a._party_pool
+        a.reserve(K, 30_000)
+        assert pool.starting
+        xs = _clients(30_000, seed=9)
+        got = a.weighted_mean(xs, WEIGHTS)
+        assert a.startup_seconds > 0.1  # waited for the parties inside the operation
+        np.testing.assert_allclose(got, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-9)
+        assert [b.capacity for b in pool.buffers] == [(K + 1) * 30_001, 30_001, 30_001]
+        paths = [b.path for b in pool.buffers]
+        for n in (7, 30_000, 1, 12_345):
+            xs = _clients(n, seed=n)
+            want = plain.weighted_mean(xs, WEIGHTS)
+            np.testing.assert_allclose(a.weighted_mean(xs, WEIGHTS), want, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(a.sum(xs), plain.sum(xs), rtol=0, atol=1e-6)
+        assert [b.path for b in pool.buffers] == paths
+        xs = _clients(40_000, seed=2)  # larger: new buffers
+        want = plain.weighted_mean(xs, WEIGHTS)
+        np.testing.assert_allclose(a.weighted_mean(xs, WEIGHTS), want, rtol=0, atol=1e-9)
+        assert all(b.path not in paths for b in pool.buffers)
+        counts = np.array([[3, 1, 4], [3, 5, 9], [2, 6, 5], [3, 5, 8], [0, 0, 9]], dtype=float)
+        np.testing.assert_array_equal(a.argmax(list(counts)), [0, 2, 1])
         pids = a.pids
     _assert_all_gone(pids)
 
