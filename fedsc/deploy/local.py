@@ -74,6 +74,9 @@ class LocalDeployment:
         Idle poll of the SuperNodes (:mod:`fedsc.deploy.supernode`).
     workers
         Give each site a long-lived worker (:mod:`fedsc.deploy.site_worker`).
+    warm_clientapps
+        Fork each site's ClientApp processes from a warm SuperExec
+        (:mod:`fedsc.deploy.superexec`); ``False``: Flower's, a fresh interpreter per message.
     parties
         Also start three CrypTen parties and the dealer (``python -m smpc.party``, each
         with its own secret for the sites' sealed shares; the coordinator gets only their
@@ -88,8 +91,10 @@ class LocalDeployment:
         idle_poll: float = 0.1,
         workers: bool = True,
         parties: bool = False,
+        warm_clientapps: bool = True,
     ) -> None:
         self.workers = workers
+        self.warm_clientapps = warm_clientapps
         self.with_parties = parties
         self._client_secret: bytes | None = None
         #: ``HOST:PORT,...`` of the parties (the run config's ``parties``).
@@ -203,6 +208,7 @@ class LocalDeployment:
                     "fedsc.deploy.supernode",
                     "--idle-poll",
                     str(self.idle_poll),
+                    *([] if self.warm_clientapps else ["--cold"]),
                     "--insecure",
                     "--superlink",
                     f"127.0.0.1:{self.port}",

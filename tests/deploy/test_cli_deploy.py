@@ -47,3 +47,61 @@ def test_site_refuses_to_run_without_tls_or_insecure(tmp_path, capsys):
     code = main(["deploy", "site", "--data", str(data), "--superlink", "127.0.0.1:1"])
     assert code == 2
     assert "--root-certificates" in capsys.readouterr().err
+
+
+def test_warm_superexec_forks_only_clientapps():
+    """fedsc.deploy.superexec: ClientApp tasks are forked warm; other task types go to
+    Flower's own executor; reconcile and close reach it too."""
+    from flwr.supercore.constant import TaskType
+
+    from fedsc.deploy.superexec import WarmClientAppExecutor
+
+    calls = []
+
+    class Fallback:
+        def launch(self, spec):
+            calls.append(("launch", spec.task_type))
+            return "flower"
+
+        def reconcile(self):
+            calls.append(("reconcile",))
+
+        def close(self):
+            calls.append(("close",))
+
+    class Spec:
+        task_type = TaskType.SERVER_APP
+        runtime_dependency_install = False
+
+    executor = WarmClientAppExecutor(Fallback())
+    assert executor.launch(Spec()) == "flower"
+    executor.reconcile()
+    executor.close()
+    assert calls == [("launch", TaskType.SERVER_APP), ("reconcile",), ("close",)]
+
+
+def test_supernode_starts_the_warm_superexec(monkeypatch):
+    """The SuperNode's `flower-superexec` command becomes `python -m fedsc.deploy.superexec`
+    with the same arguments; other commands are untouched."""
+    import subprocess
+    import sys
+
+    from fedsc.deploy.supernode import _WarmSuperExec
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda args, *a, **k: started.append(args))
+    shim = _WarmSuperExec()
+    shim.Popen(["flower-superexec", "--insecure", "--runtime-api-address", "127.0.0.1:1"])
+    shim.Popen(["other", "x"])
+    assert started == [
+        [
+            sys.executable,
+            "-m",
+            "fedsc.deploy.superexec",
+            "--insecure",
+            "--runtime-api-address",
+            "127.0.0.1:1",
+        ],
+        ["other", "x"],
+    ]
+    assert shim.DEVNULL == subprocess.DEVNULL
