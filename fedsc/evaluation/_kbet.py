@@ -20,14 +20,19 @@ compares the two while the private function is importable).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import scib_metrics
-from scib_metrics.nearest_neighbors import NeighborsResults
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 from sklearn.neighbors import NearestNeighbors
+
+from fedsc.evaluation._scib import neighbors_results, scib_metrics
+
+if TYPE_CHECKING:
+    from scib_metrics.nearest_neighbors import NeighborsResults
 
 _EPS = 1e-8
 
@@ -60,7 +65,7 @@ def diffusion_nn_exact(conn: sparse.spmatrix, k: int, n_comps: int = 100) -> Nei
     scaled = np.array([e if e == 1 else e / (1 - e) for e in evals], dtype=np.float32)
     emb = evecs * scaled
     dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(emb).kneighbors(emb)
-    return NeighborsResults(indices=idx, distances=dist.astype(np.float32))
+    return neighbors_results(indices=idx, distances=dist.astype(np.float32))
 
 
 def _kbet_on(conn_sub: sparse.spmatrix, batches: np.ndarray, k0: int, n_comps: int, alpha: float):

@@ -16,26 +16,24 @@ accuracy, ILF1 and the kBET neighbourhood sweep are written here (see each funct
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
+import igraph
 import numpy as np
 import pandas as pd
+from scipy import sparse
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.neighbors import NearestNeighbors
 
-from fedsc.evaluation.caches import enable_if_requested
+from fedsc.errors import FedscInputError
+from fedsc.evaluation import _missing
+from fedsc.evaluation._inputs import check_embedding, check_groups
+from fedsc.evaluation._scib import neighbors_results, scib_metrics
+from fedsc.evaluation.scib_panel import isolated_label_names, silhouette_batch
 
-enable_if_requested()  # caches requested by fedsc.settings.apply(), before numba/JAX load
-
-import igraph  # noqa: E402
-import scib_metrics  # noqa: E402
-from scib_metrics.nearest_neighbors import NeighborsResults  # noqa: E402
-from scipy import sparse  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
-from sklearn.neighbors import NearestNeighbors  # noqa: E402
-
-from fedsc.errors import FedscInputError  # noqa: E402
-from fedsc.evaluation import _missing  # noqa: E402
-from fedsc.evaluation._inputs import check_embedding, check_groups  # noqa: E402
-from fedsc.evaluation.scib_panel import isolated_label_names, silhouette_batch  # noqa: E402
+if TYPE_CHECKING:
+    from scib_metrics.nearest_neighbors import NeighborsResults
 
 PANEL = "fedscgen"
 METRICS: tuple[str, ...] = (
@@ -75,7 +73,7 @@ def knn_without_self(Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def with_self(idx: np.ndarray, dist: np.ndarray) -> NeighborsResults:
     """Prepend the self edge (distance 0), the convention of scanpy and scib-metrics."""
     n = idx.shape[0]
-    return NeighborsResults(
+    return neighbors_results(
         indices=np.hstack([np.arange(n)[:, None], idx]),
         distances=np.hstack([np.zeros((n, 1), dtype=dist.dtype), dist]),
     )
@@ -187,7 +185,7 @@ def kbet_sweep(
         ks = [max(1, min(m - 1, int(f * m))) for f in fractions]
         idx, dist = knn_without_self(Z[sub], max(ks))
         for j, k in enumerate(ks):
-            res = NeighborsResults(indices=idx[:, :k], distances=dist[:, :k])
+            res = neighbors_results(indices=idx[:, :k], distances=dist[:, :k])
             rates[d, j] = scib_metrics.kbet(res, batch[sub])[0]
     return float(np.median(rates.mean(axis=0)))
 

@@ -26,24 +26,21 @@ Differences from the Benchmarker, none of which change a metric's definition:
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.neighbors import NearestNeighbors
 
-from fedsc.evaluation.caches import enable_if_requested
+from fedsc.errors import FedscInputError
+from fedsc.evaluation import _missing
+from fedsc.evaluation._inputs import check_embedding, check_groups
+from fedsc.evaluation._kbet import kbet_per_label
+from fedsc.evaluation._scib import neighbors_results, scib_metrics
 
-enable_if_requested()  # caches requested by fedsc.settings.apply(), before numba/JAX load
-
-import scib_metrics  # noqa: E402
-from scib_metrics.nearest_neighbors import NeighborsResults  # noqa: E402
-from scib_metrics.utils import KMeans, silhouette_samples  # noqa: E402
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  # noqa: E402
-from sklearn.neighbors import NearestNeighbors  # noqa: E402
-
-from fedsc.errors import FedscInputError  # noqa: E402
-from fedsc.evaluation import _missing  # noqa: E402
-from fedsc.evaluation._inputs import check_embedding, check_groups  # noqa: E402
-from fedsc.evaluation._kbet import kbet_per_label  # noqa: E402
+if TYPE_CHECKING:
+    from scib_metrics.nearest_neighbors import NeighborsResults
 
 PANEL = "scib"
 
@@ -134,7 +131,7 @@ def _exact_distances(X: np.ndarray, idx: np.ndarray, chunk: int = 2048) -> Neigh
     order = np.argsort(dist, axis=1, kind="stable")
     idx = np.take_along_axis(idx, order, axis=1)
     dist = np.take_along_axis(dist, order, axis=1)
-    return NeighborsResults(indices=idx, distances=dist.astype(np.float32))
+    return neighbors_results(indices=idx, distances=dist.astype(np.float32))
 
 
 def isolated_label_names(labels: np.ndarray, batch: np.ndarray) -> np.ndarray:
@@ -231,7 +228,7 @@ def scib_panel(
     why: dict[str, str] = {}
     # Bio conservation.
     n_types = len(np.unique(labels))
-    pred = KMeans(n_types, seed=seed).fit(X).labels_
+    pred = scib_metrics.utils.KMeans(n_types, seed=seed).fit(X).labels_
     _missing.compute(
         v,
         why,
@@ -240,8 +237,8 @@ def scib_panel(
     )
     _missing.compute(v, why, "kmeans_ari", lambda: adjusted_rand_score(labels, pred))
     # One silhouette for both: scib_metrics.silhouette_label and .isolated_labels each call
-    # silhouette_samples(X, labels) and rescale it to (s + 1) / 2.
-    sil = (silhouette_samples(X, labels) + 1.0) / 2.0
+    # scib_metrics.utils.silhouette_samples(X, labels) and rescale it to (s + 1) / 2.
+    sil = (scib_metrics.utils.silhouette_samples(X, labels) + 1.0) / 2.0
     _missing.compute(v, why, "silhouette_label", lambda: np.mean(sil))
     _missing.compute(
         v,
