@@ -75,8 +75,9 @@ class LocalDeployment:
     workers
         Give each site a long-lived worker (:mod:`fedsc.deploy.site_worker`).
     warm_clientapps
-        Fork each site's ClientApp processes from a warm SuperExec
-        (:mod:`fedsc.deploy.superexec`); ``False``: Flower's, a fresh interpreter per message.
+        Fork the ClientApp and ServerApp processes from warm SuperExecs
+        (:mod:`fedsc.deploy.superexec`); ``False``: Flower's, a fresh interpreter per
+        message (ClientApp) and per run (ServerApp).
     parties
         Also start three CrypTen parties and the dealer (``python -m smpc.party``, each
         with its own secret for the sites' sealed shares; the coordinator gets only their
@@ -142,7 +143,10 @@ class LocalDeployment:
         self._spawn(
             "superlink",
             [
-                _bin("flower-superlink"),
+                sys.executable,
+                "-m",
+                "fedsc.deploy.superlink",
+                *([] if self.warm_clientapps else ["--cold"]),
                 "--insecure",
                 "--disable-runtime-dependency-installation",
                 "--port",

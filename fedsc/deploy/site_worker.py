@@ -22,7 +22,7 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
-from fedsc.deploy.site import PUBLIC_STEPS, Site, value_to_arrays
+from fedsc.deploy.site import PUBLIC_STEPS, Site, load_method_steps, value_to_arrays
 
 
 def new_key(path: str | Path) -> bytes:
@@ -45,6 +45,10 @@ def answer(site: Site, step: str, params: dict[str, Any], arrays: dict[str, Any]
 def serve(site: Site, address: str, key: bytes) -> None:
     """Answer steps, one connection per request, until killed."""
     with Listener(address, family="AF_UNIX", authkey=key) as listener:
+        # requests queue on the socket meanwhile: import the methods and read the data
+        # now, while the coordinator starts, not inside the first exchange
+        load_method_steps()
+        site.adata  # noqa: B018 - read on first use
         while True:
             try:
                 conn = listener.accept()

@@ -1,21 +1,24 @@
-"""``python -m fedsc.deploy.superexec <flower-superexec args>``: a SuperExec with warm ClientApps.
+"""``python -m fedsc.deploy.superexec [--preload MOD,...] <flower-superexec args>``.
 
-Flower 1.41's SuperExec starts a fresh ``flwr-clientapp`` process for every message a
-SuperNode receives: a new Python interpreter that imports Flower and the app, about
-1.4 s of CPU per message and site, before the ClientApp does any work. A federated run is
-a long chain of short exchanges (SecAgg+ needs four per aggregation), so on a small
-machine that start-up is most of a deployment's wall time.
+Flower 1.41's SuperExec starts a fresh process for every task: a ``flwr-clientapp``
+interpreter for every message a SuperNode receives (importing Flower and the app, about
+1.4 s of CPU per message and site before the ClientApp does any work) and a
+``flwr-serverapp`` interpreter per run at the SuperLink (importing torch and fedsc's
+drivers, seconds more). A federated run is a long chain of short exchanges (SecAgg+
+needs four per aggregation), so on a small machine those start-ups are much of a
+deployment's wall time.
 
 This is Flower's own SuperExec (``flower-superexec``, same arguments, same task loop)
-with one executor swapped: each ClientApp task runs Flower's own
-:func:`flwr.supernode.runtime.run_clientapp` in a process forked from a warm fork
-server that has Flower and fedsc's ClientApp imported already. The task process is as
-isolated as before (its own process, its own exit); only the interpreter start and the
-imports are saved. Other task types keep Flower's subprocess executor.
+with one executor swapped: each ClientApp or ServerApp task runs Flower's own entry
+point (``flwr-clientapp`` / ``flwr-serverapp``, with the arguments Flower's subprocess
+executor would pass) in a process forked from a fork server that has imported Flower and
+fedsc's app modules (``--preload``) once. The task process is as isolated as before (its
+own process, its own exit); only the interpreter start and the imports are saved. Other
+task types keep Flower's subprocess executor.
 
-:mod:`fedsc.deploy.supernode` makes the SuperNode start this instead of
-``flower-superexec``. Hand-written because Flower has no in-process or pre-forked
-executor for local SuperNodes (its warm pools are Kubernetes pods).
+:mod:`fedsc.deploy.supernode` and :mod:`fedsc.deploy.superlink` start this instead of
+``flower-superexec``. Hand-written because Flower has no pre-forked executor for local
+processes (its warm pools are Kubernetes pods).
 """
 
 from __future__ import annotations
@@ -24,42 +27,60 @@ import multiprocessing
 import sys
 from typing import Any
 
-#: Modules the fork server imports once, so that every task process starts with them.
-PRELOAD = ["flwr.supernode.runtime.run_clientapp", "fedsc.deploy.client_app"]
+#: Preloads: what the fork server imports once, so every task process starts with it.
+CLIENT_PRELOAD = ("flwr.supernode.cli", "fedsc.deploy.client_app")
+SERVER_PRELOAD = (
+    "flwr.superlink.cli",
+    "fedsc.deploy.server_app",
+    "fedsc.deploy.fedscgen",
+    "fedsc.deploy.scbatchprox",
+)
+
+#: Task commands run warm: Flower's entry point of each, by command name.
+WARM_ENTRIES = {
+    "flwr-clientapp": "flwr.supernode.cli:flwr_clientapp",
+    "flwr-serverapp": "flwr.superlink.cli:flwr_serverapp",
+}
 
 
-def _run_task(
-    address: str,
-    token: str,
-    insecure: bool,
-    certificates_path: str | None,
-    parent_pid: int | None,
-    install: bool,
-) -> None:
-    """One ClientApp task, as ``flwr-clientapp --clientappio-api-address ... --token`` runs it."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+def _run_task(argv: list[str]) -> None:
+    """One task, as its Flower command (``argv[0]``) runs it, in this forked process."""
+    import importlib
 
-    certificates = None
-    if certificates_path is not None:
-        with open(certificates_path, "rb") as fh:
-            certificates = fh.read()
-    run_clientapp(
-        runtime_api_address=address,
-        token=token,
-        insecure=insecure,
-        certificates=certificates,
-        parent_pid=parent_pid,
-        runtime_dependency_install=install,
-    )
+    module, _, function = WARM_ENTRIES[argv[0]].partition(":")
+    sys.argv = list(argv)
+    getattr(importlib.import_module(module), function)()
 
 
-class WarmClientAppExecutor:
-    """Flower's executor protocol: ClientApp tasks forked warm, other tasks as Flower does."""
+def task_argv(spec: Any) -> list[str]:
+    """The command line Flower's subprocess executor would run for ``spec``."""
+    from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TASK_TYPE_TO_COMMAND
 
-    def __init__(self, fallback: Any) -> None:
+    argv = [
+        TASK_TYPE_TO_COMMAND[spec.task_type],
+        TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[spec.task_type],
+        spec.runtime_api_address,
+        "--token",
+        spec.token,
+    ]
+    if spec.insecure:
+        argv.append("--insecure")
+    elif spec.root_certificates_path is not None:
+        argv += ["--root-certificates", spec.root_certificates_path]
+    if spec.parent_pid is not None:
+        argv += ["--parent-pid", str(spec.parent_pid)]
+    return argv
+
+
+class WarmExecutor:
+    """Flower's executor protocol: ClientApp/ServerApp tasks forked warm, others as Flower."""
+
+    def __init__(
+        self, fallback: Any, preload: tuple[str, ...] | list[str] = CLIENT_PRELOAD
+    ) -> None:
         self.fallback = fallback
         self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload(PRELOAD)
+        self.context.set_forkserver_preload(list(preload))
 
     def get_eligible_capacity(self, supported_task_types: Any, **kwargs: Any) -> Any:
         """Every supported task type can launch at once (as the subprocess executor)."""
@@ -70,28 +91,19 @@ class WarmClientAppExecutor:
         self.fallback.wait_for_capacity(*args, **kwargs)
 
     def launch(self, spec: Any) -> Any:
-        """Start the task: a forked ClientApp, or Flower's subprocess for other types."""
-        from flwr.supercore.constant import TaskType
+        """Start the task: forked warm if Flower's command for it is known, else Flower's."""
         from flwr.supercore.superexec.executor.types import LaunchResult
 
-        if spec.task_type != TaskType.CLIENT_APP or spec.runtime_dependency_install:
+        argv = task_argv(spec)
+        if argv[0] not in WARM_ENTRIES or spec.runtime_dependency_install:
             return self.fallback.launch(spec)
         process = self.context.Process(
-            target=_run_task,
-            args=(
-                spec.runtime_api_address,
-                spec.token,
-                spec.insecure,
-                spec.root_certificates_path,
-                spec.parent_pid,
-                spec.runtime_dependency_install,
-            ),
-            name=f"flwr-clientapp-{spec.task_id}",
+            target=_run_task, args=(argv,), name=f"{argv[0]}-{spec.task_id}"
         )
         try:
             process.start()
         except OSError as exc:
-            return LaunchResult.failed(f"could not fork the ClientApp: {exc}")
+            return LaunchResult.failed(f"could not fork {argv[0]}: {exc}")
         return LaunchResult.accepted()
 
     def reconcile(self) -> None:
@@ -105,19 +117,25 @@ class WarmClientAppExecutor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run Flower's SuperExec with :class:`WarmClientAppExecutor`."""
+    """``[--preload MOD,MOD] <flower-superexec args>``: Flower's SuperExec, tasks forked warm."""
     import flwr.supercore.superexec.run_superexec as loop
     from flwr.supercore.cli.flower_superexec import flower_superexec
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    preload: tuple[str, ...] = CLIENT_PRELOAD
+    if "--preload" in args:
+        i = args.index("--preload")
+        preload = tuple(m for m in args[i + 1].split(",") if m)
+        del args[i : i + 2]
     if not hasattr(loop, "get_executor"):
         raise RuntimeError("this Flower version's SuperExec has changed; use flower-superexec.")
     flower_get_executor = loop.get_executor
 
-    def get_executor(*args: Any, **kwargs: Any) -> Any:
-        return WarmClientAppExecutor(flower_get_executor(*args, **kwargs))
+    def get_executor(*a: Any, **kw: Any) -> Any:
+        return WarmExecutor(flower_get_executor(*a, **kw), preload)
 
     loop.get_executor = get_executor
-    sys.argv = ["flower-superexec", *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = ["flower-superexec", *args]
     flower_superexec()
     return 0
 

@@ -50,11 +50,11 @@ def test_site_refuses_to_run_without_tls_or_insecure(tmp_path, capsys):
 
 
 def test_warm_superexec_forks_only_clientapps():
-    """fedsc.deploy.superexec: ClientApp tasks are forked warm; other task types go to
-    Flower's own executor; reconcile and close reach it too."""
+    """fedsc.deploy.superexec: ClientApp/ServerApp tasks are forked warm; other task types
+    go to Flower's own executor; reconcile and close reach it too."""
     from flwr.supercore.constant import TaskType
 
-    from fedsc.deploy.superexec import WarmClientAppExecutor
+    from fedsc.deploy.superexec import WarmExecutor, task_argv
 
     calls = []
 
@@ -70,14 +70,24 @@ def test_warm_superexec_forks_only_clientapps():
             calls.append(("close",))
 
     class Spec:
-        task_type = TaskType.SERVER_APP
+        task_type = TaskType.SIMULATION
+        runtime_api_address = "127.0.0.1:1"
+        token = "t"
+        insecure = True
+        root_certificates_path = None
+        parent_pid = 7
         runtime_dependency_install = False
+        task_id = 3
 
-    executor = WarmClientAppExecutor(Fallback())
+    executor = WarmExecutor(Fallback())
     assert executor.launch(Spec()) == "flower"
     executor.reconcile()
     executor.close()
-    assert calls == [("launch", TaskType.SERVER_APP), ("reconcile",), ("close",)]
+    assert calls == [("launch", TaskType.SIMULATION), ("reconcile",), ("close",)]
+    # the forked tasks get the command line Flower's subprocess executor would run
+    Spec.task_type = TaskType.CLIENT_APP
+    argv = ["flwr-clientapp", "--runtime-api-address", "127.0.0.1:1", "--token", "t"]
+    assert task_argv(Spec()) == [*argv, "--insecure", "--parent-pid", "7"]
 
 
 def test_supernode_starts_the_warm_superexec(monkeypatch):
