@@ -33,7 +33,8 @@ from fedsc.run_config import RunConfig
 from fedsc.runner import RUN_FILES, execute_run
 from fedsc.sweep import RunStore
 
-CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1)
+# small hidden layers: every claim holds at any size, and each exchange stays cheap
+CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1, hidden=(128, 128))
 SEED = 3
 CLIP = 64.0  # the app's default secagg-clip
 
@@ -80,7 +81,7 @@ def runs(deployment, tmp_path_factory):
         config = {"params": _params(), "transport": transport, "log-messages": True}
         killer = None
         if transport == "secagg+":
-            config["timeout"] = 30.0  # a SecAgg+ stage waits this long for a silent site
+            config["timeout"] = 20.0  # a SecAgg+ stage waits this long for a silent site
             killer = threading.Thread(
                 target=_kill_after, args=(deployment, folder / "messages", VICTIM, 6), daemon=True
             )
@@ -322,7 +323,9 @@ def test_secagg_coordinator_never_holds_an_update(runs, data):
                         if flat.size != upd.size or upd.size < 16:
                             continue
                         close = np.allclose(flat, upd, atol=1e-6)
-                        if close or abs(np.corrcoef(flat, upd)[0, 1]) > 0.2:
+                        # |r| of unrelated vectors is ~N(0, 1/n): 6 sd keeps chance out
+                        limit = max(0.2, 6.0 / np.sqrt(upd.size))
+                        if close or abs(np.corrcoef(flat, upd)[0, 1]) > limit:
                             found.add(site)
         return found
 

@@ -22,7 +22,8 @@ from fedsc.deploy.fleet import DeploymentError
 from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
 
-CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1)
+# small hidden layers: every claim holds at any size, and each exchange stays cheap
+CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1, hidden=(128, 128))
 SEED = 5
 
 
