@@ -27,6 +27,7 @@ import json
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from fedsc.errors import FedscInputError
 if TYPE_CHECKING:
     from fedsc.methods import MethodSpec
     from fedsc.run_config import RunConfig
-    from fedsc.runner import MethodOutcome, Prepared
+    from fedsc.runner import MethodOutcome
 
 #: How long one deployed run may take before ``flwr run`` is stopped (seconds); each step
 #: at the sites has its own timeout (the app's ``timeout``).
@@ -72,8 +73,7 @@ def deploy_run(
     from fedsc.runner import INPUT_PREPARATION, MethodOutcome, run_inputs
 
     start = time.perf_counter() if start is None else start
-    transport = check_transport(str(cfg.deploy))
-    _check_unique_cells(adata)
+    transport = check_transport(str(cfg.deploy))  # the runner validated the AnnData
     prepared = INPUT_PREPARATION[spec.input](adata, cfg)
     config = spec.make_config(cfg.params)
     params = driver_module(spec.name).run_params(
@@ -89,7 +89,7 @@ def deploy_run(
         ledger = json.loads((root / "coordinator" / "ledger.json").read_text())
     gathered = gather_outputs(prepared.adata, outputs, spec.outputs, cfg.batch_key)
     return MethodOutcome(
-        _replace_adata(prepared, gathered),
+        replace(prepared, adata=gathered),
         ledger,
         bool(record["private"]),
         str(record["privacy"]),
@@ -123,6 +123,8 @@ def evaluate_deployment(
     fedsc.runner.RunResult
         Rows and ``run.json`` content as :func:`fedsc.runner.execute_run` returns them.
     """
+    from fedsc.data.validate import validate_adata
+    from fedsc.deploy.drivers import driver_module
     from fedsc.methods import get_method
     from fedsc.privacy import in_run
     from fedsc.run_config import RunConfig
@@ -157,14 +159,16 @@ def evaluate_deployment(
             "cannot be evaluated)."
         )
     cells = ad.concat(list(outputs.values()), merge="same", uns_merge=None)
-    _check_unique_cells(cells)
+    validate_adata(  # cells are matched by name: unique names, and the keys present
+        cells, batch_key=str(params["batch_key"]), label_key=str(params.get("label_key"))
+    )
     cfg = RunConfig(
         method=method,
         dataset=dataset,
         batch_key=str(params["batch_key"]),
         label_key=str(params.get("label_key", "cell_type")),
         use_rep=params.get("embedding_key"),
-        params=_method_params(params),
+        params=driver_module(method).config_of(params).to_dict(),
         seed=int(params["seed"]),
         holdout=list(params.get("holdout") or []),
         panels=panels,
@@ -240,28 +244,6 @@ def _read(part: ad.AnnData, key: str) -> Any:
             raise FedscInputError(f"a site's output lacks obsm[{key!r}].")
         value = part.obsm[key]
     return value.toarray() if hasattr(value, "toarray") else value
-
-
-def _check_unique_cells(adata: ad.AnnData) -> None:
-    if not adata.obs_names.is_unique:
-        raise FedscInputError(
-            "cell names (obs_names) repeat; a deployment matches each site's output to its "
-            "cells by name: call adata.obs_names_make_unique() first."
-        )
-
-
-def _replace_adata(prepared: Prepared, adata: ad.AnnData) -> Prepared:
-    from dataclasses import replace
-
-    return replace(prepared, adata=adata)
-
-
-def _method_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The method config of a deployment's ``params`` (fields the coordinator filled in)."""
-    config = dict(params["config"])
-    if "adam_betas" in config:
-        config["adam_betas"] = tuple(config["adam_betas"])
-    return config
 
 
 def _public_record(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -49,7 +49,8 @@ METRICS = ("train_loss", "val_loss")
 _MODEL = "fedscgen/model"
 
 
-def _config(params: Mapping[str, Any]) -> FedScGenConfig:
+def config_of(params: Mapping[str, Any]) -> FedScGenConfig:
+    """The method config of a run's ``params`` (as :func:`run_params` wrote it)."""
     return FedScGenConfig(**params["config"])
 
 
@@ -65,7 +66,7 @@ def _expression(site: Site, params: Mapping[str, Any]) -> torch.Tensor:
 @register_step("fedscgen/update")
 def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> State:
     """Local training from the global state (``arrays``) for round ``params["round"]``."""
-    config = _config(params)
+    config = config_of(params)
     index, r, seed = int(params["index"]), int(params["round"]), int(params["seed"])
     with torch_threads(config.num_threads):
         method = FedScGenMethod(
@@ -85,7 +86,7 @@ def _correction_site(
         site.state[_MODEL] = {k: np.asarray(v) for k, v in arrays.items()}
     if _MODEL not in site.state:
         raise FedscInputError("the coordinator has not sent the trained model to this site yet.")
-    config = _config(params)
+    config = config_of(params)
     x = _expression(site, params)
     model = model_from_state(_state(site.state[_MODEL]), int(x.shape[1]), config)
     vocab = [str(v) for v in params["vocabulary"]]
@@ -129,7 +130,7 @@ def site_contribution(
 def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Correction step e: shift and decode; write ``<out_dir>/<site>.h5ad`` at the site."""
     corr = _correction_site(site, params, {})
-    config = _config(params)
+    config = config_of(params)
     with torch_threads(config.num_threads):
         latent, expression = corr.corrected(np.asarray(params["shared"]), arrays["means"])
     out = site.adata.copy()
@@ -247,7 +248,7 @@ def run(
     live
         ``live(sites) -> sites`` without those that dropped out (their output is skipped).
     """
-    config = _config(params)
+    config = config_of(params)
     check_deployable(config)
     digests = {h["genes"] for h in hello.values()}
     if len(digests) != 1:

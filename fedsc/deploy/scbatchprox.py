@@ -36,7 +36,8 @@ from fedsc.methods.scbatchprox import (
 METRICS = ("recon_loss",)
 
 
-def _config(params: Mapping[str, Any]) -> ScBatchProxConfig:
+def config_of(params: Mapping[str, Any]) -> ScBatchProxConfig:
+    """The method config of a run's ``params`` (as :func:`run_params` wrote it)."""
     cfg = dict(params["config"])
     cfg["adam_betas"] = tuple(cfg["adam_betas"])
     return ScBatchProxConfig(**cfg)
@@ -49,7 +50,7 @@ def _z(site: Site, params: Mapping[str, Any]) -> np.ndarray:
 @register_step("scbatchprox/update")
 def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> State:
     """Local epochs on this site's row from the global tables (``arrays``)."""
-    config = _config(params)
+    config = config_of(params)
     index, r, seed = int(params["index"]), int(params["round"]), int(params["seed"])
     z = _z(site, params)
     method = ScBatchProxFederation(
@@ -117,7 +118,7 @@ def run(
     ``embedding_key`` (the agreed upstream embedding in each site's ``obsm``),
     ``client_order``, ``key_added``. Other arguments as :func:`fedsc.deploy.fedscgen.run`.
     """
-    config = _config(params)
+    config = config_of(params)
     check_deployable(config)
     dims = {int(h.get("n_dims", -1)) for h in hello.values()}
     if len(dims) != 1 or -1 in dims:

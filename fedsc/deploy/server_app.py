@@ -92,25 +92,25 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
 def transport_aggregator(transport: str, fleet: Any, config: dict[str, Any]) -> Any:
     """The deployed aggregator of ``transport`` over ``fleet`` (run config ``config``)."""
     from fedsc.deploy.aggregators import DeployedPlaintext
+    from fedsc.deploy.drivers import check_transport
     from fedsc.deploy.secagg import DeployedSecAggPlus
     from fedsc.errors import FedscInputError
 
+    check_transport(transport)
     if transport == "plaintext":
         return DeployedPlaintext(fleet)
     if transport == "secagg+":
         return DeployedSecAggPlus(fleet, clipping_range=float(config["secagg-clip"]))
-    if transport == "crypten":
-        from fedsc.deploy.crypten import DeployedCrypten, parse_parties
+    from fedsc.deploy.crypten import DeployedCrypten, parse_parties  # transport crypten
 
-        if not config.get("parties"):
-            raise FedscInputError(
-                "transport crypten needs the parties' addresses: run config "
-                "parties='HOST:PORT,HOST:PORT,HOST:PORT' (and $SMPC_AUTHKEY)."
-            )
-        return DeployedCrypten(
-            fleet, parse_parties(str(config["parties"])), timeout=float(config["timeout"])
+    if not config.get("parties"):
+        raise FedscInputError(
+            "transport crypten needs the parties' addresses: run config "
+            "parties='HOST:PORT,HOST:PORT,HOST:PORT' (and $SMPC_AUTHKEY)."
         )
-    raise FedscInputError(f"unknown transport {transport!r}; choose plaintext, secagg+ or crypten.")
+    return DeployedCrypten(
+        fleet, parse_parties(str(config["parties"])), timeout=float(config["timeout"])
+    )
 
 
 @app.main()

@@ -8,6 +8,8 @@ a real deployment's folders, is tested in test_deployment.py on its plaintext ru
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,7 +86,8 @@ def test_compare_and_report_read_deployed_runs(sweep, capsys):
     assert len(fed) and (fed["n_a"] == len(SEEDS)).all() and (fed["n_b"] == len(SEEDS)).all()
     assert np.allclose(fed["delta_mean"], 0.0, atol=0)  # bit-identical runs
     assert main(["report", str(sweep)]) == 0
-    assert "deployed" in (sweep / "report.md").read_text()
+    # the variants line (the study's name also holds the word)
+    assert re.search(r"variants: [^\n]*\bdeployed\b", (sweep / "report.md").read_text())
 
 
 def test_deploy_setting_is_checked_before_anything_runs():

@@ -19,7 +19,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from _sites import SITES
+from _sites import CONFIG, SEED, SITES, fedscgen_params
 
 from fedsc.cli import main
 from fedsc.deploy.experiment import evaluate_deployment
@@ -27,36 +27,13 @@ from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.deploy.secagg import quantization_range
 from fedsc.errors import FedscInputError
 from fedsc.federation.seeding import client_generators
-from fedsc.methods.fedscgen import FedScGenConfig, FedScGenMethod, run_fedscgen
+from fedsc.methods.fedscgen import FedScGenMethod, run_fedscgen
 from fedsc.methods.vae import as_tensor, torch_threads
 from fedsc.run_config import RunConfig
 from fedsc.runner import RUN_FILES, execute_run
 from fedsc.sweep import RunStore
 
-# small hidden layers: every claim holds at any size, and each exchange stays cheap
-CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1, hidden=(128, 128))
-SEED = 3
 CLIP = 64.0  # the app's default secagg-clip
-
-
-def _params() -> str:
-    return json.dumps(
-        {"config": CONFIG.to_dict(), "seed": SEED, "batch_key": "batch", "label_key": "celltype"}
-    )
-
-
-@pytest.fixture(scope="module")
-def simulation(data):
-    sim = data.copy()
-    result = run_fedscgen(
-        sim,
-        batch_key="batch",
-        label_key="celltype",
-        aggregator="plaintext",
-        config=CONFIG,
-        seed=SEED,
-    )
-    return sim, result
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +55,7 @@ def runs(deployment, tmp_path_factory):
     out = {}
     for transport in ("plaintext", "secagg+"):
         folder = tmp_path_factory.mktemp(transport.replace("+", "p"))
-        config = {"params": _params(), "transport": transport, "log-messages": True}
+        config = {"params": fedscgen_params(), "transport": transport, "log-messages": True}
         killer = None
         if transport == "secagg+":
             config["timeout"] = 20.0  # a SecAgg+ stage waits this long for a silent site

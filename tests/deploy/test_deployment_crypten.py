@@ -16,21 +16,10 @@ import time
 import anndata as ad
 import numpy as np
 import pytest
-from _sites import SITES
+from _sites import SITES, fedscgen_params
 
 from fedsc.deploy.fleet import DeploymentError
 from fedsc.deploy.local import LocalDeployment, split_by_batch
-from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
-
-# small hidden layers: every claim holds at any size, and each exchange stays cheap
-CONFIG = FedScGenConfig(rounds=1, local_epochs=1, num_threads=1, hidden=(128, 128))
-SEED = 5
-
-
-def _params() -> str:
-    return json.dumps(
-        {"config": CONFIG.to_dict(), "seed": SEED, "batch_key": "batch", "label_key": "celltype"}
-    )
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +31,12 @@ def deployment(data, tmp_path_factory):
 
 
 def test_crypten_deployment_equals_simulation_and_relays_only_sealed_shares(
-    deployment, data, tmp_path
+    deployment, simulation, tmp_path
 ):
     folder = tmp_path / "run"
-    config = {"params": _params(), "transport": "crypten", "log-messages": True}
+    config = {"params": fedscgen_params(), "transport": "crypten", "log-messages": True}
     record = deployment.run(config, folder, timeout=400)
-    sim = data.copy()
-    result = run_fedscgen(
-        sim,
-        batch_key="batch",
-        label_key="celltype",
-        aggregator="plaintext",
-        config=CONFIG,
-        seed=SEED,
-    )
+    sim, result = simulation
     assert record["private"] is True and record["backend"] == "crypten"
     assert record["correction"]["dominant"] == result.info["correction"]["dominant"]
     model = np.load(folder / "model.npz")
@@ -102,7 +83,12 @@ def test_a_site_killed_mid_round_stops_the_run_naming_it(deployment, tmp_path):
     killer = threading.Thread(target=kill_after_hello, daemon=True)
     killer.start()
     timeout = 10.0
-    config = {"params": _params(), "transport": "crypten", "log-messages": True, "timeout": timeout}
+    config = {
+        "params": fedscgen_params(),
+        "transport": "crypten",
+        "log-messages": True,
+        "timeout": timeout,
+    }
     start = time.monotonic()
     with pytest.raises(DeploymentError) as failure:
         deployment.run(config, folder, timeout=400)
