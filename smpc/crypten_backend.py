@@ -272,15 +272,12 @@ class CryptenAggregator(Aggregator):
     def _pool(self) -> PartyPool | None:
         """The party pool, once started (waits for a background start; raises its error)."""
         pool = self._party_pool
-        if pool is not None and pool._starting is not None and not pool._starting.is_set():
-            try:
+        if pool is not None:
+            try:  # 0 s once started; the start's error if it failed
                 self.startup_seconds += pool.wait_started()
             except BaseException:
                 self._closed = True
                 raise
-        elif pool is not None and pool._start_error is not None:
-            self._closed = True
-            raise pool._start_error
         return pool
 
     def wait_for_parties(self) -> float:
@@ -920,7 +917,7 @@ class CryptenAggregator(Aggregator):
         pool = self._party_pool  # kept: pids stay readable after close
         if pool is None or pool.closed:
             return
-        if pool._starting is not None and not pool._starting.is_set():
+        if pool.starting:
             with contextlib.suppress(Exception):
                 pool.wait_started()  # bounded; a failed start stopped everything
         if self._warm:

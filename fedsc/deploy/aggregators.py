@@ -5,7 +5,9 @@ aggregator takes the clients' values, and gets the aggregate through one transpo
 
 * :class:`DeployedPlaintext`: the sites send their values; the coordinator aggregates them
   with smpc's plaintext backend (so results, and ledger entries, are those of simulation);
-* :class:`DeployedSecAggPlus` (:mod:`fedsc.deploy.secagg`): Flower's SecAgg+ workflow.
+* :class:`SecureSiteAggregator`: the base of the private transports, which return only
+  aggregates: :class:`~fedsc.deploy.secagg.DeployedSecAggPlus` (Flower's SecAgg+ workflow)
+  and :class:`~fedsc.deploy.crypten.DeployedCrypten` (sealed shares to the CrypTen parties).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from typing_extensions import override
 
@@ -20,6 +23,7 @@ from fedsc.deploy.fleet import Fleet
 from fedsc.deploy.remote import RemoteValue, as_float_metrics, is_remote
 from fedsc.deploy.site import arrays_to_value
 from smpc.aggregator import Aggregator
+from smpc.flatten import flatten
 from smpc.plaintext import PlaintextAggregator
 
 
@@ -101,6 +105,22 @@ class SecureSiteAggregator(Aggregator):
         if not is_remote(contributions):
             raise TypeError("a private deployed aggregator takes site references only.")
         return list(contributions)
+
+    @staticmethod
+    def _rebuild(ref: RemoteValue, meta: dict[str, Any], flat: np.ndarray) -> Any:
+        """The aggregate in the structure the sites reported (keys, dtypes, shapes; public).
+
+        ``flat`` holds the values in sorted key order, as the sites flattened them.
+        """
+        template: dict[str, Any] = {}
+        for key, dtype, shape in zip(meta["keys"], meta["dtypes"], meta["shapes"], strict=True):
+            zeros = np.zeros(tuple(shape), dtype=np.dtype(dtype))
+            template[key] = torch.from_numpy(zeros) if ref.torch else zeros
+        _, spec = flatten(template)  # leaves in sorted key order
+        value = spec.unflatten(np.asarray(flat, dtype=np.float64))
+        if ref.scalars:
+            return as_float_metrics(value)
+        return value["value"] if meta.get("bare") else value
 
     def _weighted_sum(self, matrix: Any, weights: Any) -> Any:
         raise NotImplementedError("deployed aggregators aggregate site references")

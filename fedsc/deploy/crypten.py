@@ -23,14 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from fedsc.deploy.aggregators import SecureSiteAggregator, ask_values
 from fedsc.deploy.fleet import Fleet
 from fedsc.deploy.records import arrays_of, params_of
-from fedsc.deploy.remote import RemoteValue, as_float_metrics
+from fedsc.deploy.remote import RemoteValue
 from smpc.crypten_backend import CryptenAggregator
-from smpc.flatten import flatten
 from smpc.ledger import Traffic
 
 
@@ -143,16 +141,3 @@ class DeployedCrypten(SecureSiteAggregator):
             op, np.broadcast_to(0.0, (len(refs), size)), traffic, time.perf_counter() - start
         )
         return out, metas[0], refs[0]
-
-    @staticmethod
-    def _rebuild(ref: RemoteValue, meta: dict[str, Any], flat: np.ndarray) -> Any:
-        """The aggregate in the structure the sites reported (sorted keys, as they sent)."""
-        template: dict[str, Any] = {}
-        for key, dtype, shape in zip(meta["keys"], meta["dtypes"], meta["shapes"], strict=True):
-            zeros = np.zeros(tuple(shape), dtype=np.dtype(dtype))
-            template[key] = torch.from_numpy(zeros) if ref.torch else zeros
-        _, spec = flatten(template)
-        value = spec.unflatten(np.asarray(flat, dtype=np.float64))
-        if ref.scalars:
-            return as_float_metrics(value)
-        return value["value"] if meta.get("bare") else value

@@ -94,7 +94,7 @@ def run_params(inputs: RunInputs, config: ScBatchProxConfig) -> dict[str, Any]:
     """The driver's ``params`` for a run with ``inputs`` and ``config`` (same seed and keys)."""
     check_deployable(config)
     return {
-        "config": {**config.to_dict(), "adam_betas": list(config.adam_betas)},
+        "config": config.to_dict(),  # tuples travel as JSON lists; config_of restores them
         "seed": int(inputs.seed),
         "batch_key": inputs.batch_key,
         "label_key": inputs.label_key,
@@ -137,7 +137,7 @@ def run(
         for i, n in names.items()
     }
     base = {
-        "config": {**config.to_dict(), "adam_betas": list(config.adam_betas)},
+        "config": config.to_dict(),  # tuples travel as JSON lists; config_of restores them
         "seed": seed,
         "batch_key": params["batch_key"],
         "embedding_key": params["embedding_key"],

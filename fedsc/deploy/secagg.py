@@ -29,7 +29,6 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -41,9 +40,8 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from fedsc.deploy.aggregators import SecureSiteAggregator
 from fedsc.deploy.client_app import REQUEST
 from fedsc.deploy.fleet import DeploymentError, FastGrid, Fleet
-from fedsc.deploy.remote import RemoteValue, as_float_metrics
+from fedsc.deploy.remote import RemoteValue
 from fedsc.errors import FedscInputError
-from smpc.flatten import flatten
 from smpc.ledger import Traffic
 
 log = logging.getLogger(__name__)
@@ -268,7 +266,9 @@ class DeployedSecAggPlus(SecureSiteAggregator):
         scale = float(len(survivors)) if op == "sum" else 1.0  # the workflow returns means
         aggregate = [np.asarray(a, dtype=np.float64) * scale for a in strategy.aggregate]
         n_values = int(sum(a.size for a in aggregate))
-        value = self._rebuild(refs[0], strategy.meta, aggregate)
+        by_key = sorted(zip(strategy.meta["keys"], aggregate, strict=True), key=lambda t: t[0])
+        flat = np.concatenate([np.asarray(a).ravel() for _, a in by_key])
+        value = self._rebuild(refs[0], strategy.meta, flat)
         traffic = Traffic(
             coordinator_received={fleet.site_of(n): [int(n_values)] for n in strategy.results_from},
             coordinator_bytes=int(len(survivors) * n_values * 4),
@@ -285,23 +285,6 @@ class DeployedSecAggPlus(SecureSiteAggregator):
         """A site that raised (not one that dropped out) stops the run with its message."""
         for site, reason in self.fleet.errors[since:]:
             raise DeploymentError(f"site {site!r} failed during SecAgg+: {reason}")
-
-    @staticmethod
-    def _rebuild(ref: RemoteValue, meta: dict[str, Any], aggregate: list[np.ndarray]) -> Any:
-        """The aggregate in the structure the sites reported (keys, dtypes; public)."""
-        shapes = [tuple(s) for s in meta["shapes"]]
-        arrays = {
-            k: a.reshape(shape) for k, a, shape in zip(meta["keys"], aggregate, shapes, strict=True)
-        }
-        template: dict[str, Any] = {}
-        for key, dtype in zip(meta["keys"], meta["dtypes"], strict=True):
-            zeros = np.zeros(arrays[key].shape, dtype=np.dtype(dtype))
-            template[key] = torch.from_numpy(zeros) if ref.torch else zeros
-        _, spec = flatten(template)  # leaves in sorted key order
-        value = spec.unflatten(np.concatenate([arrays[k].ravel() for k in sorted(arrays)]))
-        if ref.scalars:
-            return as_float_metrics(value)
-        return value["value"] if meta.get("bare") else value
 
 
 def _numpy(value: Any) -> np.ndarray:

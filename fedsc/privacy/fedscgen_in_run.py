@@ -55,24 +55,19 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fedsc.data.clients import split_clients
-from fedsc.data.validate import get_representation, obs_column
 from fedsc.federation import State
 from fedsc.methods.fedscgen import FedScGenConfig
 from fedsc.methods.vae import (
     EPOCH,
     INIT,
-    SPLIT,
     VAE,
-    as_tensor,
     decode,
     derive_generator,
     make_optimizer,
-    split_train_validation,
     torch_threads,
     train_epoch,
 )
-from fedsc.privacy.membership import SHADOW, cell_losses
+from fedsc.privacy.membership import SHADOW, cell_losses, client_data
 from fedsc.privacy.property_inference import (
     _summary,
     composition,
@@ -184,21 +179,16 @@ def fedscgen_truth(
     Clients and splits are rebuilt exactly as :func:`fedsc.methods.fedscgen.run_fedscgen`
     builds them (default client order, inclusion ``"all"``).
     """
-    train, held = split_clients(adata, batch_key, holdout=holdout)
-    x_all = as_tensor(get_representation(adata))
-    clients = sorted(train + held, key=lambda c: c.index)
-    data = {c.index: x_all[torch.from_numpy(np.asarray(c.obs_indices))] for c in clients}
-    labels = {
-        c.index: obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in clients
-    }
-    splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for c in train:
-        tr, val = split_train_validation(
-            data[c.index].shape[0],
-            config.validation_fraction,
-            derive_generator(seed, SPLIT, c.index),
-        )
-        splits[c.index] = (tr.numpy(), val.numpy())
+    cd = client_data(
+        adata,
+        batch_key=batch_key,
+        label_key=label_key,
+        validation_fraction=config.validation_fraction,
+        seed=seed,
+        holdout=holdout,
+    )
+    x_all, data, labels, splits = cd.x_all, cd.data, cd.labels, cd.splits
+    clients, train = sorted(cd.train + cd.held, key=lambda c: c.index), cd.train
     vocab = sorted(set().union(*(set(v) for v in labels.values())))
     return FedscGenTruth(
         config=config,

@@ -221,6 +221,54 @@ class FedScGenViews:
         return self.result.model
 
 
+@dataclass
+class ClientData:
+    """A FedscGen run's clients as it trained them: cells, labels and train/validation splits.
+
+    ``data`` and ``labels`` cover every client (held-out ones too), by client index;
+    ``splits`` (numpy index arrays) the training clients only.
+    """
+
+    train: list[Client]
+    held: list[Client]
+    x_all: torch.Tensor
+    data: dict[int, torch.Tensor]
+    labels: dict[int, np.ndarray]
+    splits: dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def client_data(
+    adata: ad.AnnData,
+    *,
+    batch_key: str,
+    label_key: str,
+    validation_fraction: float,
+    seed: int,
+    holdout: Sequence[str] = (),
+    layer: str | None = None,
+    client_order: Sequence[str] | None = None,
+) -> ClientData:
+    """A FedscGen run's clients and splits, rebuilt as ``run_fedscgen`` builds them.
+
+    The attacks' ground truth (:func:`fedsc.methods.fedscgen.run_fedscgen`: same client
+    numbering, same seeded splits).
+    """
+    train, held = split_clients(adata, batch_key, holdout=holdout, order=client_order)
+    x_all = as_tensor(get_representation(adata, layer=layer))
+    clients = sorted(train + held, key=lambda c: c.index)
+    data = {c.index: x_all[torch.from_numpy(np.asarray(c.obs_indices))] for c in clients}
+    labels = {
+        c.index: obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in clients
+    }
+    splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for c in train:
+        tr, val = split_train_validation(
+            data[c.index].shape[0], validation_fraction, derive_generator(seed, SPLIT, c.index)
+        )
+        splits[c.index] = (tr.numpy(), val.numpy())
+    return ClientData(train, held, x_all, data, labels, splits)
+
+
 def capture_fedscgen_views(
     adata: ad.AnnData,
     *,
@@ -276,20 +324,17 @@ def capture_fedscgen_views(
             snapshot_every_round=True,
             show_progress=False,
         )
-    train, _ = split_clients(a, batch_key, order=client_order)
-    x_all = as_tensor(get_representation(a, layer=layer))
-    data = {c.index: x_all[torch.from_numpy(c.obs_indices)] for c in train}
-    labels = {
-        c.index: obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in train
-    }
-    splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for c in train:
-        tr, val = split_train_validation(
-            data[c.index].shape[0],
-            config.validation_fraction,
-            derive_generator(seed, SPLIT, c.index),
-        )
-        splits[c.index] = (tr.numpy(), val.numpy())
+    clients = client_data(
+        a,
+        batch_key=batch_key,
+        label_key=label_key,
+        validation_fraction=config.validation_fraction,
+        seed=seed,
+        layer=layer,
+        client_order=client_order,
+    )
+    train, x_all, data = clients.train, clients.x_all, clients.data
+    labels, splits = clients.labels, clients.splits
     initial = VAE(x_all.shape[1], config, derive_generator(seed, INIT)).state_dict()
     initial = {k: v.detach().clone() for k, v in initial.items()}
     spec = flatten(initial)[1]

@@ -2,6 +2,9 @@
 batches that become the three sites, and the FedscGen run they deploy."""
 
 import json
+from pathlib import Path
+
+import numpy as np
 
 from fedsc.methods.fedscgen import FedScGenConfig
 
@@ -17,3 +20,67 @@ def fedscgen_params() -> str:
     return json.dumps(
         {"config": CONFIG.to_dict(), "seed": SEED, "batch_key": "batch", "label_key": "celltype"}
     )
+
+
+def received(folder: Path) -> list[tuple[dict, dict[str, np.ndarray]]]:
+    """Every message the ServerApp logged (``log-messages``): (metadata, arrays)."""
+    msgs = []
+    for meta in sorted((folder / "messages").glob("*.json")):
+        arrays = dict(np.load(meta.with_suffix(".npz")))
+        msgs.append((json.loads(meta.read_text()), arrays))
+    assert msgs, "the ServerApp logged no message"
+    return msgs
+
+
+def candidates(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every received array, and every byte string that holds a serialised array."""
+    from flwr.common import bytes_to_ndarray
+
+    out = []
+    for arr in arrays.values():
+        out.append(np.asarray(arr, dtype=np.float64).ravel())
+        if arr.dtype == np.uint8:
+            try:
+                out.append(np.asarray(bytes_to_ndarray(arr.tobytes()), dtype=np.float64).ravel())
+            except Exception:  # not a serialised array
+                pass
+    return out
+
+
+def leaked_cells(folder: Path, data) -> list[tuple[str, str, str]]:
+    """(site, step, array) of every received array holding a cell's expression row."""
+    cells = {
+        row.tobytes()
+        for row in np.asarray(
+            data.X.toarray() if hasattr(data.X, "toarray") else data.X, dtype=np.float32
+        )
+    }
+    n_genes = data.n_vars
+    found = []
+    for meta, arrays in received(folder):
+        for name, arr in arrays.items():
+            if arr.size and arr.size % n_genes == 0:
+                rows = np.asarray(arr, dtype=np.float32).reshape(-1, n_genes)
+                if any(r.any() and r.tobytes() in cells for r in rows):
+                    found.append((meta["site"], meta["step"], name))
+    return found
+
+
+def sites_whose_update_arrived(folder: Path, local_updates: dict) -> set[str]:
+    """Sites one of whose round-0 update tensors a received array equals or correlates with."""
+    updates = {
+        s: [v.double().numpy().ravel() for v in r.state.values()] for s, r in local_updates.items()
+    }
+    found = set()
+    for _, arrays in received(folder):
+        for flat in candidates(arrays):
+            for site, tensors in updates.items():
+                for upd in tensors:
+                    if flat.size != upd.size or upd.size < 16:
+                        continue
+                    close = np.allclose(flat, upd, atol=1e-6)
+                    # |r| of unrelated vectors is ~N(0, 1/n): 6 sd keeps chance out
+                    limit = max(0.2, 6.0 / np.sqrt(upd.size))
+                    if close or abs(np.corrcoef(flat, upd)[0, 1]) > limit:
+                        found.add(site)
+    return found

@@ -19,16 +19,21 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from _sites import CONFIG, SEED, SITES, fedscgen_params
+from _sites import (
+    CONFIG,
+    SEED,
+    SITES,
+    fedscgen_params,
+    leaked_cells,
+    sites_whose_update_arrived,
+)
 
 from fedsc.cli import main
 from fedsc.deploy.experiment import evaluate_deployment
 from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.deploy.secagg import quantization_range
 from fedsc.errors import FedscInputError
-from fedsc.federation.seeding import client_generators
-from fedsc.methods.fedscgen import FedScGenMethod, run_fedscgen
-from fedsc.methods.vae import as_tensor, torch_threads
+from fedsc.methods.fedscgen import run_fedscgen
 from fedsc.run_config import RunConfig
 from fedsc.runner import RUN_FILES, execute_run
 from fedsc.sweep import RunStore
@@ -89,44 +94,6 @@ def _kill_after(deployment, messages: Path, victim: str, n_replies: int) -> None
         time.sleep(0.05)
 
 
-def _received(folder: Path) -> list[tuple[dict, dict[str, np.ndarray]]]:
-    msgs = []
-    for meta in sorted((folder / "messages").glob("*.json")):
-        arrays = dict(np.load(meta.with_suffix(".npz")))
-        msgs.append((json.loads(meta.read_text()), arrays))
-    assert msgs, "the ServerApp logged no message"
-    return msgs
-
-
-def _local_updates(data) -> dict[str, dict[str, np.ndarray]]:
-    """Each site's round-0 local update, tensor by tensor, as the site computes it."""
-    method = FedScGenMethod(
-        {i: as_tensor(data[data.obs["batch"] == s].X) for i, s in enumerate(SITES)}, CONFIG, SEED
-    )
-    start = method.initial_state()
-    out = {}
-    with torch_threads(CONFIG.num_threads):  # as the sites train (results depend on it)
-        for i, s in enumerate(SITES):
-            res = method.local_update(i, start, 0, client_generators(SEED, 0, [i])[0])
-            out[s] = {k: v.double().numpy().ravel() for k, v in res.state.items()}
-    return out
-
-
-def _candidates(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Every received array, and every byte string that holds a serialised array."""
-    from flwr.common import bytes_to_ndarray
-
-    out = []
-    for arr in arrays.values():
-        out.append(np.asarray(arr, dtype=np.float64).ravel())
-        if arr.dtype == np.uint8:
-            try:
-                out.append(np.asarray(bytes_to_ndarray(arr.tobytes()), dtype=np.float64).ravel())
-            except Exception:  # not a serialised array
-                pass
-    return out
-
-
 def test_scbatchprox_deployment_equals_simulation(deployment, data, tmp_path):
     """scBatchProx (the paper's protocol) on the agreed embedding obsm["X_pca"]:
     plaintext bit for bit, SecAgg+ within the quantisation error times |z|."""
@@ -135,7 +102,7 @@ def test_scbatchprox_deployment_equals_simulation(deployment, data, tmp_path):
 
     cfg = ScBatchProxConfig(rounds=1)
     params = {
-        "config": {**cfg.to_dict(), "adam_betas": list(cfg.adam_betas)},
+        "config": cfg.to_dict(),
         "seed": SEED,
         "batch_key": "batch",
         "embedding_key": "X_pca",
@@ -223,7 +190,9 @@ def test_plaintext_deployment_equals_simulation_bit_for_bit(runs, simulation):
         np.testing.assert_array_equal(model[k], v.numpy())
 
 
-def test_secagg_within_quantisation_and_finishes_with_the_survivors(runs, simulation, data):
+def test_secagg_within_quantisation_and_finishes_with_the_survivors(
+    runs, simulation, data, local_updates
+):
     """Round 0's FedAvg (all sites) equals simulation within 2B/Q; the metrics round and
     the correction, after VICTIM died, are the survivors' aggregates."""
     _, result = simulation
@@ -243,16 +212,7 @@ def test_secagg_within_quantisation_and_finishes_with_the_survivors(runs, simula
     assert VICTIM not in by_tag["metrics"]["coordinator_received"]
     # the metrics' weighted mean is the survivors' (their losses as the sites compute them)
     survivors = [s for s in SITES if s != VICTIM]
-    method = FedScGenMethod(
-        {i: as_tensor(data[data.obs["batch"] == s].X) for i, s in enumerate(SITES)}, CONFIG, SEED
-    )
-    start = method.initial_state()
-    with torch_threads(CONFIG.num_threads):  # as the sites train
-        res = {
-            s: method.local_update(i, start, 0, client_generators(SEED, 0, [i])[0])
-            for i, s in enumerate(SITES)
-            if s in survivors
-        }
+    res = {s: r for s, r in local_updates.items() if s in survivors}
     total = sum(r.weight for r in res.values())
     for name in ("train_loss", "val_loss"):
         want = sum(r.weight * r.metrics[name] for r in res.values()) / total
@@ -270,41 +230,12 @@ def test_secagg_within_quantisation_and_finishes_with_the_survivors(runs, simula
 
 def test_no_cell_reaches_the_coordinator(runs, data):
     """No array the ServerApp received contains a cell's expression row (any transport)."""
-    cells = {
-        row.tobytes()
-        for row in np.asarray(
-            data.X.toarray() if hasattr(data.X, "toarray") else data.X, dtype=np.float32
-        )
-    }
-    n_genes = data.n_vars
     for transport in ("plaintext", "secagg+"):
-        for meta, arrays in _received(runs[transport][1]):
-            for name, arr in arrays.items():
-                if arr.size and arr.size % n_genes == 0:
-                    rows = np.asarray(arr, dtype=np.float32).reshape(-1, n_genes)
-                    leaked = [r for r in rows if r.any() and r.tobytes() in cells]
-                    assert not leaked, (transport, meta["site"], meta["step"], name)
+        assert not leaked_cells(runs[transport][1], data), transport
 
 
-def test_secagg_coordinator_never_holds_an_update(runs, data):
+def test_secagg_coordinator_never_holds_an_update(runs, local_updates):
     """Under SecAgg+ no received array matches (or correlates with) a site's update;
     under plaintext the same search finds every update (so the check can fail)."""
-    updates = _local_updates(data)
-
-    def matches(folder: Path) -> set[str]:
-        found = set()
-        for _, arrays in _received(folder):
-            for flat in _candidates(arrays):
-                for site, tensors in updates.items():
-                    for upd in tensors.values():
-                        if flat.size != upd.size or upd.size < 16:
-                            continue
-                        close = np.allclose(flat, upd, atol=1e-6)
-                        # |r| of unrelated vectors is ~N(0, 1/n): 6 sd keeps chance out
-                        limit = max(0.2, 6.0 / np.sqrt(upd.size))
-                        if close or abs(np.corrcoef(flat, upd)[0, 1]) > limit:
-                            found.add(site)
-        return found
-
-    assert matches(runs["plaintext"][1]) == set(SITES)  # the positive control
-    assert matches(runs["secagg+"][1]) == set()
+    assert sites_whose_update_arrived(runs["plaintext"][1], local_updates) == set(SITES)
+    assert sites_whose_update_arrived(runs["secagg+"][1], local_updates) == set()

@@ -16,7 +16,7 @@ import time
 import anndata as ad
 import numpy as np
 import pytest
-from _sites import SITES, fedscgen_params
+from _sites import SITES, fedscgen_params, leaked_cells, sites_whose_update_arrived
 
 from fedsc.deploy.fleet import DeploymentError
 from fedsc.deploy.local import LocalDeployment, split_by_batch
@@ -31,7 +31,7 @@ def deployment(data, tmp_path_factory):
 
 
 def test_crypten_deployment_equals_simulation_and_relays_only_sealed_shares(
-    deployment, simulation, tmp_path
+    deployment, simulation, data, local_updates, tmp_path
 ):
     folder = tmp_path / "run"
     config = {"params": fedscgen_params(), "transport": "crypten", "log-messages": True}
@@ -64,7 +64,11 @@ def test_crypten_deployment_equals_simulation_and_relays_only_sealed_shares(
                 if arr.size > 4096:  # ciphertext: byte histogram of a uniform source
                     counts = np.bincount(arr, minlength=256)
                     assert counts.max() < 3 * arr.size / 256, (step, name)
-    assert n_sealed >= 3 * 3 * len(ledger["entries"])
+    parties = 3
+    assert n_sealed >= len(SITES) * parties * len(ledger["entries"])
+    # the searches that find every update under plaintext find neither a cell nor an update
+    assert not leaked_cells(folder, data)
+    assert sites_whose_update_arrived(folder, local_updates) == set()
 
 
 def test_a_site_killed_mid_round_stops_the_run_naming_it(deployment, tmp_path):

@@ -216,22 +216,34 @@ def test_first_operation_overlaps_the_start_and_buffers_are_reused(plain, monkey
     from smpc.party_pool import PartyPool
 
     slow_ready = PartyPool.await_ready
+    share_client = CryptenAggregator._share_client
+    events: list[str] = []
 
     def await_ready(self, *args, **kwargs):
         time.sleep(0.5)
-        return slow_ready(self, *args, **kwargs)
+        out = slow_ready(self, *args, **kwargs)
+        events.append("ready")
+        return out
+
+    def share(self, *args, **kwargs):
+        events.append("share")
+        return share_client(self, *args, **kwargs)
 
     monkeypatch.setattr(PartyPool, "await_ready", await_ready)
+    monkeypatch.setattr(CryptenAggregator, "_share_client", share)
     with CryptenAggregator() as a:
         pool = a._party_pool
         a.reserve(K, 30_000)
         assert pool.starting
+        a._join_reserve()  # reserve() alone allocated them, before any operation
+        assert [b.capacity for b in pool.buffers] == [(K + 1) * 30_001, 30_001, 30_001]
+        paths = [b.path for b in pool.buffers]
         xs = _clients(30_000, seed=9)
         got = a.weighted_mean(xs, WEIGHTS)
         assert a.startup_seconds > 0.1  # waited for the parties inside the operation
+        assert "share" in events and events.index("share") < events.index("ready")
         np.testing.assert_allclose(got, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-9)
-        assert [b.capacity for b in pool.buffers] == [(K + 1) * 30_001, 30_001, 30_001]
-        paths = [b.path for b in pool.buffers]
+        assert [b.path for b in pool.buffers] == paths  # the reserved buffers served it
         for n in (7, 30_000, 1, 12_345):
             xs = _clients(n, seed=n)
             want = plain.weighted_mean(xs, WEIGHTS)
