@@ -40,6 +40,7 @@ from smpc.party_pool import (
     give_back,
     keeping_warm,
 )
+from smpc.prepared import ClientMasks
 from smpc.shared_buffer import SharedBuffer
 
 __all__ = ["CryptenAggregator", "OwnerEndpoint", "PartyError"]
@@ -194,6 +195,12 @@ class CryptenAggregator(Aggregator):
         super().__init__()
         self._party_pool: PartyPool | None = None
         self._reserving: threading.Thread | None = None
+        #: ``(n_clients, size)`` of the operations ``reserve`` announced (their masks are
+        #: prepared ahead, :mod:`smpc.prepared`) and the set prepared for the next one.
+        self._reserved: tuple[int, int] | None = None
+        self._prepared: ClientMasks | None = None
+        #: Operations whose masks were prepared ahead (expanded while the clients trained).
+        self.prepared_operations = 0
         self._workers: ThreadPoolExecutor | None = None
         self._shutdown_done = False
         if mode not in ("secure", "debug"):
@@ -407,10 +414,17 @@ class CryptenAggregator(Aggregator):
         self._join_reserve()
         t0 = time.perf_counter()
 
-        # Keys first: parties 1.. expand their masks while we compute party 0's shares.
-        keys = [
-            [self._randomness.mask_key() for _ in range(1, self.parties)] for _ in range(n_clients)
-        ]
+        # Masks prepared ahead (while the clients trained), else keys first: parties 1..
+        # expand their masks while we compute party 0's shares.
+        prepared = self._take_prepared(kind, n_clients, size, early)
+        keys: list[list[bytes | None]] = (
+            [list[bytes | None](row) for row in prepared.keys]
+            if prepared is not None
+            else [
+                [self._randomness.mask_key() for _ in range(1, self.parties)]
+                for _ in range(n_clients)
+            ]
+        )
         keyed = keys[0][0] is not None if keys and keys[0] else False
         buffers: list[SharedBuffer | None] = []
         formats: list[str] = []
@@ -418,7 +432,7 @@ class CryptenAggregator(Aggregator):
             buffer = pool.buffer(rank, needed)
             buffers.append(buffer)
             if rank > 0 and keyed:
-                formats.append("key")
+                formats.append("prepared" if prepared is not None else "key")
             else:
                 formats.append("buffer" if buffer is not None else "array")
 
@@ -455,9 +469,14 @@ class CryptenAggregator(Aggregator):
                         share_format=formats[rank],
                         buffer_path=_path(buffers[rank]),
                         destinations=destinations,
+                        prepared=(
+                            prepared.token
+                            if prepared is not None and formats[rank] == "prepared"
+                            else None
+                        ),
                     )
                 )
-            if keyed:
+            if keyed and prepared is None:
                 for client in range(n_clients):
                     for rank in range(1, self.parties):
                         key = keys[client][rank - 1]
@@ -466,8 +485,10 @@ class CryptenAggregator(Aggregator):
 
             # Clients' work runs on two worker threads (numpy and AES release the GIL);
             # each client's shares are handed to the senders in client order.
+            totals = prepared.totals() if prepared is not None else None
+
             def client_shares(client: int) -> list[tuple[int, Any]]:
-                return self._share_client(client, matrix, weights, precision, keys, buffers)
+                return self._share_client(client, matrix, weights, precision, keys, buffers, totals)
 
             for items in self._client_workers().map(client_shares, range(n_clients)):
                 for rank, item in items:
@@ -533,6 +554,10 @@ class CryptenAggregator(Aggregator):
             "reconstruct": t4 - t3,
             "party_max": max(r.seconds for r in results),
         }
+        if prepared is not None:
+            self.prepared_operations += 1
+        if kind == "sum" and (n_clients, size) == self._reserved:
+            self._prepare(pool, n_clients, size)  # the next one's, while the clients train
         log.debug("%s of %d x %d: %s", op, n_clients, size, self.last_timing)
         share_bytes = n_clients * size * 8
         stats = {
@@ -557,15 +582,30 @@ class CryptenAggregator(Aggregator):
         ]
 
     def reserve(self, n_clients: int, n_values: int) -> None:
-        """Allocate the parties' shared-memory buffers for operations of this size now.
+        """Prepare for weighted means (and sums) of ``n_clients`` x ``n_values`` values.
 
-        In a background thread (the pages cost ~0.2 s per 200 MB to allocate, which the
-        first operation would otherwise pay while everyone waits); sized for a weighted
-        mean (``n_values + 1`` per client). Does nothing without shared-memory parties
-        or when the buffers are large enough; the next operation waits for it.
+        * The masks of the next such operation are drawn, sent to their parties as keys and
+          expanded now, in background threads (:mod:`smpc.prepared`), and after each such
+          operation those of the next one: the operation itself then costs one
+          encode-and-subtract pass instead of four mask expansions per value. Keyed masks
+          only (``mask_source="prng"``), once the parties are up (a fresh start prepares
+          after the first operation).
+        * The parties' shared-memory buffers are allocated now, in a background thread
+          (the pages cost ~0.2 s per 200 MB to allocate, which the first operation would
+          otherwise pay while everyone waits). Shared-memory parties only; the next
+          operation waits for it.
         """
         pool = self._party_pool
-        if self._closed or pool is None or self.transport != "shm" or pool.remote:
+        if self._closed or pool is None:
+            return
+        self._reserved = (int(n_clients), int(n_values) + 1)
+        if not pool.starting:
+            try:
+                self._prepare(pool, *self._reserved)
+            except PartyError:
+                self._closed = True
+                raise
+        if self.transport != "shm" or pool.remote:
             return
         self._join_reserve()
         sizes = self._buffer_sizes(
@@ -586,6 +626,45 @@ class CryptenAggregator(Aggregator):
         if self._reserving is not None:
             self._reserving.join()
             self._reserving = None
+
+    def _prepare(self, pool: PartyPool, n_clients: int, size: int) -> None:
+        """Draw the next operation's mask keys, send them, expand them in the background.
+
+        The clients' totals expand in a thread of this process, each party's in the party;
+        the set is used by the next sum of this shape (:meth:`_take_prepared`).
+        """
+        if self._randomness.source != "prng" or self.parties < 2:
+            return
+        keys = [
+            [bytes(self._randomness.mask_key() or b"") for _ in range(1, self.parties)]
+            for _ in range(n_clients)
+        ]
+        masks = ClientMasks(keys, size)
+        self._prepared = None  # an unused earlier set is dropped with its keys
+        for rank in range(1, self.parties):
+            channel = pool.channels[rank]
+            try:
+                channel.send(msg.PrepareMasks(token=masks.token, n_clients=n_clients, size=size))
+                for client in range(n_clients):
+                    channel.send(msg.MaskKey(client=client, key=keys[client][rank - 1].hex()))
+            except (EOFError, OSError) as err:
+                raise pool.lost(rank, "preparing masks", err) from err
+        self._prepared = masks
+
+    def _take_prepared(
+        self, kind: str, n_clients: int, size: int, early: bool
+    ) -> ClientMasks | None:
+        """The prepared set, if it fits this operation (it is then used up)."""
+        prepared = self._prepared
+        if (
+            prepared is None
+            or early
+            or kind != "sum"
+            or (prepared.n_clients, prepared.size) != (n_clients, size)
+        ):
+            return None
+        self._prepared = None
+        return prepared
 
     def _route_owner_shares(
         self,
@@ -632,9 +711,11 @@ class CryptenAggregator(Aggregator):
         precision: int,
         keys: list[list[bytes | None]],
         buffers: list[SharedBuffer | None],
+        totals: np.ndarray | None = None,
     ) -> list[tuple[int, Any]]:
         """Client-side work for one client: encode, split; share i goes to party i.
 
+        ``totals`` (prepared masks): row ``client`` is the sum of the client's masks.
         Returns what to send, as ``(rank, message or array)`` in order.
         """
         out: list[tuple[int, Any]] = []
@@ -647,7 +728,12 @@ class CryptenAggregator(Aggregator):
         first = buffer0.inputs(n_clients, size)[client] if buffer0 is not None else None
         if first is None:
             first = np.empty(size, dtype=np.int64)
-        sharing.write_first_share(matrix[client], scale, mask_keys, first, precision, extra)
+        if totals is not None:
+            sharing.write_first_share(
+                matrix[client], scale, [], first, precision, extra, mask_total=totals[client]
+            )
+        else:
+            sharing.write_first_share(matrix[client], scale, mask_keys, first, precision, extra)
         if not mask_keys:  # masks drawn from the OS CSPRNG and sent in full
             for rank in range(1, self.parties):
                 mask = np.frombuffer(os.urandom(8 * size), dtype=np.int64)
@@ -908,6 +994,7 @@ class CryptenAggregator(Aggregator):
             return
         self._shutdown_done = True
         self._closed = True
+        self._prepared = None  # its keys are never used
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
         self._join_reserve()

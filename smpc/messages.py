@@ -16,6 +16,7 @@ One aggregation, seen from party ``r`` (``n`` clients)::
                              "sealed": SealedShare(client, name, context, nbytes) + uint8
                                        array frame (made and sealed by a deployed client;
                                        party 0: the int64 share, others: the mask key)
+                             "prepared": nothing (the keys came before, see below)
     party -> coordinator   SharesReceived(op_id, rank)
     party -> coordinator   Result(op_id, rank, ...) + array frame of its result share, or
                            nothing more when the result share went into the shared buffer
@@ -28,6 +29,13 @@ destination, the slice ``[start, stop)`` of its result share addressed to client
 In this single-machine simulation every frame arrives at the coordinator's process,
 which hands client frames to that client's endpoint unread
 (:class:`smpc.crypten_backend.OwnerEndpoint`); in a deployment they go to the client.
+
+Prepared masks (an offline phase, :mod:`smpc.prepared`): before an operation's values
+exist, the coordinator may send a party ``r >= 1`` ``PrepareMasks(token, n_clients, size)``
+followed by ``n_clients`` ``MaskKey`` messages; the party expands and adds those masks in
+the background and answers nothing. The next operation that uses them is an ``Aggregate``
+with ``share_format="prepared"`` and ``prepared=token`` (kind ``"sum"``, same
+``n_clients`` and ``size``); a set is used once, and a new ``PrepareMasks`` replaces it.
 
 Start-up: the party sends :class:`Ready` with its settings; instrumentation:
 :class:`Query` -> :class:`Counters` or :class:`Received` (+ array frames).
@@ -45,7 +53,7 @@ from typing import Any, Union
 from smpc.framing import FrameError, pack_message, unpack_message
 
 #: Bumped whenever a message changes; both ends must agree.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -69,12 +77,24 @@ class Aggregate:
     kind: str
     n_clients: int
     size: int
-    share_format: str  # "key" | "array" | "buffer"
+    share_format: str  # "key" | "array" | "buffer" | "sealed" | "prepared"
     buffer_path: str | None = None  # shared buffer: result share first, then inputs
     #: ``[[owner, start, stop], ...]``: send these slices of the result share to these
     #: recipients (owner -1: the coordinator) and nothing else; ``None``: the whole
     #: result share to the coordinator. Only with kind ``"sum"``.
     destinations: list[list[int]] | None = None
+    #: With ``share_format="prepared"``: the token of the :class:`PrepareMasks` set whose
+    #: masks are this party's shares (no per-client messages follow).
+    prepared: str | None = None
+
+
+@dataclass(frozen=True)
+class PrepareMasks:
+    """Offline phase: the mask keys of a coming sum follow (``n_clients`` :class:`MaskKey`)."""
+
+    token: str
+    n_clients: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -190,6 +210,7 @@ class Close:
 MESSAGE_CLASSES: tuple[type, ...] = (
     Ready,
     Aggregate,
+    PrepareMasks,
     MaskKey,
     ShareArray,
     ShareInBuffer,

@@ -45,6 +45,7 @@ from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel
 from smpc.framing import FrameError
 from smpc.masks import KEY_BYTES, MaskStream, expand_key, sum_masks
+from smpc.prepared import PartyMasks
 from smpc.shared_buffer import SharedBuffer
 
 log = logging.getLogger(__name__)
@@ -425,6 +426,8 @@ class PartyLoop:
         self._sealed_ops: set[str] = set()
         #: This party's secret for deployed clients' sealed shares (``$SMPC_CLIENT_SECRET``).
         self._client_secret: bytes | None = None
+        #: Masks of a coming operation, expanding in the background (:mod:`smpc.prepared`).
+        self._prepared: PartyMasks | None = None
 
     def run(self) -> None:
         """Serve commands until :class:`~smpc.messages.Close` or the coordinator leaves."""
@@ -453,6 +456,8 @@ class PartyLoop:
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, msg.Aggregate):
             self._aggregate(message)
+        elif isinstance(message, msg.PrepareMasks):
+            self._prepare(message)
         elif isinstance(message, msg.Query) and message.what == "counters":
             self.channel.send(msg.Counters(**self.counters))
         elif isinstance(message, msg.Query) and message.what == "received":
@@ -465,6 +470,35 @@ class PartyLoop:
             raise ValueError(f"unexpected message {message!r}")
 
     # ------------------------------------------------------------------ one operation
+    def _prepare(self, message: msg.PrepareMasks) -> None:
+        """Receive the mask keys of a coming sum and expand them in the background."""
+        if message.n_clients < 1 or message.size < 1:
+            raise ValueError(f"nothing to prepare in {message!r}")
+        keys: list[bytes] = []
+        for client in range(message.n_clients):
+            key_message = self.channel.recv()
+            if not isinstance(key_message, msg.MaskKey) or key_message.client != client:
+                raise ValueError(
+                    f"expected the mask key of client {client} to prepare, got {key_message!r}"
+                )
+            key = bytes.fromhex(key_message.key)
+            if len(key) != KEY_BYTES:
+                raise FrameError(f"a mask key has {KEY_BYTES} bytes, got {len(key)}")
+            keys.append(key)
+        self._prepared = None  # an unused earlier set is dropped (its keys never used)
+        self._prepared = PartyMasks(message.token, message.size, keys)
+
+    def _take_prepared(self, op: msg.Aggregate) -> PartyMasks:
+        """The prepared set ``op`` names (used once), checked against ``op``."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or op.prepared != prepared.token:
+            raise ValueError(f"{op} names masks this party did not prepare")
+        if op.kind != "sum" or (op.n_clients, op.size) != (prepared.n_clients, prepared.size):
+            raise ValueError(
+                f"masks prepared for a sum of {prepared.n_clients} x {prepared.size}, not for {op}"
+            )
+        return prepared
+
     def _map_buffer(self, path: str | None) -> SharedBuffer | None:
         if path is None:
             return None
@@ -566,7 +600,15 @@ class PartyLoop:
             result = np.empty(op.size, np.int64)
         rows = np.empty((op.n_clients, op.size), np.int64) if op.kind == "argmax" else None
         keys: list[bytes] = []  # a sum of keyed shares is expanded once all keys are in
-        for client in range(op.n_clients):
+        prepared = self._take_prepared(op) if op.share_format == "prepared" else None
+        if prepared is not None:  # the shares are masks expanded ahead
+            np.copyto(result, prepared.total())
+            for client, prepared_key in enumerate(prepared.keys):
+                self.counters["messages"] += 1
+                self.counters["bytes"] += KEY_BYTES
+                if self.record:
+                    self._record(op, client, expand_key(prepared_key, op.size))
+        for client in range(op.n_clients if prepared is None else 0):
             key, share, nbytes = self._next_share(op, client, buffer)
             if rows is None and key is not None:
                 keys.append(key)

@@ -261,12 +261,14 @@ def write_first_share(
     out: np.ndarray,
     precision_bits: int,
     extra: float | None = None,
+    mask_total: np.ndarray | None = None,
 ) -> None:
     """Party 0's share of one client, fused and chunked: ``encode(scale * values) - masks``.
 
-    The masks are the expansions of ``mask_keys`` (the shares of parties 1..); each chunk
-    is encoded, masked and written to ``out`` while in cache, so the client's vector is
-    read once and the share written once (``out`` may be a shared-memory buffer).
+    The masks are the expansions of ``mask_keys`` (the shares of parties 1..), or their
+    sum prepared ahead (``mask_total``); each chunk is encoded, masked and written to
+    ``out`` while in cache, so the client's vector is read once and the share written once
+    (``out`` may be a shared-memory buffer).
 
     Parameters
     ----------
@@ -282,11 +284,16 @@ def write_first_share(
         Fixed-point fractional bits.
     extra
         A value appended after ``values`` (the client's weight for FedAvg), or None.
+    mask_total
+        The sum of the client's masks, ``out.size`` int64 values (:mod:`smpc.prepared`);
+        then ``mask_keys`` must be empty.
 
     The caller must have checked :func:`check_ring_bounds` on ``scale * values``.
     """
     size = values.shape[0]
     factor = float(scale) * float(2**precision_bits)
+    if mask_total is not None and (mask_keys or mask_total.shape != out.shape):
+        raise ValueError("give mask keys or a mask total of the share's size, not both.")
     streams = [MaskStream(key) for key in mask_keys]
     step = CHUNK_VALUES
     scaled = np.empty(min(step, max(size, 1)), dtype=np.float64)
@@ -299,11 +306,15 @@ def write_first_share(
         np.rint(tmp, out=tmp)
         target = out[start:stop]
         target[...] = tmp  # float64 -> int64 (bounded by the ring check)
+        if mask_total is not None:
+            np.subtract(target, mask_total[start:stop], out=target)
         for stream in streams:
             np.subtract(target, stream.fill(mask[:n]), out=target)
     if extra is not None:
         tail = out[size : size + 1]
         tail[0] = int(np.rint(float(extra) * 2.0**precision_bits))
+        if mask_total is not None:
+            np.subtract(tail, mask_total[size : size + 1], out=tail)
         one = np.empty(1, dtype=np.int64)
         for stream in streams:
             np.subtract(tail, stream.fill(one), out=tail)

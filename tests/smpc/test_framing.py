@@ -28,6 +28,8 @@ EXAMPLES = [
     msg.Aggregate(op_id=7, kind="sum", n_clients=5, size=10, share_format="key"),
     msg.Aggregate(7, "argmax", 5, 10, "buffer", buffer_path="/dev/shm/x/party0-1"),
     msg.Aggregate(8, "sum", 5, 10, "key", destinations=[[0, 0, 4], [-1, 9, 10]]),
+    msg.Aggregate(9, "sum", 5, 10, "prepared", prepared="0123456789abcdef"),
+    msg.PrepareMasks(token="0123456789abcdef", n_clients=5, size=10),
     msg.MaskKey(client=3, key="ab" * 32),
     msg.ShareArray(client=0),
     msg.ShareInBuffer(client=4),
