@@ -17,8 +17,11 @@ FedscGen plaintext.
 8 rounds x 2 local epochs, hidden 800-800, seed 42, ``fedsc.tl.fedscgen`` on
 ``fedsc.datasets.pancreas()`` preprocessed as the runner does) in one process: plaintext,
 crypten with fresh parties (as ``fedsc.tl`` starts them), and crypten as a sweep worker
-runs it (parties kept warm across runs: the second run borrows them). Target: crypten /
-plaintext method time <= 1.5. ``--rounds``/``--epochs`` shrink it for a quick look.
+runs it (parties kept warm across runs: the second run borrows them); then
+``--runner-repeats`` alternating pairs of ``execute_run`` in fresh processes, as ``fedsc
+run`` runs it (its ``method_seconds``: the parties start while the input is prepared).
+Target: crypten / plaintext method time <= 1.5. ``--rounds``/``--epochs`` shrink it for a
+quick look.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_fedscgen.py [--cells 15000] [--threads 2]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_fedscgen.py --case pancreas [--rounds 8]
@@ -222,6 +225,63 @@ def run_pancreas(args: argparse.Namespace) -> None:
         "the measured crypten-only seconds (the caller's wait for the parties + aggregations "
         "minus plaintext's) to the plaintext method time."
     )
+    if args.runner_repeats:
+        run_runner_pairs(args)
+
+
+def _runner_child(backend: str, args: argparse.Namespace) -> dict:
+    """One ``execute_run`` as ``fedsc run`` does it (this process is fresh)."""
+    from fedsc.run_config import RunConfig
+    from fedsc.runner import execute_run
+
+    params = {"rounds": args.rounds, "local_epochs": args.epochs}
+    cfg = RunConfig(
+        method="fedscgen", dataset="pancreas", backend=backend, seed=42, panels=[], params=params
+    )
+    result = execute_run(cfg, show_progress=False)
+    ledger = result.info["ledger"]["totals"]
+    return {
+        "method_seconds": result.info["method_seconds"],
+        "aggregation_seconds": ledger["seconds"],
+    }
+
+
+def run_runner_pairs(args: argparse.Namespace) -> None:
+    """``method_seconds`` of ``execute_run``, each run in a fresh process (``fedsc run``).
+
+    The runner creates the aggregator before it prepares the input (HVG selection), so
+    fresh parties start while it does; ``method_seconds`` runs from loading the data to
+    the corrected cells. Plaintext and crypten alternate, ``--runner-repeats`` pairs.
+    """
+    print(
+        f"  fedsc run (a fresh process per run, fresh parties), method_seconds, "
+        f"{args.runner_repeats} alternating pairs:"
+    )
+    ratios = []
+    for i in range(args.runner_repeats):
+        got = {}
+        for backend in ("plaintext", "crypten"):
+            cmd = [sys.executable, __file__, "--case", "pancreas", "--runner-child", backend] + [
+                f"--{k}={getattr(args, k)}" for k in ("rounds", "epochs", "threads")
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                print(f"    {backend}: FAILED\n{proc.stderr[-2000:]}")
+                return
+            got[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+        ratio = got["crypten"]["method_seconds"] / got["plaintext"]["method_seconds"]
+        ratios.append(ratio)
+        print(
+            f"    pair {i + 1}: plaintext {got['plaintext']['method_seconds']:5.2f} s, crypten "
+            f"{got['crypten']['method_seconds']:5.2f} s (aggregations "
+            f"{got['plaintext']['aggregation_seconds']:.2f} / "
+            f"{got['crypten']['aggregation_seconds']:.2f} s): {ratio:.2f} x"
+        )
+    ratios.sort()
+    print(
+        f"  fedsc run, crypten / plaintext method_seconds: median {ratios[len(ratios) // 2]:.2f} x"
+        f" (range {ratios[0]:.2f}-{ratios[-1]:.2f}; target <= 1.5)"
+    )
 
 
 def main() -> None:
@@ -234,9 +294,19 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
+    p.add_argument(
+        "--runner-repeats",
+        type=int,
+        default=3,
+        help="pancreas: alternating plaintext/crypten pairs of fresh `fedsc run` processes",
+    )
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--runner-child", choices=["plaintext", "crypten"], help=argparse.SUPPRESS)
     args = p.parse_args()
     _pin_threads(args.threads)
+    if args.runner_child:  # child process: one fedsc run, JSON on the last line
+        print(json.dumps(_runner_child(args.runner_child, args)))
+        return
     if args.case == "pancreas":
         run_pancreas(args)
         return
