@@ -510,13 +510,54 @@ class CryptenAggregator(Aggregator):
                 pool.check(op, deadline, [rank], self.timeout)
             self._raise_if_send_failed(pool, op, rank, errors)
         t1 = time.perf_counter()
+        results, result_shares, t2 = self._collect(
+            pool, op, op_id, deadline, size, buffers, destinations, endpoints
+        )
+        t3 = time.perf_counter()
+        if decode_bits is None:
+            revealed = sharing.reconstruct(result_shares)
+        else:
+            revealed = sharing.reconstruct_decode(result_shares, decode_bits)
+        del result_shares
+        self._time(op, n_clients, size, results, t0, t1, t2, t3)
+        if prepared is not None:
+            self.prepared_operations += 1
+        if kind == "sum" and (n_clients, size) == self._reserved:
+            self._prepare(pool, n_clients, size)  # the next one's, while the clients train
+        share_bytes = n_clients * size * 8
+        stats = {
+            "coordinator_bytes": int(self.parties * size * 8),
+            "bytes_to_party": [share_bytes]
+            + [n_clients * sharing.KEY_BYTES if keyed else share_bytes] * (self.parties - 1),
+            "messages_to_party": [n_clients] * self.parties,
+            "bytes_between_parties": [r.bytes_between_parties for r in results],
+            "mpc_rounds": max(r.mpc_rounds for r in results),
+        }
+        return revealed, stats
+
+    def _collect(
+        self,
+        pool: PartyPool,
+        op: str,
+        op_id: int,
+        deadline: float,
+        size: int,
+        buffers: Sequence[SharedBuffer | None],
+        destinations: list[list[int]] | None = None,
+        endpoints: list[OwnerEndpoint] | None = None,
+    ) -> tuple[list[msg.Result], list[np.ndarray], float]:
+        """Every party's ack, then its ``Result`` and result share.
+
+        The share comes from the party's shared buffer, an array frame, or (owner-revealed)
+        the coordinator's slices. Returns (results, result shares, time the acks were in).
+        """
         # Every party acknowledges its shares before the MPC starts, so a party that
         # stops answering is named precisely rather than the ones waiting for it.
         for rank in range(self.parties):
             ack = pool.receive(rank, op, deadline, self.timeout)
             if not isinstance(ack, msg.SharesReceived) or ack.op_id != op_id:
                 raise pool.fail(f"{pool.names[rank]} sent {ack!r} instead of an ack during {op}")
-        t2 = time.perf_counter()
+        acked = time.perf_counter()
         results: list[msg.Result] = []
         result_shares: list[np.ndarray] = []
         for rank in range(self.parties):
@@ -540,35 +581,21 @@ class CryptenAggregator(Aggregator):
                 except (EOFError, OSError) as err:
                     raise pool.lost(rank, op, err) from err
                 result_shares.append(share)
-        t3 = time.perf_counter()
-        if decode_bits is None:
-            revealed = sharing.reconstruct(result_shares)
-        else:
-            revealed = sharing.reconstruct_decode(result_shares, decode_bits)
-        del result_shares
-        t4 = time.perf_counter()
+        return results, result_shares, acked
+
+    def _time(
+        self, op: str, n_clients: int, size: int, results: list[msg.Result], *marks: float
+    ) -> None:
+        """Record :attr:`last_timing` from the marks: start, shares sent, acks in, results in."""
+        t0, t1, t2, t3 = marks
         self.last_timing = {
             "share_send": t1 - t0,
             "receive": t2 - t1,
             "mpc_results": t3 - t2,
-            "reconstruct": t4 - t3,
+            "reconstruct": time.perf_counter() - t3,
             "party_max": max(r.seconds for r in results),
         }
-        if prepared is not None:
-            self.prepared_operations += 1
-        if kind == "sum" and (n_clients, size) == self._reserved:
-            self._prepare(pool, n_clients, size)  # the next one's, while the clients train
         log.debug("%s of %d x %d: %s", op, n_clients, size, self.last_timing)
-        share_bytes = n_clients * size * 8
-        stats = {
-            "coordinator_bytes": int(self.parties * size * 8),
-            "bytes_to_party": [share_bytes]
-            + [n_clients * sharing.KEY_BYTES if keyed else share_bytes] * (self.parties - 1),
-            "messages_to_party": [n_clients] * self.parties,
-            "bytes_between_parties": [r.bytes_between_parties for r in results],
-            "mpc_rounds": max(r.mpc_rounds for r in results),
-        }
-        return revealed, stats
 
     def _buffer_sizes(self, n_clients: int, size: int, keyed: bool) -> list[int]:
         """Per party, the shared-buffer values one operation needs (result + input shares).
@@ -887,6 +914,7 @@ class CryptenAggregator(Aggregator):
         self._op_id += 1
         op_id = self._op_id
         deadline = time.monotonic() + self.timeout
+        t0 = time.perf_counter()
         try:
             pool.check(kind, deadline, [], self.timeout)
             for rank in range(self.parties):
@@ -911,32 +939,26 @@ class CryptenAggregator(Aggregator):
                         channel.send_array(blob)
                 except OSError as err:
                     raise pool.lost(rank, kind, err) from err
-            for rank in range(self.parties):
-                ack = pool.receive(rank, kind, deadline, self.timeout)
-                if not isinstance(ack, msg.SharesReceived) or ack.op_id != op_id:
-                    raise pool.fail(
-                        f"{pool.names[rank]} sent {ack!r} instead of an ack during {kind}"
-                    )
-            results: list[msg.Result] = []
-            shares: list[np.ndarray] = []
-            for rank in range(self.parties):
-                reply = pool.receive(rank, kind, deadline, self.timeout)
-                if not isinstance(reply, msg.Result) or reply.op_id != op_id:
-                    raise pool.fail(
-                        f"{pool.names[rank]} sent {reply!r} instead of a result during {kind}"
-                    )
-                results.append(reply)
-                try:
-                    shares.append(pool.channels[rank].recv_array(into=np.empty(size, np.int64)))
-                except (EOFError, OSError) as err:
-                    raise pool.lost(rank, kind, err) from err
+            t1 = time.perf_counter()
+            # No shared buffers: sealed shares and result shares travel as frames.
+            results, shares, t2 = self._collect(
+                pool, kind, op_id, deadline, int(size), [None] * self.parties
+            )
         except PartyError:
             self._closed = True
             raise
+        except BaseException:
+            # Interrupted mid-protocol: the parties' state is unknown, never reuse them.
+            log.exception("sealed %s interrupted; stopping the parties", kind)
+            pool.kill()
+            self._closed = True
+            raise
+        t3 = time.perf_counter()
         if decode_bits is None:
             revealed = sharing.reconstruct(shares)
         else:
             revealed = sharing.reconstruct_decode(shares, decode_bits)
+        self._time(f"sealed {kind}", len(sealed), int(size), results, t0, t1, t2, t3)
         stats = {
             "coordinator_bytes": int(self.parties * size * 8),
             "bytes_to_party": [sum(len(s[r]) for s in sealed) for r in range(self.parties)],

@@ -119,3 +119,40 @@ def test_a_replayed_operation_is_refused():
         np.testing.assert_allclose(first, 3.0)
         with pytest.raises(PartyError, match="already run"):
             agg.aggregate_sealed("sum", blobs, NAMES[:2], ctx, 4, 24)
+
+
+def test_sealed_operations_are_timed_and_an_interruption_stops_the_parties(monkeypatch):
+    blobs, ctx = _sealed([np.ones(4), 2 * np.ones(4)], "t-timed", names=NAMES[:2])
+    with _parties() as agg:
+        agg.aggregate_sealed("sum", blobs, NAMES[:2], ctx, 4, 24)
+        assert set(agg.last_timing) == {
+            "share_send",
+            "receive",
+            "mpc_results",
+            "reconstruct",
+            "party_max",
+        }
+        assert all(v >= 0 for v in agg.last_timing.values())
+        pids = agg.pids
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        # interrupted mid-protocol (not a party's fault): the parties' state is unknown
+        monkeypatch.setattr(agg, "_collect", interrupted)
+        blobs, ctx = _sealed([np.ones(4), np.ones(4)], "t-interrupted", names=NAMES[:2])
+        with pytest.raises(KeyboardInterrupt):
+            agg.aggregate_sealed("sum", blobs, NAMES[:2], ctx, 4, 24)
+        assert agg._closed and agg._party_pool.closed
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
