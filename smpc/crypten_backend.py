@@ -425,7 +425,7 @@ class CryptenAggregator(Aggregator):
                 for _ in range(n_clients)
             ]
         )
-        keyed = keys[0][0] is not None if keys and keys[0] else False
+        keyed = self._randomness.keyed and self.parties > 1
         buffers: list[SharedBuffer | None] = []
         formats: list[str] = []
         for rank, needed in enumerate(self._buffer_sizes(n_clients, size, keyed)):
@@ -635,9 +635,7 @@ class CryptenAggregator(Aggregator):
         if self.transport != "shm" or pool.remote:
             return
         self._join_reserve()
-        sizes = self._buffer_sizes(
-            int(n_clients), int(n_values) + 1, self._randomness.source == "prng"
-        )
+        sizes = self._buffer_sizes(int(n_clients), int(n_values) + 1, self._randomness.keyed)
 
         def allocate() -> None:
             try:
@@ -660,7 +658,7 @@ class CryptenAggregator(Aggregator):
         The clients' totals expand in a thread of this process, each party's in the party;
         the set is used by the next sum of this shape (:meth:`_take_prepared`).
         """
-        if self._randomness.source != "prng" or self.parties < 2:
+        if not self._randomness.keyed or self.parties < 2:
             return
         keys = [
             [bytes(self._randomness.mask_key() or b"") for _ in range(1, self.parties)]

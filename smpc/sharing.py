@@ -180,6 +180,11 @@ class ShareRandomness:
         self.mode = mode
         self.source = source
 
+    @property
+    def keyed(self) -> bool:
+        """Whether masks are sent as keys (:meth:`mask_key` returns bytes, not None)."""
+        return self._rng is not None or self.source == "prng"
+
     def mask_key(self) -> bytes | None:
         """A fresh 32-byte key for :func:`expand_key`, or None for source ``"urandom"``."""
         if self._rng is not None:

@@ -179,3 +179,24 @@ def test_a_malformed_key_list_is_refused():
     finally:
         channel.send(msg.Close())
         thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("mode", "source", "keyed"),
+    [("secure", "prng", True), ("secure", "urandom", False), ("debug", "urandom", True)],
+)
+def test_masks_are_prepared_exactly_when_they_travel_as_keys(mode, source, keyed):
+    """Debug mode draws every mask from its seeded key stream, whatever the source."""
+    xs = _clients(N, seed=5)
+    seed = 1 if mode == "debug" else None
+    with (
+        smpc.make_aggregator("plaintext") as plain,
+        CryptenAggregator(transport="threads", mode=mode, seed=seed, mask_source=source) as agg,
+    ):
+        assert agg._randomness.keyed is keyed
+        agg.reserve(K, N)
+        mean = agg.weighted_mean(xs, WEIGHTS)
+        np.testing.assert_allclose(mean, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-9)
+        assert agg.prepared_operations == int(keyed)
+        key_bytes = K * 32 if keyed else K * (N + 1) * 8
+        assert agg.ledger.entries[-1].bytes_to_party[1:] == [key_bytes, key_bytes]
