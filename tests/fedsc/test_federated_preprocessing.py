@@ -85,13 +85,17 @@ def test_federated_pca_equals_sklearn(sites, pooled, solver):
         mean, comps, ev = federated_pca(sites, agg, genes, 40)
     x = pooled[:, genes].X.toarray().astype(np.float64)
     ref = PCA(40, svd_solver=solver).fit(x)
+    # docs/algorithms.md quotes the measured agreement (components 1.5e-13, explained
+    # variance 3e-15 relative, projections 7e-14 of the largest); the bounds leave ~100x
+    # for other BLAS builds.
     np.testing.assert_allclose(mean, ref.mean_, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(ev, ref.explained_variance_, rtol=1e-6)
+    np.testing.assert_allclose(ev, ref.explained_variance_, rtol=1e-12)
     signs = np.sign(np.sum(comps * ref.components_, axis=1))
-    np.testing.assert_allclose(comps, signs[:, None] * ref.components_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(comps, signs[:, None] * ref.components_, rtol=0, atol=1e-11)
     assert (signs == 1).all()  # sklearn's sign convention is reproduced, not just matched
     emb = np.vstack([s.project(genes, mean, comps) for s in sites])
-    np.testing.assert_allclose(emb, ref.transform(x), rtol=1e-6, atol=1e-9)
+    want = ref.transform(x)
+    np.testing.assert_allclose(emb, want, rtol=0, atol=1e-11 * np.abs(want).max())
 
 
 class _Ref:
