@@ -69,6 +69,7 @@ from fedsc.methods.vae import (
 )
 from fedsc.privacy.membership import SHADOW, cell_losses, client_data
 from fedsc.privacy.property_inference import (
+    AuxiliaryProfiles,
     _summary,
     composition,
     estimate_composition_from_update,
@@ -469,22 +470,21 @@ def fedscgen_property(view: ObserverView, truth: Any) -> pd.DataFrame:
         ref = spec.unflatten(np.asarray(last.reference))
         key = "encoder.0.norm.running_mean"
         truths, preds, priors = [], [], []
+        aux = AuxiliaryProfiles(
+            {o: fed.data[o] for o in fed.training}, {o: fed.labels[o] for o in fed.training}, vocab
+        )
         for pos, c in enumerate(fed.training):
             own = _clear(last, pos)
             if own is None or key not in ref:
                 continue
-            others = [o for o in fed.training if o != c]
-            aux_x = torch.cat([fed.data[o] for o in others]).to(torch.float64).numpy()
-            aux_y = np.concatenate([fed.labels[o] for o in others])
-            present = [t for t in vocab if (aux_y == t).any()]
-            means = np.stack([aux_x[aux_y == t].mean(axis=0) for t in present])
+            present, means, prior = aux.excluding(c)
             n_batches = fed.config.local_epochs * (len(fed.splits[c][0]) // fed.config.batch_size)
             est = estimate_composition_from_update(spec.unflatten(own), ref, n_batches, means)
             pred = np.zeros(len(vocab))
             pred[[vocab.index(t) for t in present]] = est
             truths.append(composition(fed.labels[c], vocab))
             preds.append(pred)
-            priors.append(composition(aux_y, vocab))
+            priors.append(prior)
         if truths:
             rows += _prefixed(view, "update", _summary(*map(np.stack, (truths, preds, priors))))
     rev = revealed_from_view(view, fed)

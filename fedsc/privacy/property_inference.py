@@ -32,7 +32,7 @@ the attacker's prior (the auxiliary data's pooled composition).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from fedsc.privacy.membership import FedScGenViews
 
 __all__ = [
     "PROPERTY_COLUMNS",
+    "AuxiliaryProfiles",
     "composition",
     "estimate_composition_from_update",
     "estimate_counts_from_revealed",
@@ -171,13 +172,10 @@ def update_composition_attack(views: FedScGenViews) -> pd.DataFrame:
     vocab = list(views.revealed["vocabulary"])
     truths, preds, priors, rows = [], [], [], []
     base = {"attack": "update_bn_mean_nnls", "observer": "coordinator", "seed": views.seed}
+    aux = AuxiliaryProfiles(views.data, views.labels, vocab)
     for c in views.clients:
         ci = c.index
-        others = [o for o in views.data if o != ci]
-        aux_x = torch.cat([views.data[o] for o in others]).to(torch.float64).numpy()
-        aux_y = np.concatenate([views.labels[o] for o in others])
-        present = [t for t in vocab if (aux_y == t).any()]
-        means = np.stack([aux_x[aux_y == t].mean(axis=0) for t in present])
+        present, means, prior = aux.excluding(ci)
         n_batches = cfg.local_epochs * (len(views.splits[ci][0]) // cfg.batch_size)
         est = estimate_composition_from_update(
             views.local_states[ci], views.broadcast_state, n_batches, means
@@ -185,7 +183,6 @@ def update_composition_attack(views: FedScGenViews) -> pd.DataFrame:
         pred = np.zeros(len(vocab))
         pred[[vocab.index(t) for t in present]] = est
         truth = composition(views.labels[ci], vocab)
-        prior = composition(aux_y, vocab)
         truths.append(truth)
         preds.append(pred)
         priors.append(prior)
@@ -212,6 +209,50 @@ def update_composition_attack(views: FedScGenViews) -> pd.DataFrame:
         )
     rows += _summary(np.stack(truths), np.stack(preds), np.stack(priors), **base)
     return pd.DataFrame(rows)[PROPERTY_COLUMNS]
+
+
+class AuxiliaryProfiles:
+    """The attacker's auxiliary data for each target: every other client's labelled cells.
+
+    Per client and type, the expression sum and the cell count are kept (``K x T x G``
+    float64), so the auxiliary mean profiles and prior of a target come from
+    leave-one-out sums instead of concatenating all other clients' cells per target
+    (``K^2 x N x G`` over an attack).
+
+    Parameters
+    ----------
+    data
+        Client index -> cells x genes expression.
+    labels
+        Client index -> the cells' type labels.
+    vocab
+        All cell types, in order.
+    """
+
+    def __init__(
+        self, data: Mapping[int, Any], labels: Mapping[int, np.ndarray], vocab: Sequence[str]
+    ) -> None:
+        self.vocab = list(vocab)
+        self._sums: dict[int, np.ndarray] = {}
+        self._counts: dict[int, np.ndarray] = {}
+        for c, x in data.items():
+            x = torch.as_tensor(x).to(torch.float64).numpy()
+            y = np.asarray(labels[c]).astype(str)
+            self._sums[c] = np.stack([x[y == t].sum(axis=0) for t in self.vocab])
+            self._counts[c] = np.array([(y == t).sum() for t in self.vocab], dtype=np.float64)
+
+    def excluding(self, target: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Types present in the other clients, their mean profiles, and the prior.
+
+        Returns ``(present, means, prior)``: ``means`` is ``len(present) x G``; ``prior``
+        the other clients' pooled composition over :attr:`vocab`.
+        """
+        others = [c for c in self._sums if c != target]
+        sums = np.sum([self._sums[c] for c in others], axis=0)
+        counts = np.sum([self._counts[c] for c in others], axis=0)
+        keep = counts > 0
+        present = [t for t, k in zip(self.vocab, keep, strict=True) if k]
+        return present, sums[keep] / counts[keep, None], counts / counts.sum()
 
 
 def estimate_counts_from_revealed(

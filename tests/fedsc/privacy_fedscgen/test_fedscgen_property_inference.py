@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scanpy as sc
+import torch
 
 from fedsc.datasets.simulation import simulate
 from fedsc.privacy.property_inference import (
     PROPERTY_COLUMNS,
+    AuxiliaryProfiles,
     composition,
     estimate_counts_from_revealed,
     revealed_composition_attack,
@@ -79,3 +81,28 @@ def test_update_attack_on_pancreas_runs(views):
     assert list(df.columns) == PROPERTY_COLUMNS
     assert set(df["target_client"]) == {c.name for c in views.clients} | {"all"}
     assert df["value"].notna().all()
+
+
+def test_auxiliary_profiles_equal_the_other_clients_pooled_cells():
+    """Leave-one-out sums give the means and prior of concatenating the other clients."""
+    rng = np.random.default_rng(0)
+    vocab = ["a", "b", "c", "d"]
+    data = {c: torch.tensor(rng.normal(size=(40 + c, 6)), dtype=torch.float32) for c in range(4)}
+    # client 2 lacks "d"
+    labels = {c: rng.choice(vocab[:3] if c == 2 else vocab, size=40 + c) for c in range(4)}
+    aux = AuxiliaryProfiles(data, labels, vocab)
+    for target in data:
+        others = [o for o in data if o != target]
+        x = torch.cat([data[o] for o in others]).double().numpy()
+        y = np.concatenate([labels[o] for o in others])
+        present, means, prior = aux.excluding(target)
+        assert present == [t for t in vocab if (y == t).any()]
+        np.testing.assert_allclose(
+            means, np.stack([x[y == t].mean(axis=0) for t in present]), rtol=1e-12, atol=1e-15
+        )
+        np.testing.assert_allclose(prior, composition(y, vocab), rtol=1e-15)
+    # types only the target holds are absent from its auxiliary data
+    two = AuxiliaryProfiles({0: data[0], 1: data[1]}, {0: labels[0], 1: np.full(41, "b")}, vocab)
+    present, means, prior = two.excluding(0)
+    assert present == ["b"] and prior.tolist() == [0.0, 1.0, 0.0, 0.0]
+    np.testing.assert_allclose(means[0], data[1].double().numpy().mean(axis=0), rtol=1e-12)
