@@ -523,7 +523,8 @@ class CryptenAggregator(Aggregator):
         if prepared is not None:
             self.prepared_operations += 1
         if kind == "sum" and (n_clients, size) == self._reserved:
-            self._prepare(pool, n_clients, size)  # the next one's, while the clients train
+            # the next one's, while the clients train (in this one's memory)
+            self._prepare(pool, n_clients, size, reuse=prepared)
         share_bytes = n_clients * size * 8
         stats = {
             "coordinator_bytes": int(self.parties * size * 8),
@@ -652,7 +653,9 @@ class CryptenAggregator(Aggregator):
             self._reserving.join()
             self._reserving = None
 
-    def _prepare(self, pool: PartyPool, n_clients: int, size: int) -> None:
+    def _prepare(
+        self, pool: PartyPool, n_clients: int, size: int, reuse: ClientMasks | None = None
+    ) -> None:
         """Draw the next operation's mask keys, send them, expand them in the background.
 
         The clients' totals expand in a thread of this process, each party's in the party;
@@ -664,7 +667,7 @@ class CryptenAggregator(Aggregator):
             [bytes(self._randomness.mask_key() or b"") for _ in range(1, self.parties)]
             for _ in range(n_clients)
         ]
-        masks = ClientMasks(keys, size)
+        masks = ClientMasks(keys, size, reuse)
         self._prepared = None  # an unused earlier set is dropped with its keys
         for rank in range(1, self.parties):
             channel = pool.channels[rank]

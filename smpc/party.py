@@ -428,6 +428,7 @@ class PartyLoop:
         self._client_secret: bytes | None = None
         #: Masks of a coming operation, expanding in the background (:mod:`smpc.prepared`).
         self._prepared: PartyMasks | None = None
+        self._spent: PartyMasks | None = None  # the last used set (its memory is reused)
 
     def run(self) -> None:
         """Serve commands until :class:`~smpc.messages.Close` or the coordinator leaves."""
@@ -485,8 +486,9 @@ class PartyLoop:
             if len(key) != KEY_BYTES:
                 raise FrameError(f"a mask key has {KEY_BYTES} bytes, got {len(key)}")
             keys.append(key)
-        self._prepared = None  # an unused earlier set is dropped (its keys never used)
-        self._prepared = PartyMasks(message.token, message.size, keys)
+        # An unused earlier set is dropped (its keys never used); a used one lends its memory.
+        self._prepared = PartyMasks(message.token, message.size, keys, self._spent)
+        self._spent = None
 
     def _take_prepared(self, op: msg.Aggregate) -> PartyMasks:
         """The prepared set ``op`` names (used once), checked against ``op``."""
@@ -603,6 +605,7 @@ class PartyLoop:
         prepared = self._take_prepared(op) if op.share_format == "prepared" else None
         if prepared is not None:  # the shares are masks expanded ahead
             np.copyto(result, prepared.total())
+            self._spent = prepared
             for client, prepared_key in enumerate(prepared.keys):
                 self.counters["messages"] += 1
                 self.counters["bytes"] += KEY_BYTES

@@ -55,9 +55,16 @@ class ClientMasks(_Expansion):
         ``keys[c][r - 1]``: client ``c``'s mask key for party ``r`` (fresh, 32 bytes).
     size
         Values per client (the operation's vector length).
+    reuse
+        A used set of the same shape whose memory this one takes over (saves faulting in
+        fresh pages every round).
     """
 
-    def __init__(self, keys: list[list[bytes]], size: int) -> None:
+    _totals: np.ndarray
+
+    def __init__(
+        self, keys: list[list[bytes]], size: int, reuse: ClientMasks | None = None
+    ) -> None:
         super().__init__("smpc-prepare-clients")
         #: Names this set in the parties' messages (random: sets of earlier sessions of a
         #: warm party can never be mistaken for it).
@@ -65,7 +72,12 @@ class ClientMasks(_Expansion):
         self.keys = keys
         self.n_clients = len(keys)
         self.size = int(size)
-        self._totals = np.empty((self.n_clients, self.size), dtype=np.int64)
+        shape = (self.n_clients, self.size)
+        if reuse is not None and reuse._totals.shape == shape:
+            reuse._wait()
+            self._totals, reuse._totals = reuse._totals, np.empty((0, 0), np.int64)
+        else:
+            self._totals = np.empty(shape, dtype=np.int64)
         self._thread.start()
 
     def _fill(self) -> None:
@@ -89,15 +101,25 @@ class PartyMasks(_Expansion):
         Values per client.
     keys
         This party's key of each client, in client order.
+    reuse
+        A used set of the same size whose memory this one takes over.
     """
 
-    def __init__(self, token: str, size: int, keys: list[bytes]) -> None:
+    _total: np.ndarray
+
+    def __init__(
+        self, token: str, size: int, keys: list[bytes], reuse: PartyMasks | None = None
+    ) -> None:
         super().__init__("smpc-prepare-party")
         self.token = token
         self.size = int(size)
         self.keys = keys
         self.n_clients = len(keys)
-        self._total = np.empty(self.size, dtype=np.int64)
+        if reuse is not None and reuse._total.size == self.size:
+            reuse._wait()
+            self._total, reuse._total = reuse._total, np.empty(0, np.int64)
+        else:
+            self._total = np.empty(self.size, dtype=np.int64)
         self._thread.start()
 
     def _fill(self) -> None:

@@ -38,6 +38,19 @@ def test_client_and_party_totals_are_the_sums_of_the_masks():
         party.total(), sharing.reconstruct([expand_key(r[0], 1000) for r in keys])
     )
     assert ClientMasks(keys, 10).token != clients.token  # a random name per set
+    # the next set takes over a used set's memory and holds its own masks
+    memory = clients.totals()
+    other = [[bytes([c, r + 5]) * 16 for r in (1, 2)] for c in range(K)]
+    again = ClientMasks(other, 1000, reuse=clients)
+    assert again.totals() is memory
+    want = [sharing.reconstruct([expand_key(k, 1000) for k in row]) for row in other]
+    np.testing.assert_array_equal(again.totals(), np.stack(want))
+    spent = party.total()
+    next_party = PartyMasks("u", 1000, [row[1] for row in other], reuse=party)
+    assert next_party.total() is spent
+    np.testing.assert_array_equal(
+        spent, sharing.reconstruct([expand_key(r[1], 1000) for r in other])
+    )
 
 
 @pytest.mark.parametrize("transport", ["threads", "pipe", "shm"])
