@@ -67,7 +67,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _scope(nodeid: str) -> str:
-    """The scheduling unit of a test: its folder in _ONE_WORKER, else the test itself."""
+    """The scheduling unit of a test: its folder in _ONE_WORKER, its xdist group (when
+    xdist could set one), else the test itself."""
+    if nodeid.rfind("@") > nodeid.rfind("]"):
+        return nodeid.split("@")[-1]
     return next((p for p in _ONE_WORKER if nodeid.startswith(p)), nodeid)
 
 
