@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/fedsc demo --out results/demo
 
+# Two pytest-xdist workers (TEST_WORKERS=0: one process); tests/conftest.py orders the
+# tests longest first and keeps the deployment tests on one worker (--dist loadgroup).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider \
+		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 lint: setup
 	$(BIN)/ruff check .

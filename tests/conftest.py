@@ -29,3 +29,61 @@ def shared_data_path(name: str) -> Path:
 def shared_data():
     """The :func:`shared_data_path` helper as a fixture: ``shared_data("file.h5ad")``."""
     return shared_data_path
+
+
+# --- Scheduling (pytest-xdist; `make test` runs ``-n 2 --dist loadgroup``) -------------
+#
+# The deployment tests share deployments and session data (tests/deploy/conftest.py) and
+# start many processes whose steps have timeouts: they run on one worker, one after the
+# other (one scheduling unit). Everything else is scheduled test by test. (The scheduler
+# below does this itself: xdist 3.8's own grouping sets ``item._nodeid``, which pytest 9
+# no longer reads, so ``xdist_group`` marks would be ignored.)
+#
+# The longest tests are collected first, so that no worker is left with a long test at
+# the end while the other idles. Whole modules move (module-scoped fixtures stay shared);
+# the order within a module is kept. Without xdist this only changes the module order.
+_ONE_WORKER = ("tests/deploy/",)
+_FIRST = (
+    "tests/deploy/",
+    "tests/test_notebooks.py",
+    "tests/fedsc/test_refactor_safety.py",
+    "tests/robustness/test_parties_faults.py",
+    "tests/fedsc/test_sweep.py",
+    "tests/fedsc/test_evaluation_real.py",
+    "tests/fedsc/test_settings.py",
+    "tests/robustness/test_parties_rendezvous.py",
+    "tests/fedsc/test_scbatchprox_crypten.py",
+    "tests/fedsc/test_privacy_study.py",
+)
+
+
+def _rank(item: pytest.Item) -> int:
+    path = item.nodeid.split("::")[0]
+    return next((i for i, p in enumerate(_FIRST) if path.startswith(p)), len(_FIRST))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items[:] = sorted(items, key=_rank)  # stable: the rest keeps pytest's order
+
+
+def _scope(nodeid: str) -> str:
+    """The scheduling unit of a test: its folder in _ONE_WORKER, its xdist group (when
+    xdist could set one), else the test itself."""
+    if nodeid.rfind("@") > nodeid.rfind("]"):
+        return nodeid.split("@")[-1]
+    return next((p for p in _ONE_WORKER if nodeid.startswith(p)), nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadgroup":
+        return None  # xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerFolders(LoadScopeScheduling):
+        """Units in collection order; a worker asks for the next when it has < 2 left."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    return OneWorkerFolders(config, log)

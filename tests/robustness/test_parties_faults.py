@@ -249,8 +249,11 @@ def test_sweep_sigkill_takes_its_parties(tmp_path, workers):
     path.write_text(yaml.safe_dump(study))
     cmd = [sys.executable, "-m", "fedsc.cli", "sweep", str(path), "--out", str(tmp_path / "out")]
     cmd += ["--workers", str(workers)]
+    # killed before any metric is computed: no need for the metric panels' compilation
+    # caches, whose set-up (fedsc.settings.apply) imports pynndescent: ~13 CPU-s/process
+    env = {**ENV, "FEDSC_COMPILE_CACHE": "0"}
     proc = subprocess.Popen(
-        cmd, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     everything: list[int] = []
     try:
