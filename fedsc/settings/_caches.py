@@ -16,12 +16,16 @@ imported (:func:`enable_if_requested`). Importing fedsc alone changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import os
 import pkgutil
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _ENABLED: Path | None = None  # root configured by enable_compilation_caches
 _REQUESTED: Path | None = None  # root requested by fedsc.settings.apply()
@@ -114,6 +118,37 @@ def enable_compilation_caches(root: str | os.PathLike[str] | None = None) -> Pat
     return path
 
 
+@contextlib.contextmanager
+def _jit_caches_by_default() -> Iterator[None]:
+    """While a package is first imported, ``numba.njit``/``numba.jit`` default to ``cache=True``.
+
+    pynndescent compiles ~60 distance kernels at import (``@numba.njit`` with explicit
+    signatures compiles at decoration, before :func:`_enable_numba_caching` could switch
+    caching on) and declares none ``cache=True``: every process that imported it spent
+    ~10-12 CPU-seconds (importing umap imports it). Declared ``cache=True`` at
+    decoration, they are written to ``NUMBA_CACHE_DIR`` once and loaded afterwards
+    (~1.5 s). numba has no setting for this default, hence the temporary wrapper; modules
+    already imported are not affected.
+    """
+    import numba
+
+    njit, jit = numba.njit, numba.jit
+
+    def cached(decorator: Any) -> Any:
+        @functools.wraps(decorator)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("cache", True)
+            return decorator(*args, **kwargs)
+
+        return wrapper
+
+    numba.njit, numba.jit = cached(njit), cached(jit)
+    try:
+        yield
+    finally:
+        numba.njit, numba.jit = njit, jit
+
+
 def _enable_numba_caching(packages: tuple[str, ...]) -> int:
     """Switch on on-disk caching for the numba functions of third-party modules.
 
@@ -131,17 +166,19 @@ def _enable_numba_caching(packages: tuple[str, ...]) -> int:
     warnings.filterwarnings("ignore", message="Cannot cache compiled function")
     n = 0
     for name in packages:
-        try:
-            pkg = importlib.import_module(name)
-        except ImportError:  # pragma: no cover
-            continue
-        mods = [pkg]
-        if hasattr(pkg, "__path__"):
-            for info in pkgutil.iter_modules(pkg.__path__):
-                try:
-                    mods.append(importlib.import_module(f"{name}.{info.name}"))
-                except ImportError:  # pragma: no cover
-                    continue
+        mods = []
+        with _jit_caches_by_default():
+            try:
+                pkg = importlib.import_module(name)
+            except ImportError:  # pragma: no cover
+                continue
+            mods.append(pkg)
+            if hasattr(pkg, "__path__"):
+                for info in pkgutil.iter_modules(pkg.__path__):
+                    try:
+                        mods.append(importlib.import_module(f"{name}.{info.name}"))
+                    except ImportError:  # pragma: no cover
+                        continue
         for mod in mods:
             for obj in list(vars(mod).values()):
                 if (

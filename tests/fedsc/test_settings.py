@@ -222,3 +222,29 @@ def test_sweep_pool_workers_share_the_cpus_and_wait_passively(monkeypatch):
         assert pool.submit(settings.resolved_threads).result() == 1
         assert pool.submit(torch.get_num_threads).result() == 1
         assert pool.submit(partial(os.getenv, "OMP_WAIT_POLICY")).result() == "PASSIVE"
+
+
+def test_kernels_compiled_at_import_are_cached_on_first_import(tmp_path, monkeypatch):
+    """pynndescent compiles its distance kernels at import without cache=True (~10 CPU-s a
+    process): while a package is first imported, numba's decorators default to caching."""
+    import numba
+    from numba.core.dispatcher import Dispatcher
+
+    pkg = tmp_path / "eager_kernels"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import numba\n\n"
+        "@numba.njit('f8(f8)')\n"  # compiled at decoration, like pynndescent's distances
+        "def double(x):\n    return 2 * x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # wherever this process's numba cache is (NUMBA_CACHE_DIR), it is under tmp_path here
+    monkeypatch.setattr(numba.core.config, "CACHE_DIR", str(tmp_path / "numba"))
+    njit, jit = numba.njit, numba.jit
+    _caches._enable_numba_caching(("eager_kernels",))
+    assert numba.njit is njit and numba.jit is jit  # restored
+    mod = sys.modules["eager_kernels"]
+    assert isinstance(mod.double, Dispatcher) and mod.double(2.0) == 4.0
+    assert type(mod.double._cache).__name__ != "NullCache"
+    index = [p.name for p in tmp_path.rglob("*.nbi")]  # written when it compiled
+    assert any(name.startswith("__init__.double") for name in index), index
