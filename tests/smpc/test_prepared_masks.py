@@ -3,6 +3,8 @@ evidence, fresh keys, each set used once and only for the shape it was prepared 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -120,11 +122,28 @@ def test_warm_parties_ignore_a_set_an_earlier_aggregator_left():
             assert agg.prepared_operations == 0
 
 
+@contextlib.contextmanager
 def _party():
+    """Party 1's loop in a thread; yields the coordinator's end of its channel."""
     coordinator, party = in_process_pair()
     thread = serve_in_thread(1, party)
     assert isinstance(coordinator.recv(), msg.Ready)
-    return coordinator, thread
+    try:
+        yield coordinator
+    finally:
+        coordinator.send(msg.Close())
+        thread.join(5)
+
+
+def _send_prepare(channel, token: str, keys: list[bytes]) -> None:
+    channel.send(msg.PrepareMasks(token=token, n_clients=len(keys), size=5))
+    for client, key in enumerate(keys):
+        channel.send(msg.MaskKey(client=client, key=key.hex()))
+
+
+def _assert_refused(channel, error: str) -> None:
+    reply = channel.recv()
+    assert isinstance(reply, msg.Failure) and error in reply.error
 
 
 def _aggregate(token: str | None, n_clients: int = 2, size: int = 5, kind: str = "sum"):
@@ -148,50 +167,31 @@ def _aggregate(token: str | None, n_clients: int = 2, size: int = 5, kind: str =
     ],
 )
 def test_a_party_refuses_an_operation_naming_other_masks(prepare, aggregate, error):
-    channel, thread = _party()
-    try:
+    with _party() as channel:
         if prepare is not None:
-            channel.send(msg.PrepareMasks(token=prepare, n_clients=2, size=5))
-            for client in range(2):
-                channel.send(msg.MaskKey(client=client, key=bytes(32).hex()))
+            _send_prepare(channel, prepare, [bytes(32)] * 2)
         channel.send(aggregate)
-        reply = channel.recv()
-        assert isinstance(reply, msg.Failure) and error in reply.error
-    finally:
-        channel.send(msg.Close())
-        thread.join(5)
+        _assert_refused(channel, error)
 
 
 def test_a_prepared_set_is_used_once():
-    channel, thread = _party()
-    try:
-        channel.send(msg.PrepareMasks(token="abc", n_clients=2, size=5))
-        for client in range(2):
-            channel.send(msg.MaskKey(client=client, key=(bytes([client + 1]) * 32).hex()))
+    keys = [bytes([c + 1]) * 32 for c in range(2)]
+    with _party() as channel:
+        _send_prepare(channel, "abc", keys)
         channel.send(_aggregate("abc"))
         assert isinstance(channel.recv(), msg.SharesReceived)
         assert isinstance(channel.recv(), msg.Result)
         share = channel.recv_array(into=np.empty(5, np.int64))
-        want = sharing.reconstruct([expand_key(bytes([c + 1]) * 32, 5) for c in range(2)])
-        np.testing.assert_array_equal(share, want)
+        np.testing.assert_array_equal(share, sharing.reconstruct([expand_key(k, 5) for k in keys]))
         channel.send(_aggregate("abc"))  # again: refused
-        reply = channel.recv()
-        assert isinstance(reply, msg.Failure) and "did not prepare" in reply.error
-    finally:
-        channel.send(msg.Close())
-        thread.join(5)
+        _assert_refused(channel, "did not prepare")
 
 
 def test_a_malformed_key_list_is_refused():
-    channel, thread = _party()
-    try:
+    with _party() as channel:
         channel.send(msg.PrepareMasks(token="abc", n_clients=2, size=5))
         channel.send(msg.MaskKey(client=1, key=bytes(32).hex()))  # client 0 expected
-        reply = channel.recv()
-        assert isinstance(reply, msg.Failure) and "mask key of client 0" in reply.error
-    finally:
-        channel.send(msg.Close())
-        thread.join(5)
+        _assert_refused(channel, "mask key of client 0")
 
 
 @pytest.mark.parametrize(
