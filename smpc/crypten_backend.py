@@ -417,15 +417,9 @@ class CryptenAggregator(Aggregator):
         # Masks prepared ahead (while the clients trained), else keys first: parties 1..
         # expand their masks while we compute party 0's shares.
         prepared = self._take_prepared(kind, n_clients, size, early)
-        keys: list[list[bytes | None]] = (
-            [list[bytes | None](row) for row in prepared.keys]
-            if prepared is not None
-            else [
-                [self._randomness.mask_key() for _ in range(1, self.parties)]
-                for _ in range(n_clients)
-            ]
-        )
-        keyed = self._randomness.keyed and self.parties > 1
+        keyed = self._randomness.keyed
+        # Keys sent with this operation (none when prepared or drawn from the OS CSPRNG).
+        keys = self._draw_keys(n_clients) if keyed and prepared is None else None
         buffers: list[SharedBuffer | None] = []
         formats: list[str] = []
         for rank, needed in enumerate(self._buffer_sizes(n_clients, size, keyed)):
@@ -476,11 +470,10 @@ class CryptenAggregator(Aggregator):
                         ),
                     )
                 )
-            if keyed and prepared is None:
+            if keys is not None:
                 for client in range(n_clients):
                     for rank in range(1, self.parties):
                         key = keys[client][rank - 1]
-                        assert key is not None
                         outboxes[rank].put(msg.MaskKey(client=client, key=key.hex()))
 
             # Clients' work runs on two worker threads (numpy and AES release the GIL);
@@ -616,8 +609,8 @@ class CryptenAggregator(Aggregator):
           expanded now, in background threads (:mod:`smpc.prepared`), and after each such
           operation those of the next one: the operation itself then costs one
           encode-and-subtract pass instead of four mask expansions per value. Keyed masks
-          only (``mask_source="prng"``), once the parties are up (a fresh start prepares
-          after the first operation).
+          only (not ``mask_source="urandom"`` in secure mode), once the parties are up (a
+          fresh start prepares after the first operation).
         * The parties' shared-memory buffers are allocated now, in a background thread
           (the pages cost ~0.2 s per 200 MB to allocate, which the first operation would
           otherwise pay while everyone waits). Shared-memory parties only; the next
@@ -661,12 +654,9 @@ class CryptenAggregator(Aggregator):
         The clients' totals expand in a thread of this process, each party's in the party;
         the set is used by the next sum of this shape (:meth:`_take_prepared`).
         """
-        if not self._randomness.keyed or self.parties < 2:
+        if not self._randomness.keyed:
             return
-        keys = [
-            [bytes(self._randomness.mask_key() or b"") for _ in range(1, self.parties)]
-            for _ in range(n_clients)
-        ]
+        keys = self._draw_keys(n_clients)
         masks = ClientMasks(keys, size, reuse)
         self._prepared = None  # an unused earlier set is dropped with its keys
         for rank in range(1, self.parties):
@@ -678,6 +668,13 @@ class CryptenAggregator(Aggregator):
             except (EOFError, OSError) as err:
                 raise pool.lost(rank, "preparing masks", err) from err
         self._prepared = masks
+
+    def _draw_keys(self, n_clients: int) -> list[list[bytes]]:
+        """Fresh mask keys: ``keys[c][r - 1]`` is client ``c``'s for party ``r`` (keyed masks)."""
+        keys = [
+            [self._randomness.mask_key() for _ in range(1, self.parties)] for _ in range(n_clients)
+        ]
+        return [[k for k in row if k is not None] for row in keys]
 
     def _take_prepared(
         self, kind: str, n_clients: int, size: int, early: bool
@@ -737,32 +734,35 @@ class CryptenAggregator(Aggregator):
         matrix: np.ndarray,
         weights: np.ndarray | None,
         precision: int,
-        keys: list[list[bytes | None]],
+        keys: list[list[bytes]] | None,
         buffers: list[SharedBuffer | None],
         totals: np.ndarray | None = None,
     ) -> list[tuple[int, Any]]:
         """Client-side work for one client: encode, split; share i goes to party i.
 
-        ``totals`` (prepared masks): row ``client`` is the sum of the client's masks.
-        Returns what to send, as ``(rank, message or array)`` in order.
+        The masks of parties 1.. are the expansions of ``keys[client]``, or (prepared
+        masks) sum to ``totals[client]``; with neither they are drawn from the OS CSPRNG
+        and sent in full. Returns what to send, as ``(rank, message or array)`` in order.
         """
         out: list[tuple[int, Any]] = []
         n_clients, n_values = matrix.shape
         size = n_values + (1 if weights is not None else 0)
         scale = float(weights[client]) if weights is not None else 1.0
         extra = scale if weights is not None else None
-        mask_keys = [k for k in keys[client] if k is not None]
         buffer0 = buffers[0]
         first = buffer0.inputs(n_clients, size)[client] if buffer0 is not None else None
         if first is None:
             first = np.empty(size, dtype=np.int64)
-        if totals is not None:
-            sharing.write_first_share(
-                matrix[client], scale, [], first, precision, extra, mask_total=totals[client]
-            )
-        else:
-            sharing.write_first_share(matrix[client], scale, mask_keys, first, precision, extra)
-        if not mask_keys:  # masks drawn from the OS CSPRNG and sent in full
+        sharing.write_first_share(
+            matrix[client],
+            scale,
+            keys[client] if keys is not None else [],
+            first,
+            precision,
+            extra,
+            mask_total=totals[client] if totals is not None else None,
+        )
+        if not self._randomness.keyed:  # masks drawn from the OS CSPRNG and sent in full
             for rank in range(1, self.parties):
                 mask = np.frombuffer(os.urandom(8 * size), dtype=np.int64)
                 np.subtract(first, mask, out=first)

@@ -501,6 +501,24 @@ class PartyLoop:
             )
         return prepared
 
+    def _use_prepared(self, op: msg.Aggregate, result: np.ndarray) -> None:
+        """Write the sum of the masks prepared for ``op`` into ``result``; count each key."""
+        prepared = self._take_prepared(op)
+        np.copyto(result, prepared.total())
+        self._spent = prepared
+        for client, key in enumerate(prepared.keys):
+            self._count(op, client, KEY_BYTES, key, None)
+
+    def _count(
+        self, op: msg.Aggregate, client: int, nbytes: int, key: bytes | None, share: Any
+    ) -> None:
+        """Count client ``client``'s share (and keep it, with ``record``)."""
+        self.counters["messages"] += 1
+        self.counters["bytes"] += nbytes
+        if self.record:
+            values = expand_key(key, op.size) if key is not None else np.array(share)
+            self._record(op, client, values)
+
     def _map_buffer(self, path: str | None) -> SharedBuffer | None:
         if path is None:
             return None
@@ -602,36 +620,26 @@ class PartyLoop:
             result = np.empty(op.size, np.int64)
         rows = np.empty((op.n_clients, op.size), np.int64) if op.kind == "argmax" else None
         keys: list[bytes] = []  # a sum of keyed shares is expanded once all keys are in
-        prepared = self._take_prepared(op) if op.share_format == "prepared" else None
-        if prepared is not None:  # the shares are masks expanded ahead
-            np.copyto(result, prepared.total())
-            self._spent = prepared
-            for client, prepared_key in enumerate(prepared.keys):
-                self.counters["messages"] += 1
-                self.counters["bytes"] += KEY_BYTES
-                if self.record:
-                    self._record(op, client, expand_key(prepared_key, op.size))
-        for client in range(op.n_clients if prepared is None else 0):
-            key, share, nbytes = self._next_share(op, client, buffer)
-            if rows is None and key is not None:
-                keys.append(key)
-            elif rows is not None:  # argmax keeps every share
-                target = rows[client]
-                if key is not None:
-                    MaskStream(key).fill(target)
+        if op.share_format == "prepared":  # the shares are masks expanded ahead
+            self._use_prepared(op, result)
+        else:
+            for client in range(op.n_clients):
+                key, share, nbytes = self._next_share(op, client, buffer)
+                if rows is None and key is not None:
+                    keys.append(key)
+                elif rows is not None:  # argmax keeps every share
+                    target = rows[client]
+                    if key is not None:
+                        MaskStream(key).fill(target)
+                    else:
+                        target[...] = share
+                elif share is None:
+                    raise ValueError(f"no share received for client {client}")
+                elif client == 0:
+                    np.copyto(result, share)
                 else:
-                    target[...] = share
-            elif share is None:
-                raise ValueError(f"no share received for client {client}")
-            elif client == 0:
-                np.copyto(result, share)
-            else:
-                np.add(result, share, out=result)
-            self.counters["messages"] += 1
-            self.counters["bytes"] += nbytes
-            if self.record:
-                values = expand_key(key, op.size) if key is not None else np.array(share)
-                self._record(op, client, values)
+                    np.add(result, share, out=result)
+                self._count(op, client, nbytes, key, share)
         if op.share_format == "sealed":
             self._check_sealed_operation()  # before anything is computed or revealed
         if keys:

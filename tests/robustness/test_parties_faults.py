@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _processes import alive
 
 try:
     from smpc.crypten_compat import import_crypten
@@ -35,14 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 WEIGHTS = [1.0, 2.0, 3.0]
 GRACE = 5.0  # "no party alive 5 s later"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -67,9 +60,9 @@ def _children(pid: int) -> list[int]:
 def _gone_within(pids: list[int], seconds: float = GRACE) -> list[int]:
     """Pids still alive after waiting up to ``seconds``."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 def _leftovers(pid: int) -> list[str]:
@@ -287,6 +280,6 @@ def test_sweep_sigkill_takes_its_parties(tmp_path, workers):
             proc.wait()
         # whatever survived a failed assertion is reaped here
         for pid in everything:
-            if _alive(pid):
+            if alive(pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)

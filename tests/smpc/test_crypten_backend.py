@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from _processes import alive
 
 import smpc
 from smpc import sharing
@@ -36,20 +37,8 @@ WEIGHTS = [120.0, 850.0, 3000.0, 42.0, 999.0]  # cell counts
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a reaped zombie is gone; an unreaped one would still answer kill(0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def _assert_all_gone(pids: list[int]) -> None:
-    assert pids and not [p for p in pids if _alive(p)]
+    assert pids and not [p for p in pids if alive(p)]
     assert not [c for c in multiprocessing.active_children() if c.pid in pids]
 
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from _processes import alive
 
 from smpc import party_pool
 from smpc.crypten_backend import CryptenAggregator
@@ -25,14 +26,6 @@ except ImportError as err:  # pragma: no cover - crypten is installed by the Mak
 WEIGHTS = [1.0, 2.0, 3.0]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _mean_ok(agg: CryptenAggregator) -> None:
     xs = [np.full(100, float(i)) for i in range(3)]
     np.testing.assert_allclose(agg.weighted_mean(xs, WEIGHTS), np.full(100, 8 / 6), atol=1e-9)
@@ -43,7 +36,7 @@ def test_warm_pool_is_reused_replaced_when_a_party_died_and_reaped_at_the_end():
         with CryptenAggregator() as first:
             _mean_ok(first)
             pids = first.pids
-        assert all(_alive(p) for p in pids)  # kept warm after close
+        assert all(alive(p) for p in pids)  # kept warm after close
         start = time.perf_counter()
         with CryptenAggregator() as second:
             assert second.pids == pids  # borrowed, not started
@@ -57,15 +50,15 @@ def test_warm_pool_is_reused_replaced_when_a_party_died_and_reaped_at_the_end():
             assert third.pids and not set(third.pids) & set(pids)
             _mean_ok(third)
             fresh = third.pids
-        assert not any(_alive(p) for p in pids)  # the broken pool was reaped
-    assert not any(_alive(p) for p in fresh)  # leaving warm_parties reaps the warm pool
+        assert not any(alive(p) for p in pids)  # the broken pool was reaped
+    assert not any(alive(p) for p in fresh)  # leaving warm_parties reaps the warm pool
 
 
 def test_without_opt_in_close_stops_the_parties():
     assert not party_pool.keeping_warm()
     with CryptenAggregator() as agg:
         pids = agg.pids
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 def test_a_pool_that_failed_is_never_given_back():
@@ -77,7 +70,7 @@ def test_a_pool_that_failed_is_never_given_back():
             _mean_ok(agg)
         agg.close()
         assert not party_pool._WARM.get(agg._pool.settings)
-        assert not any(_alive(p) for p in pids)
+        assert not any(alive(p) for p in pids)
 
 
 def test_sweep_workers_opt_in_to_warm_parties(monkeypatch):
@@ -146,11 +139,11 @@ def test_fresh_parties_start_in_the_background_and_the_first_operation_waits(mon
         threading.Timer(0.5, release.set).start()
         _mean_ok(agg)  # waits for the parties, then computes as before
         assert agg.startup_seconds >= 0.4
-        assert len(agg.pids) == 4 and all(_alive(p) for p in agg.pids)
+        assert len(agg.pids) == 4 and all(alive(p) for p in agg.pids)
     finally:
         release.set()
         agg.close()
-    assert not any(_alive(p) for p in agg.pids)
+    assert not any(alive(p) for p in agg.pids)
 
 
 def test_closing_before_the_parties_are_up_stops_them():
@@ -159,9 +152,9 @@ def test_closing_before_the_parties_are_up_stops_them():
     pool = agg._party_pool
     assert pool is not None and pool.closed
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(_alive(p) for p in pool.pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pool.pids):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in pool.pids)
+    assert not any(alive(p) for p in pool.pids)
     assert not os.path.exists(pool.rendezvous.removeprefix("file://").rsplit("/", 1)[0])
 
 
@@ -175,9 +168,9 @@ def test_a_rank_that_dies_while_the_mpc_forms_is_named_within_the_timeout():
         agg.argmax([np.arange(4.0), np.ones(4), np.zeros(4)])
     assert time.monotonic() - begin < 10.0
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(_alive(p) for p in agg.pids):
+    while time.monotonic() < deadline and any(alive(p) for p in agg.pids):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in agg.pids)
+    assert not any(alive(p) for p in agg.pids)
 
 
 MAIN_SCRIPT = """
@@ -241,5 +234,5 @@ def test_spawned_parties_outlive_their_start_up():
     with CryptenAggregator(start_method="spawn", warm=False) as agg:
         assert agg._party_pool is not None and agg._party_pool._starting.is_set()
         time.sleep(0.5)
-        assert all(_alive(p) for p in agg.pids)
+        assert all(alive(p) for p in agg.pids)
         _mean_ok(agg)

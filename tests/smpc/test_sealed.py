@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from _processes import alive
 
 from smpc import sealed
 from smpc.party_pool import PartyError
@@ -144,15 +145,4 @@ def test_sealed_operations_are_timed_and_an_interruption_stops_the_parties(monke
         with pytest.raises(KeyboardInterrupt):
             agg.aggregate_sealed("sum", blobs, NAMES[:2], ctx, 4, 24)
         assert agg._closed and agg._party_pool.closed
-        for pid in pids:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+        assert not [pid for pid in pids if alive(pid)]
