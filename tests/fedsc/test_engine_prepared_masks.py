@@ -24,7 +24,7 @@ class NoisyMethod:
 def test_every_fedavg_round_uses_prepared_masks():
     with smpc.make_aggregator("plaintext") as plain:
         want = run_federation(NoisyMethod(), range(4), plain, rounds=4, seed=3).state
-    with CryptenAggregator(transport="threads") as agg:  # parties up at once
+    with CryptenAggregator(transport="threads", prepare_masks=True) as agg:  # parties up now
         got = run_federation(NoisyMethod(), range(4), agg, rounds=4, seed=3).state
         assert agg.prepared_operations == 4  # every FedAvg round (not the metrics)
     for key, value in want.items():

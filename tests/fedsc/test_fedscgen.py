@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import anndata as ad
 import numpy as np
@@ -216,6 +217,28 @@ def test_fedavg_weights_by_training_cell_count(panc):
     # unweighted (1/K) averaging would differ
     uniform = torch.stack([s["mu.weight"].double() for s in states]).mean(0)
     assert not torch.allclose(got["mu.weight"].double(), uniform, atol=1e-6)
+
+
+def test_without_dp_opacus_is_never_imported(panc, monkeypatch):
+    # DP-SGD (Opacus, ~1.7 s to import) is loaded only for runs that ask for DP: with its
+    # module unimportable, a run without DP still trains and corrects.
+    monkeypatch.setitem(sys.modules, "fedsc.methods.dp_sgd", None)
+    res = run_fedscgen(
+        panc.copy(),
+        **KEYS,
+        aggregator="plaintext",
+        config=FedScGenConfig(**TINY, rounds=1, local_epochs=1),
+        seed=0,
+    )
+    assert len(res.federation_result.history) == 1
+    with pytest.raises(ImportError):  # the block works: DP needs the module
+        run_fedscgen(
+            panc.copy(),
+            **KEYS,
+            aggregator="plaintext",
+            config=FedScGenConfig(**TINY, rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0}),
+            seed=0,
+        )
 
 
 def test_one_client_federation_replays_centralized_training(panc):

@@ -14,6 +14,7 @@ import pytest
 
 from fedsc import settings
 from fedsc.settings import _caches
+from smpc import cpus
 
 ENV_KEYS = (
     "OMP_WAIT_POLICY",
@@ -76,32 +77,9 @@ def test_import_changes_nothing_and_apply_sets_caches_and_filters(tmp_path):
     assert s["again"] == applied  # idempotent
 
 
-def test_cgroup_quota_v2_and_v1(tmp_path):
-    proc = tmp_path / "cgroup"
-    proc.write_text("0::/job/step\n")
-    (tmp_path / "job" / "step").mkdir(parents=True)
-    (tmp_path / "job" / "step" / "cpu.max").write_text("max 100000\n")
-    (tmp_path / "job" / "cpu.max").write_text("150000 100000\n")
-    assert settings._cgroup_cpu_limit(tmp_path, proc) == 1.5
-
-    v1 = tmp_path / "v1"
-    (v1 / "cpu,cpuacct" / "a").mkdir(parents=True)
-    (v1 / "cpu,cpuacct" / "a" / "cpu.cfs_quota_us").write_text("300000\n")
-    (v1 / "cpu,cpuacct" / "a" / "cpu.cfs_period_us").write_text("100000\n")
-    (v1 / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
-    (v1 / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
-    proc.write_text("4:memory:/x\n3:cpu,cpuacct:/a\n")
-    assert settings._cgroup_cpu_limit(v1, proc) == 3.0
-    assert settings._cgroup_cpu_limit(tmp_path / "none", proc) is None
-
-
-def test_available_cpus_respects_affinity_and_quota(monkeypatch):
+def test_threads_default_to_the_available_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: 2.5)
-    assert settings.available_cpus() == 3
-    monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: 0.2)
-    assert settings.available_cpus() == 1
-    monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(cpus, "_cgroup_cpu_limit", lambda: None)
     assert settings.available_cpus() == 4
     monkeypatch.setitem(settings._values, "threads", None)
     monkeypatch.setattr(settings, "_USER_OMP_THREADS", None)

@@ -60,7 +60,7 @@ def test_prepared_operations_equal_plaintext_and_are_used_once_per_shape(transpo
     xs, other = _clients(N, seed=1), _clients(N + 5, seed=2)
     with (
         smpc.make_aggregator("plaintext") as plain,
-        CryptenAggregator(transport=transport) as agg,
+        CryptenAggregator(transport=transport, prepare_masks=True) as agg,
     ):
         agg.wait_for_parties()
         agg.reserve(K, N)  # weighted means of N values: N + 1 per client
@@ -82,7 +82,7 @@ def test_prepared_operations_equal_plaintext_and_are_used_once_per_shape(transpo
 
 def test_parties_receive_a_sharing_with_fresh_keys_each_operation():
     xs = _clients(N, seed=3)
-    with CryptenAggregator(transport="threads", record_received=True) as agg:
+    with CryptenAggregator(transport="threads", record_received=True, prepare_masks=True) as agg:
         agg.reserve(K, N)
         agg.received_by_parties()
         agg.weighted_mean(xs, WEIGHTS)
@@ -110,7 +110,7 @@ def test_warm_parties_ignore_a_set_an_earlier_aggregator_left():
     with smpc.make_aggregator("plaintext") as plain, warm_parties():
         want = plain.weighted_mean(xs, WEIGHTS)
         for _ in range(2):
-            with CryptenAggregator(transport="pipe") as agg:
+            with CryptenAggregator(transport="pipe", prepare_masks=True) as agg:
                 agg.wait_for_parties()
                 agg.reserve(K, N)
                 np.testing.assert_allclose(agg.weighted_mean(xs, WEIGHTS), want, atol=1e-9)
@@ -204,7 +204,9 @@ def test_masks_are_prepared_exactly_when_they_travel_as_keys(mode, source, keyed
     seed = 1 if mode == "debug" else None
     with (
         smpc.make_aggregator("plaintext") as plain,
-        CryptenAggregator(transport="threads", mode=mode, seed=seed, mask_source=source) as agg,
+        CryptenAggregator(
+            transport="threads", mode=mode, seed=seed, mask_source=source, prepare_masks=True
+        ) as agg,
     ):
         assert agg._randomness.keyed is keyed
         agg.reserve(K, N)
@@ -213,3 +215,27 @@ def test_masks_are_prepared_exactly_when_they_travel_as_keys(mode, source, keyed
         assert agg.prepared_operations == int(keyed)
         key_bytes = K * 32 if keyed else K * (N + 1) * 8
         assert agg.ledger.entries[-1].bytes_to_party[1:] == [key_bytes, key_bytes]
+
+
+@pytest.mark.parametrize(("cpus", "torch_threads", "prepared"), [(2, 1, False), (8, 4, True)])
+def test_by_default_masks_are_prepared_only_with_spare_cpus(
+    monkeypatch, cpus, torch_threads, prepared
+):
+    """One expansion thread here and one per party 1..: 3 CPUs spare besides torch's."""
+    import torch
+
+    import smpc.crypten_backend as backend
+
+    monkeypatch.setattr(backend, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    xs = _clients(N, seed=6)
+    with smpc.make_aggregator("plaintext") as plain, CryptenAggregator(transport="threads") as agg:
+        agg.reserve(K, N)
+        assert agg.prepares_masks is prepared
+        for _ in range(2):
+            mean = agg.weighted_mean(xs, WEIGHTS)
+            np.testing.assert_allclose(mean, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-9)
+        assert agg.prepared_operations == (2 if prepared else 0)
+    with CryptenAggregator(transport="threads", prepare_masks=not prepared) as agg:
+        agg.reserve(K, N)  # an explicit choice wins
+        assert agg.prepares_masks is not prepared
