@@ -59,9 +59,21 @@ class Spec:
         return out if self.is_mapping else out[None]
 
 
-def _to_numpy(value: Any, name: str) -> tuple[np.ndarray, Any, bool]:
+# torch dtypes numpy can view; others (bfloat16, ...) are converted to float64 first.
+_NUMPY_DTYPES = (
+    {torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16}
+    | {torch.int8, torch.uint8, torch.bool}
+    if torch is not None
+    else set()
+)
+
+
+def _leaf(key: str | None, value: Any, name: str) -> tuple[_Leaf, np.ndarray]:
+    """One leaf's spec and a numpy view of its values (no copy where numpy can view them)."""
     if torch is not None and isinstance(value, torch.Tensor):
-        return value.detach().cpu().to(torch.float64).numpy().ravel(), value.dtype, True
+        t = value.detach().cpu().resolve_conj().resolve_neg()
+        source = (t if t.dtype in _NUMPY_DTYPES else t.to(torch.float64)).numpy()
+        return _Leaf(key, tuple(t.shape), value.dtype, True), source
     arr = np.asarray(value)
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
@@ -70,27 +82,43 @@ def _to_numpy(value: Any, name: str) -> tuple[np.ndarray, Any, bool]:
             f"{name}: expected a numeric tensor or array, got dtype {arr.dtype}; "
             "convert it with numpy.asarray(x, dtype=float) first."
         )
-    return arr.astype(np.float64).ravel(), arr.dtype, False
+    return _Leaf(key, tuple(arr.shape), arr.dtype, False), arr
+
+
+def _parse(value: Any, name: str) -> tuple[Spec, list[np.ndarray]]:
+    """The spec of a tensor, array or mapping of them, and its leaves' values in order."""
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"{name}: empty mapping; pass at least one tensor.")
+        parsed = [_leaf(str(key), value[key], f"{name}[{key!r}]") for key in sorted(value)]
+        return Spec(tuple(leaf for leaf, _ in parsed), True), [src for _, src in parsed]
+    leaf, source = _leaf(None, value, name)
+    return Spec((leaf,), False), [source]
+
+
+def _fill(out: np.ndarray, sources: Sequence[np.ndarray]) -> None:
+    """Write the leaves into ``out`` (float64), converting on the way: one pass, no temporaries."""
+    offset = 0
+    for source in sources:
+        n = source.size
+        out[offset : offset + n] = source.reshape(-1)
+        offset += n
 
 
 def flatten(value: Any, name: str = "contribution") -> tuple[np.ndarray, Spec]:
     """Flatten a tensor, array, or mapping of them to (float64 vector, spec)."""
-    if isinstance(value, Mapping):
-        if not value:
-            raise ValueError(f"{name}: empty mapping; pass at least one tensor.")
-        parts, leaves = [], []
-        for key in sorted(value):
-            flat, dtype, is_torch = _to_numpy(value[key], f"{name}[{key!r}]")
-            shape = tuple(np.shape(value[key]))
-            parts.append(flat)
-            leaves.append(_Leaf(str(key), shape, dtype, is_torch))
-        return np.concatenate(parts), Spec(tuple(leaves), True)
-    flat, dtype, is_torch = _to_numpy(value, name)
-    return flat, Spec((_Leaf(None, tuple(np.shape(value)), dtype, is_torch),), False)
+    spec, sources = _parse(value, name)
+    flat = np.empty(spec.size, dtype=np.float64)
+    _fill(flat, sources)
+    return flat, spec
 
 
 def flatten_all(contributions: Sequence[Any]) -> tuple[np.ndarray, Spec]:
-    """Flatten K contributions of identical structure into a (K, D) float64 matrix."""
+    """Flatten K contributions of identical structure into a (K, D) float64 matrix.
+
+    Each value is written once, straight into the matrix (a model state of millions of
+    values per client: converting, concatenating and stacking copies took ~3x longer).
+    """
     if isinstance(contributions, Mapping) or not isinstance(contributions, Sequence):
         raise TypeError(
             "contributions must be a list with one entry per client, "
@@ -98,29 +126,24 @@ def flatten_all(contributions: Sequence[Any]) -> tuple[np.ndarray, Spec]:
         )
     if len(contributions) == 0:
         raise ValueError("contributions is empty: at least one client must contribute.")
-    rows, spec0 = [], None
-    for i, c in enumerate(contributions):
-        flat, spec = flatten(c, name=f"client {i}")
-        if spec0 is None:
-            spec0 = spec
-        elif [(leaf.key, leaf.shape) for leaf in spec.leaves] != [
-            (leaf.key, leaf.shape) for leaf in spec0.leaves
-        ]:
+    parsed = [_parse(c, f"client {i}") for i, c in enumerate(contributions)]
+    spec0 = parsed[0][0]
+    structure = [(leaf.key, leaf.shape) for leaf in spec0.leaves]
+    for i, (spec, _) in enumerate(parsed):
+        if [(leaf.key, leaf.shape) for leaf in spec.leaves] != structure:
             raise ValueError(
                 f"client {i}: its contribution has keys/shapes "
                 f"{[(leaf.key, leaf.shape) for leaf in spec.leaves]} but client 0 has "
-                f"{[(leaf.key, leaf.shape) for leaf in spec0.leaves]}; all clients must send "
-                "the same structure."
+                f"{structure}; all clients must send the same structure."
             )
-        rows.append(flat)
-    assert spec0 is not None
-    matrix = np.stack(rows)
-    if not np.all(np.isfinite(matrix)):
-        bad = int(np.argwhere(~np.isfinite(matrix))[0, 0])
-        raise ValueError(
-            f"client {bad}: contribution contains NaN or Inf; fix the local update "
-            "(e.g. lower the learning rate) before aggregating."
-        )
+    matrix = np.empty((len(parsed), spec0.size), dtype=np.float64)
+    for i, (_, sources) in enumerate(parsed):
+        _fill(matrix[i], sources)
+        if not np.isfinite(matrix[i]).all():
+            raise ValueError(
+                f"client {i}: contribution contains NaN or Inf; fix the local update "
+                "(e.g. lower the learning rate) before aggregating."
+            )
     return matrix, spec0
 
 
