@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -550,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsc import settings
 
     settings.update(threads=args.threads)  # None (not given): keep $FEDSC_THREADS
+    _prestart_backend(args)
     with settings.logging_to_stderr(min(args.verbose, 2) or None):
         settings.apply()  # threads, passive OpenMP waiting, compile caches, warning filters
         try:
@@ -564,6 +566,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(f"fedsc: error: {_describe_error(exc)}", file=sys.stderr)
             return 2 if _is_user_error(exc) else 1
+
+
+def _prestart_backend(args: argparse.Namespace) -> None:
+    """``fedsc run``: start the backend's slow parts before fedsc's own imports.
+
+    CrypTen's fork server then imports torch and CrypTen (~2 CPU-s) beside them rather
+    than during the run. Best effort: a bad option is reported by the run itself.
+    """
+    if args.command != "run" or args.deploy is not None:
+        return
+    import smpc
+    from fedsc.methods import get_method
+
+    with contextlib.suppress(Exception):
+        if not get_method(args.method).federated:
+            return
+        options = _params(args.backend_option, "--backend-option", "parties=3")
+        smpc.prestart(args.backend, **options)
 
 
 def _library_errors() -> tuple[type[BaseException], ...]:

@@ -19,6 +19,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+import smpc
 from fedsc import datasets, settings
 from fedsc.data.access import representation
 from fedsc.data.inclusion import apply_inclusion
@@ -335,12 +336,15 @@ def execute_run(
     the same run. With ``cfg.deploy`` the method runs as a Flower deployment on this
     machine (:mod:`fedsc.deploy.experiment`) and is evaluated the same way.
     """
+    spec = get_method(cfg.method)
+    if spec.federated and cfg.deploy is None:
+        # CrypTen's fork server imports torch and CrypTen while the data load (idempotent)
+        smpc.prestart(cfg.backend, **cfg.backend_options)
     settings.apply()  # threads, passive waiting, compile caches (idempotent)
     start = time.perf_counter()
     adata = load_dataset(cfg.dataset) if adata is None else adata
     validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key)
     check_holdout_batches(cfg, adata.obs[cfg.batch_key].unique())  # before any training
-    spec = get_method(cfg.method)
     privacy = in_run.start(cfg, adata, spec)  # attacks + DP (checked now that n is known)
     if cfg.deploy is not None:  # RunConfig refused attacks and DP with deploy
         from fedsc.deploy.experiment import deploy_run

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from smpc.aggregator import Aggregator, AggregatorClosedError, RevealRefusedError
     from smpc.ledger import Ledger, LedgerEntry
     from smpc.mechanisms import MECHANISMS, Mechanism, MechanismAggregator, make_mechanism
-    from smpc.registry import BACKENDS, make_aggregator
+    from smpc.registry import BACKENDS, make_aggregator, prestart
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
@@ -28,6 +28,7 @@ _EXPORTS = {
     "make_mechanism": "smpc.mechanisms",
     "BACKENDS": "smpc.registry",
     "make_aggregator": "smpc.registry",
+    "prestart": "smpc.registry",
 }
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "RevealRefusedError",
     "make_aggregator",
     "make_mechanism",
+    "prestart",
 ]
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import multiprocessing.spawn
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,9 @@ def install() -> None:
     """Load CrypTen and make party children skip the main module (idempotent)."""
     import_crypten()
     multiprocessing.spawn.prepare = _prepare_without_main
+    guard = sys.modules.get("smpc.forkserver_guard")  # imported by the fork server only
+    if guard is not None:
+        guard.release()  # no thread left running when the server forks
 
 
 install()

@@ -103,6 +103,26 @@ def _main_without_phantom_file() -> Iterator[None]:
         main.__file__ = path
 
 
+#: What the parties' fork server imports once, so each party is a ~50 ms fork with torch
+#: and CrypTen loaded; :mod:`smpc.crypten_preload` also keeps the coordinator's main
+#: module out of the parties, and :mod:`smpc.forkserver_guard` (first) ends the server if
+#: its parent dies during these imports.
+FORKSERVER_PRELOAD = ["smpc.forkserver_guard", "smpc.party", "smpc.crypten_preload"]
+
+
+def start_fork_server() -> None:
+    """Start the parties' fork server now; it imports in the background (idempotent).
+
+    Its imports (torch and CrypTen, ~2 CPU-s) then overlap the caller's own set-up; a
+    later :meth:`PartyPool.start_processes` forks the parties from it.
+    """
+    import multiprocessing.forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    with _main_without_phantom_file():
+        multiprocessing.forkserver.ensure_running()
+
+
 class PartyPool:
     """One set of computation parties (and the dealer) serving one coordinator at a time.
 
@@ -189,10 +209,7 @@ class PartyPool:
         try:
             ctx: Any = multiprocessing.get_context(settings.start_method)
             if settings.start_method == "forkserver":
-                # Import torch and CrypTen once in the fork server, so each party is a
-                # ~50 ms fork; smpc.crypten_preload also keeps the coordinator's main
-                # module out of the parties.
-                ctx.set_forkserver_preload(["smpc.party", "smpc.crypten_preload"])
+                ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
             parent = multiprocessing.parent_process()
             options = {
                 "provider": settings.provider,

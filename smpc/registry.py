@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from smpc.aggregator import Aggregator
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported lazily: this module (and the backend names) loads without torch
+    from smpc.aggregator import Aggregator
     from smpc.mechanisms.registry import MechanismSpec
 
 
@@ -25,10 +24,36 @@ def _crypten(**options: Any) -> Aggregator:
     return CryptenAggregator(**options)
 
 
+def _crypten_prestart(**options: Any) -> None:
+    from smpc.party_pool import start_fork_server
+
+    local = options.get("party_addresses") is None and options.get("transport") != "threads"
+    if local and options.get("start_method", "forkserver") == "forkserver":
+        start_fork_server()
+
+
 BACKENDS: dict[str, Callable[..., Aggregator]] = {
     "plaintext": _plaintext,
     "crypten": _crypten,
 }
+
+#: Optional per backend: start its slow parts in the background (see :func:`prestart`).
+PRESTARTS: dict[str, Callable[..., None]] = {
+    "crypten": _crypten_prestart,
+}
+
+
+def prestart(name: str, **options: Any) -> None:
+    """Start what ``make_aggregator(name, **options)`` will need, in the background.
+
+    CrypTen's local parties are forked from a server that imports torch and CrypTen
+    (~2 CPU-s); started first thing, that import overlaps the caller's own set-up (imports,
+    loading data) instead of its first operations. Best effort and idempotent: a no-op for
+    backends without a start-up and for unknown names (``make_aggregator`` reports those).
+    """
+    hook = PRESTARTS.get(name)
+    if hook is not None:
+        hook(**options)
 
 
 def make_aggregator(

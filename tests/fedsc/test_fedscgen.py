@@ -222,7 +222,10 @@ def test_fedavg_weights_by_training_cell_count(panc):
 def test_without_dp_opacus_is_never_imported(panc, monkeypatch):
     # DP-SGD (Opacus, ~1.7 s to import) is loaded only for runs that ask for DP: with its
     # module unimportable, a run without DP still trains and corrects.
+    import fedsc.methods
+
     monkeypatch.setitem(sys.modules, "fedsc.methods.dp_sgd", None)
+    monkeypatch.delattr(fedsc.methods, "dp_sgd", raising=False)  # imported by other tests
     res = run_fedscgen(
         panc.copy(),
         **KEYS,
