@@ -61,3 +61,26 @@ def test_unknown_method_option_in_a_scenario_is_a_clear_error():
             stages=[["indrop", "celseq"], ["celseq2"]],
             params={"mu_typo": 0},
         )
+
+
+def test_run_starts_the_backend_before_the_runner_loads(monkeypatch, tmp_path):
+    """`fedsc run` prestarts a federated method's backend (CrypTen's fork server) first."""
+    import smpc.registry
+    from fedsc import runner
+
+    events: list[str] = []
+    monkeypatch.setitem(
+        smpc.registry.PRESTARTS, "crypten", lambda **opts: events.append(f"prestart {opts}")
+    )
+    monkeypatch.setattr(runner, "load_dataset", lambda name: events.append("load") or 1 / 0)
+    args = ["--backend", "crypten", "--backend-option", "transport=pipe", "--out"]
+    code = main(["run", "scbatchprox", "--input", "pancreas", *args, str(tmp_path / "o")])
+    assert code == 1  # the stubbed loader's ZeroDivisionError
+    assert events == [
+        "prestart {'transport': 'pipe'}",  # the CLI, before fedsc's own imports
+        "prestart {'transport': 'pipe'}",  # execute_run, before loading (idempotent)
+        "load",
+    ]
+    events.clear()  # a centralized method: refused, and no fork server started for it
+    assert main(["run", "scgen", "--input", "pancreas", *args, str(tmp_path / "p")]) == 2
+    assert events == []

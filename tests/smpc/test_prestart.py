@@ -1,0 +1,50 @@
+"""``smpc.prestart``: a backend's slow start-up begins early, only where it will be used."""
+
+from __future__ import annotations
+
+import pytest
+
+import smpc
+from smpc import party_pool
+
+
+@pytest.fixture
+def fork_server_starts(monkeypatch):
+    calls: list[None] = []
+    monkeypatch.setattr(party_pool, "start_fork_server", lambda: calls.append(None))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "starts"),
+    [
+        ("crypten", {}, True),
+        ("crypten", {"parties": 3, "transport": "pipe"}, True),
+        ("crypten", {"transport": "threads"}, False),  # no processes
+        ("crypten", {"party_addresses": [("127.0.0.1", 1)]}, False),  # remote parties
+        ("crypten", {"start_method": "spawn"}, False),  # no fork server
+        ("plaintext", {}, False),
+        ("no-such-backend", {}, False),  # make_aggregator reports unknown names
+    ],
+)
+def test_prestart_starts_the_fork_server_only_for_local_forkserver_parties(
+    fork_server_starts, name, options, starts
+):
+    smpc.prestart(name, **options)
+    assert len(fork_server_starts) == int(starts)
+
+
+def test_a_started_fork_server_serves_the_parties(monkeypatch):
+    """The server prestart starts is the one the parties are forked from (no second one)."""
+    import multiprocessing.forkserver as forkserver
+
+    from smpc.crypten_backend import CryptenAggregator
+
+    smpc.prestart("crypten")
+    server = forkserver._forkserver._forkserver_pid
+    assert server is not None
+    smpc.prestart("crypten")  # idempotent
+    assert forkserver._forkserver._forkserver_pid == server
+    with CryptenAggregator(transport="pipe") as agg:
+        assert agg.weighted_mean([[1.0, 2.0], [3.0, 4.0]], [1.0, 3.0]).tolist() == [2.5, 3.5]
+        assert forkserver._forkserver._forkserver_pid == server
