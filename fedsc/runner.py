@@ -338,7 +338,7 @@ def execute_run(
     """
     spec = get_method(cfg.method)
     if spec.federated and cfg.deploy is None:
-        # CrypTen's fork server imports torch and CrypTen while the data load (idempotent)
+        # CrypTen's fork server imports torch and CrypTen while the data loads (idempotent)
         smpc.prestart(cfg.backend, **cfg.backend_options)
     settings.apply()  # threads, passive waiting, compile caches (idempotent)
     start = time.perf_counter()
