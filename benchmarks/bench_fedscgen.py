@@ -36,6 +36,7 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -245,8 +246,6 @@ def run_sweep_worker_pairs(args: argparse.Namespace) -> None:
     One warm-up crypten run starts the parties; then ``--runner-repeats`` alternating
     plaintext/crypten pairs, in this process (as a worker runs the runs of a sweep).
     """
-    import statistics
-
     from fedsc.run_config import RunConfig
     from fedsc.runner import execute_run
     from smpc.party_pool import warm_parties
@@ -281,17 +280,22 @@ def run_sweep_worker_pairs(args: argparse.Namespace) -> None:
                 f"    pair {i + 1}: plaintext {plain:5.2f} s, crypten {crypten:5.2f} s "
                 f"(aggregations {plain_agg:.2f} / {crypten_agg:.2f} s): {ratios[-1]:.2f} x"
             )
+    _print_ratios("sweep worker, crypten / plaintext method_seconds", ratios)
+
+
+def _print_ratios(label: str, ratios: list[float]) -> None:
     print(
-        f"  sweep worker, crypten / plaintext method_seconds: median "
-        f"{statistics.median(ratios):.2f} x (range {min(ratios):.2f}-{max(ratios):.2f}; "
-        "target <= 1.5)"
+        f"  {label}: median {statistics.median(ratios):.2f} x "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f}; target <= 1.5)"
     )
 
 
 def _fedsc_run(backend: str, args: argparse.Namespace, out: str) -> dict:
-    """One ``fedsc run`` (the installed command, a fresh process); its run.json figures."""
+    """One ``fedsc run`` (``python -m fedsc.cli``, a fresh process); its run.json figures."""
     cmd = [
-        *_fedsc_command(),
+        sys.executable,
+        "-m",
+        "fedsc.cli",
         "run",
         "fedscgen",
         "--input=pancreas",
@@ -316,14 +320,6 @@ def _fedsc_run(backend: str, args: argparse.Namespace, out: str) -> dict:
         "aggregation_seconds": info["ledger"]["totals"]["seconds"],
         "process_seconds": wall,
     }
-
-
-def _fedsc_command() -> list[str]:
-    """The ``fedsc`` console script beside this Python, else ``python -m fedsc.cli``."""
-    script = os.path.join(os.path.dirname(sys.executable), "fedsc")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "import sys; from fedsc.cli import main; sys.exit(main())"]
 
 
 def run_runner_pairs(args: argparse.Namespace) -> None:
@@ -358,12 +354,8 @@ def run_runner_pairs(args: argparse.Namespace) -> None:
                 f" {ratios[-1]:.2f} x; whole process {plain['process_seconds']:5.2f} / "
                 f"{crypten['process_seconds']:5.2f} s: {process_ratios[-1]:.2f} x"
             )
-    for label, values in (("method_seconds", ratios), ("whole process", process_ratios)):
-        values.sort()
-        print(
-            f"  fedsc run, crypten / plaintext {label}: median {values[len(values) // 2]:.2f} x"
-            f" (range {values[0]:.2f}-{values[-1]:.2f}; target <= 1.5)"
-        )
+    _print_ratios("fedsc run, crypten / plaintext method_seconds", ratios)
+    _print_ratios("fedsc run, crypten / plaintext whole process", process_ratios)
 
 
 def main() -> None:

@@ -211,9 +211,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         value = getattr(args, option, None) if option not in _COMMON_DESTS else None
         if value is not None:
             params[option] = _option_value(args.method, option, value)
-    backend_options = _params(args.backend_option, "--backend-option", "parties=3")
-    if args.mode:
-        backend_options["mode"] = args.mode
     cfg = RunConfig(
         method=args.method,
         dataset=args.input,
@@ -222,7 +219,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         use_rep=args.use_rep,
         upstream=args.upstream,
         backend=args.backend,
-        backend_options=backend_options,
+        backend_options=_backend_options(args),
         mechanisms=args.mechanism,
         seed=args.seed,
         params=params,
@@ -568,6 +565,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2 if _is_user_error(exc) else 1
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``fedsc run``'s ``--backend-option KEY=VALUE`` pairs and ``--mode``."""
+    options = _params(args.backend_option, "--backend-option", "parties=3")
+    if args.mode:
+        options["mode"] = args.mode
+    return options
+
+
 def _prestart_backend(args: argparse.Namespace) -> None:
     """``fedsc run``: start the backend's slow parts before fedsc's own imports.
 
@@ -582,8 +587,7 @@ def _prestart_backend(args: argparse.Namespace) -> None:
     with contextlib.suppress(Exception):
         if not get_method(args.method).federated:
             return
-        options = _params(args.backend_option, "--backend-option", "parties=3")
-        smpc.prestart(args.backend, **options)
+        smpc.prestart(args.backend, **_backend_options(args))
 
 
 def _library_errors() -> tuple[type[BaseException], ...]:

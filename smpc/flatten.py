@@ -59,20 +59,14 @@ class Spec:
         return out if self.is_mapping else out[None]
 
 
-# torch dtypes numpy can view; others (bfloat16, ...) are converted to float64 first.
-_NUMPY_DTYPES = (
-    {torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16}
-    | {torch.int8, torch.uint8, torch.bool}
-    if torch is not None
-    else set()
-)
-
-
 def _leaf(key: str | None, value: Any, name: str) -> tuple[_Leaf, np.ndarray]:
     """One leaf's spec and a numpy view of its values (no copy where numpy can view them)."""
     if torch is not None and isinstance(value, torch.Tensor):
         t = value.detach().cpu().resolve_conj().resolve_neg()
-        source = (t if t.dtype in _NUMPY_DTYPES else t.to(torch.float64)).numpy()
+        try:
+            source = t.numpy()  # a view: no copy
+        except TypeError:  # a dtype numpy lacks (bfloat16): through float64
+            source = t.to(torch.float64).numpy()
         return _Leaf(key, tuple(t.shape), value.dtype, True), source
     arr = np.asarray(value)
     if arr.dtype == object or not (

@@ -25,10 +25,12 @@ def _crypten(**options: Any) -> Aggregator:
 
 
 def _crypten_prestart(**options: Any) -> None:
-    from smpc.party_pool import start_fork_server
+    from smpc.party_pool import PoolSettings, start_fork_server
 
-    local = options.get("party_addresses") is None and options.get("transport") != "threads"
-    if local and options.get("start_method", "forkserver") == "forkserver":
+    default = PoolSettings()  # the pool's defaults (CryptenAggregator's too)
+    local = options.get("party_addresses") is None
+    processes = options.get("transport", default.transport) != "threads"
+    if local and processes and options.get("start_method", default.start_method) == "forkserver":
         start_fork_server()
 
 

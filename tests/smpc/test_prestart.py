@@ -34,7 +34,7 @@ def test_prestart_starts_the_fork_server_only_for_local_forkserver_parties(
     assert len(fork_server_starts) == int(starts)
 
 
-def test_a_started_fork_server_serves_the_parties(monkeypatch):
+def test_a_started_fork_server_serves_the_parties():
     """The server prestart starts is the one the parties are forked from (no second one)."""
     import multiprocessing.forkserver as forkserver
 
@@ -48,3 +48,25 @@ def test_a_started_fork_server_serves_the_parties(monkeypatch):
     with CryptenAggregator(transport="pipe") as agg:
         assert agg.weighted_mean([[1.0, 2.0], [3.0, 4.0]], [1.0, 3.0]).tolist() == [2.5, 3.5]
         assert forkserver._forkserver._forkserver_pid == server
+        assert {_parent(pid) for pid in agg.pids} == {server}  # forked from it
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_smpc_and_fedsc_settings_load_without_torch():
+    """`import smpc`, its backend names, prestart and cpus, and fedsc.settings skip torch."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, smpc, smpc.cpus, fedsc.settings\n"
+        "names = list(smpc.BACKENDS), smpc.prestart, smpc.cpus.available_cpus()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert all(getattr(smpc, n) is not None for n in smpc.__all__)  # lazily, all resolve\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
