@@ -4,11 +4,16 @@ Submodules load on first use (``fedsc.tl``, ``fedsc.datasets``, ``fedsc.evaluati
 so ``import fedsc`` stays cheap. Importing changes no global state (numba, JAX, torch,
 ``warnings``, ``logging``): call ``fedsc.settings.apply()`` for fedsc's thread, compile-cache
 and warning settings (the CLI and the runner do), ideally before importing torch.
+The one exception is an opt-in: with ``FEDSC_REPRODUCIBLE=portable`` exported, importing
+fedsc before numpy and torch sets the variables that pin their kernels
+(:mod:`fedsc.settings._numerics`), since they read them only when they load.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from importlib import metadata
 from typing import Any
 
@@ -36,6 +41,14 @@ _SUBMODULES = {
 }
 
 __all__ = ["__version__", *sorted(_SUBMODULES)]
+
+
+if os.environ.get("FEDSC_REPRODUCIBLE", "").strip().lower() == "portable" and not (
+    {"numpy", "torch"} & set(sys.modules)
+):
+    from fedsc.settings._numerics import portable_environment
+
+    os.environ.update(portable_environment())
 
 
 def __getattr__(name: str) -> Any:

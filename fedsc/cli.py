@@ -524,6 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="threads for torch/BLAS/OpenMP (default: $FEDSC_THREADS, else the CPUs "
             "available to this process; 'auto')",
         )
+        p.add_argument(
+            "--reproducible",
+            choices=("fast", "portable"),
+            default=default,
+            help="'portable': the same bits on every x86-64-v3 CPU (pinned kernels, one "
+            "thread; docs/reproducibility.md); default: $FEDSC_REPRODUCIBLE, else 'fast'",
+        )
 
     parser = argparse.ArgumentParser(
         prog="fedsc", description="Privacy-preserving federated batch correction."
@@ -547,7 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fedsc import settings
 
-    settings.update(threads=args.threads)  # None (not given): keep $FEDSC_THREADS
+    settings.update(threads=args.threads, reproducible=args.reproducible)
+    if argv is None and settings.reproducible == "portable":
+        _restart_portable()  # numpy is loaded: the pinned kernels need a fresh interpreter
     _prestart_backend(args)
     with settings.logging_to_stderr(min(args.verbose, 2) or None):
         settings.apply()  # threads, passive OpenMP waiting, compile caches, warning filters
@@ -563,6 +572,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(f"fedsc: error: {_describe_error(exc)}", file=sys.stderr)
             return 2 if _is_user_error(exc) else 1
+
+
+def _restart_portable() -> None:
+    """Replace this process by the same command with the portable mode's variables set.
+
+    numpy (loaded by this module) and torch read them only when they load. Once: the new
+    process finds them set and goes on.
+    """
+    import os
+
+    from fedsc import settings
+    from fedsc.settings import _numerics
+
+    env = dict(os.environ)
+    settings.configure_environment(environ=env)
+    if not _numerics.loaded_mismatches() and all(
+        os.environ.get(k) == v for k, v in _numerics.portable_environment(env).items()
+    ):
+        return
+    if os.environ.get("FEDSC_PORTABLE_RESTARTED"):  # the variables did not take effect
+        return  # settings.apply() then names what did not
+    env["FEDSC_PORTABLE_RESTARTED"] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "fedsc.cli", *sys.argv[1:]], env)
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:

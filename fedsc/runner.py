@@ -171,9 +171,11 @@ def _run_method(
     agg = agg if spec.federated else None
     if cfg.scenario is not None:
         inputs = run_inputs(cfg, agg, None, show_progress)
+        settings.apply_threads()
         work = spec.scenario(cfg.scenario)(adata, inputs, config)
         return Prepared(work, f"X_{cfg.upstream}", cfg.upstream)
     prepared = INPUT_PREPARATION[spec.input](adata, cfg)
+    settings.apply_threads()  # preparation may have changed torch's threads (numba's OpenMP)
     spec.fit(prepared.adata, run_inputs(cfg, agg, prepared.use_rep, show_progress), config)
     if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
         work = apply_inclusion(
@@ -413,6 +415,8 @@ def evaluate_run(
             "ledger": ledger,
             "evaluated": {"before": before, "after": after},
             "cpu_count": os.cpu_count(),
+            # CPU, kernels chosen, threads, variables: why two runs' bits differ
+            "numerics": settings.numerical_environment(),
             **outcome.info,
         }
     )

@@ -25,6 +25,15 @@ Settings (each with an environment variable read when this module is imported):
     Level used by :func:`configure_logging` (the CLI's ``-v``/``-vv``).
 ``progress_interval`` (``FEDSC_PROGRESS_INTERVAL``, seconds, default 30)
     How often :func:`fedsc.progress.progress` writes a log line when no bar is shown.
+``reproducible`` (``FEDSC_REPRODUCIBLE``: ``"fast"``, the default, or ``"portable"``)
+    ``fast`` uses this CPU's fastest kernels: the same seed gives the same bits on this
+    machine with the same threads. ``portable`` pins torch (ATen, MKL, oneDNN), numpy
+    (SIMD loops, OpenBLAS), numba and XLA to x86-64-v3 kernels and one thread, so the same
+    seed gives the same bits on every AVX2 machine (docs/reproducibility.md). The libraries
+    read their variables when they load: export ``FEDSC_REPRODUCIBLE=portable`` (or pass
+    ``fedsc --reproducible portable``, which restarts itself) rather than setting it in a
+    process that has imported numpy or torch; :func:`apply` refuses a process whose loaded
+    libraries cannot honour it.
 
 The OpenMP runtime (libgomp, loaded with torch) reads ``OMP_WAIT_POLICY`` once, when it is
 loaded: :func:`apply` (and :func:`configure_environment`) can only set it for a torch not
@@ -46,18 +55,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsc.settings import _caches
+from fedsc.settings import _caches, _numerics
 from smpc.cpus import available_cpus
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "apply",
+    "apply_threads",
     "available_cpus",
     "configure_environment",
     "configure_logging",
     "init_worker",
     "logging_to_stderr",
+    "numerical_environment",
     "resolved_threads",
     "snapshot",
     "update",
@@ -125,6 +136,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "compile_cache": bool,
     "passive_wait": bool,
     "filter_warnings": bool,
+    "reproducible": _numerics.check_mode,
 }
 
 if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModule
@@ -135,6 +147,7 @@ if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModul
     compile_cache: bool
     passive_wait: bool
     filter_warnings: bool
+    reproducible: str
 
 
 def _from_env() -> dict[str, Any]:
@@ -146,6 +159,7 @@ def _from_env() -> dict[str, Any]:
         "compile_cache": _env_bool("FEDSC_COMPILE_CACHE", True),
         "passive_wait": _env_bool("FEDSC_PASSIVE_WAIT", True),
         "filter_warnings": _env_bool("FEDSC_FILTER_WARNINGS", True),
+        "reproducible": _numerics.check_mode(os.environ.get("FEDSC_REPRODUCIBLE") or None),
     }
 
 
@@ -206,9 +220,11 @@ _USER_OMP_THREADS = _omp_threads_at_start()
 def resolved_threads() -> int:
     """The thread count in effect.
 
-    ``threads`` if set, else a user's ``OMP_NUM_THREADS`` (as set before fedsc was
-    imported), else :func:`available_cpus`.
+    1 in the ``portable`` mode; else ``threads`` if set, else a user's ``OMP_NUM_THREADS``
+    (as set before fedsc was imported), else :func:`available_cpus`.
     """
+    if _values["reproducible"] == "portable":
+        return 1
     return _values["threads"] or _USER_OMP_THREADS or available_cpus()
 
 
@@ -246,11 +262,30 @@ def configure_environment(
     if _values["passive_wait"]:
         put("OMP_WAIT_POLICY", "PASSIVE", False)
         put("GOMP_SPINCOUNT", "0", False)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        put(name, n, explicit)
+    # numba's OpenMP layer sets the OpenMP thread count it shares with torch to its own
+    # pool size when it first runs a parallel loop (scanpy's normalize_total does)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        put(name, n, explicit or _values["reproducible"] == "portable")
+    if _values["reproducible"] == "portable":
+        for name, value in _numerics.portable_environment(env).items():
+            put(name, value, True)
+        put("FEDSC_REPRODUCIBLE", "portable", True)
     if changed:
         logger.debug("environment: %s", changed)
     return changed
+
+
+def apply_threads() -> int:
+    """Set torch's and BLAS's thread counts to :func:`resolved_threads` again; return it.
+
+    For the start of training: a library that shares torch's OpenMP runtime may have
+    changed its count since :func:`apply` (numba's OpenMP layer sets it to its own pool
+    size, the CPU count unless ``NUMBA_NUM_THREADS`` was set before numba loaded, the first
+    time it runs a parallel loop, e.g. in scanpy's ``normalize_total``).
+    """
+    n = resolved_threads()
+    _apply_threads(n)
+    return n
 
 
 def _apply_threads(n: int) -> None:
@@ -306,6 +341,8 @@ def apply(**overrides: Any) -> dict[str, Any]:
     n = resolved_threads()
     state = {**snapshot(), "resolved_threads": n}
     configure_environment(n)
+    if _values["reproducible"] == "portable":
+        _check_portable()
     _apply_threads(n)
     if _values["filter_warnings"]:
         for message, category in WARNING_FILTERS:
@@ -322,6 +359,38 @@ def apply(**overrides: Any) -> dict[str, Any]:
         _caches.cache_root(_values["cache_dir"]) if _values["compile_cache"] else "off",
     )
     return state
+
+
+def _check_portable() -> None:
+    """Refuse ``portable`` where it cannot hold: another CPU, or libraries loaded unpinned."""
+    from fedsc.errors import FedscInputError
+
+    if _values["threads"] not in (None, 1):
+        raise FedscInputError(
+            f"reproducible='portable' runs on one thread (parallel reductions split their "
+            f"sums by thread), but threads={_values['threads']}; unset threads."
+        )
+    ok, why = _numerics.cpu_supports_portable()
+    if not ok:
+        raise FedscInputError(f"reproducible='portable' cannot hold here: {why}. Use 'fast'.")
+    bad = _numerics.loaded_mismatches()
+    if bad:
+        raise FedscInputError(
+            "reproducible='portable' was set after libraries loaded with this CPU's own "
+            f"kernels ({'; '.join(bad)}). Export FEDSC_REPRODUCIBLE=portable before starting "
+            "Python (the fedsc command restarts itself with --reproducible portable)."
+        )
+
+
+def numerical_environment() -> dict[str, Any]:
+    """What decides the bits of this process's results (for ``run.json``).
+
+    See :func:`fedsc.settings._numerics.numerical_environment`.
+    """
+    return {
+        **_numerics.numerical_environment(_values["reproducible"]),
+        "threads": resolved_threads(),
+    }
 
 
 # ----------------------------------------------------------------------------- logging
