@@ -29,12 +29,19 @@ from fedsc.plots import (
     umap_coordinates,
     umap_grid,
 )
-from fedsc.results import varying_columns
-from fedsc.stats import COMPARE_COLUMNS, min_seeds_for_alpha
+from fedsc.results import split_sensitivity, varying_columns
+from fedsc.stats import COMPARE_COLUMNS, SENSITIVITY_COLUMNS, min_seeds_for_alpha
 
 __all__ = ["attack_rows", "comparison_table", "privacy_comparisons", "write_report"]
 
 _REQUIRED = ["dataset", "method", "variant", "seed", "metric", "value"]
+
+#: Marks a spread or Δ not larger than the metric's jitter (``fedsc.results``).
+JITTER_MARK = "≈"
+_JITTER_NOTE = (
+    "the metric's jitter: the largest change a 1e-6 relative perturbation of the embedding "
+    "caused on any of these seeds (`evaluate(..., sensitivity=True)`)"
+)
 
 
 # ------------------------------------------------------------------ formatting helpers
@@ -89,6 +96,7 @@ def _slug(text: str) -> str:
 
 
 def _summary_table(results: pd.DataFrame) -> str:
+    results, sensitivity = split_sensitivity(results)
     keys = varying_columns(
         results, ["study", "dataset", "method", "variant", "embedding"], ["dataset", "variant"]
     )
@@ -97,9 +105,12 @@ def _summary_table(results: pd.DataFrame) -> str:
         .agg(mean=("value", "mean"), sd=("value", "std"), n=("seed", "nunique"))
         .reset_index()
     )
+    jitter = sensitivity.groupby([*keys, "metric"], sort=False, dropna=False)["value"].max()
+    stats = stats.merge(jitter.rename("jitter").reset_index(), on=[*keys, "metric"], how="left")
+    flagged = (stats["jitter"] > 0) & (stats["sd"] <= stats["jitter"])
     stats["cell"] = [
-        f"{_fmt(m)} ± {_fmt(s)}" if np.isfinite(s) else _fmt(m)
-        for m, s in zip(stats["mean"], stats["sd"], strict=True)
+        (f"{_fmt(m)} ± {_fmt(s)}" if np.isfinite(s) else _fmt(m)) + (f" {JITTER_MARK}" if f else "")
+        for m, s, f in zip(stats["mean"], stats["sd"], flagged, strict=True)
     ]
     wide = stats.pivot_table(
         index=keys, columns="metric", values="cell", aggfunc="first", sort=False
@@ -108,7 +119,13 @@ def _summary_table(results: pd.DataFrame) -> str:
     wide = wide.join(seeds).reset_index()
     metrics = list(dict.fromkeys(results["metric"]))
     wide = wide[[*keys, "seeds", *[m for m in metrics if m in wide.columns]]].fillna("–")
-    return _md_table(wide.sort_values(keys))
+    table = _md_table(wide.sort_values(keys))
+    if flagged.any():
+        table += (
+            f"\n\n{JITTER_MARK}: the sd over seeds is not larger than {_JITTER_NOTE}; the "
+            "spread may come from the metric's discontinuity, not from the seeds."
+        )
+    return table
 
 
 def _privacy_section(results: pd.DataFrame) -> list[str]:
@@ -343,7 +360,7 @@ def _comparison_section(
             f"comparisons lacks columns {missing}; pass the output of fedsc.stats.compare "
             "(or pd.concat of several)."
         )
-    group_cols = [c for c in comparisons.columns if c not in COMPARE_COLUMNS]
+    group_cols = [c for c in comparisons.columns if c not in COMPARE_COLUMNS + SENSITIVITY_COLUMNS]
     lines: list[str] = []
     figures: list[str] = []
     pairs = list(dict.fromkeys(zip(comparisons["a"], comparisons["b"], strict=True)))
@@ -355,6 +372,10 @@ def _comparison_section(
         shown["mean A"] = comp["mean_a"].map(_fmt)
         shown["mean B"] = comp["mean_b"].map(_fmt)
         shown["Δ mean"] = comp["delta_mean"].map(lambda v: _fmt(v) if not v > 0 else f"+{_fmt(v)}")
+        within = _within_jitter(comp)
+        if "jitter" in comp.columns:
+            shown["Δ mean"] += [f" {JITTER_MARK}" if w else "" for w in within]
+            shown["jitter"] = comp["jitter"].map(_fmt)
         shown["Cliff's δ"] = comp["cliffs_delta"].map(lambda v: _fmt(v, 2))
         shown["p"] = comp["p"].map(_fmt_p)
         shown["q (BH)"] = comp["q"].map(_fmt_p)
@@ -369,6 +390,12 @@ def _comparison_section(
             "(two-sided Mann–Whitney U over seeds; Benjamini–Hochberg; "
             "Δ = mean(A) − mean(B); * q < 0.05, ** q < 0.01, *** q < 0.001)."
         )
+        if within.any():
+            lines.append(
+                f"\n{JITTER_MARK}: |Δ mean| is not larger than {_JITTER_NOTE}, shown as "
+                f"`jitter` ({int(within.sum())} of {len(comp)}); such a Δ may come from the "
+                "metric's discontinuity, not from the variants."
+            )
         unreach = comp[comp["unreachable"]]
         if len(unreach):
             sizes = sorted(
@@ -396,6 +423,13 @@ def _comparison_section(
                 figures.append(f"{stem}.png")
                 lines.append(f"\n![Δ heatmap: {a} vs {b}](figures/{stem}.png)")
     return lines, figures
+
+
+def _within_jitter(comp: pd.DataFrame) -> np.ndarray:
+    """``comp["within_jitter"]`` as booleans (False where absent or not measured)."""
+    if "within_jitter" not in comp.columns:
+        return np.zeros(len(comp), dtype=bool)
+    return comp["within_jitter"].astype("boolean").fillna(False).to_numpy(dtype=bool)
 
 
 def _metric_blocks(comp: pd.DataFrame) -> list[pd.DataFrame]:
@@ -538,7 +572,7 @@ def write_report(
         lines += comp_lines
 
     lines += ["", "## Per-seed distributions", ""]
-    fig = seed_distributions(utility)
+    fig = seed_distributions(split_sensitivity(utility)[0])
     fig.savefig(fig_dir / "seed_distributions.png", dpi=130)
     lines.append("![Per-seed values](figures/seed_distributions.png)")
 

@@ -17,12 +17,20 @@ observer other than a client itself recovers client data in the attacks run, ``F
 when one does, NA when no attack ran or the row is not a federated computation.
 ``dp_epsilon``/``dp_delta``: the run's (ε, δ) differential-privacy guarantee, NaN when DP
 is off (ε = ∞).
+
+Sensitivity rows (``fedsc.evaluation.evaluate(..., sensitivity=True)``): ``metric`` is
+``<metric>_perturbation_delta`` (:func:`sensitivity_metric`), ``panel`` that of the
+metric, ``value`` the metric's ``|metric(X + 1e-6 std(X) N(0, 1)) - metric(X)|`` on the
+run's embedding (its jitter; only for metrics that can jump: clustering or hard k-NN
+assignments). They are not metrics of their own: :func:`fedsc.stats.compare` and the report
+keep them out of their statistics and use them to flag differences within the jitter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 #: Columns of a tidy results table, in order.
@@ -61,3 +69,35 @@ def varying_columns(
     to label table rows and figure axes only by what differs between runs.
     """
     return [c for c in cols if c in table.columns and (c in always or table[c].nunique() > 1)]
+
+
+#: Suffix of a sensitivity row's ``metric`` (see the module docstring).
+SENSITIVITY_SUFFIX = "_perturbation_delta"
+
+
+def sensitivity_metric(metric: str) -> str:
+    """Name of the sensitivity row of ``metric``: ``<metric>_perturbation_delta``."""
+    return f"{metric}{SENSITIVITY_SUFFIX}"
+
+
+def sensitivity_mask(table: pd.DataFrame) -> np.ndarray:
+    """Boolean array: which rows of ``table`` are sensitivity rows (all False without ``metric``)."""
+    if "metric" not in table.columns:
+        return np.zeros(len(table), dtype=bool)
+    return table["metric"].astype(str).str.endswith(SENSITIVITY_SUFFIX).to_numpy(dtype=bool)
+
+
+def split_sensitivity(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(metric rows, sensitivity rows)``; the latter with ``metric`` = the metric they measure.
+
+    Returns
+    -------
+    The rows that are not sensitivity rows (unchanged), and the sensitivity rows with the
+    suffix stripped from ``metric`` so that they pair with their metric's rows.
+    """
+    mask = sensitivity_mask(table)
+    if not mask.any():
+        return table, table.iloc[0:0]
+    sens = table.loc[mask].copy()
+    sens["metric"] = sens["metric"].astype(str).str.removesuffix(SENSITIVITY_SUFFIX)
+    return table.loc[~mask], sens

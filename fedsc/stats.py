@@ -9,6 +9,11 @@ Conventions
 - The two-sided Mann–Whitney p is *exact* when the pooled sample has no ties and
   *asymptotic* (normal approximation with tie and continuity correction) when it has ties.
   The ``test`` column of :func:`compare` says which was used.
+- Sensitivity rows (``<metric>_perturbation_delta``, ``fedsc.results``) are not metrics:
+  :func:`compare` leaves them out of the tests and the BH family and, when the results
+  hold them, adds :data:`SENSITIVITY_COLUMNS`: ``jitter`` (the largest perturbation delta
+  of the group's metric over both sides' seeds) and ``within_jitter`` (``|Δ| <= jitter``
+  with ``jitter > 0``: a difference a 1e-6 perturbation of the embedding alone produces).
 - Two samples whose pooled values are all equal (e.g. a metric saturated at 1.0 on every
   seed) get U = n_a·n_b/2 and p = 1.0: no evidence of a difference. They stay in the BH
   family. NaN p-values (a side with no finite value) are left out of the BH family and keep
@@ -27,9 +32,11 @@ import pandas as pd
 from scipy import stats as _sps
 
 from fedsc.errors import FedscInputError
+from fedsc.results import split_sensitivity
 
 __all__ = [
     "COMPARE_COLUMNS",
+    "SENSITIVITY_COLUMNS",
     "SignificanceUnreachableWarning",
     "bh_adjust",
     "cliffs_delta",
@@ -61,6 +68,9 @@ COMPARE_COLUMNS: list[str] = [
     "min_attainable_p",
     "unreachable",
 ]
+
+#: Columns :func:`compare` appends when the results hold sensitivity rows.
+SENSITIVITY_COLUMNS: list[str] = ["jitter", "within_jitter"]
 
 
 class SignificanceUnreachableWarning(UserWarning):
@@ -210,6 +220,28 @@ def _check_duplicates(side: pd.DataFrame, keys: list[str], name: str) -> None:
         )
 
 
+def _with_jitter(
+    out: pd.DataFrame,
+    sensitivity: pd.DataFrame,
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    keys: list[str],
+) -> pd.DataFrame:
+    """``out`` plus :data:`SENSITIVITY_COLUMNS` from the sensitivity rows of both sides."""
+    selected = _selector_mask(sensitivity, a, "a") | _selector_mask(sensitivity, b, "b")
+    jitter = sensitivity[selected].groupby(keys, dropna=False, sort=False)["value"].max()
+    out = out.copy()
+    if len(keys) == 1:
+        out["jitter"] = out[keys[0]].map(jitter).astype(float)
+    else:
+        idx = pd.MultiIndex.from_frame(out[keys])
+        out["jitter"] = jitter.reindex(idx).to_numpy(dtype=float)
+    out["within_jitter"] = (
+        (out["jitter"] > 0) & (out["delta_mean"].abs() <= out["jitter"])
+    ).astype(bool)
+    return out
+
+
 def compare(
     results: pd.DataFrame,
     a: Mapping[str, Any],
@@ -240,8 +272,10 @@ def compare(
 
     Returns
     -------
-    One row per group present on both sides: the group columns, then ``COMPARE_COLUMNS``.
-    Warns :class:`SignificanceUnreachableWarning` when the seeds per side make q < alpha
+    One row per group present on both sides: the group columns, then ``COMPARE_COLUMNS``,
+    then, if ``results`` holds sensitivity rows and ``metric`` is a group column,
+    ``SENSITIVITY_COLUMNS`` (sensitivity rows are never compared themselves). Warns
+    :class:`SignificanceUnreachableWarning` when the seeds per side make q < alpha
     impossible in some group, and ``UserWarning`` for groups on one side only and for
     non-finite values dropped.
     """
@@ -257,6 +291,7 @@ def compare(
             f"results lacks columns {missing}; a tidy table has {list(results.columns)} "
             "— pass `by` with existing columns."
         )
+    results, sensitivity = split_sensitivity(results)  # jitter, not metrics (module doc)
     mask_a = _selector_mask(results, a, "a")
     mask_b = _selector_mask(results, b, "b")
     overlap = mask_a & mask_b
@@ -356,6 +391,8 @@ def compare(
     out["significant"] = (out["q"] < alpha).astype(bool)
     out["unreachable"] = (out["min_attainable_p"] >= alpha).astype(bool)
     out = out[[*keys, *COMPARE_COLUMNS]]
+    if len(sensitivity) and "metric" in keys:
+        out = _with_jitter(out, sensitivity, a, b, keys)
     n_unreach = int(out["unreachable"].sum())
     if n_unreach:
         pairs = out.loc[out["unreachable"], ["n_a", "n_b"]].to_numpy(dtype=int)

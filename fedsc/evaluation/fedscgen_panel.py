@@ -31,6 +31,7 @@ from fedsc.evaluation import _missing
 from fedsc.evaluation._inputs import check_embedding, check_groups
 from fedsc.evaluation._scib import neighbors_results, scib_metrics
 from fedsc.evaluation.scib_panel import isolated_label_names, silhouette_batch
+from fedsc.evaluation.sensitivity import delta_values, perturb
 
 if TYPE_CHECKING:
     from scib_metrics.nearest_neighbors import NeighborsResults
@@ -43,6 +44,24 @@ METRICS: tuple[str, ...] = (
     "knn_acc",
     "asw_c",
     "asw_b",
+    "gc",
+    "ilf1",
+    "kbet",
+    "ilisi",
+    "clisi",
+)
+#: Metrics that can jump under a tiny perturbation of the embedding, measured by
+#: ``sensitivity=True``: nmi, ari and ilf1 are computed on Leiden clusterings; ebm,
+#: knn_acc, gc, kbet, ilisi and clisi on hard k-NN sets (a neighbour at a near-tied
+#: distance enters or leaves; kBET adds a per-cell accept/reject test). Left out:
+#: asw_c and asw_b, silhouettes of the fixed labels/batches, i.e. ratios of mean
+#: distances, continuous in the embedding (they move by O(1e-6)). ebm and kbet draw
+#: from one rng in turn: keep both or neither, or kbet's draws would differ.
+DISCONTINUOUS: tuple[str, ...] = (
+    "nmi",
+    "ari",
+    "ebm",
+    "knn_acc",
     "gc",
     "ilf1",
     "kbet",
@@ -200,6 +219,7 @@ def fedscgen_panel(
     seed: int = 0,
     lisi_perplexity: int = 30,
     kbet_max_k: int = 100,
+    sensitivity: bool = False,
 ) -> pd.DataFrame:
     """Compute the FedscGen panel on one embedding.
 
@@ -221,11 +241,16 @@ def fedscgen_panel(
         [1, n_batches] (higher = better mixed), cLISI in [1, n_labels] (lower = purer).
     kbet_max_k
         Largest kBET neighbourhood; see :func:`kbet_sweep`.
+    sensitivity
+        Also recompute the :data:`DISCONTINUOUS` metrics on ``X`` plus 1e-6 relative noise
+        (:func:`fedsc.evaluation.sensitivity.perturb`, from ``seed``; PCA included) and add
+        one ``<metric>_perturbation_delta`` row each (``|perturbed - value|``).
 
     Returns
     -------
     DataFrame with columns ``panel`` (``"fedscgen"``), ``metric``, ``value``; metrics are
-    nmi, ari, ebm, knn_acc, asw_c, asw_b, gc, ilf1, kbet, ilisi, clisi.
+    nmi, ari, ebm, knn_acc, asw_c, asw_b, gc, ilf1, kbet, ilisi, clisi, then the
+    sensitivity rows if asked.
     """
     X = check_embedding(X)
     n = X.shape[0]
@@ -233,11 +258,39 @@ def fedscgen_panel(
     labels = check_groups(labels, n, "labels", min_groups=2)
     if k < 1 or k >= n:
         raise FedscInputError(f"k={k} must be between 1 and n_cells - 1 = {n - 1}.")
+    options = {"k": k, "seed": seed, "lisi_perplexity": lisi_perplexity, "kbet_max_k": kbet_max_k}
+    Z = top_pcs(X, n_pcs, seed)
+    v, why = _values(Z, batch, labels, METRICS, **options)
+    order = list(METRICS)
+    if sensitivity:  # the discontinuous metrics again, on X + 1e-6 std(X) noise (same seed)
+        Z_perturbed = top_pcs(perturb(X, seed), n_pcs, seed)
+        v_perturbed, _ = _values(Z_perturbed, batch, labels, DISCONTINUOUS, **options)
+        deltas = delta_values(v, v_perturbed, DISCONTINUOUS)
+        v.update(deltas)
+        order += list(deltas)
+    return _missing.frame(PANEL, v, order, why)
+
+
+def _values(
+    Z: np.ndarray,
+    batch: np.ndarray,
+    labels: np.ndarray,
+    names: tuple[str, ...],
+    *,
+    k: int,
+    seed: int,
+    lisi_perplexity: int,
+    kbet_max_k: int,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The metrics ``names`` (a subset of :data:`METRICS`) on the top PCs ``Z``: values, reasons.
+
+    The random draws (EBM, then kBET) start from ``seed`` on every call, so a call for
+    :data:`DISCONTINUOUS` on a perturbed ``Z`` draws the same cells as the full panel.
+    """
+    n = Z.shape[0]
     rng = np.random.default_rng(seed)
     batch_codes, batch_names = pd.factorize(batch, sort=True)
     n_batches = len(batch_names)
-
-    Z = top_pcs(X, n_pcs, seed)
     k_lisi = min(3 * lisi_perplexity, n - 1)
     idx_all, dist_all = knn_without_self(Z, max(k, k_lisi))
     idx, dist = idx_all[:, :k], dist_all[:, :k]
@@ -245,7 +298,8 @@ def fedscgen_panel(
 
     v: dict[str, float] = {}
     why: dict[str, str] = {}
-    clusterings = leiden_clusterings(graph, RESOLUTIONS, seed)
+    clustered = any(m in names for m in ("nmi", "ari", "ilf1"))
+    clusterings = leiden_clusterings(graph, RESOLUTIONS, seed) if clustered else {}
     lisi_graph = with_self(idx_all[:, :k_lisi], dist_all[:, :k_lisi])
     computations = {
         "nmi": lambda: max(
@@ -268,5 +322,6 @@ def fedscgen_panel(
         ),
     }
     for name in METRICS:  # in this order: ebm and kbet draw from rng in turn
-        _missing.compute(v, why, name, computations[name])
-    return _missing.frame(PANEL, v, list(METRICS), why)
+        if name in names:
+            _missing.compute(v, why, name, computations[name])
+    return v, why

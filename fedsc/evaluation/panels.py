@@ -5,11 +5,14 @@ returning tidy rows ``panel, metric, value`` for one embedding ``X`` (cells x di
 per-cell ``batch`` and ``labels`` strings; ``X_pre`` is the pre-integration embedding for
 metrics that compare against it (scIB's PCR comparison). Panels are switched on and off
 by name (``panels: [scib, downstream]`` in a run config); a new panel is one
-:func:`register_panel` call.
+:func:`register_panel` call. A panel that also takes a ``sensitivity`` keyword can measure
+its discontinuous metrics' jitter (:mod:`fedsc.evaluation.sensitivity`); ``evaluate(...,
+sensitivity=True)`` asks every panel that can.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ from fedsc.evaluation.downstream import downstream_accuracy
 from fedsc.evaluation.fedscgen_panel import METRICS as FEDSCGEN_METRICS
 from fedsc.evaluation.fedscgen_panel import fedscgen_panel
 from fedsc.evaluation.scib_panel import AGGREGATES, BATCH_METRICS, BIO_METRICS, scib_panel
+from fedsc.evaluation.sensitivity import delta_values, perturb
 from fedsc.registry import Registry
 
 if TYPE_CHECKING:
@@ -54,24 +58,64 @@ def register_panel(name: str, panel: Panel) -> Panel:
         Name used in run configs, studies and ``fedsc run --panels``.
     panel
         ``panel(X, batch, labels, *, X_pre=None, seed=0)`` returning a DataFrame with
-        columns ``panel``, ``metric``, ``value``.
+        columns ``panel``, ``metric``, ``value``. If it also takes ``sensitivity=False``,
+        ``evaluate(..., sensitivity=True)`` passes ``True`` and it adds one row
+        ``<metric>_perturbation_delta`` per discontinuous metric
+        (:mod:`fedsc.evaluation.sensitivity`).
     """
     return PANELS.register(name, panel)
 
 
-def _scib(X: np.ndarray, batch: Any, labels: Any, *, X_pre: Any = None, seed: int = 0):
+def _scib(
+    X: np.ndarray,
+    batch: Any,
+    labels: Any,
+    *,
+    X_pre: Any = None,
+    seed: int = 0,
+    sensitivity: bool = False,
+) -> pd.DataFrame:
     """The scIB panel (scib-metrics); uses ``X_pre`` for the PCR comparison."""
-    return scib_panel(X, batch, labels, X_pre=X_pre, seed=seed)
+    return scib_panel(X, batch, labels, X_pre=X_pre, seed=seed, sensitivity=sensitivity)
 
 
-def _fedscgen(X: np.ndarray, batch: Any, labels: Any, *, X_pre: Any = None, seed: int = 0):
+def _fedscgen(
+    X: np.ndarray,
+    batch: Any,
+    labels: Any,
+    *,
+    X_pre: Any = None,
+    seed: int = 0,
+    sensitivity: bool = False,
+) -> pd.DataFrame:
     """The FedscGen panel (EBM, kNN accuracy, ASW, NMI, ARI, LISI...)."""
-    return fedscgen_panel(X, batch, labels, seed=seed)
+    return fedscgen_panel(X, batch, labels, seed=seed, sensitivity=sensitivity)
 
 
-def _downstream(X: np.ndarray, batch: Any, labels: Any, *, X_pre: Any = None, seed: int = 0):
-    """Leave-one-batch-out MLP cell-type classifier accuracy."""
-    return downstream_accuracy(X, batch, labels, seed=seed)
+def _downstream(
+    X: np.ndarray,
+    batch: Any,
+    labels: Any,
+    *,
+    X_pre: Any = None,
+    seed: int = 0,
+    sensitivity: bool = False,
+) -> pd.DataFrame:
+    """Leave-one-batch-out MLP cell-type classifier accuracy.
+
+    With ``sensitivity`` the MLPs are trained again on the perturbed embedding (the
+    accuracy counts argmax predictions: discontinuous), which doubles the panel's cost.
+    """
+    df = downstream_accuracy(X, batch, labels, seed=seed)
+    if not sensitivity:
+        return df
+    base = dict(zip(df["metric"], df["value"], strict=True))
+    again = downstream_accuracy(perturb(check_embedding(X), seed), batch, labels, seed=seed)
+    deltas = delta_values(base, dict(zip(again["metric"], again["value"], strict=True)), base)
+    rows = pd.DataFrame(
+        {"panel": "downstream", "metric": list(deltas), "value": list(deltas.values())}
+    )
+    return pd.concat([df, rows], ignore_index=True)
 
 
 register_panel("scib", _scib)
@@ -101,6 +145,7 @@ def evaluate(
     panels: Sequence[str] | str = ("scib",),
     X_pre_rep: str | None = None,
     seed: int = 0,
+    sensitivity: bool = False,
 ) -> pd.DataFrame:
     """Evaluate one representation of ``adata`` with the chosen metric panels.
 
@@ -120,6 +165,13 @@ def evaluate(
         Representation of the pre-integration embedding, for the scIB PCR comparison.
     seed
         Passed to every panel.
+    sensitivity
+        Also measure each discontinuous metric's jitter: panels that support it (a
+        ``sensitivity`` keyword; all built-in ones) recompute those metrics on the embedding
+        plus ``1e-6 * std * N(0, 1)`` noise drawn from ``seed`` and add one row
+        ``<metric>_perturbation_delta`` = ``|metric(perturbed) - metric|`` each, after
+        their own rows (:mod:`fedsc.evaluation.sensitivity`; ``fedsc.results`` for how
+        downstream tables treat them). Continuous metrics get no row.
 
     Returns
     -------
@@ -147,7 +199,8 @@ def evaluate(
             df = pd.DataFrame({"panel": name, "metric": metrics, "value": np.nan})
             panel_reasons = dict.fromkeys(metrics, problem)
         else:
-            df = func(X, batch, labels, X_pre=X_pre, seed=seed)
+            extra = {"sensitivity": True} if sensitivity and _takes_sensitivity(func) else {}
+            df = func(X, batch, labels, X_pre=X_pre, seed=seed, **extra)
             panel_reasons = dict(df.attrs.get(MISSING_ATTR, {}))
         for panel, metric, value in zip(df["panel"], df["metric"], df["value"], strict=True):
             if not np.isfinite(value):
@@ -160,6 +213,15 @@ def evaluate(
     out.insert(0, "embedding", rep)
     out.attrs[MISSING_ATTR] = reasons
     return out
+
+
+def _takes_sensitivity(func: Panel) -> bool:
+    """Whether a panel function accepts the ``sensitivity`` keyword."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return "sensitivity" in params
 
 
 def _expected_metrics(panel: str, with_pre: bool) -> list[str]:

@@ -38,6 +38,7 @@ from fedsc.evaluation import _missing
 from fedsc.evaluation._inputs import check_embedding, check_groups
 from fedsc.evaluation._kbet import kbet_per_label
 from fedsc.evaluation._scib import neighbors_results, scib_metrics
+from fedsc.evaluation.sensitivity import delta_values, perturb
 
 if TYPE_CHECKING:
     from scib_metrics.nearest_neighbors import NeighborsResults
@@ -79,6 +80,23 @@ BATCH_METRICS: tuple[str, ...] = (
     "kbet_per_label",
     "graph_connectivity",
     "pcr_comparison",
+)
+
+#: Metrics that can jump under a tiny perturbation of the embedding, measured by
+#: ``sensitivity=True`` (with the aggregates, which inherit the jumps): kmeans_nmi and
+#: kmeans_ari are computed on a k-means clustering; clisi_knn, ilisi_knn, kbet_per_label
+#: (plus a per-cell accept/reject test) and graph_connectivity on hard k-NN sets. Left
+#: out: silhouette_label, isolated_labels (scIB's silhouette variant) and silhouette_batch
+#: are silhouettes of fixed labels/batches, i.e. ratios of mean distances, continuous in
+#: the embedding; pcr_comparison is a variance-weighted regression on principal
+#: components, continuous too (barring tied eigenvalues at its component cutoff).
+DISCONTINUOUS: tuple[str, ...] = (
+    "kmeans_nmi",
+    "kmeans_ari",
+    "clisi_knn",
+    "ilisi_knn",
+    "kbet_per_label",
+    "graph_connectivity",
 )
 
 #: Above this many cells the exact search gives way to pynndescent (as in the Benchmarker).
@@ -181,6 +199,7 @@ def scib_panel(
     n_neighbors: int = 90,
     seed: int = 0,
     knn_method: str = "auto",
+    sensitivity: bool = False,
 ) -> pd.DataFrame:
     """Compute the scIB panel (scib-metrics) on one embedding.
 
@@ -199,6 +218,10 @@ def scib_panel(
         Seed of the k-means initialisation (0 reproduces the Benchmarker exactly).
     knn_method
         See :func:`knn`.
+    sensitivity
+        Also recompute the :data:`DISCONTINUOUS` metrics on ``X`` plus 1e-6 relative noise
+        (:func:`fedsc.evaluation.sensitivity.perturb`, from ``seed``) and add one
+        ``<metric>_perturbation_delta`` row each, and one per aggregate.
 
     Returns
     -------
@@ -206,6 +229,7 @@ def scib_panel(
     (nine without ``X_pre``) then ``bio_conservation``, ``batch_correction``, ``total``.
     A metric that cannot be computed has value NaN and its reason in
     ``attrs["missing_reasons"]``; an aggregate with a missing component is missing too.
+    The sensitivity rows, if asked, come last.
     """
     X = check_embedding(X)
     n = X.shape[0]
@@ -220,6 +244,34 @@ def scib_panel(
     if n_neighbors < _K_KBET:
         raise FedscInputError(f"n_neighbors={n_neighbors} must be >= {_K_KBET} (kBET uses 50).")
 
+    v, why = _discontinuous_values(X, batch, labels, n_neighbors, seed, knn_method)
+    _continuous_values(v, why, X, X_pre, batch, labels)
+    order = [m for m in BIO_METRICS + BATCH_METRICS if m in v]
+    v.update(_aggregate(v, why))
+    order += list(AGGREGATES)
+    if sensitivity:  # the discontinuous metrics again, on X + 1e-6 std(X) noise (same seed)
+        perturbed, _ = _discontinuous_values(
+            perturb(X, seed), batch, labels, n_neighbors, seed, knn_method
+        )
+        # the continuous metrics keep their values (they move by O(1e-6)); the aggregates
+        # are recomputed from them and the perturbed discontinuous ones
+        perturbed = {**{m: v[m] for m in order if m not in AGGREGATES}, **perturbed}
+        perturbed.update(_aggregate(perturbed))
+        deltas = delta_values(v, perturbed, [*DISCONTINUOUS, *AGGREGATES])
+        v.update(deltas)
+        order += list(deltas)
+    return _missing.frame(PANEL, v, order, why)
+
+
+def _discontinuous_values(
+    X: np.ndarray,
+    batch: np.ndarray,
+    labels: np.ndarray,
+    n_neighbors: int,
+    seed: int,
+    knn_method: str,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The :data:`DISCONTINUOUS` metrics (k-means and k-NN based): values and reasons."""
     neigh = knn(X, n_neighbors, method=knn_method, seed=seed)
     neigh_gc = neigh.subset_neighbors(min(_K_GC, neigh.n_neighbors))
     neigh_kbet = neigh.subset_neighbors(min(_K_KBET, neigh.n_neighbors))
@@ -236,6 +288,25 @@ def scib_panel(
         lambda: normalized_mutual_info_score(labels, pred, average_method="arithmetic"),
     )
     _missing.compute(v, why, "kmeans_ari", lambda: adjusted_rand_score(labels, pred))
+    _missing.compute(v, why, "clisi_knn", lambda: scib_metrics.clisi_knn(neigh, labels))
+    # Batch correction.
+    _missing.compute(v, why, "ilisi_knn", lambda: scib_metrics.ilisi_knn(neigh, batch))
+    _missing.compute(v, why, "kbet_per_label", lambda: kbet_per_label(neigh_kbet, batch, labels))
+    _missing.compute(
+        v, why, "graph_connectivity", lambda: scib_metrics.graph_connectivity(neigh_gc, labels)
+    )
+    return v, why
+
+
+def _continuous_values(
+    v: dict[str, float],
+    why: dict[str, str],
+    X: np.ndarray,
+    X_pre: np.ndarray | None,
+    batch: np.ndarray,
+    labels: np.ndarray,
+) -> None:
+    """The silhouettes and the PCR comparison, into ``v`` and ``why``."""
     # One silhouette for both: scib_metrics.silhouette_label and .isolated_labels each call
     # scib_metrics.utils.silhouette_samples(X, labels) and rescale it to (s + 1) / 2.
     sil = (scib_metrics.utils.silhouette_samples(X, labels) + 1.0) / 2.0
@@ -246,19 +317,12 @@ def scib_panel(
         "isolated_labels",
         lambda: np.mean([sil[labels == lab].mean() for lab in isolated_label_names(labels, batch)]),
     )
-    _missing.compute(v, why, "clisi_knn", lambda: scib_metrics.clisi_knn(neigh, labels))
-    # Batch correction.
     _missing.compute(v, why, "silhouette_batch", lambda: silhouette_batch(X, labels, batch))
     if np.isnan(v["silhouette_batch"]) and "silhouette_batch" in why:
         why["silhouette_batch"] = (
             "no cell type spans two batches with fewer batches than cells, so the batch "
             "silhouette is undefined"
         )
-    _missing.compute(v, why, "ilisi_knn", lambda: scib_metrics.ilisi_knn(neigh, batch))
-    _missing.compute(v, why, "kbet_per_label", lambda: kbet_per_label(neigh_kbet, batch, labels))
-    _missing.compute(
-        v, why, "graph_connectivity", lambda: scib_metrics.graph_connectivity(neigh_gc, labels)
-    )
     if X_pre is not None:
         with warnings.catch_warnings():
             # scib-metrics warns each time it clips a negative score to 0 (as documented);
@@ -270,7 +334,3 @@ def scib_panel(
                 "pcr_comparison",
                 lambda: scib_metrics.pcr_comparison(X_pre, X, batch, categorical=True),
             )
-
-    order = [m for m in BIO_METRICS + BATCH_METRICS if m in v]
-    v.update(_aggregate(v, why))
-    return _missing.frame(PANEL, v, [*order, *AGGREGATES], why)
