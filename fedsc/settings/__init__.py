@@ -262,10 +262,15 @@ def configure_environment(
     if _values["passive_wait"]:
         put("OMP_WAIT_POLICY", "PASSIVE", False)
         put("GOMP_SPINCOUNT", "0", False)
-    # numba's OpenMP layer sets the OpenMP thread count it shares with torch to its own
-    # pool size when it first runs a parallel loop (scanpy's normalize_total does)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         put(name, n, explicit or _values["reproducible"] == "portable")
+    # numba's OpenMP layer sets the OpenMP thread count it shares with torch to its own
+    # pool size when it first runs a parallel loop (scanpy's normalize_total does). numba
+    # sizes its pool when it is imported and, once the pool runs, raises at the next
+    # compilation if the variable changed: it is set only for a numba not loaded yet
+    # (apply_threads() covers torch after numba ran).
+    if not (env is os.environ and "numba" in sys.modules):
+        put("NUMBA_NUM_THREADS", n, explicit or _values["reproducible"] == "portable")
     if _values["reproducible"] == "portable":
         for name, value in _numerics.portable_environment(env).items():
             put(name, value, True)
