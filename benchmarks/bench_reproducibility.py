@@ -91,11 +91,13 @@ with warm_parties():
     for name, kwargs in cases.items():
         res = execute_run(RunConfig(seed=42, **kwargs), show_progress=False)
         ad = res.adata
-        for key in ad.obsm:
-            if key not in ("X_pca",) or kwargs["method"] == "scbatchprox":
-                arrays[f"{name}|obsm:{key}"] = np.asarray(ad.obsm[key])
-        for key in ad.layers:
-            arrays[f"{name}|layer:{key}"] = np.asarray(ad.layers[key])
+        stores = [("obsm", ad.obsm), ("layer", ad.layers)]
+        for kind, store in stores:
+            for key in store:
+                a = store[key]
+                a = a.toarray() if hasattr(a, "toarray") else np.asarray(a)
+                if a.dtype.kind in "fiu":
+                    arrays[f"{name}|{kind}:{key}"] = a
         rows = res.rows
         values = {}
         for r in rows.itertuples():

@@ -21,6 +21,7 @@ _UNHASHED_DEFAULTS: dict[str, Any] = {
     "attacks": [],
     "dp": None,
     "deploy": None,
+    "sensitivity": False,
 }
 
 #: Seeds reach scikit-learn's ``random_state`` (``numpy.random.RandomState``), which takes
@@ -107,6 +108,9 @@ class RunConfig:
     attacks: list[str] = field(default_factory=list)
     dp: dict[str, Any] | None = None
     deploy: str | None = None
+    #: also measure each discontinuous metric's jump under a 1e-6 perturbation of the
+    #: embedding (``<metric>_perturbation_delta`` rows; about doubles the evaluation)
+    sensitivity: bool = False
 
     def __post_init__(self) -> None:
         from fedsc.evaluation.panels import check_panels
@@ -115,6 +119,8 @@ class RunConfig:
         for name in ("method", "dataset", "batch_key", "label_key", "upstream", "backend"):
             _check_text(name, getattr(self, name))
         _check_text("inclusion", self.inclusion)
+        if not isinstance(self.sensitivity, bool):
+            raise FedscInputError(f"sensitivity must be true or false, got {self.sensitivity!r}.")
         _check_text("study", self.study)
         _check_text("variant", self.variant)
         if self.use_rep is not None:

@@ -295,6 +295,7 @@ def _evaluate(adata: ad.AnnData, rep: str, cfg: RunConfig, pre: str) -> pd.DataF
         panels=cfg.panels,
         X_pre_rep=pre,
         seed=cfg.seed,
+        sensitivity=cfg.sensitivity,
     )
 
 

@@ -57,12 +57,34 @@ _FIRST = (
 )
 
 
+# --- Tiers: `make test-fast` deselects `slow` ------------------------------------------
+#
+# Besides the tests marked `slow` where they are defined, every test of these modules is
+# slow: Flower deployments, CrypTen party processes started and killed, sweeps and runs in
+# fresh interpreters. Together about 75% of the suite's time.
+_SLOW_MODULES = (
+    "tests/deploy/",
+    "tests/robustness/test_parties_faults.py",
+    "tests/robustness/test_parties_rendezvous.py",
+    "tests/smpc/test_sealed.py",
+    "tests/smpc/test_party_pool.py",
+    "tests/fedsc/test_sweep.py",
+    "tests/fedsc/test_scbatchprox_crypten.py",
+    "tests/fedsc/test_privacy_study.py",
+    "tests/fedsc/test_settings.py",
+    "tests/fedsc/test_evaluation_real.py",
+)
+
+
 def _rank(item: pytest.Item) -> int:
     path = item.nodeid.split("::")[0]
     return next((i for i, p in enumerate(_FIRST) if path.startswith(p)), len(_FIRST))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(_SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)
     items[:] = sorted(items, key=_rank)  # stable: the rest keeps pytest's order
 
 

@@ -20,6 +20,9 @@ from fedsc.evaluation import (
 )
 from fedsc.evaluation.scib_panel import silhouette_batch
 
+# exact on every CPU: rerun by make test-dispatch (docs/reproducibility.md)
+pytestmark = pytest.mark.reproducibility
+
 # the package exports the function fedscgen_panel, which shadows the module attribute
 fp = importlib.import_module("fedsc.evaluation.fedscgen_panel")
 

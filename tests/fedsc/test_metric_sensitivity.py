@@ -200,3 +200,14 @@ def test_report_marks_delta_and_spread_within_jitter(tmp_path):
     plain = split_sensitivity(table)[0]
     text = write_report(plain, _compare(plain), tmp_path / "plain").read_text(encoding="utf-8")
     assert "≈" not in text
+
+
+def test_run_config_switch_adds_the_rows_and_keeps_run_ids():
+    from fedsc.errors import FedscInputError
+    from fedsc.run_config import RunConfig
+
+    base = RunConfig(method="scbatchprox")
+    assert base.run_id == RunConfig(method="scbatchprox", sensitivity=False).run_id
+    assert RunConfig(method="scbatchprox", sensitivity=True).run_id != base.run_id
+    with pytest.raises(FedscInputError, match="sensitivity must be true or false"):
+        RunConfig(method="scbatchprox", sensitivity="yes")

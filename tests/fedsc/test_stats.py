@@ -23,6 +23,9 @@ from fedsc.stats import (
     min_seeds_for_alpha,
 )
 
+# exact on every CPU: rerun by make test-dispatch (docs/reproducibility.md)
+pytestmark = pytest.mark.reproducibility
+
 SEEDS = [42, 123, 456, 789, 101112, 2024, 31415, 2718, 1618, 9999]
 
 

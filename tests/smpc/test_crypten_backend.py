@@ -256,6 +256,7 @@ def test_secure_mode_refuses_tfp_and_seeds():
         CryptenAggregator(seed=1)
 
 
+@pytest.mark.reproducibility
 def test_debug_mode_is_bit_for_bit_reproducible():
     xs, counts = _clients(300, seed=4), np.random.default_rng(5).integers(0, 9, size=(K, 12))
     runs = []

@@ -9,6 +9,9 @@ import torch
 import smpc
 from smpc.aggregator import AggregatorClosedError
 
+# exact on every CPU: rerun by make test-dispatch (docs/reproducibility.md)
+pytestmark = pytest.mark.reproducibility
+
 
 @pytest.fixture
 def agg():

@@ -8,6 +8,9 @@ from scipy import stats
 
 from smpc import sharing
 
+# exact on every CPU: rerun by make test-dispatch (docs/reproducibility.md)
+pytestmark = pytest.mark.reproducibility
+
 
 def test_shares_sum_to_the_encoding_mod_2_64():
     x = np.random.default_rng(1).uniform(-1e6, 1e6, size=1000)
