@@ -156,14 +156,57 @@ def _spread(a: dict, b: dict, arrays_a: dict, arrays_b: dict) -> dict[str, float
     return out
 
 
+#: Metrics built on clusterings, hard kNN sets or label votes (and aggregates of them).
+DISCONTINUOUS = {
+    "ari",
+    "nmi",
+    "ilf1",
+    "kmeans_ari",
+    "kmeans_nmi",
+    "kbet_per_label",
+    "isolated_labels",
+    "batch_correction",
+    "total",
+}
+
+
+def _group(key: str) -> str:
+    """``case | output family`` for a detailed key (arrays and metric rows)."""
+    case, _, rest = key.partition("|")
+    if rest.startswith(("obsm:", "layer:")):
+        kind, name = rest.split(":", 1)
+        if name in ("X_pca", "counts"):
+            return f"{case} | input ({name})"
+        return f"{case} | {'latent' if kind == 'obsm' else 'corrected expression'} ({name})"
+    method, _, tail = rest.partition("/")
+    if tail == "dp_epsilon":
+        return f"{case} | epsilon"
+    panel, _, metric = tail.partition("/")
+    metric = metric.split("@")[0]
+    if panel == "attack":
+        return f"{case} | attacks"
+    if method in ("uncorrected", "pca"):
+        return f"{case} | metrics of the input"
+    kind = "discontinuous" if metric in DISCONTINUOUS else "continuous"
+    return f"{case} | metrics, {kind}"
+
+
+def _grouped(spread: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in spread.items():
+        g = _group(key)
+        out[g] = max(out.get(g, 0.0), value)
+    return out
+
+
 def _table(columns: dict[str, dict[str, float]]) -> str:
     keys = sorted({k for c in columns.values() for k in c})
     names = list(columns)
-    lines = [f"{'output':60s} " + " ".join(f"{n:>16s}" for n in names)]
+    lines = [f"{'output':56s} " + " ".join(f"{n:>13s}" for n in names)]
     for key in keys:
         cells = [columns[n].get(key) for n in names]
-        text = " ".join(f"{'':>16s}" if c is None else f"{c:16.3g}" for c in cells)
-        lines.append(f"{key[:60]:60s} {text}")
+        text = " ".join(f"{'':>13s}" if c is None else f"{c:13.2g}" for c in cells)
+        lines.append(f"{key[:56]:56s} {text}")
     return "\n".join(lines)
 
 
@@ -210,19 +253,28 @@ def main() -> None:
         for n in names
         if n.startswith("portable-")
     }
-    print("\n== largest |difference| from fast-1 (same seed)")
-    print(_table(columns))
-    print("\n== CrypTen and deployment against plaintext simulation (fast-1)")
-    print("\n".join(f"{k[:76]:76s} {v:10.3g}" for k, v in sorted(backend.items())))
+    by_backend: dict[str, dict[str, float]] = {}
+    for key, value in backend.items():
+        detail, _, other = key.rpartition(" [")
+        column = by_backend.setdefault(other.rstrip("]"), {})
+        g = _group(detail)
+        column[g] = max(column.get(g, 0.0), value)
+    print("\n== largest |difference| from fast-1 (same seed, same process kind)")
+    print(_table({**{n: _grouped(c) for n, c in columns.items()}, **by_backend}))
     print("\n== portable under emulated CPUs against portable (must all be 0)")
-    print(_table(portable))
+    print(_table({n: _grouped(c) for n, c in portable.items()}))
     cost = {}
     for name in names:
         record = results[name][0]
-        method = sum(v["method_seconds"] for k, v in record.items() if not k.startswith("_"))
+        method = sum(
+            v["method_seconds"]
+            for k, v in record.items()
+            if not k.startswith("_") and k not in DEPLOYED
+        )
         cost[name] = (method, record["_cpu_seconds"], results[name][2])
     base = cost["fast-1"]
-    print("\n== cost against fast-1 (same script; one process per environment)")
+    print("\n== cost against fast-1 (same script; one process per environment; method time")
+    print("   of the simulated cases, CPU time of the worker process without its parties)")
     print(f"{'environment':16s} {'method s':>9s} {'ratio':>6s} {'worker CPU s':>13s} {'ratio':>6s}")
     for name, (m, c, _) in cost.items():
         print(f"{name:16s} {m:9.2f} {m / base[0]:6.2f} {c:13.1f} {c / base[1]:6.2f}")
