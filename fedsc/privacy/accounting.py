@@ -444,8 +444,12 @@ def client_level_from_ledger(
             key = f"{e['op']}:{e['tag']}"
             uncovered[key] = uncovered.get(key, 0) + 1
     _check_args(0.0, 0, 1.0, delta)
-    if not releases:
-        eps = 0.0
+    if any(sigma <= 0 for sigma in releases) or (not releases and uncovered):
+        # a value revealed without noise has no finite guarantee (never 0: that would
+        # read as "perfectly private")
+        eps = math.inf
+    elif not releases:
+        eps = 0.0  # nothing revealed at all
     else:
         acc = _make_accountant(accountant)
         for sigma, count in sorted(releases.items()):

@@ -208,3 +208,12 @@ def test_epsilon_read_off_the_ledger():
     with agg2.ledger.scope(0, "metrics"):
         agg2.weighted_mean([{"loss": 1.0}] * 3, [1, 2, 3])
     assert client_level_from_ledger(agg2.ledger, 1e-3).epsilon == 0.0
+    # aggregates revealed without noise: no finite guarantee, never 0
+    agg3 = smpc.make_aggregator("plaintext", mechanisms=[mech], mechanism_seed=0)
+    with agg3.ledger.scope(None, "correction/presence"):
+        agg3.sum(xs)
+    unnoised = client_level_from_ledger(agg3.ledger, 1e-3)
+    assert unnoised.releases == {} and unnoised.epsilon == math.inf
+    zero = {"name": "gaussian", "noise_multiplier": 0.0, "clip": 1.0}
+    entry = {"op": "weighted_mean", "tag": "fedavg", "mechanisms": [zero]}
+    assert client_level_from_ledger({"entries": [entry]}, 1e-3).epsilon == math.inf
