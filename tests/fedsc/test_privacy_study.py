@@ -140,7 +140,8 @@ def test_tiny_privacy_utility_study_sweep_to_report(tiny, tmp_path):
             "study": "tiny_pu",
             "datasets": [str(path)],
             "seeds": [0, 1],
-            "defaults": {"n_comps": 10, "n_top_genes": 200},
+            # sensitivity: the jitter rows go through the sweep, compare and report too
+            "defaults": {"n_comps": 10, "n_top_genes": 200, "sensitivity": True},
             "methods": {
                 "scbatchprox": {
                     "settings": {
@@ -170,6 +171,7 @@ def test_tiny_privacy_utility_study_sweep_to_report(tiny, tmp_path):
     assert "## Privacy–utility frontier" in text and "## Per-observer leakage" in text
     assert "## DP versus no DP" in text and "@coordinator" in text
     assert math.isfinite(float(dp_rows["dp_epsilon"].iloc[0]))
+    assert results["metric"].str.endswith("_perturbation_delta").any()
 
 
 @pytest.mark.parametrize(
