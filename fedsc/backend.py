@@ -21,6 +21,7 @@ __all__ = [
     "backend_names",
     "check_backend",
     "check_mechanisms",
+    "mechanism_name",
     "mechanism_names",
 ]
 
@@ -49,7 +50,7 @@ def mechanism_names() -> list[str] | None:
     return None if registry is None else list(registry)
 
 
-def _mechanism_name(entry: Any) -> str:
+def mechanism_name(entry: Any) -> str:
     """A mechanism entry is a name or a one-key mapping ``{name: {option: value}}``."""
     if isinstance(entry, str):
         return entry
@@ -66,7 +67,7 @@ def check_mechanisms(mechanisms: Sequence[Any]) -> list[Any]:
     mechanisms = list(mechanisms or [])
     if not mechanisms:
         return mechanisms
-    names = [_mechanism_name(m) for m in mechanisms]
+    names = [mechanism_name(m) for m in mechanisms]
     known = mechanism_names()
     if known is None:
         raise FedscInputError(

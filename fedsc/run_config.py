@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from fedsc.backend import check_backend, check_mechanisms
+from fedsc.backend import check_backend, check_mechanisms, mechanism_name
 from fedsc.data.inclusion import SCENARIOS as INCLUSION_SCENARIOS
 from fedsc.errors import FedscInputError
 from fedsc.methods import get_method, method_names
@@ -171,6 +171,7 @@ class RunConfig:
         from fedsc.privacy.in_run import check_run_privacy
 
         self.attacks, self.dp = check_run_privacy(self.attacks, self.dp, spec)
+        _refuse_unaccounted_noise(self.mechanisms)
         self.holdout = _batch_list("holdout", self.holdout)
         if self.holdout and not spec.holdout:
             raise FedscInputError(
@@ -252,6 +253,22 @@ class RunConfig:
         }
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _refuse_unaccounted_noise(mechanisms: list[Any]) -> None:
+    """DP noise comes with its pipeline and its accounting (``dp:``), never on its own.
+
+    ``mechanisms: [gaussian]`` added noise that no ε described (``dp_epsilon`` NaN) and kept
+    batch norm, whose statistics leak past the noise.
+    """
+    from smpc.mechanisms.gaussian import GaussianDP
+
+    if any(mechanism_name(m) == GaussianDP.name for m in mechanisms):
+        raise FedscInputError(
+            f"mechanisms: [{GaussianDP.name}] adds DP noise without its accounting (the run "
+            "would report no epsilon) or the DP model changes; use dp: {level: client, "
+            "target_epsilon: 4, clip: 1.0, delta: 0.01} instead."
+        )
 
 
 def check_seed(seed: Any, where: str = "seed") -> int:

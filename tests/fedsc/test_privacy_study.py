@@ -118,6 +118,14 @@ def test_nonsense_dp_is_refused_at_config_time(dp, match):
         RunConfig("scbatchprox", dp=dp)
 
 
+@pytest.mark.parametrize("entry", ["gaussian", {"gaussian": {"noise_multiplier": 1.0}}])
+def test_gaussian_noise_without_its_dp_pipeline_is_refused(entry):
+    # it added noise that no epsilon described (dp_epsilon NaN) and kept batch norm
+    with pytest.raises(FedscInputError, match="without its accounting"):
+        RunConfig("scbatchprox", mechanisms=[entry])
+    RunConfig("scbatchprox", mechanisms=["clip"])  # other mechanisms stay available
+
+
 def test_delta_above_one_over_n_is_refused_once_n_is_known(tiny):
     adata, path = tiny
     cfg = RunConfig("scbatchprox", dataset=str(path), dp={**DP, "delta": 0.5}, **COMMON)
