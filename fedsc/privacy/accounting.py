@@ -33,6 +33,7 @@ from fedsc.errors import FedscInputError
 
 __all__ = [
     "ACCOUNTANTS",
+    "LEDGER_OBSERVERS",
     "DPConfig",
     "LedgerAccount",
     "client_level_epsilon",
@@ -403,15 +404,25 @@ class LedgerAccount:
     uncovered: dict[str, int]
 
 
+#: Observers :func:`client_level_from_ledger` accounts for.
+LEDGER_OBSERVERS = ("output", "coordinator")
+
+
 def client_level_from_ledger(
-    ledger: Any, delta: float, *, accountant: Accountant = "rdp"
+    ledger: Any, delta: float, *, accountant: Accountant = "rdp", observer: str = "output"
 ) -> LedgerAccount:
-    """ε of the ``gaussian`` mechanism's releases recorded in ``ledger``.
+    """ε of the ``gaussian`` mechanism's releases recorded in ``ledger``, for ``observer``.
 
     Every ledger entry lists the mechanisms applied and their parameters, so the releases
     are counted from what actually happened (rounds, noised metrics), not from a config.
-    Each noised operation is one Gaussian release of its noise multiplier with every
-    client taking part (sampling rate 1); releases compose.
+    Each noised operation is one Gaussian release with every client taking part (sampling
+    rate 1); releases compose.
+
+    ``observer="output"``: whoever sees only the aggregates (the model, a secure-aggregation
+    coordinator): noise multiplier σ. ``observer="coordinator"``: the coordinator sees each
+    client's noised contribution wherever an operation was not private (plaintext, debug
+    mode); each client added only its share of the noise, N(0, σ²C²/m) with m the clients
+    of the operation (or ``min_honest``), so the multiplier it sees is σ/√m.
 
     Parameters
     ----------
@@ -421,8 +432,13 @@ def client_level_from_ledger(
         δ of the guarantee.
     accountant
         ``"rdp"`` or ``"pld"``.
+    observer
+        ``"output"`` or ``"coordinator"`` (see above).
     """
     from smpc.mechanisms.gaussian import GaussianDP
+
+    if observer not in LEDGER_OBSERVERS:
+        raise ValueError(f"observer must be one of {LEDGER_OBSERVERS}, got {observer!r}.")
 
     entries = ledger["entries"] if isinstance(ledger, dict) else ledger.to_dict()["entries"]
     releases: dict[float, int] = {}
@@ -436,6 +452,10 @@ def client_level_from_ledger(
             role = mech.role(e["op"], e["tag"])
             if role in ("state", "metrics"):
                 sigma = float(rec["noise_multiplier"])
+                if observer == "coordinator" and not e.get("private", False):
+                    n = int(e.get("n_clients") or 1)
+                    share = n if rec.get("min_honest") is None else min(rec["min_honest"], n)
+                    sigma /= math.sqrt(share)  # one client's part of the noise
                 releases[sigma] = releases.get(sigma, 0) + 1
                 covered = True
             elif role == "suppress":

@@ -40,7 +40,12 @@ import numpy as np
 import pandas as pd
 
 from fedsc.errors import FedscInputError
-from fedsc.privacy.accounting import DPConfig, client_level_from_ledger, dp_record
+from fedsc.privacy.accounting import (
+    LEDGER_OBSERVERS,
+    DPConfig,
+    client_level_from_ledger,
+    dp_record,
+)
 from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
 from fedsc.privacy.scbatchprox_rows import COLUMNS
 from fedsc.privacy.threat_model import clear_contributions
@@ -352,11 +357,24 @@ class InRunPrivacy:
         if self.dp is None:
             return None
         if self.dp.level == "client":
-            acct = client_level_from_ledger(ledger, self.dp.delta, accountant=self.dp.accountant)
+            accounts = {
+                observer: client_level_from_ledger(
+                    ledger, self.dp.delta, accountant=self.dp.accountant, observer=observer
+                )
+                for observer in LEDGER_OBSERVERS
+            }
+            # the column carries the epsilon against the observer who sees the most (a
+            # plaintext coordinator sees each client's update with sigma/sqrt(K) noise)
+            strongest = max(accounts, key=lambda o: accounts[o].epsilon)
+            acct = accounts[strongest]
             steps = sum(acct.releases.values())
             out = dp_record(
                 acct.epsilon, self.dp, steps=steps, sampling_rate=1.0, mechanism="gaussian"
             )
+            out["dp_observer"] = strongest
+            out["dp_epsilon_by_observer"] = {
+                o: None if math.isinf(a.epsilon) else a.epsilon for o, a in accounts.items()
+            }
             out["dp_uncovered"] = acct.uncovered
             return out
         uns = {} if adata is None else dict(adata.uns.get("fedscgen", {}).get("dp", {}))

@@ -217,3 +217,39 @@ def test_epsilon_read_off_the_ledger():
     zero = {"name": "gaussian", "noise_multiplier": 0.0, "clip": 1.0}
     entry = {"op": "weighted_mean", "tag": "fedavg", "mechanisms": [zero]}
     assert client_level_from_ledger({"entries": [entry]}, 1e-3).epsilon == math.inf
+
+
+@pytest.mark.parametrize("min_honest", [None, 2])
+def test_a_plaintext_coordinator_is_accounted_at_sigma_over_sqrt_k(min_honest):
+    # each client adds N(0, s^2 C^2 / m): a coordinator that sees every client's noised
+    # update (plaintext) faces multiplier s / sqrt(m), not s (the old report's error)
+    import smpc
+
+    sigma, rounds, delta, k = 2.0, 2, 0.01, 5
+    mech = {"name": "gaussian", "noise_multiplier": sigma, "clip": 1.0}
+    if min_honest is not None:
+        mech["min_honest"] = min_honest
+    xs = [np.full(4, 0.1 * i) for i in range(k)]
+    ledgers = {}
+    for backend, private in (("plaintext", False), ("aggregate-only", True)):
+        agg = smpc.make_aggregator("plaintext", mechanisms=[mech], mechanism_seed=0)
+        for r in range(rounds):
+            with agg.ledger.scope(r, "fedavg"):
+                agg.weighted_mean(xs, [1] * k, reference=np.zeros(4))
+        d = agg.ledger.to_dict()
+        for e in d["entries"]:
+            e["private"] = private  # as a secure backend records it
+        ledgers[backend] = d
+    m = k if min_honest is None else min_honest
+    seen = client_level_from_ledger(ledgers["plaintext"], delta, observer="coordinator")
+    assert seen.epsilon == pytest.approx(client_level_epsilon(sigma / np.sqrt(m), rounds, delta))
+    assert seen.epsilon > 1.5 * client_level_epsilon(sigma, rounds, delta)
+    # the output's reader, and a coordinator that sees only aggregates: multiplier sigma
+    for ledger, observer in (
+        (ledgers["plaintext"], "output"),
+        (ledgers["aggregate-only"], "coordinator"),
+    ):
+        acc = client_level_from_ledger(ledger, delta, observer=observer)
+        assert acc.epsilon == pytest.approx(client_level_epsilon(sigma, rounds, delta))
+    with pytest.raises(ValueError, match="observer must be one of"):
+        client_level_from_ledger(ledgers["plaintext"], delta, observer="party")

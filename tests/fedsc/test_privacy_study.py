@@ -14,6 +14,7 @@ from fedsc.datasets import simulate
 from fedsc.errors import FedscInputError
 from fedsc.methods import get_method
 from fedsc.privacy import in_run
+from fedsc.privacy.accounting import client_level_epsilon
 from fedsc.results import TIDY_COLUMNS
 from fedsc.run_config import RunConfig
 from fedsc.runner import execute_run
@@ -64,8 +65,15 @@ def test_rows_carry_dp_columns_and_attack_rows(attacked_runs):
     assert recorded.rows.loc[recorded.rows["method"] == "scbatchprox", "private"].eq(False).all()
     # client-level DP: eps/delta in every row of the method and in run.json
     mine = noised.rows[noised.rows["method"] == "scbatchprox"]
-    assert np.allclose(mine["dp_epsilon"], noised.info["dp"]["dp_epsilon"])
-    assert 0 < noised.info["dp"]["dp_epsilon"] <= 4.0 + 1e-6
+    dp = noised.info["dp"]
+    assert np.allclose(mine["dp_epsilon"], dp["dp_epsilon"])
+    # calibrated for the aggregate; the plaintext coordinator sees each of the 3 clients'
+    # updates with sigma/sqrt(3): its epsilon is the one in the column
+    by = dp["dp_epsilon_by_observer"]
+    assert 0 < by["output"] <= 4.0 + 1e-6 and dp["dp_observer"] == "coordinator"
+    sigma, rounds = dp["dp_noise_multiplier"], dp["dp_steps"]
+    expected = client_level_epsilon(sigma / np.sqrt(3), rounds, 0.1)
+    assert dp["dp_epsilon"] == by["coordinator"] == pytest.approx(expected)
     assert (mine["dp_delta"] == 0.1).all() and noised.info["dp"]["dp_mechanism"] == "gaussian"
     err = mine[
         (mine["observer"] == "coordinator")
@@ -204,7 +212,10 @@ def test_fedscgen_dp_wiring_records_epsilon(tiny, dp, mechanism):
     res = execute_run(cfg, adata=adata)
     assert res.info["dp"]["dp_mechanism"] == mechanism
     eps = res.info["dp"]["dp_epsilon"]
-    assert 0 < eps <= 8.0 + 1e-3
+    if mechanism == "gaussian":  # plaintext: the coordinator's epsilon (sigma/sqrt(3))
+        assert 0 < res.info["dp"]["dp_epsilon_by_observer"]["output"] <= 8.0 + 1e-3 < eps
+    else:
+        assert 0 < eps <= 8.0 + 1e-3
     mine = res.rows[res.rows["method"] == "fedscgen"]
     assert np.allclose(mine["dp_epsilon"], eps)
     assert res.adata.uns["fedscgen"]["dp"]["normalisation"] == "GroupNorm (DP variant)"
