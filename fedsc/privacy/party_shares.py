@@ -10,6 +10,8 @@ the input exactly (correlation 1): the collusion threshold.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -29,6 +31,18 @@ def _shared_truth(record: RunRecord, index: int, client: int) -> np.ndarray:
         w = float(o.weights[client])
         return np.concatenate([w * x, [w]])  # crypten shares [w x, w]
     return x
+
+
+def relative_error(guess: np.ndarray, true: np.ndarray) -> float:
+    """``||guess - true|| / ||true||``; for a zero ``true``: 0 if guessed exactly, else ∞.
+
+    (Dividing by a floor such as 1e-300 overflowed with a RuntimeWarning per value.)
+    """
+    err = float(np.linalg.norm(np.asarray(guess, dtype=np.float64) - true))
+    scale = float(np.linalg.norm(true))
+    if scale > 0:
+        return err / scale
+    return 0.0 if err == 0 else math.inf
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,13 +96,7 @@ def party_share_leakage(
             true = _shared_truth(truth, o.index, c)
             for metric, value, chance in (
                 ("share_correlation", _corr(guess[c], true), 0.0),
-                (
-                    "share_relative_error",
-                    float(
-                        np.linalg.norm(guess[c] - true) / max(float(np.linalg.norm(true)), 1e-300)
-                    ),
-                    1.0,
-                ),
+                ("share_relative_error", relative_error(guess[c], true), 1.0),
             ):
                 rows.append(
                     {

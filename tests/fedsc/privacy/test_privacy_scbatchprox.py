@@ -5,6 +5,8 @@ Numbers are reported in docs/privacy.md (``python -m fedsc.privacy.demo``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -205,3 +207,16 @@ def test_exposure_from_the_ledger(plain_run, crypten_run):
     assert set(coord["receives"]) == {"sum_weighted", "sum_weights"}
     assert set(table["observer"]) == {"coordinator", "party[0]", "party[1]", "party[2]", "client"}
     assert all(name in ATTACKS for names in MEASURED_BY.values() for name in names)
+
+
+def test_share_relative_error_of_a_zero_vector_is_infinite_without_warnings():
+    import warnings
+
+    from fedsc.privacy.party_shares import relative_error
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old floor division overflowed with a warning
+        assert relative_error(np.array([3e14, -2e14]), np.zeros(2)) == math.inf
+        assert relative_error(np.zeros(2), np.zeros(2)) == 0.0
+        assert relative_error(np.array([3.0, 4.0]), np.array([0.0, 0.0]) + 1e-310) == math.inf
+        assert relative_error(np.array([1.0, 1.0]), np.array([1.0, 2.0])) == 1 / np.sqrt(5)
