@@ -15,8 +15,11 @@ sampling; batch sizes vary, an empty batch is still a noisy step). An epoch is
 ``n_train // batch_size`` steps, as many as the non-DP trainer takes. The generator of
 epoch ``e`` is the non-DP one, ``derive_generator(seed, EPOCH, client, e)`` (it draws the
 sampling, dropout masks and reparameterisation noise); the DP noise has its own
-``derive_generator(seed, DP_NOISE, client, round)``. These are PRNGs: reproducible
-research, not a deployment (Opacus' ``secure_mode`` uses a CSPRNG and is not wired here).
+``derive_generator(seed, DP_NOISE, client, round)`` only in the ``simulated`` mode
+(``DPConfig.simulated``: reproducible, not private). By default the noise and the Poisson
+sampling use generators seeded with 63 bits of fresh OS entropy that nothing records.
+(Opacus' ``secure_mode`` draws every value from a CSPRNG; it needs torchcsprng, which is
+not installable here.)
 
 Loss: the VAE loss is a minibatch mean of per-cell terms ``mse_i + α·B·KL_i`` (B the
 configured batch size), so the per-cell gradient Opacus clips is exactly cell i's share
@@ -38,6 +41,7 @@ non-DP trainer unchanged (bit-identical to FedscGen's local update).
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -331,7 +335,12 @@ def local_train(
     bs = cfg.batch_size
     per_epoch = steps_per_epoch(n, bs)
     q = sampling_rate(n, bs)
-    noise_g = derive_generator(seed, DP_NOISE, client, round_index)
+    if dp.simulated:  # reproducible from the run seed: debugging and tests only
+        noise_g = derive_generator(seed, DP_NOISE, client, round_index)
+        sample_g: torch.Generator | None = None  # the epoch generator samples
+    else:  # fresh OS entropy, recorded nowhere: nobody can regenerate noise or batches
+        noise_g = torch.Generator().manual_seed(secrets.randbits(63))
+        sample_g = torch.Generator().manual_seed(secrets.randbits(63))
     module, dp_opt = make_private(model, optimizer, dp, bs, noise_g, clipping=clipping)
     ghost = clipping == "ghost"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -345,7 +354,9 @@ def local_train(
                 g = derive_generator(seed, EPOCH, client, round_index * local_epochs + j)
                 total, batches = 0.0, 0
                 for _ in range(per_epoch):
-                    idx = train_idx[torch.rand(n, generator=g) < q]
+                    idx = train_idx[
+                        torch.rand(n, generator=g if sample_g is None else sample_g) < q
+                    ]
                     dp_opt.zero_grad(set_to_none=True)
                     if len(idx) == 0:  # an empty Poisson batch is still a (pure-noise) step
                         for p in params:  # Opacus reads per-cell gradients from here

@@ -22,6 +22,7 @@ Two granularities use the same functions (docs/dp.md):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -185,6 +186,11 @@ class DPConfig:
         ``"rdp"`` (default) or ``"pld"``.
     level
         ``"client"`` (a whole client is the unit protected) or ``"cell"``.
+    simulated
+        ``False`` (default): the noise (and DP-SGD's Poisson sampling) is drawn from fresh
+        OS entropy that nothing records. ``True``: drawn from the run seed, which run.json
+        publishes, so anyone can regenerate and subtract it: for debugging and tests only;
+        such runs are labelled ``simulated DP`` and never ``private``.
 
     DP off is no :class:`DPConfig` at all (``dp: None`` in a config): runs are then
     bit-identical to runs without DP.
@@ -196,8 +202,13 @@ class DPConfig:
     target_epsilon: float | None = None
     accountant: Accountant = "rdp"
     level: Level = "client"
+    simulated: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.simulated, bool):
+            raise FedscInputError(
+                f"DP config: simulated must be true or false, got {self.simulated!r}."
+            )
         s = self.noise_multiplier
         if s is None:
             if self.target_epsilon is None:
@@ -264,9 +275,7 @@ class DPConfig:
             sigma = noise_multiplier_for(
                 self.target_epsilon, steps, sampling_rate, self.delta, accountant=self.accountant
             )
-            return DPConfig(
-                sigma, self.clip, self.delta, self.target_epsilon, self.accountant, self.level
-            )
+            return dataclasses.replace(self, noise_multiplier=sigma)
         if self.target_epsilon is not None:
             eps = self.epsilon(steps, sampling_rate)
             if eps > self.target_epsilon * (1 + 1e-9):
@@ -354,6 +363,11 @@ def client_level_epsilon(
     return epsilon(noise_multiplier, rounds * releases_per_round, 1.0, delta, accountant=accountant)
 
 
+#: ``dp_noise`` in run.json: where the DP noise came from.
+NOISE_FRESH = "fresh OS entropy (not recorded)"
+NOISE_SIMULATED = "simulated: seeded from the published run seed (not private)"
+
+
 def dp_record(
     epsilon_spent: float,
     config: DPConfig,
@@ -376,6 +390,7 @@ def dp_record(
         "dp_steps": int(steps),
         "dp_sampling_rate": float(sampling_rate),
         "dp_accountant": f"dp_accounting {config.accountant.upper()} (add-or-remove-one)",
+        "dp_noise": NOISE_SIMULATED if config.simulated else NOISE_FRESH,
     }
 
 

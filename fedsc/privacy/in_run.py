@@ -258,14 +258,15 @@ class InRunPrivacy:
         if self.mechanism is not None:
             mechs.append(self.mechanism)
         opts = dict(cfg.backend_options)
+        # DP noise from the run seed could be regenerated from run.json and subtracted:
+        # fresh OS entropy (None) unless the DP is explicitly simulated
+        seed = None if self.dp is not None and not self.dp.simulated else cfg.seed
         if self.attacks:
             agg, self._recorder = recording_aggregator(
-                cfg.backend, mechanisms=mechs, mechanism_seed=cfg.seed, **opts
+                cfg.backend, mechanisms=mechs, mechanism_seed=seed, **opts
             )
         else:
-            agg = smpc.make_aggregator(
-                cfg.backend, mechanisms=mechs, mechanism_seed=cfg.seed, **opts
-            )
+            agg = smpc.make_aggregator(cfg.backend, mechanisms=mechs, mechanism_seed=seed, **opts)
         with agg:
             yield agg
             if self._recorder is not None:
@@ -294,6 +295,8 @@ class InRunPrivacy:
         delta = math.nan if dp_info is None else dp_info["dp_delta"]
         summary = self._attack_summary(adata)
         label, private = self._label(summary, ledger)
+        if self.dp is not None and self.dp.simulated:
+            label, private = f"simulated DP (seeded noise: not private); {label}", False
         base = rows["method"] != self.cfg.method
         rows["dp_epsilon"] = np.where(base, math.nan, eps).astype(float)
         rows["dp_delta"] = np.where(base, math.nan, delta).astype(float)

@@ -221,3 +221,27 @@ def test_fedscgen_dp_wiring_records_epsilon(tiny, dp, mechanism):
     assert res.adata.uns["fedscgen"]["dp"]["normalisation"] == "GroupNorm (DP variant)"
     att = mine[mine["panel"] == "attack"]
     assert set(att["observer"]) >= {"coordinator"}
+
+
+def test_dp_noise_is_fresh_unless_simulated_and_simulated_is_never_private(tiny):
+    # the old runs seeded the noise with the run seed, which run.json publishes: anyone
+    # could regenerate it and subtract it (the update came back to 4e-13)
+    adata, path = tiny
+    attacks = ["update_recovery"]
+
+    def run(dp: dict):
+        cfg = RunConfig("scbatchprox", dataset=str(path), attacks=attacks, dp=dp, **COMMON)
+        res = execute_run(cfg, adata=adata)
+        return res, res.adata.obsm["X_scbatchprox"]
+
+    (a, za), (_, zb) = run(DP), run(DP)
+    assert not np.array_equal(za, zb)  # same seed, other noise
+    assert a.info["dp"]["dp_noise"].startswith("fresh OS entropy")
+    (s1, z1), (_, z2) = run({**DP, "simulated": True}), run({**DP, "simulated": True})
+    np.testing.assert_array_equal(z1, z2)  # seeded: reproducible, hence not private
+    assert s1.info["dp"]["dp_noise"].startswith("simulated")
+    mine = s1.rows[s1.rows["method"] == "scbatchprox"]
+    assert mine["private"].eq(False).all() and s1.info["private"] is False
+    assert s1.info["privacy"].startswith("simulated DP")
+    with pytest.raises(FedscInputError, match="simulated must be true or false"):
+        RunConfig("scbatchprox", dp={**DP, "simulated": "yes"})
