@@ -152,7 +152,9 @@ def _spread(a: dict, b: dict, arrays_a: dict, arrays_b: dict) -> dict[str, float
         va, vb = a[case]["values"], b[case]["values"]
         for key in sorted(set(va) & set(vb)):
             d = abs(va[key] - vb[key])
-            out[f"{case}|{key}"] = d if d == d else (0.0 if va[key] != va[key] else 1.0)
+            if d != d:  # NaN on one side: a metric lost; on both: the same (missing)
+                d = 0.0 if va[key] != va[key] and vb[key] != vb[key] else float("inf")
+            out[f"{case}|{key}"] = d
     return out
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +74,9 @@ def looks_like_counts(x: Any) -> bool:
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages a run record lists."""
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    from fedsc.settings._numerics import library_versions
+
+    return library_versions(PACKAGES)
 
 
 def prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> ad.AnnData:

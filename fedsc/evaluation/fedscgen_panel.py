@@ -31,7 +31,7 @@ from fedsc.evaluation import _missing
 from fedsc.evaluation._inputs import check_embedding, check_groups
 from fedsc.evaluation._scib import neighbors_results, scib_metrics
 from fedsc.evaluation.scib_panel import isolated_label_names, silhouette_batch
-from fedsc.evaluation.sensitivity import delta_values, perturb
+from fedsc.evaluation.sensitivity import append_deltas, perturb
 
 if TYPE_CHECKING:
     from scib_metrics.nearest_neighbors import NeighborsResults
@@ -265,9 +265,7 @@ def fedscgen_panel(
     if sensitivity:  # the discontinuous metrics again, on X + 1e-6 std(X) noise (same seed)
         Z_perturbed = top_pcs(perturb(X, seed), n_pcs, seed)
         v_perturbed, _ = _values(Z_perturbed, batch, labels, DISCONTINUOUS, **options)
-        deltas = delta_values(v, v_perturbed, DISCONTINUOUS)
-        v.update(deltas)
-        order += list(deltas)
+        append_deltas(v, order, v_perturbed, DISCONTINUOUS)
     return _missing.frame(PANEL, v, order, why)
 
 

@@ -38,7 +38,7 @@ from fedsc.evaluation import _missing
 from fedsc.evaluation._inputs import check_embedding, check_groups
 from fedsc.evaluation._kbet import kbet_per_label
 from fedsc.evaluation._scib import neighbors_results, scib_metrics
-from fedsc.evaluation.sensitivity import delta_values, perturb
+from fedsc.evaluation.sensitivity import append_deltas, perturb
 
 if TYPE_CHECKING:
     from scib_metrics.nearest_neighbors import NeighborsResults
@@ -257,9 +257,7 @@ def scib_panel(
         # are recomputed from them and the perturbed discontinuous ones
         perturbed = {**{m: v[m] for m in order if m not in AGGREGATES}, **perturbed}
         perturbed.update(_aggregate(perturbed))
-        deltas = delta_values(v, perturbed, [*DISCONTINUOUS, *AGGREGATES])
-        v.update(deltas)
-        order += list(deltas)
+        append_deltas(v, order, perturbed, [*DISCONTINUOUS, *AGGREGATES])
     return _missing.frame(PANEL, v, order, why)
 
 

@@ -66,3 +66,15 @@ def delta_values(
         if math.isfinite(a) and math.isfinite(b):
             out[sensitivity_metric(name)] = abs(float(b) - float(a))
     return out
+
+
+def append_deltas(
+    values: dict[str, float],
+    order: list[str],
+    perturbed: Mapping[str, float],
+    names: Iterable[str],
+) -> None:
+    """Add the :func:`delta_values` of ``names`` to a panel's ``values`` and row ``order``."""
+    deltas = delta_values(values, perturbed, names)
+    values.update(deltas)
+    order += list(deltas)

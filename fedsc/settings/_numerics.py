@@ -234,11 +234,20 @@ def numerical_environment(mode: str = "fast") -> dict[str, Any]:
         except ImportError:  # pragma: no cover
             pass
     out["environment"] = {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}
+    out["versions"] = library_versions(NUMERICAL_PACKAGES)
+    return out
+
+
+#: The numerical libraries whose versions decide the bits.
+NUMERICAL_PACKAGES = ("numpy", "scipy", "torch", "scikit-learn", "numba", "jax", "jaxlib")
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Python's version and each installed distribution's (``"not installed"`` if absent)."""
     versions = {"python": platform.python_version()}
-    for name in ("numpy", "scipy", "torch", "scikit-learn", "numba", "jax", "jaxlib"):
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    out["versions"] = versions
-    return out
+    return versions
