@@ -9,8 +9,9 @@ labels the tidy rows. The threat model is in ``docs/privacy.md``.
 """
 
 from fedsc.privacy.attacks import ATTACKS, Truth, attack_record, run_attacks
-from fedsc.privacy.in_run import IN_RUN_ATTACKS, update_recovery
+from fedsc.privacy.in_run import IN_RUN_ATTACKS
 from fedsc.privacy.threat_model import MEASURED_BY, exposure
+from fedsc.privacy.update_recovery import update_recovery
 from fedsc.privacy.views import (
     OBSERVERS,
     ObservedOp,

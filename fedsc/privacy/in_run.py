@@ -9,17 +9,8 @@ adds to the run's tidy rows the DP columns (``dp_epsilon``, ``dp_delta``), the
 per-observer ``privacy`` label and the derived ``private`` flag, and one attack row per
 (attack, observer, metric) (schema: :mod:`fedsc.results`).
 
-DP settings (``RunConfig.dp``, a :class:`~fedsc.privacy.accounting.DPConfig` mapping):
-
-``level: client``
-    DP-FedAvg through the ``gaussian`` mechanism (:mod:`smpc.mechanisms.gaussian`):
-    n = training clients, σ calibrated to ``target_epsilon`` over the method's rounds if
-    not given; ε is read off the ledger afterwards
-    (:func:`~fedsc.privacy.accounting.client_level_from_ledger`). FedscGen then trains the
-    GroupNorm DP variant of its VAE (BatchNorm buffers break under clipping and noise).
-``level: cell``
-    DP-SGD in FedscGen's local training (:mod:`fedsc.methods.dp_sgd`); ε is the largest
-    over clients.
+DP settings (``RunConfig.dp``): :mod:`fedsc.privacy.run_dp`. Update recovery (any method):
+:mod:`fedsc.privacy.update_recovery`.
 
 Labels are derived from the attacks' results, never from the backend's name: an observer
 "recovers client updates" when an attack's median relative error on a client's update is
@@ -33,22 +24,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from fedsc.errors import FedscInputError
-from fedsc.privacy.accounting import (
-    LEDGER_OBSERVERS,
-    DPConfig,
-    client_level_from_ledger,
-    dp_record,
-)
+from fedsc.privacy.accounting import DPConfig
 from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
+from fedsc.privacy.run_dp import check_run_dp, resolve_run_dp, run_dp_info
 from fedsc.privacy.scbatchprox_rows import COLUMNS
 from fedsc.privacy.threat_model import clear_contributions
+from fedsc.privacy.update_recovery import update_recovery
 from fedsc.privacy.views import (
     OBSERVERS,
     ObserverView,
@@ -74,7 +62,6 @@ __all__ = [
     "InRunPrivacy",
     "check_run_privacy",
     "start",
-    "update_recovery",
 ]
 
 #: Median relative error below which an observer "recovers client updates".
@@ -87,65 +74,6 @@ CENTRALIZED = "centralized: all cells are pooled in one place"
 NOT_FEDERATED = "n/a (uncorrected input, not a federated computation)"
 #: Metrics that measure how well a client's update (or row) is recovered.
 _ERROR_METRICS = ("update_relative_error", "share_relative_error")
-
-
-def update_recovery(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    """Any method: each client's model update as the observer can estimate it.
-
-    For every state aggregation (a ``weighted_mean``/``sum`` with a broadcast reference,
-    not the metrics), the estimate of client c's update ``x_c - reference`` is its
-    contribution if the view holds it in the clear (plaintext coordinator; noised under
-    the ``gaussian`` mechanism): metrics ``update_relative_error`` (chance 1: guessing no
-    update) and ``update_cosine`` (chance 0), scored against the true local update. A view
-    without clear contributions (a secure backend's coordinator, a client) gets the
-    revealed aggregate's update, the federation's mean update, scored the same way as
-    ``mean_update_relative_error``/``mean_update_cosine``: how close the intended output
-    already is to each client's update (not a client-specific recovery, so it does not
-    count as one in the labels). A client's own update is skipped in a client view.
-    """
-    rows: list[dict[str, Any]] = []
-    if truth is None or truth.record is None:
-        return pd.DataFrame(rows, columns=COLUMNS)
-    record = truth.record
-    for o in view.operations:
-        if o.op not in ("weighted_mean", "sum") or o.tag == "metrics" or o.reference is None:
-            continue
-        ref = np.asarray(o.reference, dtype=np.float64)
-        true_all = record.local_contributions(o.index)
-        for c in range(o.n_clients):
-            if view.observer == "client" and c == view.client:
-                continue
-            own = None if o.contributions is None else o.contributions[c]
-            if own is not None and np.isfinite(own).all():
-                est, prefix = np.asarray(own, dtype=np.float64) - ref, "update"
-            elif o.aggregate is not None and o.op == "weighted_mean":
-                est, prefix = np.asarray(o.aggregate, dtype=np.float64) - ref, "mean_update"
-            else:
-                continue
-            u = np.asarray(true_all[c], dtype=np.float64) - ref
-            nu = float(np.linalg.norm(u))
-            if nu == 0:
-                continue
-            err = float(np.linalg.norm(est - u)) / nu
-            ne = float(np.linalg.norm(est))
-            cos = float(est @ u) / (ne * nu) if ne > 0 else 0.0
-            for metric, value, chance in (
-                (f"{prefix}_relative_error", err, 1.0),
-                (f"{prefix}_cosine", cos, 0.0),
-            ):
-                rows.append(
-                    {
-                        "attack": "update_recovery",
-                        "observer": view.observer,
-                        "backend": view.backend,
-                        "target_client": c,
-                        "round": o.round,
-                        "metric": metric,
-                        "value": value,
-                        "chance": chance,
-                    }
-                )
-    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def _fedscgen_membership(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
@@ -194,22 +122,7 @@ def check_run_privacy(
             f"{spec.name} is centralized (all cells in one place): there is no federated "
             "computation to attack; drop `attacks`."
         )
-    if dp is None:
-        return names, None
-    dp = dict(dp)
-    if dp.get("target_epsilon") is not None and "noise_multiplier" not in dp:
-        dp["noise_multiplier"] = None  # calibrate sigma to the target
-    conf = DPConfig.from_dict(dp)
-    if conf is None:  # from_dict(None) only; dp is a mapping here
-        return names, None
-    if not spec.federated:
-        raise FedscInputError(f"{spec.name} is centralized; it takes no dp settings.")
-    if conf.level == "cell" and spec.name != "fedscgen":
-        raise FedscInputError(
-            f"cell-level DP (DP-SGD) is implemented for fedscgen only, not {spec.name}; "
-            "use dp: {level: client, ...} (the gaussian mechanism)."
-        )
-    return names, dp
+    return names, check_run_dp(dp, spec)
 
 
 @dataclass
@@ -289,7 +202,7 @@ class InRunPrivacy:
         rows = rows.copy()
         info = dict(info)
         ledger = info.get("ledger")
-        dp_info = self._dp_info(ledger, adata)
+        dp_info = run_dp_info(self.dp, ledger, adata)
         eps = math.nan if dp_info is None else dp_info["dp_epsilon"]
         eps = math.inf if dp_info is not None and eps is None else eps
         delta = math.nan if dp_info is None else dp_info["dp_delta"]
@@ -355,42 +268,6 @@ class InRunPrivacy:
                 "privacy": label,
             }
         ).reindex(TIDY_COLUMNS)
-
-    def _dp_info(self, ledger: Any, adata: ad.AnnData | None) -> dict[str, Any] | None:
-        if self.dp is None:
-            return None
-        if self.dp.level == "client":
-            accounts = {
-                observer: client_level_from_ledger(
-                    ledger, self.dp.delta, accountant=self.dp.accountant, observer=observer
-                )
-                for observer in LEDGER_OBSERVERS
-            }
-            # the column carries the epsilon against the observer who sees the most (a
-            # plaintext coordinator sees each client's update with sigma/sqrt(K) noise)
-            strongest = max(accounts, key=lambda o: accounts[o].epsilon)
-            acct = accounts[strongest]
-            steps = sum(acct.releases.values())
-            out = dp_record(
-                acct.epsilon, self.dp, steps=steps, sampling_rate=1.0, mechanism="gaussian"
-            )
-            out["dp_observer"] = strongest
-            out["dp_epsilon_by_observer"] = {
-                o: None if math.isinf(a.epsilon) else a.epsilon for o, a in accounts.items()
-            }
-            out["dp_uncovered"] = acct.uncovered
-            return out
-        uns = {} if adata is None else dict(adata.uns.get("fedscgen", {}).get("dp", {}))
-        if "epsilon" not in uns:
-            raise RuntimeError("cell-level DP ran but the method recorded no epsilon.")
-        conf = replace(self.dp, noise_multiplier=float(uns["noise_multiplier"]))
-        return dp_record(
-            float(uns["epsilon"]),
-            conf,
-            steps=int(uns["steps"]),
-            sampling_rate=float(uns["sampling_rate"]),
-            mechanism="dp_sgd (Opacus)",
-        )
 
     def _attack_summary(self, adata: ad.AnnData | None = None) -> pd.DataFrame:
         cols = ["attack", "observer", "metric", "value", "chance"]
@@ -493,36 +370,13 @@ def _smpc_mechanism(entry: Any) -> Any:
     return entry
 
 
-def _training_clients(adata: ad.AnnData, cfg: RunConfig) -> int:
-    batches = set(adata.obs[cfg.batch_key].astype(str))
-    return len(batches - set(cfg.holdout))
-
-
 def start(cfg: RunConfig, adata: ad.AnnData, spec: MethodSpec) -> InRunPrivacy:
     """The run's privacy settings, checked against the loaded data (n known).
 
-    Client-level DP: δ < 1/n for the n training clients, σ calibrated to
-    ``target_epsilon`` over the method's rounds (one release per round: the metrics are
-    suppressed). Cell-level DP: passed to FedscGen (``params["dp"]``), which checks
-    δ < 1/n_train per client and calibrates σ (:func:`fedsc.methods.dp_sgd.resolve_for_clients`).
+    DP: :func:`fedsc.privacy.run_dp.resolve_run_dp`.
     """
     attacks = list(getattr(cfg, "attacks", None) or [])
-    raw_dp = getattr(cfg, "dp", None)
-    method_cfg = cfg
-    dp = None if raw_dp is None else DPConfig.from_dict(dict(raw_dp))
-    mechanism = None
-    if dp is not None:
-        params = dict(cfg.params)
-        config = spec.make_config(params)
-        if dp.level == "client":
-            dp.validate_for(_training_clients(adata, cfg))
-            dp = dp.resolve(int(config.rounds))
-            mechanism = dp.mechanism_spec()
-            if spec.name == "fedscgen":  # GroupNorm variant (BatchNorm buffers break)
-                params["dp"] = {"level": "client", "clip": dp.clip, "delta": dp.delta}
-        else:
-            params["dp"] = dict(raw_dp or {})
-        method_cfg = replace(cfg, params=params)
+    dp, mechanism, method_cfg = resolve_run_dp(cfg, adata, spec)
     public: dict[str, Any] = {"method": spec.name, "seed": cfg.seed}
     if attacks:
         config = spec.make_config(method_cfg.params)
