@@ -12,11 +12,13 @@ per-observer ``privacy`` label and the derived ``private`` flag, and one attack 
 DP settings (``RunConfig.dp``): :mod:`fedsc.privacy.run_dp`. Update recovery (any method):
 :mod:`fedsc.privacy.update_recovery`.
 
-Labels are derived from the attacks' results, never from the backend's name: an observer
-"recovers client updates" when an attack's median relative error on a client's update is
-below :data:`RECOVERED` (exactly: below :data:`EXACT`). Without attacks the label says
-what the ledger shows the coordinator received (clear contributions or aggregates only)
-and ``private`` is NA.
+Labels are derived from every attack's rows, never from the backend's name
+(:mod:`fedsc.privacy.verdict`): an observer *leaks* when any attack (membership, property,
+revealed values, update or share recovery) beats chance with its per-target interval, and
+is *private against this observer* only when every attack is at chance; ``private`` is
+False when any observer leaks, True when all are private, NA otherwise. Without attacks
+the label says what the ledger shows the coordinator received (clear contributions or
+aggregates only) and ``private`` is NA.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fedsc.privacy.run_dp import check_run_dp, resolve_run_dp, run_dp_info
 from fedsc.privacy.scbatchprox_rows import COLUMNS
 from fedsc.privacy.threat_model import clear_contributions
 from fedsc.privacy.update_recovery import update_recovery
+from fedsc.privacy.verdict import ObserverVerdict, judge_rows, observer_verdict
 from fedsc.privacy.views import (
     OBSERVERS,
     ObserverView,
@@ -55,25 +58,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CENTRALIZED",
-    "EXACT",
     "IN_RUN_ATTACKS",
     "NOT_FEDERATED",
-    "RECOVERED",
     "InRunPrivacy",
     "check_run_privacy",
     "start",
 ]
 
-#: Median relative error below which an observer "recovers client updates".
-RECOVERED = 0.5
-#: ... and below which it recovers them exactly (up to fixed-point rounding).
-EXACT = 1e-3
 #: Label of a centralized method's rows (no federation at all).
 CENTRALIZED = "centralized: all cells are pooled in one place"
 #: Label of the uncorrected-input rows.
 NOT_FEDERATED = "n/a (uncorrected input, not a federated computation)"
-#: Metrics that measure how well a client's update (or row) is recovered.
-_ERROR_METRICS = ("update_relative_error", "share_relative_error")
 
 
 def _fedscgen_membership(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
@@ -206,10 +201,18 @@ class InRunPrivacy:
         eps = math.nan if dp_info is None else dp_info["dp_epsilon"]
         eps = math.inf if dp_info is not None and eps is None else eps
         delta = math.nan if dp_info is None else dp_info["dp_delta"]
-        summary = self._attack_summary(adata)
-        label, private = self._label(summary, ledger)
+        raw = self._attack_rows(adata)
+        summary = _summarise(raw)
+        verdicts = judge_rows(raw)
+        by_observer = {
+            o: v
+            for o in dict.fromkeys(summary["observer"])
+            if (v := observer_verdict(str(o), verdicts)) is not None
+        }
+        label, private = self._label(summary, by_observer, ledger)
         if self.dp is not None and self.dp.simulated:
             label, private = f"simulated DP (seeded noise: not private); {label}", False
+            by_observer = {}
         base = rows["method"] != self.cfg.method
         rows["dp_epsilon"] = np.where(base, math.nan, eps).astype(float)
         rows["dp_delta"] = np.where(base, math.nan, delta).astype(float)
@@ -232,11 +235,22 @@ class InRunPrivacy:
                     extra[col] = template[col]
             extra["panel"] = "attack"
             extra["embedding"] = ""
-            extra["private"] = pd.array([private] * len(extra), dtype="boolean")
+            extra["private"] = pd.array(
+                [
+                    False if private is False else _observer_private(by_observer.get(str(o)))
+                    for o in extra["observer"]
+                ],
+                dtype="boolean",
+            )
             parts = [rows, extra[rows.columns]] if len(rows) else [extra[rows.columns]]
             rows = pd.concat(parts, ignore_index=True)
         info["dp"] = dp_info
         info["attacks"] = summary.to_dict(orient="records")
+        info["attack_verdicts"] = [asdict(v) for v in verdicts]
+        info["observer_verdicts"] = {
+            o: {"status": v.status, "label": v.describe(), "n_metrics": v.n_judged}
+            for o, v in by_observer.items()
+        }
         info["backend_privacy_note"] = info.get("privacy")
         info["privacy"] = label
         info["private"] = None if private is pd.NA else bool(private)
@@ -269,10 +283,10 @@ class InRunPrivacy:
             }
         ).reindex(TIDY_COLUMNS)
 
-    def _attack_summary(self, adata: ad.AnnData | None = None) -> pd.DataFrame:
-        cols = ["attack", "observer", "metric", "value", "chance"]
+    def _attack_rows(self, adata: ad.AnnData | None = None) -> pd.DataFrame:
+        """Every attack's rows (one per target and round), own-client rows dropped."""
         if self.record is None or not self.attacks:
-            return pd.DataFrame(columns=cols)
+            return pd.DataFrame(columns=COLUMNS)
         truth = Truth(self.record, fedscgen=self._fedscgen_truth(adata))
         views = [observer_view(self.record, name) for name in OBSERVERS]
         frames = []
@@ -287,15 +301,10 @@ class InRunPrivacy:
                     frames += [IN_RUN_ATTACKS[name](v, truth) for v in views]
         raw = pd.concat([f for f in frames if len(f)] or [pd.DataFrame(columns=COLUMNS)])
         if not len(raw):
-            return pd.DataFrame(columns=cols)
+            return pd.DataFrame(columns=COLUMNS)
         own = (raw["observer"] == "client") & (raw["target_client"] == 0)
         raw = raw[~own & (raw["metric"] != "weights_known")]
-        raw = raw.astype({"value": float, "chance": float})
-        return (
-            raw.groupby(["attack", "observer", "metric"], sort=True)[["value", "chance"]]
-            .median()
-            .reset_index()[cols]
-        )
+        return raw.astype({"value": float, "chance": float}).reset_index(drop=True)
 
     def _fedscgen_truth(self, adata: ad.AnnData | None) -> Any:
         """FedscGen's clients and splits from the evaluated cells (FedscGen attacks only)."""
@@ -319,7 +328,15 @@ class InRunPrivacy:
             holdout=cfg.holdout,
         )
 
-    def _label(self, summary: pd.DataFrame, ledger: Any) -> tuple[str, Any]:
+    def _label(
+        self, summary: pd.DataFrame, by_observer: dict[str, ObserverVerdict], ledger: Any
+    ) -> tuple[str, Any]:
+        """The run's privacy label and ``private`` flag, from every attack's verdict.
+
+        ``private`` is False when any attack beats chance against any observer, True only
+        when every observer's attacks are all at chance, NA otherwise (inconclusive, or
+        no attack applies).
+        """
         if not self.spec.federated:
             return CENTRALIZED, pd.NA
         if not len(summary):
@@ -332,34 +349,34 @@ class InRunPrivacy:
                 else "receives aggregates only"
             )
             return f"coordinator: {seen} (ledger; no attacks run)", pd.NA
-        parts, leaked = [], False
-        for observer in OBSERVERS:
-            errs = summary[
-                (summary["observer"] == observer) & summary["metric"].isin(_ERROR_METRICS)
-            ]
-            if not len(errs):
-                mean = summary[
-                    (summary["observer"] == observer)
-                    & (summary["metric"] == "mean_update_relative_error")
-                ]
-                if len(mean):
-                    parts.append(
-                        f"{observer}: aggregate only, no client-specific recovery (mean "
-                        f"update vs a client's: rel. err {float(mean['value'].min()):.2g})"
-                    )
-                continue
-            best = errs.iloc[int(np.argmin(errs["value"].to_numpy()))]
-            err = float(best["value"])
-            if err < EXACT:
-                what, leaked = "recovers client updates exactly", True
-            elif err < RECOVERED:
-                what, leaked = "recovers client updates approximately", True
-            else:
-                what = "no client update recovered"
-            parts.append(f"{observer}: {what} ({best['attack']}, rel. err {err:.2g})")
-        if not parts:
+        if not by_observer:
             return "no attack applies to this run", pd.NA
-        return "; ".join(parts), not leaked
+        order = {o: i for i, o in enumerate(OBSERVERS)}
+        ranked = sorted(by_observer.values(), key=lambda v: (order.get(v.observer, 99), v.observer))
+        label = "; ".join(v.describe() for v in ranked)
+        statuses = {v.status for v in ranked}
+        if "leaks" in statuses:
+            return label, False
+        return label, True if statuses == {"private"} else pd.NA
+
+
+def _summarise(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per (attack, observer, metric): the median over targets and rounds."""
+    cols = ["attack", "observer", "metric", "value", "chance"]
+    if not len(raw):
+        return pd.DataFrame(columns=cols)
+    return (
+        raw.groupby(["attack", "observer", "metric"], sort=True)[["value", "chance"]]
+        .median()
+        .reset_index()[cols]
+    )
+
+
+def _observer_private(verdict: ObserverVerdict | None) -> Any:
+    """An attack row's ``private``: its observer's verdict (NA when not judged)."""
+    if verdict is None or verdict.private is None:
+        return pd.NA
+    return verdict.private
 
 
 def _smpc_mechanism(entry: Any) -> Any:

@@ -61,7 +61,7 @@ def test_rows_carry_dp_columns_and_attack_rows(attacked_runs):
         & (att["metric"] == "attack:scbatchprox_rows:update_relative_error")
     ]
     assert float(exact["value"].iloc[0]) < 1e-6  # plaintext coordinator: rows exactly
-    assert "coordinator: recovers client updates exactly" in recorded.info["privacy"]
+    assert "coordinator: leaks (scbatchprox_rows:" in recorded.info["privacy"]
     assert recorded.rows.loc[recorded.rows["method"] == "scbatchprox", "private"].eq(False).all()
     # client-level DP: eps/delta in every row of the method and in run.json
     mine = noised.rows[noised.rows["method"] == "scbatchprox"]
