@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -128,6 +129,50 @@ def _summary_table(results: pd.DataFrame) -> str:
     return table
 
 
+def _findings_section(results: pd.DataFrame) -> list[str]:
+    """The lead privacy table (:func:`fedsc.privacy.findings.privacy_findings`)."""
+    from fedsc.privacy.findings import privacy_findings
+
+    tab = privacy_findings(results)
+    if not len(tab):
+        return []
+    keys = [k for k in ("method", "variant", "backend") if tab[k].nunique() > 1] or ["method"]
+    shown = tab[[*keys, "observer", "verdict", "strongest attack"]].astype(str).copy()
+    shown["success [95% CI over seeds]"] = [
+        f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi_)}]" if n > 1 else _fmt(v)
+        for v, (lo, hi_), n in zip(tab["success"], tab["interval"], tab["seeds"], strict=True)
+    ]
+    shown["chance"] = tab["chance"].map(_fmt)
+    shown["ε claimed"] = [_fmt_eps(e) for e in tab["eps_claimed"]]
+    shown["ε audited ≥"] = [_fmt_eps(e) for e in tab["eps_audited"]]
+    shown["Δ utility vs uncorrected"] = tab["delta_uncorrected"].map(_fmt)
+    shown["Δ utility vs σ=0 control"] = tab["delta_control"].map(_fmt)
+    shown["seeds"] = tab["seeds"].astype(int)
+    metrics = ", ".join(sorted({str(m) for m in tab["utility_metric"].dropna()}))
+    return [
+        "## Privacy: what each protection buys against each observer, at what cost",
+        "",
+        _md_table(shown),
+        "",
+        "Per observer, the strongest of every attack run (membership, property, revealed "
+        "values, update and share recovery; gain over chance relative to the metric's "
+        "tolerance); `verdict` over all of them: `leaks` = some attack beats chance "
+        "(95 % bootstrap interval over seeds above chance and gain above the tolerance), "
+        "`private` = every attack at chance, `inconclusive` = neither shown. ε claimed "
+        "against that observer (∞: no guarantee; –: no DP); ε audited: the empirical "
+        "lower bound of the canary audit where run. Utility: "
+        f"{metrics or 'the headline metric'}, method minus the uncorrected input of the "
+        "same runs, and minus the DP pipeline run with σ = 0 (same layers, clipping and "
+        "weighting: the cost of the noise alone). Per-metric detail: the appendix.",
+    ]
+
+
+def _fmt_eps(e: float) -> str:
+    if not isinstance(e, float | int) or math.isnan(e):
+        return "–"
+    return "∞" if math.isinf(e) else _fmt(e)
+
+
 def _privacy_section(results: pd.DataFrame) -> list[str]:
     """Per-observer privacy labels (from the attacks and the ledger, never the backend)."""
     if "privacy" not in results.columns:
@@ -143,22 +188,23 @@ def _privacy_section(results: pd.DataFrame) -> list[str]:
     )
     out = [_md_table(tab.astype(str))]
     out.append(
-        "\nLabels come from the attacks run on each observer's recorded view (rel. err: "
-        "median relative error of the recovered client update; < 0.5 counts as recovered) "
-        "and, without attacks, from the ledger; `private` = no observer other than a client "
-        "itself recovers client updates (n/a: not a federated computation or no attack run)."
+        "\nLabels come from every attack run on each observer's recorded view "
+        "(`fedsc.privacy.verdict`: an observer leaks when an attack beats chance, is private "
+        "only when every attack is at chance) and, without attacks, from the ledger; "
+        "`private` = every observer private (n/a: inconclusive, not a federated computation "
+        "or no attack run)."
     )
     return out
 
 
 def _first_label(s: pd.Series) -> str:
-    """The label of the first run; the numbers in it vary by seed, so say how many differ."""
-    labels = list(dict.fromkeys(map(str, s.dropna())))
+    """The runs' label without its per-seed numbers; ``varies by seed`` if the verdicts do."""
+    import re
+
+    labels = list(dict.fromkeys(re.sub(r"\s*\([^()]*\)", "", str(x)) for x in s.dropna()))
     if not labels:
         return "–"
-    return labels[0] + (
-        f" (first seed; {len(labels)} runs differ in numbers)" if len(labels) > 1 else ""
-    )
+    return labels[0] if len(labels) == 1 else "varies by seed: " + " | ".join(labels)
 
 
 def _private_summary(s: pd.Series) -> str:
@@ -554,10 +600,14 @@ def write_report(
         f"seeds: {results['seed'].nunique()}."
     )
 
-    lines += ["", "## Privacy", ""]
-    lines += _privacy_section(results)
-
-    lines += _privacy_utility_sections(results, fig_dir, alpha)
+    findings = _findings_section(results)
+    if findings:
+        lines += ["", *findings]
+    else:
+        lines += ["", "## Privacy", ""]
+        lines += _privacy_section(results)
+    frontier = _privacy_utility_sections(results, fig_dir, alpha)
+    lines += frontier[: frontier.index("## Per-observer leakage") - 1] if frontier else []
 
     utility = results[results["panel"] != "attack"] if "panel" in results.columns else results
     lines += ["", "## Metrics per variant (mean ± sd over seeds)", ""]
@@ -587,6 +637,12 @@ def write_report(
 
     lines += ["", "## Cost (wall time and ledger)", ""]
     lines += _cost_section(results)
+
+    if findings:
+        lines += ["", "## Appendix: privacy detail", "", "### Labels per run", ""]
+        lines += _privacy_section(results)
+        detail = frontier[frontier.index("## Per-observer leakage") - 1 :]
+        lines += [x.replace("## ", "### ", 1) if x.startswith("## ") else x for x in detail]
 
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

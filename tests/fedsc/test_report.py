@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import ClassVar
 
@@ -267,3 +268,36 @@ def test_report_writes_frontier_leakage_table_and_dp_comparisons(tmp_path):
     # attack rows stay out of the utility summary
     summary = text[text.index("## Metrics per variant") :]
     assert "attack:" not in summary.split("## Comparisons")[0]
+
+
+def test_findings_table_leads_the_report(tmp_path):
+    """Issue 18, point 9: one table per method × variant × observer leads the report."""
+    from fedsc.privacy.findings import privacy_findings
+
+    df = privacy_table(seeds=(0, 1, 2))
+    # the uncorrected input of every run, and a sigma = 0 control of the DP pipeline
+    util = df[df["panel"] == "scib"]
+    base = util.assign(method="pca", value=0.5)
+    control = df[df["variant"] == "crypten+dp(eps=16)"].assign(
+        variant="crypten+dp(sigma=0)",
+        dp_epsilon=np.inf,
+        run_id=lambda d: d["run_id"].str.replace("eps=16", "sigma=0"),
+    )
+    control.loc[control["panel"] == "scib", "value"] += 0.05
+    df = pd.concat([df, base, control], ignore_index=True)
+    tab = privacy_findings(df)
+    row = tab[(tab["method"] == "fedscgen") & (tab["variant"] == "plaintext")].iloc[0]
+    assert row["observer"] == "coordinator" and row["verdict"] == "leaks"
+    assert row["eps_claimed"] != row["eps_claimed"]  # NaN: no DP
+    assert row["delta_uncorrected"] == pytest.approx(0.2, abs=0.03)
+    dp1 = tab[(tab["method"] == "fedscgen") & (tab["variant"] == "crypten+dp(eps=1)")].iloc[0]
+    assert dp1["eps_claimed"] == pytest.approx(1.0) and dp1["verdict"] != "leaks"
+    # the control costs 0.05 less than eps=16 by construction; eps=1 costs 0.3 more
+    dp16 = tab[(tab["method"] == "fedscgen") & (tab["variant"] == "crypten+dp(eps=16)")].iloc[0]
+    assert dp16["delta_control"] == pytest.approx(-0.05, abs=0.03)
+    ctl = tab[tab["variant"] == "crypten+dp(sigma=0)"].iloc[0]
+    assert math.isinf(ctl["eps_claimed"]) and math.isnan(ctl["delta_control"])
+    text = write_report(df, None, tmp_path).read_text()
+    lead = text.index("## Privacy: what each protection buys")
+    assert lead < text.index("## Metrics per variant") < text.index("## Appendix: privacy detail")
+    assert "| ∞ |" in text[lead : text.index("## Metrics per variant")]
