@@ -166,6 +166,7 @@ class RunConfig:
                 f"{self.params!r}."
             )
         self.params = dict(self.params)
+        self._one_dp_path()
         _check_param_types(spec, self.params)
         spec.make_config(self.params)  # unknown or invalid params fail here, not mid-sweep
         from fedsc.privacy.in_run import check_run_privacy
@@ -198,6 +199,37 @@ class RunConfig:
             self.stages = _check_stages(self.stages)
         if self.deploy is not None:
             self._check_deploy(spec)
+
+    def _one_dp_path(self) -> None:
+        """DP has one path: ``dp:``. ``params: {dp: ...}`` (e.g. ``--param dp=...``) moves there.
+
+        A method's ``params["dp"]`` alone used to switch the model to its DP variant with no
+        noise mechanism and no ε recorded (run.json ``dp: null``). Given on its own, it is
+        now the run's ``dp`` (validated, noised and accounted like any other); given beside
+        ``dp:``, it must agree with it (the runner passes the resolved settings on this way).
+        """
+        inner = self.params.get("dp")
+        if inner is None:
+            self.params.pop("dp", None)
+            return
+        if not isinstance(inner, Mapping):
+            raise FedscInputError(
+                f"params.dp must be a mapping like {{level: client, target_epsilon: 4}}, got "
+                f"{inner!r}; better, set DP with the run config's own `dp:`."
+            )
+        if self.dp is None:
+            self.dp = dict(self.params.pop("dp"))
+            return
+        from fedsc.privacy.accounting import DPConfig
+
+        fields = DPConfig.__dataclass_fields__
+        outer = {k: dict(self.dp).get(k, fields[k].default) for k in ("level", "clip", "delta")}
+        clash = {k: (inner[k], outer[k]) for k in outer if k in inner and inner[k] != outer[k]}
+        if clash:
+            raise FedscInputError(
+                f"DP is given twice with different settings (params.dp vs dp: {clash}); set it "
+                "once, with the run config's `dp:` mapping."
+            )
 
     def _check_deploy(self, spec: Any) -> None:
         """A deployed run: a deployable method and nothing the deployment cannot do yet."""

@@ -245,3 +245,20 @@ def test_dp_noise_is_fresh_unless_simulated_and_simulated_is_never_private(tiny)
     assert s1.info["privacy"].startswith("simulated DP")
     with pytest.raises(FedscInputError, match="simulated must be true or false"):
         RunConfig("scbatchprox", dp={**DP, "simulated": "yes"})
+
+
+def test_params_dp_takes_the_one_dp_path(tiny):
+    """`--param dp=...` used to switch FedscGen to its DP variant with no noise, no ε and
+    run.json `dp: null`; it is now the run's `dp` (noised and accounted) or refused."""
+    adata, path = tiny
+    dp = {"level": "client", "target_epsilon": 8.0, "clip": 1.0, "delta": 0.1}
+    params = {"rounds": 1, "local_epochs": 1, "hidden": [16], "latent": 4, "dp": dp}
+    cfg = RunConfig("fedscgen", dataset=str(path), n_top_genes=200, panels=[], params=params)
+    assert cfg.dp is not None and cfg.dp["target_epsilon"] == 8.0 and "dp" not in cfg.params
+    res = execute_run(cfg, adata=adata)
+    assert res.info["dp"] is not None and 0 < res.info["dp"]["dp_epsilon"] < math.inf
+    assert res.info["dp"]["dp_mechanism"] == "gaussian"
+    with pytest.raises(FedscInputError, match="DP is given twice"):
+        RunConfig("fedscgen", params={"dp": {"level": "cell"}}, dp=dp)
+    with pytest.raises(FedscInputError, match="params.dp must be a mapping"):
+        RunConfig("fedscgen", params={"dp": "yes"})
