@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -34,15 +35,23 @@ from fedsc.errors import FedscInputError
 
 __all__ = [
     "ACCOUNTANTS",
+    "CLIENT_RELATION",
     "LEDGER_OBSERVERS",
+    "OBSERVER_RECEIVES",
     "DPConfig",
+    "DeltaWarning",
     "LedgerAccount",
     "client_level_epsilon",
     "client_level_from_ledger",
+    "delta_check",
     "dp_event",
     "dp_record",
     "epsilon",
+    "in_dp_sgd_rounds",
+    "joint_cell_epsilon",
+    "ledger_entries",
     "noise_multiplier_for",
+    "uncovered_releases",
 ]
 
 Accountant = Literal["rdp", "pld"]
@@ -394,50 +403,203 @@ def dp_record(
     }
 
 
+#: Observers whose ε is read off the ledger (docs/dp.md, "Observers").
+LEDGER_OBSERVERS: tuple[str, ...] = (
+    "output",
+    "coordinator",
+    "party",
+    "colluding_parties",
+    "client",
+)
+
+#: What each observer of :data:`LEDGER_OBSERVERS` receives, as the accounting reads it.
+OBSERVER_RECEIVES: dict[str, str] = {
+    "output": "the released aggregates (every round's global state, the correction's "
+    "results): every client's noise share",
+    "coordinator": "the aggregates of private operations; each client's noised contribution "
+    "where an operation was not private (plaintext backend, debug mode)",
+    "party": "one computation party: uniformly random shares of private operations (additive "
+    "sharing among P >= 2 parties) and the released aggregates; each client's noised "
+    "contribution where an operation was not private",
+    "colluding_parties": "two parties pooling their shares: what one party sees while P > 2 "
+    "(any P - 1 additive shares are uniform); each client's noised contribution if P <= 2",
+    "client": "one client: the released aggregates, less its own noise share (it knows it): "
+    "the other clients' noise is left",
+}
+
+#: Coalition size of the party observers.
+_COALITION = {"party": 1, "colluding_parties": 2}
+
+#: run.json ``dp["relation"]`` of client-level DP (the ``gaussian`` mechanism).
+CLIENT_RELATION = (
+    "client: zero-out (one client's clipped update present or replaced by zero; the number "
+    "of clients and the FedAvg weights public; Kairouz et al., ICML 2021)"
+)
+
+#: ``unit`` of :func:`client_level_from_ledger`.
+Unit = Literal["client", "cell"]
+
+#: Ledger tag of the engine's per-round metrics aggregation (smpc.mechanisms.gaussian).
+_METRICS_TAG = "metrics"
+
+
 @dataclass(frozen=True)
 class LedgerAccount:
-    """Client-level DP read off an aggregator's ledger (:func:`client_level_from_ledger`).
+    """DP of the ``gaussian`` mechanism's releases read off a ledger, for one observer.
 
     Attributes
     ----------
     epsilon
-        ε of all noised releases composed (0 if nothing was released under DP). It
-        covers the noised releases only: see ``uncovered``.
+        ε of the noised releases this observer received, composed (0 if nothing was
+        released under DP; ∞ if a value was released without noise and nothing under DP;
+        NaN if the observer took no part, see ``applicable``). It covers the noised
+        releases only: see ``uncovered``.
     delta
         The δ it holds at.
     releases
-        Number of Gaussian releases composed, per noise multiplier.
+        Number of Gaussian releases composed, per noise multiplier *as this observer
+        faces it* (σ/√m for one client's contribution, σ·√(n/m) for an aggregate, ...).
     uncovered
-        ``"op:tag" -> count`` of operations that revealed an aggregate without the
-        ``gaussian`` mechanism covering it (outside the guarantee; e.g. FedscGen's
-        ``correction/*`` steps, ``argmax``).
+        ``"op:tag" -> count`` of operations that revealed values without the ``gaussian``
+        mechanism covering them (outside the guarantee; e.g. FedscGen's ``correction/*``
+        steps, ``argmax``), and ``"op:tag:weights"`` for the FedAvg weights (cell counts)
+        of covered operations, revealed as they are.
+    observer
+        One of :data:`LEDGER_OBSERVERS`.
+    unit
+        ``"client"`` (the zero-out relation of the mechanism) or ``"cell"`` (the bound it
+        gives one cell of a client: sensitivity 2C, see :func:`client_level_from_ledger`).
+    applicable
+        False when the observer took no part in the run (no computation parties in the
+        ledger for ``party``/``colluding_parties``).
+    views
+        How many noised releases the observer saw as ``per_client`` (one client's noised
+        contribution), ``aggregate`` or ``aggregate_less_own`` (a client's view).
     """
 
     epsilon: float
     delta: float
     releases: dict[float, int]
     uncovered: dict[str, int]
+    observer: str = "output"
+    unit: str = "client"
+    applicable: bool = True
+    views: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-#: Observers :func:`client_level_from_ledger` accounts for.
-LEDGER_OBSERVERS = ("output", "coordinator")
+def ledger_entries(ledger: Any) -> list[dict[str, Any]]:
+    """The entries of a ledger, its ``to_dict()`` form or a list of entries (None: none)."""
+    if ledger is None:
+        return []
+    if isinstance(ledger, list):
+        return ledger
+    if isinstance(ledger, dict):
+        return list(ledger["entries"])
+    return list(ledger.to_dict()["entries"])
+
+
+def _has_parties(entries: list[dict[str, Any]]) -> bool:
+    return any(e.get("bytes_to_party") for e in entries)
+
+
+def _view(observer: str, entry: dict[str, Any]) -> str:
+    """How ``observer`` saw the noised values of one operation."""
+    if observer == "client":
+        return "aggregate_less_own"
+    private = bool(entry.get("private", False))  # absent: not private (the cautious reading)
+    if observer == "output" or (observer == "coordinator" and private):
+        return "aggregate"
+    if observer == "coordinator":
+        return "per_client"
+    # A coalition of c of the P parties of an additive P-out-of-P sharing (the only one
+    # smpc ships: smpc/sharing.py, docs/smpc.md) holds c uniformly random shares while
+    # c < P: it learns the inputs only if c >= P, or if the operation was not private.
+    parties = len(entry.get("bytes_to_party") or [])
+    if parties and (not private or parties <= _COALITION[observer]):
+        return "per_client"
+    return "aggregate"  # shares carry nothing; the party reads the released aggregates
+
+
+def _multiplier(view: str, sigma: float, n: int, share: int) -> float | None:
+    """Noise multiplier of one release as seen through ``view``; None: nothing released.
+
+    Each of the ``n`` clients added ``N(0, σ²C²/share)`` to its clipped update (``share``
+    = n, or ``min_honest`` when smaller), so one contribution carries σ/√share, the
+    aggregate σ·√(n/share), and the aggregate less one client's own share
+    σ·√((n-1)/share); the sensitivity of any of them to one client's update is C.
+    """
+    if view == "per_client":
+        return sigma / math.sqrt(share)
+    if view == "aggregate":
+        return sigma * math.sqrt(n / share)
+    if n < 2:
+        return None  # the client's own contribution only: nothing about another client
+    return sigma * math.sqrt((n - 1) / share)
+
+
+def _weights_revealed(entry: dict[str, Any]) -> bool:
+    received = entry.get("coordinator_received") or {}
+    return "weights" in received or "sum_weights" in received
+
+
+def uncovered_releases(ledger: Any, covered: Callable[[dict[str, Any]], bool]) -> dict[str, int]:
+    """``"op:tag" -> count`` of ledger operations whose values ``covered`` does not protect.
+
+    Operations ``covered`` accepts still reveal their FedAvg weights (the clients' cell
+    counts: each client's to a non-private coordinator, their sum otherwise) as they are:
+    counted as ``"op:tag:weights"``.
+    """
+    out: dict[str, int] = {}
+    for e in ledger_entries(ledger):
+        key = f"{e['op']}:{e['tag']}"
+        if covered(e):
+            if not _weights_revealed(e):
+                continue
+            key += ":weights"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _gaussian_roles(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    from smpc.mechanisms.gaussian import GaussianDP
+
+    out = []
+    for rec in entry.get("mechanisms") or []:
+        if rec.get("name") != GaussianDP.name:
+            continue
+        mech = GaussianDP(**{k: v for k, v in rec.items() if k != "name"})
+        out.append((mech.role(entry["op"], entry["tag"]), rec))
+    return out
+
+
+def _gaussian_covers(entry: dict[str, Any]) -> bool:
+    return any(role in ("state", "metrics", "suppress") for role, _ in _gaussian_roles(entry))
 
 
 def client_level_from_ledger(
-    ledger: Any, delta: float, *, accountant: Accountant = "rdp", observer: str = "output"
+    ledger: Any,
+    delta: float,
+    *,
+    accountant: Accountant = "rdp",
+    observer: str = "output",
+    unit: Unit = "client",
 ) -> LedgerAccount:
     """ε of the ``gaussian`` mechanism's releases recorded in ``ledger``, for ``observer``.
 
-    Every ledger entry lists the mechanisms applied and their parameters, so the releases
-    are counted from what actually happened (rounds, noised metrics), not from a config.
-    Each noised operation is one Gaussian release with every client taking part (sampling
-    rate 1); releases compose.
+    Every ledger entry lists the mechanisms applied and their parameters, the number of
+    clients, whether it was private and the computation parties, so the releases are
+    counted from what actually happened (rounds, noised metrics, clients per operation),
+    not from a config. Each noised operation is one Gaussian release with every client
+    of the operation taking part (sampling rate 1); releases compose (``dp_accounting``).
 
-    ``observer="output"``: whoever sees only the aggregates (the model, a secure-aggregation
-    coordinator): noise multiplier σ. ``observer="coordinator"``: the coordinator sees each
-    client's noised contribution wherever an operation was not private (plaintext, debug
-    mode); each client added only its share of the noise, N(0, σ²C²/m) with m the clients
-    of the operation (or ``min_honest``), so the multiplier it sees is σ/√m.
+    Each client added ``N(0, σ²C²/m)``, m the operation's clients (or ``min_honest`` if
+    smaller), so the noise multiplier depends on what the observer received
+    (:data:`OBSERVER_RECEIVES`): σ·√(n/m) on an aggregate of n contributions (σ without
+    ``min_honest``); σ/√m on one client's contribution (a coordinator or a party where an
+    operation was not private, or a coalition of as many parties as there are);
+    σ·√((n-1)/m) for a client, which subtracts its own share. Fewer clients in an
+    operation (clients dropped) leave less noise for a client (and for everyone under
+    ``min_honest``): the per-operation count is used.
 
     Parameters
     ----------
@@ -448,38 +610,61 @@ def client_level_from_ledger(
     accountant
         ``"rdp"`` or ``"pld"``.
     observer
-        ``"output"`` or ``"coordinator"`` (see above).
+        One of :data:`LEDGER_OBSERVERS`.
+    unit
+        ``"client"``: the mechanism's zero-out relation (one client's clipped update
+        present or replaced by zero: sensitivity C). ``"cell"``: the bound it gives one
+        cell of a client (a cell added, removed or replaced moves that client's clipped
+        update anywhere in the ball of radius C: sensitivity 2C, so every multiplier is
+        halved; used by :func:`joint_cell_epsilon`).
+
+    Raises
+    ------
+    FedscInputError
+        Unknown observer or unit, or a ledger entry without ``n_clients``.
     """
-    from smpc.mechanisms.gaussian import GaussianDP
-
     if observer not in LEDGER_OBSERVERS:
-        raise ValueError(f"observer must be one of {LEDGER_OBSERVERS}, got {observer!r}.")
-
-    entries = ledger["entries"] if isinstance(ledger, dict) else ledger.to_dict()["entries"]
-    releases: dict[float, int] = {}
-    uncovered: dict[str, int] = {}
-    for e in entries:
-        covered = False
-        for rec in e.get("mechanisms") or []:
-            if rec.get("name") != GaussianDP.name:
-                continue
-            mech = GaussianDP(**{k: v for k, v in rec.items() if k != "name"})
-            role = mech.role(e["op"], e["tag"])
-            if role in ("state", "metrics"):
-                sigma = float(rec["noise_multiplier"])
-                if observer == "coordinator" and not e.get("private", False):
-                    n = int(e.get("n_clients") or 1)
-                    share = n if rec.get("min_honest") is None else min(rec["min_honest"], n)
-                    sigma /= math.sqrt(share)  # one client's part of the noise
-                releases[sigma] = releases.get(sigma, 0) + 1
-                covered = True
-            elif role == "suppress":
-                covered = True
-        if not covered:
-            key = f"{e['op']}:{e['tag']}"
-            uncovered[key] = uncovered.get(key, 0) + 1
+        raise FedscInputError(
+            f"observer must be one of {LEDGER_OBSERVERS}, got {observer!r}; the ledger "
+            "states what each of these received, and no other."
+        )
+    if unit not in ("client", "cell"):
+        raise FedscInputError(f"unit must be 'client' or 'cell', got {unit!r}.")
     _check_args(0.0, 0, 1.0, delta)
-    if any(sigma <= 0 for sigma in releases) or (not releases and uncovered):
+    entries = ledger_entries(ledger)
+    uncovered = uncovered_releases(entries, _gaussian_covers)
+    if observer in _COALITION and not _has_parties(entries):
+        # no computation party took part (plaintext): nothing to account for it
+        return LedgerAccount(math.nan, float(delta), {}, uncovered, observer, unit, False, {})
+    releases: dict[float, int] = {}
+    views: dict[str, int] = {}
+    for k, e in enumerate(entries):
+        for role, rec in _gaussian_roles(e):
+            if role not in ("state", "metrics"):
+                continue
+            sigma = float(rec["noise_multiplier"])
+            if sigma <= 0:
+                releases[0.0] = releases.get(0.0, 0) + 1
+                continue
+            if e.get("n_clients") is None:
+                raise FedscInputError(
+                    f"ledger entry {k} ({e['op']}:{e['tag']}) records no n_clients: the "
+                    "noise each client added (sigma^2 C^2 / n) cannot be stated; pass the "
+                    "ledger smpc wrote (Ledger.to_dict(), run.json's ledger)."
+                )
+            n = int(e["n_clients"])
+            honest = rec.get("min_honest")
+            share = n if honest is None else min(int(honest), n)
+            view = _view(observer, e)
+            m = _multiplier(view, sigma, n, share)
+            if m is None:
+                continue
+            m = m / 2 if unit == "cell" else m
+            releases[m] = releases.get(m, 0) + 1
+            views[view] = views.get(view, 0) + 1
+    # the weights are public under the relation (listed, not counted against it)
+    unnoised = [k for k in uncovered if not k.endswith(":weights")]
+    if any(s <= 0 for s in releases) or (not releases and unnoised):
         # a value revealed without noise has no finite guarantee (never 0: that would
         # read as "perfectly private")
         eps = math.inf
@@ -487,7 +672,99 @@ def client_level_from_ledger(
         eps = 0.0  # nothing revealed at all
     else:
         acc = _make_accountant(accountant)
-        for sigma, count in sorted(releases.items()):
-            acc.compose(dp_event(sigma, count))
+        for s, count in sorted(releases.items()):
+            acc.compose(dp_event(s, count))
         eps = float(acc.get_epsilon(delta))
-    return LedgerAccount(eps, float(delta), releases, uncovered)
+    return LedgerAccount(eps, float(delta), releases, uncovered, observer, unit, True, views)
+
+
+def in_dp_sgd_rounds(entry: dict[str, Any]) -> bool:
+    """Whether DP-SGD covers an operation: a round's state aggregation (not its metrics).
+
+    Everything a client releases from its DP-SGD-trained model in a round is
+    post-processing of it; the engine scopes those aggregations ``(round, strategy tag)``
+    and the un-noised losses ``(round, "metrics")``; the correction and preprocessing run
+    outside rounds.
+    """
+    return entry.get("round") is not None and entry.get("tag") != _METRICS_TAG
+
+
+def joint_cell_epsilon(
+    dp_sgd_epsilon: float | None,
+    ledger: Any,
+    delta: float,
+    *,
+    accountant: Accountant = "rdp",
+    observer: str = "output",
+) -> float:
+    """Cell-level ε against ``observer`` of a run with DP-SGD and/or the ``gaussian`` mechanism.
+
+    Both bound the same privacy loss of one cell: DP-SGD's ``dp_sgd_epsilon`` (every
+    observer: the clients release post-processing of their DP-SGD-trained states), and the
+    client-level mechanism's releases at half their multiplier (a changed cell moves its
+    client's clipped update by at most 2C; :func:`client_level_from_ledger` with
+    ``unit="cell"``). A view that is (ε₁, δ)-DP and (ε₂, δ)-DP is (min(ε₁, ε₂), δ)-DP, so
+    the smaller holds, at the same δ (pass DP-SGD's). DP-SGD's bound counts only when every
+    noised release lies in its rounds (:func:`in_dp_sgd_rounds`); noised metrics, which it
+    does not cover, leave the mechanism's bound alone. Neither covers the ledger's
+    ``uncovered`` operations.
+
+    Parameters
+    ----------
+    dp_sgd_epsilon
+        DP-SGD's cell-level ε at ``delta`` (largest over clients); ``None`` without DP-SGD.
+    ledger, delta, accountant, observer
+        As in :func:`client_level_from_ledger`.
+
+    Returns
+    -------
+    ε; ∞ when neither bounds this observer's view; NaN when the observer took no part.
+    """
+    bound = client_level_from_ledger(
+        ledger, delta, accountant=accountant, observer=observer, unit="cell"
+    )
+    if not bound.applicable:
+        return math.nan
+    from_mechanism = bound.epsilon if bound.releases else math.inf
+    if dp_sgd_epsilon is None:
+        return from_mechanism
+    outside = [
+        e
+        for e in ledger_entries(ledger)
+        if not in_dp_sgd_rounds(e)
+        and any(role in ("state", "metrics") for role, _ in _gaussian_roles(e))
+    ]
+    if outside:
+        return from_mechanism
+    return min(float(dp_sgd_epsilon), from_mechanism)
+
+
+#: ``delta_check`` threshold: δ at most 1/(DELTA_FACTOR · n).
+DELTA_FACTOR = 10
+
+
+class DeltaWarning(UserWarning):
+    """δ is below 1/n (accepted) but not well below it (see :func:`delta_check`)."""
+
+
+def delta_check(delta: float, n: int, unit: str) -> str | None:
+    """``None`` if δ ≤ 1/(10 n) for the n units protected, else a warning naming the fix.
+
+    Policy: δ ≥ 1/n is refused (:meth:`DPConfig.validate_for`): the mechanism that
+    publishes one unit's data at random meets it. Between 1/(10 n) and 1/n it is accepted
+    with this warning: δ should be much smaller than 1/n (Dwork & Roth 2014, §2.3, "δ less
+    than the inverse of any polynomial in the size of the database"), and the mechanism
+    that publishes each unit's data with probability δ is (0, δ)-DP while exposing n·δ
+    units in expectation, so at δ ≤ 1/(10 n) that is at most 0.1 unit. Not a refusal:
+    with a handful of clients (n = 3 to 5) 1/(10 n) is 0.02 to 0.03, and the small
+    federations studied here may trade that for less noise, in the open.
+    """
+    limit = 1.0 / (DELTA_FACTOR * n)
+    if delta <= limit:
+        return None
+    return (
+        f"delta={delta:g} is below 1/n = {1.0 / n:.3g} but not well below it for the n={n} "
+        f"{unit} protected: a mechanism that publishes each unit's data with probability "
+        f"delta meets it and exposes n*delta = {n * delta:.2g} of them in expectation; use "
+        f"delta <= 1/({DELTA_FACTOR} n) = {limit:.3g}, e.g. {_suggest_delta(n):.0e}."
+    )

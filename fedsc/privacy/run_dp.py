@@ -14,20 +14,35 @@ client-level DP, ``params["dp"]`` for the method's DP-SGD at cell level);
 ``level: cell``
     DP-SGD in FedscGen's local training (:mod:`fedsc.methods.dp_sgd`); ε is the largest
     over clients.
+
+One level per run: a run config cannot carry both (their joint cell-level guarantee is
+:func:`~fedsc.privacy.accounting.joint_cell_epsilon`, for library use). ε is stated per
+observer (docs/dp.md, "Observers"): ``target_epsilon`` calibrates σ for the reader of the
+output; run.json says what every other observer faces.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fedsc.errors import FedscInputError
 from fedsc.privacy.accounting import (
+    CLIENT_RELATION,
     LEDGER_OBSERVERS,
+    OBSERVER_RECEIVES,
+    DeltaWarning,
     DPConfig,
+    LedgerAccount,
     client_level_from_ledger,
+    delta_check,
     dp_record,
+    in_dp_sgd_rounds,
+    joint_cell_epsilon,
+    ledger_entries,
+    uncovered_releases,
 )
 
 if TYPE_CHECKING:
@@ -42,12 +57,13 @@ __all__ = ["check_run_dp", "resolve_run_dp", "run_dp_info"]
 def check_run_dp(dp: dict[str, Any] | None, spec: MethodSpec) -> dict[str, Any] | None:
     """Config-time checks of ``RunConfig.dp`` (n not known yet); the mapping to keep.
 
-    Refuses σ ≤ 0, clip ≤ 0, δ outside (0, 1), DP on a centralized method, and
-    cell-level DP on a method without DP-SGD (only FedscGen has it).
+    Refuses σ ≤ 0, clip ≤ 0, δ outside (0, 1), DP on a centralized method, cell-level DP
+    on a method without DP-SGD (only FedscGen has it), and both levels in one run.
     """
     if dp is None:
         return None
     dp = dict(dp)
+    _refuse_combined_levels(dp)
     if dp.get("target_epsilon") is not None and "noise_multiplier" not in dp:
         dp["noise_multiplier"] = None  # calibrate sigma to the target
     conf = DPConfig.from_dict(dp)
@@ -63,9 +79,41 @@ def check_run_dp(dp: dict[str, Any] | None, spec: MethodSpec) -> dict[str, Any] 
     return dp
 
 
+def _refuse_combined_levels(dp: dict[str, Any]) -> None:
+    """One DP level per run config: both at once is refused, naming the way that exists.
+
+    A run config holds one :class:`DPConfig` (one noise setting, one δ, one record); both
+    levels at once would need two, and the run would report one ε for two guarantees.
+    """
+    level = dp.get("level", "client")
+    both = isinstance(level, list | tuple | set) or (
+        isinstance(level, str) and "client" in level and "cell" in level
+    )
+    if both or {"client", "cell"} & set(dp):
+        raise FedscInputError(
+            f"dp: one level per run (level: client or level: cell), got {dp!r}. A run config "
+            "carries one noise setting and one epsilon; client-level DP (the gaussian "
+            "mechanism) plus cell-level DP-SGD is a library combination (FedScGenConfig("
+            "dp={level: cell, ...}) trained through an aggregator with a gaussian mechanism) "
+            "whose cell-level guarantee fedsc.privacy.accounting.joint_cell_epsilon states; "
+            "its client-level one is the gaussian mechanism's alone."
+        )
+
+
 def _training_clients(adata: ad.AnnData, cfg: RunConfig) -> int:
     batches = set(adata.obs[cfg.batch_key].astype(str))
     return len(batches - set(cfg.holdout))
+
+
+def _fewest_training_cells(adata: ad.AnnData, cfg: RunConfig) -> int:
+    counts = adata.obs[cfg.batch_key].astype(str).value_counts()
+    counts = counts[~counts.index.isin([str(h) for h in cfg.holdout])]
+    return int(counts.min()) if len(counts) else 0
+
+
+def _warn_delta(note: str | None) -> None:
+    if note is not None:
+        warnings.warn(f"DP config: {note}", DeltaWarning, stacklevel=3)
 
 
 def resolve_run_dp(
@@ -77,6 +125,9 @@ def resolve_run_dp(
     ``target_epsilon`` over the method's rounds (one release per round: the metrics are
     suppressed). Cell-level DP: passed to FedscGen (``params["dp"]``), which checks
     δ < 1/n_train per client and calibrates σ (:func:`fedsc.methods.dp_sgd.resolve_for_clients`).
+    Both warn (:class:`~fedsc.privacy.accounting.DeltaWarning`) when δ > 1/(10 n)
+    (:func:`~fedsc.privacy.accounting.delta_check`; for cells, n = the fewest cells of a
+    training client, an upper bound on its training cells).
     """
     raw_dp = getattr(cfg, "dp", None)
     if raw_dp is None:
@@ -87,14 +138,99 @@ def resolve_run_dp(
     params = dict(cfg.params)
     config = spec.make_config(params)
     if dp.level == "client":
-        dp.validate_for(_training_clients(adata, cfg))
+        n = _training_clients(adata, cfg)
+        dp.validate_for(n)
+        _warn_delta(delta_check(dp.delta, n, "clients"))
         dp = dp.resolve(int(config.rounds))
         mechanism = dp.mechanism_spec()
         if spec.name == "fedscgen":  # GroupNorm variant (BatchNorm buffers break)
             params["dp"] = {"level": "client", "clip": dp.clip, "delta": dp.delta}
     else:
+        cells = _fewest_training_cells(adata, cfg)
+        if cells:
+            _warn_delta(delta_check(dp.delta, cells, "cells of the smallest client"))
         params["dp"] = dict(raw_dp or {})
     return dp, mechanism, replace(cfg, params=params)
+
+
+#: run.json ``dp["relation"]`` of cell-level DP when the method's record names none.
+CELL_RELATION = "cell: add-or-remove-one cell of one client (Poisson-subsampled DP-SGD)"
+
+#: Releases outside the ledger that no DP guarantee of a run covers (``dp_uncovered``).
+OUTSIDE_LEDGER: dict[str, str] = {
+    "preprocessing:pooled": (
+        "HVG selection, normalisation and the upstream embedding (PCA) fitted on every "
+        "client's cells together before the federation (fedsc.runner; a deployment computes "
+        "them from un-noised pooled sums, fedsc.data.federated_preprocessing): the genes and "
+        "components are functions of every client's cells"
+    ),
+    "evaluation:pooled": (
+        "the metric values: computed by the evaluator from every client's corrected cells "
+        "and labels, un-noised"
+    ),
+}
+
+
+def _uncovered_note(key: str) -> str:
+    if key in OUTSIDE_LEDGER:
+        return OUTSIDE_LEDGER[key]
+    if key.endswith(":weights"):
+        return (
+            "the FedAvg weights (the clients' cell counts): each client's to a non-private "
+            "coordinator, their sum otherwise; public under the relation, not protected"
+        )
+    if ":correction/" in key:
+        return "FedscGen's correction step, computed from the cells without noise"
+    if key.endswith(":metrics"):
+        return "the per-round mean of the clients' losses, revealed without noise"
+    return "an aggregate of the clients' data revealed without noise"
+
+
+def _json_epsilon(eps: float) -> float | None:
+    """JSON has no ∞ or NaN: both are ``None`` (the observer block says which)."""
+    return None if not math.isfinite(eps) else float(eps)
+
+
+def _training_clients_in(ledger: Any) -> int:
+    """The most clients in one of the ledger's rounds (0 without rounds)."""
+    rounds = [e for e in ledger_entries(ledger) if e.get("round") is not None]
+    return max((int(e.get("n_clients") or 0) for e in rounds), default=0)
+
+
+def _observer_block(
+    epsilons: dict[str, float], accounts: dict[str, LedgerAccount] | None
+) -> dict[str, Any]:
+    """``dp_observer``, ``epsilon_by_observer`` (+ its old name) and ``observers``."""
+    applicable = {o: e for o, e in epsilons.items() if not math.isnan(e)}
+    strongest = max(applicable, key=lambda o: applicable[o])  # ties: the first listed
+    by = {o: _json_epsilon(e) for o, e in epsilons.items()}
+    detail: dict[str, Any] = {}
+    for o, e in epsilons.items():
+        acct = None if accounts is None else accounts[o]
+        row: dict[str, Any] = {
+            "epsilon": _json_epsilon(e),
+            "applicable": not math.isnan(e),
+            "receives": OBSERVER_RECEIVES[o]
+            if not math.isnan(e)
+            else "nothing: no computation parties in this run's ledger",
+        }
+        if math.isinf(e):
+            row["why_no_epsilon"] = "values revealed without noise and nothing under DP"
+        if acct is not None:
+            row["noise_multipliers"] = {f"{s:.6g}": c for s, c in sorted(acct.releases.items())}
+            row["views"] = dict(acct.views)
+        detail[o] = row
+    return {
+        "dp_observer": strongest,
+        "epsilon_by_observer": by,
+        "dp_epsilon_by_observer": dict(by),  # the earlier name, kept for its readers
+        "observers": detail,
+    }
+
+
+def _uncovered_block(uncovered: dict[str, int]) -> dict[str, Any]:
+    full = {**uncovered, **{k: 1 for k in OUTSIDE_LEDGER}}
+    return {"dp_uncovered": full, "dp_uncovered_notes": {k: _uncovered_note(k) for k in full}}
 
 
 def run_dp_info(
@@ -102,8 +238,18 @@ def run_dp_info(
 ) -> dict[str, Any] | None:
     """run.json's ``dp`` block of a finished run (``None`` without DP).
 
-    Client level: ε per observer from the ledger. Cell level: the method's DP-SGD record
-    (``adata.uns``).
+    Both levels: ``relation`` (the neighbouring relation), ``epsilon_by_observer`` (every
+    observer of :data:`~fedsc.privacy.accounting.LEDGER_OBSERVERS`; ``None`` for ∞ or an
+    observer that took no part, ``observers`` says which and what it received),
+    ``dp_observer`` (the strongest: its ε is ``dp_epsilon``, every tidy row's), and
+    ``dp_uncovered`` (what was released outside the guarantee, with ``dp_uncovered_notes``).
+
+    Client level: ε per observer from the ledger
+    (:func:`~fedsc.privacy.accounting.client_level_from_ledger`), ``delta_check``
+    (:func:`~fedsc.privacy.accounting.delta_check` for the clients that trained). Cell
+    level: the method's DP-SGD record (``adata.uns``), the same for every observer (each
+    client releases post-processing of its DP-SGD-trained states) unless the ledger also
+    shows client-level noise (:func:`~fedsc.privacy.accounting.joint_cell_epsilon`).
     """
     if dp is None:
         return None
@@ -114,26 +260,38 @@ def run_dp_info(
             )
             for observer in LEDGER_OBSERVERS
         }
-        # the column carries the epsilon against the observer who sees the most (a
-        # plaintext coordinator sees each client's update with sigma/sqrt(K) noise)
-        strongest = max(accounts, key=lambda o: accounts[o].epsilon)
-        acct = accounts[strongest]
+        epsilons = {o: a.epsilon for o, a in accounts.items()}
+        block = _observer_block(epsilons, accounts)
+        acct = accounts[block["dp_observer"]]
         steps = sum(acct.releases.values())
         out = dp_record(acct.epsilon, dp, steps=steps, sampling_rate=1.0, mechanism="gaussian")
-        out["dp_observer"] = strongest
-        out["dp_epsilon_by_observer"] = {
-            o: None if math.isinf(a.epsilon) else a.epsilon for o, a in accounts.items()
-        }
-        out["dp_uncovered"] = acct.uncovered
+        out["relation"] = CLIENT_RELATION
+        out.update(block)
+        out.update(_uncovered_block(acct.uncovered))
+        n = _training_clients_in(ledger)
+        if n:
+            out["delta_check"] = delta_check(dp.delta, n, "clients") or (
+                f"delta <= 1/(10 n) for the n={n} clients"
+            )
         return out
     uns = {} if adata is None else dict(adata.uns.get("fedscgen", {}).get("dp", {}))
     if "epsilon" not in uns:
         raise RuntimeError("cell-level DP ran but the method recorded no epsilon.")
+    sgd = float(uns["epsilon"])
+    epsilons = {
+        o: joint_cell_epsilon(sgd, ledger, dp.delta, accountant=dp.accountant, observer=o)
+        for o in LEDGER_OBSERVERS
+    }
+    block = _observer_block(epsilons, None)
     conf = replace(dp, noise_multiplier=float(uns["noise_multiplier"]))
-    return dp_record(
-        float(uns["epsilon"]),
+    out = dp_record(
+        epsilons[block["dp_observer"]],
         conf,
         steps=int(uns["steps"]),
         sampling_rate=float(uns["sampling_rate"]),
         mechanism="dp_sgd (Opacus)",
     )
+    out["relation"] = str(uns.get("relation") or CELL_RELATION)
+    out.update(block)
+    out.update(_uncovered_block(uncovered_releases(ledger, in_dp_sgd_rounds)))
+    return out

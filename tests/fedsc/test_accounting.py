@@ -164,7 +164,11 @@ def test_scbatchprox_with_client_level_dp_end_to_end():
         else:
             assert entry["mechanisms"][0]["noise_multiplier"] == sigma
             from_ledger = client_level_from_ledger(model.ledger, delta)
-            assert from_ledger.epsilon == eps and from_ledger.uncovered == {}
+            # only the weights (cell counts) pass un-noised, public under the relation
+            assert from_ledger.epsilon == eps and from_ledger.uncovered == {
+                "weighted_mean:fedavg:weights": cfg.rounds,
+                "weighted_mean:metrics:weights": cfg.rounds,
+            }
             assert all(h["recon_loss"] == 0.0 for h in model.history)  # metrics suppressed
     print("\nsigma  epsilon  RMS(refined_dp - refined)  RMS(refined_dp - uncorrected)")
     print(
@@ -201,13 +205,21 @@ def test_epsilon_read_off_the_ledger():
     acc = client_level_from_ledger(agg.ledger, 1e-3)
     assert acc.releases == {2.0: 6}  # 3 states + 3 noised metrics
     assert acc.epsilon == client_level_epsilon(2.0, 3, 1e-3, releases_per_round=2)
-    assert acc.uncovered == {"sum:correction/presence": 1, "argmax:None": 1}
+    assert acc.uncovered == {
+        "weighted_mean:fedavg:weights": 3,
+        "weighted_mean:metrics:weights": 3,
+        "sum:correction/presence": 1,
+        "argmax:None": 1,
+    }
     # the JSON form gives the same; metrics suppressed (default) are not releases
     assert client_level_from_ledger(agg.ledger.to_dict(), 1e-3) == acc
     agg2 = smpc.make_aggregator("plaintext", mechanisms=[mech], mechanism_seed=0)
     with agg2.ledger.scope(0, "metrics"):
         agg2.weighted_mean([{"loss": 1.0}] * 3, [1, 2, 3])
-    assert client_level_from_ledger(agg2.ledger, 1e-3).epsilon == 0.0
+    suppressed = client_level_from_ledger(agg2.ledger, 1e-3)  # only the weights passed
+    assert suppressed.epsilon == 0.0 and suppressed.uncovered == {
+        "weighted_mean:metrics:weights": 1
+    }
     # aggregates revealed without noise: no finite guarantee, never 0
     agg3 = smpc.make_aggregator("plaintext", mechanisms=[mech], mechanism_seed=0)
     with agg3.ledger.scope(None, "correction/presence"):
@@ -244,12 +256,14 @@ def test_a_plaintext_coordinator_is_accounted_at_sigma_over_sqrt_k(min_honest):
     seen = client_level_from_ledger(ledgers["plaintext"], delta, observer="coordinator")
     assert seen.epsilon == pytest.approx(client_level_epsilon(sigma / np.sqrt(m), rounds, delta))
     assert seen.epsilon > 1.5 * client_level_epsilon(sigma, rounds, delta)
-    # the output's reader, and a coordinator that sees only aggregates: multiplier sigma
+    # the output's reader, and a coordinator that sees only aggregates: the sum of the k
+    # noise shares, multiplier sigma * sqrt(k / m) (sigma without min_honest)
     for ledger, observer in (
         (ledgers["plaintext"], "output"),
         (ledgers["aggregate-only"], "coordinator"),
     ):
         acc = client_level_from_ledger(ledger, delta, observer=observer)
-        assert acc.epsilon == pytest.approx(client_level_epsilon(sigma, rounds, delta))
+        on_sum = client_level_epsilon(sigma * np.sqrt(k / m), rounds, delta)
+        assert acc.epsilon == pytest.approx(on_sum)
     with pytest.raises(ValueError, match="observer must be one of"):
-        client_level_from_ledger(ledgers["plaintext"], delta, observer="party")
+        client_level_from_ledger(ledgers["plaintext"], delta, observer="dealer")
