@@ -125,7 +125,9 @@ def resolve_run_dp(
     ``target_epsilon`` over the method's rounds (one release per round: the metrics are
     suppressed). Cell-level DP: passed to FedscGen (``params["dp"]``), which checks
     δ < 1/n_train per client and calibrates σ (:func:`fedsc.methods.dp_sgd.resolve_for_clients`).
-    Both warn (:class:`~fedsc.privacy.accounting.DeltaWarning`) when δ > 1/(10 n)
+    Client-level DP with scBatchProx's ``secure_rows`` is refused (owner-revealed means
+    never pass the mechanism). Both warn (:class:`~fedsc.privacy.accounting.DeltaWarning`)
+    when δ > 1/(10 n)
     (:func:`~fedsc.privacy.accounting.delta_check`; for cells, n = the fewest cells of a
     training client, an upper bound on its training cells).
     """
@@ -138,6 +140,14 @@ def resolve_run_dp(
     params = dict(cfg.params)
     config = spec.make_config(params)
     if dp.level == "client":
+        if getattr(config, "secure_rows", False):
+            raise FedscInputError(
+                "client-level DP and secure_rows cannot run together: secure_rows reveals "
+                "each client's row of the mean to that client alone, and the gaussian "
+                "mechanism rescales and accounts the mean where it is whole, which it never "
+                "is there, so no epsilon could be stated; drop secure_rows (the noise then "
+                "protects the rows) or drop dp."
+            )
         n = _training_clients(adata, cfg)
         dp.validate_for(n)
         _warn_delta(delta_check(dp.delta, n, "clients"))

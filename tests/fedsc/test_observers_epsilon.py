@@ -327,14 +327,18 @@ class _Cfg:
     holdout: tuple[str, ...] = ()
 
 
+def _three_clients() -> ad.AnnData:
+    obs = pd.DataFrame(
+        {"batch": np.repeat(["a", "b", "c"], 10)}, index=[f"c{i}" for i in range(30)]
+    )
+    return ad.AnnData(np.zeros((30, 2)), obs=obs)
+
+
 def test_delta_policy_warns_above_one_tenth_of_one_over_n():
     assert delta_check(0.02, 5, "clients") is None  # the experiments: 0.01 with 5 clients
     note = delta_check(0.1, 3, "clients")
     assert note is not None and "n*delta = 0.3" in note and "1/(10 n) = 0.0333" in note
-    obs = pd.DataFrame(
-        {"batch": np.repeat(["a", "b", "c"], 10)}, index=[f"c{i}" for i in range(30)]
-    )
-    adata = ad.AnnData(np.zeros((30, 2)), obs=obs)
+    adata = _three_clients()
     spec = get_method("scbatchprox")
     dp = {"level": "client", "noise_multiplier": 1.0, "clip": 1.0}
     with pytest.warns(DeltaWarning, match="not well below"):
@@ -347,3 +351,15 @@ def test_delta_policy_warns_above_one_tenth_of_one_over_n():
     # run.json records the check for the clients that trained
     info = run_dp_info(DPConfig(1.0, 1.0, 0.1), _ledger(_entry(3, 1.0)), None)
     assert info is not None and "not well below" in info["delta_check"]
+
+
+def test_client_dp_with_secure_rows_is_refused_before_training():
+    adata, spec = _three_clients(), get_method("scbatchprox")
+    dp = {"level": "client", "noise_multiplier": 1.0, "clip": 1.0, "delta": 0.01}
+    # owner-revealed rows never pass the mechanism: refused before training
+    with pytest.raises(FedscInputError, match="secure_rows cannot run together"):
+        resolve_run_dp(
+            _Cfg(dp, params={"rounds": 2, "secure_rows": True}),  # type: ignore[arg-type]
+            adata,
+            spec,
+        )
