@@ -235,13 +235,21 @@ class InRunPrivacy:
                     extra[col] = template[col]
             extra["panel"] = "attack"
             extra["embedding"] = ""
+            simulated = self.dp is not None and self.dp.simulated
             extra["private"] = pd.array(
                 [
-                    False if private is False else _observer_private(by_observer.get(str(o)))
+                    False if simulated else _observer_private(by_observer.get(str(o)))
                     for o in extra["observer"]
                 ],
                 dtype="boolean",
             )
+            # the epsilon against each attack's own observer (the utility rows carry the
+            # strongest observer's)
+            by_eps = (dp_info or {}).get("epsilon_by_observer") or {}
+            if by_eps:
+                extra["dp_epsilon"] = [
+                    _observer_epsilon(by_eps, str(o), float(eps)) for o in extra["observer"]
+                ]
             parts = [rows, extra[rows.columns]] if len(rows) else [extra[rows.columns]]
             rows = pd.concat(parts, ignore_index=True)
         info["dp"] = dp_info
@@ -370,6 +378,19 @@ def _summarise(raw: pd.DataFrame) -> pd.DataFrame:
         .median()
         .reset_index()[cols]
     )
+
+
+def _observer_epsilon(by_observer: dict[str, Any], observer: str, default: float) -> float:
+    """ε against an attack's observer; ∞ where run.json says ``None``.
+
+    Views name observers as the ledger does, bar ``output_reader`` (= ``output``) and the
+    party suffixes (``party[0]``).
+    """
+    name = "output" if observer == "output_reader" else observer.split("[", 1)[0]
+    if name not in by_observer:
+        return default
+    eps = by_observer[name]
+    return math.inf if eps is None else float(eps)
 
 
 def _observer_private(verdict: ObserverVerdict | None) -> Any:

@@ -217,10 +217,20 @@ def test_fedscgen_dp_wiring_records_epsilon(tiny, dp, mechanism):
     else:
         assert 0 < eps <= 8.0 + 1e-3
     mine = res.rows[res.rows["method"] == "fedscgen"]
-    assert np.allclose(mine["dp_epsilon"], eps)
+    assert np.allclose(mine.loc[mine["panel"] != "attack", "dp_epsilon"], eps)
     assert res.adata.uns["fedscgen"]["dp"]["normalisation"] == "GroupNorm (DP variant)"
     att = mine[mine["panel"] == "attack"]
     assert set(att["observer"]) >= {"coordinator"}
+    # each attack row carries the epsilon against its own observer
+    by_obs = res.info["dp"]["epsilon_by_observer"]
+    for observer, part in att.groupby("observer"):
+        key = "output" if observer == "output_reader" else str(observer)
+        if key in by_obs:
+            want = math.inf if by_obs[key] is None else by_obs[key]
+            assert np.allclose(part["dp_epsilon"], want), observer
+    if mechanism == "gaussian":
+        coord = att.loc[att["observer"] == "coordinator", "dp_epsilon"]
+        assert np.allclose(coord, eps)  # plaintext: the coordinator is the strongest
 
 
 def test_dp_noise_is_fresh_unless_simulated_and_simulated_is_never_private(tiny):
