@@ -332,7 +332,8 @@ class Aggregator(ABC):
                 tag=self.ledger.tag,
                 n_clients=int(matrix.shape[0]),
                 n_values=int(matrix.shape[1]),
-                private=self.private,
+                # the claim, unless the backend's own traffic shows a clear contribution
+                private=self.private and not received_in_clear(traffic),
                 seconds=seconds,
                 mechanisms=self._mechanism_records(op),
                 **asdict(traffic),
@@ -398,6 +399,15 @@ def owned_columns(
         columns.append(np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64))
         layouts.append(layout)
     return columns, layouts
+
+
+def received_in_clear(traffic: Traffic) -> list[str]:
+    """What the coordinator received of single clients' contributions (``client[i]`` names).
+
+    A backend names each contribution it hands the coordinator in the clear so; an entry
+    with any is never recorded as private, whatever the backend claims.
+    """
+    return [name for name in traffic.coordinator_received if name.startswith("client[")]
 
 
 def lowest_index_argmax(matrix: np.ndarray) -> np.ndarray:

@@ -1037,6 +1037,28 @@ class CryptenAggregator(Aggregator):
             out.append(records)
         return out
 
+    def opened_by_parties(self) -> list[list[dict[str, Any]]]:
+        """Per party, every value it opened with the others since the last call (then cleared).
+
+        Needs ``record_received=True``; only ``argmax`` opens values (sums are local
+        additions). Each record: ``op``, ``id`` (the operation), ``opening`` (its order
+        within the operation), ``size`` and ``values`` (flat int64): what the party's
+        CrypTen communicator handed it (:func:`smpc.party.recording_openings`).
+        """
+        if not self.record_received:
+            raise RuntimeError("create the aggregator with record_received=True to use this.")
+        pool = self._pool
+        assert pool is not None
+        out = []
+        for rank, reply in enumerate(self._query("opened")):
+            records = []
+            for record in reply.records:
+                record = dict(record)
+                record["values"] = pool.channels[rank].recv_array()
+                records.append(record)
+            out.append(records)
+        return out
+
     # ----------------------------------------------------------------- shutdown
     def close(self) -> None:
         """Stop the parties (or give them back to the warm pool). Idempotent."""

@@ -67,7 +67,9 @@ class LedgerEntry:
     coordinator_bytes
         Total bytes the coordinator received.
     private
-        Whether client inputs stayed hidden from the coordinator and from each party.
+        Whether client inputs stayed hidden from the coordinator and from each party:
+        the backend's claim (``Aggregator.private``), and False whenever
+        ``coordinator_received`` names a client's contribution (``client[i]``).
     mechanisms
         What each mechanism wrapped around the backend did (name and parameters), in
         the order applied to client contributions.

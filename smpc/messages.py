@@ -38,7 +38,8 @@ with ``share_format="prepared"`` and ``prepared=token`` (kind ``"sum"``, same
 ``n_clients`` and ``size``); a set is used once, and a new ``PrepareMasks`` replaces it.
 
 Start-up: the party sends :class:`Ready` with its settings; instrumentation:
-:class:`Query` -> :class:`Counters` or :class:`Received` (+ array frames).
+:class:`Query` -> :class:`Counters` or :class:`Received` (+ array frames; also the
+answer to ``Query("opened")``).
 Any failure inside a party answers :class:`Failure` with the traceback.
 """
 
@@ -177,7 +178,11 @@ class Failure:
 
 @dataclass(frozen=True)
 class Query:
-    """Instrumentation request: ``what`` is ``"counters"`` or ``"received"``."""
+    """Instrumentation request: ``what`` is ``"counters"``, ``"received"`` or ``"opened"``.
+
+    ``"opened"`` (parties started with ``record_received``) is answered with
+    :class:`Received` listing the values the party opened inside ``argmax`` operations.
+    """
 
     what: str
 

@@ -26,6 +26,7 @@ function returns a large object, and cannot reuse parties across rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -33,7 +34,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener
 from typing import Any
@@ -409,7 +410,9 @@ class PartyLoop:
         (initialising in the background; ``argmax`` waits for it), or None for a party
         that serves additions only (``argmax`` then fails with a clear error).
     record
-        Keep what this party received from clients (instrumentation for tests).
+        Keep what this party received from clients and every value it opened with the
+        other parties inside an ``argmax`` (instrumentation for tests; see
+        :func:`recording_openings`).
     """
 
     def __init__(
@@ -420,6 +423,8 @@ class PartyLoop:
         self.crypten = crypten
         self.record = record
         self.records: list[tuple[dict[str, Any], np.ndarray | None]] = []
+        #: With ``record``: what this party opened (learned in the clear) from the others.
+        self.opened: list[tuple[dict[str, Any], np.ndarray]] = []
         self.counters = {"operations": 0, "messages": 0, "bytes": 0}
         self._buffer: SharedBuffer | None = None
         #: Operation ids of sealed operations already run (replays are refused).
@@ -467,6 +472,11 @@ class PartyLoop:
                 if values is not None:
                     self.channel.send_array(values)
             self.records = []
+        elif isinstance(message, msg.Query) and message.what == "opened":
+            self.channel.send(msg.Received(records=[r for r, _ in self.opened]))
+            for _, values in self.opened:
+                self.channel.send_array(values)
+            self.opened = []
         else:
             raise ValueError(f"unexpected message {message!r}")
 
@@ -648,7 +658,7 @@ class PartyLoop:
         self.channel.send(msg.SharesReceived(op_id=op.op_id, rank=self.rank))
         traffic, rounds = 0, 0
         if rows is not None:
-            share, traffic, rounds = self._argmax(rows)
+            share, traffic, rounds = self._argmax(rows, op.op_id)
             result[...] = share
         log.debug("party %d: %s of %d x %d done", self.rank, op.kind, op.n_clients, op.size)
         self.channel.send(
@@ -687,25 +697,22 @@ class PartyLoop:
             ):
                 raise ValueError(f"bad destination {item!r} for a result of {op.size} values")
 
-    def _argmax(self, shares: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """Return this party's share of the per-column winning index (lowest index on ties)."""
-        import torch
+    def _argmax(self, shares: np.ndarray, op_id: int = 0) -> tuple[np.ndarray, int, int]:
+        """Return this party's share of the per-column winning index (lowest index on ties).
 
+        With ``record``, every value this party opens with the others meanwhile is kept
+        (:func:`recording_openings`), for the coordinator's ``Query("opened")``.
+        """
         crypten: Any = self.crypten
         if isinstance(crypten, LazyCrypten):
             crypten = crypten.get()
-        crypten.reset_communication_stats()
-        n_clients = shares.shape[0]
-        # Encoded values are integers in the ring: precision 0 keeps every product exact.
-        values = crypten.mpc.MPCTensor.from_shares(torch.from_numpy(shares), precision=0)
-        # Ties go to the lowest client index: compare K*x + (K-1-i), public operations
-        # on shares (local multiply, party 0 adds the constant), all keys distinct.
-        offsets = torch.arange(n_clients - 1, -1, -1, dtype=torch.long).unsqueeze(1)
-        keys = values * n_clients + offsets
-        index = distinct_argmax(crypten, keys)
-        stats = crypten.comm.get().get_communication_stats()
-        share = np.ascontiguousarray(index._tensor.share.numpy(), dtype=np.int64)
-        return share, int(stats["bytes"]), int(stats["rounds"])
+        opened: list[np.ndarray] | None = [] if self.record else None
+        with recording_openings(crypten.comm.get(), opened):
+            result = _secure_argmax(crypten, shares)
+        for k, values in enumerate(opened or []):
+            record = {"op": "argmax", "id": op_id, "opening": k, "size": int(values.size)}
+            self.opened.append((record, values))
+        return result
 
     def _record(self, op: msg.Aggregate, client: int, share: np.ndarray) -> None:
         keep = share.size <= RECORD_MAX_VALUES
@@ -717,6 +724,74 @@ class PartyLoop:
             "with_values": keep,
         }
         self.records.append((record, share.copy() if keep else None))
+
+
+def _secure_argmax(crypten: Any, shares: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """A party's share of the argmax of its ``(clients, columns)`` shares; bytes, rounds."""
+    import torch
+
+    crypten.reset_communication_stats()
+    n_clients = shares.shape[0]
+    # Encoded values are integers in the ring: precision 0 keeps every product exact.
+    values = crypten.mpc.MPCTensor.from_shares(torch.from_numpy(shares), precision=0)
+    # Ties go to the lowest client index: compare K*x + (K-1-i), public operations
+    # on shares (local multiply, party 0 adds the constant), all keys distinct.
+    offsets = torch.arange(n_clients - 1, -1, -1, dtype=torch.long).unsqueeze(1)
+    keys = values * n_clients + offsets
+    index = distinct_argmax(crypten, keys)
+    stats = crypten.comm.get().get_communication_stats()
+    share = np.ascontiguousarray(index._tensor.share.numpy(), dtype=np.int64)
+    return share, int(stats["bytes"]), int(stats["rounds"])
+
+
+#: CrypTen communicator methods through which a party receives values from the others.
+_RECEIVING = ("all_reduce", "reduce", "gather", "all_gather", "broadcast", "recv", "scatter")
+
+
+@contextlib.contextmanager
+def recording_openings(communicator: Any, into: list[np.ndarray] | None) -> Iterator[None]:
+    """Test seam: append to ``into`` every value ``communicator`` hands this party.
+
+    Every value a CrypTen party learns from the other parties arrives through one of the
+    communicator's collective or point-to-point calls (a ``reveal`` is an ``all_reduce``
+    or ``reduce`` of the shares; Beaver's masked operands and the masked bit of
+    ``B2A_single_bit`` too); party 0 also receives the trusted dealer's correlated
+    randomness through it (a ``broadcast``: fresh random values). With
+    ``into`` a list, each such result is copied (flat int64) in call order while the
+    block runs; with ``None`` nothing changes. A secure protocol opens only values masked
+    by fresh randomness: the same inputs open different values in two runs
+    (tests/smpc/test_privacy_mutants.py checks it for ``argmax``).
+    """
+    if into is None:
+        yield
+        return
+
+    def keep(value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                keep(item)
+            return
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        into.append(np.array(array, dtype=np.int64).ravel())
+
+    def wrapped(call: Any) -> Any:
+        def receive(*args: Any, **kwargs: Any) -> Any:
+            result = call(*args, **kwargs)
+            keep(result)
+            return result
+
+        return receive
+
+    patched = [name for name in _RECEIVING if hasattr(communicator, name)]
+    for name in patched:  # instance attributes shadow the class's methods while recording
+        setattr(communicator, name, wrapped(getattr(communicator, name)))
+    try:
+        yield
+    finally:
+        for name in patched:
+            delattr(communicator, name)
 
 
 def _less_than_zero(crypten: Any, values: Any) -> Any:
