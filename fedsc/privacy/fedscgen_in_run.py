@@ -5,10 +5,11 @@ The in-run versions of :mod:`fedsc.privacy.membership`,
 an attack ``(view, truth) -> tidy rows`` (:data:`fedsc.privacy.scbatchprox_rows.COLUMNS`)
 registered in :data:`fedsc.privacy.in_run.IN_RUN_ATTACKS`. The attacker's inputs come only
 from the observer's recorded view (:mod:`fedsc.privacy.views`): the clients' states of the
-last FedAvg round (tag ``fedavg``; the coordinator under plaintext receives them as
-shared, i.e. after DP-SGD or the ``gaussian`` mechanism's clipping and noise), the
-broadcast references, the released global state and the correction's revealed
-aggregates. The runner's truth (:class:`FedscGenTruth`: every client's cells, labels and
+last FedAvg round (tag ``fedavg``; the coordinator under plaintext computes each client's
+model from its contribution, i.e. after DP-SGD or the ``gaussian`` mechanism's clipping
+and noise, with the division by the public weight undone), the broadcast references,
+the released global state (after the ``gaussian`` mechanism's ``W / K`` rescale) and the
+correction's revealed aggregates. The runner's truth (:class:`FedscGenTruth`: every client's cells, labels and
 FedscGen's 90/10 split, redrawn from the run seed) scores them, and gives the attacker
 what it is assumed to hold anyway: auxiliary labelled cells of the same tissue (the
 other clients' cells: a stand-in for a public atlas), and for a client its own cells.
@@ -21,9 +22,13 @@ validation cells)
     ``loss`` (score -loss), ``reference`` (loss under the reference, i.e. the broadcast
     or initial state, minus loss under the attacked model) and ``lira`` (offline LiRA with
     :data:`N_SHADOWS` shadows trained from the same reference on auxiliary cells: the
-    other clients' for the coordinator, the observer's own for a client). Per target
-    client, and ``..._pooled`` over clients (``target_client`` -1: one ROC, each cell
-    under its client's attacked model). Chance 0.5.
+    other clients' for the coordinator, the observer's own for a client). Under DP the
+    attacker is adaptive by default: the shadows are trained with the run's DP pipeline
+    (DP-SGD with its σ and clip; or each round's update clipped to C and noised like the
+    attacked model, read off the ledger's ``gaussian`` description) and the metric is
+    ``lira_adaptive`` (``<prefix>_lira_adaptive_auc``). Per target client, and
+    ``..._pooled`` over clients (``target_client`` -1: one ROC, each cell under its
+    client's attacked model). Chance 0.5.
 ``fedscgen_property``
     Over clients (``target_client`` -1): ``update_*`` (plaintext coordinator, batch-norm
     models only: the first encoder layer's running mean + NNLS on auxiliary type profiles;
@@ -67,7 +72,13 @@ from fedsc.methods.vae import (
     torch_threads,
     train_epoch,
 )
-from fedsc.privacy.membership import SHADOW, cell_losses, client_data
+from fedsc.privacy.membership import (
+    SHADOW,
+    ShadowDP,
+    cell_losses,
+    client_data,
+    train_shadow_rounds,
+)
 from fedsc.privacy.property_inference import (
     AuxiliaryProfiles,
     _summary,
@@ -92,6 +103,7 @@ __all__ = [
     "fedscgen_revealed_values",
     "fedscgen_truth",
     "revealed_from_view",
+    "shadow_dp",
 ]
 
 #: Shadow models per target of the LiRA attack.
@@ -256,15 +268,41 @@ def _capped(truth: FedscGenTruth, c: int) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def _shadows(
-    truth: FedscGenTruth, start: State, aux: torch.Tensor, n_cells: int, epochs: int, key: int
+    truth: FedscGenTruth,
+    start: State,
+    aux: torch.Tensor,
+    n_cells: int,
+    epochs: int,
+    key: int,
+    *,
+    dp: ShadowDP | None = None,
+    rounds: int = 1,
+    noise_std: float = 0.0,
 ) -> list[VAE]:
-    """:data:`N_SHADOWS` models trained ``epochs`` epochs from ``start`` on aux cells."""
+    """:data:`N_SHADOWS` models trained ``epochs`` epochs from ``start`` on aux cells.
+
+    With ``dp`` (adaptive attacker): ``rounds`` rounds of ``epochs / rounds`` epochs of the
+    run's DP pipeline (:func:`fedsc.privacy.membership.train_shadow_rounds`).
+    """
     n_cells = min(int(n_cells), int(aux.shape[0]), MAX_AUX_CELLS)
     models = []
     for k in range(N_SHADOWS):
         g = derive_generator(truth.seed, SHADOW, key, k)
         rows = torch.randperm(aux.shape[0], generator=g)[:n_cells].sort().values
         model = truth.model_from_state(start)
+        if dp is not None:
+            train_shadow_rounds(
+                model,
+                aux,
+                rows,
+                rounds=rounds,
+                local_epochs=epochs // rounds,
+                key=(truth.seed, SHADOW, key, k),
+                dp=dp,
+                noise_std=noise_std,
+            )
+            models.append(model.eval())
+            continue
         opt = make_optimizer(model)
         for e in range(epochs):
             train_epoch(
@@ -272,6 +310,12 @@ def _shadows(
             )
         models.append(model.eval())
     return models
+
+
+def shadow_dp(view: ObserverView, truth: FedscGenTruth) -> ShadowDP | None:
+    """The run's DP pipeline as the attacker reads it (config and ledger), ``None``: no DP."""
+    n_trains = [len(truth.splits[c][0]) for c in truth.training]
+    return ShadowDP.of_run(truth.config, view.mechanisms, n_trains)
 
 
 def _lira(model: VAE, shadows: Sequence[VAE], x: torch.Tensor) -> np.ndarray:
@@ -289,10 +333,15 @@ def _auc(member: np.ndarray, score: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------ membership
-def fedscgen_membership(view: ObserverView, truth: Any) -> pd.DataFrame:
+def fedscgen_membership(
+    view: ObserverView, truth: Any, *, adaptive: bool | None = None
+) -> pd.DataFrame:
     """Membership inference on a local update (coordinator) or the global model (client).
 
     See the module docstring for the metrics; views holding neither give no rows.
+    ``adaptive`` (default: when the run used DP, :func:`shadow_dp`): the LiRA shadows are
+    trained with the run's DP pipeline and the metric is ``<prefix>_lira_adaptive_auc``;
+    ``False``: shadows without DP, ``<prefix>_lira_auc``.
     """
     fed = _applies(truth)
     ops = _state_ops(view)
@@ -301,6 +350,9 @@ def fedscgen_membership(view: ObserverView, truth: Any) -> pd.DataFrame:
     last = max(ops, key=lambda o: o.index)
     spec = fed.spec()
     cfg = fed.config
+    dp = shadow_dp(view, fed) if adaptive is not False else None
+    lira = "lira" if dp is None else "lira_adaptive"
+    n_trains = [float(len(fed.splits[c][0])) for c in fed.training]
     targets: dict[int, tuple[VAE, VAE, list[VAE]]] = {}
     with torch_threads(cfg.num_threads):
         if view.observer == "coordinator":
@@ -313,7 +365,14 @@ def fedscgen_membership(view: ObserverView, truth: Any) -> pd.DataFrame:
                     continue
                 aux = torch.cat([fed.data[o] for o in fed.training if o != c])
                 shadows = _shadows(
-                    fed, ref, aux, len(fed.splits[c][0]), cfg.local_epochs, key=1000 + c
+                    fed,
+                    ref,
+                    aux,
+                    len(fed.splits[c][0]),
+                    cfg.local_epochs,
+                    key=1000 + c,
+                    dp=dp,
+                    noise_std=0.0 if dp is None else dp.client_noise_std(n_trains[pos]),
                 )
                 targets[c] = (fed.model(own, spec), ref_model, shadows)
         else:
@@ -327,7 +386,17 @@ def fedscgen_membership(view: ObserverView, truth: Any) -> pd.DataFrame:
             if me is None:
                 return _frame([])
             aux = fed.data[me][torch.from_numpy(fed.splits[me][0])]
-            shadows = _shadows(fed, init, aux, aux.shape[0], len(ops) * cfg.local_epochs, key=me)
+            shadows = _shadows(
+                fed,
+                init,
+                aux,
+                aux.shape[0],
+                len(ops) * cfg.local_epochs,
+                key=me,
+                dp=dp,
+                rounds=len(ops),
+                noise_std=0.0 if dp is None else dp.mean_noise_std(n_trains),
+            )
             init_model = fed.model_from_state(init)
             targets = {c: (model, init_model, shadows) for c in fed.training if c != me}
         rows: list[dict[str, Any]] = []
@@ -338,7 +407,7 @@ def fedscgen_membership(view: ObserverView, truth: Any) -> pd.DataFrame:
             scores = {
                 "loss": -loss,
                 "reference": cell_losses(ref_model, x) - loss,
-                "lira": _lira(model, shadows, x),
+                lira: _lira(model, shadows, x),
             }
             for name, score in scores.items():
                 metric = f"{prefix}_{name}_auc"

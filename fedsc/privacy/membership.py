@@ -41,9 +41,9 @@ several seeds into a mean with a t interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anndata as ad
 import numpy as np
@@ -57,6 +57,7 @@ from fedsc.data.clients import Client, split_clients
 from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
 from fedsc.federation import State
+from fedsc.federation.seeding import derive_rng
 from fedsc.methods.fedscgen import FedScGenConfig, FedScGenResult, model_from_state, run_fedscgen
 from fedsc.methods.vae import (
     EPOCH,
@@ -71,12 +72,17 @@ from fedsc.methods.vae import (
     torch_threads,
     train_epoch,
 )
+from fedsc.privacy.views import client_model
 from smpc.flatten import flatten
-from smpc.mechanisms import ClientContext, Mechanism, ResultContext
+from smpc.mechanisms import ClientContext, Mechanism, ResultContext, make_mechanism
+
+if TYPE_CHECKING:
+    from fedsc.privacy.accounting import DPConfig
 
 __all__ = [
     "COLUMNS",
     "FedScGenViews",
+    "ShadowDP",
     "ViewRecorder",
     "capture_fedscgen_views",
     "cell_losses",
@@ -90,6 +96,7 @@ __all__ = [
     "scores_to_metrics",
     "summarize_over_seeds",
     "train_shadow_models",
+    "train_shadow_rounds",
 ]
 
 #: Columns of every attack's rows (``note`` explains a NaN value).
@@ -186,6 +193,9 @@ class FedScGenViews:
         (type -> M_t as revealed) and ``dominant_count`` (type -> revealed count).
     backend
         The aggregation backend.
+    mechanisms
+        The mechanisms the run applied (ledger descriptions; a ``gaussian`` one is
+        client-level DP).
     """
 
     result: FedScGenResult
@@ -201,6 +211,7 @@ class FedScGenViews:
     revealed: dict[str, Any]
     backend: str
     recorder: ViewRecorder = field(repr=False, default_factory=ViewRecorder)
+    mechanisms: tuple[dict[str, Any], ...] = ()
 
     @property
     def n_genes(self) -> int:
@@ -208,8 +219,18 @@ class FedScGenViews:
         return self.result.model.n_genes
 
     def model(self, state: State) -> VAE:
-        """A VAE (evaluation mode) holding ``state``."""
+        """A VAE (evaluation mode, the GroupNorm DP variant under DP) holding ``state``."""
+        if self.config.dp is not None:
+            from fedsc.methods.dp_sgd import dp_model_from_state
+
+            return dp_model_from_state(state, self.n_genes, self.config)
         return model_from_state(state, self.n_genes, self.config)
+
+    @property
+    def shadow_dp(self) -> ShadowDP | None:
+        """The run's DP pipeline (:class:`ShadowDP`), ``None`` without DP."""
+        n_trains = [len(self.splits[c.index][0]) for c in self.clients]
+        return ShadowDP.of_run(self.config, self.mechanisms, n_trains)
 
     def local_model(self, client: int) -> VAE:
         """Client ``client``'s model after its last-round local training."""
@@ -280,6 +301,8 @@ def capture_fedscgen_views(
     layer: str | None = None,
     client_order: Sequence[str] | None = None,
     backend_options: dict[str, Any] | None = None,
+    mechanisms: Sequence[Any] | None = None,
+    mechanism_seed: int | None = None,
 ) -> FedScGenViews:
     """Run FedscGen on every batch of ``adata`` and record what each observer sees.
 
@@ -303,6 +326,12 @@ def capture_fedscgen_views(
         As in :func:`fedsc.methods.fedscgen.run_fedscgen`.
     backend_options
         Options of :func:`smpc.make_aggregator`.
+    mechanisms, mechanism_seed
+        Mechanisms applied before the recorder (e.g. the ``gaussian`` mechanism of
+        client-level DP, with ``config.dp={"level": "client", ...}`` for the GroupNorm
+        variant), as for :func:`smpc.make_aggregator`. The local states are then what the
+        coordinator computes from the shared contributions
+        (:func:`fedsc.privacy.views.client_model`: the client's noised model).
 
     Returns
     -------
@@ -311,7 +340,12 @@ def capture_fedscgen_views(
     last = config.rounds - 1
     recorder = ViewRecorder(keep=lambda r, tag: r == last)
     a = adata.copy()
-    with smpc.make_aggregator(backend, mechanisms=[recorder], **(backend_options or {})) as agg:
+    with smpc.make_aggregator(
+        backend,
+        mechanisms=[*(mechanisms or []), recorder],
+        mechanism_seed=mechanism_seed,
+        **(backend_options or {}),
+    ) as agg:
         result = run_fedscgen(
             a,
             batch_key=batch_key,
@@ -324,6 +358,7 @@ def capture_fedscgen_views(
             snapshot_every_round=True,
             show_progress=False,
         )
+        described = tuple(m.describe() for m in getattr(agg, "mechanisms", ()) if m is not recorder)
     clients = client_data(
         a,
         batch_key=batch_key,
@@ -335,8 +370,12 @@ def capture_fedscgen_views(
     )
     train, x_all, data = clients.train, clients.x_all, clients.data
     labels, splits = clients.labels, clients.splits
-    initial = VAE(x_all.shape[1], config, derive_generator(seed, INIT)).state_dict()
-    initial = {k: v.detach().clone() for k, v in initial.items()}
+    init_model = VAE(x_all.shape[1], config, derive_generator(seed, INIT))
+    if config.dp is not None:
+        from fedsc.methods.dp_sgd import to_dp_variant
+
+        init_model = to_dp_variant(init_model)
+    initial = {k: v.detach().clone() for k, v in init_model.state_dict().items()}
     spec = flatten(initial)[1]
     key = (last, "fedavg", "weighted_mean")
     if key not in recorder.contributions:
@@ -344,11 +383,21 @@ def capture_fedscgen_views(
             f"no FedAvg contributions were recorded in round {last}; views need the default "
             "FedAvg strategy (ledger tag 'fedavg')."
         )
-    local_states = {
-        c.index: spec.unflatten(recorder.contributions[key][pos][0]) for pos, c in enumerate(train)
-    }
     snaps = result.federation_result.snapshots
     broadcast = initial if last == 0 else snaps[last - 1]
+    reference = flatten(broadcast)[0]
+    local_states = {}
+    for pos, c in enumerate(train):
+        row, weight = recorder.contributions[key][pos]
+        model_row = client_model(
+            row,
+            mechanisms=described,
+            op="weighted_mean",
+            tag="fedavg",
+            weight=weight,
+            reference=reference,
+        )
+        local_states[c.index] = spec.unflatten(model_row)
     revealed = _revealed_values(result, recorder, train, config.latent)
     return FedScGenViews(
         result=result,
@@ -364,6 +413,7 @@ def capture_fedscgen_views(
         revealed=revealed,
         backend=backend,
         recorder=recorder,
+        mechanisms=described,
     )
 
 
@@ -394,6 +444,200 @@ def _revealed_values(
         "mean_latent": mean_latent,
         "dominant_count": count,
     }
+
+
+# ------------------------------------------------------------------------ adaptive shadows
+@dataclass(frozen=True)
+class ShadowDP:
+    """The target run's DP pipeline, for shadows trained the way the target was.
+
+    LiRA's shadows must be trained like the target (Carlini et al., IEEE S&P 2022); against
+    a DP target that includes its clipping and noise, i.e. an adaptive attacker (Nasr et
+    al., IEEE S&P 2021, instantiate DP adversaries this way). Shadows trained without DP
+    compare the target's noised model with un-noised OUT models.
+
+    Attributes
+    ----------
+    dp_sgd
+        Cell-level DP: the run's DP-SGD settings (σ resolved for the federation, clip,
+        seeded: the shadows' noise is the attacker's own), or ``None``.
+    clip
+        Client-level DP (the ``gaussian`` mechanism): the L2 bound C on each round's
+        update, or ``None``.
+    noise_multiplier, weighting, max_weight, min_honest
+        The ``gaussian`` mechanism's settings (ledger description).
+    n_clients
+        K, the clients of each aggregation.
+    """
+
+    dp_sgd: DPConfig | None = None
+    clip: float | None = None
+    noise_multiplier: float = 0.0
+    weighting: str = "uniform"
+    max_weight: float | None = None
+    min_honest: int | None = None
+    n_clients: int = 1
+
+    @classmethod
+    def of_run(
+        cls,
+        config: FedScGenConfig,
+        mechanisms: Sequence[Mapping[str, Any]],
+        n_trains: Sequence[int],
+    ) -> ShadowDP | None:
+        """The DP pipeline of a FedscGen run, ``None`` if it ran without DP.
+
+        Parameters
+        ----------
+        config
+            The config the run trained with (``dp``: cell-level DP-SGD settings).
+        mechanisms
+            The run's mechanism descriptions (ledger; a ``gaussian`` one that applies to
+            the state aggregation is client-level DP: its clipping, weighting and noise).
+        n_trains
+            Every training client's training cells (σ of DP-SGD is resolved over them).
+        """
+        dp_sgd = None
+        if config.dp is not None and config.dp.get("level", "client") == "cell":
+            from fedsc.methods.dp_sgd import resolve_for_clients
+            from fedsc.privacy.accounting import DPConfig
+
+            conf = DPConfig.from_dict(dict(config.dp))
+            assert conf is not None
+            conf = resolve_for_clients(
+                conf, list(n_trains), config.batch_size, config.local_epochs, config.rounds
+            )
+            dp_sgd = replace(conf, simulated=True)
+        # the gaussian mechanisms that act on the state aggregation (rebuilt from the
+        # ledger description, so this follows the mechanism's own rules)
+        gauss = [
+            m
+            for m in mechanisms
+            if m.get("name") == "gaussian" and make_mechanism(dict(m)).applies_to("weighted_mean")
+        ]
+        if dp_sgd is None and not gauss:
+            return None
+        if not gauss:
+            return cls(dp_sgd=dp_sgd, n_clients=len(n_trains))
+        g = gauss[0]
+        return cls(
+            dp_sgd=dp_sgd,
+            clip=float(g["clip"]),
+            noise_multiplier=float(g["noise_multiplier"]),
+            weighting=str(g.get("weighting", "uniform")),
+            max_weight=None if g.get("max_weight") is None else float(g["max_weight"]),
+            min_honest=None if g.get("min_honest") is None else int(g["min_honest"]),
+            n_clients=len(n_trains),
+        )
+
+    def _client_std(self, weight: float) -> float:
+        k = self.n_clients
+        t = k if self.min_honest is None else min(self.min_honest, k)
+        std = self.noise_multiplier * float(self.clip or 0.0) / math.sqrt(t)
+        if self.weighting == "weighted":
+            assert self.max_weight is not None
+            std *= self.max_weight / weight
+        return std
+
+    def client_noise_std(self, weight: float) -> float:
+        """Noise std per value on one client's model as the coordinator computes it.
+
+        ``σ C / √t`` (t = min(min_honest, K)); weighted: times ``max_weight / w_c``
+        (:mod:`smpc.mechanisms.gaussian`).
+        """
+        return self._client_std(weight)
+
+    def mean_noise_std(self, weights: Sequence[float]) -> float:
+        """Noise std per value on the released mean of the K clients' models.
+
+        Uniform: ``sqrt(Σ_c s_c²) / K``; weighted: ``sqrt(Σ_c (w_c s_c)²) / W``, with
+        ``s_c`` the client's own noise std.
+        """
+        w = np.asarray(weights, dtype=np.float64)
+        s = np.array([self._client_std(float(x)) for x in w])
+        if self.weighting == "weighted":
+            return float(np.sqrt(np.sum((w * s) ** 2)) / w.sum())
+        return float(np.sqrt(np.sum(s**2)) / len(w))
+
+
+def _shadow_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for ``(seed, *keys)`` (DP-SGD's trainer takes one seed)."""
+    state = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, np.uint64)
+    return int(state[0] & ((1 << 63) - 1))
+
+
+def train_shadow_rounds(
+    model: VAE,
+    aux: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    rounds: int,
+    local_epochs: int,
+    key: Sequence[int],
+    dp: ShadowDP,
+    noise_std: float,
+) -> VAE:
+    """Train one adaptive shadow in place: ``rounds`` rounds of the target's DP pipeline.
+
+    Each round starts a fresh Adam (as FedscGen's clients do) and trains ``local_epochs``
+    epochs on ``aux[rows]``: with DP-SGD (:func:`fedsc.methods.dp_sgd.local_train`, the
+    run's σ and clip) under cell-level DP, else FedscGen's trainer with the epoch
+    generators ``derive_generator(*key, EPOCH, e)`` (those of the non-adaptive shadows).
+    Under client-level DP the round's update is then clipped to L2 norm ``dp.clip`` (the
+    whole flat state, as the ``gaussian`` mechanism clips it) and ``N(0, noise_std²)``
+    is added to every value (the noise the attacked model carries per round).
+
+    Parameters
+    ----------
+    model
+        A VAE holding the start state (DP variant under DP); trained in place.
+    aux, rows
+        The auxiliary cells and the rows the shadow trains on.
+    rounds, local_epochs
+        Federation rounds and local epochs per round the shadow imitates.
+    key
+        Generator key of this shadow (``(seed, SHADOW, ...)``).
+    dp
+        The run's DP pipeline.
+    noise_std
+        Client-level noise std per value and round (:meth:`ShadowDP.client_noise_std` for
+        a client's model, :meth:`ShadowDP.mean_noise_std` for the global one).
+    """
+    seed, *rest = (int(k) for k in key)
+    for r in range(rounds):
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        opt = make_optimizer(model)
+        if dp.dp_sgd is not None:
+            from fedsc.methods.dp_sgd import local_train
+
+            local_train(
+                model,
+                opt,
+                aux,
+                rows,
+                seed=_shadow_seed(seed, *rest),
+                client=0,
+                round_index=r,
+                local_epochs=local_epochs,
+                dp=dp.dp_sgd,
+            )
+        else:
+            for j in range(local_epochs):
+                g = derive_generator(seed, *rest, EPOCH, r * local_epochs + j)
+                train_epoch(model, opt, aux, g, rows)
+        if dp.clip is None:
+            continue
+        flat_start, spec = flatten(start)
+        flat_start = np.asarray(flat_start, dtype=np.float64)
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        update = np.asarray(flatten(state)[0], dtype=np.float64) - flat_start
+        norm = float(np.linalg.norm(update))
+        if norm > dp.clip:
+            update = update * (dp.clip / norm)
+        noise = derive_rng(seed, *rest, EPOCH, r).standard_normal(update.shape)
+        new = spec.unflatten(flat_start + update + noise_std * noise)
+        model.load_state_dict({k: torch.as_tensor(v, dtype=state[k].dtype) for k, v in new.items()})
+    return model
 
 
 # ------------------------------------------------------------------------ scores
@@ -534,6 +778,9 @@ def train_shadow_models(
     n_cells: int,
     epochs: int,
     seed: int,
+    dp: ShadowDP | None = None,
+    rounds: int = 1,
+    noise_std: float = 0.0,
 ) -> list[VAE]:
     """Shadow models: ``epochs`` epochs from ``start_state`` on random ``n_cells`` of ``aux``.
 
@@ -541,11 +788,21 @@ def train_shadow_models(
     and noise from ``derive_generator(seed, SHADOW, k)``; a fresh Adam, as FedscGen's
     clients use. The attacker knows the public hyper-parameters (``config``) and the
     starting state (the broadcast state, or the initial one for whole-training shadows).
+
+    With ``dp`` (the adaptive attacker) the shadows imitate the target's DP pipeline
+    instead: ``rounds`` rounds of ``epochs / rounds`` epochs each
+    (:func:`train_shadow_rounds`, client-level noise ``noise_std`` per round). A config
+    with ``dp`` set builds the GroupNorm DP variant of the VAE either way.
     """
     if aux.shape[0] < config.batch_size:
         raise FedscInputError(
             f"auxiliary data has {aux.shape[0]} cells, fewer than one minibatch "
             f"({config.batch_size}); give the attacker more cells."
+        )
+    if dp is not None and (rounds < 1 or epochs % rounds):
+        raise FedscInputError(
+            f"adaptive shadows train {epochs} epochs in {rounds} rounds: give epochs as "
+            "rounds x local_epochs."
         )
     n_cells = min(int(n_cells), int(aux.shape[0]))
     models = []
@@ -554,7 +811,24 @@ def train_shadow_models(
         g = derive_generator(seed, SHADOW, k)
         rows = torch.randperm(aux.shape[0], generator=g)[:n_cells].sort().values
         model = VAE(n_genes, config, derive_generator(seed, SHADOW, k, 1))
+        if getattr(config, "dp", None) is not None:
+            from fedsc.methods.dp_sgd import to_dp_variant
+
+            model = to_dp_variant(model)
         model.load_state_dict(start_state)
+        if dp is not None:
+            train_shadow_rounds(
+                model,
+                aux,
+                rows,
+                rounds=rounds,
+                local_epochs=epochs // rounds,
+                key=(seed, SHADOW, k),
+                dp=dp,
+                noise_std=noise_std,
+            )
+            models.append(model.eval())
+            continue
         opt = make_optimizer(model)
         for e in range(epochs):
             train_epoch(model, opt, aux, derive_generator(seed, SHADOW, k, EPOCH, e), rows)
@@ -614,6 +888,7 @@ def fedscgen_membership_scores(
     attacks: Sequence[str] = ("loss_threshold", "reference", "lira_offline"),
     n_shadows: int = 4,
     kl: bool = False,
+    adaptive: bool | None = None,
 ) -> pd.DataFrame:
     """Per-cell attack scores against every client of a captured run (higher = member).
 
@@ -625,12 +900,19 @@ def fedscgen_membership_scores(
       (every client receives it); shadows train ``rounds x local_epochs`` epochs from the
       initial state on ``N_c`` cells of the other clients' data.
 
+    ``adaptive`` (default: when the run used DP): the LiRA shadows are trained with the
+    run's DP pipeline (:class:`ShadowDP`: DP-SGD with its σ and clip, or each round's
+    update clipped and noised like the attacked model's); the attack is then named
+    ``"lira_offline_adaptive"``. ``False``: shadows without DP (``"lira_offline"``).
+
     Returns
     -------
     One row per (attack, observer, cell): ``attack``, ``observer``, ``target_client``,
     ``cell`` (position in the client), ``score``, ``member``, ``seed``.
     """
     cfg = views.config
+    dp = views.shadow_dp if adaptive is not False else None
+    weights = [float(len(views.splits[c.index][0])) for c in views.clients]
     frames = []
     for observer in observers:
         if observer not in ("coordinator", "client"):
@@ -647,6 +929,7 @@ def fedscgen_membership_scores(
                 ref_state, epochs = views.initial_state, cfg.rounds * cfg.local_epochs
             with torch_threads(cfg.num_threads):
                 for attack in attacks:
+                    name = attack
                     if attack == "loss_threshold":
                         score = -cell_losses(attacked, x, kl=kl)
                     elif attack == "reference":
@@ -654,6 +937,12 @@ def fedscgen_membership_scores(
                         score = cell_losses(ref, x, kl=kl) - cell_losses(attacked, x, kl=kl)
                     elif attack == "lira_offline":
                         aux = torch.cat([views.data[o] for o in views.data if o != ci])
+                        if dp is None:
+                            noise_std = 0.0
+                        elif observer == "coordinator":
+                            noise_std = dp.client_noise_std(float(member.sum()))
+                        else:
+                            noise_std = dp.mean_noise_std(weights)
                         shadows = train_shadow_models(
                             ref_state,
                             aux,
@@ -662,8 +951,13 @@ def fedscgen_membership_scores(
                             n_cells=int(member.sum()),
                             epochs=epochs,
                             seed=views.seed * 1000 + ci,
+                            dp=dp,
+                            rounds=1 if observer == "coordinator" else cfg.rounds,
+                            noise_std=noise_std,
                         )
                         score = _lira_scores(attacked, shadows, x, kl, None)
+                        if dp is not None:
+                            name = "lira_offline_adaptive"
                     else:
                         raise FedscInputError(
                             f"unknown attack {attack!r}; choose from loss_threshold, "
@@ -672,7 +966,7 @@ def fedscgen_membership_scores(
                     frames.append(
                         pd.DataFrame(
                             {
-                                "attack": attack,
+                                "attack": name,
                                 "observer": observer,
                                 "target_client": c.name,
                                 "cell": np.arange(x.shape[0]),
@@ -730,6 +1024,7 @@ def fedscgen_membership(
     n_shadows: int = 4,
     kl: bool = False,
     fprs: Sequence[float] = (0.01, 0.001),
+    adaptive: bool | None = None,
 ) -> pd.DataFrame:
     """Every attack against every client of a captured run; per-client and pooled rows.
 
@@ -737,7 +1032,7 @@ def fedscgen_membership(
     pooled over clients (``target_client == "all"``).
     """
     scores = fedscgen_membership_scores(
-        views, observers=observers, attacks=attacks, n_shadows=n_shadows, kl=kl
+        views, observers=observers, attacks=attacks, n_shadows=n_shadows, kl=kl, adaptive=adaptive
     )
     return scores_to_metrics(scores, fprs=fprs)
 

@@ -334,6 +334,9 @@ def estimate_weights(
     if total is None:
         raise ValueError("the view does not hold the total weight W.")
     k = rounds[0].gamma.shape[0]
+    # Under the gaussian mechanism's uniform weighting the released mean is unweighted:
+    # the scale of each update is known (K) and the count only sets the number of steps.
+    known = rounds[0].weights_known
     out = np.empty(k)
     for b in range(k):
         # the revealed update (w_b / W) (theta_b' - theta_b^t), per round
@@ -343,7 +346,8 @@ def estimate_weights(
         sel = np.argsort(-moved)[:dims]
         starts = [(r.gamma_prev[b][sel], r.beta_prev[b][sel]) for r in rounds]
         updates = [(g[sel], x[sel]) for g, x in zip(dg, db, strict=True)]
-        out[b] = _search_count(starts, updates, float(total), k, config)
+        fixed = float(rounds[0].scale[b]) if known else None
+        out[b] = _search_count(starts, updates, float(total), k, config, fixed_scale=fixed)
     _LAST_WEIGHTS[:] = [view, key, out.copy()]
     return out
 
@@ -354,8 +358,14 @@ def _search_count(
     total: float,
     k: int,
     config: Mapping[str, Any],
+    *,
+    fixed_scale: float | None = None,
 ) -> int:
-    """The count ``n`` whose rescaled updates ``(W / n) * update`` fit the model best."""
+    """The count ``n`` whose rescaled updates ``(W / n) * update`` fit the model best.
+
+    ``fixed_scale``: the updates' scale when it is known (the released mean's weights are
+    public), so that a candidate count changes only the number of Adam steps.
+    """
     cache: dict[int, float] = {}
     d = len(starts[0][0])
 
@@ -365,7 +375,10 @@ def _search_count(
         for n in (int(n) for n in ns if int(n) not in cache):
             groups.setdefault(n_steps(n, config), []).append(n)
         for steps, group in groups.items():
-            scale = np.repeat(total / np.asarray(group, dtype=np.float64), d)
+            per_n = total / np.asarray(group, dtype=np.float64)
+            if fixed_scale is not None:
+                per_n = np.full(len(group), fixed_scale)
+            scale = np.repeat(per_n, d)
             tiled = [(np.tile(g0, len(group)), np.tile(b0, len(group))) for g0, b0 in starts]
             targets = [
                 (g0 + scale * np.tile(ug, len(group)), b0 + scale * np.tile(ub, len(group)))

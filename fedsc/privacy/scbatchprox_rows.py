@@ -10,6 +10,8 @@ with ``theta^t`` the previous global table (the broadcast state, known to the
 coordinator and to every client), ``W = sum_c w_c`` (revealed by every backend) and
 ``w_b`` the client's cell count. Secret sharing the sum does not hide ``theta_b'``.
 
+The aggregate is the released one (after the ``gaussian`` mechanism's rescale: under its
+uniform weighting the unweighted mean, so ``W / w_b`` is ``K``; :mod:`fedsc.privacy.views`).
 Which ``W / w_b`` the attacker uses:
 
 - the view holds the weights (plaintext coordinator; or cell counts public metadata,
@@ -73,9 +75,9 @@ class RecoveredRound:
     gamma_prev, beta_prev
         ``(K, d)`` the previous global tables (the round's broadcast state).
     scale
-        ``W / w_b`` used per client.
+        ``W / w_b`` used per client (``K`` under uniform DP).
     weights_known
-        Whether ``w_b`` came from the view (else ``W / K`` was assumed).
+        Whether the weights of the mean came from the view (else given or ``W / K``).
     """
 
     round: int
@@ -123,7 +125,9 @@ def recover_rows(
     weights
         Client weights to use when the view lacks them (e.g. estimated with
         :func:`fedsc.privacy.scbatchprox_moments.estimate_weights`); ``None``: equal
-        shares ``W / K``. Ignored when the view holds the weights.
+        shares ``W / K``. Ignored when the view holds the weights of the released mean
+        (``ObservedOp.mean_weights``: the public weights, or all 1 under the ``gaussian``
+        mechanism's uniform weighting, whose released aggregate is the unweighted mean).
 
     Returns
     -------
@@ -132,9 +136,12 @@ def recover_rows(
     out = []
     for o, ref, agg in _global_sequence(view, tag):
         k = o.n_clients
-        weights_known = o.weights is not None
-        if weights_known or weights is not None:
-            w = np.asarray(o.weights if weights_known else weights, dtype=np.float64)
+        weights_known = o.mean_weights is not None
+        if weights_known:  # the weights of the released mean (all 1 under uniform DP)
+            w = np.asarray(o.mean_weights, dtype=np.float64)
+            scale = w.sum() / w
+        elif weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
             total = o.total_weight if o.total_weight is not None else w.sum()
             scale = total / w
         else:

@@ -18,12 +18,15 @@ def update_recovery(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
     """Any method: each client's model update as the observer can estimate it.
 
     For every state aggregation (a ``weighted_mean``/``sum`` with a broadcast reference,
-    not the metrics), the estimate of client c's update ``x_c - reference`` is its
-    contribution if the view holds it in the clear (plaintext coordinator; noised under
-    the ``gaussian`` mechanism): metrics ``update_relative_error`` (chance 1: guessing no
+    not the metrics), the estimate of client c's update ``x_c - reference`` is its model
+    as the view holds it in the clear (plaintext coordinator), i.e. what the observer
+    computes from the shared contribution (:mod:`fedsc.privacy.views`: under the
+    ``gaussian`` mechanism the client's clipped and noised model, the division by its
+    public weight undone): metrics ``update_relative_error`` (chance 1: guessing no
     update) and ``update_cosine`` (chance 0), scored against the true local update. A view
     without clear contributions (a secure backend's coordinator, a client) gets the
-    revealed aggregate's update, the federation's mean update, scored the same way as
+    released aggregate's update (after the ``gaussian`` mechanism's rescale), the
+    federation's mean update, scored the same way as
     ``mean_update_relative_error``/``mean_update_cosine``: how close the intended output
     already is to each client's update (not a client-specific recovery, so it does not
     count as one in the labels). A client's own update is skipped in a client view.

@@ -7,7 +7,7 @@ contribution exactly as that client secret-shares it (after every other client-s
 mechanism), the public weights, the broadcast reference, and the aggregate as the
 backend reveals it to the coordinator (before any result-side mechanism). It changes
 nothing. Everything it holds is the *truth* of the run; :func:`observer_view` keeps only
-what one observer receives:
+what one observer receives, as the values the observer computes from it (last paragraph):
 
 ``coordinator``
     Under ``plaintext`` every client's contribution and weight (the ledger records
@@ -31,6 +31,19 @@ what one observer receives:
 ``output_reader``
     Whoever receives the result: the final released state (for scBatchProx the tables;
     the corrected embedding ``gamma_b * z + beta_b`` determines row ``b`` from two cells).
+
+What an observer holds is what it can compute (``ObservedOp.contributions`` and
+``aggregate``), not the raw values on the wire (kept as ``shared`` and ``revealed``).
+The mechanisms' descriptions, the weights (where the observer knows them), ``W`` and K
+are public (ledger), so the public, invertible transforms are undone. Under the
+``gaussian`` mechanism with uniform weighting (:mod:`smpc.mechanisms.gaussian`) client c
+shares ``x̂_c = r + (ũ_c + n_c) / w_c`` and the backend reveals
+``r + Σ_c (ũ_c + n_c) / W``; the observer holds client c's noised model
+``r + (x̂_c − r) · w_c = r + ũ_c + n_c`` and the released aggregate
+``r + (revealed − r) · W / K`` (the coordinator computes that rescale itself), which is
+the *unweighted* mean of the clients' noised models (``mean_weights`` all 1). Reading
+the raw values instead made a noiseless client model look off by ``1 − 1 / w_c`` (0.989
+for 90 cells). The clients' true models stay in :attr:`RunRecord.inputs`.
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ import numpy as np
 from typing_extensions import override
 
 from smpc import Aggregator, make_aggregator
-from smpc.mechanisms import ClientContext, Mechanism, ResultContext
+from smpc.mechanisms import ClientContext, Mechanism, ResultContext, make_mechanism
 
 #: Ledger tag prefix of results returned to every client (FedscGen's correction).
 CORRECTION_PREFIX = "correction/"
@@ -77,13 +90,26 @@ class ObservedOp:
     reference
         The broadcast state of the round (flat), if this observer knows it.
     aggregate
-        The revealed aggregate (flat: the weighted mean, the sum, or argmax indices).
+        The aggregate as the observer holds it (flat: the weighted mean, the sum, or
+        argmax indices): after the result-side transforms the coordinator applies (the
+        ``gaussian`` mechanism's rescale by ``W / K``), i.e. the released value. In a
+        :class:`RunRecord`: as the backend revealed it.
     contributions
-        ``(n_clients, n_values)`` contributions as shared, for the clients this observer
+        ``(n_clients, n_values)``: each client's contribution with the public, invertible
+        sharing transforms undone (under the ``gaussian`` mechanism's uniform weighting
+        the client's noised model ``r + (x̂_c − r) · w_c``), for the clients this observer
         received in the clear (all under plaintext for the coordinator; a client's own
-        row for that client; the other rows are NaN).
+        row for that client; the other rows are NaN). In a :class:`RunRecord`: as shared.
     shares
         Party index -> ``(n_clients, n_values)`` int64 shares that party received.
+    shared
+        The same rows as ``contributions`` as they were secret-shared (raw).
+    revealed
+        The aggregate as the backend revealed it (raw, before result-side transforms).
+    mean_weights
+        The weights of the mean ``aggregate`` is (``weighted_mean``), if the observer knows
+        them: ``weights``, or all 1 where the ``gaussian`` mechanism's uniform weighting
+        releases the unweighted mean of the clients' models (public, whatever ``weights``).
     """
 
     index: int
@@ -98,6 +124,9 @@ class ObservedOp:
     aggregate: np.ndarray | None = None
     contributions: np.ndarray | None = None
     shares: dict[int, np.ndarray] | None = None
+    shared: np.ndarray | None = None
+    revealed: np.ndarray | None = None
+    mean_weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +351,7 @@ class RunRecord:
             )
             for c in recorder.captured
         )
+        ops = tuple(replace(o, shared=o.contributions, revealed=o.aggregate) for o in ops)
         all_mechanisms = tuple(getattr(aggregator, "mechanisms", ()))
         mechanisms = tuple(
             m.describe() for m in all_mechanisms if not isinstance(m, RecordingMechanism)
@@ -426,6 +456,156 @@ def recording_aggregator(
     return agg, recorder
 
 
+def _gaussian(mechanisms: Sequence[dict[str, Any]]) -> list[Any]:
+    """The ``gaussian`` mechanisms of a run, rebuilt from their ledger descriptions."""
+    return [make_mechanism(dict(m)) for m in mechanisms if m.get("name") == "gaussian"]
+
+
+def _rescaled(m: Any, op: str, tag: str | None) -> str | None:
+    """``"state"``/``"metrics"`` if ``m`` divides by the weight under ``op``/``tag``."""
+    if not m.applies_to(op) or op != "weighted_mean" or m.weighting != "uniform":
+        return None
+    role = m.role(op, tag)
+    return role if role in ("state", "metrics") else None
+
+
+def client_model(
+    row: np.ndarray,
+    *,
+    mechanisms: Sequence[dict[str, Any]],
+    op: str,
+    tag: str | None,
+    weight: float | None,
+    reference: np.ndarray | None,
+) -> np.ndarray:
+    """A client's shared contribution with the public, invertible sharing transforms undone.
+
+    Under the ``gaussian`` mechanism with uniform weighting client c shares
+    ``x̂_c = r + (ũ_c + n_c) / w_c`` (``smpc.mechanisms.gaussian``); whoever holds
+    ``x̂_c``, ``w_c`` (public) and ``r`` (broadcast) computes the client's noised model
+    ``r + (x̂_c − r) · w_c`` (metrics: ``x̂_c · w_c``). Other mechanisms (clipping,
+    quantisation) are not invertible and stay applied; without any, ``row`` is returned.
+
+    Parameters
+    ----------
+    row
+        The contribution as shared (flat).
+    mechanisms
+        The run's mechanism descriptions (:attr:`RunRecord.mechanisms`, from the ledger).
+    op, tag
+        The operation and its ledger tag.
+    weight
+        The client's weight (``weighted_mean``).
+    reference
+        The broadcast state of the round (flat), if any.
+    """
+    out = np.asarray(row, dtype=np.float64)
+    for m in reversed(_gaussian(mechanisms)):
+        role = _rescaled(m, op, tag)
+        if role is None:
+            continue
+        if weight is None:
+            raise ValueError(
+                "client_model: the gaussian mechanism's uniform weighting divided the "
+                "contribution by the client's weight; pass weight= (the public weight)."
+            )
+        base = 0.0 if role == "metrics" or reference is None else np.asarray(reference)
+        out = base + (out - base) * float(weight)
+    return out
+
+
+def released_aggregate(
+    revealed: np.ndarray,
+    *,
+    mechanisms: Sequence[dict[str, Any]],
+    op: str,
+    tag: str | None,
+    n_clients: int,
+    total_weight: float | None,
+    reference: np.ndarray | None,
+) -> np.ndarray:
+    """The aggregate after the coordinator's result-side transforms, from the revealed one.
+
+    The ``gaussian`` mechanism's result transform is public and deterministic (under
+    uniform weighting ``r + (revealed − r) · W / K``; suppressed metrics read 0), so it is
+    recomputed from the mechanism's ledger description; without one, ``revealed`` is
+    returned.
+    """
+    out = np.asarray(revealed, dtype=np.float64)
+    for m in reversed(_gaussian(mechanisms)):
+        if not m.applies_to(op):
+            continue
+        ctx = ResultContext(
+            op=op,
+            n_clients=n_clients,
+            total_weight=total_weight,
+            reference=reference,
+            generator=np.random.default_rng(0),  # unused: the transform draws nothing
+            round=None,
+            tag=tag,
+        )
+        out = np.asarray(m.transform_result(out, ctx), dtype=np.float64)
+    return out
+
+
+def _observable(record: RunRecord, o: ObservedOp, weights: np.ndarray | None) -> ObservedOp:
+    """``o`` (as recorded) with the values an observer computes from what it received.
+
+    ``contributions`` become the clients' models (:func:`client_model`, with ``weights``:
+    the ones the observer knows; without them the rows stay as shared), ``aggregate`` the
+    released value (the recorded one if the run recorded it, else
+    :func:`released_aggregate`) and ``mean_weights`` the weights of that mean.
+    """
+    mechs = record.mechanisms
+    models = o.contributions  # not invertible without the weights: as shared
+    if o.contributions is not None and (weights is not None or o.op != "weighted_mean"):
+        rows = [
+            client_model(
+                row,
+                mechanisms=mechs,
+                op=o.op,
+                tag=o.tag,
+                weight=None if weights is None else float(weights[c]),
+                reference=o.reference,
+            )
+            for c, row in enumerate(o.contributions)
+        ]
+        models = np.stack(rows) if rows else o.contributions
+    aggregate = o.aggregate
+    if aggregate is not None:
+        if o.index in record.released:
+            aggregate = record.released[o.index]
+        else:
+            aggregate = released_aggregate(
+                aggregate,
+                mechanisms=mechs,
+                op=o.op,
+                tag=o.tag,
+                n_clients=o.n_clients,
+                total_weight=o.total_weight,
+                reference=o.reference,
+            )
+    return replace(
+        o,
+        contributions=models,
+        aggregate=aggregate,
+        shared=o.contributions,
+        revealed=o.aggregate,
+        mean_weights=_mean_weights(record, o, weights),
+    )
+
+
+def _mean_weights(
+    record: RunRecord, o: ObservedOp, weights: np.ndarray | None
+) -> np.ndarray | None:
+    """The weights of the mean ``o``'s released aggregate is, if known (see ObservedOp)."""
+    if o.op != "weighted_mean":
+        return None
+    if any(_rescaled(m, o.op, o.tag) for m in _gaussian(record.mechanisms)):
+        return np.ones(o.n_clients)  # the unweighted mean of the clients' models
+    return weights
+
+
 def _public_op(o: ObservedOp) -> ObservedOp:
     """Only the public sizes and scope of an operation."""
     return ObservedOp(o.index, o.round, o.tag, o.op, o.n_clients, o.n_values)
@@ -480,14 +660,18 @@ def observer_view(
         base = _public_op(o)
         weights = o.weights if weights_known else None
         if observer == "coordinator":
+            seen = _observable(record, o, weights)
             ops.append(
                 replace(
                     base,
                     weights=weights,
                     total_weight=o.total_weight,
                     reference=o.reference,
-                    aggregate=o.aggregate,
-                    contributions=o.contributions if plaintext else None,
+                    aggregate=seen.aggregate,
+                    revealed=o.aggregate,
+                    mean_weights=seen.mean_weights,
+                    contributions=seen.contributions if plaintext else None,
+                    shared=o.contributions if plaintext else None,
                 )
             )
         elif observer in ("party", "colluding_parties"):
@@ -500,11 +684,25 @@ def observer_view(
                 )
             )
         elif observer == "client":
-            own = None
-            if o.contributions is not None:
+            # a client knows its own weight: its own row is inverted with it
+            seen = _observable(record, o, o.weights)
+            own = shared = None
+            if o.contributions is not None and seen.contributions is not None:
                 own = np.full_like(o.contributions, np.nan)
-                own[client] = o.contributions[client]
-            ops.append(replace(base, weights=weights, reference=o.reference, contributions=own))
+                own[client] = seen.contributions[client]
+                shared = np.full_like(o.contributions, np.nan)
+                shared[client] = o.contributions[client]
+            mean_weights = _mean_weights(record, o, weights)
+            ops.append(
+                replace(
+                    base,
+                    weights=weights,
+                    reference=o.reference,
+                    contributions=own,
+                    shared=shared,
+                    mean_weights=mean_weights,
+                )
+            )
         else:  # output_reader: the released result only, filled below
             ops.append(base)
     if observer in ("client", "output_reader"):

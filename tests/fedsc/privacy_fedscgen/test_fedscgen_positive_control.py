@@ -1,0 +1,152 @@
+"""Positive control of the FedscGen attacks: σ·C → 0 reproduces the non-DP values.
+
+Two recorded runs of the GroupNorm variant (client-level DP's model) on a tiny pancreas
+subset: one with the gaussian mechanism at σ·C = 1e-9 (a clip that never binds), one
+without noise. The attacks read the observer views, so they must agree. Reading the raw
+shared values (the clients' rows divided by their weight 20, the aggregate before the
+W/K rescale) gave, on this set, an update relative error of 0.95 (= 1 − 1/20), a pooled
+LiRA AUC of 0.55 instead of 0.70 (two shadows) and a revealed-profile correlation of 0.09
+instead of 0.75.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import scanpy as sc
+import torch
+
+from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
+from fedsc.privacy import RunRecord, Truth, observer_view, recording_aggregator, update_recovery
+from fedsc.privacy.fedscgen_in_run import (
+    fedscgen_membership,
+    fedscgen_revealed_values,
+    fedscgen_truth,
+)
+
+#: One round of 20 local epochs on 20 training cells per client (overfits: LiRA ~0.7).
+PARAMS = {
+    "rounds": 1,
+    "local_epochs": 20,
+    "hidden": (128, 128),
+    "batch_size": 10,
+    "validation_fraction": 0.5,
+    "num_threads": 1,
+}
+#: The GroupNorm DP variant, without DP-SGD (client-level DP's model).
+CONFIG = FedScGenConfig(**PARAMS, dp={"level": "client", "clip": 1e6, "delta": 1e-3})
+TINY_NOISE = {"name": "gaussian", "noise_multiplier": 1e-15, "clip": 1e6}
+
+
+def _tiny():
+    path = Path(__file__).parents[2] / "robustness" / "_tiny_data.py"
+    spec = importlib.util.spec_from_file_location("_tiny_data", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a = mod.pancreas_subset(40, 300)  # 5 clients x 40 cells, 300 genes
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    return a
+
+
+def _record(adata, mechanisms) -> RunRecord:
+    agg, rec = recording_aggregator("plaintext", mechanisms=mechanisms, mechanism_seed=0)
+    with agg:
+        run_fedscgen(
+            adata.copy(),
+            batch_key="batch",
+            label_key="cell_type",
+            aggregator=agg,
+            config=CONFIG,
+            seed=0,
+            show_progress=False,
+        )
+        return RunRecord.from_run(agg, rec)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        adata = _tiny()
+        fed = fedscgen_truth(adata, batch_key="batch", label_key="cell_type", config=CONFIG, seed=0)
+        return {
+            name: Truth(_record(adata, mechs), fedscgen=fed)
+            for name, mechs in (("plain", []), ("dp", [TINY_NOISE]))
+        }
+    finally:
+        torch.set_num_threads(n)
+
+
+def _values(truth: Truth, observer: str, attack) -> pd.Series:
+    rows = attack(observer_view(truth.record, observer), truth)
+    return rows.groupby(["target_client", "metric"])["value"].median()
+
+
+def test_sigma_to_zero_update_recovery_and_revealed_values_equal_non_dp(runs):
+    for observer in ("coordinator", "client"):
+        plain = _values(runs["plain"], observer, update_recovery)
+        dp = _values(runs["dp"], observer, update_recovery)
+        pd.testing.assert_series_equal(dp, plain, atol=1e-6, rtol=0)
+        plain = _values(runs["plain"], observer, fedscgen_revealed_values)
+        dp = _values(runs["dp"], observer, fedscgen_revealed_values)
+        assert len(plain) > 0
+        pd.testing.assert_series_equal(dp, plain, atol=1e-4, rtol=0)
+    err = _values(runs["dp"], "coordinator", update_recovery).xs("update_relative_error", level=1)
+    assert err.max() < 1e-6  # the raw shared rows gave 0.95 (1 - 1/20)
+
+
+def test_sigma_to_zero_membership_equals_non_dp_and_the_attacker_is_adaptive(runs, monkeypatch):
+    import fedsc.privacy.fedscgen_in_run as in_run
+
+    monkeypatch.setattr(in_run, "N_SHADOWS", 2)  # half the cost; still 0.70 vs 0.55 (raw)
+    plain = _values(runs["plain"], "coordinator", fedscgen_membership).xs(-1)
+    dp = _values(runs["dp"], "coordinator", fedscgen_membership).xs(-1)
+    assert "update_lira_adaptive_auc_pooled" in dp and "update_lira_auc_pooled" not in dp
+    dp = dp.rename(lambda m: m.replace("lira_adaptive", "lira"))
+    pd.testing.assert_series_equal(dp, plain, atol=0.01, rtol=0)
+    assert plain["update_lira_auc_pooled"] > 0.65  # decisive: the raw rows gave 0.55
+
+
+def test_offline_capture_holds_the_clients_models_and_lira_adapts(runs):
+    """The offline views (``capture_fedscgen_views``) read the same clients' models; at
+    σ·C → 0 the adaptive LiRA scores equal the non-adaptive ones."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from fedsc.privacy.membership import capture_fedscgen_views, fedscgen_membership_scores
+    from smpc.flatten import flatten
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        views = capture_fedscgen_views(
+            _tiny(),
+            batch_key="batch",
+            label_key="cell_type",
+            config=CONFIG,
+            seed=0,
+            mechanisms=[TINY_NOISE],
+            mechanism_seed=0,
+        )
+        plain = runs["plain"].record
+        last = max(i for i, o in enumerate(plain.operations) if o.tag == "fedavg")
+        for pos, c in enumerate(views.clients):
+            got = flatten(views.local_states[c.index])[0]
+            np.testing.assert_allclose(got, plain.local_contributions(last)[pos], atol=1e-6)
+        assert views.shadow_dp is not None and views.shadow_dp.clip == 1e6
+        one = replace(views, clients=views.clients[:1])  # one target: 2 shadows each
+        common = {"observers": ("coordinator",), "attacks": ("lira_offline",), "n_shadows": 2}
+        adaptive = fedscgen_membership_scores(one, **common)
+        fixed = fedscgen_membership_scores(one, adaptive=False, **common)
+    finally:
+        torch.set_num_threads(n)
+    assert set(adaptive["attack"]) == {"lira_offline_adaptive"}
+    assert set(fixed["attack"]) == {"lira_offline"}
+    np.testing.assert_allclose(adaptive["score"], fixed["score"], atol=1e-4)
