@@ -356,7 +356,9 @@ class InRunPrivacy:
                 if n
                 else "receives aggregates only"
             )
-            return f"coordinator: {seen} (ledger; no attacks run)", pd.NA
+            # contributions in the clear are a leak without any attack; otherwise no
+            # attack measured anything, so nothing is claimed
+            return f"coordinator: {seen} (ledger; no attacks run)", False if n else pd.NA
         if not by_observer:
             return "no attack applies to this run", pd.NA
         order = {o: i for i, o in enumerate(OBSERVERS)}

@@ -63,10 +63,13 @@ def test_rows_carry_dp_columns_and_attack_rows(attacked_runs):
     assert float(exact["value"].iloc[0]) < 1e-6  # plaintext coordinator: rows exactly
     assert "coordinator: leaks (scbatchprox_rows:" in recorded.info["privacy"]
     assert recorded.rows.loc[recorded.rows["method"] == "scbatchprox", "private"].eq(False).all()
-    # client-level DP: eps/delta in every row of the method and in run.json
+    # client-level DP: eps/delta in every utility row of the method (the strongest
+    # observer's) and in run.json; attack rows carry their own observer's
     mine = noised.rows[noised.rows["method"] == "scbatchprox"]
     dp = noised.info["dp"]
-    assert np.allclose(mine["dp_epsilon"], dp["dp_epsilon"])
+    assert np.allclose(mine.loc[mine["panel"] != "attack", "dp_epsilon"], dp["dp_epsilon"])
+    coord = mine[(mine["panel"] == "attack") & (mine["observer"] == "coordinator")]
+    assert np.allclose(coord["dp_epsilon"], dp["epsilon_by_observer"]["coordinator"])
     # calibrated for the aggregate; the plaintext coordinator sees each of the 3 clients'
     # updates with sigma/sqrt(3): its epsilon is the one in the column
     by = dp["dp_epsilon_by_observer"]
@@ -96,8 +99,9 @@ def test_baseline_rows_are_not_labelled_private(attacked_runs):
         base = res.rows[res.rows["method"] == "pca"]
         assert base["private"].isna().all()
         assert (base["privacy"] == in_run.NOT_FEDERATED).all()
-    # no attacks: the label comes from the ledger, `private` stays NA
-    assert "in the clear" in plain.info["privacy"] and plain.info["private"] is None
+    # no attacks: the label comes from the ledger; contributions in the clear are a leak
+    assert "in the clear" in plain.info["privacy"] and plain.info["private"] is False
+    assert plain.rows.loc[plain.rows["method"] == "scbatchprox", "private"].eq(False).all()
 
 
 def test_centralized_label_is_not_a_federation_claim(tiny):
@@ -131,7 +135,7 @@ def test_gaussian_noise_without_its_dp_pipeline_is_refused(entry):
     # it added noise that no epsilon described (dp_epsilon NaN) and kept batch norm
     with pytest.raises(FedscInputError, match="without its accounting"):
         RunConfig("scbatchprox", mechanisms=[entry])
-    RunConfig("scbatchprox", mechanisms=["clip"])  # other mechanisms stay available
+    RunConfig("scbatchprox", mechanisms=[{"clip": {"max_norm": 1.0}}])  # others stay available
 
 
 def test_delta_above_one_over_n_is_refused_once_n_is_known(tiny):
