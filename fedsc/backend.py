@@ -58,12 +58,19 @@ def mechanism_name(entry: Any) -> str:
         return str(next(iter(entry)))
     raise FedscInputError(
         f"a mechanism must be a name or {{name: {{options}}}}, got {entry!r} "
-        "(e.g. mechanisms: [{clip: {norm: 1.0}}, dp_gaussian])."
+        "(e.g. mechanisms: [{clip: {max_norm: 1.0}}, {quantize: {step: 0.001}}]; CLI: "
+        "--mechanism clip:max_norm=1.0)."
     )
 
 
 def check_mechanisms(mechanisms: Sequence[Any]) -> list[Any]:
-    """Validate mechanism entries against ``smpc``'s registry; return them as a list."""
+    """Validate mechanism entries against ``smpc``'s registry; return them as a list.
+
+    Names must be registered; each entry's options are checked against the mechanism's
+    constructor (names, required ones, types) and by building it once (ranges), so a bad
+    option fails here, before any data are read
+    (:func:`fedsc.run_privacy.check_mechanism_options`).
+    """
     mechanisms = list(mechanisms or [])
     if not mechanisms:
         return mechanisms
@@ -77,16 +84,27 @@ def check_mechanisms(mechanisms: Sequence[Any]) -> list[Any]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise FedscInputError(f"unknown mechanism(s) {unknown}; choose from {known}.")
-    return mechanisms
+    from fedsc.run_privacy import check_mechanism_options
+
+    registry = getattr(importlib.import_module("smpc.mechanisms"), "MECHANISMS", {})
+    return [
+        check_mechanism_options(m, registry) if mechanism_name(m) in registry else m
+        for m in mechanisms
+    ]
 
 
 def _with_mechanisms(agg: smpc.Aggregator, mechanisms: Sequence[Any]) -> smpc.Aggregator:
-    """Wrap ``agg`` with the configured mechanisms (the one place they are applied)."""
+    """Wrap ``agg`` with the configured mechanisms (the one place they are applied).
+
+    Entries are a run config's (a name or ``{name: {options}}``, see
+    :func:`check_mechanisms`), or anything :func:`smpc.mechanisms.make_mechanism` takes.
+    """
     if not mechanisms:
         return agg
+    from fedsc.run_privacy import smpc_mechanism
     from smpc.mechanisms import MechanismAggregator, make_mechanisms
 
-    return MechanismAggregator(agg, make_mechanisms(list(mechanisms)))
+    return MechanismAggregator(agg, make_mechanisms([smpc_mechanism(m) for m in mechanisms]))
 
 
 @contextmanager

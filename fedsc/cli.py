@@ -141,8 +141,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--mechanism",
         action="append",
         default=[],
-        help="privacy mechanism around the aggregator (repeatable, applied in order; "
-        "names registered in smpc.mechanisms)",
+        metavar="NAME[:KEY=VALUE,...]",
+        help="privacy mechanism around the aggregator with its options (repeatable, applied "
+        "in order; names registered in smpc.mechanisms), e.g. clip:max_norm=1.0 or "
+        "quantize:step=0.001,stochastic=true",
     )
     p.add_argument(
         "--deploy",
@@ -207,6 +209,7 @@ def _seed_arg(text: str) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedsc.run_config import RunConfig
+    from fedsc.run_privacy import parse_mechanism_arg
     from fedsc.runner import check_output_dir, execute_run, format_metrics, write_run
 
     check_output_dir(args.out, overwrite=args.overwrite)  # before any computation
@@ -226,7 +229,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         upstream=args.upstream,
         backend=args.backend,
         backend_options=_backend_options(args),
-        mechanisms=args.mechanism,
+        mechanisms=[parse_mechanism_arg(m) for m in args.mechanism],
         seed=args.seed,
         params=params,
         holdout=args.holdout,
@@ -507,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
         if text.strip().lower() == "auto":
             return "auto"
         if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a positive integer or 'auto', got {text!r} (more than the CPUs "
+                "available is capped at them)"
+            )
         return int(text)
 
     def add_global_options(p: argparse.ArgumentParser, default: Any) -> None:
@@ -538,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="'portable': the same bits on every x86-64-v3 CPU (pinned kernels, one "
             "thread; docs/reproducibility.md); default: $FEDSC_REPRODUCIBLE, else 'fast'",
         )
+        p.add_argument(
+            "--force",
+            action="store_true",
+            default=False if default is None else default,
+            help="run past the model-size and study-size limits (FEDSC_MAX_MODEL_PARAMS, "
+            "FEDSC_MAX_STUDY_RUNS; fedsc.resources)",
+        )
 
     parser = argparse.ArgumentParser(
         prog="fedsc", description="Privacy-preserving federated batch correction."
@@ -561,13 +574,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fedsc import settings
 
+    try:  # a bad FEDSC_* variable: one message naming it, exit 2
+        settings.check_environment()
+    except FedscInputError as exc:
+        if args.debug:
+            raise
+        print(f"fedsc: error: {exc}", file=sys.stderr)
+        return 2
     settings.update(threads=args.threads, reproducible=args.reproducible)
+    limits = {k: getattr(settings, k) for k in ("max_model_params", "max_study_runs")}
+    if args.force:
+        settings.update(max_model_params=0, max_study_runs=0)
+    try:
+        return _main(args, argv)
+    finally:
+        settings.update(**limits)  # --force holds for this command only
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from fedsc import settings
+
     if argv is None and settings.reproducible == "portable":
         _restart_portable()  # numpy is loaded: the pinned kernels need a fresh interpreter
     _prestart_backend(args)
     with settings.logging_to_stderr(min(args.verbose, 2) or None):
-        settings.apply()  # threads, passive OpenMP waiting, compile caches, warning filters
         try:
+            settings.apply()  # threads, passive OpenMP waiting, compile caches, warnings
             return COMMANDS[args.command](args)
         except KeyboardInterrupt:
             if args.debug:

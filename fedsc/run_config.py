@@ -13,6 +13,8 @@ from fedsc.backend import check_backend, check_mechanisms, mechanism_name
 from fedsc.data.inclusion import SCENARIOS as INCLUSION_SCENARIOS
 from fedsc.errors import FedscInputError
 from fedsc.methods import get_method, method_names
+from fedsc.resources import check_model_size
+from fedsc.run_privacy import check_dp_schema, check_privacy_combinations
 
 #: Settings left out of the run id while they hold their default, so adding them did not
 #: change the id (and resume) of any earlier run.
@@ -149,15 +151,19 @@ class RunConfig:
                 f"{self.method} is centralized and uses no aggregation backend; set "
                 "backend: plaintext."
             )
-        if isinstance(self.mechanisms, str):
+        if isinstance(self.mechanisms, str | Mapping):
             self.mechanisms = [self.mechanisms]
+        if self.mechanisms is None:
+            self.mechanisms = []
         if not isinstance(self.mechanisms, list | tuple):
             raise FedscInputError(
-                f"mechanisms must be a list (e.g. [clip]), got {self.mechanisms!r}."
+                f"mechanisms must be a list (e.g. [{{clip: {{max_norm: 1.0}}}}]), got "
+                f"{self.mechanisms!r}."
             )
-        self.mechanisms = check_mechanisms(self.mechanisms)
         if self.mechanisms and not spec.federated:
             raise FedscInputError(f"{self.method} is centralized; it takes no mechanisms.")
+        _refuse_unaccounted_noise(self.mechanisms)
+        self.mechanisms = check_mechanisms(self.mechanisms)
         if self.use_rep is None or self.scenario is not None:
             EMBEDDING_METHODS.get(self.upstream)
         if not isinstance(self.params, Mapping):
@@ -172,7 +178,6 @@ class RunConfig:
         from fedsc.privacy.in_run import check_run_privacy
 
         self.attacks, self.dp = check_run_privacy(self.attacks, self.dp, spec)
-        _refuse_unaccounted_noise(self.mechanisms)
         self.holdout = _batch_list("holdout", self.holdout)
         if self.holdout and not spec.holdout:
             raise FedscInputError(
@@ -197,6 +202,8 @@ class RunConfig:
                 )
         if self.stages is not None:
             self.stages = _check_stages(self.stages)
+        check_privacy_combinations(self)
+        check_model_size(self, spec)
         if self.deploy is not None:
             self._check_deploy(spec)
 
@@ -208,6 +215,7 @@ class RunConfig:
         now the run's ``dp`` (validated, noised and accounted like any other); given beside
         ``dp:``, it must agree with it (the runner passes the resolved settings on this way).
         """
+        self.dp = check_dp_schema(self.dp)
         inner = self.params.get("dp")
         if inner is None:
             self.params.pop("dp", None)
@@ -217,6 +225,8 @@ class RunConfig:
                 f"params.dp must be a mapping like {{level: client, target_epsilon: 4}}, got "
                 f"{inner!r}; better, set DP with the run config's own `dp:`."
             )
+        inner = self.params["dp"] = check_dp_schema(inner)
+        assert inner is not None
         if self.dp is None:
             self.dp = dict(self.params.pop("dp"))
             return
@@ -521,9 +531,13 @@ def check_holdout_batches(cfg: RunConfig, batches: Any) -> None:
     """Held-out batches against the loaded data's batches (right after loading).
 
     Holdouts are only names, so they can be checked only once the data is loaded; this
-    runs before any preprocessing or training.
+    runs before any preprocessing or training. Attacks need two training clients
+    (:func:`fedsc.run_privacy.check_attack_clients`), also known only now.
     """
+    from fedsc.run_privacy import check_attack_clients
+
     if not cfg.holdout:
+        check_attack_clients(cfg, [str(b) for b in batches])
         return
     present = sorted({str(b) for b in batches})
     unknown = [h for h in cfg.holdout if h not in present]
@@ -537,6 +551,7 @@ def check_holdout_batches(cfg: RunConfig, batches: Any) -> None:
             f"holdout {cfg.holdout} holds out every batch of {cfg.dataset}; at least one "
             "batch must train."
         )
+    check_attack_clients(cfg, present)
 
 
 def _supporting(capability: str) -> list[str]:

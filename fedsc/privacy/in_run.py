@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedsc.errors import FedscInputError
 from fedsc.privacy.accounting import DPConfig
 from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
 from fedsc.privacy.run_dp import check_run_dp, resolve_run_dp, run_dp_info
@@ -105,19 +104,17 @@ def check_run_privacy(
 ) -> tuple[list[str], dict[str, Any] | None]:
     """Config-time checks of ``RunConfig.attacks`` and ``RunConfig.dp`` (n not known yet).
 
-    Refuses unknown attacks, σ ≤ 0, clip ≤ 0, δ outside (0, 1), DP on a centralized
-    method, and cell-level DP on a method without DP-SGD (only FedscGen has it).
+    Attacks (:func:`fedsc.run_privacy.check_attacks`): a list of known names, each once,
+    on a federated method, none made for another method. DP: every key's type and range
+    (:func:`fedsc.run_privacy.check_dp_schema`: ``true`` is not a number, δ in (0, 1),
+    ``target_epsilon`` in a range the accountant calibrates), then what depends on the
+    method (:func:`fedsc.privacy.run_dp.check_run_dp`: DP on a centralized method,
+    cell-level DP without DP-SGD, both levels at once).
     """
-    names = [str(a) for a in attacks or []]
-    unknown = [a for a in names if a not in IN_RUN_ATTACKS]
-    if unknown:
-        raise FedscInputError(f"unknown attack(s) {unknown}; choose from {sorted(IN_RUN_ATTACKS)}.")
-    if names and not spec.federated:
-        raise FedscInputError(
-            f"{spec.name} is centralized (all cells in one place): there is no federated "
-            "computation to attack; drop `attacks`."
-        )
-    return names, check_run_dp(dp, spec)
+    from fedsc.run_privacy import check_attacks, check_dp_schema
+
+    names = check_attacks(attacks, list(IN_RUN_ATTACKS), spec)
+    return names, check_run_dp(check_dp_schema(dp), spec)
 
 
 @dataclass

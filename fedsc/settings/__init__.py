@@ -12,7 +12,10 @@ Settings (each with an environment variable read when this module is imported):
 
 ``threads`` (``FEDSC_THREADS``; ``None``/``"auto"``: ``OMP_NUM_THREADS`` if the user set
     it, else :func:`available_cpus`)
-    Threads for torch (intra-op), BLAS and OpenMP.
+    Threads for torch (intra-op), BLAS and OpenMP; capped at :func:`available_cpus`.
+
+An environment variable holding an unusable value (``FEDSC_THREADS=abc``) does not break
+``import fedsc``: the setting keeps its default and :func:`apply` refuses it by name.
 ``passive_wait`` (``FEDSC_PASSIVE_WAIT``, default on)
     Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``). On a
     machine shared with other jobs, spinning threads occupy the cores the working threads
@@ -25,6 +28,8 @@ Settings (each with an environment variable read when this module is imported):
     Level used by :func:`configure_logging` (the CLI's ``-v``/``-vv``).
 ``progress_interval`` (``FEDSC_PROGRESS_INTERVAL``, seconds, default 30)
     How often :func:`fedsc.progress.progress` writes a log line when no bar is shown.
+``max_model_params`` / ``max_study_runs`` (``FEDSC_MAX_MODEL_PARAMS``, ``FEDSC_MAX_STUDY_RUNS``)
+    Resource budgets checked before any work (:mod:`fedsc.resources`); 0: no limit.
 ``reproducible`` (``FEDSC_REPRODUCIBLE``: ``"fast"``, the default, or ``"portable"``)
     ``fast`` uses this CPU's fastest kernels: the same seed gives the same bits on this
     machine with the same threads. ``portable`` pins torch (ATen, MKL, oneDNN), numpy
@@ -64,6 +69,7 @@ __all__ = [
     "apply",
     "apply_threads",
     "available_cpus",
+    "check_environment",
     "configure_environment",
     "configure_logging",
     "init_worker",
@@ -101,11 +107,22 @@ def _check_threads(value: Any) -> int | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
         return None
     try:
-        n = int(value)
+        n = int(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         n = 0
-    if n < 1 or (isinstance(value, float) and value != n):
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and value != n):
         raise ValueError(f"threads must be a positive integer or 'auto', got {value!r}.")
+    return n
+
+
+def _check_limit(value: Any) -> int:
+    """A resource limit (:mod:`fedsc.resources`): an integer >= 0 (0: no limit)."""
+    try:
+        n = int(value.strip().replace("_", "") if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        n = -1
+    if isinstance(value, bool) or n < 0 or (isinstance(value, float) and value != n):
+        raise ValueError(f"a limit must be an integer >= 0 (0: no limit), got {value!r}.")
     return n
 
 
@@ -137,6 +154,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "passive_wait": bool,
     "filter_warnings": bool,
     "reproducible": _numerics.check_mode,
+    "max_model_params": _check_limit,
+    "max_study_runs": _check_limit,
 }
 
 if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModule
@@ -148,22 +167,66 @@ if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModul
     passive_wait: bool
     filter_warnings: bool
     reproducible: str
+    max_model_params: int
+    max_study_runs: int
 
 
-def _from_env() -> dict[str, Any]:
-    return {
-        "threads": _check_threads(os.environ.get("FEDSC_THREADS")),
-        "verbosity": _check_verbosity(os.environ.get("FEDSC_VERBOSITY", 0)),
-        "progress_interval": _check_interval(os.environ.get("FEDSC_PROGRESS_INTERVAL", 30)),
-        "cache_dir": _check_dir(os.environ.get("FEDSC_CACHE_DIR")),
-        "compile_cache": _env_bool("FEDSC_COMPILE_CACHE", True),
-        "passive_wait": _env_bool("FEDSC_PASSIVE_WAIT", True),
-        "filter_warnings": _env_bool("FEDSC_FILTER_WARNINGS", True),
-        "reproducible": _numerics.check_mode(os.environ.get("FEDSC_REPRODUCIBLE") or None),
-    }
+#: setting -> (environment variable, default, example of a valid value)
+_ENV: dict[str, tuple[str, Any, str]] = {
+    "threads": ("FEDSC_THREADS", None, "4 or auto"),
+    "verbosity": ("FEDSC_VERBOSITY", 0, "0, 1 or 2"),
+    "progress_interval": ("FEDSC_PROGRESS_INTERVAL", 30, "30"),
+    "cache_dir": ("FEDSC_CACHE_DIR", None, "~/.cache/fedsc"),
+    "compile_cache": ("FEDSC_COMPILE_CACHE", True, "1 or 0"),
+    "passive_wait": ("FEDSC_PASSIVE_WAIT", True, "1 or 0"),
+    "filter_warnings": ("FEDSC_FILTER_WARNINGS", True, "1 or 0"),
+    "reproducible": ("FEDSC_REPRODUCIBLE", None, "fast or portable"),
+    "max_model_params": ("FEDSC_MAX_MODEL_PARAMS", None, "200000000 (0: no limit)"),
+    "max_study_runs": ("FEDSC_MAX_STUDY_RUNS", None, "2000 (0: no limit)"),
+}
+
+#: Environment variables that held a value fedsc cannot use: variable -> message. They
+#: fall back to the default when this module loads (importing fedsc never fails on
+#: them); :func:`apply` (the CLI, the runner, sweep workers) refuses them by name.
+_env_errors: dict[str, str] = {}
 
 
-_values: dict[str, Any] = _from_env()
+def _from_env(errors: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings from the environment; a bad variable raises, or into ``errors``.
+
+    With ``errors`` given, a variable that cannot be used keeps the setting's default
+    and its message goes there (the module does this when it loads); without, the
+    first one raises :class:`~fedsc.errors.FedscInputError` naming it.
+    """
+    from fedsc.errors import FedscInputError
+    from fedsc.resources import MAX_MODEL_PARAMS, MAX_STUDY_RUNS
+
+    defaults = {"max_model_params": MAX_MODEL_PARAMS, "max_study_runs": MAX_STUDY_RUNS}
+    out: dict[str, Any] = {}
+    for name, (var, default, example) in _ENV.items():
+        default = defaults.get(name, default)
+        raw = os.environ.get(var)
+        try:
+            if isinstance(default, bool):
+                out[name] = _env_bool(var, default)
+            elif raw is None or (raw.strip() == "" and name != "threads"):
+                out[name] = _CHECKS[name](default)
+            else:
+                out[name] = _CHECKS[name](raw or None)
+        except ValueError as exc:
+            reason = str(exc).removeprefix(f"{var}={raw!r}: ")
+            message = (
+                f"environment variable {var}={raw!r} is not valid ({reason.rstrip('.')}); "
+                f"set it to e.g. {example}, or unset it (unset {var})."
+            )
+            if errors is None:
+                raise FedscInputError(message) from None
+            errors[var] = message
+            out[name] = _CHECKS[name](default)
+    return out
+
+
+_values: dict[str, Any] = _from_env(_env_errors)
 _applied: dict[str, Any] | None = None  # snapshot of the last apply()
 
 
@@ -221,11 +284,43 @@ def resolved_threads() -> int:
     """The thread count in effect.
 
     1 in the ``portable`` mode; else ``threads`` if set, else a user's ``OMP_NUM_THREADS``
-    (as set before fedsc was imported), else :func:`available_cpus`.
+    (as set before fedsc was imported), else :func:`available_cpus`; never more than
+    :func:`available_cpus` (more threads than CPUs only contend: ``--threads 100000``
+    made torch and LLVM's OpenMP allocate per-thread pools until they aborted).
     """
     if _values["reproducible"] == "portable":
         return 1
-    return _values["threads"] or _USER_OMP_THREADS or available_cpus()
+    cpus = available_cpus()
+    return min(_values["threads"] or _USER_OMP_THREADS or cpus, cpus)
+
+
+def _note_capped_threads() -> None:
+    """Warn (once per value) when a requested thread count is above the CPUs available."""
+    asked = _values["threads"] or _USER_OMP_THREADS
+    cpus = available_cpus()
+    if asked and asked > cpus and _values["reproducible"] != "portable":
+        key = f"capped:{asked}"
+        if key not in _noted:
+            _noted.add(key)
+            source = "threads" if _values["threads"] else "OMP_NUM_THREADS"
+            logger.warning(
+                "%s=%d is more than the %d CPU(s) available to this process; using %d.",
+                source,
+                asked,
+                cpus,
+                cpus,
+            )
+
+
+def check_environment() -> None:
+    """Refuse environment variables holding values fedsc cannot use, naming each one.
+
+    Raises :class:`~fedsc.errors.FedscInputError` (exit code 2 in the CLI).
+    """
+    if _env_errors:
+        from fedsc.errors import FedscInputError
+
+        raise FedscInputError(" ".join(_env_errors.values()))
 
 
 def configure_environment(
@@ -299,7 +394,11 @@ def _apply_threads(n: int) -> None:
         if torch.get_num_threads() != n:
             logger.debug("torch threads %d -> %d", torch.get_num_threads(), n)
             torch.set_num_threads(n)
-        if _values["passive_wait"] and not _wait_policy_was_set_before_torch and not _noted:
+        if (
+            _values["passive_wait"]
+            and not _wait_policy_was_set_before_torch
+            and "spin" not in _noted
+        ):
             _noted.add("spin")  # once per process
             logger.info(
                 "torch was imported before fedsc.settings.apply(): its OpenMP threads keep "
@@ -340,7 +439,9 @@ def apply(**overrides: Any) -> dict[str, Any]:
     The settings applied (:func:`snapshot` plus ``resolved_threads``).
     """
     global _applied, _wait_policy_was_set_before_torch
+    check_environment()
     update(**overrides)
+    _note_capped_threads()
     if "torch" not in sys.modules:
         _wait_policy_was_set_before_torch = True
     n = resolved_threads()

@@ -60,12 +60,25 @@ def run_sweep(
     start = time.perf_counter()
     if not isinstance(study, Study):
         study = Study.from_yaml(study)
-    runs = study.expand()  # every run config is checked before the store is touched
+    study.check_size(_finished_mean(out), workers=max(workers, 1))  # before any config
+    runs = study.expand(check_size=False)  # every run config is checked before the store
     store = RunStore(out)
     with store.lock():  # a second sweep on this folder fails fast
         return _run_locked(
             study, runs, store, start, workers, scheduler, retry_failed, show_progress
         )
+
+
+def _finished_mean(out: str | Path) -> float | None:
+    """Mean wall time of the runs already in the sweep folder ``out`` (None: none yet)."""
+    if not (Path(out) / "runs").is_dir():
+        return None
+    times = [
+        float(t)
+        for r in RunStore(out, create=False).scan()[0]
+        if isinstance(t := (r.get("info") or {}).get("wall_time_s"), int | float)
+    ]
+    return sum(times) / len(times) if times else None
 
 
 def _run_locked(

@@ -217,12 +217,46 @@ class Study:
                 out[name] = _merge(vset or {}, point)
         return out
 
-    def expand(self) -> list[RunConfig]:
+    def size(self) -> tuple[int, str]:
+        """How many runs the study expands to, and how that multiplies out (no config built)."""
+        per_method = {m: self.n_variants(m) for m in self.methods}
+        total = len(self.datasets) * sum(per_method.values()) * len(self.seeds)
+        variants = " + ".join(f"{n} {m}" for m, n in per_method.items())
+        breakdown = (
+            f"{len(self.datasets)} dataset(s) x ({variants} variant(s)) x {len(self.seeds)} seed(s)"
+        )
+        return total, breakdown
+
+    def n_variants(self, method: str) -> int:
+        """Variants of ``method`` (grid combinations times listed variants), counted."""
+        spec = self.methods[method]
+        n = len(spec.get("variants") or {"default": {}})
+        for values in (spec.get("grid") or {}).values():
+            n *= len(values)
+        return n
+
+    def check_size(self, mean_seconds: float | None = None, workers: int = 1) -> int:
+        """The run count against ``fedsc.settings.max_study_runs`` (before any config is built).
+
+        Above the limit: :class:`FedscInputError` naming the count and how it multiplies
+        out; above a tenth of it: a :class:`~fedsc.resources.ResourceBudgetWarning` with the
+        count and the time it takes at ``mean_seconds`` a run.
+        """
+        from fedsc.resources import check_study_size
+
+        n, breakdown = self.size()
+        check_study_size(n, breakdown, f"{self.source} (study {self.name})", mean_seconds, workers)
+        return n
+
+    def expand(self, check_size: bool = True) -> list[RunConfig]:
         """Every run of the study, in a fixed order; every config is checked here.
 
         An invalid run config is an error naming the study file, method and variant,
-        raised before any run starts.
+        raised before any run starts; so is a study above the run limit
+        (:meth:`check_size`, counted before any config is built).
         """
+        if check_size:
+            self.check_size()
         runs = []
         ids: dict[str, str] = {}
         for dataset in self.datasets:

@@ -274,5 +274,5 @@ def test_params_dp_takes_the_one_dp_path(tiny):
     assert res.info["dp"]["dp_mechanism"] == "gaussian"
     with pytest.raises(FedscInputError, match="DP is given twice"):
         RunConfig("fedscgen", params={"dp": {"level": "cell"}}, dp=dp)
-    with pytest.raises(FedscInputError, match="params.dp must be a mapping"):
+    with pytest.raises(FedscInputError, match=r"params\.dp must be a mapping"):
         RunConfig("fedscgen", params={"dp": "yes"})

@@ -98,7 +98,7 @@ def test_mechanisms_are_validated_against_smpc(monkeypatch):
     monkeypatch.setattr(backend, "mechanism_names", lambda: ["clip", "dp_gaussian"])
     with pytest.raises(FedscInputError, match=r"unknown mechanism\(s\) \['dp'\]"):
         RunConfig(method="scbatchprox", mechanisms=["dp"])
-    cfg = RunConfig(method="scbatchprox", mechanisms=[{"clip": {"norm": 1.0}}])
+    cfg = RunConfig(method="scbatchprox", mechanisms=[{"clip": {"max_norm": 1.0}}])
     assert cfg.run_id != RunConfig(method="scbatchprox").run_id
     with pytest.raises(FedscInputError, match="centralized; it takes no mechanisms"):
         RunConfig(method="scgen", mechanisms=["clip"])

@@ -1,0 +1,450 @@
+"""A run's privacy settings (``dp``, ``mechanisms``, ``attacks``): one schema, one path.
+
+Every entry point (a study's YAML, ``fedsc run --param``/``--mechanism``, ``RunConfig``
+in Python, ``fedsc.tl``) reaches these checks through :class:`fedsc.run_config.RunConfig`
+(or, for ``fedsc.tl``, :func:`check_tl_dp`) before any data are read, so a setting is
+either used exactly as written or refused with a message naming the fix; nothing is
+skipped silently.
+
+* ``dp``: :data:`DP_SCHEMA` gives each key's type and range (numbers may be written as
+  numeric strings, as PyYAML reads ``1e-3``; ``true`` is not a number), then
+  :func:`fedsc.privacy.run_dp.check_run_dp` checks what depends on the method.
+* ``mechanisms``: each entry is a registered name with its options (``{clip: {max_norm:
+  1.0}}``; CLI ``--mechanism clip:max_norm=1.0``); option names, required options and
+  types come from the mechanism's constructor, ranges from building it once.
+* ``attacks``: names of :data:`fedsc.privacy.in_run.IN_RUN_ATTACKS`; an attack made for
+  another method, or one that the run's scenario or inclusion setting would leave
+  without its ground truth, is refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fedsc.errors import FedscInputError
+
+__all__ = [
+    "DP_SCHEMA",
+    "EPSILON_RANGE",
+    "check_attacks",
+    "check_dp_schema",
+    "check_mechanism_options",
+    "check_privacy_combinations",
+    "check_tl_dp",
+    "parse_mechanism_arg",
+    "smpc_mechanism",
+]
+
+#: target_epsilon a run may ask for. Below 0.01 the calibrated noise exceeds 10^4 times
+#: the clipping bound (dp-accounting's RDP accountant: sigma ~ 800 already at epsilon 0.01
+#: over 8 rounds): the model learns nothing. Above 1000 a guarantee means nothing and the
+#: accountant's search for sigma finds no bracket (epsilon 1e9 failed with "Unable to find
+#: bracketing interval").
+EPSILON_RANGE = (0.01, 1000.0)
+
+#: An example DP block, quoted in messages.
+DP_EXAMPLE = "dp: {level: client, target_epsilon: 4, clip: 1.0, delta: 1e-3}"
+
+#: key -> (kind, may be None, what it is): the types and ranges of ``RunConfig.dp``.
+DP_SCHEMA: dict[str, tuple[str, bool, str]] = {
+    "level": ("choice:client,cell", False, "the unit protected: client or cell"),
+    "noise_multiplier": (
+        "positive",
+        True,
+        "sigma > 0, the noise std over the clipping bound (e.g. 1.0); null: calibrate it to "
+        "target_epsilon",
+    ),
+    "target_epsilon": (
+        "epsilon",
+        True,
+        f"the epsilon budget, in [{EPSILON_RANGE[0]}, {EPSILON_RANGE[1]:g}] (typical: 1-10)",
+    ),
+    "clip": ("positive", False, "C > 0, the L2 bound of an update (client) or gradient (cell)"),
+    "delta": ("probability", False, "delta in (0, 1), well below 1/n (e.g. 1e-5)"),
+    "accountant": ("choice:rdp,pld", False, "rdp or pld"),
+    "simulated": ("bool", False, "true or false (true: seeded noise, never private)"),
+}
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a number or a numeric string (not a bool); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def check_dp_schema(dp: Any) -> dict[str, Any] | None:
+    """``RunConfig.dp`` checked key by key against :data:`DP_SCHEMA`; numbers normalised.
+
+    ``None`` is DP off. Raises :class:`FedscInputError` naming the key, what was given and
+    what it must be. What depends on the method (cell level is FedscGen's) is checked by
+    :func:`fedsc.privacy.run_dp.check_run_dp` afterwards.
+    """
+    if dp is None:
+        return None
+    if not isinstance(dp, Mapping):
+        hint = " (to turn DP off, drop dp or write dp: null)" if dp in (False, "off") else ""
+        raise FedscInputError(
+            f"dp must be a mapping of DP settings, got {dp!r} ({type(dp).__name__}){hint}; "
+            f"e.g. {DP_EXAMPLE}."
+        )
+    out = dict(dp)
+    unknown = sorted(str(k) for k in out if k not in DP_SCHEMA and k not in ("client", "cell"))
+    if unknown:
+        raise FedscInputError(
+            f"dp: unknown key(s) {unknown}; known keys: {sorted(DP_SCHEMA)} (e.g. {DP_EXAMPLE})."
+        )
+    level = out.get("level")
+    if isinstance(level, list | tuple | set) or (
+        isinstance(level, str) and "client" in level and "cell" in level
+    ):
+        return out  # both levels: run_dp's refusal explains the one-level rule
+    for key, (kind, nullable, what) in DP_SCHEMA.items():
+        if key not in out:
+            continue
+        value = out[key]
+        if value is None:
+            if nullable:
+                continue
+            raise FedscInputError(f"dp.{key} cannot be null; it is {what}.")
+        out[key] = _check_dp_value(key, kind, value, what)
+    if out.get("noise_multiplier") is None and out.get("target_epsilon") is None:
+        if "noise_multiplier" in out or "target_epsilon" in out:
+            raise FedscInputError(
+                "dp: give noise_multiplier (sigma > 0) or target_epsilon (sigma is then "
+                f"calibrated), e.g. {DP_EXAMPLE}; to turn DP off, drop dp."
+            )
+    return out
+
+
+def _check_dp_value(key: str, kind: str, value: Any, what: str) -> Any:
+    if kind.startswith("choice:"):
+        choices = kind.removeprefix("choice:").split(",")
+        if value not in choices:
+            raise FedscInputError(f"dp.{key} must be one of {choices}, got {value!r}.")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise FedscInputError(f"dp.{key} must be true or false, got {value!r}.")
+        return value
+    x = _number(value)
+    if x is None:
+        raise FedscInputError(
+            f"dp.{key} must be a number ({what}), got {value!r} ({type(value).__name__})."
+        )
+    if not math.isfinite(x):
+        raise FedscInputError(f"dp.{key} must be finite ({what}), got {value!r}.")
+    if kind == "positive" and not x > 0:
+        raise FedscInputError(
+            f"dp.{key} must be > 0 ({what}), got {value!r}; to turn DP off, drop dp."
+        )
+    if kind == "probability" and not 0 < x < 1:
+        raise FedscInputError(f"dp.{key} must be in (0, 1) ({what}), got {value!r}.")
+    if kind == "epsilon":
+        low, high = EPSILON_RANGE
+        if x > high:
+            raise FedscInputError(
+                f"dp.target_epsilon={value!r} is too large to mean anything: an epsilon "
+                f"above {high:g} bounds no adversary, and no noise level is calibrated to "
+                f"it. Choose target_epsilon in [{low}, {high:g}] (1-10 is typical), set "
+                "noise_multiplier directly (e.g. 0.5), or drop dp for a run without DP."
+            )
+        if x < low:
+            raise FedscInputError(
+                f"dp.target_epsilon={value!r} is too small: it needs noise over 10^4 times "
+                f"the clipping bound, and the model would learn nothing. Choose "
+                f"target_epsilon in [{low}, {high:g}] (1-10 is typical), or set "
+                "noise_multiplier directly (e.g. 5.0)."
+            )
+    # a number stays as written (4 and 4.0 hash differently: run ids of earlier runs);
+    # a numeric string (PyYAML reads 1e-3 as one) becomes the number it spells
+    return x if isinstance(value, str) else value
+
+
+# ------------------------------------------------------------------------------ mechanisms
+#: A mechanism entry in a run config, quoted in messages.
+MECHANISM_EXAMPLE = "mechanisms: [{clip: {max_norm: 1.0}}] (CLI: --mechanism clip:max_norm=1.0)"
+
+
+def smpc_mechanism(entry: Any) -> Any:
+    """A run config's mechanism entry (name or ``{name: {options}}``) as smpc takes it."""
+    if isinstance(entry, Mapping) and len(entry) == 1 and "name" not in entry:
+        name, opts = next(iter(entry.items()))
+        return (str(name), dict(opts or {}))
+    return entry
+
+
+def parse_mechanism_arg(text: str) -> Any:
+    """``--mechanism NAME[:KEY=VALUE,...]`` as a run config entry.
+
+    ``clip:max_norm=1.0`` -> ``{"clip": {"max_norm": 1.0}}``; ``NAME`` alone -> ``"NAME"``.
+    Values are read as JSON where they parse (``1e-3``, ``true``), else kept as text.
+    """
+    import json
+
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise FedscInputError(
+            f"--mechanism {text!r} names no mechanism; write NAME or NAME:KEY=VALUE,... "
+            "(e.g. --mechanism clip:max_norm=1.0)."
+        )
+    if not sep:
+        return name
+    options: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise FedscInputError(
+                f"--mechanism {text!r}: option {pair!r} is not KEY=VALUE "
+                f"(e.g. --mechanism {name}:max_norm=1.0)."
+            )
+        if key.strip() in options:
+            raise FedscInputError(f"--mechanism {text!r} sets option {key.strip()!r} twice.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return {name: options}
+
+
+def _option_kinds(factory: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """A mechanism factory's keyword options and their annotated types (where resolvable)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    params = {
+        n: p
+        for n, p in inspect.signature(target).parameters.items()
+        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: the constructor checks types itself
+        hints = {}
+    return params, hints
+
+
+def _kind_ok(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits a simple annotation (float/int/bool/str, optionally None)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = set(typing.get_args(hint)) if union else {hint}
+    if value is None:
+        return type(None) in args
+    args.discard(type(None))
+    if not args <= {float, int, bool, str}:
+        return None  # not a simple type: leave it to the constructor
+    if isinstance(value, bool):
+        return bool in args
+    if isinstance(value, int):
+        return bool({int, float} & args)
+    if isinstance(value, float):
+        return float in args or (int in args and value.is_integer())
+    if isinstance(value, str):
+        return str in args
+    return False
+
+
+def check_mechanism_options(entry: Any, registry: Mapping[str, Any]) -> Any:
+    """One mechanism entry checked against its constructor; numeric strings read as numbers.
+
+    Refuses unknown options (listing the valid ones), missing required options, values of
+    the wrong type (``true`` for a number), and values the mechanism itself refuses
+    (``quantize`` ``step: -1``), each naming the entry and an example.
+    """
+    from fedsc.backend import mechanism_name
+
+    name = mechanism_name(entry)
+    factory = registry[name]
+    raw = None if isinstance(entry, str) else next(iter(entry.values()))
+    if raw is not None and not (isinstance(raw, Mapping) and all(isinstance(k, str) for k in raw)):
+        raise FedscInputError(
+            f"mechanism {name}: options must be a mapping of option names to values, got "
+            f"{raw!r}; e.g. {MECHANISM_EXAMPLE}."
+        )
+    options = dict(raw or {})
+    params, hints = _option_kinds(factory)
+    example = ", ".join(f"{n}=..." for n, p in params.items() if p.default is p.empty)
+    cli = f"--mechanism {name}:{example}" if example else f"--mechanism {name}"
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise FedscInputError(
+            f"mechanism {name}: unknown option(s) {unknown}; valid options: {sorted(params)} "
+            f"(e.g. {cli})."
+        )
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in options]
+    if missing:
+        raise FedscInputError(
+            f"mechanism {name} needs option(s) {missing}; write {{{name}: {{"
+            + ", ".join(f"{m}: ..." for m in missing)
+            + f"}}}} in mechanisms (CLI: {cli})."
+        )
+    for key, value in list(options.items()):
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        if isinstance(value, str) and _kind_ok(1.0, hint) and not _kind_ok(value, hint):
+            number = _number(value)
+            if number is not None:
+                value = int(number) if number.is_integer() and not _kind_ok(1.5, hint) else number
+                options[key] = value
+        ok = _kind_ok(value, hint)
+        if ok is False:
+            want = getattr(hint, "__name__", str(hint).replace("typing.", ""))
+            raise FedscInputError(
+                f"mechanism {name}: option {key} expects {want}, got {value!r} "
+                f"({type(value).__name__}) (e.g. {cli})."
+            )
+    try:
+        factory(**options)
+    except (ValueError, TypeError) as err:
+        reason = str(err).removeprefix(f"{name}: ").rstrip(".")
+        raise FedscInputError(f"mechanism {name}: {reason} (e.g. {cli}).") from None
+    return name if not options and isinstance(entry, str) else {name: options}
+
+
+# ---------------------------------------------------------------------------------- attacks
+#: Attack-name prefix -> the method whose run the attack reads (others: any method).
+ATTACK_METHODS = {"scbatchprox_": "scbatchprox", "fedscgen_": "fedscgen"}
+
+
+def check_attacks(attacks: Any, known: Sequence[str], spec: Any) -> list[str]:
+    """Attack names: a list of known names for this method, each once."""
+    if attacks is None:
+        return []
+    if isinstance(attacks, str):
+        attacks = [attacks]  # one name, not its characters
+    if not isinstance(attacks, list | tuple):
+        raise FedscInputError(
+            f"attacks must be a list of attack names (e.g. attacks: [update_recovery]), got "
+            f"{attacks!r}."
+        )
+    bad = [a for a in attacks if not isinstance(a, str) or not a]
+    if bad:
+        raise FedscInputError(
+            f"attacks lists {bad}; attack names are strings, choose from {sorted(known)}."
+        )
+    names = [str(a) for a in attacks]
+    unknown = [a for a in names if a not in known]
+    if unknown:
+        raise FedscInputError(f"unknown attack(s) {unknown}; choose from {sorted(known)}.")
+    dups = sorted({a for a in names if names.count(a) > 1})
+    if dups:
+        raise FedscInputError(f"attacks lists {dups} more than once; list each attack once.")
+    if names and not spec.federated:
+        raise FedscInputError(
+            f"{spec.name} is centralized (all cells in one place): there is no federated "
+            "computation to attack; drop `attacks`."
+        )
+    other = {
+        a: method
+        for a in names
+        for prefix, method in ATTACK_METHODS.items()
+        if a.startswith(prefix) and method != spec.name
+    }
+    if other:
+        fits = sorted(a for a in known if _attack_fits(a, spec.name))
+        raise FedscInputError(
+            f"attack(s) {sorted(other)} read a {'/'.join(sorted(set(other.values())))} run, "
+            f"not {spec.name}: they would measure nothing here. Attacks for {spec.name}: "
+            f"{fits}."
+        )
+    return names
+
+
+def _attack_fits(attack: str, method: str) -> bool:
+    return all(not attack.startswith(prefix) or m == method for prefix, m in ATTACK_METHODS.items())
+
+
+def check_privacy_combinations(cfg: Any) -> None:
+    """Attacks and DP against the run's scenario and inclusion: refused, never skipped.
+
+    * Attacks read one training over the run's clients; a dataset-evolution scenario trains
+      once per stage on changing clients, which no attack models yet.
+    * FedscGen's attacks score against the clients' cells and splits, which an inclusion
+      scenario changes: they would return no rows.
+    * DP calibrates sigma to one training of ``rounds`` rounds; a scenario trains several
+      times, so the run would spend more than ``target_epsilon``.
+    """
+    if cfg.scenario is not None and cfg.attacks:
+        raise FedscInputError(
+            f"attacks {cfg.attacks} cannot run with the dataset-evolution scenario "
+            f"{cfg.scenario!r} (the attacks model one training, a scenario trains once per "
+            "stage); drop attacks, or run the attacks without the scenario."
+        )
+    if cfg.scenario is not None and cfg.dp is not None:
+        raise FedscInputError(
+            f"dp cannot be combined with the dataset-evolution scenario {cfg.scenario!r}: "
+            "sigma is calibrated to one training of `rounds` rounds and each stage trains "
+            "again, so the run would spend more than target_epsilon; drop dp or the scenario."
+        )
+    dropped = [a for a in cfg.attacks if a.startswith("fedscgen_")]
+    if dropped and cfg.inclusion != "all":
+        raise FedscInputError(
+            f"attacks {dropped} score against every client's cells, which inclusion "
+            f"{cfg.inclusion!r} changes: they would return no rows. Use inclusion: all with "
+            "these attacks, or drop them (update_recovery works with any inclusion)."
+        )
+
+
+def check_attack_clients(cfg: Any, batches: Sequence[str]) -> None:
+    """Attacks need at least two training clients (one target, one other observer).
+
+    Checked once the data are loaded (the batches are known), before any training.
+    """
+    if not cfg.attacks:
+        return
+    training = sorted(set(map(str, batches)) - set(cfg.holdout))
+    if len(training) < 2:
+        raise FedscInputError(
+            f"attacks {cfg.attacks} need at least two training clients (batches of "
+            f"{cfg.batch_key!r}), this run trains {training}: with one client there is no "
+            "federation to attack. Train on more batches (fewer holdouts) or drop attacks."
+        )
+
+
+# --------------------------------------------------------------------------------- fedsc.tl
+def check_tl_dp(config: Any, aggregator: Any) -> None:
+    """``fedsc.tl``: client-level DP in a method config needs the gaussian mechanism.
+
+    ``FedScGenConfig(dp={level: client, ...})`` only switches the model to its DP variant
+    (GroupNorm, clipping in the mechanism); the noise comes from the aggregator's
+    ``gaussian`` mechanism. Without one the model trains with no noise and no epsilon.
+    """
+    dp = getattr(config, "dp", None)
+    if not isinstance(dp, Mapping) or dp.get("level", "client") != "client":
+        return
+    if _has_gaussian(aggregator):
+        return
+    raise FedscInputError(
+        "dp={level: client, ...} in the method config adds no noise by itself: client-level "
+        "DP is the aggregator's gaussian mechanism, and this aggregator has none (the model "
+        "would train without noise and no epsilon). Use a run config (RunConfig(..., "
+        "dp={level: client, target_epsilon: 4, clip: 1.0, delta: 1e-3}) with "
+        "fedsc.runner.execute_run, or `fedsc run --param 'dp=...'`), which calibrates, adds "
+        "and accounts the noise; or pass backend=smpc.make_aggregator('plaintext', "
+        "mechanisms=[DPConfig(...).resolve(rounds).mechanism_spec()]); or use "
+        "dp={level: cell, ...} (DP-SGD inside FedscGen)."
+    )
+
+
+def _has_gaussian(aggregator: Any) -> bool:
+    """Whether ``aggregator`` (or one it wraps) applies the ``gaussian`` mechanism."""
+    seen = 0
+    while aggregator is not None and seen < 16:
+        for mech in getattr(aggregator, "mechanisms", ()) or ():
+            if getattr(mech, "name", None) == "gaussian":
+                return True
+        aggregator = getattr(aggregator, "inner", None)
+        seen += 1
+    return False
