@@ -38,6 +38,7 @@ def apply(
     holdout: str | Sequence[str] = (),
     inclusion: str = "all",
     key_added: str | None = None,
+    overwrite: bool = False,
     show_progress: bool | None = None,
     extra: dict[str, Any] | None = None,
     **params: Any,
@@ -65,7 +66,14 @@ def apply(
     holdout, inclusion
         Held-out batches and inclusion scenario (methods that support them).
     key_added
-        Output name instead of the method's default.
+        Output name instead of the method's default, with one meaning for every method:
+        the embedding goes to ``obsm["X_<name>"]``, expression to ``layers["<name>"]``,
+        the record to ``uns["<name>"]``; a leading ``X_`` is accepted (``"X_foo"`` and
+        ``"foo"`` both write ``obsm["X_foo"]``).
+    overwrite
+        Replace outputs whose keys exist already. Without it, existing keys are refused,
+        except the outputs of an earlier call of the same method under the same name
+        (``uns["<name>"]["fedsc_method"]`` records it), which a rerun replaces.
     extra
         Method-specific run options that are not config fields.
 
@@ -82,7 +90,11 @@ def apply(
                 f"{arg} must be one name (a string), got {type(value).__name__} {value!r}; "
                 f"pass e.g. {arg}={_first(value)!r}."
             )
+    _check_in_memory(adata)
     holdout = _names(holdout, "holdout")
+    key_added = _output_name(spec, key_added)
+    _check_outputs_free(adata, spec, key_added, overwrite)
+    _check_model_size(spec, cfg, adata)
     inputs: dict[str, Any] = dict(
         batch_key=batch_key,
         label_key=label_key,
@@ -96,9 +108,117 @@ def apply(
         extra=dict(extra or {}),
     )
     if not spec.federated:
-        return spec.fit(adata, RunInputs(**inputs), cfg)
+        result = spec.fit(adata, RunInputs(**inputs), cfg)
+        _mark_outputs(adata, spec, key_added)
+        return result
+    from fedsc.run_privacy import check_tl_dp
+
+    if not isinstance(backend, smpc.Aggregator):
+        check_tl_dp(cfg, None)  # before a backend starts
     with aggregator_for(backend, backend_options) as agg:
-        return spec.fit(adata, RunInputs(aggregator=agg, **inputs), cfg)
+        check_tl_dp(cfg, agg)
+        result = spec.fit(adata, RunInputs(aggregator=agg, **inputs), cfg)
+    _mark_outputs(adata, spec, key_added)
+    return result
+
+
+#: ``uns["<name>"]`` key naming the method whose outputs fedsc.tl wrote under ``name``.
+OUTPUT_MARK = "fedsc_method"
+
+
+def _mark_outputs(adata: Any, spec: Any, name: str | None) -> None:
+    """Record in ``uns["<name>"]`` which method wrote the outputs (a rerun may replace them)."""
+    name = name or spec.name
+    record = adata.uns.get(name)
+    if isinstance(record, dict):
+        record[OUTPUT_MARK] = spec.name
+    elif record is None:
+        adata.uns[name] = {OUTPUT_MARK: spec.name}
+
+
+def _check_in_memory(adata: Any) -> None:
+    """A backed AnnData (``read_h5ad(..., backed="r")``) is refused, naming the fix.
+
+    The methods read ``X`` as an in-memory matrix and write ``obsm``/``layers``; a backed
+    object gave h5py errors deep inside training.
+    """
+    if not isinstance(adata, ad.AnnData):
+        raise FedscInputError(
+            f"adata must be an AnnData, got {type(adata).__name__}; read one with "
+            "anndata.read_h5ad(path)."
+        )
+    if adata.isbacked:
+        raise FedscInputError(
+            f"adata is backed by {adata.filename} (read with backed=...): fedsc.tl needs it "
+            "in memory; use adata = adata.to_memory() (or anndata.read_h5ad(path)) first."
+        )
+
+
+def _output_name(spec: Any, key_added: Any) -> str | None:
+    """``key_added`` as the output's base name (``"X_foo"`` and ``"foo"`` -> ``"foo"``)."""
+    if key_added is None:
+        return None
+    if not isinstance(key_added, str) or not key_added.removeprefix("X_").strip():
+        raise FedscInputError(
+            f"key_added must be a non-empty name (a string), got {key_added!r}; e.g. "
+            f"key_added='{spec.name}_run2' (writes obsm['X_{spec.name}_run2'])."
+        )
+    name = key_added.removeprefix("X_")
+    if "/" in name:
+        raise FedscInputError(
+            f"key_added={key_added!r} contains '/', which h5ad files cannot store in a key; "
+            "use e.g. '_' instead."
+        )
+    return name
+
+
+def _output_keys(spec: Any, name: str | None) -> list[str]:
+    """The ``obsm`` keys and ``layers/<name>`` the method writes under ``name``."""
+    keys = list(spec.outputs)
+    if name is None:
+        return keys
+    return [
+        {f"X_{spec.name}": f"X_{name}", f"layers/{spec.name}": f"layers/{name}"}.get(k, k)
+        for k in keys
+    ]
+
+
+def _check_outputs_free(adata: Any, spec: Any, name: str | None, overwrite: bool) -> None:
+    """Refuse replacing existing keys, unless ``overwrite`` or a rerun under the same name.
+
+    ``key_added="X_pca"`` on scBatchProx replaced its own input embedding without a word.
+    """
+    if overwrite:
+        return
+    taken = []
+    for key in _output_keys(spec, name):
+        if key.startswith("layers/"):
+            if key.removeprefix("layers/") in adata.layers:
+                taken.append(f"layers[{key.removeprefix('layers/')!r}]")
+        elif key in adata.obsm:
+            taken.append(f"obsm[{key!r}]")
+    record = adata.uns.get(name or spec.name)
+    earlier = isinstance(record, dict) and record.get(OUTPUT_MARK) == spec.name
+    if taken and not earlier:
+        verb = "exist in adata and are" if len(taken) > 1 else "exists in adata and is"
+        raise FedscInputError(
+            f"{spec.name} would replace {', '.join(taken)}, which already {verb} not an "
+            f"earlier {spec.name} output; choose another key_added (e.g. "
+            f"key_added='{spec.name}_2') or pass overwrite=True to replace it."
+        )
+
+
+def _check_model_size(spec: Any, config: Any, adata: Any) -> None:
+    """A VAE-sized model against ``fedsc.settings.max_model_params`` (fedsc.resources)."""
+    from fedsc.resources import check_parameters, vae_parameters
+
+    if not (hasattr(config, "hidden") and hasattr(config, "latent")):
+        return
+    check_parameters(
+        vae_parameters(adata.n_vars, config.hidden, config.latent),
+        f"{spec.name} with hidden={list(config.hidden)}, latent={config.latent} on "
+        f"{adata.n_vars} genes",
+    )
 
 
 def _first(value: Any) -> Any:
@@ -112,9 +232,19 @@ def _names(value: str | Sequence[str], arg: str) -> tuple[str, ...]:
     """A batch name or a list of them as a tuple; duplicates are an error.
 
     A single string is one name: ``holdout="celseq"`` holds out the batch ``celseq``, not
-    the batches ``c``, ``e``, ``l``...
+    the batches ``c``, ``e``, ``l``...; an integer is one (integer-labelled) batch.
     """
-    names = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        names: tuple[str, ...] = (str(value),)  # one batch (integer labels too)
+    elif isinstance(value, list | tuple | set) and all(
+        isinstance(v, int | str) and not isinstance(v, bool) for v in value
+    ):
+        names = tuple(str(v) for v in value)
+    else:
+        raise FedscInputError(
+            f"{arg} must be a batch name or a list of them (e.g. {arg}='celseq' or "
+            f"{arg}=[3, 4] for integer labels), got {value!r}."
+        )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise FedscInputError(f"{arg} lists {dup} more than once; list each batch once.")
@@ -131,6 +261,7 @@ def scbatchprox(
     seed: int = 0,
     config: Any = None,
     key_added: str = "X_scbatchprox",
+    overwrite: bool = False,
     show_progress: bool | None = None,
     **params: Any,
 ) -> Any:
@@ -154,7 +285,11 @@ def scbatchprox(
         :class:`~fedsc.methods.scbatchprox.ScBatchProxConfig` and/or overrides such as
         ``mu=0`` or ``rounds=10``.
     key_added
-        Where the refined embedding is written in ``adata.obsm``.
+        Where the refined embedding is written: ``adata.obsm["X_<name>"]`` (``"X_foo"``
+        and ``"foo"`` both write ``obsm["X_foo"]``), its record to ``uns["<name>"]``.
+    overwrite
+        Replace existing keys (e.g. ``key_added="X_pca"`` replaces the input); without it
+        they are refused unless they hold an earlier scBatchProx output.
 
     Returns
     -------
@@ -170,6 +305,7 @@ def scbatchprox(
         seed=seed,
         config=config,
         key_added=key_added,
+        overwrite=overwrite,
         show_progress=show_progress,
         **params,
     )
@@ -188,6 +324,8 @@ def fedscgen(
     inclusion: str = "all",
     layer: str | None = None,
     snapshot_every_round: bool = False,
+    key_added: str = "fedscgen",
+    overwrite: bool = False,
     show_progress: bool | None = None,
     **params: Any,
 ) -> Any:
@@ -210,6 +348,14 @@ def fedscgen(
         Batches that do not train but are corrected: one name (``"celseq"``) or a list.
     inclusion
         ``"all"``, ``"combined"`` or ``"dropped"`` (minority cell types).
+    key_added, overwrite
+        Output name (``obsm["X_<name>"]``, ``layers["<name>"]``, ``uns["<name>"]``; a
+        leading ``X_`` is accepted) and whether existing keys may be replaced (see
+        :func:`apply`).
+
+    Client-level DP (``dp={"level": "client", ...}``) needs an aggregator carrying the
+    ``gaussian`` mechanism, which adds the noise; without one it is refused (run it with
+    a run config instead: :func:`fedsc.runner.execute_run`, ``fedsc run``).
 
     Returns
     -------
@@ -227,6 +373,8 @@ def fedscgen(
         config=config,
         holdout=holdout,
         inclusion=inclusion,
+        key_added=key_added,
+        overwrite=overwrite,
         show_progress=show_progress,
         extra={"snapshot_every_round": snapshot_every_round},
         **params,
@@ -242,12 +390,15 @@ def scgen(
     config: Any = None,
     inclusion: str = "all",
     layer: str | None = None,
+    key_added: str = "scgen",
+    overwrite: bool = False,
     show_progress: bool | None = None,
     **params: Any,
 ) -> Any:
     """Centralized scGen (the baseline): train, then ``batch_removal``.
 
-    Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]``; returns the model.
+    Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]`` (or ``X_<key_added>``,
+    ``layers[key_added]``; ``overwrite`` as in :func:`apply`); returns the model.
     ``adata.X`` (or ``layers[layer]``) must hold log-normalised expression: raw counts or
     PCs are refused with a message naming what was found (:mod:`fedsc.data.input_kind`).
     """
@@ -260,6 +411,8 @@ def scgen(
         seed=seed,
         config=config,
         inclusion=inclusion,
+        key_added=key_added,
+        overwrite=overwrite,
         show_progress=show_progress,
         **params,
     )

@@ -19,7 +19,8 @@ def run(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     from fedsc.uns import uns_safe
 
     use_rep = inputs.use_rep or "X_pca"
-    key = inputs.key_added or "X_scbatchprox"
+    # key_added names the output (obsm["X_<name>"], uns["<name>"]), as for every method
+    key = "X_" + (inputs.key_added or "scbatchprox").removeprefix("X_")
     validate_adata(adata, batch_key=inputs.batch_key, use_rep=use_rep)
     z = representation(adata, use_rep, "use_rep")
     labels = obs_column(adata, inputs.batch_key, "batch_key").astype(str).to_numpy()
