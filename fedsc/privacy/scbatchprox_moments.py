@@ -364,7 +364,8 @@ def _search_count(
     """The count ``n`` whose rescaled updates ``(W / n) * update`` fit the model best.
 
     ``fixed_scale``: the updates' scale when it is known (the released mean's weights are
-    public), so that a candidate count changes only the number of Adam steps.
+    public), so that a candidate count changes only the number of Adam steps; counts
+    with equal steps then tie and the one nearest ``W / K`` is kept.
     """
     cache: dict[int, float] = {}
     d = len(starts[0][0])
@@ -388,15 +389,24 @@ def _search_count(
             for n, r in zip(group, rms.reshape(len(group), d), strict=True):
                 cache[n] = float(np.median(r))
 
+    def best(ns: list[int]) -> int:
+        if fixed_scale is None:
+            return min(ns, key=cache.__getitem__)
+        # With the scale known, counts with the same number of steps fit equally well:
+        # among them keep the one nearest the equal-share guess W / K.
+        low = min(cache[n] for n in ns)
+        tied = [n for n in ns if cache[n] <= low * (1 + 1e-9)]
+        return min(tied, key=lambda n: abs(n - total / k))
+
     lo, hi = 1, max(int(total) - (k - 1), 1)
     while hi - lo > 160:
         scan = np.unique(np.round(np.geomspace(lo, hi, 48)).astype(int))
         evaluate(scan)
-        i = int(np.argmin([cache[int(n)] for n in scan]))
+        i = int(np.searchsorted(scan, best([int(n) for n in scan])))
         lo, hi = int(scan[max(i - 1, 0)]), int(scan[min(i + 1, len(scan) - 1)])
     candidates = np.arange(lo, hi + 1)
     evaluate(candidates)
-    return min(candidates.tolist(), key=cache.__getitem__)
+    return best(candidates.tolist())
 
 
 #: The last :func:`estimate_weights` result (view, settings, weights): attacks (a') and

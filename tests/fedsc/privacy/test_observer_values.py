@@ -238,3 +238,24 @@ def test_adaptive_shadows_under_cell_level_dp_run_dp_sgd(one_torch_thread):
     np.testing.assert_array_equal(noised, update(dp))  # the attacker's own seeded noise
     cos = float(free @ noised) / float(np.linalg.norm(free) * np.linalg.norm(noised))
     assert cos < 0.5  # sigma = 50 per minibatch gradient: not the non-DP update
+
+
+def test_uniform_dp_releases_no_cell_counts_but_w_only_views_still_get_the_rows():
+    """W only (crypten's coordinator) under uniform DP: the released mean is unweighted,
+    so the rows come out exactly (σ·C → 0) and the counts only set the number of Adam
+    steps; equal-step counts tie and attack (a') keeps the equal-share guess W / K."""
+    from fedsc.methods.scbatchprox import ScBatchProxConfig
+    from fedsc.privacy import run_attacks
+    from fedsc.privacy.runs import record_scbatchprox
+
+    rng = np.random.default_rng(0)
+    sizes = [20, 30, 40]  # 18, 27, 36 training cells; one minibatch each
+    z = np.concatenate([rng.normal(loc=i, size=(n, 5)) for i, n in enumerate(sizes)])
+    labels = np.repeat(["a", "b", "c"], sizes)
+    record, _ = record_scbatchprox(
+        z, labels, mechanisms=[TINY_NOISE], mechanism_seed=0, config=ScBatchProxConfig(rounds=3)
+    )
+    view = observer_view(record, "coordinator", public_weights=False)
+    rows = run_attacks(view, Truth(record), ["scbatchprox_rows", "scbatchprox_weights"])
+    assert _metric(rows, "update_relative_error").max() < 1e-4
+    np.testing.assert_array_equal(_metric(rows, "estimated_weight"), [27.0, 27.0, 27.0])
