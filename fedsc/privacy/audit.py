@@ -58,12 +58,13 @@ import scipy.special
 import scipy.stats
 
 from fedsc.errors import FedscInputError
-from fedsc.privacy.accounting import LEDGER_OBSERVERS, DPConfig, client_level_from_ledger
+from fedsc.privacy.accounting import DPConfig, client_level_from_ledger
 
 if TYPE_CHECKING:
     from smpc.mechanisms.base import Mechanism
 
 __all__ = [
+    "AUDIT_OBSERVERS",
     "DEFAULT_GUESS_FRACTIONS",
     "AuditResult",
     "ScoreAudit",
@@ -82,6 +83,10 @@ __all__ = [
 #: every canary, the bound takes the best rule, Bonferroni-corrected (each rule at
 #: ``beta / rules``) so that picking the best after the fact stays valid.
 DEFAULT_GUESS_FRACTIONS: tuple[float, ...] = (0.1, 0.25, 0.5)
+
+#: Observers :func:`audit_client_level` attacks: the reader of the released aggregates,
+#: and the plaintext coordinator that receives every client's noised contribution.
+AUDIT_OBSERVERS: tuple[str, ...] = ("output", "coordinator")
 
 #: ``noise`` of an :class:`AuditResult`.
 NOISE_FRESH = "fresh OS entropy"
@@ -533,9 +538,9 @@ def audit_client_level(
             f"audit_client_level needs a client-level DPConfig, got level={dp.level!r} "
             "(cell-level DP-SGD: audit_cell_level)."
         )
-    if observer not in LEDGER_OBSERVERS:
+    if observer not in AUDIT_OBSERVERS:
         raise FedscInputError(
-            f"audit: observer must be one of {list(LEDGER_OBSERVERS)}, got {observer!r}."
+            f"audit: observer must be one of {list(AUDIT_OBSERVERS)}, got {observer!r}."
         )
     _check_canaries(n_canaries)
     if int(rounds) != rounds or rounds < 1:

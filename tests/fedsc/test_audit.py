@@ -69,6 +69,22 @@ def test_chance_level_guesses_give_about_zero():
     assert found.correct == found.guesses == 1000 and found.epsilon > 5
 
 
+def test_best_rule_pays_for_the_choice():
+    # the best of the rules is tested at beta / (number of rules) (Bonferroni)
+    rng = np.random.default_rng(1)
+    included = rng.random(400) < 0.5
+    scores = rng.normal(size=400) + 2.0 * included
+    found = audit.epsilon_from_scores(scores, included, 1e-5, 0.05)
+    assert len(found.rules) == 5 and found.rule in found.rules
+    level = 0.05 / len(found.rules)
+    assert found.epsilon == pytest.approx(
+        audit.one_run_epsilon_lower_bound(found.correct, found.guesses, 400, 1e-5, level)
+    )
+    assert found.epsilon < audit.one_run_epsilon_lower_bound(
+        found.correct, found.guesses, 400, 1e-5, 0.05
+    )
+
+
 def test_guess_rules():
     scores = np.array([0.0, 0.1, 0.2, 5.0, 5.1, 9.0])
     included = np.array([False, False, True, True, True, True])
