@@ -264,7 +264,9 @@ class RunRecord:
     backend
         Backend name.
     private
-        ``Aggregator.private`` of the run's aggregator.
+        ``Aggregator.private`` of the run's aggregator, and every ledger entry private
+        (the ledger marks an entry not private when the coordinator received a client's
+        contribution, whatever the backend claims).
     mechanisms
         The mechanisms applied besides the recorder.
     operations
@@ -373,7 +375,10 @@ class RunRecord:
             shares = _party_shares(backend.received_by_parties(), ops)
         return cls(
             backend=aggregator.name,
-            private=bool(aggregator.private),
+            # what the ledger shows, not only what the backend claims: a backend that
+            # claims privacy while its coordinator received a client[i] contribution
+            # gets the plaintext coordinator's view (every contribution in the clear)
+            private=bool(aggregator.private) and all(e.private for e in aggregator.ledger.entries),
             mechanisms=mechanisms,
             operations=ops,
             party_shares=shares,

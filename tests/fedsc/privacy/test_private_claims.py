@@ -31,3 +31,21 @@ def test_a_false_private_claim_reads_as_clear_contributions():
         coordinator = table[table["observer"] == "coordinator"]
         assert coordinator["receives"].str.startswith("client[").sum() == 5
         assert not table["private"].any()
+
+
+def test_a_false_private_claim_gets_the_plaintext_coordinators_view():
+    """The recorded run reads privacy off the ledger: the coordinator's view holds every
+    contribution, so the attacks see what it really received (before: none, 'private')."""
+    from fedsc.privacy.views import RecordingMechanism, RunRecord, observer_view
+    from smpc.mechanisms.aggregator import MechanismAggregator
+
+    recorder = RecordingMechanism()
+    rows = [np.ones(4), np.zeros(4), np.full(4, 2.0)]
+    with MechanismAggregator(_ClaimsPrivacy(), [recorder]) as agg:
+        agg.weighted_mean(rows, [1.0, 2.0, 3.0])
+        record = RunRecord.from_run(agg, recorder)
+    assert agg.private and not record.private
+    view = observer_view(record, "coordinator")
+    got = view.operations[0].contributions
+    assert got is not None
+    np.testing.assert_allclose(np.stack(got), np.stack(rows))
