@@ -31,8 +31,8 @@ Two audits, each through the code a run uses:
   (:func:`fedsc.methods.dp_sgd.local_train`, Opacus) on a small DP-variant VAE. Canary j
   expresses only its reserved gene j, so its per-cell gradient is the only one that
   reaches column j of the first encoder layer; the score is that column's movement
-  projected on the canary's gradient direction, summed over rounds (white box: the
-  attacker sees every round's state, as FedscGen's coordinator does).
+  along the canary's own clipped gradient, as a log-likelihood ratio summed over rounds
+  (white box: the attacker sees every round's state, as FedscGen's coordinator does).
 
 Noise an attacker can regenerate is not noise: with a seeded mechanism
 (``noise_seed=`` for client level, ``DPConfig(simulated=True)`` for DP-SGD, whose seed a
@@ -660,8 +660,8 @@ def audit_cell_level(
     attacker replays each round with that seed on a data set of the same size with every
     canary gene zeroed (only the noise moves the canary columns) and subtracts it.
 
-    The canaries' per-cell gradients have norms of about 0.3-1.5 in this model: with
-    ``dp.clip`` at most 0.25 every canary is clipped, i.e. as loud as DP-SGD lets a cell
+    The canaries' per-cell gradients have norms of about 0.25-3.4 in this model: with
+    ``dp.clip`` at most 0.2 every canary is clipped, i.e. as loud as DP-SGD lets a cell
     be; a larger C leaves them unclipped and the audit looser (still valid).
 
     Neighbouring relation: the claim's (``dp.relation``). Replace-one (n public): an
