@@ -434,6 +434,18 @@ ADVANTAGE_METRICS: dict[str, tuple[str, str, int]] = {
         "membership AUC, global model (LiRA)",
         1,
     ),
+    # under DP the shadows go through the run's DP pipeline (adaptive attacker): the same
+    # curve, continued to finite epsilon
+    "attack:fedscgen_membership:update_lira_adaptive_auc_pooled": (
+        "coordinator",
+        "membership AUC, local update (LiRA)",
+        1,
+    ),
+    "attack:fedscgen_membership:global_lira_adaptive_auc_pooled": (
+        "client",
+        "membership AUC, global model (LiRA)",
+        1,
+    ),
     "attack:fedscgen_property:update_proportion_mae": (
         "coordinator",
         "composition from update (MAE)",

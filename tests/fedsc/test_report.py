@@ -301,3 +301,29 @@ def test_findings_table_leads_the_report(tmp_path):
     lead = text.index("## Privacy: what each protection buys")
     assert lead < text.index("## Metrics per variant") < text.index("## Appendix: privacy detail")
     assert "| ∞ |" in text[lead : text.index("## Metrics per variant")]
+
+
+def test_adaptive_lira_continues_the_non_adaptive_curve():
+    """DP runs name LiRA `..._lira_adaptive_auc_pooled`: same frontier label as without DP."""
+    from fedsc.plots import attack_advantage
+
+    rows = []
+    for eps, name in ((np.nan, "update_lira_auc_pooled"), (4.0, "update_lira_adaptive_auc_pooled")):
+        rows.append(
+            dict(
+                run_id=f"r{eps}",
+                method="fedscgen",
+                variant=str(eps),
+                backend="plaintext",
+                seed=0,
+                dp_epsilon=eps,
+                panel="attack",
+                observer="coordinator",
+                metric=f"attack:fedscgen_membership:{name}",
+                value=0.6,
+                chance=0.5,
+            )
+        )
+    adv = attack_advantage(pd.DataFrame(rows))
+    assert len(adv) == 2 and adv["label"].nunique() == 1
+    assert np.allclose(adv["advantage"], 0.1)
