@@ -6,7 +6,7 @@ operation the mechanisms apply to:
 
 1. client side, before sharing: for every client ``i``, ``m1`` then ``m2`` transform a
    copy of client ``i``'s own flat contribution (:class:`~smpc.mechanisms.base.ClientContext`
-   gives it the broadcast reference, its index, its own generator; never another row);
+   gives it the broadcast reference, its index, its own random source; never another row);
 2. the inner aggregator computes the aggregate of the transformed rows;
 3. after reveal: ``m2`` then ``m1`` transform the aggregate.
 
@@ -28,7 +28,8 @@ from typing_extensions import override
 from smpc.aggregator import Aggregator
 from smpc.flatten import Spec, flatten_like
 from smpc.ledger import Traffic
-from smpc.mechanisms.base import ClientContext, Mechanism, ResultContext
+from smpc.mechanisms.base import ClientContext, Mechanism, RandomSource, ResultContext
+from smpc.mechanisms.secure_random import SecureRandom
 
 
 class MechanismAggregator(Aggregator):
@@ -43,9 +44,12 @@ class MechanismAggregator(Aggregator):
         :class:`~smpc.mechanisms.base.Mechanism` instances, in the order applied to
         contributions (results are transformed in reverse order).
     seed
-        Seeds the per-(operation, client) generators given to mechanisms. ``None`` draws
-        fresh OS entropy (what a deployment wants: nobody can replay a client's noise);
-        an integer makes runs reproducible (research), but anyone knowing it can too.
+        ``None`` (default): every client and the coordinator draw their randomness (DP
+        noise, stochastic rounding) from the OS CSPRNG
+        (:class:`~smpc.mechanisms.secure_random.SecureRandom`): nothing is seeded or
+        recorded, so nobody can replay a client's noise. An integer seeds a numpy PCG64
+        generator per (operation, client) instead: reproducible (research, tests), and
+        anyone who knows the seed can regenerate and subtract the noise.
     """
 
     def __init__(
@@ -67,7 +71,10 @@ class MechanismAggregator(Aggregator):
         self.mechanisms: tuple[Mechanism, ...] = tuple(mechanisms)
         self.ledger = inner.ledger
         self.name = inner.name
-        self.seed = int(np.random.SeedSequence(seed).entropy)  # type: ignore[arg-type]
+        #: The seed of the mechanisms' generators; ``None``: the OS CSPRNG, no seed exists.
+        self.seed: int | None = (
+            None if seed is None else int(np.random.SeedSequence(seed).entropy)  # type: ignore[arg-type]
+        )
         self._operations = 0
         self._client_copies: dict[int, tuple[Mechanism, ...]] = {}
 
@@ -139,7 +146,9 @@ class MechanismAggregator(Aggregator):
         own = [m.describe() for m in self.mechanisms if m.applies_to(op)]
         return own + self.inner._mechanism_records(op)
 
-    def _generator(self, operation: int, *key: int) -> np.random.Generator:
+    def _generator(self, operation: int, *key: int) -> RandomSource:
+        if self.seed is None:  # no seed to derive from, record or replay
+            return SecureRandom()
         return np.random.default_rng(np.random.SeedSequence([self.seed, operation, *key]))
 
     def _copies_for(self, client: int) -> tuple[Mechanism, ...]:

@@ -13,9 +13,16 @@ flat contribution only, as the client itself would before secret sharing it, and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
+
+from smpc.mechanisms.secure_random import SecureRandom
+
+#: What a mechanism draws its randomness from: a seeded numpy generator (``mechanism_seed``
+#: given: reproducible, research only) or :class:`~smpc.mechanisms.secure_random.SecureRandom`
+#: (no seed: the OS CSPRNG). Both offer ``standard_normal``, ``normal`` and ``random``.
+RandomSource: TypeAlias = np.random.Generator | SecureRandom
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,10 @@ class ClientContext:
     reference
         The flat broadcast state the client started from (read-only), or ``None``.
     generator
-        This client's own random generator for this operation.
+        This client's own random source for this operation: the OS CSPRNG
+        (:class:`~smpc.mechanisms.secure_random.SecureRandom`) unless the wrapper was
+        given a seed, then a numpy PCG64 generator seeded per operation and client. Use
+        only ``standard_normal``, ``normal`` and ``random``.
     round, tag
         The ledger scope of the operation.
     """
@@ -45,7 +55,7 @@ class ClientContext:
     n_clients: int
     weight: float | None
     reference: np.ndarray | None
-    generator: np.random.Generator
+    generator: RandomSource
     round: int | None
     tag: str | None
 
@@ -61,14 +71,14 @@ class ResultContext:
     total_weight
         Sum of the (public) weights for ``weighted_mean``, else ``None``.
     generator
-        The coordinator's random generator for this operation.
+        The coordinator's random source for this operation (as in :class:`ClientContext`).
     """
 
     op: str
     n_clients: int
     total_weight: float | None
     reference: np.ndarray | None
-    generator: np.random.Generator
+    generator: RandomSource
     round: int | None
     tag: str | None
 
