@@ -13,13 +13,17 @@ DataLoader, and samples the way the accountant assumes: at every step each train
 cell is included independently with probability ``q = batch_size / n_train`` (Poisson
 sampling; batch sizes vary, an empty batch is still a noisy step). An epoch is
 ``n_train // batch_size`` steps, as many as the non-DP trainer takes. The generator of
-epoch ``e`` is the non-DP one, ``derive_generator(seed, EPOCH, client, e)`` (it draws the
-sampling, dropout masks and reparameterisation noise); the DP noise has its own
-``derive_generator(seed, DP_NOISE, client, round)`` only in the ``simulated`` mode
-(``DPConfig.simulated``: reproducible, not private). By default the noise and the Poisson
-sampling use generators seeded with 63 bits of fresh OS entropy that nothing records.
-(Opacus' ``secure_mode`` draws every value from a CSPRNG; it needs torchcsprng, which is
-not installable here.)
+epoch ``e`` is the non-DP one, ``derive_generator(seed, EPOCH, client, e)`` (dropout masks
+and reparameterisation noise, which no guarantee relies on).
+
+Randomness the guarantee relies on (the Gaussian noise and the Poisson sampling): by
+default both come from the OS CSPRNG (:class:`smpc.mechanisms.secure_random.SecureRandom`,
+fresh ``os.urandom`` bytes per step; the optimiser is :class:`SecureDPOptimizer`, Opacus'
+clipping with the noise drawn there): nothing is seeded, so nothing can be recorded or
+replayed. Opacus' own ``secure_mode`` would do the same through torchcsprng, which is
+not installable here. Only ``DPConfig.simulated`` (debugging and tests: reproducible,
+never private) seeds them: the noise from ``derive_generator(seed, DP_NOISE, client,
+round)`` through Opacus' ``torch.normal``, the sampling from the epoch generator.
 
 Loss: the VAE loss is a minibatch mean of per-cell terms ``mse_i + α·B·KL_i`` (B the
 configured batch size), so the per-cell gradient Opacus clips is exactly cell i's share
@@ -33,18 +37,24 @@ units to a constant). Runs record ``"normalisation": "GroupNorm (DP variant)"``.
 
 ε: each client's cells are protected by ``rounds · local_epochs · (n_train // B)``
 Poisson-subsampled Gaussian steps at rate q, accounted by
-:mod:`fedsc.privacy.accounting` (``dp_accounting`` RDP by default); the run reports the
-largest ε over clients (:func:`cell_level_epsilon`). DP off (``dp=None``) runs the
-non-DP trainer unchanged (bit-identical to FedscGen's local update).
+:mod:`fedsc.privacy.accounting` (``dp_accounting``'s PLD accountant) for the
+**replace-one** relation with n_train public (:attr:`DPConfig.relation
+<fedsc.privacy.accounting.DPConfig.relation>`, :data:`RELATION`): the steps and q depend
+on the exact cell count, which FedAvg reveals as the client's weight, so add-or-remove-one
+(a dataset one cell larger runs another mechanism) would not describe what runs. The run
+reports the largest ε over clients (:func:`cell_level_epsilon`). σ = 0 is the control:
+Opacus' clipping without noise (ε = ∞). DP off (``dp=None``) runs the non-DP trainer
+unchanged (bit-identical to FedscGen's local update).
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import torch
 from opacus.grad_sample import (  # type: ignore[import-untyped]
@@ -55,6 +65,10 @@ from opacus.optimizers import (  # type: ignore[import-untyped]
     DPOptimizer,
     DPOptimizerFastGradientClipping,
 )
+from opacus.optimizers.optimizer import (  # type: ignore[import-untyped]
+    _check_processed_flag,
+    _mark_as_processed,
+)
 from opacus.utils.fast_gradient_clipping_utils import (  # type: ignore[import-untyped]
     DPTensorFastGradientClipping,
 )
@@ -64,11 +78,15 @@ from torch import nn
 from fedsc.errors import FedscInputError
 from fedsc.methods.vae import EPOCH, VAE, VAEConfig, derive_generator, train_epoch
 from fedsc.privacy.accounting import DPConfig
+from smpc.mechanisms.secure_random import SecureRandom
 
 __all__ = [
     "DP_NOISE",
     "NORMALISATION",
+    "RELATION",
     "DPLocalUpdate",
+    "SecureDPOptimizer",
+    "SecureDPOptimizerFastGradientClipping",
     "cell_level_epsilon",
     "dp_model_from_state",
     "dp_vae_loss",
@@ -85,6 +103,12 @@ __all__ = [
 DP_NOISE = 0xD9A0
 #: What runs record as the VAE's normalisation under cell-level DP.
 NORMALISATION = "GroupNorm (DP variant)"
+#: What runs record as the neighbouring relation of cell-level DP (``dp["relation"]``).
+RELATION = (
+    "cell: replace-one with n public (one training cell replaced by another; each "
+    "client's number of training cells n is public: FedAvg reveals it as the weight, "
+    "and it sets the steps n // B and the sampling rate B / n)"
+)
 
 
 def _groups(channels: int) -> int:
@@ -170,7 +194,11 @@ def sampling_rate(n_train: int, batch_size: int) -> float:
 def cell_level_epsilon(
     dp: DPConfig, n_train: int, batch_size: int, local_epochs: int, rounds: int
 ) -> float:
-    """ε of one client's cells after ``rounds`` rounds of ``local_epochs`` DP-SGD epochs."""
+    """ε of one client's cells after ``rounds`` rounds of ``local_epochs`` DP-SGD epochs.
+
+    Replace-one with ``n_train`` public (``dp.relation``): the mechanism run depends on
+    ``n_train``, which the client's FedAvg weight reveals.
+    """
     steps = rounds * local_epochs * steps_per_epoch(n_train, batch_size)
     return dp.epsilon(steps, sampling_rate(n_train, batch_size))
 
@@ -186,7 +214,8 @@ def resolve_for_clients(
 
     Checks δ < 1/n_train for each client; with ``noise_multiplier=None`` picks the
     smallest σ that keeps *every* client's ε within ``target_epsilon`` (the largest of the
-    per-client calibrated values); with σ given, checks it against the target.
+    per-client calibrated values; replace-one, PLD: ``dp.relation``); with σ given, checks
+    it against the target.
     """
     if not n_trains:
         raise FedscInputError("DP-SGD: no training clients.")
@@ -196,12 +225,68 @@ def resolve_for_clients(
         (rounds * local_epochs * steps_per_epoch(n, batch_size), sampling_rate(n, batch_size))
         for n in n_trains
     ]
+    distinct = sorted(set(per_client))  # clients of one size calibrate once
     if dp.noise_multiplier is None:
-        resolved = [dp.resolve(steps, q) for steps, q in per_client]
+        resolved = [dp.resolve(steps, q) for steps, q in distinct]
         return max(resolved, key=lambda d: d.noise_multiplier or 0.0)
-    for steps, q in per_client:
+    for steps, q in distinct:
         dp.resolve(steps, q)
     return dp
+
+
+class _SecureNoise:
+    """Opacus' ``add_noise`` with the Gaussian noise drawn from the OS CSPRNG.
+
+    Same as Opacus 1.6's (``DPOptimizer.add_noise`` and the fast-gradient-clipping one,
+    including its ``_adjusted_noise_multiplier``): ``p.grad = p.summed_grad + N(0, σ²C²)``
+    per value, flags checked and set as Opacus does; only the source differs: one draw of
+    :meth:`SecureRandom.standard_normal_torch` per step for all parameters, none at σ = 0.
+    """
+
+    noise_source: SecureRandom
+    noise_multiplier: float
+    max_grad_norm: float
+    params: list[Any]  # Opacus' parameters, carrying ``summed_grad``
+
+    def add_noise(self) -> None:
+        multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+        std = float(multiplier) * float(self.max_grad_norm)
+        params = list(self.params)
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        sizes = [p.summed_grad.numel() for p in params]
+        flat = (
+            self.noise_source.standard_normal_torch((sum(sizes),), dtype=torch.float64) * std
+            if std > 0
+            else None
+        )
+        offset = 0
+        for p, size in zip(params, sizes, strict=True):
+            ref = p.summed_grad
+            if flat is None:
+                noise = torch.zeros_like(ref)
+            else:
+                part = flat[offset : offset + size].reshape(ref.shape)
+                noise = part.to(dtype=ref.dtype, device=ref.device)
+            offset += size
+            p.grad = (ref + noise).view_as(p)
+            _mark_as_processed(ref)
+
+
+class SecureDPOptimizer(_SecureNoise, DPOptimizer):
+    """Opacus' :class:`~opacus.optimizers.DPOptimizer` with CSPRNG noise (per-sample clipping)."""
+
+    def __init__(self, *args: object, noise_source: SecureRandom, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise_source = noise_source
+
+
+class SecureDPOptimizerFastGradientClipping(_SecureNoise, DPOptimizerFastGradientClipping):
+    """Opacus' ghost-clipping optimiser with CSPRNG noise."""
+
+    def __init__(self, *args: object, noise_source: SecureRandom, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise_source = noise_source
 
 
 def make_private(
@@ -209,11 +294,15 @@ def make_private(
     optimizer: torch.optim.Optimizer,
     dp: DPConfig,
     expected_batch_size: int,
-    noise_generator: torch.Generator,
+    noise_generator: torch.Generator | SecureRandom,
     *,
     clipping: str = "ghost",
 ) -> tuple[GradSampleModule, DPOptimizer]:
     """Wrap ``model`` for per-cell clipping and ``optimizer`` for clipping and noise.
+
+    ``noise_generator``: a :class:`~smpc.mechanisms.secure_random.SecureRandom` (the
+    default in :func:`local_train`) gives the ``Secure*`` optimisers, which draw the noise
+    from the OS CSPRNG; a seeded ``torch.Generator`` (simulated DP only) gives Opacus' own.
 
     ``clipping="per_sample"``: Opacus' :class:`~opacus.grad_sample.GradSampleModule`
     materialises every cell's gradient (``p.grad_sample``) and
@@ -234,13 +323,17 @@ def make_private(
         raise FedscInputError(
             f"DP-SGD: clipping must be 'ghost' or 'per_sample', got {clipping!r}."
         )
-    opts = {
+    opts: dict[str, Any] = {
         "noise_multiplier": dp.noise_multiplier,
         "max_grad_norm": dp.clip,
         "expected_batch_size": expected_batch_size,
         "loss_reduction": "mean",
-        "generator": noise_generator,
     }
+    secure = isinstance(noise_generator, SecureRandom)
+    if secure:
+        opts["noise_source"] = noise_generator
+    else:
+        opts["generator"] = noise_generator
     if clipping == "ghost":
         module = GradSampleModuleFastGradientClipping(
             model,
@@ -250,9 +343,12 @@ def make_private(
             max_grad_norm=dp.clip,
             use_ghost_clipping=True,
         )
-        return module, DPOptimizerFastGradientClipping(optimizer, **opts)
+        ghost_cls = (
+            SecureDPOptimizerFastGradientClipping if secure else DPOptimizerFastGradientClipping
+        )
+        return module, ghost_cls(optimizer, **opts)
     module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
-    return module, DPOptimizer(optimizer, **opts)
+    return module, (SecureDPOptimizer if secure else DPOptimizer)(optimizer, **opts)
 
 
 @dataclass
@@ -269,16 +365,29 @@ class DPLocalUpdate:
         Optimiser steps taken in this update.
     sampling_rate
         Poisson sampling rate q (``None`` without DP).
+    total_steps
+        DP-SGD steps this client's cells have been through after all rounds so far
+        (``round_index + 1`` rounds of this length); 0 without DP.
+    dp
+        The DP settings (``None`` without DP).
     epsilon
-        ε of this client's cells after all rounds so far (``round_index + 1`` rounds of
-        this length); ``inf`` without DP.
+        ε of this client's cells after ``total_steps`` (``inf`` without DP), computed on
+        first access (a PLD evaluation; a run needs only the last round's).
     """
 
     state: dict[str, torch.Tensor]
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     sampling_rate: float | None = None
-    epsilon: float = math.inf
+    total_steps: int = 0
+    dp: DPConfig | None = field(default=None, repr=False)
+
+    @cached_property
+    def epsilon(self) -> float:
+        """ε of this client's cells so far (``dp.epsilon(total_steps, sampling_rate)``)."""
+        if self.dp is None or self.sampling_rate is None:
+            return math.inf
+        return self.dp.epsilon(self.total_steps, self.sampling_rate)
 
 
 def local_train(
@@ -335,12 +444,12 @@ def local_train(
     bs = cfg.batch_size
     per_epoch = steps_per_epoch(n, bs)
     q = sampling_rate(n, bs)
+    noise_g: torch.Generator | SecureRandom
     if dp.simulated:  # reproducible from the run seed: debugging and tests only
         noise_g = derive_generator(seed, DP_NOISE, client, round_index)
-        sample_g: torch.Generator | None = None  # the epoch generator samples
-    else:  # fresh OS entropy, recorded nowhere: nobody can regenerate noise or batches
-        noise_g = torch.Generator().manual_seed(secrets.randbits(63))
-        sample_g = torch.Generator().manual_seed(secrets.randbits(63))
+        secure = None  # the epoch generator samples
+    else:  # the OS CSPRNG, no seed: nobody can regenerate the noise or the batches
+        noise_g = secure = SecureRandom()
     module, dp_opt = make_private(model, optimizer, dp, bs, noise_g, clipping=clipping)
     ghost = clipping == "ghost"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -354,9 +463,11 @@ def local_train(
                 g = derive_generator(seed, EPOCH, client, round_index * local_epochs + j)
                 total, batches = 0.0, 0
                 for _ in range(per_epoch):
-                    idx = train_idx[
-                        torch.rand(n, generator=g if sample_g is None else sample_g) < q
-                    ]
+                    if secure is None:
+                        chosen = torch.rand(n, generator=g) < q
+                    else:
+                        chosen = torch.from_numpy(secure.random(n) < q)
+                    idx = train_idx[chosen]
                     dp_opt.zero_grad(set_to_none=True)
                     if len(idx) == 0:  # an empty Poisson batch is still a (pure-noise) step
                         for p in params:  # Opacus reads per-cell gradients from here
@@ -381,6 +492,5 @@ def local_train(
     finally:
         module.to_standard_module()
     steps = local_epochs * per_epoch
-    eps = dp.epsilon((round_index + 1) * steps, q)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return DPLocalUpdate(state, losses, steps, q, eps)
+    return DPLocalUpdate(state, losses, steps, q, (round_index + 1) * steps, dp)

@@ -104,12 +104,23 @@ class FedScGenConfig(VAEConfig):
         if self.dp is not None:
             from fedsc.privacy.accounting import DPConfig
 
-            DPConfig.from_dict(self.dp)  # refuses sigma <= 0, clip <= 0, bad delta
+            DPConfig.from_dict(_dp_mapping(self.dp))  # refuses sigma < 0, clip <= 0, bad delta
         if self.rounds < 1 or self.local_epochs < 1:
             raise FedscInputError(
                 f"rounds and local_epochs must be >= 1, got rounds={self.rounds}, "
                 f"local_epochs={self.local_epochs}."
             )
+
+
+def _dp_mapping(dp: dict[str, Any]) -> dict[str, Any]:
+    """``dp`` with σ to calibrate (``None``) when only ``target_epsilon`` is given.
+
+    Without it :class:`~fedsc.privacy.accounting.DPConfig`'s default σ = 1 would run (and
+    be recorded) instead of the σ the target calls for.
+    """
+    if dp.get("target_epsilon") is not None and "noise_multiplier" not in dp:
+        return {**dp, "noise_multiplier": None}
+    return dp
 
 
 def model_from_state(state: State, n_genes: int, config: VAEConfig) -> VAE:
@@ -172,7 +183,8 @@ class FedScGenMethod:
     def _init_dp(self) -> None:
         """DP wiring: the GroupNorm variant, and σ resolved for cell-level DP-SGD."""
         cfg = self.config
-        self.epsilon: dict[int, float] = {}
+        #: Per client: (DP-SGD steps its cells went through so far, sampling rate q).
+        self.dp_steps: dict[int, tuple[int, float]] = {}
         if cfg.dp is None:
             self.dp = None
             return
@@ -181,7 +193,7 @@ class FedScGenMethod:
         from fedsc.methods import dp_sgd
         from fedsc.privacy.accounting import DPConfig
 
-        dp = DPConfig.from_dict(cfg.dp)
+        dp = DPConfig.from_dict(_dp_mapping(cfg.dp))
         assert dp is not None
         self.dp = dp
         self.model = dp_sgd.to_dp_variant(self.model)
@@ -191,6 +203,14 @@ class FedScGenMethod:
             self.dp = dp_sgd.resolve_for_clients(
                 dp, sizes, cfg.batch_size, cfg.local_epochs, cfg.rounds
             )
+
+    @property
+    def epsilon(self) -> dict[int, float]:
+        """Cell-level ε of each client that ran DP-SGD, after the rounds so far."""
+        if self.dp is None:
+            return {}
+        spent = {a: self.dp.epsilon(*a) for a in set(self.dp_steps.values())}  # one per size
+        return {c: spent[a] for c, a in self.dp_steps.items()}
 
     def n_train(self, client: int) -> int:
         """N_c: the client's number of training cells (its FedAvg weight)."""
@@ -236,7 +256,8 @@ class FedScGenMethod:
                 local_epochs=cfg.local_epochs,
                 dp=self.dp,
             )
-            self.epsilon[client] = up.epsilon
+            assert up.sampling_rate is not None
+            self.dp_steps[client] = (up.total_steps, up.sampling_rate)
             # no metrics under DP-SGD: the losses are un-noised functions of the cells
             return LocalResult(up.state, float(self.n_train(client)), {})
         losses = []
@@ -643,7 +664,7 @@ def run_fedscgen(
         "params": params,
         "inclusion": info["inclusion"],
         "privacy": aggregator.privacy_note,
-        "dp": _dp_summary(method),
+        "dp": _dp_summary(method, aggregator),
         "shared_types": result.shared_types,
         "dominant": result.dominant,
     }
@@ -651,17 +672,48 @@ def run_fedscgen(
     return FedScGenResult(model, fed, info)
 
 
-def _dp_summary(method: FedScGenMethod) -> dict[str, Any]:
-    """The DP settings a run used (empty without DP); ε of cell-level DP-SGD (max over clients)."""
+def _gaussian_mechanisms(aggregator: Any) -> list[Any]:
+    """The ``gaussian`` mechanisms wrapped around ``aggregator`` (outermost first)."""
+    from smpc.mechanisms.gaussian import GaussianDP
+
+    found, seen = [], set()
+    while aggregator is not None and id(aggregator) not in seen:
+        seen.add(id(aggregator))
+        mechanisms = aggregator.__dict__.get("mechanisms", ())
+        found += [m for m in mechanisms if isinstance(m, GaussianDP)]
+        aggregator = aggregator.__dict__.get("inner")
+    return found
+
+
+def _dp_summary(method: FedScGenMethod, aggregator: Any = None) -> dict[str, Any]:
+    """The DP settings a run used (empty without DP); ε of cell-level DP-SGD (max over clients).
+
+    ``noise_multiplier`` is the σ that ran: cell level, the resolved one (calibrated to
+    ``target_epsilon`` if asked); client level, the ``gaussian`` mechanism's on
+    ``aggregator`` (absent, and ``noise`` says so, if it has none), never a default.
+    Cell level also records ``relation`` (:data:`fedsc.methods.dp_sgd.RELATION`).
+    """
     if method.dp is None:
         return {}
     out: dict[str, Any] = {k: v for k, v in method.dp.to_dict().items() if v is not None}
     out["normalisation"] = "GroupNorm (DP variant)"
-    if method.dp.level == "cell" and method.epsilon:
-        from fedsc.methods import dp_sgd
+    if method.dp.level == "client":
+        mechanisms = _gaussian_mechanisms(aggregator)
+        if mechanisms:
+            out["noise_multiplier"] = mechanisms[0].noise_multiplier
+            out["clip"] = mechanisms[0].clip
+        else:  # (h5ad cannot store None)
+            out.pop("noise_multiplier", None)
+            out["noise"] = "none: the aggregator has no gaussian mechanism"
+    if method.dp.level != "cell":
+        return out
+    from fedsc.methods import dp_sgd
 
+    out["relation"] = dp_sgd.RELATION
+    epsilon = method.epsilon
+    if epsilon:
         n = {c: method.n_train(c) for c in method.data}
-        out["epsilon"] = max(method.epsilon.values())
+        out["epsilon"] = max(epsilon.values())
         out["steps"] = (
             method.config.rounds
             * method.config.local_epochs

@@ -35,7 +35,7 @@ model-state aggregations of the engine's strategies). The per-round metrics (tag
 (default) makes every client share zeros, so nothing is revealed and the history reads 0;
 ``"noise"`` clips the metric vector to ``metrics_clip`` and noises it like a state (one more
 Gaussian release per round for the accountant); ``"reveal"`` passes them through
-(outside the guarantee). ``gather`` (every contribution revealed) is refused while σ > 0.
+(outside the guarantee). ``gather`` (every contribution revealed) is refused (σ = 0 too).
 Other tags (e.g. FedscGen's ``correction/*`` steps) and ``argmax`` pass through untouched
 and are outside the guarantee.
 
@@ -45,15 +45,19 @@ Caveats (docs/dp.md):
   clients the noise left on the honest clients' sum has variance ``σ²C²·t/K``.
   ``min_honest=t`` makes every client add ``N(0, σ²C²/t)`` instead, so the guarantee
   holds against any K − t colluding clients (at K/t times the noise variance);
-- the noise comes from the client's generator in :class:`~smpc.mechanisms.base.ClientContext`
-  (numpy PCG64, seeded per operation and client by the wrapper); a deployment wants a
-  cryptographically secure generator and fresh entropy (``mechanism_seed=None``);
+- the noise comes from the client's random source in
+  :class:`~smpc.mechanisms.base.ClientContext`: the OS CSPRNG
+  (:class:`~smpc.mechanisms.secure_random.SecureRandom`) with ``mechanism_seed=None``
+  (the default; nothing to record or replay), numpy PCG64 seeded per operation and
+  client with an integer ``mechanism_seed`` (reproducible, not private);
 - floating-point Gaussian samples leak through their low-order bits (Mironov, CCS 2012);
   the discrete Gaussian on the integer ring of secure aggregation (Canonne et al.,
   NeurIPS 2020; Kairouz et al., ICML 2021) is the principled fix (future work).
 
-``noise_multiplier=0`` (ε = ∞, DP off) makes the mechanism apply to nothing: the wrapper
-then runs the bare backend and results are bit-identical to a run without it.
+``noise_multiplier=0`` is the control of a DP-vs-no-DP comparison (ε = ∞, never
+private): the same pipeline (clipping, uniform weighting and its rescaling, metrics
+suppressed, ``gather`` refused, one ledger record per covered operation) with no noise,
+so that comparing it with σ > 0 isolates the noise. DP off is no mechanism at all.
 """
 
 from __future__ import annotations
@@ -79,8 +83,8 @@ class GaussianDP(Mechanism):
     Parameters
     ----------
     noise_multiplier
-        σ >= 0: the aggregate's noise std divided by its L2 sensitivity. 0 turns the
-        mechanism off (identity everywhere, ε = ∞).
+        σ >= 0: the aggregate's noise std divided by its L2 sensitivity. 0: the same
+        clipping and weighting without noise (the DP-pipeline control, ε = ∞).
     clip
         C > 0: L2 bound on each client's update ``x - reference`` (whole flat contribution).
     weighting
@@ -118,7 +122,7 @@ class GaussianDP(Mechanism):
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
             raise ValueError(
                 f"gaussian: noise_multiplier must be >= 0 and finite, got {noise_multiplier!r} "
-                "(0 turns DP off)."
+                "(0 keeps clipping and weighting without noise: the control, epsilon = inf)."
             )
         if not (math.isfinite(clip) and clip > 0):
             raise ValueError(
@@ -186,10 +190,6 @@ class GaussianDP(Mechanism):
             return "state"
         return "pass"
 
-    @override
-    def applies_to(self, op: str) -> bool:
-        return self.noise_multiplier > 0 and op in self.ops
-
     # ----------------------------------------------------------------- hooks
     @override
     def transform_contribution(self, row: np.ndarray, ctx: ClientContext) -> np.ndarray:
@@ -217,8 +217,7 @@ class GaussianDP(Mechanism):
             w = ctx.weight
             assert w is not None
             if self.weighting == "uniform":
-                noised = update + std * ctx.generator.standard_normal(row.shape)
-                return base + noised / w
+                return base + (update + _noise(std, row.shape, ctx)) / w
             assert self.max_weight is not None
             if w > self.max_weight:
                 raise ValueError(
@@ -227,7 +226,7 @@ class GaussianDP(Mechanism):
                     "or raise max_weight (the noise grows with it)."
                 )
             std = std * self.max_weight / w
-        return base + update + std * ctx.generator.standard_normal(row.shape)
+        return base + update + _noise(std, row.shape, ctx)
 
     @override
     def transform_result(self, result: np.ndarray, ctx: ResultContext) -> np.ndarray:
@@ -255,3 +254,10 @@ class GaussianDP(Mechanism):
             "metrics_clip": self.metrics_clip,
             "min_honest": self.min_honest,
         }
+
+
+def _noise(std: float, shape: tuple[int, ...], ctx: ClientContext) -> np.ndarray | float:
+    """``N(0, std²)`` per value from the client's own source; 0 (no draw) at σ = 0."""
+    if std == 0.0:
+        return 0.0
+    return std * np.asarray(ctx.generator.standard_normal(shape))

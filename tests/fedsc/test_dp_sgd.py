@@ -83,7 +83,9 @@ def test_trains_and_reports_the_accountants_epsilon():
     assert losses[-1] < 0.6 * losses[0]
     # 400 cells, batch 32: 12 steps per epoch at q = 32/400; 3 rounds x 2 epochs
     assert up.steps == 24 and up.sampling_rate == pytest.approx(0.08)
-    want = epsilon(0.8, 3 * 24, 0.08, 1e-4)
+    # replace-one with n public (the weight reveals n): PLD, the only accountant for it
+    assert dp.accountant == "pld" and dp.relation == "replace_one"
+    want = epsilon(0.8, 3 * 24, 0.08, 1e-4, accountant="pld", relation="replace_one")
     assert up.epsilon == want == dp.epsilon(72, 0.08)
     assert up.epsilon == dp_sgd.cell_level_epsilon(dp, 400, 32, local_epochs=2, rounds=3)
     assert set(up.state) == set(model.state_dict())
@@ -228,7 +230,7 @@ class _DPFedScGen(FedScGenMethod):
         self.dp = dp
         self.model = dp_sgd.to_dp_variant(self.model)  # same linear init, GroupNorm
         self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.epsilon: dict[int, float] = {}
+        self.dp_steps: dict[int, tuple[int, float]] = {}
 
     def local_update(self, client, global_state, round_index, generator):
         self.model.load_state_dict(global_state)
@@ -243,7 +245,7 @@ class _DPFedScGen(FedScGenMethod):
             local_epochs=self.config.local_epochs,
             dp=self.dp,
         )
-        self.epsilon[client] = up.epsilon
+        self.dp_steps[client] = (up.total_steps, up.sampling_rate)
         # no metrics under DP: the losses are un-noised functions of the cells
         return LocalResult(up.state, float(self.n_train(client)), {})
 
@@ -254,7 +256,7 @@ def test_fedscgen_federation_with_cell_level_dp():
 
     data = {0: _data(300, seed=1), 1: _data(200, seed=2)}
     cfg = FedScGenConfig(hidden=(32,), latent=3, batch_size=20, lr=1e-2, rounds=2, local_epochs=1)
-    dp = DPConfig(1.0, 1.0, 1e-4, level="cell")
+    dp = DPConfig(2.0, 1.0, 1e-4, level="cell")  # sigma 2: the PLD accountant is fast there
     for x in data.values():
         dp.validate_for(len(x))
     method = _DPFedScGen(data, cfg, seed=0, dp=dp)
@@ -278,3 +280,124 @@ def test_resolve_for_clients_meets_the_target_for_every_client():
     assert max(eps) == pytest.approx(3.0, rel=1e-2) and max(eps) <= 3.0 + 1e-3
     with pytest.raises(FedscInputError, match="not below 1/n"):
         dp_sgd.resolve_for_clients(DPConfig(1.0, 1.0, 1e-2, level="cell"), [400], 32, 1, 1)
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "per_sample"])
+def test_noise_and_sampling_come_from_the_os_csprng(monkeypatch, clipping):
+    # not simulated: no seeded generator draws the noise or the minibatches; Opacus'
+    # torch.normal path is never taken, and every step draws its noise and its Poisson
+    # sample from SecureRandom
+    import opacus.optimizers.optimizer as opacus_optimizer
+    import opacus.optimizers.optimizer_fast_gradient_clipping as opacus_ghost
+
+    from smpc.mechanisms.secure_random import SecureRandom
+
+    def seeded_noise(*args, **kwargs):
+        raise AssertionError("Opacus drew the noise from a (seeded) torch generator")
+
+    monkeypatch.setattr(opacus_optimizer, "_generate_noise", seeded_noise)
+    monkeypatch.setattr(opacus_ghost, "_generate_noise", seeded_noise)
+    keys = []
+    real_derive = dp_sgd.derive_generator
+
+    def derive(seed, *key):
+        keys.append(key)
+        return real_derive(seed, *key)
+
+    monkeypatch.setattr(dp_sgd, "derive_generator", derive)
+    draws = []
+    real_random, real_normal = SecureRandom.random, SecureRandom.standard_normal_torch
+    monkeypatch.setattr(
+        SecureRandom,
+        "random",
+        lambda self, size=None: draws.append(("sample", size)) or real_random(self, size),
+    )
+    monkeypatch.setattr(
+        SecureRandom,
+        "standard_normal_torch",
+        lambda self, shape, **kw: (
+            draws.append(("noise", tuple(shape))) or real_normal(self, shape, **kw)
+        ),
+    )
+    cfg = _cfg()
+    model = _dp_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_params = sum(p.numel() for p in model.parameters())
+    dp = DPConfig(noise_multiplier=2.0, clip=1.0, delta=1e-4, level="cell")
+    up = dp_sgd.local_train(
+        model,
+        make_optimizer(model),
+        _data(),
+        torch.arange(160),
+        seed=0,
+        client=0,
+        round_index=0,
+        local_epochs=1,
+        dp=dp,
+        clipping=clipping,
+    )
+    assert up.steps == 5  # 160 cells, batch 32
+    assert draws == [("sample", 160), ("noise", (n_params,))] * 5
+    assert all(dp_sgd.DP_NOISE not in key for key in keys)  # no seeded noise generator
+    assert any(not torch.equal(before[k], up.state[k]) for k in before)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_sigma_zero_keeps_opacus_clipping_without_noise():
+    # the cell-level control: per-cell clipping as under DP, the noise exactly 0, eps = inf
+    from smpc.mechanisms.secure_random import SecureRandom
+
+    cfg = _cfg()
+    xb = _data()[:8]
+    grads = {}
+    for sigma in (0.0, 1.0):
+        model = _dp_model(cfg)
+        dp = DPConfig(noise_multiplier=sigma, clip=0.05, delta=1e-4, level="cell")
+        module, dp_opt = dp_sgd.make_private(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            dp,
+            8,
+            SecureRandom(),
+            clipping="per_sample",
+        )
+        assert isinstance(dp_opt, dp_sgd.SecureDPOptimizer)
+        recon, mu, logvar = module(xb, torch.Generator().manual_seed(1))
+        dp_sgd.dp_vae_loss(recon, xb, mu, logvar, cfg.kl_weight, 8).backward()
+        dp_opt.clip_and_accumulate()
+        params = [p for p in model.parameters() if p.requires_grad]
+        summed = torch.cat([p.summed_grad.reshape(-1) for p in params])
+        per_cell = torch.cat([p.grad_sample.reshape(8, -1) for p in params], dim=1)
+        assert (per_cell.norm(dim=1) > 0.05).all()  # every cell's gradient is clipped
+        dp_opt.add_noise()
+        grads[sigma] = torch.cat([p.grad.reshape(-1) for p in params]) - summed
+        module.to_standard_module()
+    assert torch.equal(grads[0.0], torch.zeros_like(grads[0.0]))  # no noise at all
+    assert grads[1.0].std().item() == pytest.approx(0.05, rel=0.1)  # N(0, (sigma C)^2)
+    zero = DPConfig(noise_multiplier=0.0, clip=1.0, delta=1e-4, level="cell")
+    assert dp_sgd.cell_level_epsilon(zero, 400, 32, 2, 3) == float("inf")
+
+
+def test_cell_level_epsilon_is_replace_one_with_n_public():
+    # n = 90 training cells, B = 30: 3 steps per epoch, q = 1/3; n is revealed as the
+    # FedAvg weight, so the neighbours are the datasets of 90 cells with one replaced
+    import dp_accounting
+    from dp_accounting import pld
+
+    dp = DPConfig(noise_multiplier=3.0, clip=1.0, delta=1e-3, level="cell")
+    ours = dp_sgd.cell_level_epsilon(dp, 90, 30, local_epochs=2, rounds=4)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(1 / 3, dp_accounting.GaussianDpEvent(3.0)), 24
+    )
+    replace = pld.PLDAccountant(dp_accounting.NeighboringRelation.REPLACE_ONE)
+    add_remove = pld.PLDAccountant(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    want = replace.compose(event).get_epsilon(1e-3)
+    assert ours == pytest.approx(want, rel=1e-9)
+    assert ours > 1.2 * add_remove.compose(event).get_epsilon(1e-3)
+    assert dp_sgd.RELATION.startswith("cell: replace-one with n public")
+    # dp_accounting's RDP accountant cannot account replace-one for the subsampled
+    # Gaussian: refused rather than silently reported add-or-remove
+    with pytest.raises(FedscInputError, match="accountant: pld"):
+        DPConfig(1.0, 1.0, 1e-3, level="cell", accountant="rdp")
+    with pytest.raises(FedscInputError, match="accountant='pld'"):
+        epsilon(2.0, 24, 1 / 3, 1e-3, accountant="rdp", relation="replace_one")

@@ -34,21 +34,73 @@ def _agg(**opts):
     )
 
 
-def test_sigma_zero_is_bit_identical_to_no_mechanism():
-    ref, ups = _setup()
+def test_sigma_zero_is_the_dp_pipeline_without_noise():
+    # the control of a DP-vs-no-DP comparison: clipping, uniform weighting, suppressed
+    # metrics and the ledger record as under DP; only the noise is 0 (epsilon = inf)
+    ref, ups = _setup()  # updates of norm 10 (clipped to C = 1) and 0.5 (kept)
     xs = [ref + u for u in ups]
-    w = [3.0, 1.0, 7.0, 2.0]
-    bare = smpc.make_aggregator("plaintext")
     agg = _agg(noise_multiplier=0.0, clip=1.0)
-    with bare.ledger.scope(0, "fedavg"):
-        want = bare.weighted_mean(xs, w, reference=ref)
-        want_sum = bare.sum(xs, reference=ref)
     with agg.ledger.scope(0, "fedavg"):
-        got = agg.weighted_mean(xs, w, reference=ref)
+        got = agg.weighted_mean(xs, [3.0, 1.0, 7.0, 2.0], reference=ref)
         got_sum = agg.sum(xs, reference=ref)
-    assert np.array_equal(got, want) and np.array_equal(got_sum, want_sum)
-    with agg.ledger.scope(0, "metrics"):
-        assert agg.weighted_mean([{"loss": 1.0}, {"loss": 3.0}], [1, 3])["loss"] == 2.5
+    clipped = [_clipped(u, 1.0) for u in ups]
+    # the unweighted mean of the clipped updates, exactly: no noise, weights ignored
+    np.testing.assert_allclose(got, ref + np.mean(clipped, axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_sum, 4 * ref + np.sum(clipped, axis=0), rtol=0, atol=1e-12)
+    entry = agg.ledger.entries[0]
+    assert entry.mechanisms[0]["name"] == "gaussian"
+    assert entry.mechanisms[0]["noise_multiplier"] == 0.0  # read as epsilon = inf
+    # an update of norm 10 C arrives with norm C
+    with agg.ledger.scope(1, "fedavg"):
+        alone = agg.sum([ref + ups[0]], reference=ref) - ref
+    assert np.linalg.norm(alone) == pytest.approx(1.0, rel=1e-12)
+    with agg.ledger.scope(1, "metrics"):
+        assert agg.weighted_mean([{"loss": 1.0}, {"loss": 3.0}], [1, 3])["loss"] == 0.0
+    with agg.ledger.scope(1, "median"), pytest.raises(ValueError, match="gather"):
+        agg.gather(xs)
+    # it differs from the run without DP by the pipeline only: with updates inside the
+    # bound and equal weights, the two agree
+    inside = [ref + _clipped(u, 0.5) for u in ups]
+    bare = smpc.make_aggregator("plaintext")
+    with bare.ledger.scope(0, "fedavg"):
+        want = bare.weighted_mean(inside, [1.0] * 4, reference=ref)
+    with agg.ledger.scope(2, "fedavg"):
+        same = agg.weighted_mean(inside, [1.0] * 4, reference=ref)
+    np.testing.assert_allclose(same, want, rtol=0, atol=1e-12)
+
+
+def test_noise_without_a_seed_comes_from_the_os_csprng(monkeypatch):
+    # mechanism_seed=None: no seeded numpy generator is ever built for the noise
+    from smpc.mechanisms.secure_random import SecureRandom
+
+    sigma, c, k = 2.0, 1.0, 4
+    ref, ups = _setup(k)
+    agg = smpc.make_aggregator(
+        "plaintext", mechanisms=[{"name": "gaussian", "noise_multiplier": sigma, "clip": c}]
+    )
+    assert agg.seed is None  # nothing to record
+    sources = []
+    real = GaussianDP.transform_contribution
+
+    def spy(self, row, ctx):
+        sources.append(ctx.generator)
+        return real(self, row, ctx)
+
+    def seeded(*args, **kwargs):
+        raise AssertionError("a seeded numpy generator was built for the DP noise")
+
+    monkeypatch.setattr(GaussianDP, "transform_contribution", spy)
+    monkeypatch.setattr(np.random, "default_rng", seeded)
+    monkeypatch.setattr(np.random, "SeedSequence", seeded)
+    outs = []
+    for r in range(2):
+        with agg.ledger.scope(r, "fedavg"):
+            outs.append(agg.weighted_mean([ref + u for u in ups], [1.0] * k, reference=ref))
+    assert len(sources) == 2 * k and all(isinstance(g, SecureRandom) for g in sources)
+    expected = ref + np.mean([_clipped(u, c) for u in ups], axis=0)
+    for out in outs:
+        assert np.std(out - expected) == pytest.approx(sigma * c / k, rel=0.05)
+    assert not np.array_equal(outs[0], outs[1])  # fresh noise each operation
 
 
 def test_uniform_weighted_mean_is_clipped_mean_plus_calibrated_noise():
