@@ -54,10 +54,10 @@ DP_EXAMPLE = "dp: {level: client, target_epsilon: 4, clip: 1.0, delta: 1e-3}"
 DP_SCHEMA: dict[str, tuple[str, bool, str]] = {
     "level": ("choice:client,cell", False, "the unit protected: client or cell"),
     "noise_multiplier": (
-        "positive",
+        "non-negative",
         True,
-        "sigma > 0, the noise std over the clipping bound (e.g. 1.0); null: calibrate it to "
-        "target_epsilon",
+        "sigma >= 0, the noise std over the clipping bound (e.g. 1.0; 0: the DP pipeline "
+        "without noise, the control, epsilon = inf); null: calibrate it to target_epsilon",
     ),
     "target_epsilon": (
         "epsilon",
@@ -149,6 +149,10 @@ def _check_dp_value(key: str, kind: str, value: Any, what: str) -> Any:
     if kind == "positive" and not x > 0:
         raise FedscInputError(
             f"dp.{key} must be > 0 ({what}), got {value!r}; to turn DP off, drop dp."
+        )
+    if kind == "non-negative" and not x >= 0:
+        raise FedscInputError(
+            f"dp.{key} must be >= 0 ({what}), got {value!r}; to turn DP off, drop dp."
         )
     if kind == "probability" and not 0 < x < 1:
         raise FedscInputError(f"dp.{key} must be in (0, 1) ({what}), got {value!r}.")

@@ -164,7 +164,11 @@ def resolve_run_dp(
 
 
 #: run.json ``dp["relation"]`` of cell-level DP when the method's record names none.
-CELL_RELATION = "cell: add-or-remove-one cell of one client (Poisson-subsampled DP-SGD)"
+#: The cell-level relation of runs whose method did not record one (what DP-SGD accounts).
+CELL_RELATION = (
+    "cell: replace-one with n public (one training cell replaced by another; each client's "
+    "number of training cells is public)"
+)
 
 #: Releases outside the ledger that no DP guarantee of a run covers (``dp_uncovered``).
 OUTSIDE_LEDGER: dict[str, str] = {

@@ -120,7 +120,7 @@ def test_centralized_label_is_not_a_federation_claim(tiny):
 @pytest.mark.parametrize(
     ("dp", "match"),
     [
-        ({"level": "client", "noise_multiplier": 0.0}, "noise_multiplier must be > 0"),
+        ({"level": "client", "noise_multiplier": -1.0}, "noise_multiplier must be >= 0"),
         ({"level": "client", "noise_multiplier": 1.0, "clip": 0.0}, "clip must be > 0"),
         ({"level": "cell", "noise_multiplier": 1.0}, "fedscgen only"),
     ],
@@ -276,3 +276,22 @@ def test_params_dp_takes_the_one_dp_path(tiny):
         RunConfig("fedscgen", params={"dp": {"level": "cell"}}, dp=dp)
     with pytest.raises(FedscInputError, match=r"params\.dp must be a mapping"):
         RunConfig("fedscgen", params={"dp": "yes"})
+
+
+def test_sigma_zero_is_the_dp_pipeline_control(tiny):
+    """Issue 18, point 6: sigma = 0 runs the DP pipeline (clipping, uniform weighting) with no
+    noise, is reported as epsilon = inf and is never private."""
+    adata, path = tiny
+    dp = {"level": "client", "noise_multiplier": 0.0, "clip": 1e-6, "delta": 0.01}
+    cfg = RunConfig("scbatchprox", dataset=str(path), attacks=["update_recovery"], dp=dp, **COMMON)
+    res = execute_run(cfg, adata=adata)
+    mine = res.rows[res.rows["method"] == "scbatchprox"]
+    assert np.isinf(mine["dp_epsilon"]).all() and res.info["dp"]["dp_epsilon"] is None
+    assert res.info["private"] is False  # no noise: the coordinator recovers the updates
+    plain = execute_run(
+        RunConfig("scbatchprox", dataset=str(path), **COMMON), adata=adata
+    ).adata.obsm["X_scbatchprox"]
+    # the pipeline alone (clip 1e-6) changes the result: a control, not a no-DP rerun
+    assert not np.allclose(res.adata.obsm["X_scbatchprox"], plain)
+    with pytest.raises(FedscInputError, match="target_epsilon"):
+        RunConfig("scbatchprox", dp={**dp, "target_epsilon": 4.0})
