@@ -28,8 +28,8 @@ from fedsc.privacy.verdict import MetricVerdict, metric_verdict
 
 __all__ = ["AUDITED_METRIC", "privacy_findings"]
 
-#: Tidy metric of a run's audited lower bound on ε (panel ``dp``).
-AUDITED_METRIC = "dp:audited_epsilon"
+#: Tidy metric of a run's audited lower bound on ε (an attack row per audited observer).
+AUDITED_METRIC = "attack:dp_audit:audited_epsilon"
 
 _KEYS = ["method", "variant", "backend"]
 
@@ -121,6 +121,7 @@ def privacy_findings(results: pd.DataFrame) -> pd.DataFrame:
                     (audited["method"] == method)
                     & (audited["variant"] == variant)
                     & (audited["backend"] == backend)
+                    & (audited["observer"] == observer)
                 ]["value"]
             ),
             "utility_metric": u["utility_metric"].iloc[0] if len(u) else None,

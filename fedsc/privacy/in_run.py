@@ -34,7 +34,7 @@ import pandas as pd
 
 from fedsc.privacy.accounting import DPConfig
 from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
-from fedsc.privacy.run_dp import check_run_dp, resolve_run_dp, run_dp_info
+from fedsc.privacy.run_dp import audit_run_dp, check_run_dp, resolve_run_dp, run_dp_info
 from fedsc.privacy.scbatchprox_rows import COLUMNS
 from fedsc.privacy.threat_model import clear_contributions
 from fedsc.privacy.update_recovery import update_recovery
@@ -215,6 +215,9 @@ class InRunPrivacy:
         rows["dp_delta"] = np.where(base, math.nan, delta).astype(float)
         rows["privacy"] = np.where(base, NOT_FEDERATED, label)
         rows["private"] = pd.array([pd.NA if b else private for b in base], dtype="boolean")
+        audits = self._audit(dp_info, ledger)
+        if audits:
+            summary = pd.concat([summary, _audit_rows(audits)], ignore_index=True)
         if len(summary):
             template = (
                 rows[~base].iloc[0] if (~base).any() else self._template(info, eps, delta, label)
@@ -262,6 +265,22 @@ class InRunPrivacy:
         return rows, info
 
     # ------------------------------------------------------------------ internals
+
+    def _audit(self, dp_info: dict[str, Any] | None, ledger: Any) -> list[dict[str, Any]]:
+        """The run's empirical DP audits, also stored in ``dp_info["audit"]``."""
+        if dp_info is None or self.dp is None:
+            return []
+        config = self.spec.make_config(self.method_cfg.params)
+        audits = audit_run_dp(
+            self.dp,
+            dp_info,
+            ledger,
+            mechanism=self.mechanism,
+            rounds=int(getattr(config, "rounds", 1)),
+            seed=self.cfg.seed,
+        )
+        dp_info["audit"] = audits
+        return audits
 
     def _template(self, info: dict[str, Any], eps: float, delta: float, label: str) -> pd.Series:
         """The run's columns for attack rows when it has no utility rows (``panels: []``)."""
@@ -377,6 +396,37 @@ def _summarise(raw: pd.DataFrame) -> pd.DataFrame:
         .median()
         .reset_index()[cols]
     )
+
+
+def _audit_rows(audits: list[dict[str, Any]]) -> pd.DataFrame:
+    """Attack rows of the audits: ``dp_audit:audited_epsilon`` beside the audit's claim.
+
+    Observers as the views name them (client level ``output`` -> ``output_reader``; cell
+    level, the client's released states, -> ``coordinator``); no chance level:
+    a lower bound on ε is not an attack on this run's data (the verdicts skip it).
+    """
+    rows = []
+    for a in audits:
+        observer = str(a["observer"])
+        if observer == "output":
+            # client level: the released aggregate; cell level: the client's DP-SGD-trained
+            # states, which its coordinator receives every round
+            observer = "coordinator" if a["level"] == "cell" else "output_reader"
+        for metric, key in (
+            ("audited_epsilon", "audited_epsilon"),
+            ("audit_claimed_epsilon", "claimed_epsilon"),
+        ):
+            value = a[key]
+            rows.append(
+                {
+                    "attack": "dp_audit",
+                    "observer": observer,
+                    "metric": metric,
+                    "value": math.inf if value is None else float(value),
+                    "chance": math.nan,
+                }
+            )
+    return pd.DataFrame(rows, columns=["attack", "observer", "metric", "value", "chance"])
 
 
 def _observer_epsilon(by_observer: dict[str, Any], observer: str, default: float) -> float:

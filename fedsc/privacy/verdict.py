@@ -61,6 +61,8 @@ NO_CHANCE: tuple[str, ...] = (
     "fit_rms",
     "mean_update_relative_error",
     "mean_update_cosine",
+    "audited_epsilon",  # the DP audit's lower bound (canaries, not this run's data)
+    "audit_claimed_epsilon",
 )
 
 #: Smallest gain over chance worth calling a leak, per metric family (first match wins).

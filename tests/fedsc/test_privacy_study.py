@@ -295,3 +295,26 @@ def test_sigma_zero_is_the_dp_pipeline_control(tiny):
     assert not np.allclose(res.adata.obsm["X_scbatchprox"], plain)
     with pytest.raises(FedscInputError, match="target_epsilon"):
         RunConfig("scbatchprox", dp={**dp, "target_epsilon": 4.0})
+
+
+def test_every_dp_run_carries_its_audit_and_a_regenerable_noise_fails_it(tiny):
+    """Issue 18, point 7: run.json and the rows carry the claimed epsilon beside the audited
+    lower bound; noise from the published seed (simulated DP) is caught by the audit."""
+    adata, path = tiny
+    dp = {"level": "client", "target_epsilon": 1.0, "clip": 0.01, "delta": 0.01}
+
+    def run(extra: dict):
+        cfg = RunConfig("scbatchprox", dataset=str(path), dp={**dp, **extra}, **COMMON)
+        return execute_run(cfg, adata=adata)
+
+    fresh, simulated = run({}), run({"simulated": True})
+    audits = {a["observer"]: a for a in fresh.info["dp"]["audit"]}
+    assert set(audits) == {"output", "coordinator"}  # plaintext: the coordinator too
+    for a in audits.values():
+        assert a["consistent"] and a["audited_epsilon"] <= a["claimed_epsilon"]
+        assert a["n_canaries"] == 1000 and a["noise"].startswith("fresh")
+    rows = fresh.rows[fresh.rows["metric"] == "attack:dp_audit:audited_epsilon"]
+    assert set(rows["observer"]) == {"output_reader", "coordinator"}
+    replayed = {a["observer"]: a for a in simulated.info["dp"]["audit"]}["output"]
+    assert replayed["noise"].startswith("seeded") and not replayed["consistent"]
+    assert replayed["audited_epsilon"] > replayed["claimed_epsilon"]
