@@ -62,7 +62,7 @@ def vae_parameters(n_genes: int, hidden: Any, latent: int) -> int:
         for a, b in itertools.pairwise(stack):
             total += a * b + b + 2 * b  # weight, bias, the norm's scale and shift
     total += 2 * (dims[-1] * int(latent) + int(latent))  # mean and log-variance heads
-    total += dims[-1] * int(n_genes) + int(n_genes)  # output layer
+    total += dims[0] * int(n_genes) + int(n_genes)  # output layer (from the first hidden)
     return total
 
 

@@ -150,7 +150,11 @@ def evaluate_deployment(
     for path in map(Path, site_outputs):
         if not path.is_file():
             raise FedscInputError(f"site output {path} does not exist.")
-        outputs[path.stem] = ad.read_h5ad(path)
+        if path.stem in outputs:
+            raise FedscInputError(
+                f"two site outputs are named {path.name}; give each site's output once."
+            )
+        outputs[path.stem] = _read_output(path)
     expected = sorted(c["name"] for c in record.get("clients", []))
     if expected and sorted(outputs) != expected:
         raise FedscInputError(
@@ -158,6 +162,9 @@ def evaluate_deployment(
             "give one <site>.h5ad per site (sites that dropped out have none: their cells "
             "cannot be evaluated)."
         )
+    batch_key = str(params["batch_key"])
+    for site, part in outputs.items():
+        check_site_output(part, site, spec, record, batch_key, folder)
     cells = ad.concat(list(outputs.values()), merge="same", uns_merge=None)
     validate_adata(  # cells are matched by name: unique names, and the keys present
         cells, batch_key=str(params["batch_key"]), label_key=str(params.get("label_key"))
@@ -190,6 +197,90 @@ def evaluate_deployment(
         {"deployment": _public_record(record)},
     )
     return evaluate_run(cfg, spec, outcome, in_run.start(cfg, cells, spec))
+
+
+def _read_output(path: Path) -> ad.AnnData:
+    """A site output file, or an error naming it (not an h5ad, unreadable)."""
+    with path.open("rb") as fh:
+        magic = fh.read(8)
+    if magic != b"\x89HDF\r\n\x1a\n":
+        raise FedscInputError(
+            f"site output {path} is not an .h5ad (HDF5) file; give the <site>.h5ad each site "
+            "wrote to its out-dir."
+        )
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata errors on a damaged file
+        raise FedscInputError(
+            f"site output {path} cannot be read ({type(exc).__name__}: {exc}); give the "
+            "<site>.h5ad each site wrote to its out-dir."
+        ) from None
+
+
+def check_site_output(
+    part: ad.AnnData,
+    site: str,
+    spec: MethodSpec,
+    record: Mapping[str, Any],
+    batch_key: str,
+    folder: Path,
+) -> None:
+    """One site output against the coordinator's record: its outputs, its batch, its run.
+
+    Refuses a file without the method's outputs (the site's input given by mistake), a
+    file whose cells are not of batch ``site`` alone, and a file of another deployed run
+    or changed afterwards: its ``uns["fedsc_deployment"]`` must name this run's
+    ``run_token`` and its :func:`~fedsc.deploy.site.output_digest` must equal the one the
+    site reported to the coordinator (``run.json`` ``outputs``).
+    """
+    from fedsc.deploy.site import OUTPUT_UNS, output_digest
+
+    name = f"{site}.h5ad"
+    missing = [
+        k
+        for k in spec.outputs
+        if (
+            k.removeprefix("layers/") not in part.layers
+            if k.startswith("layers/")
+            else k not in part.obsm
+        )
+    ]
+    if missing:
+        raise FedscInputError(
+            f"{name} holds no {spec.name} output ({missing} missing): it looks like the "
+            "site's input, not the file the deployed run wrote; give <out-dir>/<site>.h5ad "
+            "from each site."
+        )
+    if batch_key in part.obs:
+        batches = sorted(part.obs[batch_key].astype(str).unique())
+        if batches != [site]:
+            raise FedscInputError(
+                f"{name} holds cells of batch(es) {batches[:5]} in {batch_key!r}, not of site "
+                f"{site!r} alone; give each site's own output, named after its batch."
+            )
+    token = record.get("run_token")
+    if not token:
+        raise FedscInputError(
+            f"the deployment in {folder} records no run token (run by an older fedsc): its "
+            "site outputs cannot be tied to it; rerun the deployment with this fedsc."
+        )
+    mark = part.uns.get(OUTPUT_UNS)
+    if not isinstance(mark, Mapping) or str(mark.get("run_token")) != token:
+        other = mark.get("run_token") if isinstance(mark, Mapping) else None
+        raise FedscInputError(
+            f"{name} was not written by the deployed run in {folder} (its run token is "
+            f"{other or 'missing'}, the run's is {token}): it belongs to another deployment; "
+            "give the outputs this run wrote."
+        )
+    receipt = (record.get("outputs") or {}).get(site) or {}
+    keys = [str(k) for k in receipt.get("keys") or mark.get("keys") or []]
+    want = receipt.get("digest")
+    if not want or not keys or output_digest(part, keys) != want:
+        raise FedscInputError(
+            f"{name} differs from what site {site!r} reported to the coordinator (digest "
+            "mismatch): it was changed after the run, or is another run's; give the "
+            "unmodified output."
+        )
 
 
 def gather_outputs(
@@ -250,6 +341,7 @@ def _public_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """The coordinator's record without site-local paths (they name the sites' disks)."""
     public = {k: v for k, v in record.items() if k != "outputs"}
     public["outputs"] = {
-        s: {"n_obs": o.get("n_obs")} for s, o in (record.get("outputs") or {}).items()
+        s: {k: o.get(k) for k in ("n_obs", "digest") if k in o}
+        for s, o in (record.get("outputs") or {}).items()
     }
     return public

@@ -137,7 +137,13 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     key = str(params.get("key_added", "fedscgen"))
     out.obsm[f"X_{key}"] = latent
     out.layers[key] = expression
-    return write_output(site, str(params["batch_key"]), out)
+    return write_output(
+        site,
+        str(params["batch_key"]),
+        out,
+        keys=[f"X_{key}", f"layers/{key}"],
+        run_token=params.get("run_token"),
+    )
 
 
 # ----------------------------------------------------------------------------- coordinator
@@ -219,6 +225,37 @@ def check_deployable(config: FedScGenConfig) -> None:
         )
 
 
+def training_cells(
+    n_obs: Mapping[str, int],
+    order: list[str],
+    train: list[str],
+    config: FedScGenConfig,
+    seed: int,
+) -> dict[str, int]:
+    """Training cells per training site, as the sites split them; refuse too few.
+
+    A site with fewer training cells than one minibatch is refused. ``order``: every site in client-index order (training sites, then held-out ones).
+    ``fedsc deploy local`` calls this before it starts Flower, the driver on the sites'
+    counts.
+    """
+    n_train = {
+        n: len(
+            split_train_validation(
+                int(n_obs[n]), config.validation_fraction, derive_generator(seed, SPLIT, i)
+            )[0]
+        )
+        for i, n in enumerate(order)
+        if n in train
+    }
+    small = {n: k for n, k in n_train.items() if k < config.batch_size}
+    if small:
+        raise FedscInputError(
+            f"sites {sorted(small)} have fewer training cells ({small}) than one minibatch "
+            f"(batch_size={config.batch_size}); lower batch_size or hold them out."
+        )
+    return n_train
+
+
 def run(
     hello: Mapping[str, Mapping[str, Any]],
     aggregator: smpc.Aggregator,
@@ -261,21 +298,9 @@ def run(
     names = {i: n for i, n in enumerate(train + held)}
     seed = int(params["seed"])
     n_genes = int(next(iter(hello.values()))["n_vars"])
-    n_train = {
-        n: len(
-            split_train_validation(
-                int(hello[n]["n_obs"]), config.validation_fraction, derive_generator(seed, SPLIT, i)
-            )[0]
-        )
-        for i, n in names.items()
-        if n in train
-    }
-    small = {n: k for n, k in n_train.items() if k < config.batch_size}
-    if small:
-        raise FedscInputError(
-            f"sites {sorted(small)} have fewer training cells ({small}) than one minibatch "
-            f"(batch_size={config.batch_size}); lower batch_size or hold them out."
-        )
+    n_train = training_cells(
+        {n: int(h["n_obs"]) for n, h in hello.items()}, train + held, train, config, seed
+    )
     base = {
         "config": config.to_dict(),
         "seed": seed,

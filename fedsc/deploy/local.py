@@ -34,15 +34,56 @@ from smpc import sealed
 APP_DIR = Path(__file__).parent / "flower_app"
 
 
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value (Flower reads node and run configs as TOML).
+
+    Strings are TOML basic strings with every quote, backslash and control character
+    escaped (a ``"`` in a path broke the ``key="value"`` node config Flower parses with a
+    regular expression); numbers and booleans as TOML writes them.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FedscInputError(
+            f"{text!r} is not valid UTF-8 (a file name from another encoding?); rename it."
+        ) from None
+    # JSON escapes quotes, backslashes and C0 controls as TOML does; TOML also needs DEL
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def write_toml(path: Path, config: Mapping[str, Any]) -> Path:
+    """Write ``config`` as flat TOML ``key = value`` lines (for ``--node-config FILE.toml``)."""
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in config.items()))
+    return path
+
+
+def check_batch_names(names: Any, batch_key: str) -> None:
+    """Batch names that become file names (``<batch>.h5ad``): no ``/``, not empty or dots."""
+    bad = sorted(
+        {str(n) for n in names if str(n) in ("", ".", "..") or "/" in str(n) or "\0" in str(n)}
+    )
+    if bad:
+        raise FedscInputError(
+            f"batch name(s) {bad} in {batch_key!r} cannot be file names (a site's file is "
+            "<batch>.h5ad); rename those batches (no '/', not empty)."
+        )
+
+
 def split_by_batch(adata: ad.AnnData, batch_key: str, out_dir: str | Path) -> dict[str, Path]:
     """Write one h5ad per batch (``<out_dir>/<batch>.h5ad``, cells in their original order)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if batch_key not in adata.obs:
         raise FedscInputError(
             f"adata has no obs column {batch_key!r} to split by; name it with --batch-key."
         )
     values = adata.obs[batch_key].astype(str).to_numpy()
+    check_batch_names(set(values), batch_key)
+    out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name in sorted(set(values)):
         path = out / f"{name}.h5ad"
@@ -167,10 +208,10 @@ class LocalDeployment:
             )
         client_secret = secrets.token_bytes(32) if self.with_parties else None
         self._client_secret = client_secret
-        for name, path in self.sites.items():
+        for index, (name, path) in enumerate(self.sites.items()):
             out = self.site_out(name)
             out.mkdir(parents=True, exist_ok=True)
-            node_config = f'data-path="{path}" site="{name}" out-dir="{out}"'
+            node_config: dict[str, Any] = {"data-path": path, "site": name, "out-dir": out}
             if client_secret is not None:
                 # what each party's operator hands the site: its key at that party
                 keys = [
@@ -180,7 +221,7 @@ class LocalDeployment:
                 key_file = self.workdir / f"party-keys-{name}"
                 key_file.write_text("\n".join(keys))
                 key_file.chmod(0o600)
-                node_config += f' party-keys="{key_file}"'
+                node_config["party-keys"] = key_file
             if self.workers:
                 socket_path = self.workdir / f"worker-{name}.sock"
                 key_file = self.workdir / f"worker-{name}.key"
@@ -203,7 +244,9 @@ class LocalDeployment:
                         str(out),
                     ],
                 )
-                node_config += f' worker="{socket_path}" worker-key-file="{key_file}"'
+                node_config.update({"worker": socket_path, "worker-key-file": key_file})
+            # a TOML file: every path quoted as Flower parses it, whatever it holds
+            node_file = write_toml(self.workdir / f"node-{index}.toml", node_config)
             self._spawn(
                 f"site-{name}",
                 [
@@ -219,7 +262,7 @@ class LocalDeployment:
                     "--port",
                     str(_free_port()),
                     "--node-config",
-                    node_config,
+                    str(node_file),
                 ],
             )
 
@@ -270,8 +313,7 @@ class LocalDeployment:
             **dict(run_config),
             "out-dir": str(out),
         }
-        toml = self.workdir / f"run-{time.time_ns()}.toml"
-        toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        toml = write_toml(self.workdir / f"run-{time.time_ns()}.toml", config)
         for name in self.processes:
             if not name.startswith("party-"):
                 self._check_alive(name)
@@ -297,7 +339,12 @@ class LocalDeployment:
             )
         record = json.loads((out / "run.json").read_text())
         if "error" in record:
-            raise DeploymentError(f"the deployed run failed: {record['error']}")
+            error = str(record["error"])
+            if error.startswith("FedscInputError: "):  # the run refused its input: exit 2
+                raise FedscInputError(
+                    f"the deployed run refused its input: {error.removeprefix('FedscInputError: ')}"
+                )
+            raise DeploymentError(f"the deployed run failed: {error}")
         return dict(record)
 
     def kill_site(self, name: str) -> None:

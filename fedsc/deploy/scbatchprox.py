@@ -77,8 +77,11 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     z = _z(site, params)
     refined = arrays["gamma"][index] * z + arrays["beta"][index]
     out = site.adata.copy()
-    out.obsm[f"X_{params.get('key_added', 'scbatchprox')}"] = refined
-    return write_output(site, str(params["batch_key"]), out)
+    key = f"X_{params.get('key_added', 'scbatchprox')}"
+    out.obsm[key] = refined
+    return write_output(
+        site, str(params["batch_key"]), out, keys=[key], run_token=params.get("run_token")
+    )
 
 
 def check_deployable(config: ScBatchProxConfig) -> None:

@@ -11,6 +11,7 @@ coordinator's machine), ``log-messages`` (also write every received message to
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,15 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     transport = str(config["transport"])
     aggregator: Any = None
 
+    # a random id of this run, sent with the final (output-writing) step: each site output
+    # names it, and `fedsc deploy evaluate` refuses outputs of another run
+    run_token = secrets.token_hex(16)
+
     def apply(requests: dict[str, Any]) -> dict[str, Any]:
+        requests = {
+            s: (step, {**step_params, "run_token": run_token}, arrays)
+            for s, (step, step_params, arrays) in requests.items()
+        }
         replies = fleet.ask(requests)
         return {s: params_of(r)["public"] for s, r in replies.items()}
 
@@ -49,9 +58,17 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         np.savez(out_dir / f"model-round{r}.npz", **{k: v.numpy() for k, v in state.items()})
 
     try:  # a failed run (bad config, a site or party that fails) still writes run.json
+        from fedsc.methods import get_method
+
         driver = driver_module(method).run
+        facts = ("batch_key", "label_key", "embedding_key", "layer")
         hello = fleet.connect(
-            {k: params[k] for k in ("batch_key", "label_key", "embedding_key") if k in params}
+            {
+                **{k: params[k] for k in facts if params.get(k) is not None},
+                # each site checks its data is what the method reads (as `fedsc run` does)
+                "input": get_method(method).input,
+                "method": method,
+            }
         )
         aggregator = transport_aggregator(transport, fleet, config)
         record = driver(hello, aggregator, apply, params, on_round_end=save_round, live=fleet.live)
@@ -69,6 +86,7 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     np.savez(out_dir / "model.npz", **record.pop("model_state"))
     record.update(
         {
+            "run_token": run_token,
             "method": method,
             "deployment": {
                 "transport": transport,

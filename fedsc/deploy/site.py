@@ -97,10 +97,20 @@ class Site:
         return self._adata
 
     def site_name(self, batch_key: str) -> str:
-        """The site's name: configured, or the file's only batch."""
-        if self.name:
-            return str(self.name)
+        """The site's name: configured, or the file's only batch.
+
+        The file must hold cells, all of one batch (when it has the batch column), named
+        or not: a file holding two batches made its site one client with two batches'
+        cells, which then dominated every cell type of the correction.
+        """
+        if self.adata.n_obs == 0:
+            raise FedscInputError(
+                f"{self.data_path} holds no cells; give the site its batch's h5ad (split the "
+                "full data with `fedsc deploy split`)."
+            )
         if batch_key not in self.adata.obs:
+            if self.name:
+                return str(self.name)
             raise FedscInputError(
                 f"{self.data_path} has no obs column {batch_key!r}; set batch_key= or name "
                 "the site with --node-config 'site=\"NAME\"'."
@@ -108,10 +118,11 @@ class Site:
         batches = sorted(self.adata.obs[batch_key].astype(str).unique())
         if len(batches) != 1:
             raise FedscInputError(
-                f"{self.data_path} holds batches {batches}; a site holds one batch (split "
-                "the file with `fedsc deploy split`) or is named with --node-config site=."
+                f"{self.data_path} holds {len(batches)} batches {batches[:5]} in "
+                f"{batch_key!r}; a site holds one batch: split the file with `fedsc deploy "
+                "split` and give each site its own."
             )
-        return batches[0]
+        return str(self.name) if self.name else batches[0]
 
     def run(self, step: str, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
         """Run a registered step."""
@@ -155,7 +166,32 @@ def hello(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
                 "agreed upstream model first (docs/deployment.md)."
             )
         facts["n_dims"] = int(np.asarray(adata.obsm[key]).shape[1])
+    _check_input(site, params)
     return facts
+
+
+def _check_input(site: Site, params: dict[str, Any]) -> None:
+    """The site's data are what the method reads (counts vs log-normalised vs embedding).
+
+    The same check as ``fedsc run`` and ``fedsc.tl`` (:func:`fedsc.data.input_kind.check_input_kind`),
+    done at the site on its own cells: a raw-counts file used to train for minutes.
+    """
+    from fedsc.data.input_kind import check_input_kind
+    from fedsc.data.validate import get_representation
+
+    kind = params.get("input")
+    if kind not in ("expression", "counts", "embedding"):
+        return
+    method = str(params.get("method") or "the method")
+    adata = site.adata
+    if kind == "embedding":
+        key = str(params.get("embedding_key") or "X_pca")
+        matrix, where = adata.obsm[key], f"{site.data_path} (obsm[{key!r}])"
+    else:
+        layer = params.get("layer")
+        matrix = get_representation(adata, layer=layer)
+        where = f"{site.data_path} ({'X' if layer is None else f'layers[{layer!r}]'})"
+    check_input_kind(matrix, kind, where=where, method=method, adata=adata)
 
 
 def keep_metrics(site: Site, method: str, round_index: int, metrics: Mapping[str, Any]) -> None:
@@ -174,14 +210,63 @@ def metrics(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -
     return {k: site.state[key][k] for k in params["names"]}
 
 
-def write_output(site: Site, batch_key: str, out: ad.AnnData) -> dict[str, Any]:
-    """Write a site's corrected AnnData to ``<out_dir>/<site>.h5ad``; the public receipt."""
+#: ``uns`` key of a site output naming the deployed run it belongs to.
+OUTPUT_UNS = "fedsc_deployment"
+
+
+def output_digest(adata: ad.AnnData, keys: list[str]) -> str:
+    """SHA-256 of a site output's cell names and its output arrays (``obsm`` keys, ``layers/X``).
+
+    Bits, dtype and shape of each array count, so any change to the corrected values, or
+    an output of another run, gives another digest. Outputs are dense (the site writes
+    them so); a sparse one is hashed through its dense form.
+    """
+    h = hashlib.sha256()
+    h.update("\n".join(map(str, adata.obs_names)).encode())
+    for key in sorted(keys):
+        if key.startswith("layers/"):
+            value = adata.layers[key.removeprefix("layers/")]
+        else:
+            value = adata.obsm[key]
+        arr = np.ascontiguousarray(value.toarray() if hasattr(value, "toarray") else value)
+        h.update(f"\n{key}:{arr.dtype.str}:{arr.shape}\n".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def write_output(
+    site: Site,
+    batch_key: str,
+    out: ad.AnnData,
+    *,
+    keys: list[str] | None = None,
+    run_token: str | None = None,
+) -> dict[str, Any]:
+    """Write a site's corrected AnnData to ``<out_dir>/<site>.h5ad``; the public receipt.
+
+    With ``keys`` (the outputs written) and ``run_token`` (the deployed run's random id,
+    sent with the final step), the file's ``uns["fedsc_deployment"]`` names the run and
+    the receipt carries :func:`output_digest`: ``fedsc deploy evaluate`` checks both
+    against the coordinator's ``run.json``, so an output of another deployment, or one
+    changed afterwards, is refused. The digest reveals nothing about the cells beyond
+    what a commitment does (SHA-256 of high-entropy floats).
+    """
     name = site.site_name(batch_key)
     out_dir = Path(site.out_dir or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.h5ad"
+    receipt: dict[str, Any] = {"path": str(path), "n_obs": int(out.n_obs)}
+    if keys is not None:
+        digest = output_digest(out, keys)
+        out.uns[OUTPUT_UNS] = {
+            "run_token": str(run_token or ""),
+            "site": name,
+            "keys": list(keys),
+            "digest": digest,
+        }
+        receipt.update(digest=digest, keys=list(keys))
     out.write_h5ad(path)
-    return {"path": str(path), "n_obs": int(out.n_obs)}
+    return receipt
 
 
 def value_to_arrays(value: Any) -> tuple[dict[str, np.ndarray], bool]:

@@ -13,3 +13,35 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def nothing_left(tmp_path, monkeypatch):
+    """Temporary files go to a private folder that must be empty afterwards, and no
+    process started during the case may outlive it."""
+    import os
+    import tempfile
+
+    from _checks import children
+
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    before = children(os.getpid())
+    yield tmp
+    tempfile.tempdir = None  # monkeypatch restores it; clear the cache first
+    left = children(os.getpid()) - before
+    assert not left, f"processes left running: {sorted(left)}"
+    assert not list(tmp.iterdir()), f"temporary files left: {list(tmp.iterdir())}"
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Loading data fails the test: the case must fail before it."""
+    from fedsc import runner
+
+    def boom(*args, **kwargs):
+        raise AssertionError("data were loaded before the bad input was reported")
+
+    monkeypatch.setattr(runner, "load_dataset", boom)
