@@ -30,6 +30,8 @@ __all__ = ["AUDITED_METRIC", "privacy_findings"]
 
 #: Tidy metric of a run's audited lower bound on ε (an attack row per audited observer).
 AUDITED_METRIC = "attack:dp_audit:audited_epsilon"
+#: ... and the ε the accountant claims for the audit's own releases (its δ, canaries).
+AUDIT_CLAIM_METRIC = "attack:dp_audit:audit_claimed_epsilon"
 
 _KEYS = ["method", "variant", "backend"]
 
@@ -89,6 +91,7 @@ def privacy_findings(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     util = _utility(results)
     audited = results[results["metric"] == AUDITED_METRIC]
+    audit_claims = results[results["metric"] == AUDIT_CLAIM_METRIC]
     out: list[dict[str, Any]] = []
     for key, part in att.groupby([*_KEYS, "observer"], sort=True, dropna=False):
         method, variant, backend, observer = key
@@ -112,18 +115,12 @@ def privacy_findings(results: pd.DataFrame) -> pd.DataFrame:
             "verdict": status,
             "strongest attack": f"{top.attack}:{top.metric}",
             "success": top.value,
-            "interval": (top.low, top.high),
+            "interval": (top.value_low, top.value_high),
             "chance": top.chance,
             "seeds": int(part["seed"].nunique()),
             "eps_claimed": _eps(part["dp_epsilon"]),
-            "eps_audited": _eps(
-                audited[
-                    (audited["method"] == method)
-                    & (audited["variant"] == variant)
-                    & (audited["backend"] == backend)
-                    & (audited["observer"] == observer)
-                ]["value"]
-            ),
+            "eps_audited": _eps(_select(audited, method, variant, backend, observer)),
+            "eps_audit_claim": _eps(_select(audit_claims, method, variant, backend, observer)),
             "utility_metric": u["utility_metric"].iloc[0] if len(u) else None,
             "utility": float(u["utility"].mean()) if len(u) else math.nan,
             "delta_uncorrected": float((u["utility"] - u["uncorrected"]).mean())
@@ -142,6 +139,19 @@ def privacy_findings(results: pd.DataFrame) -> pd.DataFrame:
         )
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _select(
+    rows: pd.DataFrame, method: Any, variant: Any, backend: Any, observer: Any
+) -> pd.Series:
+    """The values of one method, variant, backend and observer."""
+    sel = (
+        (rows["method"] == method)
+        & (rows["variant"] == variant)
+        & (rows["backend"] == backend)
+        & (rows["observer"] == observer)
+    )
+    return rows.loc[sel, "value"]
 
 
 def _verdicts(part: pd.DataFrame, observer: str) -> list[MetricVerdict]:

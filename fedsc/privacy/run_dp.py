@@ -359,6 +359,13 @@ def audit_run_dp(
             dp_info.get("epsilon_by_observer", {}).get("output")
         )
         for observer in ("output", "coordinator") if plaintext else ("output",):
+            spec = dict(mechanism)
+            if observer == "coordinator" and n_clients:
+                # each client's share of the noise as in the run (sigma/sqrt(K) for its K
+                # clients), not diluted over the canaries: the audit's claim for this
+                # observer is then the run's (at the audit's delta)
+                t = spec.get("min_honest")
+                spec["min_honest"] = n_clients if t is None else min(int(t), n_clients)
             res = audit_client_level(
                 conf,
                 rounds=int(rounds),
@@ -366,7 +373,7 @@ def audit_run_dp(
                 n_clients=n_clients,
                 observer=observer,
                 noise_seed=seed if dp.simulated else None,
-                mechanism=make_mechanism(mechanism),
+                mechanism=make_mechanism(spec),
             )
             out.append(res.to_dict())
         return out

@@ -139,6 +139,8 @@ class MetricVerdict:
     tolerance: float
     n: int
     verdict: str
+    value_low: float = math.nan
+    value_high: float = math.nan
 
     def describe(self) -> str:
         """``attack:metric value (chance c)``, short enough for a label."""
@@ -161,6 +163,15 @@ def metric_verdict(
     if not len(gains):
         return None
     low, high = _interval(gains)
+    raw = np.asarray(values, dtype=float)
+    value_low, value_high = (
+        _interval(raw[np.isfinite(raw)])
+        if np.isfinite(raw).any()
+        else (
+            math.nan,
+            math.nan,
+        )
+    )
     gain = float(gains.mean())
     if low > 0 and gain > tol:
         verdict = BEATS
@@ -180,6 +191,8 @@ def metric_verdict(
         tol,
         len(gains),
         verdict,
+        value_low,
+        value_high,
     )
 
 
