@@ -7,6 +7,7 @@ with ``fig.savefig(path)``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -501,45 +502,73 @@ def _round_eps(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def dp_family(variant: str) -> str:
+    """A variant's DP family: its name without a trailing ``(eps=...)``/``(sigma=...)``.
+
+    ``dp(eps=16)``, ``dp(eps=64)`` and the control ``dp(sigma=0)`` are one family ``dp``,
+    drawn as one curve over ε that ends at ε = ∞ with its σ = 0 control.
+    """
+    return re.sub(r"\((eps|epsilon|sigma)=[^)]*\)$", "", str(variant)) or str(variant)
+
+
+def _family_styles(families: Sequence[str]) -> dict[str, str]:
+    styles = ["-o", "--s", ":^", "-.D", "-v", "--P"]
+    return {f: styles[i % len(styles)] for i, f in enumerate(families)}
+
+
 def _advantage_panel(ax: Any, frame: pd.DataFrame, finite: Sequence[float]) -> None:
-    """Mean advantage over chance vs ε: one colour per attack metric, one style per backend."""
-    styles = ["-o", "--s", ":^", "-.D"]
-    backends = sorted(set(frame["backend"].astype(str)))
+    """Mean advantage over chance vs ε: one colour per attack metric, one style per DP family.
+
+    Runs without DP (ε NaN) are the family's reference at the right end only when the
+    family has no DP variant; a DP family's ε = ∞ point is its σ = 0 control.
+    """
+    frame = frame.assign(family=frame["variant"].map(dp_family))
+    dp_families = sorted(set(frame.loc[frame["dp_epsilon"].notna(), "family"]))
+    styles = _family_styles(dp_families)
     for k, (label, part) in enumerate(frame.groupby("label", sort=False)):
         colour = colormaps["tab10"](k)
-        for b, (backend, sub) in enumerate(part.groupby(part["backend"].astype(str))):
+        for f, family in enumerate(dp_families):
+            sub = part[(part["family"] == family) & part["dp_epsilon"].notna()]
+            if not len(sub):
+                continue
             x = _eps_positions(sub["dp_epsilon"], finite)
             points = pd.DataFrame({"x": x, "y": sub["advantage"].to_numpy(float)})
             means = points.groupby("x")["y"].mean()
             ax.plot(
                 means.index,
                 means.to_numpy(),
-                styles[backends.index(backend) % len(styles)],
+                styles[family],
                 ms=4,
                 color=colour,
-                label=label if b == 0 else None,
+                label=label if f == 0 else None,
             )
+        nodp = part[part["dp_epsilon"].isna()]
+        for _variant, sub in nodp.groupby("variant", sort=True):
+            ax.axhline(float(sub["advantage"].mean()), color=colour, lw=0.7, ls=":")
     ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_ylabel("attack advantage\nover chance")
     ax.grid(alpha=0.3)
     if len(frame):
-        names = ("solid", "dashed", "dotted", "dash-dot")
-        key = "; ".join(f"{names[i % len(names)]}: {b}" for i, b in enumerate(backends))
+        key = "; ".join(f"{styles[f]}: {f}" for f in dp_families) + "; dotted: no DP"
         ax.legend(fontsize=6, title=key, title_fontsize=6)
 
 
 def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator") -> Figure:
-    """Utility and attack success versus ε, one column per method (two panels, shared ε).
+    """Utility and attack success versus ε, one column per method (shared ε axis).
 
-    Top: the method's headline utility (:func:`headline_utility`); bottom: the
+    Top: the method's headline utility (:func:`headline_utility`); middle: the
     ``observer``'s attack success (:func:`attack_success`, cosine of the recovered update
-    to the true one; 0 = chance). One colour per backend; dots per seed, line through the
-    means. With FedscGen attack rows a third row shows the headline attacks' advantage over
-    chance (:func:`attack_advantage`, mean over seeds; 0 = chance). ε = ∞ (DP off) sits at
-    the right end, labelled "∞ (no DP)".
+    to the true one; 0 = chance). One curve per DP family (:func:`dp_family`: the
+    variants ``dp(eps=...)`` of one pipeline, dots per seed, line through the means),
+    ending at ε = ∞ with the family's σ = 0 control (the DP pipeline without noise).
+    Runs without DP (the plaintext and secure backends, an untrained reference) are
+    dotted horizontal lines, the uncorrected input a grey dashed one (utility). With
+    FedscGen attack rows a third row shows the headline attacks' advantage over chance
+    (:func:`attack_advantage`). ε on the x axis is the one in each row's ``dp_epsilon``:
+    the strongest observer's for utility, the observer's own for attack rows.
     """
-    needed = ["method", "panel", "metric", "value", "dp_epsilon", "backend", "seed"]
+    needed = ["method", "panel", "metric", "value", "dp_epsilon", "backend", "seed", "variant"]
     missing = [c for c in needed if c not in results.columns]
     if missing:
         raise FedscInputError(f"results lacks columns {missing} for the frontier figure.")
@@ -551,34 +580,62 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
     n_rows = 3 if len(advantage) else 2
     fig = _new_figure(max(4.2 * len(methods), 6.5), 3.0 * n_rows)
     axes = fig.subplots(n_rows, max(len(methods), 1), sharex="col", squeeze=False)
-    backends = sorted(set(results.loc[results["method"].isin(methods), "backend"].astype(str)))
-    colours = {b: colormaps["tab10"](i) for i, b in enumerate(backends)}
     for j, method in enumerate(methods):
         metric = headline_utility(results, method)
         util = results[(results["method"] == method) & (results["metric"] == metric)]
+        base = results[
+            results["run_id"].isin(util["run_id"])
+            & (results["method"] != method)
+            & (results["metric"] == metric)
+            & (results["panel"] != "attack")
+        ]
         succ = success[success["method"] == method]
         eps_all = pd.concat([util["dp_epsilon"], succ["dp_epsilon"]]).to_numpy(dtype=float)
         finite = sorted({float(e) for e in _round_eps(eps_all) if np.isfinite(e)})
+        families = sorted(
+            set(util.loc[util["dp_epsilon"].notna(), "variant"].map(dp_family))
+            | set(succ.loc[succ["dp_epsilon"].notna(), "variant"].map(dp_family))
+        )
+        colours = {f: colormaps["tab10"](i) for i, f in enumerate(families)}
         for ax, frame, col, ylabel in (
             (axes[0, j], util, "value", f"utility: {metric}"),
             (axes[1, j], succ, "cosine", f"attack success ({observer}):\nupdate cosine"),
         ):
-            for backend, part in frame.groupby(frame["backend"].astype(str), sort=True):
+            frame = frame.assign(family=frame["variant"].map(dp_family))
+            dp_rows = frame[frame["dp_epsilon"].notna()]
+            for family, part in dp_rows.groupby("family", sort=True):
                 x = _eps_positions(part["dp_epsilon"], finite)
                 y = part[col].to_numpy(dtype=float)
-                ax.scatter(x, y, s=14, alpha=0.5, color=colours.get(backend), label=None)
+                ax.scatter(x, y, s=14, alpha=0.5, color=colours.get(family))
                 means = pd.DataFrame({"x": x, "y": y}).groupby("x")["y"].mean()
                 ax.plot(
                     means.index,
                     means.to_numpy(),
                     "-o",
                     ms=4,
-                    color=colours.get(backend),
-                    label=backend,
+                    color=colours.get(family),
+                    label=f"{family} (ε=∞: σ=0)",
+                )
+            nodp = frame[frame["dp_epsilon"].isna()]
+            for k, (variant, part) in enumerate(nodp.groupby("variant", sort=True)):
+                ax.axhline(
+                    float(part[col].astype(float).mean()),
+                    color=colormaps["Dark2"](k),
+                    lw=1.0,
+                    ls=":",
+                    label=f"{variant} (no DP)",
                 )
             ax.set_xscale("log")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
+        if len(base):
+            axes[0, j].axhline(
+                float(base["value"].astype(float).mean()),
+                color="grey",
+                lw=1.0,
+                ls="--",
+                label="uncorrected input",
+            )
         axes[1, j].axhline(0.0, color="grey", lw=0.8, ls="--")
         axes[1, j].set_ylim(-0.1, 1.05)
         axes[0, j].set_title(method)
@@ -587,10 +644,10 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
         bottom = axes[n_rows - 1, j]
         ticks = [*finite, max(finite) * 10 if finite else 10.0]
         bottom.set_xticks(ticks)
-        bottom.set_xticklabels([f"{t:g}" for t in finite] + ["∞ (no DP)"])
+        bottom.set_xticklabels([f"{t:g}" for t in finite] + ["∞ (σ=0)"], rotation=45)
         bottom.minorticks_off()
         bottom.set_xlabel("ε (client- or cell-level DP)")
         if axes[0, j].get_legend_handles_labels()[0]:  # no utility rows: no legend
-            axes[0, j].legend(fontsize=8, title="backend", title_fontsize=8)
+            axes[0, j].legend(fontsize=6)
     fig.suptitle("Privacy–utility frontier (dots: seeds; line: mean; dashed: chance)")
     return fig

@@ -251,7 +251,7 @@ def test_report_writes_frontier_leakage_table_and_dp_comparisons(tmp_path):
     assert len(succ) == 2 * 4 * 5 and succ["cosine"].notna().all()
     fig = privacy_utility_frontier(df)
     assert len(fig.axes) == 4  # utility + attack success, per method
-    assert fig.axes[2].get_xticklabels()[-1].get_text() == "∞ (no DP)"
+    assert fig.axes[2].get_xticklabels()[-1].get_text() == "∞ (σ=0)"
     comp = privacy_comparisons(df)
     assert set(comp["a"]) == {"variant=crypten+dp(eps=1)", "variant=crypten+dp(eps=16)"}
     assert set(comp["b"]) == {"variant=crypten"}
