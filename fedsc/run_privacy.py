@@ -392,12 +392,40 @@ def check_privacy_combinations(cfg: Any) -> None:
             "sigma is calibrated to one training of `rounds` rounds and each stage trains "
             "again, so the run would spend more than target_epsilon; drop dp or the scenario."
         )
+    _check_owner_revealed(cfg)
     dropped = [a for a in cfg.attacks if a.startswith("fedscgen_")]
     if dropped and cfg.inclusion != "all":
         raise FedscInputError(
             f"attacks {dropped} score against every client's cells, which inclusion "
             f"{cfg.inclusion!r} changes: they would return no rows. Use inclusion: all with "
             "these attacks, or drop them (update_recovery works with any inclusion)."
+        )
+
+
+def _check_owner_revealed(cfg: Any) -> None:
+    """``secure_rows`` (owner-revealed means) with what needs the whole mean: refused.
+
+    The mean of a ``weighted_mean_to_owners`` is never whole at the coordinator, so no
+    mechanism (clip, quantize, DP noise) and no recorder of the attacks can act on it; the
+    run failed after loading the data (NotImplementedError).
+    """
+    from fedsc.methods import get_method
+
+    config = get_method(cfg.method).make_config(dict(cfg.params))
+    if not getattr(config, "secure_rows", False):
+        return
+    clash = {
+        "attacks": bool(cfg.attacks),
+        "mechanisms": bool(cfg.mechanisms),
+        "dp": cfg.dp is not None,
+    }
+    bad = [k for k, v in clash.items() if v]
+    if bad:
+        raise FedscInputError(
+            f"secure_rows cannot be combined with {bad}: each client's row of the mean is "
+            "revealed to that client alone and is never whole at the coordinator, where "
+            "mechanisms, DP noise and the attacks' recorder act on it. Drop secure_rows "
+            "(the paper's protocol), or drop " + " and ".join(bad) + "."
         )
 
 

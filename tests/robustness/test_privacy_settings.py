@@ -343,6 +343,28 @@ ATTACK_CASES = [
         ["cannot run with the dataset-evolution scenario", "drop attacks"],
     ),
     (
+        "attacks-with-secure-rows",
+        {"method": "scbatchprox", "attacks": ["scbatchprox_rows"], "params": {"secure_rows": True}},
+        "scbatchprox secure_rows with attacks",
+        ["secure_rows cannot be combined with ['attacks']", "Drop secure_rows", "drop attacks"],
+    ),
+    (
+        "mechanism-with-secure-rows",
+        {
+            "method": "scbatchprox",
+            "mechanisms": [{"clip": {"max_norm": 0.01}}],
+            "params": {"secure_rows": True},
+        },
+        "scbatchprox secure_rows with mechanisms: [clip]",
+        ["secure_rows cannot be combined with ['mechanisms']"],
+    ),
+    (
+        "dp-with-secure-rows",
+        {"method": "scbatchprox", "dp": DP, "params": {"secure_rows": True}},
+        "scbatchprox secure_rows with dp",
+        ["secure_rows cannot be combined with ['dp']"],
+    ),
+    (
         "attack-dropped-by-inclusion",
         {"method": "fedscgen", "attacks": ["fedscgen_membership"], "inclusion": "dropped"},
         "fedscgen_membership with inclusion: dropped",
