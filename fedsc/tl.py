@@ -9,6 +9,7 @@ an :class:`smpc.Aggregator`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -91,6 +92,16 @@ def apply(
                 f"pass e.g. {arg}={_first(value)!r}."
             )
     _check_in_memory(adata)
+    # the run config's own checks of the shared settings (one path for every entry point)
+    from fedsc.backend import check_backend
+    from fedsc.run_config import check_backend_options, check_seed
+
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        seed = int(seed)  # numpy integers too
+    seed = check_seed(seed)
+    if isinstance(backend, str):
+        check_backend(backend)
+        backend_options = check_backend_options(backend, backend_options) or None
     holdout = _names(holdout, "holdout")
     key_added = _output_name(spec, key_added)
     _check_outputs_free(adata, spec, key_added, overwrite)

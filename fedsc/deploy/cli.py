@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("data", help="h5ad with every batch")
     s.add_argument("--batch-key", default="batch")
     s.add_argument("--out", required=True, help="folder for <batch>.h5ad files")
+    s.add_argument("--overwrite", action="store_true", help="replace <batch>.h5ad files in --out")
 
     t = dsub.add_parser(
         "site",
@@ -110,7 +111,19 @@ def _split(args: argparse.Namespace) -> int:
 
     from fedsc.deploy.local import split_by_batch
 
-    paths = split_by_batch(ad.read_h5ad(_h5ad(args.data, "data")), args.batch_key, args.out)
+    adata = ad.read_h5ad(_h5ad(args.data, "data"))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FedscInputError(f"--out {out} exists and is not a folder; name a folder.")
+    if args.batch_key in adata.obs and not args.overwrite:
+        names = sorted(set(adata.obs[args.batch_key].astype(str)))
+        taken = [f"{n}.h5ad" for n in names if (out / f"{n}.h5ad").exists()]
+        if taken:
+            raise FedscInputError(
+                f"--out {out} already holds {', '.join(taken[:5])}; pass --overwrite to "
+                "replace them, or choose another folder."
+            )
+    paths = split_by_batch(adata, args.batch_key, out)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return 0

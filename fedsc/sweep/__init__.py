@@ -58,6 +58,7 @@ def run_sweep(
         Run again the runs recorded as failed.
     """
     start = time.perf_counter()
+    workers = _check_workers(workers)
     if not isinstance(study, Study):
         study = Study.from_yaml(study)
     study.check_size(_finished_mean(out), workers=max(workers, 1))  # before any config
@@ -67,6 +68,29 @@ def run_sweep(
         return _run_locked(
             study, runs, store, start, workers, scheduler, retry_failed, show_progress
         )
+
+
+def _check_workers(workers: Any) -> int:
+    """``workers`` as a positive integer, capped at the CPUs available (with a warning).
+
+    Each worker is a process importing torch and its own thread pool: more of them than
+    CPUs only contend for them (and ``--workers 1000`` spawned a thousand interpreters).
+    """
+    from fedsc.errors import FedscInputError
+    from fedsc.settings import available_cpus
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise FedscInputError(f"workers must be a positive integer, got {workers!r}.")
+    cpus = available_cpus()
+    if workers > cpus:
+        logger.warning(
+            "workers=%d is more than the %d CPU(s) available to this process; using %d.",
+            workers,
+            cpus,
+            cpus,
+        )
+        return cpus
+    return workers
 
 
 def _finished_mean(out: str | Path) -> float | None:

@@ -120,3 +120,33 @@ def test_key_added_not_a_name(cells, key):
 def test_holdout_not_batch_names(cells, holdout):
     with pytest.raises(FedscInputError, match="holdout must be a batch name"):
         fedsc.tl.fedscgen(cells, holdout=holdout, **TINY)
+
+
+TL_CASES = [
+    ("tl-seed-negative", {"seed": -1}, ["seed must be in 0..4294967295", "-1"]),
+    ("tl-seed-float", {"seed": 1.5}, ["seed must be an integer", "1.5"]),
+    ("tl-seed-text", {"seed": "3"}, ["write 3 without quotes"]),
+    (
+        "tl-backend-option-on-plaintext",
+        {"backend_options": {"parties": 3}},
+        ["plaintext backend takes no options", "crypten"],
+    ),
+    (
+        "tl-crypten-option-wrong-type",
+        {"backend": "crypten", "backend_options": {"parties": "x"}},
+        ["crypten backend option parties expects int", "'x'"],
+    ),
+]
+
+
+@pytest.mark.parametrize("case, kwargs, words", TL_CASES, ids=[c[0] for c in TL_CASES])
+def test_tl_checks_what_a_run_config_checks(case, kwargs, words, cells, nothing_left):
+    """Seeds and backend options go through the run config's checks, before any backend
+    starts (``seed=-1`` failed in numpy, ``parties="x"`` in the backend)."""
+    refused(case, f"fedsc.tl.fedscgen(adata, {kwargs})",
+            lambda: fedsc.tl.fedscgen(cells, **kwargs, **TINY), cells, words)  # fmt: skip
+
+
+def test_tl_numpy_integer_seed_is_a_seed(cells):
+    fedsc.tl.scbatchprox(cells, use_rep="X", seed=np.int64(3), rounds=1)
+    assert cells.uns["scbatchprox"]["params"]["seed"] == 3

@@ -181,6 +181,22 @@ def test_local_overwrite_keeps_the_earlier_one_when_the_new_one_fails(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dep", "tmpdir"])
 
 
+def test_split_does_not_replace_earlier_files(lognorm_file, tmp_path, capsys, nothing_left):
+    out = tmp_path / "sites"
+    out.mkdir()
+    (out / "celseq.h5ad").write_text("a site's own file")
+    code, err = run_cli(capsys, "deploy", "split", str(lognorm_file), "--out", str(out))
+    assert code == 2
+    has_words(err, ["already holds celseq.h5ad", "--overwrite"])
+    assert [p.name for p in out.iterdir()] == ["celseq.h5ad"]
+    assert (out / "celseq.h5ad").read_text() == "a site's own file"
+    record("deploy split", "split-over-earlier-files", "fedsc deploy split --out DIR_WITH_FILES",
+           code, err.strip())  # fmt: skip
+    assert run_cli(capsys, "deploy", "split", str(lognorm_file), "--out", str(out),
+                   "--overwrite")[0] == 0  # fmt: skip
+    assert len(list(out.iterdir())) == 5
+
+
 # --------------------------------------------------------------------------- deploy site
 def test_site_port_in_use_refused_before_any_process(lognorm_file, tmp_path, capsys, nothing_left):
     """A busy port printed Flower's traceback and left the worker's key file behind."""

@@ -224,3 +224,34 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(text)
     return path
+
+
+def test_sweep_workers_capped_at_the_cpus(tmp_path, own_settings, caplog, monkeypatch):
+    """Each worker is an interpreter with torch: more than the CPUs only contend."""
+    from fedsc import sweep
+
+    assert sweep._check_workers(1) == 1
+    with caplog.at_level("WARNING", logger="fedsc.sweep"):
+        assert sweep._check_workers(1000) == settings.available_cpus()
+    has_words(caplog.text, ["workers=1000 is more than the", "CPU(s) available"])
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(FedscInputError, match="workers must be a positive integer"):
+            sweep._check_workers(bad)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["demo", "--workers", "0"], ["--workers", "positive integer"]),
+        (["sweep", "s.yaml", "--out", "o", "--workers", "-1"], ["--workers", "positive integer"]),
+        (["compare", "d", "--a", "x=1", "--b", "x=2", "--alpha", "5"], ["--alpha", "in (0, 1)"]),
+        (["compare", "d", "--a", "x=1", "--b", "x=2", "--alpha", "nan"], ["--alpha", "in (0, 1)"]),
+    ],
+    ids=["demo-workers-zero", "sweep-workers-negative", "compare-alpha-5", "compare-alpha-nan"],
+)
+def test_cli_counts_and_levels(argv, words, capsys, tmp_path, monkeypatch, nothing_left):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, *argv)
+    assert code == 2
+    has_words(err, words)
+    assert [p.name for p in tmp_path.iterdir()] == ["tmpdir"]
