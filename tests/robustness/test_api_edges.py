@@ -56,8 +56,11 @@ def test_client_dp_without_noise_is_refused(cells, nothing_left):
 
 def test_client_dp_with_an_aggregator_without_gaussian_is_refused(cells):
     with smpc.make_aggregator("plaintext", mechanisms=[("clip", {"max_norm": 1.0})]) as agg:
-        with pytest.raises(FedscInputError, match="this aggregator has none"):
+        with pytest.raises(FedscInputError, match="this aggregator has none") as info:
             fedsc.tl.fedscgen(cells, backend=agg, dp=DP_CLIENT, **TINY)
+    record("fedsc.tl", "tl-client-dp-aggregator-without-gaussian",
+           "fedsc.tl.fedscgen(adata, backend=<clip-only aggregator>, dp={level: client})",
+           "FedscInputError", str(info.value))  # fmt: skip
 
 
 def test_client_dp_with_the_gaussian_mechanism_trains(cells):
@@ -112,14 +115,18 @@ def test_key_added_cannot_silently_replace_the_input(cells):
 
 @pytest.mark.parametrize("key", ["", "X_", "a/b", 3])
 def test_key_added_not_a_name(cells, key):
-    with pytest.raises(FedscInputError, match="key_added"):
+    with pytest.raises(FedscInputError, match="key_added") as info:
         fedsc.tl.scbatchprox(cells, use_rep="X", key_added=key)
+    record("fedsc.tl", f"tl-key-added-{key!r}", f"key_added={key!r}", "FedscInputError",
+           str(info.value))  # fmt: skip
 
 
 @pytest.mark.parametrize("holdout", [True, [None], {"a": 1}])
 def test_holdout_not_batch_names(cells, holdout):
-    with pytest.raises(FedscInputError, match="holdout must be a batch name"):
+    with pytest.raises(FedscInputError, match="holdout must be a batch name") as info:
         fedsc.tl.fedscgen(cells, holdout=holdout, **TINY)
+    record("fedsc.tl", f"tl-holdout-{holdout!r}", f"holdout={holdout!r}", "FedscInputError",
+           str(info.value))  # fmt: skip
 
 
 TL_CASES = [

@@ -109,9 +109,11 @@ def test_local_data_not_h5ad(tmp_path, capsys, no_flower, nothing_left):
     code, err = deploy_local(capsys, bad, tmp_path / "dep")
     assert code == 2 and not (tmp_path / "dep").exists()
     has_words(err, ["not an .h5ad (HDF5) file", "write_h5ad"])
+    record("deploy local", "data-not-h5ad", "fedsc deploy local cells.csv", code, err.strip())
     code, err = deploy_local(capsys, tmp_path / "missing.h5ad", tmp_path / "dep")
     assert code == 2
     has_words(err, ["does not exist", ".h5ad"])
+    record("deploy local", "data-missing", "fedsc deploy local missing.h5ad", code, err.strip())
 
 
 def test_local_batch_name_that_cannot_be_a_file(tmp_path, capsys, no_flower, nothing_left):
@@ -122,6 +124,7 @@ def test_local_batch_name_that_cannot_be_a_file(tmp_path, capsys, no_flower, not
     code, err = deploy_local(capsys, path, tmp_path / "dep")
     assert code == 2 and not (tmp_path / "dep").exists()
     has_words(err, ["['in/drop']", "cannot be file names", "rename those batches"])
+    record("deploy local", "batch-name-with-slash", "a batch named in/drop", code, err.strip())
 
 
 def _lognorm(tmp_path: Path) -> Path:
@@ -156,6 +159,8 @@ def test_local_out_holding_other_files(lognorm_file, tmp_path, capsys, no_flower
     code, err = deploy_local(capsys, lognorm_file, out, "--overwrite")
     assert code == 2
     has_words(err, ["holding other files (notes.txt)", "new or empty one"])
+    record("deploy local", "out-with-other-files", "--out FOLDER_WITH_FILES --overwrite", code,
+           err.strip())  # fmt: skip
     assert (out / "notes.txt").read_text() == "keep" and len(list(out.iterdir())) == 1
 
 
@@ -244,6 +249,7 @@ def test_site_data_not_h5ad(tmp_path, capsys, nothing_left):
     code, err = run_cli(capsys, *argv)
     assert code == 2
     has_words(err, ["--data", "not an .h5ad (HDF5) file"])
+    record("deploy site", "data-not-h5ad", "fedsc deploy site --data site.txt", code, err.strip())
 
 
 def _site(tmp_path: Path, adata: ad.AnnData, name: str | None = None) -> Site:
@@ -261,8 +267,10 @@ def test_site_file_with_two_batches_or_none_is_refused(lognorm_file, tmp_path):
         has_words(str(info.value), ["holds 5 batches", "one batch", "fedsc deploy split"])
     record("deploy site (hello)", "site-file-two-batches", "a site file with 5 batches",
            "site refuses step hello", str(info.value))  # fmt: skip
-    with pytest.raises(FedscInputError, match="holds no cells"):
+    with pytest.raises(FedscInputError, match="holds no cells") as none:
         _site(tmp_path, a[:0].copy(), "celseq").site_name("batch")
+    record("deploy site (hello)", "site-file-no-cells", "a site file with no cells",
+           "site refuses step hello", str(none.value))  # fmt: skip
 
 
 def test_site_with_raw_counts_refuses_hello(counts_file, tmp_path):
@@ -429,6 +437,8 @@ def test_evaluate_refuses_a_record_without_run_token(deployment, tmp_path, capsy
     code, err = evaluate(capsys, coordinator, list(files.values()), tmp_path / "run")
     assert code == 2 and not (tmp_path / "run").exists()
     has_words(err, ["records no run token", "rerun the deployment"])
+    record("deploy evaluate", "record-without-run-token", "a coordinator folder of an older fedsc",
+           code, err.strip())  # fmt: skip
 
 
 def test_evaluate_output_given_twice_or_not_h5ad(deployment, tmp_path, capsys, nothing_left):
@@ -436,10 +446,12 @@ def test_evaluate_output_given_twice_or_not_h5ad(deployment, tmp_path, capsys, n
     code, err = evaluate(capsys, coordinator, [files["a"], files["a"]], tmp_path / "run")
     assert code == 2
     has_words(err, ["two site outputs are named a.h5ad"])
+    record("deploy evaluate", "output-given-twice", "COORD a.h5ad a.h5ad", code, err.strip())
     files["b"].write_text("not hdf5")
     code, err = evaluate(capsys, coordinator, list(files.values()), tmp_path / "run")
     assert code == 2 and not (tmp_path / "run").exists()
     has_words(err, ["b.h5ad is not an .h5ad (HDF5) file"])
+    record("deploy evaluate", "output-not-h5ad", "COORD a.h5ad b.h5ad (text)", code, err.strip())
 
 
 def test_store_refuses_another_deployment_of_the_same_run(

@@ -93,6 +93,7 @@ def test_cli_threads_not_a_count(text, tmp_path, capsys, no_data):
     code, err = run_cli(capsys, "--threads", text, "run", "scbatchprox", "--out", str(tmp_path))
     assert code == 2
     has_words(err, ["--threads", "positive integer or 'auto'"])
+    record("CLI", f"threads-{text}", f"fedsc --threads {text}", code, err.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------- model size
@@ -130,8 +131,10 @@ def test_model_size_counted_exactly():
 
 
 def test_large_model_warns_and_force_lifts_the_limit(own_settings):
-    with pytest.warns(ResourceBudgetWarning, match="parameters .* per federated round"):
+    with pytest.warns(ResourceBudgetWarning, match="parameters .* per federated round") as w:
         RunConfig("fedscgen", params={"hidden": [4000, 4000]})  # 32 M: a tenth of the limit
+    record("resources", "model-large-warning", "params: {hidden: [4000, 4000]}",
+           "ResourceBudgetWarning (runs)", str(w[0].message))  # fmt: skip
     settings.max_model_params = 0  # what --force does for one command
     RunConfig("fedscgen", params={"hidden": [100000, 100000]})
 
@@ -154,8 +157,10 @@ def test_tl_huge_model_refused_before_training():
     import fedsc.tl
 
     adata = ad.AnnData(np.ones((4, 3), dtype=np.float32))
-    with pytest.raises(FedscInputError, match="above the limit"):
+    with pytest.raises(FedscInputError, match="above the limit") as info:
         fedsc.tl.fedscgen(adata, hidden=[100000, 100000])
+    record("fedsc.tl", "tl-model-too-large", "fedsc.tl.fedscgen(adata, hidden=[100000, 100000])",
+           "FedscInputError", str(info.value))  # fmt: skip
     assert not adata.obsm and not adata.layers
 
 
@@ -207,6 +212,8 @@ def test_large_study_warns_with_count_and_estimate(tmp_path, own_settings):
     has_words(
         str(warned[0].message), ["expands to 1,000 runs", "about 4.2 h at the 30 s", "2 at a time"]
     )
+    record("resources", "study-1000-runs-warning", "a grid expanding to 1,000 runs (limit 5,000)",
+           "ResourceBudgetWarning (runs)", str(warned[0].message))  # fmt: skip
     settings.max_study_runs = 0  # no limit: nothing said
     study.check_size()
 
@@ -234,6 +241,8 @@ def test_sweep_workers_capped_at_the_cpus(tmp_path, own_settings, caplog, monkey
     with caplog.at_level("WARNING", logger="fedsc.sweep"):
         assert sweep._check_workers(1000) == settings.available_cpus()
     has_words(caplog.text, ["workers=1000 is more than the", "CPU(s) available"])
+    record("resources", "sweep-workers-1000", "fedsc sweep --workers 1000", "capped (warning)",
+           caplog.text.strip())  # fmt: skip
     for bad in (0, -2, 1.5, True):
         with pytest.raises(FedscInputError, match="workers must be a positive integer"):
             sweep._check_workers(bad)
@@ -255,3 +264,5 @@ def test_cli_counts_and_levels(argv, words, capsys, tmp_path, monkeypatch, nothi
     assert code == 2
     has_words(err, words)
     assert [p.name for p in tmp_path.iterdir()] == ["tmpdir"]
+    record("CLI", "cli-" + " ".join(argv[:1] + argv[-2:]), "fedsc " + " ".join(argv), code,
+           err.strip().splitlines()[-1])  # fmt: skip
