@@ -12,9 +12,9 @@ skipped silently.
 * ``mechanisms``: each entry is a registered name with its options (``{clip: {max_norm:
   1.0}}``; CLI ``--mechanism clip:max_norm=1.0``); option names, required options and
   types come from the mechanism's constructor, ranges from building it once.
-* ``attacks``: names of :data:`fedsc.privacy.in_run.IN_RUN_ATTACKS`; an attack made for
-  another method, or one that the run's scenario or inclusion setting would leave
-  without its ground truth, is refused.
+* ``attacks``: names of :data:`fedsc.privacy.ATTACKS`; an attack that requires what the
+  method does not reveal (``Attack.requires`` vs ``MethodSpec.reveals``), or one that the
+  run's scenario or inclusion setting would leave without its ground truth, is refused.
 """
 
 from __future__ import annotations
@@ -318,12 +318,12 @@ def check_mechanism_options(entry: Any, registry: Mapping[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------- attacks
-#: Attack-name prefix -> the method whose run the attack reads (others: any method).
-ATTACK_METHODS = {"scbatchprox_": "scbatchprox", "fedscgen_": "fedscgen"}
+def check_attacks(attacks: Any, known: Any, spec: Any) -> list[str]:
+    """Attack names: registered ones, each once, that apply to the method.
 
-
-def check_attacks(attacks: Any, known: Sequence[str], spec: Any) -> list[str]:
-    """Attack names: a list of known names for this method, each once."""
+    ``known`` maps names to :class:`fedsc.privacy.attacks.Attack` (the registry); an
+    attack applies when the method reveals what it requires (``Attack.applies_to``).
+    """
     if attacks is None:
         return []
     if isinstance(attacks, str):
@@ -350,24 +350,22 @@ def check_attacks(attacks: Any, known: Sequence[str], spec: Any) -> list[str]:
             f"{spec.name} is centralized (all cells in one place): there is no federated "
             "computation to attack; drop `attacks`."
         )
-    other = {
-        a: method
-        for a in names
-        for prefix, method in ATTACK_METHODS.items()
-        if a.startswith(prefix) and method != spec.name
-    }
+    other = [a for a in names if not known[a].applies_to(spec)]
     if other:
-        fits = sorted(a for a in known if _attack_fits(a, spec.name))
+        from fedsc.methods import REGISTRY
+
+        readers = sorted(
+            m.name for _, m in REGISTRY.items() if all(known[a].applies_to(m) for a in other)
+        )
+        needed = sorted(set().union(*(known[a].requires for a in other)) - spec.reveals)
+        fits = sorted(a for a in known if known[a].applies_to(spec))
+        runs = f"a {'/'.join(readers)} run" if readers else "another method's run"
         raise FedscInputError(
-            f"attack(s) {sorted(other)} read a {'/'.join(sorted(set(other.values())))} run, "
-            f"not {spec.name}: they would measure nothing here. Attacks for {spec.name}: "
-            f"{fits}."
+            f"attack(s) {sorted(other)} read {runs}, not "
+            f"{spec.name}: they read {needed}, which {spec.name} does not reveal, so they "
+            f"would measure nothing here. Attacks for {spec.name}: {fits}."
         )
     return names
-
-
-def _attack_fits(attack: str, method: str) -> bool:
-    return all(not attack.startswith(prefix) or m == method for prefix, m in ATTACK_METHODS.items())
 
 
 def check_privacy_combinations(cfg: Any) -> None:
@@ -393,7 +391,9 @@ def check_privacy_combinations(cfg: Any) -> None:
             "again, so the run would spend more than target_epsilon; drop dp or the scenario."
         )
     _check_owner_revealed(cfg)
-    dropped = [a for a in cfg.attacks if a.startswith("fedscgen_")]
+    from fedsc.privacy.attacks import ATTACKS
+
+    dropped = [a for a in cfg.attacks if a in ATTACKS and "fedscgen" in ATTACKS[a].needs]
     if dropped and cfg.inclusion != "all":
         raise FedscInputError(
             f"attacks {dropped} score against every client's cells, which inclusion "

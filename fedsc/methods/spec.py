@@ -142,6 +142,18 @@ class MethodSpec:
         ``--local-epochs``); every field is reachable with ``--param KEY=VALUE``.
     description
         One line for ``fedsc run --help``.
+    reveals
+        What a federated run of the method lets its observers see, as capability names
+        that attacks declare they read (:class:`fedsc.privacy.attacks.Attack`
+        ``requires``): an attack runs on a method only if the method reveals all it
+        requires, so the privacy layer never names a method. Built in: ``"film_rows"``
+        (FedAvg of per-batch FiLM tables, client b changing only row b, trained with
+        public Adam steps), ``"vae_state"`` (FedAvg of a :class:`fedsc.methods.vae.VAE`
+        state, each client training on its part of the seeded train/validation split of
+        :func:`fedsc.methods.vae.split_train_validation`), ``"correction_values"``
+        (FedscGen's revealed correction: holders per cell type, dominant clients, their
+        counts and mean latents). Attacks that require nothing (update recovery, party
+        shares) run on every federated method.
     """
 
     name: str
@@ -157,6 +169,7 @@ class MethodSpec:
     scenarios: Mapping[str, ScenarioFunction | str] = field(default_factory=dict)
     options: tuple[str, ...] = ()
     description: str = ""
+    reveals: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -175,6 +188,7 @@ class MethodSpec:
         object.__setattr__(self, "panels", tuple(self.panels))
         object.__setattr__(self, "options", tuple(self.options))
         object.__setattr__(self, "scenarios", dict(self.scenarios))
+        object.__setattr__(self, "reveals", frozenset(self.reveals))
         if self.evaluate is None:
             object.__setattr__(self, "evaluate", outputs[0])
         elif self.evaluate not in outputs:

@@ -61,4 +61,5 @@ SPEC = MethodSpec(
     inclusion=True,
     options=("rounds", "local_epochs"),
     description="federated scGen with secure dominant-batch correction",
+    reveals=frozenset({"vae_state", "correction_values"}),
 )

@@ -88,4 +88,5 @@ SPEC = MethodSpec(
     scenarios={"cumulative": run_cumulative, "continual": run_continual},
     options=("mu", "rounds", "local_epochs"),
     description="federated per-batch FiLM adapters on an upstream embedding",
+    reveals=frozenset({"film_rows"}),
 )

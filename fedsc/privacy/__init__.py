@@ -2,13 +2,25 @@
 
 Record a run through a :class:`~fedsc.privacy.views.RecordingMechanism`, split it into
 observer views (:func:`~fedsc.privacy.views.observer_view`), and run attacks by name
-(:func:`~fedsc.privacy.attacks.run_attacks`, :data:`~fedsc.privacy.attacks.ATTACKS`).
+(:func:`~fedsc.privacy.attacks.run_attacks`) from the one registry
+(:data:`~fedsc.privacy.attacks.ATTACKS`: each :class:`~fedsc.privacy.attacks.Attack`
+declares the observers it reads, the truth it needs and the capabilities it requires of
+the method, ``MethodSpec.reveals``).
 Inside runs and sweeps (``attacks:``/``dp:`` in a run config),
 :mod:`fedsc.privacy.in_run` records the views, runs the attacks and the DP accounting and
 labels the tidy rows. The threat model is in ``docs/privacy.md``.
 """
 
-from fedsc.privacy.attacks import ATTACKS, Truth, attack_record, run_attacks
+from fedsc.privacy.attacks import (
+    ATTACKS,
+    COLUMNS,
+    Attack,
+    Truth,
+    attack_record,
+    register_attack,
+    run_attacks,
+    unregister_attack,
+)
 from fedsc.privacy.in_run import IN_RUN_ATTACKS
 from fedsc.privacy.threat_model import MEASURED_BY, exposure
 from fedsc.privacy.update_recovery import update_recovery
@@ -25,9 +37,11 @@ from fedsc.privacy.views import (
 
 __all__ = [
     "ATTACKS",
+    "COLUMNS",
     "IN_RUN_ATTACKS",
     "MEASURED_BY",
     "OBSERVERS",
+    "Attack",
     "ObservedOp",
     "ObserverView",
     "RecordingMechanism",
@@ -38,6 +52,8 @@ __all__ = [
     "exposure",
     "observer_view",
     "recording_aggregator",
+    "register_attack",
     "run_attacks",
+    "unregister_attack",
     "update_recovery",
 ]

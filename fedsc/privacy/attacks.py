@@ -1,30 +1,51 @@
-"""Attacks by name: one line per attack, and :func:`run_attacks` over observer views.
+"""The attack registry: every attack, what it reads, and :func:`run_attacks` over views.
 
-Every attack is a small function ``(view, truth) -> tidy DataFrame`` with columns
-``attack, observer, backend, target_client, round, metric, value, chance``; ``chance``
-is what the same metric gives for the best guess without the attack. An attack that
-does not apply to a view (it holds nothing the attack needs) returns no rows. ``truth``
-is used for scoring only and never reaches the attack's estimate.
+Every attack is a small function ``(view, truth) -> tidy DataFrame`` with the columns
+:data:`COLUMNS` (``chance`` is what the same metric gives for the best guess without the
+attack), registered once as an :class:`Attack` record in :data:`ATTACKS` that declares
+what it reads: the observers whose views it attacks, the :class:`Truth` fields it is
+scored against (``needs``) and the capabilities the attacked method must reveal
+(``requires``, matched against :attr:`fedsc.methods.MethodSpec.reveals`). Runs
+(:mod:`fedsc.privacy.in_run`), sweeps (:func:`attack_record`) and offline studies all run
+attacks from this one registry, so a new attack is one module plus one
+:func:`register_attack` line. An attack that finds nothing it needs in a view returns no
+rows; ``truth`` is used for scoring only and never reaches the attack's estimate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from fedsc.privacy.party_shares import party_share_leakage
-from fedsc.privacy.scbatchprox_moments import ClientMoments, scbatchprox_moment_inference
-from fedsc.privacy.scbatchprox_rows import COLUMNS, scbatchprox_row_recovery
-from fedsc.privacy.scbatchprox_weights import scbatchprox_weight_inference
 from fedsc.privacy.views import OBSERVERS, ObserverView, RunRecord, observer_view
+from fedsc.registry import Registry, resolve
+
+if TYPE_CHECKING:
+    from fedsc.methods import MethodSpec
+    from fedsc.privacy.fedscgen_in_run import FedscGenTruth
+    from fedsc.privacy.scbatchprox_moments import ClientMoments
+
+__all__ = [
+    "ATTACKS",
+    "COLUMNS",
+    "Attack",
+    "Truth",
+    "attack_record",
+    "register_attack",
+    "run_attacks",
+    "unregister_attack",
+]
+
+#: The columns of every attack's rows (one row per target, round and metric).
+COLUMNS = ["attack", "observer", "backend", "target_client", "round", "metric", "value", "chance"]
 
 
 @dataclass(frozen=True)
 class Truth:
-    """What attacks are scored against (evaluation only).
+    """What attacks are scored against (evaluation only); an attack's ``needs`` name fields.
 
     Attributes
     ----------
@@ -40,37 +61,135 @@ class Truth:
 
     record: RunRecord | None = None
     moments: ClientMoments | None = None
-    fedscgen: Any = None
+    fedscgen: FedscGenTruth | None = None
 
 
-Attack = Callable[[ObserverView, Truth | None], pd.DataFrame]
+AttackFunction = Callable[[ObserverView, Truth | None], pd.DataFrame]
 
 
-def _rows(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    return scbatchprox_row_recovery(view, None if truth is None else truth.record)
+@dataclass(frozen=True)
+class Attack:
+    """One registered attack and what it reads.
+
+    Attributes
+    ----------
+    name
+        Registry name (``attacks: [NAME]`` in run configs; ``attack`` in its rows).
+    run
+        ``run(view, truth) -> rows`` (:data:`COLUMNS`), or ``"module:function"`` (imported
+        on first use, so reading the registry does not import torch).
+    observers
+        The observers (:data:`~fedsc.privacy.views.OBSERVERS`) whose views it attacks;
+        other views are not given to it.
+    needs
+        The :class:`Truth` fields it is scored against (``"record"``, ``"moments"``,
+        ``"fedscgen"``); a run builds only the truth its attacks need.
+    requires
+        The capabilities the attacked method must reveal (``MethodSpec.reveals``); empty:
+        any federated method.
+    """
+
+    name: str
+    run: AttackFunction | str
+    observers: tuple[str, ...] = ("coordinator", "client")
+    needs: frozenset[str] = frozenset({"record"})
+    requires: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.observers) - set(OBSERVERS))
+        if unknown:
+            raise ValueError(f"attack {self.name!r}: unknown observer(s) {unknown}.")
+        fields = set(Truth.__dataclass_fields__)
+        if not set(self.needs) <= fields:
+            raise ValueError(
+                f"attack {self.name!r}: needs {sorted(self.needs)}, but Truth has only "
+                f"{sorted(fields)}."
+            )
+        object.__setattr__(self, "observers", tuple(self.observers))
+        object.__setattr__(self, "needs", frozenset(self.needs))
+        object.__setattr__(self, "requires", frozenset(self.requires))
+
+    def __call__(self, view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+        """Run the attack on ``view``, scored against ``truth``."""
+        return resolve(self.run)(view, truth)
+
+    def applies_to(self, spec: MethodSpec) -> bool:
+        """Whether the method reveals everything this attack requires."""
+        return self.requires <= spec.reveals
+
+    def reads(self, view: ObserverView) -> bool:
+        """Whether this attack reads ``view`` (its observer; the method reveals what it needs).
+
+        Views whose ``public`` does not say what the method reveals (hand-built records)
+        are read.
+        """
+        reveals = view.public.get("reveals")
+        return view.observer in self.observers and (
+            reveals is None or self.requires <= set(reveals)
+        )
 
 
-def _moments(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    if view.public.get("method", "scbatchprox") != "scbatchprox":
-        return pd.DataFrame(columns=COLUMNS)
-    return scbatchprox_moment_inference(view, None if truth is None else truth.moments)
+#: Registered attacks by name (the one registry: runs, sweeps and offline studies).
+ATTACKS: Registry[Attack] = Registry("attack")
 
 
-def _weights(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    return scbatchprox_weight_inference(view, None if truth is None else truth.record)
+def register_attack(attack: Attack) -> Attack:
+    """Register ``attack``; a name already registered raises :class:`ValueError`."""
+    if not isinstance(attack, Attack):
+        raise TypeError(f"register_attack() takes an Attack, got {type(attack).__name__}.")
+    return ATTACKS.register(attack.name, attack)
 
 
-def _shares(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    return party_share_leakage(view, None if truth is None else truth.record)
+def unregister_attack(name: str) -> Attack:
+    """Remove the attack ``name`` from the registry and return it."""
+    return ATTACKS.unregister(name)
 
 
-#: Attack name -> function ``(view, truth) -> tidy rows``.
-ATTACKS: dict[str, Attack] = {
-    "scbatchprox_rows": _rows,
-    "scbatchprox_moments": _moments,
-    "scbatchprox_weights": _weights,
-    "party_shares": _shares,
-}
+_FEDSCGEN = frozenset({"fedscgen"})
+for _attack in (
+    Attack(
+        "scbatchprox_rows",
+        "fedsc.privacy.scbatchprox_rows:attack",
+        requires=frozenset({"film_rows"}),
+    ),
+    Attack(
+        "scbatchprox_moments",
+        "fedsc.privacy.scbatchprox_moments:attack",
+        needs=frozenset({"moments"}),
+        requires=frozenset({"film_rows"}),
+    ),
+    Attack(
+        "scbatchprox_weights",
+        "fedsc.privacy.scbatchprox_weights:attack",
+        observers=("coordinator",),
+        requires=frozenset({"film_rows"}),
+    ),
+    Attack(
+        "party_shares",
+        "fedsc.privacy.party_shares:attack",
+        observers=("party", "colluding_parties"),
+    ),
+    Attack("update_recovery", "fedsc.privacy.update_recovery:update_recovery"),
+    Attack(
+        "fedscgen_membership",
+        "fedsc.privacy.fedscgen_in_run:fedscgen_membership",
+        needs=_FEDSCGEN,
+        requires=frozenset({"vae_state"}),
+    ),
+    Attack(
+        "fedscgen_property",
+        "fedsc.privacy.fedscgen_in_run:fedscgen_property",
+        needs=_FEDSCGEN,
+        requires=frozenset({"vae_state", "correction_values"}),
+    ),
+    Attack(
+        "fedscgen_revealed_values",
+        "fedsc.privacy.fedscgen_in_run:fedscgen_revealed_values",
+        needs=_FEDSCGEN,
+        requires=frozenset({"vae_state", "correction_values"}),
+    ),
+):
+    register_attack(_attack)
 
 
 def run_attacks(
@@ -84,7 +203,7 @@ def run_attacks(
     ----------
     views
         One view, a mapping name -> view (e.g. :func:`fedsc.privacy.views.all_views`), or
-        an iterable of views.
+        an iterable of views. Each attack gets the views it reads (:meth:`Attack.reads`).
     truth
         What to score against (:class:`Truth`); without it attacks report only what needs
         no truth.
@@ -93,18 +212,18 @@ def run_attacks(
 
     Returns
     -------
-    One tidy DataFrame (columns ``attack, observer, backend, target_client, round,
-    metric, value, chance``).
+    One tidy DataFrame (:data:`COLUMNS`).
     """
     if isinstance(views, ObserverView):
         views = [views]
     elif isinstance(views, Mapping):
         views = list(views.values())
-    names = list(ATTACKS) if attacks is None else list(attacks)
+    names = ATTACKS.names() if attacks is None else list(attacks)
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}; choose from {sorted(ATTACKS)}.")
-    frames = [ATTACKS[n](v, truth) for v in views for n in names]
+    chosen = [ATTACKS[n] for n in names]
+    frames = [a(v, truth) for v in views for a in chosen if a.reads(v)]
     frames = [f.astype({"value": float, "chance": float}) for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)

@@ -22,6 +22,9 @@ from fedsc.privacy.scbatchprox_moments import client_moments
 from fedsc.privacy.views import observer_view
 from smpc.mechanisms import ClientContext, Mechanism
 
+#: The scBatchProx attacks of the tables in ``docs/privacy.md``.
+MEASURED = ("scbatchprox_rows", "scbatchprox_weights", "scbatchprox_moments", "party_shares")
+
 
 def measure(backends: Sequence[str] = ("plaintext", "crypten"), seed: int = 0) -> pd.DataFrame:
     """Tidy rows of every attack on every observer of a pancreas scBatchProx run.
@@ -51,7 +54,7 @@ def measure(backends: Sequence[str] = ("plaintext", "crypten"), seed: int = 0) -
                 observer_view(record, "colluding_parties", parties=tuple(range(record.n_parties))),
             ]
         for view in views:
-            frame = run_attacks(view, truth)
+            frame = run_attacks(view, truth, MEASURED)
             if len(frame):
                 hidden = view.operations[0].weights is None
                 frame["weights"] = "hidden (W only)" if hidden else "known"
@@ -85,7 +88,7 @@ def measure_minibatches(path: str, seed: int = 0) -> pd.DataFrame:
         observer_view(record, "coordinator"),
         observer_view(record, "coordinator", public_weights=False),
     ):
-        frame = run_attacks(view, truth)
+        frame = run_attacks(view, truth, MEASURED)
         hidden = view.operations[0].weights is None
         frame["weights"] = "hidden (W only)" if hidden else "known"
         frames.append(frame)

@@ -2,7 +2,7 @@
 
 The in-run versions of :mod:`fedsc.privacy.membership`,
 :mod:`fedsc.privacy.property_inference` and :mod:`fedsc.privacy.revealed_values`. Each is
-an attack ``(view, truth) -> tidy rows`` (:data:`fedsc.privacy.scbatchprox_rows.COLUMNS`)
+an attack ``(view, truth) -> tidy rows`` (:data:`fedsc.privacy.attacks.COLUMNS`)
 registered in :data:`fedsc.privacy.in_run.IN_RUN_ATTACKS`. The attacker's inputs come only
 from the observer's recorded view (:mod:`fedsc.privacy.views`): the clients' states of the
 last FedAvg round (tag ``fedavg``; the coordinator under plaintext computes each client's
@@ -72,6 +72,7 @@ from fedsc.methods.vae import (
     torch_threads,
     train_epoch,
 )
+from fedsc.privacy.attacks import COLUMNS
 from fedsc.privacy.membership import (
     SHADOW,
     ShadowDP,
@@ -86,7 +87,6 @@ from fedsc.privacy.property_inference import (
     estimate_composition_from_update,
     estimate_counts_from_revealed,
 )
-from fedsc.privacy.scbatchprox_rows import COLUMNS
 from fedsc.privacy.views import ObservedOp, ObserverView
 from smpc.flatten import Spec, flatten
 

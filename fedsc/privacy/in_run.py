@@ -33,15 +33,12 @@ import numpy as np
 import pandas as pd
 
 from fedsc.privacy.accounting import DPConfig
-from fedsc.privacy.attacks import ATTACKS, Truth, run_attacks
+from fedsc.privacy.attacks import ATTACKS, COLUMNS, Attack, Truth, run_attacks
 from fedsc.privacy.run_dp import audit_run_dp, check_run_dp, resolve_run_dp, run_dp_info
-from fedsc.privacy.scbatchprox_rows import COLUMNS
 from fedsc.privacy.threat_model import clear_contributions
-from fedsc.privacy.update_recovery import update_recovery
 from fedsc.privacy.verdict import ObserverVerdict, judge_rows, observer_verdict
 from fedsc.privacy.views import (
     OBSERVERS,
-    ObserverView,
     RecordingMechanism,
     RunRecord,
     observer_view,
@@ -70,33 +67,8 @@ CENTRALIZED = "centralized: all cells are pooled in one place"
 NOT_FEDERATED = "n/a (uncorrected input, not a federated computation)"
 
 
-def _fedscgen_membership(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    from fedsc.privacy.fedscgen_in_run import fedscgen_membership
-
-    return fedscgen_membership(view, truth)
-
-
-def _fedscgen_property(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    from fedsc.privacy.fedscgen_in_run import fedscgen_property
-
-    return fedscgen_property(view, truth)
-
-
-def _fedscgen_revealed_values(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
-    from fedsc.privacy.fedscgen_in_run import fedscgen_revealed_values
-
-    return fedscgen_revealed_values(view, truth)
-
-
-#: Attacks a run config may list: :data:`fedsc.privacy.ATTACKS`, ``update_recovery`` and
-#: the FedscGen attacks of :mod:`fedsc.privacy.fedscgen_in_run` (imported on first use).
-IN_RUN_ATTACKS: dict[str, Any] = {
-    **ATTACKS,
-    "update_recovery": update_recovery,
-    "fedscgen_membership": _fedscgen_membership,
-    "fedscgen_property": _fedscgen_property,
-    "fedscgen_revealed_values": _fedscgen_revealed_values,
-}
+#: The attacks a run config may list: the one registry, :data:`fedsc.privacy.ATTACKS`.
+IN_RUN_ATTACKS = ATTACKS
 
 
 def check_run_privacy(
@@ -104,8 +76,8 @@ def check_run_privacy(
 ) -> tuple[list[str], dict[str, Any] | None]:
     """Config-time checks of ``RunConfig.attacks`` and ``RunConfig.dp`` (n not known yet).
 
-    Attacks (:func:`fedsc.run_privacy.check_attacks`): a list of known names, each once,
-    on a federated method, none made for another method. DP: every key's type and range
+    Attacks (:func:`fedsc.run_privacy.check_attacks`): a list of registered names, each
+    once, on a federated method that reveals what each requires (``MethodSpec.reveals``). DP: every key's type and range
     (:func:`fedsc.run_privacy.check_dp_schema`: ``true`` is not a number, δ in (0, 1),
     ``target_epsilon`` in a range the accountant calibrates), then what depends on the
     method (:func:`fedsc.privacy.run_dp.check_run_dp`: DP on a centralized method,
@@ -113,7 +85,7 @@ def check_run_privacy(
     """
     from fedsc.run_privacy import check_attacks, check_dp_schema
 
-    names = check_attacks(attacks, list(IN_RUN_ATTACKS), spec)
+    names = check_attacks(attacks, ATTACKS, spec)
     return names, check_run_dp(check_dp_schema(dp), spec)
 
 
@@ -308,21 +280,17 @@ class InRunPrivacy:
         ).reindex(TIDY_COLUMNS)
 
     def _attack_rows(self, adata: ad.AnnData | None = None) -> pd.DataFrame:
-        """Every attack's rows (one per target and round), own-client rows dropped."""
-        if self.record is None or not self.attacks:
+        """Every attack's rows (one per target and round), own-client rows dropped.
+
+        Only the attacks that apply to the method (:meth:`Attack.applies_to`: it reveals
+        what they require) run, on the views they read, against the truth they need.
+        """
+        attacks = [ATTACKS[n] for n in self.attacks if ATTACKS[n].applies_to(self.spec)]
+        if self.record is None or not attacks:
             return pd.DataFrame(columns=COLUMNS)
-        truth = Truth(self.record, fedscgen=self._fedscgen_truth(adata))
+        truth = self._truth(attacks, adata)
         views = [observer_view(self.record, name) for name in OBSERVERS]
-        frames = []
-        for name in self.attacks:
-            for prefix in ("scbatchprox_", "fedscgen_"):
-                if name.startswith(prefix) and self.spec.name != prefix[:-1]:
-                    break
-            else:
-                if name in ATTACKS:
-                    frames.append(run_attacks(views, truth, [name]))
-                else:
-                    frames += [IN_RUN_ATTACKS[name](v, truth) for v in views]
+        frames = [run_attacks(views, truth, [a.name]) for a in attacks]
         raw = pd.concat([f for f in frames if len(f)] or [pd.DataFrame(columns=COLUMNS)])
         if not len(raw):
             return pd.DataFrame(columns=COLUMNS)
@@ -330,27 +298,35 @@ class InRunPrivacy:
         raw = raw[~own & (raw["metric"] != "weights_known")]
         return raw.astype({"value": float, "chance": float}).reset_index(drop=True)
 
-    def _fedscgen_truth(self, adata: ad.AnnData | None) -> Any:
-        """FedscGen's clients and splits from the evaluated cells (FedscGen attacks only)."""
-        cfg = self.cfg
-        if (
-            adata is None
-            or self.spec.name != "fedscgen"
-            or not any(a.startswith("fedscgen_") for a in self.attacks)
-            or cfg.inclusion != "all"
-            or cfg.scenario is not None
-        ):
-            return None
-        from fedsc.privacy.fedscgen_in_run import fedscgen_truth
+    def _truth(self, attacks: Sequence[Attack], adata: ad.AnnData | None) -> Truth:
+        """The truth the attacks need (``Attack.needs``), built from the run's cells.
 
-        return fedscgen_truth(
-            adata,
-            batch_key=cfg.batch_key,
-            label_key=cfg.label_key,
-            config=self.spec.make_config(self.method_cfg.params),
-            seed=cfg.seed,
-            holdout=cfg.holdout,
-        )
+        ``fedscgen`` (the clients' cells, labels and train/validation splits): rebuilt from
+        the evaluated cells by :func:`fedsc.privacy.fedscgen_in_run.fedscgen_truth`; not
+        for an inclusion scenario other than ``"all"`` or a dataset-evolution scenario
+        (their cells are not the run's clients'), whose attacks then give no rows.
+        ``moments`` is not built in runs (scBatchProx's moment attack reports its fit).
+        """
+        cfg = self.cfg
+        needs = set().union(*(a.needs for a in attacks))
+        fedscgen = None
+        if (
+            "fedscgen" in needs
+            and adata is not None
+            and cfg.inclusion == "all"
+            and cfg.scenario is None
+        ):
+            from fedsc.privacy.fedscgen_in_run import fedscgen_truth
+
+            fedscgen = fedscgen_truth(
+                adata,
+                batch_key=cfg.batch_key,
+                label_key=cfg.label_key,
+                config=self.spec.make_config(self.method_cfg.params),
+                seed=cfg.seed,
+                holdout=cfg.holdout,
+            )
+        return Truth(self.record, fedscgen=fedscgen)
 
     def _label(
         self, summary: pd.DataFrame, by_observer: dict[str, ObserverVerdict], ledger: Any
@@ -464,7 +440,11 @@ def start(cfg: RunConfig, adata: ad.AnnData, spec: MethodSpec) -> InRunPrivacy:
     """
     attacks = list(getattr(cfg, "attacks", None) or [])
     dp, mechanism, method_cfg = resolve_run_dp(cfg, adata, spec)
-    public: dict[str, Any] = {"method": spec.name, "seed": cfg.seed}
+    public: dict[str, Any] = {
+        "method": spec.name,
+        "reveals": sorted(spec.reveals),
+        "seed": cfg.seed,
+    }
     if attacks:
         config = spec.make_config(method_cfg.params)
         public["config"] = (

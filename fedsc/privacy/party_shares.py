@@ -11,12 +11,16 @@ the input exactly (correlation 1): the collusion threshold.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from fedsc.privacy.scbatchprox_rows import COLUMNS
+from fedsc.privacy.attacks import COLUMNS
 from fedsc.privacy.views import ObserverView, RunRecord
+
+if TYPE_CHECKING:
+    from fedsc.privacy.attacks import Truth
 
 ATTACK = "party_shares"
 
@@ -76,7 +80,7 @@ def party_share_leakage(
 
     Returns
     -------
-    Columns as :data:`fedsc.privacy.scbatchprox_rows.COLUMNS`; metric
+    Columns as :data:`fedsc.privacy.attacks.COLUMNS`; metric
     ``share_correlation`` per operation's round and client (chance 0), and
     ``share_relative_error`` (the decoded pooled share taken as the guess; chance 1).
     """
@@ -112,3 +116,8 @@ def party_share_leakage(
                     }
                 )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def attack(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    """The registered attack: :func:`party_share_leakage` scored against the record."""
+    return party_share_leakage(view, None if truth is None else truth.record)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
+from fedsc.methods.spec_scbatchprox import SPEC
 from fedsc.privacy.views import RunRecord, recording_aggregator
 
 
@@ -73,7 +74,8 @@ def record_scbatchprox(
             agg,
             recorder,
             public={
-                "method": "scbatchprox",
+                "method": SPEC.name,
+                "reveals": sorted(SPEC.reveals),
                 "config": asdict(config),
                 "seed": seed,
                 "batches": list(model.adapter.batches),

@@ -40,13 +40,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from fedsc.privacy.scbatchprox_rows import COLUMNS, TAG, recover_rows
+from fedsc.privacy.attacks import COLUMNS
+from fedsc.privacy.scbatchprox_rows import TAG, recover_rows
 from fedsc.privacy.views import ObserverView
+
+if TYPE_CHECKING:
+    from fedsc.privacy.attacks import Truth
 
 ATTACK = "scbatchprox_moments"
 
@@ -507,7 +511,7 @@ def scbatchprox_moment_inference(
 
     Returns
     -------
-    Columns as :data:`fedsc.privacy.scbatchprox_rows.COLUMNS`, ``round`` = -1 (all rounds
+    Columns as :data:`fedsc.privacy.attacks.COLUMNS`, ``round`` = -1 (all rounds
     together). Metrics per client: ``mean_relative_error``, ``mean_correlation``,
     ``second_relative_error``, ``second_correlation`` (across dimensions; chance: the same
     for the pooled moments of all clients), ``sign_agreement`` of the mean (chance: that of
@@ -549,3 +553,8 @@ def scbatchprox_moment_inference(
         add(b, "second_relative_error", _rel(est.second[b], m2), _rel(pooled[1], m2))
         add(b, "second_correlation", _corr(est.second[b], m2), _corr(pooled[1], m2))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def attack(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    """The registered attack: :func:`scbatchprox_moment_inference` against the true moments."""
+    return scbatchprox_moment_inference(view, None if truth is None else truth.moments)

@@ -26,16 +26,20 @@ Which ``W / w_b`` the attacker uses:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from fedsc.privacy.attacks import COLUMNS
 from fedsc.privacy.views import ObservedOp, ObserverView, RunRecord
+
+if TYPE_CHECKING:
+    from fedsc.privacy.attacks import Truth
 
 ATTACK = "scbatchprox_rows"
 #: Ledger tag of the scBatchProx state aggregation (FedAvg).
 TAG = "fedavg"
-COLUMNS = ["attack", "observer", "backend", "target_client", "round", "metric", "value", "chance"]
 
 
 def split_tables(flat: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,3 +236,8 @@ def scbatchprox_row_recovery(
             add(b, rec.round, "update_relative_error", _rel(hat - prev, true - prev), 1.0)
             add(b, rec.round, "update_cosine", _cos(hat - prev, true - prev), 0.0)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def attack(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    """The registered attack: :func:`scbatchprox_row_recovery` scored against the record."""
+    return scbatchprox_row_recovery(view, None if truth is None else truth.record)

@@ -11,14 +11,18 @@ estimated, attack (a) applies unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from fedsc.privacy.attacks import COLUMNS
 from fedsc.privacy.scbatchprox_moments import estimate_weights
-from fedsc.privacy.scbatchprox_rows import COLUMNS, TAG, recover_rows, split_tables
+from fedsc.privacy.scbatchprox_rows import TAG, recover_rows, split_tables
 from fedsc.privacy.views import ObserverView, RunRecord
+
+if TYPE_CHECKING:
+    from fedsc.privacy.attacks import Truth
 
 ATTACK = "scbatchprox_weights"
 
@@ -46,7 +50,7 @@ def scbatchprox_weight_inference(
 
     Returns
     -------
-    Columns as :data:`fedsc.privacy.scbatchprox_rows.COLUMNS`. Metrics:
+    Columns as :data:`fedsc.privacy.attacks.COLUMNS`. Metrics:
     ``estimated_weight`` (round -1; chance: ``W / K``), and with truth
     ``weight_relative_error`` (round -1; chance: that of ``W / K``) and, per round,
     ``row_relative_error`` and ``update_relative_error`` with the estimated weights
@@ -55,8 +59,6 @@ def scbatchprox_weight_inference(
     ops = view.select(tag=tag, op="weighted_mean")
     rows: list[dict[str, object]] = []
     if not ops or ops[0].weights is not None or ops[0].total_weight is None:
-        return pd.DataFrame(rows, columns=COLUMNS)
-    if view.public.get("method", "scbatchprox") != "scbatchprox":
         return pd.DataFrame(rows, columns=COLUMNS)
     est = estimate_weights(view, config, tag=tag)
     k = len(est)
@@ -116,3 +118,8 @@ def scbatchprox_weight_inference(
                 float(np.linalg.norm(guess - true) / np.linalg.norm(true - prev)),
             )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def attack(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    """The registered attack: :func:`scbatchprox_weight_inference` scored against the record."""
+    return scbatchprox_weight_inference(view, None if truth is None else truth.record)

@@ -9,23 +9,34 @@ observer can do with it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fedsc.privacy.attacks import ATTACKS
 from fedsc.privacy.views import OBSERVERS
 from smpc import Ledger
 
+
+class _MeasuredBy(Mapping[str, tuple[str, ...]]):
+    """Observer -> the registered attacks that read its view (``Attack.observers``), live."""
+
+    def __getitem__(self, observer: str) -> tuple[str, ...]:
+        if observer not in OBSERVERS:
+            raise KeyError(observer)
+        return tuple(name for name, a in ATTACKS.items() if observer in a.observers)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(OBSERVERS)
+
+    def __len__(self) -> int:
+        return len(OBSERVERS)
+
+
 #: Observer -> attacks (registry names) that measure its view.
-MEASURED_BY: dict[str, tuple[str, ...]] = {
-    "coordinator": ("scbatchprox_rows", "scbatchprox_weights", "scbatchprox_moments"),
-    "party": ("party_shares",),
-    "colluding_parties": ("party_shares",),
-    "client": ("scbatchprox_rows", "scbatchprox_moments"),
-    "output_reader": (),
-}
+MEASURED_BY: Mapping[str, tuple[str, ...]] = _MeasuredBy()
 
 EXPOSURE_COLUMNS = ["index", "round", "tag", "op", "observer", "receives", "values", "private"]
 

@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsc.privacy.attacks import Truth
-from fedsc.privacy.scbatchprox_rows import COLUMNS
+from fedsc.privacy.attacks import COLUMNS, Truth
 from fedsc.privacy.views import ObserverView
 
 __all__ = ["update_recovery"]
