@@ -54,7 +54,11 @@ def test_bad_environment_variable_is_named(variable, value, words, monkeypatch, 
     with pytest.raises(FedscInputError, match=variable):
         settings.apply()
     record(
-        "settings", f"env-{variable}", f"{variable}={value}", "FedscInputError", errors[variable]
+        "settings",
+        f"env-{variable}={value}",
+        f"{variable}={value}",
+        "FedscInputError",
+        errors[variable],
     )
 
 
