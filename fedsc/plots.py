@@ -7,7 +7,6 @@ with ``fig.savefig(path)``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
 from fedsc.errors import FedscInputError
-from fedsc.results import varying_columns
+from fedsc.results import dp_family, varying_columns
 from fedsc.stats import COMPARE_COLUMNS
 
 __all__ = [
@@ -502,15 +501,6 @@ def _round_eps(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def dp_family(variant: str) -> str:
-    """A variant's DP family: its name without a trailing ``(eps=...)``/``(sigma=...)``.
-
-    ``dp(eps=16)``, ``dp(eps=64)`` and the control ``dp(sigma=0)`` are one family ``dp``,
-    drawn as one curve over ε that ends at ε = ∞ with its σ = 0 control.
-    """
-    return re.sub(r"\((eps|epsilon|sigma)=[^)]*\)$", "", str(variant)) or str(variant)
-
-
 def _family_styles(families: Sequence[str]) -> dict[str, str]:
     styles = ["-o", "--s", ":^", "-.D", "-v", "--P"]
     return {f: styles[i % len(styles)] for i, f in enumerate(families)}
@@ -559,7 +549,7 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
 
     Top: the method's headline utility (:func:`headline_utility`); middle: the
     ``observer``'s attack success (:func:`attack_success`, cosine of the recovered update
-    to the true one; 0 = chance). One curve per DP family (:func:`dp_family`: the
+    to the true one; 0 = chance). One curve per DP family (:func:`fedsc.results.dp_family`: the
     variants ``dp(eps=...)`` of one pipeline, dots per seed, line through the means),
     ending at ε = ∞ with the family's σ = 0 control (the DP pipeline without noise).
     Runs without DP (the plaintext and secure backends, an untrained reference) are

@@ -139,7 +139,7 @@ def _findings_section(results: pd.DataFrame) -> list[str]:
     keys = [k for k in ("method", "variant", "backend") if tab[k].nunique() > 1] or ["method"]
     shown = tab[[*keys, "observer", "verdict", "strongest attack"]].astype(str).copy()
     shown["success [95% CI over seeds]"] = [
-        f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi_)}]" if n > 1 else _fmt(v)
+        f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi_)}]" if n > 1 and v == v else _fmt(v)
         for v, (lo, hi_), n in zip(tab["success"], tab["interval"], tab["seeds"], strict=True)
     ]
     shown["chance"] = tab["chance"].map(_fmt)

@@ -28,6 +28,7 @@ keep them out of their statistics and use them to flag differences within the ji
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -101,3 +102,12 @@ def split_sensitivity(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     sens = table.loc[mask].copy()
     sens["metric"] = sens["metric"].astype(str).str.removesuffix(SENSITIVITY_SUFFIX)
     return table.loc[~mask], sens
+
+
+def dp_family(variant: str) -> str:
+    """A variant's DP family: its name without a trailing ``(eps=...)``/``(sigma=...)``.
+
+    ``dp(eps=16)``, ``dp(eps=64)`` and the control ``dp(sigma=0)`` are one family ``dp``,
+    drawn as one curve over ε that ends at ε = ∞ with its σ = 0 control.
+    """
+    return re.sub(r"\((eps|epsilon|sigma)=[^)]*\)$", "", str(variant)) or str(variant)

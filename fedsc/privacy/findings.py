@@ -11,9 +11,11 @@ One row per method × variant × backend × observer, from tidy results
   run accounted it so) and the audited lower bound where the run audited it (metric
   ``dp:audited_epsilon``); ∞ = no DP guarantee, ``–`` = no DP at all;
 - the utility change of the method's headline metric (:func:`fedsc.plots.headline_utility`)
-  against the uncorrected input of the same runs, and against the DP pipeline's σ = 0
-  control (same method and backend, ``dp_epsilon`` = ∞: the cost of the noise alone) where
-  the study has one.
+  against the uncorrected input of the same runs, and against the σ = 0 control of the
+  variant's own DP pipeline (same method, backend and DP family
+  :func:`fedsc.results.dp_family`, ``dp_epsilon`` = ∞: the cost of the noise alone) where
+  the study has one. An observer with only an audit (no attack applies) reads
+  ``not attacked``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fedsc.privacy.verdict import MetricVerdict, metric_verdict
+from fedsc.results import dp_family
 
 __all__ = ["AUDITED_METRIC", "privacy_findings"]
 
@@ -96,13 +99,18 @@ def privacy_findings(results: pd.DataFrame) -> pd.DataFrame:
     for key, part in att.groupby([*_KEYS, "observer"], sort=True, dropna=False):
         method, variant, backend, observer = key
         verdicts = _verdicts(part, str(observer))
-        if not verdicts:
+        audited_here = _select(audited, method, variant, backend, observer)
+        if not verdicts and not len(audited_here):
             continue
         leaks = [v for v in verdicts if v.verdict == "beats chance"]
         open_ = [v for v in verdicts if v.verdict == "inconclusive"]
         pool = leaks or open_ or verdicts
-        top = max(pool, key=_strength)
-        status = "leaks" if leaks else ("inconclusive" if open_ else "private")
+        top = max(pool, key=_strength) if pool else None
+        status = (
+            "leaks"
+            if leaks
+            else ("inconclusive" if open_ else ("private" if verdicts else "not attacked"))
+        )
         sel = (
             (util["method"] == method) & (util["variant"] == variant) & (util["backend"] == backend)
         )
@@ -113,13 +121,13 @@ def privacy_findings(results: pd.DataFrame) -> pd.DataFrame:
             "backend": backend,
             "observer": observer,
             "verdict": status,
-            "strongest attack": f"{top.attack}:{top.metric}",
-            "success": top.value,
-            "interval": (top.value_low, top.value_high),
-            "chance": top.chance,
+            "strongest attack": "–" if top is None else f"{top.attack}:{top.metric}",
+            "success": math.nan if top is None else top.value,
+            "interval": (math.nan, math.nan) if top is None else (top.value_low, top.value_high),
+            "chance": math.nan if top is None else top.chance,
             "seeds": int(part["seed"].nunique()),
             "eps_claimed": _eps(part["dp_epsilon"]),
-            "eps_audited": _eps(_select(audited, method, variant, backend, observer)),
+            "eps_audited": _eps(audited_here),
             "eps_audit_claim": _eps(_select(audit_claims, method, variant, backend, observer)),
             "utility_metric": u["utility_metric"].iloc[0] if len(u) else None,
             "utility": float(u["utility"].mean()) if len(u) else math.nan,
@@ -127,14 +135,19 @@ def privacy_findings(results: pd.DataFrame) -> pd.DataFrame:
             if len(u)
             else math.nan,
         }
+        # the control of this variant's own DP pipeline: same method, backend and DP
+        # family (dp(eps=4) -> dp(sigma=0)); runs without DP have none
+        family = dp_family(str(variant))
         control = util[
             (util["method"] == method)
             & (util["backend"] == backend)
             & np.isinf(util["dp_epsilon"].astype(float))
+            & (util["variant"].map(lambda v: dp_family(str(v))) == family)
         ]
+        is_dp = bool(np.isfinite(u["dp_epsilon"].astype(float)).any()) if len(u) else False
         row["delta_control"] = (
             row["utility"] - float(control["utility"].mean())
-            if len(control) and variant not in set(control["variant"])
+            if len(control) and is_dp
             else math.nan
         )
         out.append(row)
