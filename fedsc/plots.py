@@ -517,7 +517,8 @@ def _advantage_panel(ax: Any, frame: pd.DataFrame, finite: Sequence[float]) -> N
     styles = _family_styles(dp_families)
     for k, (label, part) in enumerate(frame.groupby("label", sort=False)):
         colour = colormaps["tab10"](k)
-        for f, family in enumerate(dp_families):
+        labelled = False
+        for family in dp_families:
             sub = part[(part["family"] == family) & part["dp_epsilon"].notna()]
             if not len(sub):
                 continue
@@ -530,8 +531,9 @@ def _advantage_panel(ax: Any, frame: pd.DataFrame, finite: Sequence[float]) -> N
                 styles[family],
                 ms=4,
                 color=colour,
-                label=label if f == 0 else None,
+                label=None if labelled else label,
             )
+            labelled = True
         nodp = part[part["dp_epsilon"].isna()]
         for _variant, sub in nodp.groupby("variant", sort=True):
             ax.axhline(float(sub["advantage"].mean()), color=colour, lw=0.7, ls=":")
