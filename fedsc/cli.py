@@ -412,16 +412,6 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), e.g. 0.05; got {text!r}")
-    return value
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from fedsc.sweep import run_sweep
 
@@ -457,7 +447,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--a", action="append", default=[], help="side A selector KEY=VALUE")
     p.add_argument("--b", action="append", default=[], help="side B selector KEY=VALUE")
     p.add_argument("--family", action="append", default=None, help="BH family column(s)")
-    p.add_argument("--alpha", type=_probability, default=0.05, help="FDR level, in (0, 1)")
+    p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--out", default=None, help="CSV path (default DIR/comparison.csv)")
 
 

@@ -257,10 +257,8 @@ def test_sweep_workers_capped_at_the_cpus(tmp_path, own_settings, caplog, monkey
     [
         (["demo", "--workers", "0"], ["--workers", "positive integer"]),
         (["sweep", "s.yaml", "--out", "o", "--workers", "-1"], ["--workers", "positive integer"]),
-        (["compare", "d", "--a", "x=1", "--b", "x=2", "--alpha", "5"], ["--alpha", "in (0, 1)"]),
-        (["compare", "d", "--a", "x=1", "--b", "x=2", "--alpha", "nan"], ["--alpha", "in (0, 1)"]),
     ],
-    ids=["demo-workers-zero", "sweep-workers-negative", "compare-alpha-5", "compare-alpha-nan"],
+    ids=["demo-workers-zero", "sweep-workers-negative"],
 )
 def test_cli_counts_and_levels(argv, words, capsys, tmp_path, monkeypatch, nothing_left):
     monkeypatch.chdir(tmp_path)
