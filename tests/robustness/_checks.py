@@ -24,6 +24,8 @@ def record(area: str, case: str, given: str, outcome: Any, message: str) -> None
     """Append one case to ``$FEDSC_CASES_OUT`` (no-op when unset)."""
     if not CASES_OUT:
         return
+    if message.startswith("usage:"):  # argparse: the error is the last line
+        message = message.strip().splitlines()[-1]
     row = {"area": area, "case": case, "input": given, "outcome": str(outcome), "message": message}
     with open(CASES_OUT, "a") as fh:
         fh.write(json.dumps(row) + "\n")
