@@ -567,6 +567,11 @@ def run_fedscgen(
         cells removed by the ``"dropped"`` scenario get NaN rows.
     """
     config = FedScGenConfig() if config is None else config
+    from fedsc.run_privacy import check_tl_dp
+
+    # client-level DP is the aggregator's gaussian mechanism: without one the DP model
+    # variant would train with no noise and no epsilon (every entry point, not only tl)
+    check_tl_dp(config, None if isinstance(aggregator, str) else aggregator)
     if isinstance(aggregator, str):
         from fedsc.backend import aggregator_for
 

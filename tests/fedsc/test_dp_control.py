@@ -67,11 +67,11 @@ def test_fedscgen_records_the_sigma_that_ran():
     rec = a.uns["fedscgen"]["dp"]
     assert rec["noise_multiplier"] == sigma and rec["clip"] == 0.5
     assert rec["normalisation"] == dp_sgd.NORMALISATION and res.info["dp"] == rec
-    # without a gaussian mechanism nothing was noised, and the record says so
+    # without a gaussian mechanism nothing would be noised: refused before training
     b = _adata()
-    run_fedscgen(b, **KEYS, aggregator="plaintext", config=cfg, seed=0)
-    assert "noise_multiplier" not in b.uns["fedscgen"]["dp"]
-    assert b.uns["fedscgen"]["dp"]["noise"].startswith("none")
+    with pytest.raises(FedscInputError, match="adds no noise by itself"):
+        run_fedscgen(b, **KEYS, aggregator="plaintext", config=cfg, seed=0)
+    assert "fedscgen" not in b.uns
 
 
 def test_fedscgen_cell_level_records_the_calibrated_sigma_and_the_relation():
@@ -89,3 +89,24 @@ def test_fedscgen_cell_level_records_the_calibrated_sigma_and_the_relation():
     assert rec["epsilon"] == calibrated.epsilon(steps, q) <= 1.0
     assert rec["epsilon"] == pytest.approx(1.0, rel=1e-2)
     assert res.info["dp"] == rec
+
+
+def test_run_fedscgen_refuses_client_dp_without_the_gaussian_mechanism():
+    """A direct run_fedscgen call with client-level dp and a bare aggregator trained the DP
+    model variant with no noise and no epsilon; it is refused before any training."""
+    import smpc
+    from fedsc.datasets import simulate
+    from fedsc.errors import FedscInputError
+    from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
+
+    adata = simulate(60, 30, n_batches=2, n_cell_types=2, seed=0)
+    config = FedScGenConfig(rounds=1, local_epochs=1, hidden=[8], latent=2, dp={"level": "client"})
+    for aggregator in ("plaintext", smpc.make_aggregator("plaintext")):
+        with pytest.raises(FedscInputError, match="adds no noise by itself"):
+            run_fedscgen(
+                adata,
+                batch_key="batch",
+                label_key="cell_type",
+                aggregator=aggregator,
+                config=config,
+            )

@@ -239,7 +239,9 @@ def test_without_dp_opacus_is_never_imported(panc, monkeypatch):
             panc.copy(),
             **KEYS,
             aggregator="plaintext",
-            config=FedScGenConfig(**TINY, rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0}),
+            config=FedScGenConfig(
+                **TINY, rounds=1, local_epochs=1, dp={"level": "cell", "noise_multiplier": 1.0}
+            ),
             seed=0,
         )
 

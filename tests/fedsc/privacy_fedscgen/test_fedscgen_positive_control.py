@@ -21,11 +21,9 @@ import torch
 
 from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
 from fedsc.privacy import RunRecord, Truth, observer_view, recording_aggregator, update_recovery
-from fedsc.privacy.fedscgen_in_run import (
-    fedscgen_membership,
-    fedscgen_revealed_values,
-    fedscgen_truth,
-)
+from fedsc.privacy.fedscgen_runs import fedscgen_truth
+from fedsc.privacy.membership import fedscgen_membership
+from fedsc.privacy.revealed_values import fedscgen_revealed_values
 
 #: One round of 20 local epochs on 20 training cells per client (overfits: LiRA ~0.7).
 PARAMS = {
@@ -38,6 +36,7 @@ PARAMS = {
 }
 #: The GroupNorm DP variant, without DP-SGD (client-level DP's model).
 CONFIG = FedScGenConfig(**PARAMS, dp={"level": "client", "clip": 1e6, "delta": 1e-3})
+NO_NOISE = {"name": "gaussian", "noise_multiplier": 0.0, "clip": 1e6}
 TINY_NOISE = {"name": "gaussian", "noise_multiplier": 1e-15, "clip": 1e6}
 
 
@@ -77,7 +76,9 @@ def runs():
         fed = fedscgen_truth(adata, batch_key="batch", label_key="cell_type", config=CONFIG, seed=0)
         return {
             name: Truth(_record(adata, mechs), fedscgen=fed)
-            for name, mechs in (("plain", []), ("dp", [TINY_NOISE]))
+            # "plain": the same DP pipeline at sigma = 0 (a client-level dp config needs
+            # the gaussian mechanism: without it run_fedscgen refuses)
+            for name, mechs in (("plain", [NO_NOISE]), ("dp", [TINY_NOISE]))
         }
     finally:
         torch.set_num_threads(n)
@@ -102,26 +103,27 @@ def test_sigma_to_zero_update_recovery_and_revealed_values_equal_non_dp(runs):
 
 
 def test_sigma_to_zero_membership_equals_non_dp_and_the_attacker_is_adaptive(runs, monkeypatch):
-    import fedsc.privacy.fedscgen_in_run as in_run
+    import fedsc.privacy.membership as membership
 
-    monkeypatch.setattr(in_run, "N_SHADOWS", 2)  # half the cost; still 0.70 vs 0.55 (raw)
+    monkeypatch.setattr(membership, "N_SHADOWS", 2)  # half the cost; still 0.70 vs 0.55 (raw)
     plain = _values(runs["plain"], "coordinator", fedscgen_membership).xs(-1)
     dp = _values(runs["dp"], "coordinator", fedscgen_membership).xs(-1)
     assert "update_lira_adaptive_auc_pooled" in dp and "update_lira_auc_pooled" not in dp
     dp = dp.rename(lambda m: m.replace("lira_adaptive", "lira"))
+    # "plain" is the sigma = 0 control (the same pipeline: its LiRA is adaptive too)
+    plain = plain.rename(lambda m: m.replace("lira_adaptive", "lira"))
     pd.testing.assert_series_equal(dp, plain, atol=0.01, rtol=0)
     assert plain["update_lira_auc_pooled"] > 0.65  # decisive: the raw rows gave 0.55
 
 
 def test_offline_capture_holds_the_clients_models_and_lira_adapts(runs):
-    """The offline views (``capture_fedscgen_views``) read the same clients' models; at
-    σ·C → 0 the adaptive LiRA scores equal the non-adaptive ones."""
-    from dataclasses import replace
-
+    """The offline capture (``capture_fedscgen_views``) records through the same recorder:
+    its coordinator holds the same clients' models; at σ·C → 0 the adaptive LiRA scores
+    equal the non-adaptive ones."""
     import numpy as np
 
-    from fedsc.privacy.membership import capture_fedscgen_views, fedscgen_membership_scores
-    from smpc.flatten import flatten
+    from fedsc.privacy.fedscgen_runs import capture_fedscgen_views, clear_row, state_ops
+    from fedsc.privacy.membership import membership_scores, shadow_dp
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -135,18 +137,18 @@ def test_offline_capture_holds_the_clients_models_and_lira_adapts(runs):
             mechanisms=[TINY_NOISE],
             mechanism_seed=0,
         )
+        view = views.view("coordinator")
+        last = max(state_ops(view), key=lambda o: o.index)
         plain = runs["plain"].record
-        last = max(i for i, o in enumerate(plain.operations) if o.tag == "fedavg")
-        for pos, c in enumerate(views.clients):
-            got = flatten(views.local_states[c.index])[0]
-            np.testing.assert_allclose(got, plain.local_contributions(last)[pos], atol=1e-6)
-        assert views.shadow_dp is not None and views.shadow_dp.clip == 1e6
-        one = replace(views, clients=views.clients[:1])  # one target: 2 shadows each
-        common = {"observers": ("coordinator",), "attacks": ("lira_offline",), "n_shadows": 2}
-        adaptive = fedscgen_membership_scores(one, **common)
-        fixed = fedscgen_membership_scores(one, adaptive=False, **common)
+        for pos in range(last.n_clients):
+            got = clear_row(last, pos)
+            np.testing.assert_allclose(got, plain.local_contributions(last.index)[pos], atol=1e-6)
+        assert shadow_dp(view, views.fedscgen).clip == 1e6
+        common = {"scorers": ("lira",), "n_shadows": 2, "targets": views.fedscgen.training[:1]}
+        adaptive = membership_scores(view, views.truth, **common)
+        fixed = membership_scores(view, views.truth, adaptive=False, **common)
     finally:
         torch.set_num_threads(n)
-    assert set(adaptive["attack"]) == {"lira_offline_adaptive"}
-    assert set(fixed["attack"]) == {"lira_offline"}
+    assert set(adaptive["scorer"]) == {"update_lira_adaptive"}
+    assert set(fixed["scorer"]) == {"update_lira"}
     np.testing.assert_allclose(adaptive["score"], fixed["score"], atol=1e-4)
