@@ -240,11 +240,26 @@ def noise_multiplier_for(
             bracket,
             tol=tol,
         )
-    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError) as err:
+    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError):
+        # two ways to miss: the target is so large that even almost no noise (sigma = 1e-3)
+        # stays below it, or so small that no sigma in range reaches it
+        if (
+            accountant == "rdp"
+            and epsilon(1e-3, steps, sampling_rate, delta, accountant="rdp", relation=relation)
+            <= target_epsilon
+        ):
+            raise FedscInputError(
+                f"target_epsilon={target_epsilon} is larger than what even sigma = 0.001 "
+                f"(almost no noise) spends over {steps} step(s) at sampling rate "
+                f"{sampling_rate}, delta={delta}: such a target bounds nothing. Choose a "
+                "smaller target_epsilon (1-10 is typical), or set noise_multiplier directly "
+                "(e.g. 0.5; 0 runs the DP pipeline without noise, epsilon = inf)."
+            ) from None
         raise FedscInputError(
-            f"no noise multiplier reaches epsilon={target_epsilon} at delta={delta} over "
-            f"{steps} step(s) at sampling rate {sampling_rate}: {err}; raise the target "
-            "epsilon or delta, or take fewer steps."
+            f"no noise multiplier reaches target_epsilon={target_epsilon} at delta={delta} "
+            f"over {steps} step(s) at sampling rate {sampling_rate}: the target is too small "
+            "for this many releases. Raise target_epsilon or delta, take fewer steps (rounds, "
+            "epochs), or set noise_multiplier directly (e.g. 5.0)."
         ) from None
     sigma = float(sigma)
     if sigma > _MAX_SIGMA:  # pragma: no cover - absurd targets only
