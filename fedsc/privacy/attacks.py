@@ -25,7 +25,7 @@ from fedsc.registry import Registry, resolve
 
 if TYPE_CHECKING:
     from fedsc.methods import MethodSpec
-    from fedsc.privacy.fedscgen_in_run import FedscGenTruth
+    from fedsc.privacy.fedscgen_runs import FedscGenTruth
     from fedsc.privacy.scbatchprox_moments import ClientMoments
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Attack",
     "Truth",
     "attack_record",
+    "attack_row",
     "register_attack",
     "run_attacks",
     "unregister_attack",
@@ -41,6 +42,28 @@ __all__ = [
 
 #: The columns of every attack's rows (one row per target, round and metric).
 COLUMNS = ["attack", "observer", "backend", "target_client", "round", "metric", "value", "chance"]
+
+
+def attack_row(
+    view: ObserverView,
+    attack: str,
+    target: int,
+    metric: str,
+    value: float,
+    chance: float,
+    round: int | None = None,
+) -> dict[str, Any]:
+    """One row of :data:`COLUMNS` for an attack on ``view``."""
+    return {
+        "attack": attack,
+        "observer": view.observer,
+        "backend": view.backend,
+        "target_client": int(target),
+        "round": round,
+        "metric": metric,
+        "value": float(value),
+        "chance": float(chance),
+    }
 
 
 @dataclass(frozen=True)
@@ -56,7 +79,7 @@ class Truth:
         :func:`fedsc.privacy.scbatchprox_moments.client_moments`).
     fedscgen
         FedscGen's clients, cells, labels and splits
-        (:class:`fedsc.privacy.fedscgen_in_run.FedscGenTruth`), for the FedscGen attacks.
+        (:class:`fedsc.privacy.fedscgen_runs.FedscGenTruth`), for the FedscGen attacks.
     """
 
     record: RunRecord | None = None
@@ -172,19 +195,19 @@ for _attack in (
     Attack("update_recovery", "fedsc.privacy.update_recovery:update_recovery"),
     Attack(
         "fedscgen_membership",
-        "fedsc.privacy.fedscgen_in_run:fedscgen_membership",
+        "fedsc.privacy.membership:fedscgen_membership",
         needs=_FEDSCGEN,
         requires=frozenset({"vae_state"}),
     ),
     Attack(
         "fedscgen_property",
-        "fedsc.privacy.fedscgen_in_run:fedscgen_property",
+        "fedsc.privacy.property_inference:fedscgen_property",
         needs=_FEDSCGEN,
         requires=frozenset({"vae_state", "correction_values"}),
     ),
     Attack(
         "fedscgen_revealed_values",
-        "fedsc.privacy.fedscgen_in_run:fedscgen_revealed_values",
+        "fedsc.privacy.revealed_values:fedscgen_revealed_values",
         needs=_FEDSCGEN,
         requires=frozenset({"vae_state", "correction_values"}),
     ),

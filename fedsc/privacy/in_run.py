@@ -302,7 +302,7 @@ class InRunPrivacy:
         """The truth the attacks need (``Attack.needs``), built from the run's cells.
 
         ``fedscgen`` (the clients' cells, labels and train/validation splits): rebuilt from
-        the evaluated cells by :func:`fedsc.privacy.fedscgen_in_run.fedscgen_truth`; not
+        the evaluated cells by :func:`fedsc.privacy.fedscgen_runs.fedscgen_truth`; not
         for an inclusion scenario other than ``"all"`` or a dataset-evolution scenario
         (their cells are not the run's clients'), whose attacks then give no rows.
         ``moments`` is not built in runs (scBatchProx's moment attack reports its fit).
@@ -316,7 +316,7 @@ class InRunPrivacy:
             and cfg.inclusion == "all"
             and cfg.scenario is None
         ):
-            from fedsc.privacy.fedscgen_in_run import fedscgen_truth
+            from fedsc.privacy.fedscgen_runs import fedscgen_truth
 
             fedscgen = fedscgen_truth(
                 adata,

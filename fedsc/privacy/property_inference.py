@@ -1,33 +1,36 @@
-"""Property inference against FedscGen: a client's cell-type composition (issue 9, 2d).
+"""Property inference against FedscGen: each client's cell-type composition (issue 9, 2d).
 
 Property inference against federated updates: Melis et al. (IEEE S&P 2019), Ganju et al.
-(CCS 2018). Two observers:
+(CCS 2018). The registered attack ``fedscgen_property`` (:func:`fedscgen_property`) reads
+two things of an observer's view:
 
-``"coordinator"`` (plaintext aggregation), :func:`update_composition_attack`
+``update_*`` (the plaintext coordinator, batch-norm models), :func:`estimate_composition_from_update`
     It receives client c's whole local state, batch-norm running statistics included. The
     first encoder layer's running mean is an exponential moving average (momentum 0.1) of
     the minibatch means of ``W x + b``; the coordinator knows the state it broadcast (the
     starting running mean) and the number of minibatches ``B = local_epochs x (N_c //
     batch_size)`` (N_c is the public FedAvg weight), so it removes the starting value and
     recovers ``m_c ≈ W x̄_c + b``, a projection of the client's mean expression. With
-    auxiliary labelled cells (other clients' data here; a public atlas in practice) it
-    projects every type's mean profile the same way and solves a non-negative least
-    squares for the mixture weights: the client's composition. The auxiliary profiles
-    come from other batches, so batch effects bias the estimate: on the pancreas
-    (clients = sequencing technologies, similar compositions) it does no better than the
-    prior; on simulated clients with different compositions it does
-    (``benchmarks/privacy_attacks.py``).
-``"coordinator+crypten"`` (secure aggregation), :func:`revealed_composition_attack`
-    It sees only aggregates and FedscGen's revealed values: the number of holders of each
-    type, the dominant client of each shared type and that client's count. Client c's
-    majority type is guessed as its revealed type with the largest count, or, when c
-    dominates nothing, the type with the largest revealed count overall; presence is
-    certain for types c dominates or that every client holds, else guessed from the
-    fraction of holders.
+    auxiliary labelled cells (other clients' data here, :class:`AuxiliaryProfiles`; a
+    public atlas in practice) it projects every type's mean profile the same way and solves
+    a non-negative least squares for the mixture weights: the client's composition. The
+    auxiliary profiles come from other batches, so batch effects bias the estimate: on the
+    pancreas (clients = sequencing technologies, similar compositions) it does no better
+    than the prior; on simulated clients with different compositions it does. DP variants
+    use GroupNorm and give no ``update_*`` rows.
+``revealed_*`` (any view holding the correction's results: coordinator, client), :func:`estimate_counts_from_revealed`
+    FedscGen's revealed values: the number of holders of each type, the dominant client
+    of each shared type and that client's count, under any backend. Client c's counts are
+    exact for the types it dominates; the rest of its (public) size is spread over the
+    other held types, bounded by the dominant counts; presence is certain for types c
+    dominates, else guessed from the fraction of holders.
 
-Chance: the majority-class baseline (the best constant guess of the majority type, or of
-presence, over the clients; its accuracy uses the truth), and for proportions the error of
-the attacker's prior (the auxiliary data's pooled composition).
+Metrics over the targeted clients (``target_client`` -1; a client view targets the
+others): ``majority_accuracy`` (chance: the majority-class baseline, the best constant
+guess of the majority type), ``proportion_mae`` and ``proportion_pearson`` (chance: the
+attacker's prior: the auxiliary data's pooled composition for ``update_*``, the revealed
+dominant counts normalised for ``revealed_*``), ``revealed_presence_accuracy`` (chance:
+the best constant guess).
 """
 
 from __future__ import annotations
@@ -40,30 +43,19 @@ import pandas as pd
 import torch
 from scipy.optimize import nnls
 
-from fedsc.privacy.membership import FedScGenViews
+from fedsc.privacy.attacks import COLUMNS, Truth, attack_row
+from fedsc.privacy.fedscgen_runs import clear_row, fedscgen_of, revealed_from_view, state_ops
+from fedsc.privacy.views import ObserverView
 
 __all__ = [
-    "PROPERTY_COLUMNS",
     "AuxiliaryProfiles",
     "composition",
     "estimate_composition_from_update",
     "estimate_counts_from_revealed",
-    "revealed_composition_attack",
-    "update_composition_attack",
+    "fedscgen_property",
 ]
 
-#: Columns of the property-inference rows.
-PROPERTY_COLUMNS = [
-    "attack",
-    "observer",
-    "target_client",
-    "metric",
-    "value",
-    "chance",
-    "n",
-    "seed",
-]
-
+ATTACK = "fedscgen_property"
 _MOMENTUM = 0.1  # torch.nn.BatchNorm1d's default
 
 
@@ -119,96 +111,25 @@ def estimate_composition_from_update(
 
 
 def _summary(
-    truth: np.ndarray, pred: np.ndarray, prior: np.ndarray, **base: Any
-) -> list[dict[str, Any]]:
-    """Over clients: majority-type accuracy, and proportion MAE and Pearson r vs ``prior``."""
+    truth: np.ndarray, pred: np.ndarray, prior: np.ndarray
+) -> list[tuple[str, float, float]]:
+    """Over clients: (metric, value, chance) of the majority type, proportion MAE and r."""
     k = truth.shape[0]
     true_major = truth.argmax(axis=1)
     counts = np.bincount(true_major, minlength=truth.shape[1])
-    rows = [
-        {
-            **base,
-            "target_client": "all",
-            "metric": "majority_accuracy",
-            "value": float((pred.argmax(axis=1) == true_major).mean()),
-            "chance": float(counts.max() / k),
-            "n": k,
-        }
+    return [
+        (
+            "majority_accuracy",
+            float((pred.argmax(axis=1) == true_major).mean()),
+            float(counts.max() / k),
+        ),
+        ("proportion_mae", float(np.abs(pred - truth).mean()), float(np.abs(prior - truth).mean())),
+        (
+            "proportion_pearson",
+            float(np.corrcoef(pred.ravel(), truth.ravel())[0, 1]),
+            float(np.corrcoef(prior.ravel(), truth.ravel())[0, 1]),
+        ),
     ]
-    rows += [
-        {
-            **base,
-            "target_client": "all",
-            "metric": "proportion_mae",
-            "value": float(np.abs(pred - truth).mean()),
-            "chance": float(np.abs(prior - truth).mean()),
-            "n": k,
-        },
-        {
-            **base,
-            "target_client": "all",
-            "metric": "proportion_pearson",
-            "value": float(np.corrcoef(pred.ravel(), truth.ravel())[0, 1]),
-            "chance": float(np.corrcoef(prior.ravel(), truth.ravel())[0, 1]),
-            "n": k,
-        },
-    ]
-    return rows
-
-
-def update_composition_attack(views: FedScGenViews) -> pd.DataFrame:
-    """Plaintext coordinator: each client's composition from its last local update.
-
-    The auxiliary data for client c are the other clients' cells with their labels (a
-    stand-in for a public labelled atlas); the prior is their pooled composition.
-
-    Returns
-    -------
-    Per client: ``proportion_mae`` (chance: the prior's error) and ``majority_correct``
-    (chance 1 / #types); over clients: ``majority_accuracy`` (chance: majority-class
-    baseline), ``proportion_mae`` and ``proportion_pearson`` (chance 0).
-    """
-    cfg = views.config
-    vocab = list(views.revealed["vocabulary"])
-    truths, preds, priors, rows = [], [], [], []
-    base = {"attack": "update_bn_mean_nnls", "observer": "coordinator", "seed": views.seed}
-    aux = AuxiliaryProfiles(views.data, views.labels, vocab)
-    for c in views.clients:
-        ci = c.index
-        present, means, prior = aux.excluding(ci)
-        n_batches = cfg.local_epochs * (len(views.splits[ci][0]) // cfg.batch_size)
-        est = estimate_composition_from_update(
-            views.local_states[ci], views.broadcast_state, n_batches, means
-        )
-        pred = np.zeros(len(vocab))
-        pred[[vocab.index(t) for t in present]] = est
-        truth = composition(views.labels[ci], vocab)
-        truths.append(truth)
-        preds.append(pred)
-        priors.append(prior)
-        n = int(views.data[ci].shape[0])
-        rows.append(
-            {
-                **base,
-                "target_client": c.name,
-                "metric": "proportion_mae",
-                "value": float(np.abs(pred - truth).mean()),
-                "chance": float(np.abs(prior - truth).mean()),
-                "n": n,
-            }
-        )
-        rows.append(
-            {
-                **base,
-                "target_client": c.name,
-                "metric": "majority_correct",
-                "value": float(pred.argmax() == truth.argmax()),
-                "chance": 1.0 / len(vocab),
-                "n": n,
-            }
-        )
-    rows += _summary(np.stack(truths), np.stack(preds), np.stack(priors), **base)
-    return pd.DataFrame(rows)[PROPERTY_COLUMNS]
 
 
 class AuxiliaryProfiles:
@@ -285,71 +206,79 @@ def estimate_counts_from_revealed(
     return est
 
 
-def revealed_composition_attack(views: FedScGenViews) -> pd.DataFrame:
-    """Secure aggregation: each client's composition from FedscGen's revealed values.
+def fedscgen_property(view: ObserverView, truth: Truth | None) -> pd.DataFrame:
+    """Each client's cell-type composition from its update and from the revealed values.
 
-    Uses only ``views.revealed`` (holders per type, dominant client and its count per
-    shared type), the public number of clients and the public FedAvg weights
-    (:func:`estimate_counts_from_revealed`); works the same for a crypten run.
-
-    Returns
-    -------
-    Per client ``majority_correct`` (chance 1 / #types) and ``proportion_mae``; over
-    clients ``majority_accuracy`` (chance: majority-class baseline), ``proportion_mae``
-    and ``proportion_pearson`` (chance: the attacker's client-blind prior, the revealed
-    dominant counts normalised), ``presence_accuracy`` (chance: best constant guess).
+    See the module docstring; metrics are over the targeted clients (``target_client``
+    -1). A client view targets the other clients.
     """
-    rev = views.revealed
-    cfg = views.config
-    vocab = list(rev["vocabulary"])
-    k = len(views.clients)
-    holders = np.array([rev["n_clients_per_type"][t] for t in vocab], dtype=np.float64)
-    blind = np.array([rev["dominant_count"].get(t, 0.0) for t in vocab])
-    prior = blind / blind.sum() if blind.sum() > 0 else np.full(len(vocab), 1.0 / len(vocab))
-    base = {"attack": "revealed_dominant", "observer": "coordinator+crypten", "seed": views.seed}
-    truths, preds, pres_true, pres_pred, rows = [], [], [], [], []
-    for c in views.clients:
-        n_cells = len(views.splits[c.index][0]) / (1.0 - cfg.validation_fraction)
-        est = estimate_counts_from_revealed(rev, c.index, n_cells)
-        pred = est / est.sum() if est.sum() > 0 else prior
-        truth = composition(views.labels[c.index], vocab)
-        mine = [vocab.index(t) for t, d in rev["dominant"].items() if d == c.index]
-        presence = holders / max(k, 1) >= 0.5
-        presence[mine] = True
-        truths.append(truth)
-        preds.append(pred)
-        pres_true.append(truth > 0)
-        pres_pred.append(presence)
-        n = int(views.data[c.index].shape[0])
-        rows += [
-            {
-                **base,
-                "target_client": c.name,
-                "metric": "majority_correct",
-                "value": float(pred.argmax() == truth.argmax()),
-                "chance": 1.0 / len(vocab),
-                "n": n,
-            },
-            {
-                **base,
-                "target_client": c.name,
-                "metric": "proportion_mae",
-                "value": float(np.abs(pred - truth).mean()),
-                "chance": float(np.abs(prior - truth).mean()),
-                "n": n,
-            },
-        ]
-    truth_m = np.stack(truths)
-    rows += _summary(truth_m, np.stack(preds), np.tile(prior, (k, 1)), **base)
-    pt, pp = np.stack(pres_true), np.stack(pres_pred)
-    rows.append(
-        {
-            **base,
-            "target_client": "all",
-            "metric": "presence_accuracy",
-            "value": float((pt == pp).mean()),
-            "chance": float(max(pt.mean(), 1.0 - pt.mean())),
-            "n": int(pt.size),
-        }
-    )
-    return pd.DataFrame(rows)[PROPERTY_COLUMNS]
+    fed = fedscgen_of(truth)
+    if fed is None or view.observer not in ("coordinator", "client"):
+        return pd.DataFrame(columns=COLUMNS)
+    vocab = fed.vocabulary
+    me = None if view.client is None else sorted(fed.names)[view.client]
+    rows: list[dict[str, Any]] = []
+    ops = state_ops(view)
+    if ops and view.observer == "coordinator":
+        last = max(ops, key=lambda o: o.index)
+        spec = fed.spec()
+        ref = spec.unflatten(np.asarray(last.reference))
+        key = "encoder.0.norm.running_mean"
+        truths, preds, priors = [], [], []
+        aux = AuxiliaryProfiles(
+            {o: fed.data[o] for o in fed.training}, {o: fed.labels[o] for o in fed.training}, vocab
+        )
+        for pos, c in enumerate(fed.training):
+            own = clear_row(last, pos)
+            if own is None or key not in ref:
+                continue
+            present, means, prior = aux.excluding(c)
+            n_batches = fed.config.local_epochs * (len(fed.splits[c][0]) // fed.config.batch_size)
+            est = estimate_composition_from_update(spec.unflatten(own), ref, n_batches, means)
+            pred = np.zeros(len(vocab))
+            pred[[vocab.index(t) for t in present]] = est
+            truths.append(composition(fed.labels[c], vocab))
+            preds.append(pred)
+            priors.append(prior)
+        if truths:
+            rows += _prefixed(view, "update", _summary(*map(np.stack, (truths, preds, priors))))
+    rev = revealed_from_view(view, fed)
+    targets = [c for c in fed.training if c != me]
+    if rev is not None and targets:
+        holders = np.array([rev["n_clients_per_type"][t] for t in vocab], dtype=np.float64)
+        blind = np.array([rev["dominant_count"].get(t, 0.0) for t in vocab])
+        prior = blind / blind.sum() if blind.sum() > 0 else np.full(len(vocab), 1 / len(vocab))
+        k = len(fed.names)
+        truths, preds, pres_true, pres_pred = [], [], [], []
+        for c in targets:
+            n_cells = len(fed.splits[c][0]) / (1.0 - fed.config.validation_fraction)
+            est = estimate_counts_from_revealed(rev, c, n_cells)
+            truth_c = composition(fed.labels[c], vocab)
+            presence = holders / max(k, 1) >= 0.5
+            presence[[vocab.index(t) for t, d in rev["dominant"].items() if d == c]] = True
+            truths.append(truth_c)
+            preds.append(est / est.sum() if est.sum() > 0 else prior)
+            pres_true.append(truth_c > 0)
+            pres_pred.append(presence)
+        t_m = np.stack(truths)
+        rows += _prefixed(
+            view, "revealed", _summary(t_m, np.stack(preds), np.tile(prior, (len(t_m), 1)))
+        )
+        pt, pp = np.stack(pres_true), np.stack(pres_pred)
+        rows.append(
+            attack_row(
+                view,
+                ATTACK,
+                -1,
+                "revealed_presence_accuracy",
+                float((pt == pp).mean()),
+                float(max(pt.mean(), 1.0 - pt.mean())),
+            )
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _prefixed(
+    view: ObserverView, prefix: str, summary: list[tuple[str, float, float]]
+) -> list[dict[str, Any]]:
+    return [attack_row(view, ATTACK, -1, f"{prefix}_{m}", v, c) for m, v, c in summary]

@@ -8,7 +8,7 @@ import torch
 
 from fedsc.datasets import pancreas
 from fedsc.methods.fedscgen import FedScGenConfig
-from fedsc.privacy.membership import capture_fedscgen_views
+from fedsc.privacy.fedscgen_runs import capture_fedscgen_views
 
 #: Small and quick to overfit: 2 rounds x 10 local epochs, hidden (64, 64).
 OVERFIT = {"hidden": (64, 64), "batch_size": 30, "num_threads": 1, "rounds": 2, "local_epochs": 10}
@@ -17,7 +17,7 @@ KEYS = {"batch_key": "batch", "label_key": "cell_type"}
 
 @pytest.fixture(scope="session")
 def capture():
-    """``capture(adata, seed, **config)``: views of one FedscGen run, with one torch thread."""
+    """``capture(adata, seed, **config)``: one recorded FedscGen run, with one torch thread."""
 
     def run(adata, seed=0, **config):
         n = torch.get_num_threads()

@@ -120,9 +120,9 @@ def test_heavy_dp_sgd_moves_update_membership_toward_chance(tiny, plain, monkeyp
     0.76-0.80 over seeds 0-2 on this tiny set), near chance under sigma = 10 DP-SGD
     (0.46-0.56). Under DP the attacker is adaptive by default (shadows trained with the
     run's DP-SGD, two here: Opacus steps cost 5x plain ones): its metric says so."""
-    import fedsc.privacy.fedscgen_in_run as fedscgen_in_run
+    import fedsc.privacy.membership as membership
 
-    monkeypatch.setattr(fedscgen_in_run, "N_SHADOWS", 2)
+    monkeypatch.setattr(membership, "N_SHADOWS", 2)
     metric = "attack:fedscgen_membership:update_lira_auc_pooled"
     dp = _run(tiny, ["fedscgen_membership"], dp=HEAVY_DP_SGD)
     assert dp.info["dp"]["dp_mechanism"].startswith("dp_sgd")
