@@ -71,8 +71,8 @@ from fedsc.methods.vae import (
     torch_threads,
     train_epoch,
 )
-from fedsc.privacy.attacks import COLUMNS
-from fedsc.privacy.fedscgen_runs import FedscGenTruth, clear_row, state_ops
+from fedsc.privacy.attacks import COLUMNS, Truth
+from fedsc.privacy.fedscgen_runs import FedscGenTruth, clear_row, fedscgen_of, state_ops
 from fedsc.privacy.views import ObserverView
 from smpc.flatten import flatten
 from smpc.mechanisms import make_mechanism
@@ -428,7 +428,7 @@ def _capped(fed: FedscGenTruth, c: int) -> tuple[torch.Tensor, np.ndarray]:
 
 def membership_scores(
     view: ObserverView,
-    truth: Any,
+    truth: Truth | None,
     *,
     scorers: Sequence[str] = SCORERS,
     n_shadows: int | None = None,
@@ -463,10 +463,9 @@ def membership_scores(
     :data:`SCORE_COLUMNS`: per target and cell, ``scorer`` (``update_loss``,
     ``global_lira``, ...), ``score`` and ``member``.
     """
-    fed = getattr(truth, "fedscgen", None)
+    fed = fedscgen_of(truth)
     ops = state_ops(view)
-    readable = view.observer in ("coordinator", "client") and bool(ops)
-    if not readable or not isinstance(fed, FedscGenTruth):
+    if fed is None or not ops or view.observer not in ("coordinator", "client"):
         return pd.DataFrame(columns=SCORE_COLUMNS)
     unknown = sorted(set(scorers) - set(SCORERS))
     if unknown:
@@ -630,7 +629,7 @@ def scores_to_metrics(
 
 
 def fedscgen_membership(
-    view: ObserverView, truth: Any, *, adaptive: bool | None = None
+    view: ObserverView, truth: Truth | None, *, adaptive: bool | None = None
 ) -> pd.DataFrame:
     """The registered attack: per-client and pooled AUCs of every scorer (module docstring).
 
