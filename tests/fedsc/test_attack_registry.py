@@ -70,7 +70,12 @@ def toy(tmp_path):
 def test_a_registered_attack_runs_inside_a_run_and_labels_it(toy):
     adata = simulate(240, 300, n_batches=3, n_cell_types=3, seed=0)
     cfg = RunConfig(
-        "scbatchprox", n_comps=10, n_top_genes=200, params={"rounds": 2}, attacks=["toy_sign"]
+        "scbatchprox",
+        n_comps=10,
+        n_top_genes=200,
+        panels=[],
+        params={"rounds": 2},
+        attacks=["toy_sign"],
     )
     res = execute_run(cfg, adata=adata)
     att = res.rows[res.rows["panel"] == "attack"]
