@@ -23,7 +23,7 @@ from fedsc.privacy.views import observer_view
 from smpc.mechanisms import ClientContext, Mechanism
 
 #: The scBatchProx attacks of the tables in ``docs/privacy.md``.
-MEASURED = ("scbatchprox_rows", "scbatchprox_weights", "scbatchprox_moments", "party_shares")
+MEASURED = ("scbatchprox_rows", "scbatchprox_moments", "scbatchprox_weights", "party_shares")
 
 
 def measure(backends: Sequence[str] = ("plaintext", "crypten"), seed: int = 0) -> pd.DataFrame:
