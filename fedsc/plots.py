@@ -600,13 +600,14 @@ def privacy_utility_frontier(results: pd.DataFrame, observer: str = "coordinator
                 y = part[col].to_numpy(dtype=float)
                 ax.scatter(x, y, s=14, alpha=0.5, color=colours.get(family))
                 means = pd.DataFrame({"x": x, "y": y}).groupby("x")["y"].mean()
+                has_control = bool(np.isinf(part["dp_epsilon"].astype(float)).any())
                 ax.plot(
                     means.index,
                     means.to_numpy(),
                     "-o",
                     ms=4,
                     color=colours.get(family),
-                    label=f"{family} (ε=∞: σ=0)",
+                    label=f"{family} (ε=∞: σ=0)" if has_control else str(family),
                 )
             nodp = frame[frame["dp_epsilon"].isna()]
             for k, (variant, part) in enumerate(nodp.groupby("variant", sort=True)):

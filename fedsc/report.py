@@ -30,7 +30,7 @@ from fedsc.plots import (
     umap_coordinates,
     umap_grid,
 )
-from fedsc.results import split_sensitivity, varying_columns
+from fedsc.results import dp_family, split_sensitivity, varying_columns
 from fedsc.stats import COMPARE_COLUMNS, SENSITIVITY_COLUMNS, min_seeds_for_alpha
 
 __all__ = ["attack_rows", "comparison_table", "privacy_comparisons", "write_report"]
@@ -274,8 +274,28 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _dp_baseline(info: pd.DataFrame, variant: str, backend: str) -> str | None:
+    """The variant a DP variant is compared with (``None``: none fits).
+
+    Its own pipeline's σ = 0 control (the cost of the noise) when the study has one, else
+    the variant without DP on the same backend named after it (``crypten+dp(eps=4)`` ->
+    ``crypten``); never an arbitrary variant such as an untrained reference.
+    """
+    same = info[info["backend"] == backend]
+    family = dp_family(variant)
+    controls = [
+        str(v) for v, r in same.iterrows() if np.isinf(r["eps"]) and dp_family(str(v)) == family
+    ]
+    if controls:
+        return controls[0]
+    nodp = [str(v) for v, r in same.iterrows() if np.isnan(r["eps"])]
+    stem = family.split("+", 1)[0]
+    named = [v for v in nodp if v in (stem, backend)]
+    return named[0] if named else None
+
+
 def privacy_comparisons(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Each DP variant against the variant without DP on the same backend (utility + attacks).
+    """Each DP variant against its baseline (:func:`_dp_baseline`; utility + attacks).
 
     Mann–Whitney U over seeds per (dataset, method, metric), Benjamini–Hochberg over the
     whole table (:func:`fedsc.stats.compare`). Empty when the results hold no DP variant.
@@ -299,14 +319,12 @@ def privacy_comparisons(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFr
     for variant, row in info.iterrows():
         if not np.isfinite(row["eps"]):
             continue
-        base = info[(info["backend"] == row["backend"]) & ~np.isfinite(info["eps"])]
-        if not len(base):
+        base = _dp_baseline(info, str(variant), str(row["backend"]))
+        if base is None:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            frames.append(
-                compare(table, {"variant": variant}, {"variant": base.index[0]}, alpha=alpha)
-            )
+            frames.append(compare(table, {"variant": variant}, {"variant": base}, alpha=alpha))
     if not frames:
         return pd.DataFrame()
     from fedsc.stats import bh_adjust
@@ -329,7 +347,8 @@ def _privacy_utility_sections(results: pd.DataFrame, fig_dir: Path, alpha: float
     lines.append(
         "\nPer method: the headline utility metric (top) and the coordinator's attack "
         "success (bottom: cosine between the recovered and the true client update, best "
-        "attack; 0 = chance) against ε; ε = ∞ (DP off) at the right end. With FedscGen "
+        "attack; 0 = chance) against ε; one curve per DP pipeline, ending at ε = ∞ with its "
+        "σ = 0 control; runs without DP dotted, the uncorrected input dashed. With FedscGen "
         "attack rows, a third row: the advantage over chance of membership inference "
         "(AUC - 0.5, on a client's local update and on the global model), property "
         "inference (chance MAE - MAE of the composition) and the revealed-values "

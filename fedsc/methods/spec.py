@@ -154,6 +154,11 @@ class MethodSpec:
         (FedscGen's revealed correction: holders per cell type, dominant clients, their
         counts and mean latents). Attacks that require nothing (update recovery, party
         shares) run on every federated method.
+    dp_levels
+        The DP levels a run config may ask of the method (:mod:`fedsc.privacy.run_dp`):
+        ``"client"`` (the aggregator's ``gaussian`` mechanism; every federated method) and
+        ``"cell"`` (DP-SGD inside the method's local training; the method's config takes
+        ``dp`` and records its ε in ``adata.uns[<name>]["dp"]``).
     """
 
     name: str
@@ -170,6 +175,7 @@ class MethodSpec:
     options: tuple[str, ...] = ()
     description: str = ""
     reveals: frozenset[str] = frozenset()
+    dp_levels: frozenset[str] = frozenset({"client"})
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -189,6 +195,7 @@ class MethodSpec:
         object.__setattr__(self, "options", tuple(self.options))
         object.__setattr__(self, "scenarios", dict(self.scenarios))
         object.__setattr__(self, "reveals", frozenset(self.reveals))
+        object.__setattr__(self, "dp_levels", frozenset(self.dp_levels))
         if self.evaluate is None:
             object.__setattr__(self, "evaluate", outputs[0])
         elif self.evaluate not in outputs:

@@ -166,7 +166,7 @@ class InRunPrivacy:
         rows = rows.copy()
         info = dict(info)
         ledger = info.get("ledger")
-        dp_info = run_dp_info(self.dp, ledger, adata)
+        dp_info = run_dp_info(self.dp, ledger, adata, self.spec.name)
         eps = math.nan if dp_info is None else dp_info["dp_epsilon"]
         eps = math.inf if dp_info is not None and eps is None else eps
         delta = math.nan if dp_info is None else dp_info["dp_delta"]
@@ -377,17 +377,13 @@ def _summarise(raw: pd.DataFrame) -> pd.DataFrame:
 def _audit_rows(audits: list[dict[str, Any]]) -> pd.DataFrame:
     """Attack rows of the audits: ``dp_audit:audited_epsilon`` beside the audit's claim.
 
-    Observers as the views name them (client level ``output`` -> ``output_reader``; cell
-    level, the client's released states, -> ``coordinator``); no chance level:
+    Observers as the views name them (``output`` -> ``output_reader``; the cell-level audit
+    is the coordinator's, which receives the clients' DP-SGD-trained states); no chance level:
     a lower bound on ε is not an attack on this run's data (the verdicts skip it).
     """
     rows = []
     for a in audits:
-        observer = str(a["observer"])
-        if observer == "output":
-            # client level: the released aggregate; cell level: the client's DP-SGD-trained
-            # states, which its coordinator receives every round
-            observer = "coordinator" if a["level"] == "cell" else "output_reader"
+        observer = "output_reader" if a["observer"] == "output" else str(a["observer"])
         for metric, key in (
             ("audited_epsilon", "audited_epsilon"),
             ("audit_claimed_epsilon", "claimed_epsilon"),

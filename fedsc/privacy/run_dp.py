@@ -71,10 +71,13 @@ def check_run_dp(dp: dict[str, Any] | None, spec: MethodSpec) -> dict[str, Any] 
         return None
     if not spec.federated:
         raise FedscInputError(f"{spec.name} is centralized; it takes no dp settings.")
-    if conf.level == "cell" and spec.name != "fedscgen":
+    if conf.level not in spec.dp_levels:
+        from fedsc.methods import REGISTRY
+
+        having = sorted(m.name for _, m in REGISTRY.items() if conf.level in m.dp_levels)
         raise FedscInputError(
-            f"cell-level DP (DP-SGD) is implemented for fedscgen only, not {spec.name}; "
-            "use dp: {level: client, ...} (the gaussian mechanism)."
+            f"{conf.level}-level DP (DP-SGD) is implemented for {', '.join(having)} only, "
+            f"not {spec.name}; use dp: {{level: client, ...}} (the gaussian mechanism)."
         )
     return dp
 
@@ -153,7 +156,8 @@ def resolve_run_dp(
         _warn_delta(delta_check(dp.delta, n, "clients"))
         dp = dp.resolve(int(config.rounds))
         mechanism = dp.mechanism_spec()
-        if spec.name == "fedscgen":  # GroupNorm variant (BatchNorm buffers break)
+        if "dp" in getattr(type(config), "__dataclass_fields__", {}):
+            # the method's DP model variant (FedscGen: GroupNorm; BatchNorm buffers break)
             params["dp"] = {"level": "client", "clip": dp.clip, "delta": dp.delta}
     else:
         cells = _fewest_training_cells(adata, cfg)
@@ -247,8 +251,24 @@ def _uncovered_block(uncovered: dict[str, int]) -> dict[str, Any]:
     return {"dp_uncovered": full, "dp_uncovered_notes": {k: _uncovered_note(k) for k in full}}
 
 
+def _method_dp_record(adata: ad.AnnData | None, method: str | None) -> dict[str, Any]:
+    """The cell-level DP record a method wrote (``adata.uns[<method>]["dp"]``)."""
+    if adata is None:
+        return {}
+    names = [method] if method else list(adata.uns.keys())
+    for name in names:
+        entry = adata.uns.get(name)
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("dp"), dict)
+            and ("epsilon" in entry["dp"])
+        ):
+            return dict(entry["dp"])
+    return {}
+
+
 def run_dp_info(
-    dp: DPConfig | None, ledger: Any, adata: ad.AnnData | None
+    dp: DPConfig | None, ledger: Any, adata: ad.AnnData | None, method: str | None = None
 ) -> dict[str, Any] | None:
     """run.json's ``dp`` block of a finished run (``None`` without DP).
 
@@ -288,7 +308,7 @@ def run_dp_info(
                 f"delta <= 1/(10 n) for the n={n} clients"
             )
         return out
-    uns = {} if adata is None else dict(adata.uns.get("fedscgen", {}).get("dp", {}))
+    uns = _method_dp_record(adata, method)
     if "epsilon" not in uns:
         raise RuntimeError("cell-level DP ran but the method recorded no epsilon.")
     sgd = float(uns["epsilon"])
@@ -386,6 +406,8 @@ def audit_run_dp(
     )
     res = audit_cell_level(conf, n_canaries=AUDIT_CANARIES, seed=seed if dp.simulated else None)
     d = res.to_dict()
+    # the audited release is a client's DP-SGD-trained state: what its coordinator receives
+    d["observer"] = "coordinator"
     d["scope"] = "the DP-SGD code at the run's sigma, on the audit's own small model"
     out.append(d)
     return out
