@@ -393,12 +393,39 @@ def check_privacy_combinations(cfg: Any) -> None:
     _check_owner_revealed(cfg)
     from fedsc.privacy.attacks import ATTACKS
 
+    _check_party_attacks(cfg, ATTACKS)
     dropped = [a for a in cfg.attacks if a in ATTACKS and "fedscgen" in ATTACKS[a].needs]
     if dropped and cfg.inclusion != "all":
         raise FedscInputError(
             f"attacks {dropped} score against every client's cells, which inclusion "
             f"{cfg.inclusion!r} changes: they would return no rows. Use inclusion: all with "
             "these attacks, or drop them (update_recovery works with any inclusion)."
+        )
+
+
+_PARTY_OBSERVERS = frozenset({"party", "colluding_parties"})
+
+
+def _check_party_attacks(cfg: Any, attacks: Any) -> None:
+    """Refuse attacks that read only computation parties' views on a partyless backend.
+
+    They would run nothing and return no rows.
+    """
+    from smpc.registry import HAS_PARTIES
+
+    if HAS_PARTIES.get(str(cfg.backend), True):
+        return
+    only = [
+        a
+        for a in cfg.attacks
+        if a in attacks and attacks[a].observers and set(attacks[a].observers) <= _PARTY_OBSERVERS
+    ]
+    if only:
+        with_parties = sorted(b for b, has in HAS_PARTIES.items() if has)
+        raise FedscInputError(
+            f"attack(s) {only} read what the computation parties receive, and backend "
+            f"{cfg.backend!r} has no parties: they would return no rows. Use them with "
+            f"backend {', '.join(with_parties)}, or drop them."
         )
 
 

@@ -40,6 +40,13 @@ BACKENDS: dict[str, Callable[..., Aggregator]] = {
 }
 
 #: Optional per backend: start its slow parts in the background (see :func:`prestart`).
+#: Whether a backend has computation parties that receive shares (their views, and the
+#: attacks on them, exist only there).
+HAS_PARTIES: dict[str, bool] = {
+    "plaintext": False,
+    "crypten": True,
+}
+
 PRESTARTS: dict[str, Callable[..., None]] = {
     "crypten": _crypten_prestart,
 }

@@ -370,6 +370,12 @@ ATTACK_CASES = [
         "fedscgen_membership with inclusion: dropped",
         ["inclusion 'dropped' changes", "inclusion: all", "update_recovery"],
     ),
+    (
+        "party-attack-without-parties",
+        {"method": "scbatchprox", "attacks": ["party_shares"], "backend": "plaintext"},
+        "party_shares on backend: plaintext",
+        ["computation parties", "has no parties", "return no rows", "crypten", "drop them"],
+    ),
 ]
 
 
