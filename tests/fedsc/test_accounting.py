@@ -274,6 +274,6 @@ def test_calibration_failures_explain_which_way_the_target_is_off():
     """epsilon = 1e9 used to say 'raise the target epsilon' (accountant jargon, wrong way)."""
     from fedsc.privacy.accounting import noise_multiplier_for
 
-    with pytest.raises(FedscInputError, match="larger than what even sigma = 0.001") as err:
+    with pytest.raises(FedscInputError, match=r"larger than what even sigma = 0\.001") as err:
         noise_multiplier_for(1e9, 10, 1.0, 1e-5)
     assert "raise" not in str(err.value) and "smaller target_epsilon" in str(err.value)
