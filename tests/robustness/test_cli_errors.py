@@ -6,29 +6,19 @@ failure), and none changes an earlier run (``earlier_run`` is hashed before and 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _checks import folder_hash
 
 from fedsc import runner
 from fedsc.cli import main
 from fedsc.errors import FedscInputError, FedscOutputError
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def folder_hash(path: Path) -> str:
-    """Names and bytes of every file under ``path``."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture

@@ -6,26 +6,17 @@ metric panels: well under a second after the imports).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import anndata as ad
 import pandas as pd
 import pytest
+from _checks import folder_hash
 
 from fedsc import runner
 from fedsc.cli import main
 from fedsc.errors import FedscOutputError
-
-
-def folder_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -12,20 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from _checks import folder_hash
 
 from fedsc.cli import main
 from fedsc.errors import StoreLockedError
 from fedsc.results import TIDY_COLUMNS
 from fedsc.sweep import RunStore, Study, run_sweep
-
-
-def folder_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def record(run_id: str, backend: str, seed: int, value: float) -> dict:

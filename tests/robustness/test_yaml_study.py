@@ -5,11 +5,11 @@ Every case fails before the first run starts (and before the sweep folder is tou
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import pytest
+from _checks import folder_hash
 
 from fedsc.cli import main
 from fedsc.errors import FedscInputError
@@ -184,15 +184,6 @@ def test_study_file_missing_or_folder(tmp_path):
         Study.from_yaml(tmp_path / "nope.yaml")
     with pytest.raises(FedscInputError, match="is a folder"):
         Study.from_yaml(tmp_path)
-
-
-def folder_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize(
