@@ -77,7 +77,7 @@ from torch import nn
 
 from fedsc.errors import FedscInputError
 from fedsc.methods.vae import EPOCH, VAE, VAEConfig, derive_generator, train_epoch
-from fedsc.privacy.accounting import DPConfig
+from fedsc.privacy.accounting import CELL_RELATION, DPConfig
 from smpc.mechanisms.secure_random import SecureRandom
 
 __all__ = [
@@ -104,11 +104,7 @@ DP_NOISE = 0xD9A0
 #: What runs record as the VAE's normalisation under cell-level DP.
 NORMALISATION = "GroupNorm (DP variant)"
 #: What runs record as the neighbouring relation of cell-level DP (``dp["relation"]``).
-RELATION = (
-    "cell: replace-one with n public (one training cell replaced by another; each "
-    "client's number of training cells n is public: FedAvg reveals it as the weight, "
-    "and it sets the steps n // B and the sampling rate B / n)"
-)
+RELATION = CELL_RELATION
 
 
 def _groups(channels: int) -> int:

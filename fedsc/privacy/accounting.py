@@ -39,6 +39,7 @@ from fedsc.errors import FedscInputError
 
 __all__ = [
     "ACCOUNTANTS",
+    "CELL_RELATION",
     "CLIENT_RELATION",
     "LEDGER_OBSERVERS",
     "OBSERVER_RECEIVES",
@@ -606,6 +607,13 @@ _COALITION = {"party": 1, "colluding_parties": 2}
 CLIENT_RELATION = (
     "client: zero-out (one client's clipped update present or replaced by zero; the number "
     "of clients and the FedAvg weights public; Kairouz et al., ICML 2021)"
+)
+
+#: run.json ``dp["relation"]`` of cell-level DP (DP-SGD, :mod:`fedsc.methods.dp_sgd`).
+CELL_RELATION = (
+    "cell: replace-one with n public (one training cell replaced by another; each "
+    "client's number of training cells n is public: FedAvg reveals it as the weight, "
+    "and it sets the steps n // B and the sampling rate B / n)"
 )
 
 #: ``unit`` of :func:`client_level_from_ledger`.

@@ -45,6 +45,7 @@ from fedsc.privacy.views import (
     recording_aggregator,
 )
 from fedsc.results import TIDY_COLUMNS
+from fedsc.run_privacy import smpc_mechanism
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -131,7 +132,7 @@ class InRunPrivacy:
             return
         import smpc
 
-        mechs = [_smpc_mechanism(m) for m in cfg.mechanisms]
+        mechs = [smpc_mechanism(m) for m in cfg.mechanisms]
         if self.mechanism is not None:
             mechs.append(self.mechanism)
         opts = dict(cfg.backend_options)
@@ -419,14 +420,6 @@ def _observer_private(verdict: ObserverVerdict | None) -> Any:
     if verdict is None or verdict.private is None:
         return pd.NA
     return verdict.private
-
-
-def _smpc_mechanism(entry: Any) -> Any:
-    """A fedsc mechanism entry (name or ``{name: {options}}``) as smpc takes it."""
-    if isinstance(entry, dict) and len(entry) == 1:
-        name, opts = next(iter(entry.items()))
-        return (name, dict(opts or {}))
-    return entry
 
 
 def start(cfg: RunConfig, adata: ad.AnnData, spec: MethodSpec) -> InRunPrivacy:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedsc.errors import FedscInputError
 from fedsc.privacy.accounting import (
+    CELL_RELATION,
     CLIENT_RELATION,
     LEDGER_OBSERVERS,
     OBSERVER_RECEIVES,
@@ -166,13 +167,6 @@ def resolve_run_dp(
         params["dp"] = dict(raw_dp or {})
     return dp, mechanism, replace(cfg, params=params)
 
-
-#: run.json ``dp["relation"]`` of cell-level DP when the method's record names none.
-#: The cell-level relation of runs whose method did not record one (what DP-SGD accounts).
-CELL_RELATION = (
-    "cell: replace-one with n public (one training cell replaced by another; each client's "
-    "number of training cells is public)"
-)
 
 #: Releases outside the ledger that no DP guarantee of a run covers (``dp_uncovered``).
 OUTSIDE_LEDGER: dict[str, str] = {
@@ -359,6 +353,7 @@ def audit_run_dp(
     δ = min(δ, 1e-5): with m canaries among the clients, δ must stay below 1/m).
     """
     from fedsc.privacy.audit import audit_cell_level, audit_client_level
+    from fedsc.privacy.threat_model import clear_contributions
 
     if dp is None or dp_info is None:
         return []
@@ -375,9 +370,9 @@ def audit_run_dp(
             dp, noise_multiplier=float(sigma), target_epsilon=None, delta=min(dp.delta, 1e-5)
         )
         n_clients = _training_clients_in(ledger)
-        plaintext = dp_info.get("epsilon_by_observer", {}).get("coordinator") != (
-            dp_info.get("epsilon_by_observer", {}).get("output")
-        )
+        # the coordinator's own view is audited where the ledger shows it received
+        # client contributions in the clear
+        plaintext = clear_contributions(ledger) > 0
         for observer in ("output", "coordinator") if plaintext else ("output",):
             spec = dict(mechanism)
             if observer == "coordinator" and n_clients:
