@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps crypten==0.4.1
-	$(BIN)/pip install --quiet -e ".[dev,crypten]"
+	$(BIN)/pip install --quiet -e ".[dev,crypten,scvi]"
 	touch $(STAMP)
 
 demo: setup
