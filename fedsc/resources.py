@@ -24,7 +24,9 @@ import warnings
 from dataclasses import fields
 from typing import Any
 
+from fedsc import settings
 from fedsc.errors import FedscInputError
+from fedsc.settings import MAX_MODEL_PARAMS, MAX_STUDY_RUNS
 
 __all__ = [
     "MAX_MODEL_PARAMS",
@@ -36,10 +38,6 @@ __all__ = [
     "vae_parameters",
 ]
 
-#: Default limit on one model's parameters (see the module docstring).
-MAX_MODEL_PARAMS = 200_000_000
-#: Default limit on the runs of one study.
-MAX_STUDY_RUNS = 2000
 #: Clients assumed by the memory estimate before the data are read (the bundled pancreas).
 ASSUMED_CLIENTS = 5
 
@@ -72,8 +70,6 @@ def model_bytes(params: int, clients: int = ASSUMED_CLIENTS) -> int:
 
 
 def _limit(name: str) -> int:
-    from fedsc import settings
-
     return int(getattr(settings, name))
 
 

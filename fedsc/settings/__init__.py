@@ -171,6 +171,11 @@ if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModul
     max_study_runs: int
 
 
+#: Default limit on one model's parameters (:mod:`fedsc.resources` explains the estimate).
+MAX_MODEL_PARAMS = 200_000_000
+#: Default limit on the runs of one study.
+MAX_STUDY_RUNS = 2000
+
 #: setting -> (environment variable, default, example of a valid value)
 _ENV: dict[str, tuple[str, Any, str]] = {
     "threads": ("FEDSC_THREADS", None, "4 or auto"),
@@ -181,8 +186,8 @@ _ENV: dict[str, tuple[str, Any, str]] = {
     "passive_wait": ("FEDSC_PASSIVE_WAIT", True, "1 or 0"),
     "filter_warnings": ("FEDSC_FILTER_WARNINGS", True, "1 or 0"),
     "reproducible": ("FEDSC_REPRODUCIBLE", None, "fast or portable"),
-    "max_model_params": ("FEDSC_MAX_MODEL_PARAMS", None, "200000000 (0: no limit)"),
-    "max_study_runs": ("FEDSC_MAX_STUDY_RUNS", None, "2000 (0: no limit)"),
+    "max_model_params": ("FEDSC_MAX_MODEL_PARAMS", MAX_MODEL_PARAMS, "200000000 (0: no limit)"),
+    "max_study_runs": ("FEDSC_MAX_STUDY_RUNS", MAX_STUDY_RUNS, "2000 (0: no limit)"),
 }
 
 #: Environment variables that held a value fedsc cannot use: variable -> message. They
@@ -199,12 +204,9 @@ def _from_env(errors: dict[str, str] | None = None) -> dict[str, Any]:
     first one raises :class:`~fedsc.errors.FedscInputError` naming it.
     """
     from fedsc.errors import FedscInputError
-    from fedsc.resources import MAX_MODEL_PARAMS, MAX_STUDY_RUNS
 
-    defaults = {"max_model_params": MAX_MODEL_PARAMS, "max_study_runs": MAX_STUDY_RUNS}
     out: dict[str, Any] = {}
     for name, (var, default, example) in _ENV.items():
-        default = defaults.get(name, default)
         raw = os.environ.get(var)
         try:
             if isinstance(default, bool):
