@@ -61,10 +61,12 @@ class OwnerEndpoint:
     """Client ``client``'s end of an owner-revealed weighted mean.
 
     Receives every party's result-share slices of the columns the client owns and of the
-    total weight, and reconstructs only those (client-side division by the total). In
-    this single-machine simulation it is an object in the coordinator's process, fed by
-    :meth:`CryptenAggregator._route_owner_shares`, which reads no owned share itself; in
-    a deployment it runs in client ``client``'s process, which the parties send to.
+    total weight, each sealed for this client (:func:`smpc.sealed.seal_result`) under a
+    fresh key per party that the client gives that party with its shares (:attr:`keys`),
+    opens them and reconstructs only those (client-side division by the total). In this
+    single-machine simulation it is an object in the coordinator's process, fed by
+    :meth:`CryptenAggregator._route_owner_shares`, which relays ciphertext it does not
+    open; in a deployment it runs in client ``client``'s process.
     """
 
     def __init__(self, client: int, columns: np.ndarray, parties: int, precision_bits: int) -> None:
@@ -75,11 +77,20 @@ class OwnerEndpoint:
         self._order = np.argsort(self.columns, kind="stable")
         #: Contiguous ``(start, stop)`` runs of the owned columns, ascending.
         self.runs: list[tuple[int, int]] = _runs(self.columns[self._order])
+        #: This client's sealing key at each party (fresh per operation).
+        self.keys: list[bytes] = [os.urandom(32) for _ in range(self.parties)]
+        #: The operation the slices belong to (set by the aggregator before it sends).
+        self.op_id = -1
         self._shares: dict[int, dict[int, np.ndarray]] = {}
 
-    def receive(self, rank: int, start: int, share: np.ndarray) -> None:
-        """Keep party ``rank``'s share of the slice starting at ``start``."""
-        self._shares.setdefault(rank, {})[int(start)] = share
+    def receive(self, rank: int, start: int, stop: int, blob: np.ndarray) -> None:
+        """Open and keep party ``rank``'s sealed share of the slice ``[start, stop)``."""
+        from smpc import sealed
+
+        payload = sealed.open_result(
+            self.keys[rank], blob.tobytes(), str(self.op_id), str(self.client), rank, start, stop
+        )
+        self._shares.setdefault(rank, {})[int(start)] = np.frombuffer(payload, np.int64).copy()
 
     def reveal(self) -> np.ndarray:
         """``sum_c w_c x_c / sum_c w_c`` on the owned columns (needs every party's slices)."""
@@ -416,6 +427,8 @@ class CryptenAggregator(Aggregator):
             ] + [[-1, size - 1, size]]
         self._op_id += 1
         op_id = self._op_id
+        for endpoint in endpoints or []:
+            endpoint.op_id = op_id
         # Fresh parties still starting: the clients' side (encoding, masks, party 0's
         # shares written into its buffer) needs no party, so it runs first and overlaps
         # the wait; the messages are queued and sent once the parties are up.
@@ -479,6 +492,10 @@ class CryptenAggregator(Aggregator):
                             prepared.token
                             if prepared is not None and formats[rank] == "prepared"
                             else None
+                        ),
+                        # each client's key for this party only, as its shares travel
+                        owner_keys=(
+                            None if endpoints is None else [e.keys[rank].hex() for e in endpoints]
                         ),
                     )
                 )
@@ -727,7 +744,14 @@ class CryptenAggregator(Aggregator):
         destinations: list[list[int]],
         endpoints: list[OwnerEndpoint],
     ) -> np.ndarray:
-        """Hand party ``rank``'s owner slices to their endpoints; return the coordinator's."""
+        """Relay party ``rank``'s sealed owner slices to their endpoints; return the coordinator's.
+
+        A client's slice arrives sealed for that client (uint8 ciphertext); this process
+        hands it on unopened. Only the coordinator's own slice (the total weight) is a
+        plain int64 share.
+        """
+        from smpc import sealed
+
         deadline = time.monotonic() + self.timeout
         mine: np.ndarray | None = None
         for owner, lo, hi in destinations:
@@ -743,14 +767,19 @@ class CryptenAggregator(Aggregator):
                     f"{pool.names[rank]} sent {note!r} instead of the share slice "
                     f"[{lo}, {hi}) for {owner} during {op}"
                 )
+            into = (
+                np.empty(hi - lo, np.int64)
+                if owner < 0
+                else np.empty(sealed.sealed_size(8 * (hi - lo)), np.uint8)
+            )
             try:
-                share = pool.channels[rank].recv_array(into=np.empty(hi - lo, np.int64))
+                frame = pool.channels[rank].recv_array(into=into)
             except (EOFError, OSError) as err:
                 raise pool.lost(rank, op, err) from err
             if owner < 0:
-                mine = share
+                mine = frame
             else:
-                endpoints[owner].receive(rank, lo, share)
+                endpoints[owner].receive(rank, lo, hi, frame)
         if mine is None:
             raise pool.fail(f"no coordinator slice from {pool.names[rank]} during {op}")
         return mine

@@ -25,10 +25,13 @@ One aggregation, seen from party ``r`` (``n`` clients)::
 Owner-revealed sums (``Aggregate.destinations`` set): instead of one result share, the
 party sends one ``OwnerShare(op_id, rank, owner, start, stop)`` + array frame per
 destination, the slice ``[start, stop)`` of its result share addressed to client
-``owner`` (``-1``: the coordinator); result values in no destination are sent to nobody.
-In this single-machine simulation every frame arrives at the coordinator's process,
-which hands client frames to that client's endpoint unread
-(:class:`smpc.crypten_backend.OwnerEndpoint`); in a deployment they go to the client.
+``owner`` (``-1``: the coordinator, an int64 frame); result values in no destination are
+sent to nobody. A client's slice is a uint8 frame sealed for that client
+(:func:`smpc.sealed.seal_result`) under the key in ``Aggregate.owner_keys[owner]`` (the
+client's fresh key for this party, sent the way its shares are) or, for sealed
+operations, the key the party shares with the named client: the coordinator relays
+ciphertext to the client's endpoint (:class:`smpc.crypten_backend.OwnerEndpoint`), which
+alone opens it.
 
 Prepared masks (an offline phase, :mod:`smpc.prepared`): before an operation's values
 exist, the coordinator may send a party ``r >= 1`` ``PrepareMasks(token, n_clients, size)``
@@ -54,7 +57,7 @@ from typing import Any, Union
 from smpc.framing import FrameError, pack_message, unpack_message
 
 #: Bumped whenever a message changes; both ends must agree.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class Aggregate:
     #: With ``share_format="prepared"``: the token of the :class:`PrepareMasks` set whose
     #: masks are this party's shares (no per-client messages follow).
     prepared: str | None = None
+    #: Owner-revealed, not sealed: per client index, the hex key that client gave this
+    #: party for sealing its result slices (fresh per operation).
+    owner_keys: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,8 @@ class Result:
 class OwnerShare:
     """Slice ``[start, stop)`` of the party's result share, for ``owner`` (-1: coordinator).
 
-    An int64 array frame of ``stop - start`` values follows.
+    An int64 array frame of ``stop - start`` values follows for the coordinator; for a
+    client, a uint8 frame of ``smpc.sealed.sealed_size(8 * (stop - start))`` bytes.
     """
 
     op_id: int

@@ -109,6 +109,9 @@ def serve(
     gloo_interface: str | None = None,
     parent_pids: Sequence[int] = (),
     cleanup: Sequence[str] = (),
+    agreed_clients: Sequence[str] | None = None,
+    identity: bytes | None = None,
+    roster: dict[int, bytes] | None = None,
 ) -> None:
     """Run one CrypTen party (or the dealer, ``rank == world_size``) until told to close.
 
@@ -146,6 +149,14 @@ def serve(
         Local parties: exit as soon as any of these processes (the coordinator) dies.
     cleanup
         Local parties: folders to remove when exiting because the coordinator died.
+    agreed_clients
+        The sites every sealed operation must list (default ``$SMPC_AGREED_CLIENTS``).
+    identity, roster
+        This rank's own Ed25519 private key and every rank's public key (rank -> raw
+        32 bytes; :func:`smpc.handshake.load_identity`, :func:`smpc.handshake.load_roster`):
+        the rendezvous then admits a rank only with that rank's key, so the shared key
+        (which the coordinator holds) takes no rank. Default ``$SMPC_IDENTITY`` /
+        ``$SMPC_ROSTER`` (files).
     """
     if parent_pids or cleanup:
         process_guard.die_with(parent_pids, cleanup)
@@ -194,7 +205,12 @@ def serve(
             precision_bits=precision_bits,
             pid=os.getpid(),
         )
-        handshake.handshake(rendezvous, key, hello, startup_timeout)
+        env_identity, env_roster = handshake.identities_from_env()
+        identity = env_identity if identity is None else identity
+        roster = env_roster if roster is None else roster
+        handshake.handshake(
+            rendezvous, key, hello, startup_timeout, identity=identity, roster=roster
+        )
         _exit_unless_mpc_forms(rank, startup_timeout)
     _bind_gloo(rendezvous, gloo_interface)
     crypten = _configure_crypten(provider, precision_bits, mode, world_size, rank, rendezvous)
@@ -232,7 +248,9 @@ def serve(
                 precision_bits=precision_bits,
             )
         )
-        PartyLoop(rank, channel, crypten if lazy is None else lazy, record_received).run()
+        PartyLoop(
+            rank, channel, crypten if lazy is None else lazy, record_received, agreed_clients
+        ).run()
     finally:
         channel.close()
         if listener is not None:
@@ -413,11 +431,21 @@ class PartyLoop:
         Keep what this party received from clients and every value it opened with the
         other parties inside an ``argmax`` (instrumentation for tests; see
         :func:`recording_openings`).
+    agreed_clients
+        The client set every sealed operation must list (default ``$SMPC_AGREED_CLIENTS``,
+        else the set of the session's first sealed operation; :class:`smpc.sealed.ContextPolicy`).
     """
 
     def __init__(
-        self, rank: int, channel: Channel, crypten: Any | None = None, record: bool = False
+        self,
+        rank: int,
+        channel: Channel,
+        crypten: Any | None = None,
+        record: bool = False,
+        agreed_clients: Sequence[str] | None = None,
     ) -> None:
+        from smpc import sealed
+
         self.rank = rank
         self.channel = channel
         self.crypten = crypten
@@ -427,8 +455,10 @@ class PartyLoop:
         self.opened: list[tuple[dict[str, Any], np.ndarray]] = []
         self.counters = {"operations": 0, "messages": 0, "bytes": 0}
         self._buffer: SharedBuffer | None = None
-        #: Operation ids of sealed operations already run (replays are refused).
-        self._sealed_ops: set[str] = set()
+        #: The checks of sealed operations (agreed clients, replays, a step twice).
+        self._policy = sealed.ContextPolicy(
+            frozenset(agreed_clients) if agreed_clients else sealed.agreed_from_env()
+        )
         #: This party's secret for deployed clients' sealed shares (``$SMPC_CLIENT_SECRET``).
         self._client_secret: bytes | None = None
         #: Masks of a coming operation, expanding in the background (:mod:`smpc.prepared`).
@@ -578,6 +608,21 @@ class PartyLoop:
         """A deployed client's share, opened with the key this party shares with it."""
         from smpc import sealed
 
+        payload_bytes = 8 * op.size if self.rank == 0 else KEY_BYTES
+        if message.nbytes != sealed.sealed_size(payload_bytes):
+            raise ValueError(f"a sealed share of {message.nbytes} bytes; expected another size")
+        blob = self.channel.recv_array(into=np.empty(message.nbytes, dtype=np.uint8))
+        key = sealed.client_key(self._secret(), message.name)
+        payload = sealed.open_sealed(key, blob.tobytes(), message.context, message.name, self.rank)
+        self._sealed_seen.append((message.name, message.context))
+        if self.rank == 0:
+            return None, np.frombuffer(payload, dtype=np.int64).copy(), message.nbytes
+        return payload, None, message.nbytes
+
+    def _secret(self) -> bytes:
+        """The party's secret for deployed clients' keys (``$SMPC_CLIENT_SECRET``)."""
+        from smpc import sealed
+
         if self._client_secret is None:
             secret = os.environ.get(sealed.SECRET_ENV, "")
             if not secret:
@@ -585,29 +630,38 @@ class PartyLoop:
                     f"sealed client shares need this party's secret in ${sealed.SECRET_ENV}."
                 )
             self._client_secret = sealed.party_secret(bytes.fromhex(secret), self.rank)
-        payload_bytes = 8 * op.size if self.rank == 0 else KEY_BYTES
-        if message.nbytes != sealed.sealed_size(payload_bytes):
-            raise ValueError(f"a sealed share of {message.nbytes} bytes; expected another size")
-        blob = self.channel.recv_array(into=np.empty(message.nbytes, dtype=np.uint8))
-        key = sealed.client_key(self._client_secret, message.name)
-        payload = sealed.open_sealed(key, blob.tobytes(), message.context, message.name, self.rank)
-        self._sealed_seen.append((message.name, message.context))
-        if self.rank == 0:
-            return None, np.frombuffer(payload, dtype=np.int64).copy(), message.nbytes
-        return payload, None, message.nbytes
+        return self._client_secret
 
-    def _check_sealed_operation(self) -> None:
-        """Every share of a sealed operation carries one context listing exactly its clients."""
+    def _check_sealed_operation(self, kind: str) -> None:
+        """One context for every share, passing the session's checks (:class:`ContextPolicy`)."""
         from smpc import sealed
 
         contexts = {c for _, c in self._sealed_seen}
         if len(contexts) != 1:
             raise sealed.SealError(
-                "the shares of one operation were sealed for different operations."
+                "check 'one context': the shares of one operation were sealed for different "
+                "operations (or with different weights or steps)."
             )
-        context = contexts.pop()
-        body = sealed.check_context(context, [n for n, _ in self._sealed_seen], self._sealed_ops)
-        self._sealed_ops.add(str(body["op"]))
+        self._policy.check(contexts.pop(), [n for n, _ in self._sealed_seen], kind)
+
+    def _owner_slice(self, op: msg.Aggregate, owner: int, lo: int, hi: int, values: Any) -> Any:
+        """The party's result slice for client ``owner``, sealed for that client only."""
+        from smpc import sealed
+
+        payload = np.ascontiguousarray(values).tobytes()
+        if op.share_format == "sealed":  # deployed: the key this party shares with the site
+            name, context = self._sealed_seen[owner]
+            key = sealed.client_key(self._secret(), name)
+            blob = sealed.seal_result(key, payload, context, name, self.rank, lo, hi)
+        else:
+            if op.owner_keys is None or not 0 <= owner < len(op.owner_keys):
+                raise ValueError(
+                    f"no key of client {owner} to seal its result slice: owner-revealed "
+                    "slices never leave a party in the clear."
+                )
+            key = bytes.fromhex(op.owner_keys[owner])
+            blob = sealed.seal_result(key, payload, str(op.op_id), str(owner), self.rank, lo, hi)
+        return np.frombuffer(blob, dtype=np.uint8)
 
     def _aggregate(self, op: msg.Aggregate) -> None:
         start = time.perf_counter()
@@ -651,7 +705,7 @@ class PartyLoop:
                     np.add(result, share, out=result)
                 self._count(op, client, nbytes, key, share)
         if op.share_format == "sealed":
-            self._check_sealed_operation()  # before anything is computed or revealed
+            self._check_sealed_operation(op.kind)  # before anything is computed or revealed
         if keys:
             sum_masks(keys, result)
         self.counters["operations"] += 1
@@ -673,11 +727,15 @@ class PartyLoop:
         )
         if op.destinations is not None:
             # Owner-revealed: each slice to its recipient only; the rest to nobody.
+            # A client's slice is sealed for it: the coordinator relays ciphertext only.
             for owner, lo, hi in op.destinations:
                 self.channel.send(
                     msg.OwnerShare(op_id=op.op_id, rank=self.rank, owner=owner, start=lo, stop=hi)
                 )
-                self.channel.send_array(np.ascontiguousarray(result[lo:hi]))
+                part = result[lo:hi]
+                if owner >= 0:
+                    part = self._owner_slice(op, owner, lo, hi, part)
+                self.channel.send_array(np.ascontiguousarray(part))
             return
         # Each party sends its share of the result to the coordinator only: no party ever
         # holds the aggregate in the clear (CrypTen's reveal() would give it to them).
@@ -694,6 +752,7 @@ class PartyLoop:
                 or not all(isinstance(v, int) for v in item)
                 or item[0] < -1
                 or not 0 <= item[1] < item[2] <= op.size
+                or item[0] >= op.n_clients
             ):
                 raise ValueError(f"bad destination {item!r} for a result of {op.size} values")
 
@@ -925,6 +984,22 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds for every rank to join the rendezvous handshake (default 120)",
     )
     parser.add_argument(
+        "--sites",
+        default=None,
+        help="the agreed sites (comma-separated) every sealed operation must list "
+        "(default: $SMPC_AGREED_CLIENTS, else the first operation's sites)",
+    )
+    parser.add_argument(
+        "--identity",
+        default=None,
+        help="file with this rank's Ed25519 private key (hex; default $SMPC_IDENTITY)",
+    )
+    parser.add_argument(
+        "--roster",
+        default=None,
+        help="JSON file {rank: public key hex} of every rank (default $SMPC_ROSTER)",
+    )
+    parser.add_argument(
         "--gloo-interface",
         default=None,
         help="network interface for gloo (GLOO_SOCKET_IFNAME); default: the one that "
@@ -949,6 +1024,9 @@ def main(argv: list[str] | None = None) -> None:
             precision_bits=args.precision_bits,
             startup_timeout=args.startup_timeout,
             gloo_interface=args.gloo_interface,
+            agreed_clients=[c for c in args.sites.split(",") if c] if args.sites else None,
+            identity=handshake.load_identity(args.identity) if args.identity else None,
+            roster=handshake.load_roster(args.roster) if args.roster else None,
         )
     except (handshake.HandshakeError, ValueError) as err:
         rank = args.rank if args.rank is not None else os.environ.get("RANK", "?")

@@ -11,11 +11,21 @@ Keys: party ``i`` holds a secret ``S_i``; the key of client ``s`` at party ``i``
 when it joins (the party operator derives it; the coordinator never sees it).
 
 The associated data binds a sealed share to its operation: the *context* (a JSON string
-the coordinator chooses: a fresh operation id and the list of clients taking part), the
-client's name and the party's rank. A party accepts an operation only if every share
-carries the same context, that context lists exactly the clients whose shares it
-received (at least two), and its id was never used before: a coordinator cannot run an
-"aggregate" of one client's share, or replay a share into another operation.
+the coordinator chooses: a fresh operation id, the list of clients taking part, the
+protocol step it serves and, for a weighted mean, every client's weight; each client
+checks its own entries before it seals, see ``fedsc.deploy.site``), the client's name and
+the party's rank. A party (:class:`ContextPolicy`) accepts an operation only if every
+share carries the same context, that context lists exactly the clients whose shares it
+received (at least two), exactly the agreed client set (configured, or the set of the
+session's first operation), a step not served before, and an id never used before: a
+coordinator cannot run an "aggregate" of one client's share, difference two subsets,
+compare a pair of clients by argmax, ask for the same step twice, or replay a share
+into another operation.
+
+Owner-revealed results travel back the same way: party ``i`` seals its slice of client
+``b``'s row for client ``b`` (:func:`seal_result`; associated data labelled ``result``,
+so a share a client sealed can never pass for a result slice or the reverse), and the
+coordinator relays ciphertext it cannot open.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import hashlib
 import hmac
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +44,8 @@ from smpc import sharing
 
 #: Environment variable holding a party's secret S (hex), read by ``python -m smpc.party``.
 SECRET_ENV = "SMPC_CLIENT_SECRET"
+#: Environment variable naming the agreed client set (comma-separated), read by parties.
+AGREED_ENV = "SMPC_AGREED_CLIENTS"
 NONCE_BYTES = 12
 TAG_BYTES = 16
 
@@ -107,18 +120,122 @@ def seal_shares(
     ]
 
 
-def check_context(context: str, clients: list[str], used: set[str]) -> dict[str, Any]:
-    """A party's check of one operation's context (see the module docstring)."""
+def _result_aad(context: str, owner: str, rank: int, start: int, stop: int) -> bytes:
+    return json.dumps(["result", context, str(owner), int(rank), int(start), int(stop)]).encode()
+
+
+def seal_result(
+    key: bytes, payload: bytes, context: str, owner: str, rank: int, start: int, stop: int
+) -> bytes:
+    """Party ``rank``'s result slice ``[start, stop)`` sealed for its owner ``owner``."""
+    nonce = os.urandom(NONCE_BYTES)
+    aad = _result_aad(context, owner, rank, start, stop)
+    return nonce + AESGCM(key).encrypt(nonce, payload, aad)
+
+
+def open_result(
+    key: bytes, blob: bytes, context: str, owner: str, rank: int, start: int, stop: int
+) -> bytes:
+    """Open a result slice (:func:`seal_result`); :class:`SealError` if anything differs."""
+    try:
+        aad = _result_aad(context, owner, rank, start, stop)
+        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    except Exception as err:  # cryptography's InvalidTag
+        raise SealError(
+            f"party {rank}'s result slice [{start}, {stop}) for {owner!r} does not open for "
+            "this operation (wrong key, or it was sealed for another owner, operation or slice)."
+        ) from err
+
+
+def make_context(
+    op: str, clients: list[str], step: str, weights: dict[str, float] | None = None
+) -> str:
+    """The context string of one operation (the coordinator's proposal; sites check it)."""
+    body: dict[str, Any] = {"op": str(op), "clients": [str(c) for c in clients], "step": str(step)}
+    if weights is not None:
+        body["weights"] = {str(k): float(v) for k, v in weights.items()}
+    return json.dumps(body, sort_keys=True)
+
+
+def parse_context(context: str) -> dict[str, Any]:
+    """A context's fields; :class:`SealError` naming what is malformed."""
     try:
         body = json.loads(context)
-        op, listed = str(body["op"]), [str(c) for c in body["clients"]]
+        body["op"] = str(body["op"])
+        body["clients"] = [str(c) for c in body["clients"]]
     except (ValueError, KeyError, TypeError) as err:
         raise SealError(f"malformed operation context {context!r}") from err
-    if op in used:
-        raise SealError(f"operation {op!r} was already run: a replayed share is refused.")
-    if len(listed) < 2 or sorted(listed) != sorted(clients) or len(set(clients)) != len(clients):
-        raise SealError(
-            f"the operation lists clients {listed} but shares came from {clients}; an "
-            "aggregate needs every listed client, at least two, each once."
-        )
     return dict(body)
+
+
+def agreed_from_env() -> frozenset[str] | None:
+    """The agreed client set in ``$SMPC_AGREED_CLIENTS`` (None when unset)."""
+    text = os.environ.get(AGREED_ENV, "").strip()
+    return frozenset(c.strip() for c in text.split(",") if c.strip()) or None
+
+
+@dataclass
+class ContextPolicy:
+    """A party's checks of the operations of one session (one coordinator connection).
+
+    Semi-honest parties that do not collude still compute whatever a coordinator asks; a
+    coordinator that deviates could isolate one client by differencing two site sets
+    (``{a, b, c}`` then ``{b, c}``), by an argmax over a pair, or by asking the same step
+    twice. Each check below refuses one of those, naming it.
+
+    Attributes
+    ----------
+    agreed
+        The client set every operation must list (``$SMPC_AGREED_CLIENTS`` or
+        ``--sites``); None: the set of the session's first sealed operation.
+    used_ops, used_steps
+        Operation ids and protocol steps already served.
+    """
+
+    agreed: frozenset[str] | None = None
+    used_ops: set[str] = field(default_factory=set)
+    used_steps: set[str] = field(default_factory=set)
+
+    def check(self, context: str, clients: list[str], kind: str = "sum") -> dict[str, Any]:
+        """Check one operation's context against the shares that arrived; record it."""
+        body = parse_context(context)
+        op, listed = body["op"], body["clients"]
+        if op in self.used_ops:
+            raise SealError(
+                f"check 'replay': operation {op!r} was already run: a replayed share is refused."
+            )
+        if (
+            len(listed) < 2
+            or sorted(listed) != sorted(clients)
+            or len(set(clients)) != len(clients)
+        ):
+            raise SealError(
+                f"check 'site set': the operation lists clients {listed} but shares came from "
+                f"{clients}; an aggregate needs every listed client, at least two, each once."
+            )
+        agreed = self.agreed if self.agreed is not None else frozenset(listed)
+        if frozenset(listed) != agreed:
+            what = (
+                "an argmax over a subset compares those sites pairwise"
+                if kind == "argmax"
+                else "two different site sets difference one site's value"
+            )
+            raise SealError(
+                f"check 'agreed sites': the operation lists {sorted(listed)}, not the agreed "
+                f"sites {sorted(agreed)}; refused: {what}."
+            )
+        step = body.get("step")
+        if not isinstance(step, str) or not step:
+            raise SealError(
+                "check 'step': the operation names no protocol step; every sealed operation "
+                "must say which step it serves (smpc.sealed.make_context)."
+            )
+        if step in self.used_steps:
+            raise SealError(
+                f"check 'same step twice': step {step!r} was already aggregated in this "
+                "session; a second aggregate of the same step is refused."
+            )
+        self.agreed = agreed
+        self.used_ops.add(op)
+        self.used_steps.add(step)
+        return body

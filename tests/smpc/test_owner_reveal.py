@@ -81,9 +81,9 @@ def test_crypten_threads_reveals_only_the_total_to_the_coordinator(monkeypatch):
         finally:
             inside_endpoint[0] = False
 
-    def spy_receive(self, rank, start, share):
-        routed.append((self.client, rank, start, len(share)))
-        return receive(self, rank, start, share)
+    def spy_receive(self, rank, start, stop, blob):
+        routed.append((self.client, rank, start, stop - start))
+        return receive(self, rank, start, stop, blob)
 
     monkeypatch.setattr(crypten_backend.sharing, "reconstruct_decode", spy_reconstruct)
     monkeypatch.setattr(OwnerEndpoint, "reveal", spy_reveal)

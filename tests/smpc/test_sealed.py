@@ -34,14 +34,19 @@ def test_seal_open_round_trip_and_binding():
 
 
 def test_context_checks():
-    ctx = json.dumps({"op": "1", "clients": NAMES})
-    assert sealed.check_context(ctx, list(NAMES), set())["op"] == "1"
+    policy = sealed.ContextPolicy()
+    ctx = sealed.make_context("1", NAMES, "s1")
+    assert policy.check(ctx, list(NAMES))["op"] == "1"
+    assert policy.agreed == frozenset(NAMES)  # the first operation's sites, from now on
     with pytest.raises(sealed.SealError, match="already run"):
-        sealed.check_context(ctx, list(NAMES), {"1"})
+        policy.check(ctx, list(NAMES))
+    lone = sealed.make_context("2", ["site_a"], "s2")
     with pytest.raises(sealed.SealError, match="at least two"):
-        sealed.check_context(json.dumps({"op": "2", "clients": ["site_a"]}), ["site_a"], set())
+        policy.check(lone, ["site_a"])
     with pytest.raises(sealed.SealError, match="lists clients"):
-        sealed.check_context(ctx, ["site_a", "site_b"], set())
+        policy.check(sealed.make_context("3", NAMES, "s3"), ["site_a", "site_b"])
+    with pytest.raises(sealed.SealError, match="'step'"):
+        policy.check(json.dumps({"op": "4", "clients": NAMES}), list(NAMES))
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +74,8 @@ def _parties():
             os.environ[sealed.SECRET_ENV] = before
 
 
-def _sealed(values, op, names=NAMES, bits=24, weights=None):
-    context = json.dumps({"op": op, "clients": list(names)})
+def _sealed(values, op, names=NAMES, bits=24, weights=None, step=None):
+    context = sealed.make_context(op, list(names), op if step is None else step)
     out = []
     for i, (name, v) in enumerate(zip(names, values, strict=True)):
         w = None if weights is None else weights[i]
