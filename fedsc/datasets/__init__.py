@@ -16,7 +16,7 @@ from pathlib import Path
 import anndata as ad
 
 from fedsc.data.io import read_h5ad
-from fedsc.datasets.simulation import simulate, simulate_embedding
+from fedsc.datasets.simulation import simulate, simulate_embedding, simulate_h5ad
 
 __all__ = [
     "cellbench_3cl",
@@ -25,6 +25,7 @@ __all__ = [
     "shared_path",
     "simulate",
     "simulate_embedding",
+    "simulate_h5ad",
 ]
 
 PANCREAS_FILE = "pancreas_panc8_small_5tech.h5ad"

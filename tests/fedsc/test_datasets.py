@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -126,3 +127,106 @@ def test_simulate_errors():
         ds.simulate(2, 10, 3, 2)
     with pytest.raises(FedscInputError, match="n_genes must be >= 1"):
         ds.simulate(10, 0, 2, 2)
+
+
+# --- donors (issue 20): the documented generative model, docs/data.md "Simulated data" ---
+
+
+def test_simulate_donors_nested_in_batches():
+    a = ds.simulate(900, 40, 3, 4, n_donors=[2, 3, 4], donor_size_sd=1.0, seed=4)
+    assert a.obs["donor"].dtype == "category"
+    assert list(a.obs["donor"].cat.categories) == [f"donor{d}" for d in range(9)]
+    per_donor = a.obs.groupby("donor", observed=True)["batch"].nunique()
+    assert (per_donor == 1).all()  # a donor belongs to exactly one batch
+    donors = a.obs.groupby("batch", observed=True)["donor"].nunique()
+    assert donors.tolist() == [2, 3, 4]
+    assert a.obs["batch"].value_counts().sort_index().tolist() == [300, 300, 300]
+    sizes = a.obs["donor"].value_counts()
+    assert sizes.min() >= 1 and sizes.max() > 2 * sizes.min()  # unequal donor sizes
+    # cells ordered by batch, then donor
+    codes = a.obs["donor"].cat.codes.to_numpy()
+    assert (np.diff(codes) >= 0).all()
+    assert a.uns["simulation"]["n_donors"] == [2, 3, 4]
+    equal = ds.simulate(900, 40, 3, 4, n_donors=3, donor_size_sd=0.0, seed=4)
+    assert equal.obs["donor"].value_counts().tolist() == [100] * 9
+
+
+def test_simulate_one_donor_is_the_batch():
+    a = ds.simulate(300, 30, 3, 2, seed=9)
+    np.testing.assert_array_equal(
+        a.obs["donor"].cat.codes.to_numpy(), a.obs["batch"].cat.codes.to_numpy()
+    )
+    # donor parameters have no effect with one donor per batch (donor = batch)
+    b = ds.simulate(300, 30, 3, 2, seed=9, donor_effect=3.0, donor_composition=0.1)
+    assert (a.X != b.X).nnz == 0
+
+
+def _log_donor_means(a, donors):
+    X = a.X.toarray()
+    X = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    return np.stack([X[(a.obs["donor"] == d).to_numpy()].mean(0) for d in donors])
+
+
+def test_simulate_donor_effect_present():
+    common = dict(n_cells=2000, n_genes=300, n_batches=1, n_cell_types=1, n_donors=2, seed=3)
+    common |= dict(donor_size_sd=0.0)
+    strong = _log_donor_means(ds.simulate(**common, donor_effect=0.6), ["donor0", "donor1"])
+    none = _log_donor_means(ds.simulate(**common, donor_effect=0.0), ["donor0", "donor1"])
+    d_strong = np.abs(strong[0] - strong[1]).mean()
+    d_none = np.abs(none[0] - none[1]).mean()
+    assert d_strong > 0.2
+    assert d_strong > 4 * d_none
+
+
+def _donor_proportions(a):
+    return pd.crosstab(a.obs["donor"], a.obs["cell_type"], normalize="index").to_numpy()
+
+
+def test_simulate_donor_composition():
+    # donors of one batch: close to each other for a large concentration, far for a small one
+    common = dict(n_cells=6000, n_genes=20, n_batches=1, n_cell_types=4, n_donors=6, seed=1)
+    common |= dict(donor_size_sd=0.0, composition=float("inf"))
+    near = _donor_proportions(ds.simulate(**common, donor_composition=float("inf")))
+    far = _donor_proportions(ds.simulate(**common, donor_composition=1.0))
+    assert np.abs(near - 0.25).max() < 0.06  # binomial noise of 1000 cells around 1/4
+    assert np.abs(far - far.mean(0)).max() > 0.2
+
+
+def test_simulate_library_size_and_mean():
+    # Poisson: a cell's counts sum to Poisson(L_i), L_i ~ LogNormal(log 500, 0.3²), whatever
+    # its batch, donor and type (the proportions are normalised over genes)
+    a = ds.simulate(4000, 50, 2, 3, dispersion=0.0, n_donors=4, donor_effect=0.5,
+                    seed=0, library_size=500.0)  # fmt: skip
+    totals = np.asarray(a.X.sum(1)).ravel()
+    assert abs(np.median(totals) / 500.0 - 1) < 0.03
+    assert abs(np.std(np.log(totals)) - np.sqrt(0.3**2 + 1 / 500)) < 0.02
+
+
+def test_simulate_h5ad_equals_simulate(tmp_path: Path):
+    import anndata as ad
+
+    kw = dict(n_donors=[2, 3], donor_size_sd=0.7, seed=5)
+    path = ds.simulate_h5ad(tmp_path / "sim.h5ad", 4500, 60, 2, 3, **kw)  # 3 blocks
+    mem = ds.simulate(4500, 60, 2, 3, **kw)
+    disk = ad.read_h5ad(path, backed="r")
+    assert disk.isbacked and disk.shape == (4500, 60)
+    assert (disk.X[:] != mem.X).nnz == 0
+    pd.testing.assert_frame_equal(disk.obs, mem.obs)
+    assert list(disk.uns["simulation"]["n_donors"]) == [2, 3]
+    disk.file.close()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ds.simulate_h5ad(path, 10, 5, 1, 1)
+    with pytest.raises(FedscInputError, match=r"unknown parameter\(s\) \['donors'\]"):
+        ds.simulate_h5ad(tmp_path / "x.h5ad", 10, 5, 1, 1, donors=3)
+    assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_simulate_donor_errors():
+    with pytest.raises(FedscInputError, match="n_donors lists 2 batches but n_batches=3"):
+        ds.simulate(30, 5, 3, 1, n_donors=[1, 2])
+    with pytest.raises(FedscInputError, match="batch0 has 5 cells for 6 donors"):
+        ds.simulate(10, 5, 2, 1, n_donors=6)
+    with pytest.raises(FedscInputError, match="every batch needs >= 1 donor"):
+        ds.simulate(10, 5, 2, 1, n_donors=[1, 0])
+    with pytest.raises(FedscInputError, match="donor_effect must be >= 0"):
+        ds.simulate(10, 5, 2, 1, n_donors=2, donor_effect=-1.0)
