@@ -45,6 +45,16 @@ on the exact cell count, which FedAvg reveals as the client's weight, so add-or-
 reports the largest ε over clients (:func:`cell_level_epsilon`). σ = 0 is the control:
 Opacus' clipping without noise (ε = ∞). DP off (``dp=None``) runs the non-DP trainer
 unchanged (bit-identical to FedscGen's local update).
+
+Donor level (``DPConfig(level="donor")``, user-level DP: Levy et al., NeurIPS 2021;
+McMahan et al., ICLR 2018): the unit protected is every cell of one donor. Each step
+Poisson-samples the client's *donors* at rate q (``donor_sampling_rate``), takes at most
+k (``cells_per_donor``) cells of each sampled donor, clips every cell's gradient to C/k
+(Opacus' ghost clipping, as at cell level) and adds ``N(0, σ²C²)`` to the sum: a donor's
+cells move the sum by at most k · C/k = C however many cells it has. The sum is divided
+by the public ``q · D · k`` (D the client's training donors). An epoch is ``round(1/q)``
+steps. ε: dp_accounting's PLD for ``round(1/q) · local_epochs · rounds`` Poisson-sampled
+Gaussian steps at rate q, replace-one with D public (:data:`DONOR_RELATION`).
 """
 
 from __future__ import annotations
@@ -77,10 +87,11 @@ from torch import nn
 
 from fedsc.errors import FedscInputError
 from fedsc.methods.vae import EPOCH, VAE, VAEConfig, derive_generator, train_epoch
-from fedsc.privacy.accounting import CELL_RELATION, DPConfig
+from fedsc.privacy.accounting import CELL_RELATION, DONOR_RELATION, DPConfig
 from smpc.mechanisms.secure_random import SecureRandom
 
 __all__ = [
+    "DONOR_RELATION",
     "DP_NOISE",
     "NORMALISATION",
     "RELATION",
@@ -88,12 +99,16 @@ __all__ = [
     "SecureDPOptimizer",
     "SecureDPOptimizerFastGradientClipping",
     "cell_level_epsilon",
+    "donor_groups",
+    "donor_level_epsilon",
+    "donor_steps_per_epoch",
     "dp_model_from_state",
     "dp_vae_loss",
     "local_train",
     "make_private",
     "per_cell_loss",
     "resolve_for_clients",
+    "resolve_for_donors",
     "sampling_rate",
     "steps_per_epoch",
     "to_dp_variant",
@@ -230,6 +245,64 @@ def resolve_for_clients(
     return dp
 
 
+def donor_steps_per_epoch(dp: DPConfig) -> int:
+    """Donor-level DP-SGD steps per local epoch: ``round(1 / q)`` (at least 1).
+
+    Each donor joins ``round(1/q) · q`` ≈ 1 step per epoch in expectation; the count
+    depends on q alone, never on the data.
+    """
+    q = _donor_rate(dp)
+    return max(1, round(1.0 / q))
+
+
+def _donor_rate(dp: DPConfig) -> float:
+    if dp.level != "donor" or dp.donor_sampling_rate is None:
+        raise FedscInputError(
+            f"donor-level DP-SGD needs DPConfig(level='donor'), got level={dp.level!r}."
+        )
+    return float(dp.donor_sampling_rate)
+
+
+def donor_level_epsilon(dp: DPConfig, local_epochs: int, rounds: int) -> float:
+    """ε of one donor (all its cells) after ``rounds`` rounds of ``local_epochs`` epochs.
+
+    Replace-one with the client's donor count D public (``dp.relation``); the same for
+    every client (the steps and q do not depend on D).
+    """
+    steps = rounds * local_epochs * donor_steps_per_epoch(dp)
+    return dp.epsilon(steps, _donor_rate(dp))
+
+
+def resolve_for_donors(
+    dp: DPConfig, n_donors: Sequence[int], local_epochs: int, rounds: int
+) -> DPConfig:
+    """``dp`` (donor level) validated for every client's donor count, σ fixed.
+
+    Checks δ < 1/D for each client's D training donors; with ``noise_multiplier=None``
+    calibrates σ to ``target_epsilon`` (one calibration: every client runs the same
+    steps at the same q); with σ given, checks it against the target.
+    """
+    if not n_donors:
+        raise FedscInputError("donor-level DP-SGD: no training clients.")
+    for d in n_donors:
+        dp.validate_for(int(d))
+    steps = rounds * local_epochs * donor_steps_per_epoch(dp)
+    return dp.resolve(steps, _donor_rate(dp))
+
+
+def donor_groups(donors: torch.Tensor, train_idx: torch.Tensor) -> list[torch.Tensor]:
+    """The training rows of each donor (one tensor of row indices per donor, sorted by id).
+
+    ``donors`` holds one integer donor id per row of the client's data. Written by hand:
+    Opacus samples and clips per row, and has no notion of a group of rows.
+    """
+    ids = donors[train_idx]
+    order = torch.argsort(ids, stable=True)
+    values, counts = torch.unique_consecutive(ids[order], return_counts=True)
+    del values
+    return list(torch.split(train_idx[order], counts.tolist()))
+
+
 class _SecureNoise:
     """Opacus' ``add_noise`` with the Gaussian noise drawn from the OS CSPRNG.
 
@@ -289,7 +362,7 @@ def make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     dp: DPConfig,
-    expected_batch_size: int,
+    expected_batch_size: float,
     noise_generator: torch.Generator | SecureRandom,
     *,
     clipping: str = "ghost",
@@ -398,6 +471,7 @@ def local_train(
     local_epochs: int,
     dp: DPConfig | None,
     clipping: str = "ghost",
+    donors: torch.Tensor | None = None,
 ) -> DPLocalUpdate:
     """Train ``local_epochs`` epochs of client ``client`` in round ``round_index``.
 
@@ -421,6 +495,9 @@ def local_train(
     clipping
         ``"ghost"`` (default, fast) or ``"per_sample"``: how per-cell clipping is
         computed (:func:`make_private`); the released update has the same distribution.
+    donors
+        Donor level only (``dp.level == "donor"``): an integer donor id per row of ``x``.
+        Steps then sample donors, not cells (module docstring).
     """
     cfg = model.config
     if dp is None:
@@ -435,6 +512,19 @@ def local_train(
         raise FedscInputError(
             "DP-SGD needs the DP variant of the VAE (BatchNorm mixes cells of a batch); "
             "build the model with fedsc.methods.dp_sgd.to_dp_variant(VAE(...))."
+        )
+    if dp.level == "donor":
+        if donors is None or len(donors) != len(x):
+            raise FedscInputError(
+                "donor-level DP-SGD needs one donor id per cell of the client (donors=, "
+                f"{len(x)} rows); set the run's donor_key to the obs column naming donors."
+            )
+        return _donor_train(
+            model, optimizer, x, train_idx, donors, seed, client, round_index, local_epochs, dp
+        )
+    if donors is not None:
+        raise FedscInputError(
+            f"donors= is for donor-level DP-SGD; this DP config has level={dp.level!r}."
         )
     n = len(train_idx)
     bs = cfg.batch_size
@@ -489,4 +579,85 @@ def local_train(
         module.to_standard_module()
     steps = local_epochs * per_epoch
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return DPLocalUpdate(state, losses, steps, q, (round_index + 1) * steps, dp)
+
+
+def _donor_train(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    train_idx: torch.Tensor,
+    donors: torch.Tensor,
+    seed: int,
+    client: int,
+    round_index: int,
+    local_epochs: int,
+    dp: DPConfig,
+) -> DPLocalUpdate:
+    """Donor-level DP-SGD (user-level): Poisson over donors, ≤ k cells each, clip C/k.
+
+    Opacus does the per-cell work (ghost clipping at C/k, the noise through the
+    optimiser); the grouping of cells by donor, the donor sampling and the ≤ k cells per
+    donor are the hand-written part (Opacus samples and clips rows, not groups of rows).
+    The noise multiplier Opacus sees is σ·k, so its std σ·k·(C/k) = σ·C matches the
+    donor's sensitivity C.
+    """
+    import dataclasses
+
+    cfg = model.config
+    q = _donor_rate(dp)
+    k = int(dp.cells_per_donor or 1)
+    groups = donor_groups(donors, train_idx)
+    n_donors = len(groups)
+    per_epoch = donor_steps_per_epoch(dp)
+    assert dp.noise_multiplier is not None
+    per_cell = dataclasses.replace(dp, noise_multiplier=dp.noise_multiplier * k, clip=dp.clip / k)
+    noise_g: torch.Generator | SecureRandom
+    secure: SecureRandom | None
+    if dp.simulated:  # reproducible from the run seed: debugging and tests only
+        noise_g = derive_generator(seed, DP_NOISE, client, round_index)
+        secure = None
+    else:
+        noise_g = secure = SecureRandom()
+    expected = q * n_donors * k  # public: q, D and k
+    module, dp_opt = make_private(model, optimizer, per_cell, expected, noise_g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    module.train()
+    losses = []
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for j in range(local_epochs):
+                g = derive_generator(seed, EPOCH, client, round_index * local_epochs + j)
+                total, batches = 0.0, 0
+                for _ in range(per_epoch):
+                    if secure is None:
+                        chosen = (torch.rand(n_donors, generator=g) < q).tolist()
+                    else:
+                        chosen = (secure.random(n_donors) < q).tolist()
+                    rows = []
+                    for rows_d, take in zip(groups, chosen, strict=True):
+                        if not take:
+                            continue
+                        if len(rows_d) > k:  # which k cells: not part of the guarantee
+                            rows_d = rows_d[torch.randperm(len(rows_d), generator=g)[:k]]
+                        rows.append(rows_d)
+                    dp_opt.zero_grad(set_to_none=True)
+                    if not rows:  # no donor sampled: a pure-noise step
+                        for p in params:
+                            p.grad = torch.zeros_like(p)
+                    else:
+                        xb = x[torch.cat(rows)]
+                        recon, mu, logvar = module(xb, g)
+                        terms = per_cell_loss(recon, xb, mu, logvar, cfg.kl_weight, cfg.batch_size)
+                        DPTensorFastGradientClipping(module, dp_opt, terms, "mean").backward()
+                        total += float(terms.detach().mean())
+                        batches += 1
+                    dp_opt.step()
+                losses.append(total / max(batches, 1))
+            dp_opt.zero_grad(set_to_none=True)
+    finally:
+        module.to_standard_module()
+    steps = local_epochs * per_epoch
+    state = {k_: v.detach().clone() for k_, v in model.state_dict().items()}
     return DPLocalUpdate(state, losses, steps, q, (round_index + 1) * steps, dp)

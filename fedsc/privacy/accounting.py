@@ -17,7 +17,10 @@ Two granularities use the same functions (docs/dp.md):
   one release per round per protected aggregate, every client in every round (q = 1);
   the unit protected is a whole client, so δ must be below 1/(number of clients);
 - **cell-level** (DP-SGD, :mod:`fedsc.methods.dp_sgd`): one release per local step,
-  q = expected batch / training cells of the client; the unit is one cell, δ < 1/cells.
+  q = expected batch / training cells of the client; the unit is one cell, δ < 1/cells;
+- **donor-level** (user-level DP-SGD, :func:`fedsc.methods.dp_sgd.local_train` with donor
+  labels): one release per local step, q = the donor sampling rate; the unit is every cell
+  of one donor (a person), δ < 1/donors.
 
 σ = 0 (no noise) gives ε = ∞: the DP pipeline without noise, the control of a DP-vs-no-DP
 comparison; nothing is claimed.
@@ -41,6 +44,7 @@ __all__ = [
     "ACCOUNTANTS",
     "CELL_RELATION",
     "CLIENT_RELATION",
+    "DONOR_RELATION",
     "LEDGER_OBSERVERS",
     "OBSERVER_RECEIVES",
     "DPConfig",
@@ -60,7 +64,15 @@ __all__ = [
 ]
 
 Accountant = Literal["rdp", "pld"]
-Level = Literal["client", "cell"]
+Level = Literal["client", "cell", "donor"]
+
+#: Levels whose unit is protected by DP-SGD inside a client's local training.
+DP_SGD_LEVELS: tuple[str, ...] = ("cell", "donor")
+
+#: Donor-level DP-SGD defaults: the Poisson sampling rate over a client's donors and the
+#: most cells a sampled donor contributes to one step (docs/dp.md, "Donor-level DP").
+DEFAULT_DONOR_SAMPLING_RATE = 0.2
+DEFAULT_CELLS_PER_DONOR = 16
 
 #: Accountant names accepted by :func:`epsilon` and :class:`DPConfig`.
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
@@ -328,7 +340,16 @@ class DPConfig:
         ``"rdp"`` or ``"pld"``; ``None`` (default): ``"rdp"`` at client level, ``"pld"``
         at cell level (the only one of the two for replace-one, see :attr:`relation`).
     level
-        ``"client"`` (a whole client is the unit protected) or ``"cell"``.
+        ``"client"`` (a whole client is the unit protected), ``"cell"`` (one cell of a
+        client) or ``"donor"`` (every cell of one donor, a person: user-level DP-SGD).
+    donor_sampling_rate
+        Donor level only: the Poisson rate q at which each of a client's donors joins a
+        DP-SGD step (default :data:`DEFAULT_DONOR_SAMPLING_RATE`); an epoch is
+        ``round(1 / q)`` steps.
+    cells_per_donor
+        Donor level only: the most cells k a sampled donor contributes to one step
+        (default :data:`DEFAULT_CELLS_PER_DONOR`); each cell's gradient is clipped to C/k,
+        so one donor moves the step's sum by at most C.
     simulated
         ``False`` (default): the noise (and DP-SGD's Poisson sampling) is drawn from fresh
         OS entropy that nothing records. ``True``: drawn from the run seed, which run.json
@@ -346,6 +367,8 @@ class DPConfig:
     accountant: Accountant = None  # type: ignore[assignment]  # None: set per level
     level: Level = "client"
     simulated: bool = False
+    donor_sampling_rate: float | None = None
+    cells_per_donor: int | None = None
 
     @property
     def relation(self) -> Relation:
@@ -355,9 +378,13 @@ class DPConfig:
         relation gives the same ε). Cell level: ``"replace_one"`` with each client's
         number of training cells n public: DP-SGD's steps (``n // B``) and sampling rate
         (``B / n``) depend on n, and n is revealed as the client's FedAvg weight, so the
-        neighbouring datasets are those of the same size, one cell replaced.
+        neighbouring datasets are those of the same size, one cell replaced. Donor level:
+        ``"replace_one"`` with each client's number of training donors D public (all cells
+        of one donor replaced by another donor's cells: the donor's clipped contribution
+        moves the step's sum by up to 2C; D is the client's FedAvg weight and sets the
+        normalisation q·D), :data:`DONOR_RELATION`.
         """
-        return "replace_one" if self.level == "cell" else "add_or_remove_one"
+        return "replace_one" if self.level in DP_SGD_LEVELS else "add_or_remove_one"
 
     def __post_init__(self) -> None:
         if not isinstance(self.simulated, bool):
@@ -386,7 +413,7 @@ class DPConfig:
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise FedscInputError(
                 f"DP config: clip must be > 0, got {self.clip!r}; it bounds each "
-                f"{'client update' if self.level == 'client' else 'per-cell gradient'} "
+                f"{_CLIP_UNIT[self.level] if self.level in _CLIP_UNIT else 'contribution'} "
                 "in L2 norm (e.g. 1.0)."
             )
         if not 0 < self.delta < 1:
@@ -401,31 +428,66 @@ class DPConfig:
                 f"DP config: target_epsilon must be positive and finite, got "
                 f"{self.target_epsilon!r}, or None."
             )
-        if self.level not in ("client", "cell"):
+        if self.level not in ("client", "cell", "donor"):
             raise FedscInputError(
-                f"DP config: level must be 'client' or 'cell', got {self.level!r}."
+                f"DP config: level must be 'client', 'cell' or 'donor', got {self.level!r}."
             )
+        self._check_donor_settings()
         if self.accountant is None:
-            object.__setattr__(self, "accountant", "pld" if self.level == "cell" else "rdp")
+            pld_default = self.level in DP_SGD_LEVELS
+            object.__setattr__(self, "accountant", "pld" if pld_default else "rdp")
         if self.accountant not in ACCOUNTANTS:
             raise FedscInputError(
                 f"DP config: unknown accountant {self.accountant!r}; choose one of "
                 f"{list(ACCOUNTANTS)}."
             )
-        if self.level == "cell" and self.accountant != "pld":
+        if self.level in DP_SGD_LEVELS and self.accountant != "pld":
+            unit = "cell count" if self.level == "cell" else "donor count"
             raise FedscInputError(
-                f"DP config: cell-level DP-SGD is accounted replace-one with the cell count "
-                f"public, which the {self.accountant!r} accountant does not support for the "
-                "subsampled Gaussian; use accountant: pld (the default at cell level)."
+                f"DP config: {self.level}-level DP-SGD is accounted replace-one with the "
+                f"{unit} public, which the {self.accountant!r} accountant does not support "
+                f"for the subsampled Gaussian; use accountant: pld (the default at "
+                f"{self.level} level)."
+            )
+
+    def _check_donor_settings(self) -> None:
+        """Donor-level keys: only at donor level, q in (0, 1], k >= 1; defaults filled."""
+        if self.level != "donor":
+            given = [
+                k
+                for k in ("donor_sampling_rate", "cells_per_donor")
+                if getattr(self, k) is not None
+            ]
+            if given:
+                raise FedscInputError(
+                    f"DP config: {given} apply to donor-level DP only (level: donor), this "
+                    f"config has level={self.level!r}; drop them or set level: donor."
+                )
+            return
+        q = self.donor_sampling_rate
+        if q is None:
+            object.__setattr__(self, "donor_sampling_rate", DEFAULT_DONOR_SAMPLING_RATE)
+        elif isinstance(q, bool) or not (isinstance(q, int | float) and 0 < q <= 1):
+            raise FedscInputError(
+                f"DP config: donor_sampling_rate must be in (0, 1], got {q!r}; it is the "
+                "probability that a donor joins a DP-SGD step (e.g. 0.2)."
+            )
+        k = self.cells_per_donor
+        if k is None:
+            object.__setattr__(self, "cells_per_donor", DEFAULT_CELLS_PER_DONOR)
+        elif isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise FedscInputError(
+                f"DP config: cells_per_donor must be a whole number >= 1, got {k!r}; it is "
+                "the most cells one sampled donor contributes to a step (e.g. 16)."
             )
 
     def validate_for(self, n: int) -> None:
-        """Refuse δ >= 1/n, n being the number of protected units (clients or cells).
+        """Refuse δ >= 1/n, n being the number of protected units (clients, cells, donors).
 
         With δ >= 1/n a mechanism that publishes one unit's data at random satisfies the
         guarantee, so it means nothing.
         """
-        unit = "clients" if self.level == "client" else "cells"
+        unit = {"client": "clients", "cell": "cells", "donor": "donors"}[self.level]
         if n < 1:
             raise FedscInputError(f"DP config: need at least one of the {unit}, got {n}.")
         if self.delta >= 1.0 / n:
@@ -615,6 +677,21 @@ CELL_RELATION = (
     "client's number of training cells n is public: FedAvg reveals it as the weight, "
     "and it sets the steps n // B and the sampling rate B / n)"
 )
+
+#: run.json ``dp["relation"]`` of donor-level DP (user-level DP-SGD, :mod:`fedsc.methods.dp_sgd`).
+DONOR_RELATION = (
+    "donor: replace-one with D public (all training cells of one donor replaced by another "
+    "donor's cells, whatever their number; each client's number of training donors D is "
+    "public: it is the client's FedAvg weight and sets the normalisation q*D; the steps "
+    "round(1/q) per epoch and the donor sampling rate q do not depend on the data)"
+)
+
+#: What each level's clip bounds (messages).
+_CLIP_UNIT = {
+    "client": "client update",
+    "cell": "per-cell gradient",
+    "donor": "donor's contribution to a step (each of its k cells' gradients at C/k)",
+}
 
 #: ``unit`` of :func:`client_level_from_ledger`.
 Unit = Literal["client", "cell"]
