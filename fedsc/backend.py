@@ -9,12 +9,13 @@ exists; :func:`check_mechanisms` validates run configs against it and
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import smpc
 from fedsc.errors import FedscInputError
+from fedsc.run_privacy import check_mechanism_options, mechanism_name, smpc_mechanism
 
 __all__ = [
     "aggregator_for",
@@ -50,19 +51,6 @@ def mechanism_names() -> list[str] | None:
     return None if registry is None else list(registry)
 
 
-def mechanism_name(entry: Any) -> str:
-    """A mechanism entry is a name or a one-key mapping ``{name: {option: value}}``."""
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, Mapping) and len(entry) == 1:
-        return str(next(iter(entry)))
-    raise FedscInputError(
-        f"a mechanism must be a name or {{name: {{options}}}}, got {entry!r} "
-        "(e.g. mechanisms: [{clip: {max_norm: 1.0}}, {quantize: {step: 0.001}}]; CLI: "
-        "--mechanism clip:max_norm=1.0)."
-    )
-
-
 def check_mechanisms(mechanisms: Sequence[Any]) -> list[Any]:
     """Validate mechanism entries against ``smpc``'s registry; return them as a list.
 
@@ -84,8 +72,6 @@ def check_mechanisms(mechanisms: Sequence[Any]) -> list[Any]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise FedscInputError(f"unknown mechanism(s) {unknown}; choose from {known}.")
-    from fedsc.run_privacy import check_mechanism_options
-
     registry = getattr(importlib.import_module("smpc.mechanisms"), "MECHANISMS", {})
     return [
         check_mechanism_options(m, registry) if mechanism_name(m) in registry else m
@@ -101,7 +87,6 @@ def _with_mechanisms(agg: smpc.Aggregator, mechanisms: Sequence[Any]) -> smpc.Ag
     """
     if not mechanisms:
         return agg
-    from fedsc.run_privacy import smpc_mechanism
     from smpc.mechanisms import MechanismAggregator, make_mechanisms
 
     return MechanismAggregator(agg, make_mechanisms([smpc_mechanism(m) for m in mechanisms]))

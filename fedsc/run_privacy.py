@@ -36,6 +36,7 @@ __all__ = [
     "check_mechanism_options",
     "check_privacy_combinations",
     "check_tl_dp",
+    "mechanism_name",
     "parse_mechanism_arg",
     "smpc_mechanism",
 ]
@@ -259,6 +260,19 @@ def _kind_ok(value: Any, hint: Any) -> bool | None:
     return False
 
 
+def mechanism_name(entry: Any) -> str:
+    """A mechanism entry is a name or a one-key mapping ``{name: {option: value}}``."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, Mapping) and len(entry) == 1:
+        return str(next(iter(entry)))
+    raise FedscInputError(
+        f"a mechanism must be a name or {{name: {{options}}}}, got {entry!r} "
+        "(e.g. mechanisms: [{clip: {max_norm: 1.0}}, {quantize: {step: 0.001}}]; CLI: "
+        "--mechanism clip:max_norm=1.0)."
+    )
+
+
 def check_mechanism_options(entry: Any, registry: Mapping[str, Any]) -> Any:
     """One mechanism entry checked against its constructor; numeric strings read as numbers.
 
@@ -266,8 +280,6 @@ def check_mechanism_options(entry: Any, registry: Mapping[str, Any]) -> Any:
     the wrong type (``true`` for a number), and values the mechanism itself refuses
     (``quantize`` ``step: -1``), each naming the entry and an example.
     """
-    from fedsc.backend import mechanism_name
-
     name = mechanism_name(entry)
     factory = registry[name]
     raw = None if isinstance(entry, str) else next(iter(entry.values()))
