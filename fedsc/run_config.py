@@ -22,6 +22,7 @@ _UNHASHED_DEFAULTS: dict[str, Any] = {
     "mechanisms": [],
     "attacks": [],
     "dp": None,
+    "donor_key": None,
     "deploy": None,
     "sensitivity": False,
 }
@@ -48,6 +49,11 @@ class RunConfig:
         ``../shared/data``) or a path to an ``.h5ad`` file.
     batch_key, label_key
         ``obs`` columns with each cell's batch (client) and cell type.
+    donor_key
+        ``obs`` column naming each cell's donor (a person), separate from the batch:
+        donor-level DP (``dp: {level: donor}``) protects every cell of one donor, and
+        ``dp: {level: client, clients: donor}`` makes each donor a client. ``None``: no
+        donors.
     use_rep
         Embedding methods: the input embedding (``obsm`` key or ``"X"``). ``None``:
         compute ``upstream`` from the counts.
@@ -91,6 +97,7 @@ class RunConfig:
     dataset: str = "pancreas"
     batch_key: str = "batch"
     label_key: str = "cell_type"
+    donor_key: str | None = None
     use_rep: str | None = None
     upstream: str = "pca"
     n_comps: int = 40
@@ -127,6 +134,8 @@ class RunConfig:
         _check_text("variant", self.variant)
         if self.use_rep is not None:
             _check_text("use_rep", self.use_rep, "an obsm key (e.g. X_pca) or 'X'")
+        if self.donor_key is not None:
+            _check_text("donor_key", self.donor_key, "an obs column naming each cell's donor")
         self.seed = check_seed(self.seed)
         self.n_comps = _check_count("n_comps", self.n_comps)
         self.n_top_genes = _check_count("n_top_genes", self.n_top_genes)
