@@ -35,11 +35,14 @@ import anndata as ad
 import numpy as np
 
 from fedsc.errors import FedscInputError
+from fedsc.run.outcome import MethodOutcome, Prepared
+from fedsc.run.prepare import INPUT_PREPARATION, run_inputs
 
 if TYPE_CHECKING:
     from fedsc.methods import MethodSpec
+    from fedsc.privacy.in_run import InRunPrivacy
+    from fedsc.run.outcome import RunResult
     from fedsc.run_config import RunConfig
-    from fedsc.runner import MethodOutcome
 
 #: How long one deployed run may take before ``flwr run`` is stopped (seconds); each step
 #: at the sites has its own timeout (the app's ``timeout``).
@@ -70,7 +73,6 @@ def deploy_run(
     """
     from fedsc.deploy.drivers import check_transport, driver_module
     from fedsc.deploy.local import LocalDeployment, split_by_batch
-    from fedsc.runner import INPUT_PREPARATION, MethodOutcome, run_inputs
 
     start = time.perf_counter() if start is None else start
     transport = check_transport(str(cfg.deploy))  # the runner validated the AnnData
@@ -98,6 +100,23 @@ def deploy_run(
     )
 
 
+def execute_deployed(
+    adata: ad.AnnData,
+    cfg: RunConfig,
+    spec: MethodSpec,
+    privacy: InRunPrivacy,
+    *,
+    start: float,
+    show_progress: bool | None = None,
+) -> MethodOutcome:
+    """The runner's ``deployment`` executor (:data:`fedsc.runner.EXECUTORS`): :func:`deploy_run`.
+
+    ``privacy`` holds no attacks and no DP (``RunConfig`` refuses both with ``deploy``);
+    the sites report their own progress, so ``show_progress`` is not used.
+    """
+    return deploy_run(adata, cfg, spec, start)
+
+
 def evaluate_deployment(
     coordinator: str | Path,
     site_outputs: list[str | Path],
@@ -106,7 +125,7 @@ def evaluate_deployment(
     study: str = "adhoc",
     variant: str = "default",
     panels: list[str] | None = None,
-) -> Any:
+) -> RunResult:
     """Evaluate a finished deployment from the coordinator's folder and the sites' outputs.
 
     Parameters
@@ -120,15 +139,15 @@ def evaluate_deployment(
 
     Returns
     -------
-    fedsc.runner.RunResult
+    fedsc.run.outcome.RunResult
         Rows and ``run.json`` content as :func:`fedsc.runner.execute_run` returns them.
     """
     from fedsc.data.validate import validate_adata
     from fedsc.deploy.drivers import driver_module
     from fedsc.methods import get_method
     from fedsc.privacy import in_run
+    from fedsc.run.evaluate import evaluate_run
     from fedsc.run_config import RunConfig
-    from fedsc.runner import MethodOutcome, Prepared, evaluate_run
 
     folder = Path(coordinator)
     try:

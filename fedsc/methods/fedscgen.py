@@ -48,12 +48,14 @@ import torch
 import smpc
 from fedsc.data.clients import Client, split_clients
 from fedsc.data.inclusion import DEFAULT_MIN_CELLS
-from fedsc.data.validate import get_representation, obs_column
+from fedsc.data.input_kind import check_input_kind
+from fedsc.data.validate import get_representation, obs_column, validate_adata
 from fedsc.errors import FedscInputError
 from fedsc.federation import FederationResult, LocalResult, State, Strategy, run_federation
 from fedsc.methods import vae as vae_mod
 from fedsc.methods.health import TrainingDivergedError, check_loss
 from fedsc.methods.scgen import prepare_inclusion, write_outputs
+from fedsc.methods.spec import RunInputs
 from fedsc.methods.vae import (
     EPOCH,
     INIT,
@@ -509,6 +511,38 @@ class FedScGenResult:
                 "no per-round snapshots were kept; rerun with snapshot_every_round=True."
             )
         return model_from_state(snaps[round_index], self.model.n_genes, self.model.config)
+
+
+def run_spec(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
+    """The registry's run function (``MethodSpec.run``): train federated and correct; writes ``obsm["X_fedscgen"]`` and ``layers["fedscgen"]``.
+
+    ``inputs.extra`` passes keyword arguments of :func:`~fedsc.methods.fedscgen.run_fedscgen`
+    that are not config fields (``snapshot_every_round``, ``label_vocabulary``...).
+    """
+    validate_adata(
+        adata, batch_key=inputs.batch_key, label_key=inputs.label_key, layer=inputs.layer
+    )
+    check_input_kind(
+        get_representation(adata, None, inputs.layer, what="layer"),
+        "expression",
+        where="adata.X" if inputs.layer is None else f"adata.layers[{inputs.layer!r}]",
+        method="FedscGen",
+        adata=adata,
+    )
+    return run_fedscgen(
+        adata,
+        batch_key=inputs.batch_key,
+        label_key=inputs.label_key,
+        aggregator=inputs.aggregator,
+        config=config,
+        seed=inputs.seed,
+        holdout=list(inputs.holdout),
+        inclusion=inputs.inclusion,
+        layer=inputs.layer,
+        show_progress=inputs.show_progress,
+        key_added=inputs.key_added or "fedscgen",
+        **dict(inputs.extra),
+    )
 
 
 def run_fedscgen(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from fedsc.datasets.catalogue import dataset_label
 from fedsc.privacy.accounting import DPConfig
 from fedsc.privacy.attacks import ATTACKS, COLUMNS, Attack, Truth, run_attacks
 from fedsc.privacy.run_dp import audit_run_dp, check_run_dp, resolve_run_dp, run_dp_info
@@ -257,8 +258,6 @@ class InRunPrivacy:
 
     def _template(self, info: dict[str, Any], eps: float, delta: float, label: str) -> pd.Series:
         """The run's columns for attack rows when it has no utility rows (``panels: []``)."""
-        from fedsc.runner import dataset_label
-
         cfg = self.cfg
         ledger = info.get("ledger") or {}
         totals = ledger.get("totals", {}) if isinstance(ledger, dict) else {}

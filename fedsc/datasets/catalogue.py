@@ -1,0 +1,75 @@
+"""The dataset catalogue: what a run's ``dataset`` may name, how it loads, its table label.
+
+A run's dataset (``RunConfig.dataset``, ``fedsc run --input``) is one of:
+
+- a bundled dataset (:data:`BUNDLED`: ``pancreas``, ``cellbench_3cl``);
+- ``shared:<file>``, a file in the shared data folder (:func:`fedsc.datasets.shared_path`);
+- a path to an ``.h5ad`` file.
+
+Every place that names datasets reads this module (the runner, the CLI's input check,
+the tables' dataset column), so a new bundled dataset is one entry in :data:`BUNDLED`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anndata as ad
+
+from fedsc import datasets
+from fedsc.errors import FedscInputError
+
+__all__ = ["BUNDLED", "DEFAULT", "check_dataset", "dataset_label", "is_catalogued", "load_dataset"]
+
+#: Bundled dataset name -> loader (both MIT; ``docs/data.md``).
+BUNDLED: dict[str, Callable[[], ad.AnnData]] = {
+    "pancreas": datasets.pancreas,
+    "cellbench_3cl": datasets.cellbench_3cl,
+}
+#: The dataset a run uses when none is named.
+DEFAULT = "pancreas"
+SHARED_PREFIX = "shared:"
+
+
+def is_catalogued(name: str) -> bool:
+    """A bundled name or ``shared:<file>`` (not a path)."""
+    return name in BUNDLED or name.startswith(SHARED_PREFIX)
+
+
+def load_dataset(name: str) -> ad.AnnData:
+    """Bundled name, ``shared:<file>`` or a path to an ``.h5ad`` file."""
+    if name in BUNDLED:
+        return BUNDLED[name]()
+    if name.startswith(SHARED_PREFIX):
+        return datasets.read(datasets.shared_path(name.removeprefix(SHARED_PREFIX)))
+    return datasets.read(name)
+
+
+def dataset_label(name: str) -> str:
+    """Short dataset name for tables: the bundled name, or the file stem for paths."""
+    return name if name in BUNDLED else Path(name.removeprefix(SHARED_PREFIX)).stem
+
+
+def check_dataset(name: str, flag: str = "--input") -> None:
+    """A dataset that is a path: an existing ``.h5ad`` file (checked before anything loads).
+
+    Raises :class:`~fedsc.errors.FedscInputError` naming ``flag`` and the fix.
+    """
+    if is_catalogued(name):
+        return
+    path = Path(name)
+    if path.is_dir():
+        raise FedscInputError(f"{flag} {name} is a folder; pass an .h5ad file.")
+    if not path.is_file():
+        raise FedscInputError(
+            f"{flag} {name} not found; pass an .h5ad file or a bundled dataset "
+            f"({', '.join(BUNDLED)})."
+        )
+    with path.open("rb") as fh:
+        magic = fh.read(8)
+    if magic != b"\x89HDF\r\n\x1a\n":
+        raise FedscInputError(
+            f"{flag} {name} is not an .h5ad (HDF5) file; convert it with anndata "
+            "(adata.write_h5ad) first."
+        )

@@ -1,0 +1,91 @@
+"""The prepare stage: a method's input from the loaded cells, by the input kind it reads.
+
+:data:`INPUT_PREPARATION` maps each input kind (``MethodSpec.input``) to how the run
+prepares it; :func:`run_inputs` is the common arguments a method's run function receives.
+The in-process runner and a deployed run (:mod:`fedsc.deploy.experiment`) both use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+
+from fedsc.data.input_kind import check_input_kind, detect_input_kind
+from fedsc.methods.spec import RunInputs
+from fedsc.preprocessing import fit_embedding, preprocess
+from fedsc.run.outcome import Prepared
+
+if TYPE_CHECKING:
+    from fedsc.run_config import RunConfig
+
+__all__ = ["INPUT_PREPARATION", "looks_like_counts", "prepare_expression", "run_inputs"]
+
+
+def looks_like_counts(x: Any) -> bool:
+    """Raw counts: non-negative and above log1p(1e4) (``fedsc.data.input_kind``)."""
+    return detect_input_kind(x).kind == "counts"
+
+
+def prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> ad.AnnData:
+    """Log-normalised HVG expression: from counts if X holds counts, else as given.
+
+    ``X`` must be raw counts (normalised, log1p'd and reduced to HVGs here) or
+    log-normalised expression (used as given); anything else (counts with negative
+    entries, an embedding or scaled data) is refused with a message naming what was found.
+    """
+    found = check_input_kind(
+        adata.X, "expression_or_counts", method=f"method {cfg.method!r}", adata=adata
+    )
+    if found.kind == "counts":
+        return preprocess(adata, n_top_genes=cfg.n_top_genes)
+    return adata.copy()
+
+
+def _prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    """``use_rep`` if given (the method validates it), else the upstream embedding."""
+    if cfg.use_rep is not None:
+        base = cfg.use_rep.removeprefix("X_").lower()
+        return Prepared(adata, cfg.use_rep, base, use_rep=cfg.use_rep)
+    expr = prepare_expression(adata, cfg)
+    fit_embedding(expr, method=cfg.upstream, n_comps=cfg.n_comps, seed=cfg.seed)
+    key = f"X_{cfg.upstream}"
+    return Prepared(expr, key, cfg.upstream, use_rep=key)
+
+
+def _prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    return Prepared(prepare_expression(adata, cfg), "X", "uncorrected")
+
+
+def _prepare_counts(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
+    check_input_kind(adata.X, "counts", method=f"method {cfg.method!r}", adata=adata)
+    return Prepared(adata.copy(), "X", "uncorrected")
+
+
+#: How the runner prepares each input kind (``MethodSpec.input``).
+INPUT_PREPARATION: dict[str, Callable[[ad.AnnData, RunConfig], Prepared]] = {
+    "embedding": _prepare_embedding,
+    "expression": _prepare_expression,
+    "counts": _prepare_counts,
+}
+
+
+def run_inputs(
+    cfg: RunConfig, agg: Any, use_rep: str | None, show_progress: bool | None
+) -> RunInputs:
+    """The common arguments a method's run function receives, from the run config."""
+    return RunInputs(
+        batch_key=cfg.batch_key,
+        label_key=cfg.label_key,
+        aggregator=agg,
+        seed=cfg.seed,
+        use_rep=use_rep,
+        holdout=tuple(cfg.holdout),
+        inclusion=cfg.inclusion,
+        stages=None if cfg.stages is None else tuple(tuple(s) for s in cfg.stages),
+        upstream=cfg.upstream,
+        n_comps=cfg.n_comps,
+        n_top_genes=cfg.n_top_genes,
+        show_progress=show_progress,
+    )
