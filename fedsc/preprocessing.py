@@ -1,10 +1,12 @@
-"""Preprocessing (normalise, log, HVG) and batch-agnostic upstream embeddings (PCA/ICA/FA).
+"""Preprocessing (normalise, log, HVG) and upstream embeddings (PCA/ICA/FA, scVI/LDVAE/scANVI).
 
 ``preprocess`` follows scanpy: counts kept in ``layers["counts"]``, ``normalize_total``,
 ``log1p``, highly variable genes (``flavor="seurat"`` on the log data) and subsetting.
 ``fit_embedding`` fits a scikit-learn PCA, FastICA or FactorAnalysis (40 dims by default,
 as in scBatchProx) and returns an :class:`UpstreamModel` that projects new cells with the
-same genes, preprocessing and projection, e.g. new batches in continual training.
+same genes, preprocessing and projection, e.g. new batches in continual training; or one of
+scvi-tools' scVI, LDVAE, scANVI (:mod:`fedsc.upstream.scvi_models`), which embed new cells
+by scArches query mapping where scvi-tools supports it.
 
 Embeddings are stored and returned as float32 (computed in float64).
 """
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -23,7 +26,17 @@ import scipy.sparse as sp
 
 from fedsc.data.access import obs_column
 from fedsc.errors import FedscInputError
-from fedsc.upstream import EMBEDDING_METHODS, register_embedding
+from fedsc.uns import uns_safe
+from fedsc.upstream import (
+    CENTRAL,
+    EMBEDDING_METHODS,
+    check_upstream_params,
+    register_embedding,
+    register_upstream,
+)
+
+if TYPE_CHECKING:
+    from fedsc.upstream.scvi_models import ScviUpstreamModel
 
 __all__ = [
     "EMBEDDING_METHODS",
@@ -32,6 +45,7 @@ __all__ = [
     "fit_embedding",
     "preprocess",
     "register_embedding",
+    "register_upstream",
 ]
 
 PREPROCESS_KEY = "fedsc_preprocess"
@@ -245,46 +259,83 @@ def fit_embedding(
     *,
     layer: str | None = None,
     scale: bool = False,
-) -> UpstreamModel:
-    """Fit a batch-agnostic upstream embedding and store it in ``adata.obsm``.
+    batch_key: str | None = None,
+    label_key: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> UpstreamModel | ScviUpstreamModel:
+    """Fit an upstream embedding and store it in ``adata.obsm``.
 
     Parameters
     ----------
     adata
         Preprocessed cells (e.g. the output of :func:`preprocess`); ``X`` dense or sparse.
+        Upstreams on counts (scVI, LDVAE, scANVI) read ``layers["counts"]`` (kept by
+        :func:`preprocess`), else ``X`` if it holds raw counts.
     method
-        ``"pca"`` (sklearn PCA; exact solver), ``"ica"`` (FastICA, unit-variance whitening) or
-        ``"fa"`` (FactorAnalysis).
+        A name in :data:`fedsc.upstream.EMBEDDING_METHODS`: ``"pca"`` (sklearn PCA; exact
+        solver), ``"ica"`` (FastICA, unit-variance whitening), ``"fa"`` (FactorAnalysis),
+        ``"scvi"``, ``"ldvae"`` or ``"scanvi"`` (scvi-tools, needs ``fedsc[scvi]``).
     n_comps
-        Dimensions; must be smaller than ``min(n_obs, n_vars)``.
+        Dimensions (the latent size of the scvi-tools models, whose default is 10); must be
+        smaller than ``min(n_obs, n_vars)``.
     seed
-        ``random_state`` of the estimator (results are deterministic given the seed).
+        Seed of the estimator or of scvi-tools (results are deterministic given the seed
+        and, for scvi-tools, the thread setting).
     key_added
-        ``obsm`` key; defaults to ``"X_pca"``, ``"X_ica"`` or ``"X_fa"``.
+        ``obsm`` key; defaults to ``"X_<method>"``.
     layer
-        Read ``adata.layers[layer]`` instead of ``X``.
+        Read ``adata.layers[layer]`` instead of ``X`` (linear upstreams).
     scale
-        Standardise each gene (training mean and SD) before fitting and projecting.
+        Standardise each gene (training mean and SD) before fitting and projecting (linear
+        upstreams).
+    batch_key, label_key
+        ``obs`` columns of the batch and the cell type; batch-aware upstreams need the
+        first, label-aware ones (scANVI) the second (the others ignore them).
+    params
+        Upstream options (``spec.params``, e.g. ``{"max_epochs": 50}``).
 
     Returns
     -------
-    The fitted :class:`UpstreamModel`; ``adata.obsm[key]`` holds the embedding (float32)
-    and ``adata.uns["fedsc_embedding"][key]`` the settings.
+    The fitted model (``transform(new_cells)`` embeds cells it was not fitted on);
+    ``adata.obsm[key]`` holds the embedding (float32) and ``adata.uns["fedsc_embedding"][key]``
+    the settings, including where it was computed.
     """
     method = str(method).lower()
-    EMBEDDING_METHODS.get(method)  # unknown names: a clear error before any work
+    spec = EMBEDDING_METHODS.get(method)  # unknown names: a clear error before any work
+    params = check_upstream_params(method, params)
     limit = min(adata.n_obs, adata.n_vars)
     if not 1 <= n_comps < limit:
         raise FedscInputError(
             f"n_comps={n_comps} must be >= 1 and smaller than min(n_obs, n_vars) = {limit} "
             f"({adata.n_obs} cells × {adata.n_vars} genes); lower n_comps."
         )
+    key = key_added or f"X_{method}"
+    if spec.estimator is None:
+        if layer is not None or scale:
+            raise FedscInputError(
+                f"layer and scale apply to the linear upstreams; {method} reads raw counts "
+                "(layers['counts'] or X)."
+            )
+        emb, deep = spec.fit_function()(
+            adata,
+            spec,
+            n_comps,
+            seed,
+            key=key,
+            batch_key=batch_key,
+            label_key=label_key,
+            params=params,
+        )
+        adata.obsm[key] = emb
+        adata.uns.setdefault("fedsc_embedding", {})[key] = uns_safe(deep.settings)
+        return deep
+    if params:
+        raise FedscInputError(f"upstream {method!r} takes no params, got {sorted(params)}.")
     if layer is not None and layer not in adata.layers:
         raise FedscInputError(
             f"layer {layer!r} is not a key of adata.layers (keys: {list(adata.layers)}); "
             f"pass layer=None to use adata.X."
         )
-    key = key_added or f"X_{method}"
     x = _dense64(adata.layers[layer] if layer is not None else adata.X)
     if not np.isfinite(x).all():
         raise FedscInputError(
@@ -296,7 +347,7 @@ def fit_embedding(
         std = x.std(axis=0)
         std[std == 0] = 1.0
         x = (x - mean) / std
-    estimator = EMBEDDING_METHODS.get(method)(n_comps, seed, x.shape)
+    estimator = spec.estimator(n_comps, seed, x.shape)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_components.*", category=UserWarning)
         emb = estimator.fit_transform(x)
@@ -315,5 +366,12 @@ def fit_embedding(
     )
     adata.obsm[key] = emb.astype(np.float32)
     settings = adata.uns.setdefault("fedsc_embedding", {})
-    settings[key] = {"method": method, "n_comps": int(n_comps), "seed": int(seed), "scale": scale}
+    settings[key] = {
+        "method": method,
+        "n_comps": int(n_comps),
+        "seed": int(seed),
+        "scale": scale,
+        "library": spec.library,
+        "computed": CENTRAL,
+    }
     return model
