@@ -25,6 +25,7 @@ _UNHASHED_DEFAULTS: dict[str, Any] = {
     "donor_key": None,
     "deploy": None,
     "sensitivity": False,
+    "upstream_params": {},
 }
 
 #: Seeds reach scikit-learn's ``random_state`` (``numpy.random.RandomState``), which takes
@@ -59,7 +60,11 @@ class RunConfig:
         compute ``upstream`` from the counts.
     upstream, n_comps, n_top_genes
         Upstream embedding computed when ``use_rep`` is None (a name in
-        ``fedsc.upstream.EMBEDDING_METHODS``: PCA/ICA/FA), its dims, and the HVGs.
+        ``fedsc.upstream.EMBEDDING_METHODS``: PCA/ICA/FA, scVI/LDVAE/scANVI), its dims
+        (the latent size of the scvi-tools models; their default is 10), and the HVGs.
+    upstream_params
+        Options of the upstream (its spec's ``params``, e.g. ``{max_epochs: 50}`` for
+        scVI); empty: the library's defaults.
     backend, backend_options
         Aggregation backend (a name in ``smpc.BACKENDS``) and its options.
     mechanisms
@@ -100,6 +105,7 @@ class RunConfig:
     donor_key: str | None = None
     use_rep: str | None = None
     upstream: str = "pca"
+    upstream_params: dict[str, Any] = field(default_factory=dict)
     n_comps: int = 40
     n_top_genes: int = 2000
     backend: str = "plaintext"
@@ -123,7 +129,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         from fedsc.evaluation.panels import check_panels
-        from fedsc.upstream import EMBEDDING_METHODS
+        from fedsc.upstream import EMBEDDING_METHODS, check_upstream_params
 
         for name in ("method", "dataset", "batch_key", "label_key", "upstream", "backend"):
             _check_text(name, getattr(self, name))
@@ -175,6 +181,12 @@ class RunConfig:
         self.mechanisms = check_mechanisms(self.mechanisms)
         if self.use_rep is None or self.scenario is not None:
             EMBEDDING_METHODS.get(self.upstream)
+            self.upstream_params = check_upstream_params(self.upstream, self.upstream_params)
+        elif self.upstream_params:
+            raise FedscInputError(
+                f"upstream_params {self.upstream_params!r} apply to an upstream computed by the "
+                f"run, but use_rep={self.use_rep!r} is given; drop one of them."
+            )
         if not isinstance(self.params, Mapping):
             raise FedscInputError(
                 f"params must be a mapping of method options (e.g. {{mu: 0.0}}), got "

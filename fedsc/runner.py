@@ -21,7 +21,7 @@ import smpc
 from fedsc import settings
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
-from fedsc.datasets.catalogue import dataset_label, load_dataset
+from fedsc.run.load import dataset_label, load_dataset
 from fedsc.methods import MethodSpec, get_method
 from fedsc.privacy import in_run
 from fedsc.registry import Registry, resolve
@@ -92,12 +92,14 @@ def _run_method(
         return Prepared(work, f"X_{cfg.upstream}", cfg.upstream)
     prepared = INPUT_PREPARATION[spec.input](adata, cfg)
     settings.apply_threads()  # preparation may have changed torch's threads (numba's OpenMP)
+    start = time.perf_counter()
     spec.fit(prepared.adata, run_inputs(cfg, agg, prepared.use_rep, show_progress), config)
+    prepared.info["fit_seconds"] = time.perf_counter() - start  # the method alone
     if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
         work = apply_inclusion(
             prepared.adata, batch_key=cfg.batch_key, label_key=cfg.label_key, scenario=cfg.inclusion
         )
-        return Prepared(work, prepared.before, prepared.base, prepared.use_rep)
+        return Prepared(work, prepared.before, prepared.base, prepared.use_rep, prepared.info)
     return prepared
 
 

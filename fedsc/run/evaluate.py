@@ -19,11 +19,11 @@ import pandas as pd
 
 from fedsc import settings
 from fedsc.data.access import representation
-from fedsc.datasets.catalogue import dataset_label
 from fedsc.evaluation import evaluate
 from fedsc.evaluation.panels import missing_reasons
 from fedsc.methods.health import movement_note, relative_movement
 from fedsc.results import TIDY_COLUMNS
+from fedsc.run.load import dataset_label
 from fedsc.run.outcome import MethodOutcome, RunResult
 
 if TYPE_CHECKING:
@@ -213,6 +213,7 @@ def evaluate_run(
             "cpu_count": os.cpu_count(),
             # CPU, kernels chosen, threads, variables: why two runs' bits differ
             "numerics": settings.numerical_environment(),
+            **outcome.prepared.info,
             **outcome.info,
         }
     )

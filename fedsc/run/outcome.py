@@ -35,13 +35,16 @@ class Prepared:
 
     ``before`` (``obsm`` key or ``"X"``) is the uncorrected representation, named ``base``
     in the ``method`` column (e.g. ``"pca"``, ``"uncorrected"``); ``use_rep`` is the
-    embedding an embedding method reads (``None`` for the other input kinds).
+    embedding an embedding method reads (``None`` for the other input kinds); ``info``
+    holds ``run.json`` entries of the preparation and the fit (``upstream``: the upstream
+    embedding's record; ``fit_seconds``: the method's own fit, without the preparation).
     """
 
     adata: ad.AnnData
     before: str
     base: str
     use_rep: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

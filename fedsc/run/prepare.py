@@ -7,6 +7,7 @@ The in-process runner and a deployed run (:mod:`fedsc.deploy.experiment`) both u
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +50,20 @@ def _prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
         base = cfg.use_rep.removeprefix("X_").lower()
         return Prepared(adata, cfg.use_rep, base, use_rep=cfg.use_rep)
     expr = prepare_expression(adata, cfg)
-    fit_embedding(expr, method=cfg.upstream, n_comps=cfg.n_comps, seed=cfg.seed)
-    key = f"X_{cfg.upstream}"
-    return Prepared(expr, key, cfg.upstream, use_rep=key)
+    start = time.perf_counter()
+    model = fit_embedding(
+        expr,
+        method=cfg.upstream,
+        n_comps=cfg.n_comps,
+        seed=cfg.seed,
+        batch_key=cfg.batch_key,
+        label_key=cfg.label_key,
+        params=cfg.upstream_params,
+    )
+    # run.json: what the upstream was, where it was computed (centrally), whether it read
+    # the labels, and its fit time
+    record = {**expr.uns["fedsc_embedding"][model.key], "seconds": time.perf_counter() - start}
+    return Prepared(expr, model.key, cfg.upstream, use_rep=model.key, info={"upstream": record})
 
 
 def _prepare_expression(adata: ad.AnnData, cfg: RunConfig) -> Prepared:

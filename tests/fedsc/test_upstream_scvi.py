@@ -12,6 +12,7 @@ import pytest
 import torch
 
 pytest.importorskip("scvi")
+pytestmark = pytest.mark.slow
 
 from fedsc.datasets import cellbench_3cl
 from fedsc.errors import FedscInputError
@@ -107,3 +108,23 @@ def test_query_mapping_embeds_new_batches(small, fitted, one_torch_thread):
     assert not np.array_equal(z, np.zeros_like(z))
     with pytest.raises(FedscInputError, match="no query mapping"):
         fitted["ldvae"][1].transform(new)
+
+
+def test_a_run_records_the_central_upstream_and_its_labels(one_torch_thread):
+    from fedsc.run_config import RunConfig
+    from fedsc.runner import execute_run
+
+    a = cellbench_3cl()
+    a = a[np.sort(np.random.default_rng(1).choice(a.n_obs, 200, replace=False))].copy()
+    options = {"max_epochs": 1, "scanvi_max_epochs": 1}
+    cfg = RunConfig(
+        method="scbatchprox", dataset="cellbench_3cl", upstream="scanvi", n_comps=10,
+        upstream_params=options, n_top_genes=200, panels=[], params={"rounds": 1},
+    )  # fmt: skip
+    info = execute_run(cfg, adata=a).info
+    assert info["upstream"]["computed"] == CENTRAL and info["upstream"]["uses_labels"] is True
+    assert info["upstream"]["epochs"] == {"SCVI": 1, "SCANVI": 1}
+    assert 0 < info["fit_seconds"] < info["method_seconds"]
+    assert cfg.run_id != RunConfig(method="scbatchprox", upstream="scanvi", n_comps=10).run_id
+    with pytest.raises(FedscInputError, match="does not take"):
+        RunConfig(method="scbatchprox", upstream="pca", upstream_params={"max_epochs": 1})
