@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("scvi")
-pytestmark = pytest.mark.slow
-
 from fedsc.datasets import cellbench_3cl
 from fedsc.errors import FedscInputError
 from fedsc.preprocessing import fit_embedding, preprocess
 from fedsc.upstream import CENTRAL, EMBEDDING_METHODS, check_upstream_params
+
+pytest.importorskip("scvi")
+pytestmark = pytest.mark.slow
 
 EPOCHS = {"max_epochs": 2}
 
