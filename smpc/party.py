@@ -668,8 +668,6 @@ class PartyLoop:
         self._sealed_seen: list[tuple[str, str]] = []
         if op.kind not in ("sum", "argmax"):
             raise ValueError(f"unknown operation kind {op.kind!r}")
-        if op.kind == "argmax" and self.crypten is None:
-            raise RuntimeError("argmax needs CrypTen parties (processes), not in-process ones")
         if op.destinations is not None:
             self._check_destinations(op)
         buffer = self._map_buffer(op.buffer_path)
@@ -706,6 +704,8 @@ class PartyLoop:
                 self._count(op, client, nbytes, key, share)
         if op.share_format == "sealed":
             self._check_sealed_operation(op.kind)  # before anything is computed or revealed
+        if rows is not None and self.crypten is None:  # refused once every share is read
+            raise RuntimeError("argmax needs CrypTen parties (processes), not in-process ones")
         if keys:
             sum_masks(keys, result)
         self.counters["operations"] += 1

@@ -16,7 +16,6 @@ config: ``HOST:PORT,HOST:PORT,HOST:PORT``; key in ``$SMPC_AUTHKEY``).
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ from fedsc.deploy.aggregators import SecureSiteAggregator, ask_values
 from fedsc.deploy.fleet import Fleet
 from fedsc.deploy.records import arrays_of, params_of
 from fedsc.deploy.remote import RemoteValue
+from fedsc.deploy.site import step_slot
+from smpc import sealed
 from smpc.crypten_backend import CryptenAggregator
 from smpc.ledger import Traffic
 
@@ -55,10 +56,12 @@ class DeployedCrypten(SecureSiteAggregator):
         *,
         authkey: bytes | None = None,
         timeout: float = 120.0,
+        backend: CryptenAggregator | None = None,
     ) -> None:
         super().__init__()
         self.fleet = fleet
-        self.backend = CryptenAggregator(
+        #: The connection to the parties (``backend``: one already open, e.g. local ones).
+        self.backend = backend or CryptenAggregator(
             parties=len(parties), party_addresses=list(parties), authkey=authkey, timeout=timeout
         )
 
@@ -107,7 +110,17 @@ class DeployedCrypten(SecureSiteAggregator):
         refs = self._refs(contributions)
         start = time.perf_counter()
         names = [r.site for r in refs]
-        context = json.dumps({"op": secrets.token_hex(16), "clients": names})
+        slots = {step_slot(r.step, r.params) for r in refs}
+        if len(slots) != 1:
+            raise ValueError(f"one aggregation of different protocol steps: {sorted(slots)}.")
+        # every site checks its own entries (slot, weight, the site list) before it seals;
+        # the parties check that all shares carry this one context
+        context = sealed.make_context(
+            secrets.token_hex(16),
+            names,
+            slots.pop(),
+            None if weights is None else dict(zip(names, map(float, weights), strict=True)),
+        )
         for i, ref in enumerate(refs):
             extra: dict[str, Any] = {
                 "context": context,
@@ -124,15 +137,15 @@ class DeployedCrypten(SecureSiteAggregator):
         metas = [params_of(replies[s])["meta"] for s in names]
         if any(m != metas[0] for m in metas[1:]):
             raise ValueError(f"the sites' values differ in structure: {metas}.")
-        sealed = []
+        blobs = []
         for s in names:
             arrays = arrays_of(replies[s])
-            sealed.append([arrays[f"sealed/{i}"].tobytes() for i in range(self.backend.parties)])
+            blobs.append([arrays[f"sealed/{i}"].tobytes() for i in range(self.backend.parties)])
         size = int(sum(np.prod(sh) for sh in metas[0]["shapes"])) + (
             1 if weights is not None else 0
         )
         out, stats = self.backend.aggregate_sealed(
-            kind, sealed, names, context, size, bits if decode else None
+            kind, blobs, names, context, size, bits if decode else None
         )
         what = {"argmax": "argmax_index", "sum": "sum_weighted" if weights is not None else "sum"}
         traffic = Traffic(coordinator_received={what[kind]: [size]}, **stats)

@@ -75,7 +75,7 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
         result = method.local_update(
             index, _state(arrays), r, client_generators(seed, r, [index])[0]
         )
-    keep_metrics(site, "fedscgen", r, result.metrics)
+    keep_metrics(site, "fedscgen", r, result.metrics, weight=result.weight)
     return result.state
 
 

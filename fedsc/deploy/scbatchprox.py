@@ -66,7 +66,7 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
     state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
     gen = client_generators(seed, r, [index])[0]
     result = method.local_update(0, state, r, gen)
-    keep_metrics(site, "scbatchprox", r, result.metrics)
+    keep_metrics(site, "scbatchprox", r, result.metrics, weight=result.weight)
     return result.state
 
 

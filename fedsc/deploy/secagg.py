@@ -184,6 +184,7 @@ class DeployedSecAggPlus(SecureSiteAggregator):
                     "encode": "at_max",
                     "max": maxima,
                     "position": pos,
+                    "order": [x.site for x in refs],
                     "n_sites": len(refs),
                     "bound": 1.0,
                 },
@@ -230,6 +231,11 @@ class DeployedSecAggPlus(SecureSiteAggregator):
                 "array_keys": list(arrays),
                 "num_examples": n_ex,
                 "bound": bound,
+                # what the site checks before it contributes (fedsc.deploy.site.SiteGuard)
+                "transport": "secagg+",
+                "op": op,
+                "sites": [r.site for r in refs],
+                "site_name": ref.site,
             }
             params = ndarrays_to_parameters([_numpy(a) for a in arrays.values()])
             fitins[node] = FitIns(params, {REQUEST: json.dumps(request, default=_json)})

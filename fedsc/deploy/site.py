@@ -10,13 +10,22 @@ SecAgg+, or secret-shared to the CrypTen parties). Steps are registered per meth
 State between messages of a run (the trained model, metrics kept for a later request)
 lives in the Flower ``Context.state`` the SuperNode keeps for the run: each message runs
 in a fresh ClientApp process.
+
+A site does not trust the coordinator with its value: before it contributes to a private
+transport (``crypten``, ``secagg+``) its :class:`SiteGuard` checks the request against
+what the site knows and the protocol's schedule, and refuses, naming the check, a zero
+or foreign weight, a site set other than the agreed one, a step it already served or
+one outside the schedule (docs/deployment.md, "Threat model").
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +63,282 @@ def register_step(name: str, *, public: bool = False) -> Callable[[Step], Step]:
     return add
 
 
+#: Transports whose values the coordinator must only ever see aggregated.
+PRIVATE_TRANSPORTS = ("crypten", "secagg+")
+#: Environment variables: the sites agreed before the run (comma-separated) and the
+#: least number of them an operation may list (SecAgg+ dropouts), in the site's
+#: environment (its SuperNode and worker).
+AGREED_SITES_ENV = "FEDSC_AGREED_SITES"
+QUORUM_ENV = "FEDSC_SITE_QUORUM"
+_GUARD = "guard"
+
+
+class RefusedRequest(FedscInputError):
+    """A site refuses a coordinator's request; the message names the check."""
+
+
+def step_slot(step: str, params: Mapping[str, Any]) -> str:
+    """The protocol slot a request fills: a site contributes to each slot at most once.
+
+    Training rounds are ``<method>/update#round=r``, a round's metrics
+    ``metrics/<method>#round=r``, every other step its name (and SecAgg+'s argmax
+    encoding). The coordinator names the slot in a CrypTen context (``step``); the site
+    computes it itself and compares.
+    """
+    if step.endswith("/update"):
+        return f"{step}#round={int(params['round'])}"
+    if step == "metrics":
+        return f"metrics/{params['method']}#round={int(params['round'])}"
+    encode = params.get("encode")
+    return f"{step}#{encode}" if encode else step
+
+
+@dataclass
+class SiteGuard:
+    """A site's checks of the coordinator's requests during one run (reset at ``hello``).
+
+    The coordinator is the least trusted role (docs/deployment.md, "Threat model"): it
+    chooses weights, site sets and which steps to ask for, and with weights (1, 0), two
+    site sets or the same step twice it could isolate one site's value from aggregates.
+    Each check refuses one of those, naming it:
+
+    * ``weight``: the site's weight is its own (the training cells its update step
+      counted; a round's metrics reuse that round's); zero, negative, non-finite or any
+      other requested weight is refused, and every weight a CrypTen context lists must be
+      positive (the parties check that all sites sealed under one context, so the sites'
+      weights are consistent: the revealed total is their sum);
+    * ``agreed sites``: an operation lists this site and only agreed sites (configured,
+      else those of the run's first private operation), never one dropped earlier, and
+      at least ``quorum`` of them (default: all for CrypTen, SecAgg+'s reconstruction
+      threshold of 2/3 for SecAgg+, whose dropouts are part of the protocol);
+    * ``same step twice``: each slot (:func:`step_slot`) once per run;
+    * ``schedule``: training rounds in order from 0 and below the configured rounds;
+      a round's metrics after its update; no other step while training is under way;
+      a CrypTen context names the slot the site computed.
+    """
+
+    me: str = ""
+    agreed: list[str] | None = None
+    quorum: int | None = None
+    sites: list[str] | None = None
+    done: list[str] = field(default_factory=list)
+    rounds: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def load(cls, site: Site) -> SiteGuard:
+        """The run's guard, kept in the site's state (so it survives fresh ClientApps)."""
+        kept = site.state.get(_GUARD)
+        if kept is None:
+            return cls.fresh(site)
+        return cls(**json.loads(np.asarray(kept["json"], dtype=np.uint8).tobytes().decode()))
+
+    @classmethod
+    def fresh(cls, site: Site, me: str = "") -> SiteGuard:
+        """A new run's guard, with the site's configured agreement."""
+        return cls(me=me, agreed=site.agreed_sites, quorum=site.quorum)
+
+    def save(self, site: Site) -> None:
+        """Keep the guard in the site's state."""
+        data = json.dumps(asdict(self)).encode()
+        site.state[_GUARD] = {"json": np.frombuffer(data, dtype=np.uint8).copy()}
+
+    # ------------------------------------------------------------------ checks
+    def before(self, step: str, params: Mapping[str, Any]) -> str:
+        """Checks before the step runs; returns its slot."""
+        if not self.me:
+            self.me = str(params.get("site_name") or "")
+        slot = step_slot(step, params)
+        if slot in self.done:
+            raise RefusedRequest(
+                f"check 'same step twice': this site already contributed to {slot!r} in "
+                "this run; a second contribution would let the coordinator difference it."
+            )
+        self._check_schedule(step, params)
+        context = _context(params)
+        if context is not None and context.get("step") != slot:
+            raise RefusedRequest(
+                f"check 'schedule': the operation names step {context.get('step')!r} but "
+                f"this request is {slot!r}."
+            )
+        self._check_sites(params)
+        return slot
+
+    def after(self, step: str, params: Mapping[str, Any], slot: str) -> None:
+        """Checks once the step ran (the site's own weight is known); record the slot."""
+        self._check_weight(step, params)
+        self.done.append(slot)
+        if step.endswith("/update"):
+            self.rounds[step] = int(params["round"])
+
+    def _check_schedule(self, step: str, params: Mapping[str, Any]) -> None:
+        rounds = (params.get("config") or {}).get("rounds")
+        if step.endswith("/update"):
+            r = int(params["round"])
+            want = self.rounds.get(step, -1) + 1
+            if r != want or (rounds is not None and r >= int(rounds)):
+                limit = f" of {int(rounds)}" if rounds is not None else ""
+                raise RefusedRequest(
+                    f"check 'schedule': {step} round {r} requested, but this site's next "
+                    f"round is {want}{limit}; rounds run once each, in order."
+                )
+            return
+        if step == "metrics":
+            if self.rounds.get(f"{params['method']}/update", -1) < int(params["round"]):
+                raise RefusedRequest(
+                    f"check 'schedule': metrics of round {params['round']} requested before "
+                    "this site trained that round."
+                )
+            return
+        started = self.rounds.get(f"{step.split('/', 1)[0]}/update")
+        if started is not None and rounds is not None and started + 1 < int(rounds):
+            raise RefusedRequest(
+                f"check 'schedule': {step} requested while training is under way (round "
+                f"{started + 1} of {int(rounds)} done at this site)."
+            )
+
+    def _check_sites(self, params: Mapping[str, Any]) -> None:
+        context = _context(params)
+        listed = context["clients"] if context is not None else params.get("sites")
+        if listed is None:
+            raise RefusedRequest(
+                "check 'agreed sites': the request does not list the sites taking part; a "
+                "site contributes only to an aggregate over the agreed sites."
+            )
+        listed = [str(x) for x in listed]
+        if self.me not in listed or len(set(listed)) != len(listed):
+            raise RefusedRequest(
+                f"check 'agreed sites': the operation lists {listed}, which must name this "
+                f"site ({self.me!r}) and every site once."
+            )
+        base = self.agreed if self.agreed is not None else self.sites
+        if base is None:  # nothing agreed beforehand: the run's first operation fixes it
+            base = sorted(listed)
+        outside = sorted(set(listed) - set(base))
+        if outside:
+            raise RefusedRequest(
+                f"check 'agreed sites': the operation lists {outside}, outside the agreed "
+                f"sites {sorted(base)}."
+            )
+        back = sorted(set(listed) - set(self.sites or base))
+        if back:
+            raise RefusedRequest(
+                f"check 'agreed sites': {back} left earlier in this run and cannot return "
+                "(two site sets would difference a value)."
+            )
+        least = max(2, self.quorum or _default_quorum(len(base), params.get("transport")))
+        if len(listed) < least:
+            raise RefusedRequest(
+                f"check 'agreed sites': the operation lists {sorted(listed)}, a subset of the "
+                f"agreed sites {sorted(base)}; at least {least} must take part (a subset "
+                "differenced with the whole isolates the rest)."
+            )
+        self.sites = sorted(listed)
+
+    def _check_weight(self, step: str, params: Mapping[str, Any]) -> None:
+        requested, weighted = _requested_weight(params)
+        listed = (_context(params) or {}).get("weights")
+        if listed is not None:
+            bad = {k: v for k, v in listed.items() if not (math.isfinite(float(v)) and v > 0)}
+            if bad or not listed:
+                raise RefusedRequest(
+                    f"check 'weight': the operation gives weights {bad or listed}; every "
+                    "site's weight must be positive (a zero weight isolates the others)."
+                )
+            if requested is None or float(listed.get(self.me, math.nan)) != requested:
+                raise RefusedRequest(
+                    f"check 'weight': the operation lists weight {listed.get(self.me)} for "
+                    f"this site but asks it for {requested}: inconsistent weights."
+                )
+        elif weighted and params.get("transport") == "crypten":
+            raise RefusedRequest(
+                "check 'weight': a weighted operation must list every site's weight."
+            )
+        if not weighted:
+            if params.get("transport") == "secagg+" and requested != 1:
+                raise RefusedRequest(
+                    f"check 'weight': a sum asks this site for weight {requested:g}; a sum "
+                    "takes every site's value with weight 1."
+                )
+            return
+        own = self._own_weight(step, params)
+        if requested is None or not math.isfinite(requested) or requested <= 0:
+            raise RefusedRequest(
+                f"check 'weight': weight {requested} requested; a weight must be positive "
+                "(a zero weight isolates the others)."
+            )
+        if own is None or requested != own:
+            raise RefusedRequest(
+                f"check 'weight': weight {requested:g} requested for {step!r}, but this "
+                f"site's own weight is {own}; it contributes only with its own weight."
+            )
+
+    def check_value(self, params: Mapping[str, Any], value: Any) -> None:
+        """SecAgg+'s argmax by sums: only the true maximum, at this site's own position.
+
+        With a maximum below this site's count the coordinator would test sites' counts
+        against values of its choice; every site's count is at most the true maximum,
+        and a larger announced one matches no site.
+        """
+        if params.get("encode") != "at_max":
+            return
+        counts = np.asarray(value, dtype=np.float64)
+        announced = np.asarray(params["max"], dtype=np.float64)
+        if counts.shape != announced.shape or np.any(counts > announced):
+            raise RefusedRequest(
+                "check 'argmax maximum': the announced per-column maximum is below this "
+                "site's count; the coordinator must announce the histogram's maximum."
+            )
+        order = [str(x) for x in params.get("order") or []]
+        if self.me not in order or int(params["position"]) != order.index(self.me):
+            raise RefusedRequest(
+                f"check 'argmax maximum': position {params['position']} is not this site's "
+                f"place in the argmax's site order {order}."
+            )
+
+    def _own_weight(self, step: str, params: Mapping[str, Any]) -> float | None:
+        if step.endswith("/update"):
+            key = f"{step.rsplit('/', 1)[0]}#{int(params['round'])}"
+        elif step == "metrics":
+            key = f"{params['method']}#{int(params['round'])}"
+        else:
+            return None
+        return self.weights.get(key)
+
+
+def _default_quorum(n_sites: int, transport: Any) -> int:
+    """All sites (CrypTen tolerates no dropout); SecAgg+: its reconstruction threshold.
+
+    SecAgg+ goes on without sites that drop out while at least 2/3 of them answer
+    (``DeployedSecAggPlus``' threshold 0.67); the site set may only shrink, never grow back.
+    """
+    if transport == "secagg+":
+        return math.ceil(0.67 * n_sites)
+    return n_sites
+
+
+def _context(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    text = params.get("context")
+    if text is None:
+        return None
+    try:
+        body = json.loads(str(text))
+        body["clients"] = [str(c) for c in body["clients"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise RefusedRequest(f"check 'agreed sites': malformed operation context ({err}).") from err
+    return dict(body)
+
+
+def _requested_weight(params: Mapping[str, Any]) -> tuple[float | None, bool]:
+    """(the weight the coordinator asks for, whether the operation is weighted)."""
+    if params.get("transport") == "secagg+":
+        return float(params.get("num_examples", 1)), params.get("op") == "weighted_mean"
+    if "weight" in params:
+        return float(params["weight"]), True
+    return None, False
+
+
 def genes_digest(names: Any) -> str:
     """A short digest of an ordered gene list (sites must agree on it exactly)."""
     joined = "\n".join(str(n) for n in names).encode()
@@ -74,13 +359,35 @@ class Site:
         Where the site writes its corrected data (``<out_dir>/<name>.h5ad``).
     state
         Arrays kept between messages of a run (the ClientApp context's state).
+    agreed_sites
+        The sites agreed before the run (default ``$FEDSC_AGREED_SITES``; None: those of
+        the run's first private operation). See :class:`SiteGuard`.
+    quorum
+        The least number of agreed sites an operation may list (default
+        ``$FEDSC_SITE_QUORUM``; None: all of them).
     """
 
     data_path: Path
     name: str | None = None
     out_dir: Path | None = None
     state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    agreed_sites: list[str] | None = None
+    quorum: int | None = None
     _adata: ad.AnnData | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.agreed_sites is None and os.environ.get(AGREED_SITES_ENV, "").strip():
+            text = os.environ[AGREED_SITES_ENV]
+            self.agreed_sites = sorted(x.strip() for x in text.split(",") if x.strip())
+        if self.quorum is None and os.environ.get(QUORUM_ENV, "").strip():
+            self.quorum = int(os.environ[QUORUM_ENV])
+        if self.agreed_sites is not None:
+            self.agreed_sites = sorted(str(x) for x in self.agreed_sites)
+            if self.quorum is not None and not 2 <= self.quorum <= len(self.agreed_sites):
+                raise FedscInputError(
+                    f"quorum {self.quorum} must lie in 2..{len(self.agreed_sites)} (the agreed "
+                    f"sites {self.agreed_sites})."
+                )
 
     @property
     def adata(self) -> ad.AnnData:
@@ -125,7 +432,7 @@ class Site:
         return str(self.name) if self.name else batches[0]
 
     def run(self, step: str, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-        """Run a registered step."""
+        """Run a registered step; a private contribution passes the :class:`SiteGuard` first."""
         if step not in STEPS:
             load_method_steps()
         if step not in STEPS:
@@ -133,7 +440,22 @@ class Site:
                 f"unknown site step {step!r}; this site knows {sorted(STEPS)} (are the "
                 "coordinator and the site on the same fedsc version?)."
             )
-        return STEPS[step](self, params, arrays)
+        if step == "hello":  # a new run: a fresh guard
+            facts = STEPS[step](self, params, arrays)
+            SiteGuard.fresh(self, str(facts["site"])).save(self)
+            return facts
+        if step in PUBLIC_STEPS or params.get("transport") not in PRIVATE_TRANSPORTS:
+            # public answers, and plaintext values the coordinator receives anyway
+            return STEPS[step](self, params, arrays)
+        guard = SiteGuard.load(self)
+        slot = guard.before(step, params)
+        value = STEPS[step](self, params, arrays)
+        guard.check_value(params, value)
+        kept = self.state.pop(_WEIGHTS, {})  # the step's own weight
+        guard.weights.update({k: float(v) for k, v in kept.items()})
+        guard.after(step, params, slot)
+        guard.save(self)
+        return value
 
 
 def load_method_steps() -> None:
@@ -194,11 +516,28 @@ def _check_input(site: Site, params: dict[str, Any]) -> None:
     check_input_kind(matrix, kind, where=where, method=method, adata=adata)
 
 
-def keep_metrics(site: Site, method: str, round_index: int, metrics: Mapping[str, Any]) -> None:
-    """Keep an update's metrics at the site until their weighted mean is asked for."""
+_WEIGHTS = "guard/weights"
+
+
+def keep_metrics(
+    site: Site,
+    method: str,
+    round_index: int,
+    metrics: Mapping[str, Any],
+    weight: float | None = None,
+) -> None:
+    """Keep an update's metrics (and its weight) at the site until they are asked for.
+
+    ``weight``: the weight the site's own update step computed (its training cells), the
+    only weight its :class:`SiteGuard` lets it contribute that round with.
+    """
     site.state[f"{method}/metrics/{int(round_index)}"] = {
         k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()
     }
+    if weight is not None:
+        site.state.setdefault(_WEIGHTS, {})[f"{method}#{int(round_index)}"] = np.asarray(
+            float(weight)
+        )
 
 
 @register_step("metrics")

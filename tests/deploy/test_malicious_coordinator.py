@@ -1,0 +1,364 @@
+"""A coordinator that deviates from the protocol, played against real sites and parties.
+
+The sites are :class:`fedsc.deploy.site.Site` objects on their own h5ad files, answering
+through the code a site's ClientApp runs (``site_worker.answer`` then
+``client_app.seal_for_parties``); the parties are :class:`smpc.party.PartyLoop` s (in
+threads, additions only), which open the sealed shares with their own secrets. Only the
+Flower transport is left out (tests/deploy/test_deployment_crypten.py runs it). Each
+attack of issue 19 (weights (1, 0), a subset of sites, the same step twice, a replayed or
+re-targeted sealed share, a pairwise argmax) is refused with a message naming the check,
+and the honest run through the same code still gives the simulation's model.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsc.deploy import scbatchprox as deployed
+from fedsc.deploy.client_app import seal_for_parties
+from fedsc.deploy.crypten import DeployedCrypten
+from fedsc.deploy.records import content
+from fedsc.deploy.site import RefusedRequest, Site, step_slot
+from fedsc.deploy.site_worker import answer
+from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
+from smpc import messages as msg
+from smpc import sealed
+from smpc.channel import in_process_pair
+from smpc.crypten_backend import CryptenAggregator
+from smpc.party import PartyLoop
+
+SITES = ["site_a", "site_b", "site_c"]
+SECRET = bytes(range(32))
+PARTIES = 3
+DIMS = 4
+CONFIG = ScBatchProxConfig(rounds=2, local_epochs=1, batch_size=32)
+PARAMS = {
+    "config": CONFIG.to_dict(),
+    "seed": 3,
+    "batch_key": "batch",
+    "embedding_key": "X_pca",
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """One small embedding per site (its own h5ad), shifted per site like batches."""
+    root = tmp_path_factory.mktemp("malicious")
+    rng = np.random.default_rng(0)
+    out = {}
+    for i, name in enumerate(SITES):
+        n = 40 + 10 * i
+        z = rng.normal(size=(n, DIMS)) * (1 + 0.2 * i) + i
+        adata = ad.AnnData(
+            np.zeros((n, 1), np.float32),
+            obs=pd.DataFrame({"batch": [name] * n}, index=[f"{name}-{j}" for j in range(n)]),
+        )
+        adata.obsm["X_pca"] = z
+        adata.write_h5ad(root / f"{name}.h5ad")
+        keys = [sealed.client_key(sealed.party_secret(SECRET, r), name) for r in range(PARTIES)]
+        (root / f"party-keys-{name}").write_text("\n".join(k.hex() for k in keys))
+        out[name] = root / f"{name}.h5ad"
+    return out
+
+
+@pytest.fixture(autouse=True)
+def party_secret(monkeypatch):
+    """The parties' secret (each party derives its own from it); sites hold only keys."""
+    monkeypatch.setenv(sealed.SECRET_ENV, SECRET.hex())
+    monkeypatch.delenv(sealed.AGREED_ENV, raising=False)
+
+
+class SiteFleet:
+    """Real sites behind the coordinator's ``fleet.ask``: what each site's ClientApp runs."""
+
+    def __init__(self, files: dict[str, Path], **site_options: Any) -> None:
+        self.sites = {
+            n: Site(p, name=n, out_dir=p.parent / "out", **site_options) for n, p in files.items()
+        }
+        self.node = {
+            n: SimpleNamespace(
+                node_config={"party-keys": str(p.parent / f"party-keys-{n}"), "site": n}
+            )
+            for n, p in files.items()
+        }
+        self.hello = {
+            n: site.run("hello", {"batch_key": "batch", "embedding_key": "X_pca"}, {})
+            for n, site in self.sites.items()
+        }
+
+    def answer(self, name: str, step: str, params: dict[str, Any], arrays: Any) -> Any:
+        """One site's answer to one request (raises the site's refusal)."""
+        kind, payload = answer(self.sites[name], step, params, dict(arrays or {}))
+        if kind == "public" or params.get("transport") != "crypten":
+            return payload
+        meta, blobs = seal_for_parties(self.node[name], params, *payload)  # type: ignore[arg-type]
+        return content({"meta": meta}, blobs)
+
+    def ask(self, requests: dict[str, tuple[str, dict[str, Any], Any]]) -> dict[str, Any]:
+        """``Fleet.ask``: every site answers its request."""
+        return {s: self.answer(s, *request) for s, request in requests.items()}
+
+    def apply(self, requests: dict[str, Any]) -> dict[str, Any]:
+        """The public final step (each site writes its output)."""
+        return {s: self.answer(s, *request) for s, request in requests.items()}
+
+
+def _request(step: str, params: dict[str, Any], names: list[str], name: str, **weights) -> dict:
+    """The parameters a CrypTen coordinator sends ``name`` (weights: site -> weight)."""
+    context = sealed.make_context(
+        "op-" + step + str(sorted(weights.items())) + str(names),
+        names,
+        step_slot(step, params),
+        weights or None,
+    )
+    out = {
+        **params,
+        "transport": "crypten",
+        "context": context,
+        "bits": 24,
+        "parties": PARTIES,
+        "site_name": name,
+    }
+    if weights:
+        out["weight"] = float(weights[name])
+    return out
+
+
+def _update(fleet: SiteFleet, round_index: int = 0) -> dict[str, Any]:
+    """Round ``round_index``'s update parameters and arrays (identity tables, as round 0)."""
+    n_train = {
+        n: len(deployed.training_split(int(h["n_obs"]), CONFIG.train_fraction, 3, i))
+        for i, (n, h) in enumerate(sorted(fleet.hello.items()))
+    }
+    return {"params": {**PARAMS, "n_train": n_train, "round": round_index}, "n_train": n_train}
+
+
+def _tables() -> dict[str, np.ndarray]:
+    return {"gamma": np.ones((len(SITES), DIMS)), "beta": np.zeros((len(SITES), DIMS))}
+
+
+def _ask_update(fleet, name, round_index, names, **weights):
+    base = _update(fleet, round_index)["params"]
+    params = _request(
+        "scbatchprox/update", {**base, "index": SITES.index(name)}, names, name, **weights
+    )
+    return fleet.answer(name, "scbatchprox/update", params, _tables())
+
+
+# --------------------------------------------------------------------- the honest run
+def test_the_honest_deployed_run_through_real_sites_and_parties_matches_simulation(files):
+    fleet = SiteFleet(files)
+    with CryptenAggregator(transport="threads") as parties:
+        agg = DeployedCrypten(fleet, [], backend=parties)  # type: ignore[arg-type]
+        record = deployed.run(fleet.hello, agg, fleet.apply, PARAMS)
+        ops = [e.op for e in agg.ledger.entries]
+    z = np.concatenate([ad.read_h5ad(files[n]).obsm["X_pca"] for n in SITES])
+    labels = np.repeat(SITES, [ad.read_h5ad(files[n]).n_obs for n in SITES])
+    with CryptenAggregator(transport="threads") as sim_agg:
+        sim = ScBatchProx.fit(z, labels, sim_agg, config=CONFIG, seed=3, show_progress=False)
+    for key, table in (("gamma", sim.adapter.gamma), ("beta", sim.adapter.beta)):
+        np.testing.assert_allclose(record["model_state"][key], table, atol=1e-6)
+    assert ops == ["weighted_mean"] * (2 * CONFIG.rounds)  # updates and metrics
+
+
+# --------------------------------------------------------------------- sites refuse
+def test_weights_one_and_zero_are_refused_by_the_sites(files):
+    fleet = SiteFleet(files)
+    # the target is asked with weight 1 (not its own), the other with weight 0
+    with pytest.raises(RefusedRequest, match=r"check 'weight'.*positive"):
+        _ask_update(fleet, "site_b", 0, SITES, site_a=1.0, site_b=0.0, site_c=1.0)
+    fleet = SiteFleet(files)
+    with pytest.raises(RefusedRequest, match=r"check 'weight'.*own weight"):
+        _ask_update(fleet, "site_a", 0, SITES, site_a=1.0, site_b=5.0, site_c=5.0)
+    # inconsistent: the context's weight for this site is not the one asked for
+    fleet = SiteFleet(files)
+    params = _request(
+        "scbatchprox/update",
+        {**_update(fleet)["params"], "index": 0},
+        SITES,
+        "site_a",
+        **{n: 10.0 for n in SITES},
+    )
+    params["weight"] = 36.0
+    with pytest.raises(RefusedRequest, match=r"check 'weight'.*inconsistent"):
+        fleet.answer("site_a", "scbatchprox/update", params, _tables())
+
+
+def test_a_subset_of_the_sites_is_refused(files):
+    fleet = SiteFleet(files, agreed_sites=SITES)  # agreed before the run
+    own = _update(fleet)["n_train"]
+    with pytest.raises(RefusedRequest, match=r"check 'agreed sites'.*subset"):
+        _ask_update(fleet, "site_a", 0, SITES[:2], **{n: own[n] for n in SITES[:2]})
+    # nothing agreed beforehand: the run's first operation fixes the set
+    fleet = SiteFleet(files)
+    own = _update(fleet)["n_train"]
+    _ask_update(fleet, "site_a", 0, SITES, **own)
+    with pytest.raises(RefusedRequest, match=r"check 'agreed sites'.*subset"):
+        _ask_update(fleet, "site_a", 1, SITES[:2], **{n: own[n] for n in SITES[:2]})
+    with pytest.raises(RefusedRequest, match=r"check 'agreed sites'.*outside"):
+        _ask_update(fleet, "site_a", 1, [*SITES, "site_x"], **own, site_x=10.0)
+
+
+def test_the_same_step_twice_and_steps_off_the_schedule_are_refused(files):
+    fleet = SiteFleet(files)
+    own = _update(fleet)["n_train"]
+    _ask_update(fleet, "site_a", 0, SITES, **own)
+    with pytest.raises(RefusedRequest, match="check 'same step twice'"):
+        _ask_update(fleet, "site_a", 0, SITES, **own)
+    with pytest.raises(RefusedRequest, match=r"check 'schedule'.*next round is 0"):
+        _ask_update(fleet, "site_b", 1, SITES, **own)  # site_b has not trained round 0
+    metrics = {"method": "scbatchprox", "round": 1, "names": ["recon_loss"]}
+    with pytest.raises(RefusedRequest, match=r"check 'schedule'.*before"):
+        fleet.answer(
+            "site_a", "metrics", _request("metrics", metrics, SITES, "site_a", **own), None
+        )
+    # a context naming another step than the request (one op's shares reused for another)
+    params = _request(
+        "scbatchprox/update", {**_update(fleet, 1)["params"], "index": 0}, SITES, "site_a", **own
+    )
+    params["round"] = 1
+    params["context"] = sealed.make_context("x", SITES, "scbatchprox/update#round=0", own)
+    with pytest.raises(RefusedRequest, match=r"check 'schedule'.*names step"):
+        fleet.answer("site_a", "scbatchprox/update", params, _tables())
+
+
+# --------------------------------------------------------------------- parties refuse
+def _party(agreed: list[str] | None = None):
+    """One real party loop (rank 0, additions only) in a thread; the coordinator's end."""
+    coordinator, party = in_process_pair()
+    loop = PartyLoop(0, party, None, False, agreed)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    return coordinator, thread
+
+
+def _send(coordinator, kind, shares, names, op_id=1) -> Any:
+    """Relay sealed shares (``[(name, context, blob)]``) to the party; its answer."""
+    coordinator.send(
+        msg.Aggregate(
+            op_id=op_id, kind=kind, n_clients=len(shares), size=DIMS, share_format="sealed"
+        )
+    )
+    for client, (name, context, blob) in enumerate(shares):
+        array = np.frombuffer(blob, dtype=np.uint8)
+        coordinator.send(
+            msg.SealedShare(client=client, name=name, context=context, nbytes=array.size)
+        )
+        coordinator.send_array(array)
+    assert coordinator.poll(20), "the party did not answer"
+    reply = coordinator.recv()
+    if isinstance(reply, msg.SharesReceived):
+        coordinator.recv()  # Result
+        coordinator.recv_array(into=np.empty(DIMS, np.int64))
+    return reply
+
+
+def _shares(names, step, op, clients=None, rank=0):
+    """Each site's share for party ``rank``, sealed as the site's code seals it."""
+    context = sealed.make_context(op, clients or names, step)
+    out = []
+    for name in names:
+        keys = [sealed.client_key(sealed.party_secret(SECRET, r), name) for r in range(PARTIES)]
+        blobs = sealed.seal_shares(
+            np.ones(DIMS), keys, client=name, context=context, precision_bits=24
+        )
+        out.append((name, context, blobs[rank]))
+    return out
+
+
+def test_parties_refuse_replays_retargeted_shares_subsets_and_pairwise_argmax():
+    coordinator, thread = _party()
+    honest = _shares(SITES, "s/0", "op-1")
+    assert isinstance(_send(coordinator, "sum", honest, SITES), msg.SharesReceived)
+    # replayed: the same sealed shares again
+    reply = _send(coordinator, "sum", honest, SITES, op_id=2)
+    assert isinstance(reply, msg.Failure) and "check 'replay'" in reply.error
+    # re-targeted (the last share, so the refusal ends the operation): party 1's sealed
+    # share handed to party 0, or site_a's share passed off as site_c's
+    for op_id, forged in enumerate(
+        (
+            [*_shares(SITES, "s/1", "op-2")[:2], _shares(SITES, "s/1", "op-2", rank=1)[2]],
+            [*_shares(SITES, "s/1", "op-3")[:2], ("site_c", *_shares(SITES, "s/1", "op-3")[0][1:])],
+        ),
+        start=3,
+    ):
+        reply = _send(coordinator, "sum", forged, SITES, op_id=op_id)
+        assert isinstance(reply, msg.Failure) and "does not open" in reply.error
+    # the same step under a fresh op id
+    reply = _send(coordinator, "sum", _shares(SITES, "s/0", "op-4"), SITES, op_id=5)
+    assert isinstance(reply, msg.Failure) and "check 'same step twice'" in reply.error
+    # a subset (differencing {a, b, c} with {b, c}) and a pairwise argmax
+    reply = _send(coordinator, "sum", _shares(SITES[1:], "s/2", "op-5"), SITES[1:], op_id=6)
+    assert isinstance(reply, msg.Failure) and "check 'agreed sites'" in reply.error
+    assert "difference" in reply.error
+    reply = _send(coordinator, "argmax", _shares(SITES[:2], "s/3", "op-6"), SITES[:2], op_id=7)
+    assert isinstance(reply, msg.Failure) and "check 'agreed sites'" in reply.error
+    assert "pairwise" in reply.error
+    coordinator.send(msg.Close())
+    thread.join(5)
+
+
+def test_a_party_with_the_agreed_sites_configured_refuses_a_first_operation_over_a_pair():
+    coordinator, thread = _party(agreed=SITES)
+    reply = _send(coordinator, "sum", _shares(SITES[:2], "s/0", "op-1"), SITES[:2])
+    assert isinstance(reply, msg.Failure) and "check 'agreed sites'" in reply.error
+    coordinator.send(msg.Close())
+    thread.join(5)
+
+
+# ------------------------------------------------------------- secure_rows, coordinator view
+def test_secure_rows_the_coordinator_receives_no_row_and_no_share_of_a_row(monkeypatch):
+    """Everything the coordinator's process reads from the parties in a secure_rows run.
+
+    The clients' side runs in this process too (simulation); the spy records only what
+    arrives on the coordinator's ends of the party channels.
+    """
+    from smpc.channel import InProcessChannel
+
+    arrays: list[np.ndarray] = []
+    notes: list[Any] = []
+    recv, recv_array = InProcessChannel.recv, InProcessChannel.recv_array
+
+    def spy_recv(self):
+        message = recv(self)
+        if getattr(self, "coordinator_end", False):
+            notes.append(message)
+        return message
+
+    def spy_recv_array(self, *args, **kwargs):
+        array = recv_array(self, *args, **kwargs)
+        if getattr(self, "coordinator_end", False):
+            arrays.append(np.array(array))
+        return array
+
+    rng = np.random.default_rng(5)
+    z = np.concatenate([rng.normal(size=(60, DIMS)) * (1 + i) + i for i in range(3)])
+    labels = np.repeat(SITES, 60)
+    config = ScBatchProxConfig(rounds=2, local_epochs=1, batch_size=32, secure_rows=True)
+    monkeypatch.setattr(InProcessChannel, "recv", spy_recv)
+    monkeypatch.setattr(InProcessChannel, "recv_array", spy_recv_array)
+    with CryptenAggregator(transport="threads") as agg:
+        for channel in agg._pool.channels:
+            channel.coordinator_end = True  # type: ignore[attr-defined]
+        ScBatchProx.fit(z, labels, agg, config=config, seed=1, show_progress=False)
+        to_owners = [e for e in agg.ledger.entries if e.op == "weighted_mean_to_owners"]
+    assert len(to_owners) == config.rounds
+    owner_notes = [n for n in notes if isinstance(n, msg.OwnerShare) and n.owner >= 0]
+    assert len(owner_notes) == config.rounds * PARTIES * len(SITES) * 3  # gamma, beta, sum w
+    # every slice addressed to a client arrived as ciphertext (AES-GCM: never 8k bytes) ...
+    sealed_frames = [a for a in arrays if a.dtype == np.uint8]
+    assert len(sealed_frames) == len(owner_notes)
+    for note, frame in zip(owner_notes, sealed_frames, strict=True):
+        assert frame.size == sealed.sealed_size(8 * (note.stop - note.start))
+    # ... and every value in the clear is the total weight or a metric mean with its
+    # weight (one or two values per party), never a slice of a client's row
+    clear = [a for a in arrays if a.dtype != np.uint8]
+    assert clear and all(a.dtype == np.int64 and a.size <= 2 for a in clear)
