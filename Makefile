@@ -54,6 +54,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy fedsc smpc
+	$(BIN)/python .ci/check_imports.py  # no import cycle (in-function imports count); smpc never imports fedsc
 	@! grep -rnE 'REFERENCE(\.md| §)|DESIGN\.md' --include='*.py' --include='*.md' --include='*.yaml' \
 		--include='*.toml' --include='*.ipynb' fedsc smpc tests benchmarks notebooks experiments \
 		docs README.md pyproject.toml \

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from fedsc.errors import FedscInputError
-from fedsc.report import write_report
+from fedsc.report import comparison_table, write_report
+from fedsc.run.load import DEFAULT as DEFAULT_DATASET
 from fedsc.stats import compare
 from fedsc.sweep.store import RunStore, warn_corrupt
 
@@ -135,7 +136,7 @@ def sweep_embeddings(sweep_dir: str | Path) -> dict[str, tuple[np.ndarray, np.nd
             continue
         cfg = record["config"]
         name = f"{cfg['method']} / {cfg['variant']}"
-        name = name if cfg["dataset"] == "pancreas" else f"{cfg['dataset']}: {name}"
+        name = name if cfg["dataset"] == DEFAULT_DATASET else f"{cfg['dataset']}: {name}"
         out[name] = (np.asarray(emb["values"]), np.asarray(emb["batch"]), np.asarray(emb["labels"]))
     return dict(sorted(out.items()))
 
@@ -154,3 +155,30 @@ def report_sweep(sweep_dir: str | Path) -> Path:
             umaps=sweep_embeddings(sweep_dir) or None,
             title=f"fedsc report: {', '.join(sorted(results['study'].unique()))}",
         )
+
+
+def demo_comparison(sweep_dir: str | Path) -> tuple[pd.DataFrame, Path]:
+    """The demo's analysis of a finished privacy-utility sweep: crypten vs plaintext, report.
+
+    Compares the crypten runs (side A) with the plaintext runs (side B) without DP: by
+    variant name when the study names variants ``crypten`` and ``plaintext`` (it then has
+    DP variants too), else by backend; Mann-Whitney U over seeds, BH over the table. Writes
+    ``comparison.csv`` and the report (:func:`report_sweep`) into ``sweep_dir``.
+
+    Returns
+    -------
+    tuple
+        The comparison table and the report's path.
+    """
+    results = comparison_table(load_results(sweep_dir))
+    variants = set(results["variant"])
+    a, b = (
+        ({"variant": "crypten"}, {"variant": "plaintext"})
+        if {"crypten", "plaintext"} <= variants
+        else ({"backend": "crypten"}, {"backend": "plaintext"})
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the report notes unreachable significance
+        table = compare(results, a, b)
+    table.to_csv(Path(sweep_dir) / "comparison.csv", index=False)
+    return table, report_sweep(sweep_dir)

@@ -121,3 +121,10 @@ def test_forbidden_package_import_fails(check, capsys, tmp_path):
     assert "low.x imports high.y (low must not import high)" in out
     status, out = _run(check, capsys, low, high, forbid="high=low")
     assert status == 0, out
+
+
+def test_project_has_no_import_cycle(check, capsys):
+    status = check.main([])  # what `make lint` runs: fedsc and smpc, smpc=fedsc forbidden
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "0 cycle(s)" in out

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedsc.cli.args import seed_arg
 from fedsc.deploy.drivers import TRANSPORTS
 from fedsc.errors import FedscInputError
 
@@ -89,9 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _seed(text: str) -> int:
-    from fedsc.cli import _seed_arg
-
-    return _seed_arg(text)
+    return seed_arg(text)
 
 
 def _port(text: str) -> int:

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedsc.datasets.catalogue import dataset_label
 from fedsc.privacy.accounting import DPConfig
 from fedsc.privacy.attacks import ATTACKS, COLUMNS, Attack, Truth, run_attacks
 from fedsc.privacy.run_dp import audit_run_dp, check_run_dp, resolve_run_dp, run_dp_info
@@ -46,6 +45,7 @@ from fedsc.privacy.views import (
     recording_aggregator,
 )
 from fedsc.results import TIDY_COLUMNS
+from fedsc.run.load import dataset_label
 from fedsc.run_privacy import smpc_mechanism
 
 if TYPE_CHECKING:

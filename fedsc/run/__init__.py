@@ -3,7 +3,7 @@
 Stages, each a module that the layers above plug into without importing the runner back:
 
 - config: :mod:`fedsc.run_config` (``RunConfig``; every choice checked before data load);
-- load: :mod:`fedsc.datasets.catalogue` (the one dataset catalogue) and the input checks;
+- load: :mod:`fedsc.run.load` (the one dataset catalogue) and the input checks;
 - prepare: :mod:`fedsc.run.prepare` (``INPUT_PREPARATION`` by input kind, ``run_inputs``);
 - execute: :mod:`fedsc.runner` (``execute_run``; how the method runs is chosen in
   ``EXECUTORS``: in process, or as a Flower deployment from :mod:`fedsc.deploy.experiment`);

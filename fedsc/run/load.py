@@ -1,4 +1,4 @@
-"""The dataset catalogue: what a run's ``dataset`` may name, how it loads, its table label.
+"""The load stage: the one dataset catalogue (names, loading, labels in tables).
 
 A run's dataset (``RunConfig.dataset``, ``fedsc run --input``) is one of:
 
@@ -8,24 +8,27 @@ A run's dataset (``RunConfig.dataset``, ``fedsc run --input``) is one of:
 
 Every place that names datasets reads this module (the runner, the CLI's input check,
 the tables' dataset column), so a new bundled dataset is one entry in :data:`BUNDLED`.
+The loaders are named as ``"module:function"`` and imported on first use, so checking a
+name (the CLI, before anything loads) does not import AnnData.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import anndata as ad
-
-from fedsc import datasets
 from fedsc.errors import FedscInputError
+from fedsc.registry import resolve
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 __all__ = ["BUNDLED", "DEFAULT", "check_dataset", "dataset_label", "is_catalogued", "load_dataset"]
 
-#: Bundled dataset name -> loader (both MIT; ``docs/data.md``).
-BUNDLED: dict[str, Callable[[], ad.AnnData]] = {
-    "pancreas": datasets.pancreas,
-    "cellbench_3cl": datasets.cellbench_3cl,
+#: Bundled dataset name -> its loader (both MIT; ``docs/data.md``).
+BUNDLED: dict[str, str] = {
+    "pancreas": "fedsc.datasets:pancreas",
+    "cellbench_3cl": "fedsc.datasets:cellbench_3cl",
 }
 #: The dataset a run uses when none is named.
 DEFAULT = "pancreas"
@@ -39,8 +42,10 @@ def is_catalogued(name: str) -> bool:
 
 def load_dataset(name: str) -> ad.AnnData:
     """Bundled name, ``shared:<file>`` or a path to an ``.h5ad`` file."""
+    from fedsc import datasets  # AnnData: when a dataset loads (start-up time of the CLI)
+
     if name in BUNDLED:
-        return BUNDLED[name]()
+        return resolve(BUNDLED[name])()
     if name.startswith(SHARED_PREFIX):
         return datasets.read(datasets.shared_path(name.removeprefix(SHARED_PREFIX)))
     return datasets.read(name)
