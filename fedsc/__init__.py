@@ -1,6 +1,6 @@
 """fedsc: privacy-preserving federated batch correction of single-cell data.
 
-Submodules load on first use (``fedsc.tl``, ``fedsc.datasets``, ``fedsc.evaluation``...),
+Submodules load on first use (``fedsc.pp``, ``fedsc.tl``, ``fedsc.pl``, ``fedsc.datasets``...),
 so ``import fedsc`` stays cheap. Importing changes no global state (numba, JAX, torch,
 ``warnings``, ``logging``): call ``fedsc.settings.apply()`` for fedsc's thread, compile-cache
 and warning settings (the CLI and the runner do), ideally before importing torch.
@@ -29,7 +29,9 @@ _SUBMODULES = {
     "evaluation",
     "federation",
     "methods",
+    "pl",
     "plots",
+    "pp",
     "preprocessing",
     "progress",
     "report",
