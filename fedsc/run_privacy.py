@@ -31,6 +31,7 @@ from fedsc.errors import FedscInputError
 __all__ = [
     "DP_SCHEMA",
     "EPSILON_RANGE",
+    "RUN_ONLY_DP_KEYS",
     "check_attacks",
     "check_dp_schema",
     "check_mechanism_options",
@@ -53,7 +54,11 @@ DP_EXAMPLE = "dp: {level: client, target_epsilon: 4, clip: 1.0, delta: 1e-3}"
 
 #: key -> (kind, may be None, what it is): the types and ranges of ``RunConfig.dp``.
 DP_SCHEMA: dict[str, tuple[str, bool, str]] = {
-    "level": ("choice:client,cell", False, "the unit protected: client or cell"),
+    "level": (
+        "choice:client,cell,donor",
+        False,
+        "the unit protected: client, cell or donor (every cell of one person)",
+    ),
     "noise_multiplier": (
         "non-negative",
         True,
@@ -69,7 +74,27 @@ DP_SCHEMA: dict[str, tuple[str, bool, str]] = {
     "delta": ("probability", False, "delta in (0, 1), well below 1/n (e.g. 1e-5)"),
     "accountant": ("choice:rdp,pld", False, "rdp or pld"),
     "simulated": ("bool", False, "true or false (true: seeded noise, never private)"),
+    "donor_sampling_rate": (
+        "rate",
+        False,
+        "level donor: the probability q in (0, 1] that a donor joins a DP-SGD step (e.g. 0.2)",
+    ),
+    "cells_per_donor": (
+        "count",
+        False,
+        "level donor: the most cells one sampled donor gives a step (a whole number, e.g. 16)",
+    ),
+    "clients": (
+        "choice:batch,donor",
+        False,
+        "level client: what a client is, one per batch (default) or one per donor "
+        "(the run's donor_key)",
+    ),
 }
+
+#: ``dp`` keys that are run settings, not :class:`~fedsc.privacy.accounting.DPConfig`
+#: fields (dropped before one is built).
+RUN_ONLY_DP_KEYS = ("clients",)
 
 
 def _number(value: Any) -> float | None:
@@ -155,6 +180,12 @@ def _check_dp_value(key: str, kind: str, value: Any, what: str) -> Any:
         raise FedscInputError(
             f"dp.{key} must be >= 0 ({what}), got {value!r}; to turn DP off, drop dp."
         )
+    if kind == "rate" and not 0 < x <= 1:
+        raise FedscInputError(f"dp.{key} must be in (0, 1] ({what}), got {value!r}.")
+    if kind == "count":
+        if isinstance(value, bool) or x != int(x) or x < 1:
+            raise FedscInputError(f"dp.{key} must be a whole number >= 1 ({what}), got {value!r}.")
+        return int(x)
     if kind == "probability" and not 0 < x < 1:
         raise FedscInputError(f"dp.{key} must be in (0, 1) ({what}), got {value!r}.")
     if kind == "epsilon":
@@ -403,6 +434,7 @@ def check_privacy_combinations(cfg: Any) -> None:
             "again, so the run would spend more than target_epsilon; drop dp or the scenario."
         )
     _check_owner_revealed(cfg)
+    _check_donor_settings(cfg)
     from fedsc.privacy.attacks import ATTACKS
 
     _check_party_attacks(cfg, ATTACKS)
@@ -416,6 +448,25 @@ def check_privacy_combinations(cfg: Any) -> None:
 
 
 _PARTY_OBSERVERS = frozenset({"party", "colluding_parties"})
+
+
+def _check_donor_settings(cfg: Any) -> None:
+    """Donor-level DP and donors as clients need the run's ``donor_key``; ``clients`` is client level's."""
+    dp = cfg.dp if isinstance(cfg.dp, Mapping) else {}
+    level = dp.get("level", "client")
+    clients = dp.get("clients", "batch")
+    if clients != "batch" and level != "client":
+        raise FedscInputError(
+            f"dp.clients: {clients} chooses what a client is for client-level DP; this dp has "
+            f"level: {level}. Drop clients, or use level: client."
+        )
+    wants = level == "donor" or clients == "donor"
+    if wants and not getattr(cfg, "donor_key", None):
+        what = "donor-level DP" if level == "donor" else "dp.clients: donor"
+        raise FedscInputError(
+            f"{what} needs the run's donor_key (the obs column naming each cell's donor, "
+            "separate from batch_key), e.g. donor_key: donor."
+        )
 
 
 def _check_party_attacks(cfg: Any, attacks: Any) -> None:

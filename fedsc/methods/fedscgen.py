@@ -67,6 +67,7 @@ from fedsc.methods.vae import (
     derive_generator,
     encode_mean,
     make_optimizer,
+    place,
     split_train_validation,
     torch_threads,
     train_epoch,
@@ -100,13 +101,20 @@ class FedScGenConfig(VAEConfig):
     #: runs DP-SGD locally, ``level="client"`` leaves the noise to the ``gaussian``
     #: mechanism on the aggregator (BatchNorm buffers do not survive clipping and noise).
     dp: dict[str, Any] | None = None
+    #: Donor-level DP (``dp={level: donor}``): the ``obs`` column naming each cell's donor.
+    donor_key: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dp is not None:
             from fedsc.privacy.accounting import DPConfig
 
-            DPConfig.from_dict(_dp_mapping(self.dp))  # refuses sigma < 0, clip <= 0, bad delta
+            dp = DPConfig.from_dict(_dp_mapping(self.dp))  # refuses sigma < 0, clip <= 0, ...
+            if dp is not None and dp.level == "donor" and not self.donor_key:
+                raise FedscInputError(
+                    "donor-level DP needs donor_key, the obs column naming each cell's donor "
+                    "(a run config's donor_key: donor)."
+                )
         if self.rounds < 1 or self.local_epochs < 1:
             raise FedscInputError(
                 f"rounds and local_epochs must be >= 1, got rounds={self.rounds}, "
@@ -152,6 +160,7 @@ class FedScGenMethod:
         config: FedScGenConfig,
         seed: int,
         names: Mapping[int, str] | None = None,
+        donors: Mapping[int, torch.Tensor] | None = None,
     ) -> None:
         if not data:
             raise FedscInputError("FedscGen needs at least one training client.")
@@ -180,6 +189,8 @@ class FedScGenMethod:
                 "those batches out of training (holdout=...)."
             )
         self._optimizers: dict[int, torch.optim.Optimizer] = {}
+        #: Donor-level DP: an integer donor id per cell of each client.
+        self.donors = {int(c): d for c, d in (donors or {}).items()}
         self._init_dp()
 
     def _init_dp(self) -> None:
@@ -189,6 +200,7 @@ class FedScGenMethod:
         self.dp_steps: dict[int, tuple[int, float]] = {}
         if cfg.dp is None:
             self.dp = None
+            place(self.model)  # settings.device (DP-SGD trains on the CPU)
             return
         # Only with DP: Opacus and dp_accounting take ~1.7 s to import (torch.distributed,
         # sympy), a third of a plaintext run on the bundled pancreas.
@@ -205,6 +217,18 @@ class FedScGenMethod:
             self.dp = dp_sgd.resolve_for_clients(
                 dp, sizes, cfg.batch_size, cfg.local_epochs, cfg.rounds
             )
+        if dp.level == "donor":
+            missing = sorted(set(self.data) - set(self.donors))
+            if missing:
+                raise FedscInputError(
+                    f"donor-level DP: clients {missing} have no donor ids (donors=)."
+                )
+            counts = [self.n_donors(c) for c in self.data]
+            self.dp = dp_sgd.resolve_for_donors(dp, counts, cfg.local_epochs, cfg.rounds)
+
+    def n_donors(self, client: int) -> int:
+        """D_c: the client's training donors (its FedAvg weight under donor-level DP)."""
+        return len(torch.unique(self.donors[client][self.splits[client][0]]))
 
     @property
     def epsilon(self) -> dict[int, float]:
@@ -244,9 +268,10 @@ class FedScGenMethod:
             optimizer = make_optimizer(self.model)
         x = self.data[client]
         train_idx, val_idx = self.splits[client]
-        if self.dp is not None and self.dp.level == "cell":
+        if self.dp is not None and self.dp.level in ("cell", "donor"):
             from fedsc.methods import dp_sgd
 
+            donor = self.dp.level == "donor"
             up = dp_sgd.local_train(
                 self.model,
                 optimizer,
@@ -257,11 +282,14 @@ class FedScGenMethod:
                 round_index=round_index,
                 local_epochs=cfg.local_epochs,
                 dp=self.dp,
+                donors=self.donors[client] if donor else None,
             )
             assert up.sampling_rate is not None
             self.dp_steps[client] = (up.total_steps, up.sampling_rate)
+            # donor level: the weight is the donor count D, public under its relation
+            weight = self.n_donors(client) if donor else self.n_train(client)
             # no metrics under DP-SGD: the losses are un-noised functions of the cells
-            return LocalResult(up.state, float(self.n_train(client)), {})
+            return LocalResult(up.state, float(weight), {})
         losses = []
         for j in range(cfg.local_epochs):
             epoch = round_index * cfg.local_epochs + j
@@ -641,8 +669,11 @@ def run_fedscgen(
     x_all = as_tensor(get_representation(used, layer=layer))
     data = {c.index: x_all[torch.from_numpy(c.obs_indices)] for c in train}
     del x_all
+    donors = _donor_ids(used, config, train)
     with torch_threads(config.num_threads):
-        method = FedScGenMethod(data, config, seed, names={c.index: c.name for c in train})
+        method = FedScGenMethod(
+            data, config, seed, names={c.index: c.name for c in train}, donors=donors
+        )
         fed = run_federation(
             method,
             [c.index for c in train],
@@ -711,6 +742,19 @@ def run_fedscgen(
     return FedScGenResult(model, fed, info)
 
 
+def _donor_ids(adata: ad.AnnData, config: FedScGenConfig, clients: Any) -> dict[int, torch.Tensor]:
+    """Donor-level DP: each training client's donor id per cell (codes of ``donor_key``)."""
+    if not config.dp or config.dp.get("level") != "donor":
+        return {}
+    key = str(config.donor_key)
+    if key not in adata.obs:
+        raise FedscInputError(
+            f"donor_key {key!r} is not an obs column (columns: {list(adata.obs.columns)})."
+        )
+    codes = np.unique(adata.obs[key].astype(str).to_numpy(), return_inverse=True)[1]
+    return {c.index: torch.from_numpy(codes[c.obs_indices].astype(np.int64)) for c in clients}
+
+
 def _gaussian_mechanisms(aggregator: Any) -> list[Any]:
     """The ``gaussian`` mechanisms wrapped around ``aggregator`` (outermost first)."""
     from smpc.mechanisms.gaussian import GaussianDP
@@ -744,10 +788,23 @@ def _dp_summary(method: FedScGenMethod, aggregator: Any = None) -> dict[str, Any
         else:  # (h5ad cannot store None)
             out.pop("noise_multiplier", None)
             out["noise"] = "none: the aggregator has no gaussian mechanism"
-    if method.dp.level != "cell":
+    if method.dp.level not in ("cell", "donor"):
         return out
     from fedsc.methods import dp_sgd
 
+    if method.dp.level == "donor":
+        out["relation"] = dp_sgd.DONOR_RELATION
+        epsilon = method.epsilon
+        if epsilon:
+            out["epsilon"] = max(epsilon.values())
+            out["steps"] = (
+                method.config.rounds
+                * method.config.local_epochs
+                * dp_sgd.donor_steps_per_epoch(method.dp)
+            )
+            out["sampling_rate"] = method.dp.donor_sampling_rate
+            out["n_donors"] = {method.names[c]: method.n_donors(c) for c in method.data}
+        return out
     out["relation"] = dp_sgd.RELATION
     epsilon = method.epsilon
     if epsilon:

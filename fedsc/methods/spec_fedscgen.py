@@ -21,5 +21,5 @@ SPEC = MethodSpec(
     options=("rounds", "local_epochs"),
     description="federated scGen with secure dominant-batch correction",
     reveals=frozenset({"vae_state", "correction_values"}),
-    dp_levels=frozenset({"client", "cell"}),
+    dp_levels=frozenset({"client", "cell", "donor"}),
 )

@@ -70,6 +70,7 @@ __all__ = [
     "ScoreAudit",
     "audit_cell_level",
     "audit_client_level",
+    "audit_donor_level",
     "epsilon_from_scores",
     "guesses_from_scores",
     "largest_gap_threshold",
@@ -851,6 +852,189 @@ def audit_cell_level(
             "genes": int(genes),
             "hidden": list(config.hidden),
             "clipping": clipping,
+            "optimizer": f"SGD(lr={lr})",
+            "rule": found.rule,
+            "rules": list(found.rules),
+        },
+    )
+
+
+# -------------------------------------------------------------------------- donor level
+def audit_donor_level(
+    dp: DPConfig,
+    *,
+    n_canaries: int,
+    n_donors: int = 50,
+    cells_per_ordinary_donor: int = 4,
+    canary_cells: Sequence[int] = (1, 4, 40),
+    n_genes: int = 20,
+    rounds: int = 1,
+    local_epochs: int = 4,
+    hidden: Sequence[int] = (16,),
+    amplitude: float = 10.0,
+    lr: float = 1e-3,
+    seed: int | None = None,
+    beta: float = 0.05,
+    guess_fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS,
+) -> AuditResult:
+    """Audit donor-level DP-SGD: canary *donors* through the real ``local_train(donors=)``.
+
+    As :func:`audit_cell_level`, with donors as the canaries. Canary donor j holds
+    ``canary_cells[j % len(canary_cells)]`` identical cells expressing only its reserved
+    gene j (value ``amplitude``): a donor with many cells is the one per-cell clipping
+    would let dominate, so the audit tests the per-donor bound (≤ k cells at C/k) too. One
+    client holds ``n_donors`` ordinary donors of ``cells_per_ordinary_donor`` random cells
+    and the canaries. Replace-one with D public (``dp.relation``): an excluded canary's
+    donor is replaced by a substitute donor of one ordinary cell, so every run has the
+    same D. Score of canary j: the movement of column j along the canary's own clipped
+    per-cell gradient, weighed as a Gaussian log-likelihood ratio with the expected
+    movement q · steps · min(n_j, k) · (clipped length). ``dp.simulated``: the attacker
+    replays with the published seed on the data with every canary gene zeroed and
+    subtracts the noise. The claim is ``local_train``'s own ε (donor level).
+    """
+    start = time.perf_counter()
+    if dp.level != "donor":
+        raise FedscInputError(
+            f"audit_donor_level needs a donor-level DPConfig, got level={dp.level!r} "
+            "(cell level: audit_cell_level; client level: audit_client_level)."
+        )
+    _check_canaries(n_canaries)
+    sizes = [int(c) for c in canary_cells]
+    for name, v in (
+        ("n_donors", n_donors),
+        ("cells_per_ordinary_donor", cells_per_ordinary_donor),
+        ("n_genes", n_genes),
+        ("rounds", rounds),
+        *((f"canary_cells[{i}]", c) for i, c in enumerate(sizes)),
+    ):
+        if int(v) != v or v < 1:
+            raise FedscInputError(f"audit: {name} must be an integer >= 1, got {v!r}.")
+    import torch
+
+    from fedsc.methods import dp_sgd
+    from fedsc.methods.vae import INIT, VAE, VAEConfig, derive_generator, torch_threads
+
+    run_seed = _rng_seed(seed)
+    rng = np.random.default_rng(run_seed)
+    m, d0, c0 = int(n_canaries), int(n_donors), int(cells_per_ordinary_donor)
+    included = rng.random(m) < 0.5
+    genes = m + int(n_genes)
+    n_cells = np.array([sizes[j % len(sizes)] for j in range(m)])
+    k = int(dp.cells_per_donor or 1)
+    # rows: ordinary donors' cells, then each included canary's cells or its substitute
+    blocks, donor_ids = [], []
+    ordinary = np.zeros((d0 * c0, genes), dtype=np.float32)
+    ordinary[:, m:] = np.abs(rng.normal(size=(d0 * c0, int(n_genes))))
+    blocks.append(ordinary)
+    donor_ids.append(np.repeat(np.arange(d0), c0))
+    canary_rows = np.zeros((m, genes), dtype=np.float32)
+    canary_rows[np.arange(m), np.arange(m)] = amplitude
+    for j in range(m):
+        if included[j]:
+            blocks.append(np.repeat(canary_rows[j : j + 1], n_cells[j], axis=0))
+            donor_ids.append(np.full(n_cells[j], d0 + j))
+        else:  # replace-one, D public: a substitute donor of one ordinary cell
+            sub = np.zeros((1, genes), dtype=np.float32)
+            sub[0, m:] = np.abs(rng.normal(size=int(n_genes)))
+            blocks.append(sub)
+            donor_ids.append(np.array([d0 + j]))
+    x = torch.from_numpy(np.concatenate(blocks))
+    donors = torch.from_numpy(np.concatenate(donor_ids).astype(np.int64))
+    train_idx = torch.arange(len(x))
+    canaries = torch.from_numpy(canary_rows)
+    dp = dp_sgd.resolve_for_donors(dp, [d0 + m], int(local_epochs), int(rounds))
+    config = VAEConfig(hidden=tuple(hidden), latent=2, dropout=0.0, batch_size=k, lr=lr)
+    model = dp_sgd.to_dp_variant(VAE(genes, config, derive_generator(run_seed, INIT)))
+    with torch.no_grad():
+        model.logvar.bias.fill_(-10.0)  # as in audit_cell_level: a steady gradient direction
+    first = _first_weight(model)
+    first_name = next(name for name, v in model.named_parameters() if v is first)
+    x_null = x.clone()
+    x_null[:, :m] = 0.0
+    per_cell_clip = float(dp.clip) / k
+
+    def signals() -> tuple[np.ndarray, np.ndarray]:
+        # each canary cell's gradient at the current state, clipped to C/k as DP-SGD does
+        model.eval()
+        params = {name: v.detach() for name, v in model.named_parameters()}
+
+        def loss(p: dict[str, Any], cell: Any) -> Any:
+            recon, mu, logvar = torch.func.functional_call(model, p, (cell[None],))
+            return dp_sgd.per_cell_loss(recon, cell[None], mu, logvar, config.kl_weight, k).sum()
+
+        per_cell = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))
+        d, mu = np.zeros((m, first.shape[0])), np.zeros(m)
+        for lo in range(0, m, 256):
+            g = per_cell(params, canaries[lo : lo + 256])
+            norm = torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in g.values())).double()
+            j = torch.arange(lo, lo + len(norm))
+            col = -g[first_name][torch.arange(len(norm)), :, j].double()
+            length = col.norm(dim=1)
+            d[lo : lo + len(norm)] = (col / length.clamp_min(1e-30)[:, None]).numpy()
+            mu[lo : lo + len(norm)] = (length * (per_cell_clip / norm).clamp(max=1.0)).numpy()
+        model.train()
+        return d, mu
+
+    q = float(dp.donor_sampling_rate or 1.0)
+    scale = q * (d0 + m) * k  # the public normalisation of the summed gradient
+    loud = np.minimum(n_cells, k)  # cells a sampled canary donor gives a step
+    scores = np.zeros(m)
+    claimed = math.inf
+    steps = 0
+    with torch_threads(1):
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        for r in range(int(rounds)):
+            d, mu = signals()
+            before_state = {name: v.detach().clone() for name, v in model.state_dict().items()}
+            before = first.detach()[:, :m].double().clone()
+            common: dict[str, Any] = {
+                "seed": run_seed,
+                "client": 0,
+                "round_index": r,
+                "local_epochs": int(local_epochs),
+                "dp": dp,
+                "donors": donors,
+            }
+            up = dp_sgd.local_train(model, optimizer, x, train_idx, **common)
+            move = first.detach()[:, :m].double() - before
+            if dp.simulated:
+                replay = copy.deepcopy(model)
+                replay.load_state_dict(before_state)
+                opt = torch.optim.SGD(replay.parameters(), lr=lr)
+                dp_sgd.local_train(replay, opt, x_null, train_idx, **common)
+                move = move - (_first_weight(replay).detach()[:, :m].double() - before)
+            along = np.einsum("hj,jh->j", move.numpy(), d) * scale / lr
+            expected = q * up.steps * loud * mu
+            scores += (along * expected - expected**2 / 2) / up.steps
+            claimed = up.epsilon
+            steps += up.steps
+    found = epsilon_from_scores(scores, included, dp.delta, beta, guess_fractions)
+    return AuditResult(
+        level="donor",
+        observer="output",
+        claimed_epsilon=float(claimed),
+        audited_epsilon=found.epsilon,
+        delta=float(dp.delta),
+        beta=float(beta),
+        n_canaries=m,
+        n_included=int(included.sum()),
+        guesses=found.guesses,
+        correct=found.correct,
+        noise_multiplier=float(dp.noise_multiplier or 0.0),
+        clip=float(dp.clip),
+        steps=int(steps),
+        sampling_rate=q,
+        noise=NOISE_PUBLISHED if dp.simulated else NOISE_FRESH,
+        seconds=time.perf_counter() - start,
+        details={
+            "rounds": int(rounds),
+            "local_epochs": int(local_epochs),
+            "n_donors": d0 + m,
+            "cells_per_donor": k,
+            "canary_cells": sizes,
+            "relation": "replace_one",
+            "genes": int(genes),
+            "hidden": list(config.hidden),
             "optimizer": f"SGD(lr={lr})",
             "rule": found.rule,
             "rules": list(found.rules),

@@ -34,7 +34,13 @@ import pandas as pd
 
 from fedsc.privacy.accounting import DPConfig
 from fedsc.privacy.attacks import ATTACKS, COLUMNS, Attack, Truth, run_attacks
-from fedsc.privacy.run_dp import audit_run_dp, check_run_dp, resolve_run_dp, run_dp_info
+from fedsc.privacy.run_dp import (
+    audit_run_dp,
+    check_run_dp,
+    donors_as_clients,
+    resolve_run_dp,
+    run_dp_info,
+)
 from fedsc.privacy.threat_model import clear_contributions
 from fedsc.privacy.verdict import ObserverVerdict, judge_rows, observer_verdict
 from fedsc.privacy.views import (
@@ -168,7 +174,9 @@ class InRunPrivacy:
         rows = rows.copy()
         info = dict(info)
         ledger = info.get("ledger")
-        dp_info = run_dp_info(self.dp, ledger, adata, self.spec.name)
+        dp_info = run_dp_info(
+            self.dp, ledger, adata, self.spec.name, clients_are_donors=donors_as_clients(self.cfg)
+        )
         eps = math.nan if dp_info is None else dp_info["dp_epsilon"]
         eps = math.inf if dp_info is not None and eps is None else eps
         delta = math.nan if dp_info is None else dp_info["dp_delta"]

@@ -14,6 +14,14 @@ client-level DP, ``params["dp"]`` for the method's DP-SGD at cell level);
 ``level: cell``
     DP-SGD in FedscGen's local training (:mod:`fedsc.methods.dp_sgd`); ε is the largest
     over clients.
+``level: donor``
+    user-level DP-SGD in FedscGen's local training: donors (the run's ``donor_key``)
+    Poisson-sampled, each donor's contribution bounded by C (:mod:`fedsc.methods.dp_sgd`);
+    ε of one donor, the same at every client.
+``level: client, clients: donor``
+    DP-FedAvg with one client per donor (the method's clients are keyed by ``donor_key``
+    instead of ``batch_key``; evaluation still reads ``batch_key``): the client-level
+    guarantee then protects one donor.
 
 One level per run: a run config cannot carry both (their joint cell-level guarantee is
 :func:`~fedsc.privacy.accounting.joint_cell_epsilon`, for library use). ε is stated per
@@ -32,6 +40,7 @@ from fedsc.errors import FedscInputError
 from fedsc.privacy.accounting import (
     CELL_RELATION,
     CLIENT_RELATION,
+    DONOR_RELATION,
     LEDGER_OBSERVERS,
     OBSERVER_RECEIVES,
     DeltaWarning,
@@ -67,7 +76,7 @@ def check_run_dp(dp: dict[str, Any] | None, spec: MethodSpec) -> dict[str, Any] 
     _refuse_combined_levels(dp)
     if dp.get("target_epsilon") is not None and "noise_multiplier" not in dp:
         dp["noise_multiplier"] = None  # calibrate sigma to the target
-    conf = DPConfig.from_dict(dp)
+    conf = DPConfig.from_dict(_dp_fields(dp))
     if conf is None:  # from_dict(None) only; dp is a mapping here
         return None
     if not spec.federated:
@@ -81,6 +90,19 @@ def check_run_dp(dp: dict[str, Any] | None, spec: MethodSpec) -> dict[str, Any] 
             f"not {spec.name}; use dp: {{level: client, ...}} (the gaussian mechanism)."
         )
     return dp
+
+
+def _dp_fields(dp: dict[str, Any]) -> dict[str, Any]:
+    """``dp`` without the run-only keys (:data:`fedsc.run_privacy.RUN_ONLY_DP_KEYS`)."""
+    from fedsc.run_privacy import RUN_ONLY_DP_KEYS
+
+    return {k: v for k, v in dp.items() if k not in RUN_ONLY_DP_KEYS}
+
+
+def donors_as_clients(cfg: RunConfig) -> bool:
+    """Whether the run's clients are its donors (``dp: {level: client, clients: donor}``)."""
+    dp = getattr(cfg, "dp", None) or {}
+    return dp.get("clients", "batch") == "donor"
 
 
 def _refuse_combined_levels(dp: dict[str, Any]) -> None:
@@ -107,6 +129,24 @@ def _refuse_combined_levels(dp: dict[str, Any]) -> None:
 def _training_clients(adata: ad.AnnData, cfg: RunConfig) -> int:
     batches = set(adata.obs[cfg.batch_key].astype(str))
     return len(batches - set(cfg.holdout))
+
+
+def _donor_column(adata: ad.AnnData, cfg: RunConfig) -> str:
+    key = getattr(cfg, "donor_key", None)
+    if not key or key not in adata.obs:
+        raise FedscInputError(
+            f"donor_key {key!r} names no obs column of {cfg.dataset} (columns: "
+            f"{list(adata.obs.columns)}); set donor_key to the column naming each cell's donor."
+        )
+    return str(key)
+
+
+def _fewest_donors(adata: ad.AnnData, cfg: RunConfig) -> int:
+    """The fewest donors of a training client (one per batch)."""
+    key = _donor_column(adata, cfg)
+    obs = adata.obs[~adata.obs[cfg.batch_key].astype(str).isin([str(h) for h in cfg.holdout])]
+    per = obs.groupby(obs[cfg.batch_key].astype(str), observed=True)[key].nunique()
+    return int(per.min()) if len(per) else 0
 
 
 def _fewest_training_cells(adata: ad.AnnData, cfg: RunConfig) -> int:
@@ -138,11 +178,20 @@ def resolve_run_dp(
     raw_dp = getattr(cfg, "dp", None)
     if raw_dp is None:
         return None, None, cfg
-    dp = DPConfig.from_dict(dict(raw_dp))
+    dp = DPConfig.from_dict(_dp_fields(dict(raw_dp)))
     assert dp is not None
     mechanism = None
     params = dict(cfg.params)
     config = spec.make_config(params)
+    method_cfg = cfg
+    if donors_as_clients(cfg):
+        # one client per donor: the method splits by donor_key; evaluation keeps batch_key
+        method_cfg = replace(cfg, batch_key=_donor_column(adata, cfg), holdout=[])
+        if cfg.holdout:
+            raise FedscInputError(
+                "dp.clients: donor trains one client per donor; holdout names batches, "
+                "which are then no clients: drop holdout."
+            )
     if dp.level == "client":
         if getattr(config, "secure_rows", False):
             raise FedscInputError(
@@ -152,7 +201,7 @@ def resolve_run_dp(
                 "is there, so no epsilon could be stated; drop secure_rows (the noise then "
                 "protects the rows) or drop dp."
             )
-        n = _training_clients(adata, cfg)
+        n = _training_clients(adata, method_cfg)
         dp.validate_for(n)
         _warn_delta(delta_check(dp.delta, n, "clients"))
         dp = dp.resolve(int(config.rounds))
@@ -160,12 +209,18 @@ def resolve_run_dp(
         if "dp" in getattr(type(config), "__dataclass_fields__", {}):
             # the method's DP model variant (FedscGen: GroupNorm; BatchNorm buffers break)
             params["dp"] = {"level": "client", "clip": dp.clip, "delta": dp.delta}
+    elif dp.level == "donor":
+        donors = _fewest_donors(adata, cfg)
+        if donors:
+            _warn_delta(delta_check(dp.delta, donors, "donors of the smallest client"))
+        params["dp"] = _dp_fields(dict(raw_dp or {}))
+        params["donor_key"] = _donor_column(adata, cfg)
     else:
         cells = _fewest_training_cells(adata, cfg)
         if cells:
             _warn_delta(delta_check(dp.delta, cells, "cells of the smallest client"))
         params["dp"] = dict(raw_dp or {})
-    return dp, mechanism, replace(cfg, params=params)
+    return dp, mechanism, replace(method_cfg, params=params)
 
 
 #: Releases outside the ledger that no DP guarantee of a run covers (``dp_uncovered``).
@@ -262,7 +317,12 @@ def _method_dp_record(adata: ad.AnnData | None, method: str | None) -> dict[str,
 
 
 def run_dp_info(
-    dp: DPConfig | None, ledger: Any, adata: ad.AnnData | None, method: str | None = None
+    dp: DPConfig | None,
+    ledger: Any,
+    adata: ad.AnnData | None,
+    method: str | None = None,
+    *,
+    clients_are_donors: bool = False,
 ) -> dict[str, Any] | None:
     """run.json's ``dp`` block of a finished run (``None`` without DP).
 
@@ -294,6 +354,11 @@ def run_dp_info(
         steps = sum(acct.releases.values())
         out = dp_record(acct.epsilon, dp, steps=steps, sampling_rate=1.0, mechanism="gaussian")
         out["relation"] = CLIENT_RELATION
+        if clients_are_donors:
+            out["relation"] = "donor (one client per donor): " + CLIENT_RELATION.removeprefix(
+                "client: "
+            )
+            out["clients"] = "donor"
         out.update(block)
         out.update(_uncovered_block(acct.uncovered))
         n = _training_clients_in(ledger)
@@ -304,7 +369,7 @@ def run_dp_info(
         return out
     uns = _method_dp_record(adata, method)
     if "epsilon" not in uns:
-        raise RuntimeError("cell-level DP ran but the method recorded no epsilon.")
+        raise RuntimeError(f"{dp.level}-level DP ran but the method recorded no epsilon.")
     sgd = float(uns["epsilon"])
     epsilons = {
         o: joint_cell_epsilon(sgd, ledger, dp.delta, accountant=dp.accountant, observer=o)
@@ -319,7 +384,8 @@ def run_dp_info(
         sampling_rate=float(uns["sampling_rate"]),
         mechanism="dp_sgd (Opacus)",
     )
-    out["relation"] = str(uns.get("relation") or CELL_RELATION)
+    default = DONOR_RELATION if dp.level == "donor" else CELL_RELATION
+    out["relation"] = str(uns.get("relation") or default)
     out.update(block)
     out.update(_uncovered_block(uncovered_releases(ledger, in_dp_sgd_rounds)))
     return out
@@ -352,7 +418,7 @@ def audit_run_dp(
     Each audit states its own claim (the accountant's ε for the audit's releases at
     δ = min(δ, 1e-5): with m canaries among the clients, δ must stay below 1/m).
     """
-    from fedsc.privacy.audit import audit_cell_level, audit_client_level
+    from fedsc.privacy.audit import audit_cell_level, audit_client_level, audit_donor_level
     from fedsc.privacy.threat_model import clear_contributions
 
     if dp is None or dp_info is None:
@@ -399,10 +465,15 @@ def audit_run_dp(
         clip=0.1,  # below the canaries' gradient norms: every canary is as loud as allowed
         delta=min(dp.delta, 1e-5),
     )
-    res = audit_cell_level(conf, n_canaries=AUDIT_CANARIES, seed=seed if dp.simulated else None)
+    audit = audit_donor_level if dp.level == "donor" else audit_cell_level
+    res = audit(conf, n_canaries=AUDIT_CANARIES, seed=seed if dp.simulated else None)
     d = res.to_dict()
     # the audited release is a client's DP-SGD-trained state: what its coordinator receives
     d["observer"] = "coordinator"
-    d["scope"] = "the DP-SGD code at the run's sigma, on the audit's own small model"
+    d["scope"] = (
+        f"the {dp.level}-level DP-SGD code at the run's sigma"
+        + (", q and k" if dp.level == "donor" else "")
+        + ", on the audit's own small model"
+    )
     out.append(d)
     return out

@@ -157,14 +157,14 @@ def test_donor_steps_sample_donors_from_the_os_csprng(monkeypatch):
 
 
 def test_donor_epsilon_is_the_librarys_replace_one_pld():
-    # known (sigma, q, steps): q = 0.2 -> 5 steps per epoch; 2 epochs x 4 rounds = 40 steps
+    # known (sigma, q, steps): q = 0.5 -> 2 steps per epoch; 2 epochs x 2 rounds = 8 steps
     import dp_accounting
     from dp_accounting import pld
 
-    dp = DPConfig(noise_multiplier=1.5, clip=1.0, delta=1e-3, level="donor")
-    ours = dp_sgd.donor_level_epsilon(dp, local_epochs=2, rounds=4)
+    dp = DPConfig(3.0, 1.0, 1e-3, level="donor", donor_sampling_rate=0.5)
+    ours = dp_sgd.donor_level_epsilon(dp, local_epochs=2, rounds=2)
     event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(0.2, dp_accounting.GaussianDpEvent(1.5)), 40
+        dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(3.0)), 8
     )
     acc = pld.PLDAccountant(dp_accounting.NeighboringRelation.REPLACE_ONE)
     assert ours == pytest.approx(acc.compose(event).get_epsilon(1e-3), rel=1e-9)
@@ -172,13 +172,14 @@ def test_donor_epsilon_is_the_librarys_replace_one_pld():
     assert DONOR_RELATION.startswith("donor: replace-one with D public")
     # sigma meets a target for every client (one accountant call: the same steps and q
     # at every site); delta must be below 1/D for each client's D donors
-    meets = DPConfig(1.5, 1.0, 1e-3, target_epsilon=ours * 1.001, level="donor")
-    assert dp_sgd.resolve_for_donors(meets, [25, 40], local_epochs=2, rounds=4) == meets
-    short = DPConfig(1.5, 1.0, 1e-3, target_epsilon=ours * 0.99, level="donor")
+    kw = {"level": "donor", "donor_sampling_rate": 0.5}
+    meets = DPConfig(3.0, 1.0, 1e-3, target_epsilon=ours * 1.001, **kw)
+    assert dp_sgd.resolve_for_donors(meets, [25, 40], local_epochs=2, rounds=2) == meets
+    short = DPConfig(3.0, 1.0, 1e-3, target_epsilon=ours * 0.99, **kw)
     with pytest.raises(FedscInputError, match="above target_epsilon"):
-        dp_sgd.resolve_for_donors(short, [25, 40], local_epochs=2, rounds=4)
+        dp_sgd.resolve_for_donors(short, [25, 40], local_epochs=2, rounds=2)
     with pytest.raises(FedscInputError, match="not below 1/n"):
-        dp_sgd.resolve_for_donors(meets, [25, 1000], local_epochs=2, rounds=4)
+        dp_sgd.resolve_for_donors(meets, [25, 1000], local_epochs=2, rounds=2)
 
 
 def test_donor_settings_are_checked():
@@ -206,3 +207,98 @@ def test_donor_settings_are_checked():
             dp=dp,
         )
     assert math.isinf(dp_sgd.donor_level_epsilon(DPConfig(0.0, 1.0, 1e-3, level="donor"), 1, 1))
+
+
+def test_donor_audit_bound_holds_and_catches_a_published_seed():
+    # canary donors of 1, 4 and 40 cells through the real local_train(donors=); q = 1 so
+    # every included canary is in every step: the most decisive audit for its claim
+    import dataclasses
+
+    from fedsc.privacy.audit import audit_donor_level
+
+    dp = DPConfig(5.0, 0.1, 1e-5, level="donor", donor_sampling_rate=1.0, cells_per_donor=4)
+    fresh = audit_donor_level(dp, n_canaries=300, local_epochs=2)
+    assert fresh.claimed_epsilon == pytest.approx(dp_sgd.donor_level_epsilon(dp, 2, 1))
+    assert fresh.consistent and fresh.audited_epsilon <= fresh.claimed_epsilon
+    # the noise replayed from a published seed and subtracted: every guess right, the
+    # audit certifies more than the claim (what missing noise would also show)
+    seeded = audit_donor_level(
+        dataclasses.replace(dp, simulated=True), n_canaries=300, seed=0, local_epochs=2
+    )
+    assert seeded.correct == seeded.guesses
+    assert seeded.audited_epsilon > seeded.claimed_epsilon
+
+
+def test_sixty_donors_as_clients_epsilon_per_observer_from_the_ledger():
+    # client-level DP-FedAvg with one client per donor: 60 clients, 3 rounds, plaintext
+    import dp_accounting
+    import numpy as np
+    from dp_accounting import rdp
+
+    import smpc
+    from fedsc.privacy.accounting import client_level_from_ledger
+
+    sigma, n = 2.0, 60
+    agg = smpc.make_aggregator(
+        "plaintext", mechanisms=[{"name": "gaussian", "noise_multiplier": sigma, "clip": 1.0}]
+    )
+    rows = [np.ones(5) * (i + 1) for i in range(n)]
+    for r in range(3):
+        with agg.ledger.scope(r, "fedavg"):
+            agg.weighted_mean(rows, np.ones(n), reference=np.zeros(5))
+
+    def by_hand(s: float, releases: int = 3) -> float:
+        acc = rdp.RdpAccountant()
+        acc.compose(dp_accounting.GaussianDpEvent(s), releases)
+        return float(acc.get_epsilon(1e-3))
+
+    want = {
+        "output": by_hand(sigma),
+        "coordinator": by_hand(sigma / math.sqrt(n)),  # plaintext: each donor's noisy row
+        "client": by_hand(sigma * math.sqrt((n - 1) / n)),  # less its own noise share
+    }
+    for observer, eps in want.items():
+        got = client_level_from_ledger(agg.ledger, 1e-3, observer=observer)
+        assert got.epsilon == pytest.approx(eps, rel=1e-6), observer
+    agg.close()
+
+
+def test_run_configs_name_the_donor_key_and_donors_become_clients():
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from fedsc.methods import get_method
+    from fedsc.privacy.run_dp import resolve_run_dp
+    from fedsc.run_config import RunConfig
+
+    base = {"method": "fedscgen", "params": {"rounds": 2}}
+    donor = {"level": "donor", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-3}
+    with pytest.raises(FedscInputError, match="donor_key"):
+        RunConfig(**base, dp=donor)
+    with pytest.raises(FedscInputError, match="use level: client"):
+        RunConfig(**base, donor_key="donor", dp={**donor, "clients": "donor"})
+    with pytest.raises(FedscInputError, match="cells_per_donor must be a whole number"):
+        RunConfig(**base, donor_key="donor", dp={**donor, "cells_per_donor": 2.5})
+    # one client per donor: the method splits by donor_key (60 clients), the run's
+    # batch_key stays for evaluation; delta is checked against the 60 clients
+    obs = pd.DataFrame(
+        {
+            "batch": np.repeat(["a", "b"], 60),
+            "donor": [f"d{i // 2}" for i in range(120)],
+            "cell_type": "t",
+        },
+        index=[f"c{i}" for i in range(120)],
+    )
+    adata = ad.AnnData(np.ones((120, 3), dtype=np.float32), obs=obs)
+    client = {"level": "client", "clients": "donor", "noise_multiplier": 1.0, "clip": 1.0}
+    cfg = RunConfig(**base, donor_key="donor", dp={**client, "delta": 1e-3})
+    dp, mechanism, method_cfg = resolve_run_dp(cfg, adata, get_method("fedscgen"))
+    assert method_cfg.batch_key == "donor" and cfg.batch_key == "batch"
+    assert dp is not None and dp.level == "client" and mechanism["name"] == "gaussian"
+    with pytest.raises(FedscInputError, match="n=60 clients"):
+        resolve_run_dp(
+            RunConfig(**base, donor_key="donor", dp={**client, "delta": 0.02}),
+            adata,
+            get_method("fedscgen"),
+        )

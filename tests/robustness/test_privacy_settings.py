@@ -85,7 +85,7 @@ DP_CASES = [
         "dp-level-unknown",
         {"method": "fedscgen", "dp": {**DP, "level": "sample"}},
         "dp: {level: sample}",
-        ["dp.level must be one of ['client', 'cell']", "'sample'"],
+        ["dp.level must be one of ['client', 'cell', 'donor']", "'sample'"],
     ),
     (
         "dp-both-levels",
