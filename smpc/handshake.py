@@ -617,3 +617,30 @@ def authenticate_coordinator_side(conn: Any, key: bytes, timeout: float = 10.0) 
     good = hmac.new(key, b"party" + nonce + challenge, hashlib.sha256).digest()
     if not hmac.compare_digest(proof, good):
         raise AuthenticationError("the party could not prove it holds the shared key")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m smpc.handshake keygen FILE``: a rank's key pair (private key to FILE).
+
+    Prints the public key (hex) for the roster, which every rank and no one else needs:
+    ``{"0": "<rank 0's public key>", "1": ..., "3": "<the dealer's>"}``.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m smpc.handshake")
+    sub = parser.add_subparsers(dest="command", required=True)
+    keygen = sub.add_parser("keygen", help="write a rank's private key, print its public key")
+    keygen.add_argument("file", help="where the private key (hex) goes; created mode 0600")
+    args = parser.parse_args(argv)
+    if os.path.exists(args.file):
+        parser.error(f"{args.file} exists; a rank's key is never overwritten (remove it first)")
+    private, public = generate_identity()
+    fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private.hex() + "\n")
+    sys.stdout.write(public.hex() + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover - a command-line helper
+    main()
