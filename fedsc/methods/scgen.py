@@ -37,6 +37,7 @@ from fedsc.methods.vae import (
     derive_generator,
     encode_mean,
     make_optimizer,
+    place,
     split_train_validation,
     torch_threads,
     train_epoch,
@@ -81,7 +82,7 @@ def train_vae(
     lowest validation loss (the training loss when there is no validation cell) is
     restored from a deep copy; ``model.history`` records every epoch.
     """
-    model = VAE(x.shape[1], config, derive_generator(seed, INIT))
+    model = place(VAE(x.shape[1], config, derive_generator(seed, INIT)))  # settings.device
     train_idx, val_idx = split_train_validation(
         x.shape[0], config.validation_fraction, derive_generator(seed, SPLIT, 0)
     )

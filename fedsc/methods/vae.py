@@ -53,6 +53,8 @@ __all__ = [
     "derive_generator",
     "encode_mean",
     "make_optimizer",
+    "model_device",
+    "place",
     "split_train_validation",
     "torch_threads",
     "train_epoch",
@@ -192,8 +194,9 @@ class VAE(nn.Module):
                 h = block["norm"](h)
             h = nn.functional.leaky_relu(h, self.config.negative_slope)
             if drop:
-                keep = torch.empty_like(h).bernoulli_(1.0 - p, generator=generator)
-                h = h * keep * (1.0 / (1.0 - p))
+                # drawn on the CPU generator, then moved: the same masks on every device
+                keep = torch.empty(h.shape, dtype=h.dtype).bernoulli_(1.0 - p, generator=generator)
+                h = h * keep.to(h.device) * (1.0 / (1.0 - p))
         return h
 
     def encode(
@@ -215,7 +218,7 @@ class VAE(nn.Module):
         if self.training:
             if generator is None:
                 raise ValueError("training-mode forward passes need a torch.Generator.")
-            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
             z = mu + eps * torch.exp(0.5 * logvar)
         else:
             z = mu
@@ -293,9 +296,10 @@ def train_epoch(
     if indices is not None:
         perm = indices[perm]
     perm = perm.view(n_batches, bs)
-    total = torch.zeros((), dtype=torch.float64)
+    device = model_device(model)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for idx in perm:
-        xb = x[idx]
+        xb = x[idx].to(device, non_blocking=True)  # no copy when x is on the model's device
         recon, mu, logvar = model(xb, generator)
         loss = vae_loss(recon, xb, mu, logvar, kl_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -318,10 +322,11 @@ def validation_loss(model: VAE, x: torch.Tensor) -> float:
     if n == 0:
         return float("nan")
     model.eval()
-    se = torch.zeros((), dtype=torch.float64)
-    kl = torch.zeros((), dtype=torch.float64)
+    device = model_device(model)
+    se = torch.zeros((), dtype=torch.float64, device=device)
+    kl = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, n, _CHUNK):
-        xb = x[start : start + _CHUNK]
+        xb = x[start : start + _CHUNK].to(device)
         recon, mu, logvar = model(xb)
         se += torch.sum((recon - xb) ** 2, dtype=torch.float64)
         kl += -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dtype=torch.float64)
@@ -331,20 +336,45 @@ def validation_loss(model: VAE, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def encode_mean(model: VAE, x: torch.Tensor) -> torch.Tensor:
-    """Posterior mean μ of every cell (evaluation mode), float32 (cells x latent)."""
+    """Posterior mean μ of every cell (evaluation mode), float32 (cells x latent), on the CPU.
+
+    ``x`` may stay on the CPU (or be read lazily): it moves to the model's device one
+    chunk at a time.
+    """
     _check_genes(model, x)
     model.eval()
-    parts = [model.encode(x[s : s + _CHUNK])[0] for s in range(0, x.shape[0], _CHUNK)]
+    device = model_device(model)
+    parts = [
+        model.encode(x[s : s + _CHUNK].to(device))[0].cpu() for s in range(0, x.shape[0], _CHUNK)
+    ]
     return torch.cat(parts) if parts else torch.zeros((0, model.config.latent))
 
 
 @torch.no_grad()
 def decode(model: VAE, z: torch.Tensor) -> torch.Tensor:
-    """Decoded expression of latent ``z`` (evaluation mode), float32 (cells x genes)."""
+    """Decoded expression of latent ``z`` (evaluation mode), float32 (cells x genes), on the CPU."""
     model.eval()
     z = torch.as_tensor(z, dtype=torch.float32)
-    parts = [model.decode(z[s : s + _CHUNK]) for s in range(0, z.shape[0], _CHUNK)]
+    device = model_device(model)
+    parts = [model.decode(z[s : s + _CHUNK].to(device)).cpu() for s in range(0, z.shape[0], _CHUNK)]
     return torch.cat(parts) if parts else torch.zeros((0, model.n_genes))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's parameters (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def place(model: VAE) -> VAE:
+    """Move ``model`` to ``fedsc.settings.device`` (CUDA when torch sees one, by default).
+
+    The trainers call this before training; states they return may live on that device
+    (``smpc.flatten`` copies them to the CPU); :func:`encode_mean` and :func:`decode`
+    return CPU tensors.
+    """
+    from fedsc import settings
+
+    return model.to(settings.resolved_device())
 
 
 def _check_genes(model: VAE, x: torch.Tensor) -> None:

@@ -30,6 +30,11 @@ An environment variable holding an unusable value (``FEDSC_THREADS=abc``) does n
     How often :func:`fedsc.progress.progress` writes a log line when no bar is shown.
 ``max_model_params`` / ``max_study_runs`` (``FEDSC_MAX_MODEL_PARAMS``, ``FEDSC_MAX_STUDY_RUNS``)
     Resource budgets checked before any work (:mod:`fedsc.resources`); 0: no limit.
+``device`` (``FEDSC_DEVICE``: ``"auto"``, the default, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``)
+    Where the VAE methods (FedscGen, scGen) train and correct: ``auto`` is CUDA when torch
+    sees a CUDA device, else the CPU (:func:`resolved_device`). Random draws (minibatch
+    order, dropout masks, reparameterisation noise) stay on the CPU generators, so a seed
+    draws the same numbers on either device; the arithmetic differs in the last bits.
 ``reproducible`` (``FEDSC_REPRODUCIBLE``: ``"fast"``, the default, or ``"portable"``)
     ``fast`` uses this CPU's fastest kernels: the same seed gives the same bits on this
     machine with the same threads. ``portable`` pins torch (ATen, MKL, oneDNN), numpy
@@ -75,6 +80,7 @@ __all__ = [
     "init_worker",
     "logging_to_stderr",
     "numerical_environment",
+    "resolved_device",
     "resolved_threads",
     "snapshot",
     "update",
@@ -141,6 +147,16 @@ def _check_interval(value: Any) -> float:
     return x
 
 
+def _check_device(value: Any) -> str:
+    text = "auto" if value is None else str(value).strip().lower()
+    kind, _, index = text.partition(":")
+    if text in ("", "auto"):
+        return "auto"
+    if kind in ("cpu", "cuda") and (not index or (kind == "cuda" and index.isdigit())):
+        return text
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}.")
+
+
 def _check_dir(value: Any) -> Path | None:
     return None if value in (None, "") else Path(value).expanduser()
 
@@ -156,6 +172,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "reproducible": _numerics.check_mode,
     "max_model_params": _check_limit,
     "max_study_runs": _check_limit,
+    "device": _check_device,
 }
 
 if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModule
@@ -169,6 +186,7 @@ if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModul
     reproducible: str
     max_model_params: int
     max_study_runs: int
+    device: str
 
 
 #: Default limit on one model's parameters (:mod:`fedsc.resources` explains the estimate).
@@ -188,6 +206,7 @@ _ENV: dict[str, tuple[str, Any, str]] = {
     "reproducible": ("FEDSC_REPRODUCIBLE", None, "fast or portable"),
     "max_model_params": ("FEDSC_MAX_MODEL_PARAMS", MAX_MODEL_PARAMS, "200000000 (0: no limit)"),
     "max_study_runs": ("FEDSC_MAX_STUDY_RUNS", MAX_STUDY_RUNS, "2000 (0: no limit)"),
+    "device": ("FEDSC_DEVICE", "auto", "auto, cpu or cuda"),
 }
 
 #: Environment variables that held a value fedsc cannot use: variable -> message. They
@@ -294,6 +313,41 @@ def resolved_threads() -> int:
         return 1
     cpus = available_cpus()
     return min(_values["threads"] or _USER_OMP_THREADS or cpus, cpus)
+
+
+def resolved_device() -> str:
+    """The torch device the VAE methods use: ``device``, with ``auto`` resolved.
+
+    ``auto``: ``"cuda"`` when ``torch.cuda.is_available()``, else ``"cpu"``. An explicit
+    ``cuda`` on a machine where torch sees no CUDA device is refused (it would fail later,
+    inside training, with a less helpful message).
+    """
+    wanted = _values["device"]
+    if wanted == "cpu":
+        return "cpu"
+    import torch
+
+    available = torch.cuda.is_available()
+    if wanted == "auto":
+        return "cuda" if available else "cpu"
+    if not available:
+        from fedsc.errors import FedscInputError
+
+        raise FedscInputError(
+            f"device={wanted!r} but torch sees no CUDA device (torch.cuda.is_available() is "
+            f"False; torch {torch.__version__}); set device='auto' or 'cpu' "
+            "(FEDSC_DEVICE=auto), or install a CUDA build of torch on a GPU machine."
+        )
+    count = torch.cuda.device_count()
+    index = int(wanted.partition(":")[2] or 0)
+    if index >= count:
+        from fedsc.errors import FedscInputError
+
+        raise FedscInputError(
+            f"device={wanted!r} but torch sees {count} CUDA device(s) (0..{count - 1}); "
+            "choose one of them or set device='cuda'."
+        )
+    return wanted
 
 
 def _note_capped_threads() -> None:
