@@ -30,6 +30,7 @@ from fedsc.plots import (
     umap_coordinates,
     umap_grid,
 )
+from fedsc.report_table1 import fit_seconds_of_sweep, table1_lines
 from fedsc.results import dp_family, split_sensitivity, varying_columns
 from fedsc.stats import COMPARE_COLUMNS, SENSITIVITY_COLUMNS, min_seeds_for_alpha
 
@@ -574,6 +575,7 @@ def write_report(
     alpha: float = 0.05,
     seed: int = 0,
     title: str = "fedsc report",
+    fit_seconds: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``report.md`` and ``figures/`` into ``out_dir``; return the path of report.md.
 
@@ -600,6 +602,10 @@ def write_report(
         UMAP random state.
     title
         First heading of the report.
+    fit_seconds
+        ``run_id -> run.json fit_seconds`` for the Table-1 summary's added seconds
+        (:mod:`fedsc.report_table1`); ``None``: read from ``out_dir/runs`` when it is a
+        sweep folder.
     """
     if not isinstance(results, pd.DataFrame):
         raise FedscInputError(f"results must be a pandas DataFrame, got {type(results).__name__}.")
@@ -637,6 +643,12 @@ def write_report(
     utility = results[results["panel"] != "attack"] if "panel" in results.columns else results
     lines += ["", "## Metrics per variant (mean ± sd over seeds)", ""]
     lines.append(_summary_table(utility))
+
+    # scBatchProx over several upstreams: the paper's Table 1 (and its mu = 0 ablation)
+    seconds = fit_seconds if fit_seconds is not None else fit_seconds_of_sweep(out)
+    table1 = table1_lines(utility, seconds, alpha=alpha)
+    if table1:
+        lines += ["", *table1]
 
     lines += ["", "## Comparisons"]
     if comparisons is None or len(comparisons) == 0:
