@@ -76,7 +76,9 @@ def cumulative_retraining(
     for k, stage in enumerate(stages):
         seen = seen + [str(b) for b in stage]
         expr = preprocess(_cells(adata, batch_key, seen), n_top_genes=n_top_genes)
-        model_up = fit_embedding(expr, method=upstream, n_comps=n_comps, seed=seed)
+        model_up = fit_embedding(
+            expr, method=upstream, n_comps=n_comps, seed=seed, batch_key=batch_key
+        )
         z = expr.obsm[model_up.key]
         labels = expr.obs[batch_key].astype(str).to_numpy()
         if len(set(labels)) >= 2:
@@ -107,7 +109,7 @@ def continual_training(
     _check_stages(adata, batch_key, stages)
     first = [str(b) for b in stages[0]]
     expr0 = preprocess(_cells(adata, batch_key, first), n_top_genes=n_top_genes)
-    up = fit_embedding(expr0, method=upstream, n_comps=n_comps, seed=seed)
+    up = fit_embedding(expr0, method=upstream, n_comps=n_comps, seed=seed, batch_key=batch_key)
     z = expr0.obsm[up.key]
     labels = expr0.obs[batch_key].astype(str).to_numpy()
     names = expr0.obs_names.to_numpy()
