@@ -112,6 +112,21 @@ class OwnerEndpoint:
         return out
 
 
+class SealedRelay:
+    """A deployed client's owner slices, kept sealed for relaying to it (never opened here).
+
+    ``slices`` holds ``(rank, start, stop, blob)``; the client opens them with
+    :func:`smpc.sealed.open_owner_slices`.
+    """
+
+    def __init__(self) -> None:
+        self.slices: list[tuple[int, int, int, bytes]] = []
+
+    def receive(self, rank: int, start: int, stop: int, blob: np.ndarray) -> None:
+        """Keep party ``rank``'s sealed slice ``[start, stop)``."""
+        self.slices.append((int(rank), int(start), int(stop), blob.tobytes()))
+
+
 def _runs(columns: np.ndarray) -> list[tuple[int, int]]:
     """Sorted, distinct ``columns`` as contiguous ``(start, stop)`` runs."""
     if len(columns) == 0:
@@ -567,7 +582,7 @@ class CryptenAggregator(Aggregator):
         size: int,
         buffers: Sequence[SharedBuffer | None],
         destinations: list[list[int]] | None = None,
-        endpoints: list[OwnerEndpoint] | None = None,
+        endpoints: Sequence[Any] | None = None,
     ) -> tuple[list[msg.Result], list[np.ndarray], float]:
         """Every party's ack, then its ``Result`` and result share.
 
@@ -742,7 +757,7 @@ class CryptenAggregator(Aggregator):
         rank: int,
         op_id: int,
         destinations: list[list[int]],
-        endpoints: list[OwnerEndpoint],
+        endpoints: Sequence[Any],
     ) -> np.ndarray:
         """Relay party ``rank``'s sealed owner slices to their endpoints; return the coordinator's.
 
@@ -953,6 +968,7 @@ class CryptenAggregator(Aggregator):
         context: str,
         size: int,
         decode_bits: int | None,
+        owned: Sequence[Sequence[tuple[int, int]]] | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """One operation over shares deployed clients made and sealed (:mod:`smpc.sealed`).
 
@@ -960,6 +976,13 @@ class CryptenAggregator(Aggregator):
         process relays it and never holds a share. ``kind`` is ``"sum"`` or ``"argmax"``;
         the result is decoded at ``decode_bits`` (``None``: the raw ring value, e.g. the
         argmax index). Returns (result, traffic statistics).
+
+        ``owned`` (a weighted sum whose last value is the total weight): client ``c``'s
+        ``(start, stop)`` runs of the result, revealed to that client only. Each party
+        seals its slices of them (and of the total weight) for the client, under the key
+        it shares with it; the statistics' ``owner_slices[c]`` holds them, ciphertext for
+        the coordinator to relay (``smpc.sealed.open_owner_slices`` opens them at the
+        client), and the result is the total weight alone.
         """
         self._check_open()
         pool = self._pool
@@ -968,6 +991,17 @@ class CryptenAggregator(Aggregator):
             raise ValueError(f"kind must be 'sum' or 'argmax', got {kind!r}.")
         if len(sealed) != len(names) or any(len(s) != self.parties for s in sealed):
             raise ValueError("one sealed share per party for every named client is needed.")
+        destinations = None
+        relays: list[Any] = []
+        if owned is not None:
+            if kind != "sum" or len(owned) != len(sealed):
+                raise ValueError("owned: one list of runs per client, for a weighted sum only.")
+            destinations = [
+                [c, int(lo), int(hi)]
+                for c, runs in enumerate(owned)
+                for lo, hi in [*runs, (size - 1, size)]
+            ] + [[-1, size - 1, size]]
+            relays = [SealedRelay() for _ in sealed]
         self._op_id += 1
         op_id = self._op_id
         deadline = time.monotonic() + self.timeout
@@ -984,6 +1018,7 @@ class CryptenAggregator(Aggregator):
                             n_clients=len(sealed),
                             size=int(size),
                             share_format="sealed",
+                            destinations=destinations,
                         )
                     )
                     for client, (name, blobs) in enumerate(zip(names, sealed, strict=True)):
@@ -999,7 +1034,14 @@ class CryptenAggregator(Aggregator):
             t1 = time.perf_counter()
             # No shared buffers: sealed shares and result shares travel as frames.
             results, shares, t2 = self._collect(
-                pool, kind, op_id, deadline, int(size), [None] * self.parties
+                pool,
+                kind,
+                op_id,
+                deadline,
+                int(size),
+                [None] * self.parties,
+                destinations,
+                relays or None,
             )
         except PartyError:
             self._closed = True
@@ -1023,6 +1065,9 @@ class CryptenAggregator(Aggregator):
             "bytes_between_parties": [r.bytes_between_parties for r in results],
             "mpc_rounds": max(r.mpc_rounds for r in results),
         }
+        if owned is not None:
+            stats["owner_slices"] = [r.slices for r in relays]
+            stats["coordinator_bytes"] = int(self.parties * 8)
         return revealed, stats
 
     # ----------------------------------------------------------------- instrumentation

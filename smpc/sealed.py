@@ -147,6 +147,36 @@ def open_result(
         ) from err
 
 
+def open_owner_slices(
+    keys: list[bytes],
+    slices: list[tuple[int, int, int, bytes]],
+    context: str,
+    client: str,
+    precision_bits: int,
+) -> dict[int, np.ndarray]:
+    """A client's owner-revealed runs: its slices from every party, opened and decoded.
+
+    ``keys[i]`` is the client's key at party ``i``; ``slices`` the ``(rank, start, stop,
+    blob)`` the coordinator relayed. Returns ``{start: values}`` per run (the last run is
+    the total weight); a missing party's slice or one that does not open is refused.
+    """
+    by_run: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+    for rank, start, stop, blob in slices:
+        payload = open_result(keys[rank], blob, context, client, rank, start, stop)
+        by_run.setdefault((start, stop), {})[rank] = np.frombuffer(payload, np.int64)
+    out = {}
+    for (start, _), shares in sorted(by_run.items()):
+        if sorted(shares) != list(range(len(keys))):
+            raise SealError(
+                f"run starting at {start}: slices from parties {sorted(shares)}, need all "
+                f"{len(keys)}."
+            )
+        out[start] = sharing.reconstruct_decode(
+            [shares[r] for r in range(len(keys))], precision_bits
+        )
+    return out
+
+
 def make_context(
     op: str, clients: list[str], step: str, weights: dict[str, float] | None = None
 ) -> str:

@@ -148,6 +148,20 @@ class DeployedSecAggPlus(SecureSiteAggregator):
             )
         return self._run("weighted_mean", refs, [int(x) for x in ints])
 
+    def weighted_mean_to_owners(
+        self,
+        contributions: Sequence[Any],
+        weights: Sequence[float],
+        owners: Sequence[Any],
+        deliver: Any,
+    ) -> float:
+        """Refused: SecAgg+ cannot reveal a row to its owner only (``secure_rows``)."""
+        raise FedscInputError(
+            "secure_rows (owner-revealed means) cannot run over SecAgg+: the coordinator is "
+            "the party that unmasks SecAgg+'s sum, so it would see every row it sends a "
+            "site. Use the crypten transport, or secure_rows=False."
+        )
+
     def sum(self, contributions: Sequence[Any], *, reference: Any = None) -> Any:
         """Element-wise sum of the sites' values."""
         self._check_open()

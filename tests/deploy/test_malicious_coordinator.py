@@ -362,3 +362,47 @@ def test_secure_rows_the_coordinator_receives_no_row_and_no_share_of_a_row(monke
     # weight (one or two values per party), never a slice of a client's row
     clear = [a for a in arrays if a.dtype != np.uint8]
     assert clear and all(a.dtype == np.int64 and a.size <= 2 for a in clear)
+
+
+def test_deployed_owner_slices_open_only_at_their_site():
+    """secure_rows' owner-revealed mean over sealed shares: each site opens its own row."""
+    rng = np.random.default_rng(7)
+    rows = len(SITES)
+    tables = {n: rng.normal(size=(rows, DIMS)) for n in SITES}
+    weights = {"site_a": 30.0, "site_b": 50.0, "site_c": 20.0}
+    context = sealed.make_context("owners-1", SITES, "s/owners", weights)
+    keys = {
+        n: [sealed.client_key(sealed.party_secret(SECRET, r), n) for r in range(PARTIES)]
+        for n in SITES
+    }
+    blobs = [
+        sealed.seal_shares(
+            tables[n].ravel(),
+            keys[n],
+            client=n,
+            context=context,
+            precision_bits=24,
+            scale=weights[n],
+            extra=weights[n],
+        )
+        for n in SITES
+    ]
+    size = rows * DIMS + 1
+    owned = [[(b * DIMS, (b + 1) * DIMS)] for b in range(rows)]  # site b owns row b
+    with CryptenAggregator(transport="threads") as agg:
+        total, stats = agg.aggregate_sealed("sum", blobs, SITES, context, size, 24, owned)
+    assert total.shape == (1,) and total[0] == pytest.approx(100.0, abs=1e-6)
+    mean = sum(weights[n] * tables[n] for n in SITES) / 100.0
+    for b, name in enumerate(SITES):
+        slices = stats["owner_slices"][b]
+        # ciphertext only: the sealed size, for every party, of the row and the total
+        assert sorted((r, lo) for r, lo, _, _ in slices) == sorted(
+            (r, lo) for r in range(PARTIES) for lo in (b * DIMS, size - 1)
+        )
+        assert all(len(blob) == sealed.sealed_size(8 * (hi - lo)) for _, lo, hi, blob in slices)
+        opened = sealed.open_owner_slices(keys[name], slices, context, name, 24)
+        np.testing.assert_allclose(opened[b * DIMS] / opened[size - 1], mean[b], atol=1e-6)
+        other = SITES[(b + 1) % rows]  # relayed to the wrong site: it does not open
+        with pytest.raises(sealed.SealError, match="does not open"):
+            sealed.open_owner_slices(keys[other], slices, context, other, 24)
+    assert stats["coordinator_bytes"] == PARTIES * 8
