@@ -178,10 +178,23 @@ def open_owner_slices(
 
 
 def make_context(
-    op: str, clients: list[str], step: str, weights: dict[str, float] | None = None
+    op: str,
+    clients: list[str],
+    step: str,
+    weights: dict[str, float] | None = None,
+    phase: str = "",
 ) -> str:
-    """The context string of one operation (the coordinator's proposal; sites check it)."""
-    body: dict[str, Any] = {"op": str(op), "clients": [str(c) for c in clients], "step": str(step)}
+    """The context string of one operation (the coordinator's proposal; sites check it).
+
+    ``phase`` names the part of the protocol whose operations share one site set (e.g.
+    training rounds, then a correction that held-out clients join).
+    """
+    body: dict[str, Any] = {
+        "op": str(op),
+        "clients": [str(c) for c in clients],
+        "step": str(step),
+        "phase": str(phase),
+    }
     if weights is not None:
         body["weights"] = {str(k): float(v) for k, v in weights.items()}
     return json.dumps(body, sort_keys=True)
@@ -217,12 +230,14 @@ class ContextPolicy:
     ----------
     agreed
         The client set every operation must list (``$SMPC_AGREED_CLIENTS`` or
-        ``--sites``); None: the set of the session's first sealed operation.
+        ``--sites``); None: per phase (the context's ``phase``), the set of the phase's
+        first sealed operation.
     used_ops, used_steps
         Operation ids and protocol steps already served.
     """
 
     agreed: frozenset[str] | None = None
+    by_phase: dict[str, frozenset[str]] = field(default_factory=dict)
     used_ops: set[str] = field(default_factory=set)
     used_steps: set[str] = field(default_factory=set)
 
@@ -243,7 +258,8 @@ class ContextPolicy:
                 f"check 'site set': the operation lists clients {listed} but shares came from "
                 f"{clients}; an aggregate needs every listed client, at least two, each once."
             )
-        agreed = self.agreed if self.agreed is not None else frozenset(listed)
+        phase = str(body.get("phase", ""))
+        agreed = self.agreed or self.by_phase.get(phase) or frozenset(listed)
         if frozenset(listed) != agreed:
             what = (
                 "an argmax over a subset compares those sites pairwise"
@@ -265,7 +281,8 @@ class ContextPolicy:
                 f"check 'same step twice': step {step!r} was already aggregated in this "
                 "session; a second aggregate of the same step is refused."
             )
-        self.agreed = agreed
+        if self.agreed is None:
+            self.by_phase[phase] = agreed
         self.used_ops.add(op)
         self.used_steps.add(step)
         return body

@@ -27,7 +27,7 @@ from fedsc.deploy.aggregators import SecureSiteAggregator, ask_values
 from fedsc.deploy.fleet import Fleet
 from fedsc.deploy.records import arrays_of, params_of
 from fedsc.deploy.remote import RemoteValue
-from fedsc.deploy.site import step_slot
+from fedsc.deploy.site import step_phase, step_slot
 from smpc import sealed
 from smpc.crypten_backend import CryptenAggregator
 from smpc.ledger import Traffic
@@ -120,6 +120,7 @@ class DeployedCrypten(SecureSiteAggregator):
             names,
             slots.pop(),
             None if weights is None else dict(zip(names, map(float, weights), strict=True)),
+            phase=step_phase(refs[0].step),
         )
         for i, ref in enumerate(refs):
             extra: dict[str, Any] = {

@@ -77,6 +77,15 @@ class RefusedRequest(FedscInputError):
     """A site refuses a coordinator's request; the message names the check."""
 
 
+def step_phase(step: str) -> str:
+    """``"rounds"`` (training updates and their metrics) or ``"after rounds"``.
+
+    Held-out sites join after the rounds (FedscGen's correction), so each phase has its
+    own site set.
+    """
+    return "rounds" if step.endswith("/update") or step == "metrics" else "after rounds"
+
+
 def step_slot(step: str, params: Mapping[str, Any]) -> str:
     """The protocol slot a request fills: a site contributes to each slot at most once.
 
@@ -108,7 +117,8 @@ class SiteGuard:
       positive (the parties check that all sites sealed under one context, so the sites'
       weights are consistent: the revealed total is their sum);
     * ``agreed sites``: an operation lists this site and only agreed sites (configured,
-      else those of the run's first private operation), never one dropped earlier, and
+      else those of the phase's first private operation, :func:`step_phase`), never one
+      dropped earlier in the phase, and
       at least ``quorum`` of them (default: all for CrypTen, SecAgg+'s reconstruction
       threshold of 2/3 for SecAgg+, whose dropouts are part of the protocol);
     * ``same step twice``: each slot (:func:`step_slot`) once per run;
@@ -120,7 +130,8 @@ class SiteGuard:
     me: str = ""
     agreed: list[str] | None = None
     quorum: int | None = None
-    sites: list[str] | None = None
+    first: dict[str, list[str]] = field(default_factory=dict)
+    current: dict[str, list[str]] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
     rounds: dict[str, int] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
@@ -162,7 +173,7 @@ class SiteGuard:
                 f"check 'schedule': the operation names step {context.get('step')!r} but "
                 f"this request is {slot!r}."
             )
-        self._check_sites(params)
+        self._check_sites(step, params)
         return slot
 
     def after(self, step: str, params: Mapping[str, Any], slot: str) -> None:
@@ -198,8 +209,14 @@ class SiteGuard:
                 f"{started + 1} of {int(rounds)} done at this site)."
             )
 
-    def _check_sites(self, params: Mapping[str, Any]) -> None:
+    def _check_sites(self, step: str, params: Mapping[str, Any]) -> None:
         context = _context(params)
+        phase = step_phase(step)
+        if context is not None and context.get("phase") != phase:
+            raise RefusedRequest(
+                f"check 'schedule': the operation names phase {context.get('phase')!r}, "
+                f"but {step!r} belongs to {phase!r}."
+            )
         listed = context["clients"] if context is not None else params.get("sites")
         if listed is None:
             raise RefusedRequest(
@@ -212,16 +229,15 @@ class SiteGuard:
                 f"check 'agreed sites': the operation lists {listed}, which must name this "
                 f"site ({self.me!r}) and every site once."
             )
-        base = self.agreed if self.agreed is not None else self.sites
-        if base is None:  # nothing agreed beforehand: the run's first operation fixes it
-            base = sorted(listed)
+        # nothing agreed beforehand: the phase's first operation fixes the set
+        base = self.agreed or self.first.get(phase) or sorted(listed)
         outside = sorted(set(listed) - set(base))
         if outside:
             raise RefusedRequest(
                 f"check 'agreed sites': the operation lists {outside}, outside the agreed "
                 f"sites {sorted(base)}."
             )
-        back = sorted(set(listed) - set(self.sites or base))
+        back = sorted(set(listed) - set(self.current.get(phase, base)))
         if back:
             raise RefusedRequest(
                 f"check 'agreed sites': {back} left earlier in this run and cannot return "
@@ -234,7 +250,8 @@ class SiteGuard:
                 f"agreed sites {sorted(base)}; at least {least} must take part (a subset "
                 "differenced with the whole isolates the rest)."
             )
-        self.sites = sorted(listed)
+        self.first.setdefault(phase, list(base))
+        self.current[phase] = sorted(listed)
 
     def _check_weight(self, step: str, params: Mapping[str, Any]) -> None:
         requested, weighted = _requested_weight(params)
@@ -313,8 +330,8 @@ def _default_quorum(n_sites: int, transport: Any) -> int:
     SecAgg+ goes on without sites that drop out while at least 2/3 of them answer
     (``DeployedSecAggPlus``' threshold 0.67); the site set may only shrink, never grow back.
     """
-    if transport == "secagg+":
-        return math.ceil(0.67 * n_sites)
+    if transport == "secagg+":  # as Flower rounds its threshold
+        return max(2, round(0.67 * n_sites))
     return n_sites
 
 

@@ -26,7 +26,7 @@ from fedsc.deploy import scbatchprox as deployed
 from fedsc.deploy.client_app import seal_for_parties
 from fedsc.deploy.crypten import DeployedCrypten
 from fedsc.deploy.records import content
-from fedsc.deploy.site import RefusedRequest, Site, step_slot
+from fedsc.deploy.site import RefusedRequest, Site, step_phase, step_slot
 from fedsc.deploy.site_worker import answer
 from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
 from smpc import messages as msg
@@ -118,6 +118,7 @@ def _request(step: str, params: dict[str, Any], names: list[str], name: str, **w
         names,
         step_slot(step, params),
         weights or None,
+        phase=step_phase(step),
     )
     out = {
         **params,

@@ -37,7 +37,7 @@ def test_context_checks():
     policy = sealed.ContextPolicy()
     ctx = sealed.make_context("1", NAMES, "s1")
     assert policy.check(ctx, list(NAMES))["op"] == "1"
-    assert policy.agreed == frozenset(NAMES)  # the first operation's sites, from now on
+    assert policy.by_phase == {"": frozenset(NAMES)}  # the first operation's sites, from now on
     with pytest.raises(sealed.SealError, match="already run"):
         policy.check(ctx, list(NAMES))
     lone = sealed.make_context("2", ["site_a"], "s2")
