@@ -253,7 +253,7 @@ class UpstreamModel:
 def fit_embedding(
     adata: ad.AnnData,
     method: str = "pca",
-    n_comps: int = 40,
+    n_comps: int | None = None,
     seed: int = 0,
     key_added: str | None = None,
     *,
@@ -276,8 +276,9 @@ def fit_embedding(
         solver), ``"ica"`` (FastICA, unit-variance whitening), ``"fa"`` (FactorAnalysis),
         ``"scvi"``, ``"ldvae"`` or ``"scanvi"`` (scvi-tools, needs ``fedsc[scvi]``).
     n_comps
-        Dimensions (the latent size of the scvi-tools models, whose default is 10); must be
-        smaller than ``min(n_obs, n_vars)``.
+        Dimensions (the latent size of the scvi-tools models); must be smaller than
+        ``min(n_obs, n_vars)``. ``None``: the upstream's default (``spec.dims``: 40 for
+        PCA/ICA/FA as in scBatchProx, scvi-tools' 10 for scVI/LDVAE/scANVI).
     seed
         Seed of the estimator or of scvi-tools (results are deterministic given the seed
         and, for scvi-tools, the thread setting).
@@ -303,6 +304,7 @@ def fit_embedding(
     method = str(method).lower()
     spec = EMBEDDING_METHODS.get(method)  # unknown names: a clear error before any work
     params = check_upstream_params(method, params)
+    n_comps = spec.dims if n_comps is None else n_comps
     limit = min(adata.n_obs, adata.n_vars)
     if not 1 <= n_comps < limit:
         raise FedscInputError(

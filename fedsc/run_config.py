@@ -61,7 +61,8 @@ class RunConfig:
     upstream, n_comps, n_top_genes
         Upstream embedding computed when ``use_rep`` is None (a name in
         ``fedsc.upstream.EMBEDDING_METHODS``: PCA/ICA/FA, scVI/LDVAE/scANVI), its dims
-        (the latent size of the scvi-tools models; their default is 10), and the HVGs.
+        (the latent size of the scvi-tools models; 0, the default: the upstream's own, 40
+        for PCA/ICA/FA as in the paper, scvi-tools' 10 for the deep ones), and the HVGs.
     upstream_params
         Options of the upstream (its spec's ``params``, e.g. ``{max_epochs: 50}`` for
         scVI); empty: the library's defaults.
@@ -106,7 +107,8 @@ class RunConfig:
     use_rep: str | None = None
     upstream: str = "pca"
     upstream_params: dict[str, Any] = field(default_factory=dict)
-    n_comps: int = 40
+    #: 0: the upstream's default (``UpstreamSpec.dims``: 40 for PCA/ICA/FA, 10 for scVI...)
+    n_comps: int = 0
     n_top_genes: int = 2000
     backend: str = "plaintext"
     backend_options: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +145,9 @@ class RunConfig:
         if self.donor_key is not None:
             _check_text("donor_key", self.donor_key, "an obs column naming each cell's donor")
         self.seed = check_seed(self.seed)
+        if self.n_comps == 0 and not isinstance(self.n_comps, bool):  # the upstream's own
+            up = self.upstream
+            self.n_comps = EMBEDDING_METHODS.get(up).dims if up in EMBEDDING_METHODS else 40
         self.n_comps = _check_count("n_comps", self.n_comps)
         self.n_top_genes = _check_count("n_top_genes", self.n_top_genes)
         spec = get_method(self.method)

@@ -67,6 +67,9 @@ class UpstreamSpec:
         ``label_key``; its embedding has seen the labels the evaluation scores).
     library
         The library whose model it is (e.g. ``"scikit-learn"``, ``"scvi-tools"``).
+    dims
+        Default dimensions (40 for PCA/ICA/FA, as in the paper; the library's latent size
+        for the scvi-tools models).
     defaults
         The library's defaults that apply (recorded in every fit's settings).
     params
@@ -86,6 +89,7 @@ class UpstreamSpec:
     batch_aware: bool = False
     label_aware: bool = False
     library: str = "scikit-learn"
+    dims: int = 40
     defaults: Mapping[str, Any] = field(default_factory=dict)
     params: tuple[str, ...] = ()
     new_cells: str | None = "projection"
@@ -178,6 +182,7 @@ for _spec in (
         fit="fedsc.upstream.scvi_models:fit",
         batch_aware=True,
         library="scvi-tools",
+        dims=10,
         defaults={**_SCVI_DEFAULTS, "gene_likelihood": "zinb"},
         params=_SCVI_PARAMS,
         new_cells="query mapping",
@@ -189,6 +194,7 @@ for _spec in (
         fit="fedsc.upstream.scvi_models:fit",
         batch_aware=True,
         library="scvi-tools",
+        dims=10,
         defaults={**_SCVI_DEFAULTS, "gene_likelihood": "nb", "model": "LinearSCVI"},
         params=tuple(p for p in _SCVI_PARAMS if p != "query_max_epochs"),
         new_cells=None,  # scvi-tools' LinearSCVI has no load_query_data (no ArchesMixin)
@@ -201,6 +207,7 @@ for _spec in (
         batch_aware=True,
         label_aware=True,
         library="scvi-tools",
+        dims=10,
         defaults={
             **_SCVI_DEFAULTS,
             "gene_likelihood": "zinb",

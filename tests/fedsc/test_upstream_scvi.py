@@ -14,6 +14,7 @@ import torch
 from fedsc.datasets import cellbench_3cl
 from fedsc.errors import FedscInputError
 from fedsc.preprocessing import fit_embedding, preprocess
+from fedsc.run_config import RunConfig
 from fedsc.upstream import CENTRAL, EMBEDDING_METHODS, check_upstream_params
 
 pytest.importorskip("scvi")
@@ -90,6 +91,9 @@ def test_registry_declares_inputs_and_requirements():
     assert [n for n, s in spec.items() if s.label_aware] == ["scanvi"]
     assert spec["scvi"].defaults["n_latent"] == 10
     assert spec["ldvae"].new_cells is None and spec["scvi"].new_cells == "query mapping"
+    # a run's default dims are the upstream's own: 40 (paper) for PCA, 10 (scvi-tools) for scVI
+    assert RunConfig(method="scbatchprox").n_comps == 40
+    assert RunConfig(method="scbatchprox", upstream="scvi").n_comps == 10
     with pytest.raises(FedscInputError, match="does not take \\['epochs'\\]"):
         check_upstream_params("scvi", {"epochs": 3})
     with pytest.raises(FedscInputError, match="does not take \\['max_epochs'\\]"):
@@ -111,7 +115,6 @@ def test_query_mapping_embeds_new_batches(small, fitted, one_torch_thread):
 
 
 def test_a_run_records_the_central_upstream_and_its_labels(one_torch_thread):
-    from fedsc.run_config import RunConfig
     from fedsc.runner import execute_run
 
     a = cellbench_3cl()
