@@ -1,4 +1,12 @@
-"""Scanpy-style public API: ``fedsc.tl.<method>(adata, ...)`` writes into ``adata.obsm``.
+"""Scanpy-style public API: ``fedsc.tl.<method>(adata, ...)`` writes into ``adata``.
+
+As scanpy's tools, a call writes its outputs into ``adata`` and returns ``None``; pass
+``copy=True`` to work on (and get back) a copy, ``return_model=True`` to get the fitted
+model (with ``copy=True``: ``(adata, model)``). Until the default changes, a call without
+``return_model`` returns the model with a ``FutureWarning``. ``key_added`` is the ``obsm``
+key of the embedding (``"X_foo"``; expression goes to ``layers["foo"]``, the record to
+``uns["foo"]``); ``labels_key`` names the cell types (``label_key=`` is its deprecated
+spelling).
 
 Every registered method (``fedsc.methods.REGISTRY``) is callable here by name: the three
 built-in ones have documented signatures below, any other registered method is served by
@@ -10,6 +18,7 @@ an :class:`smpc.Aggregator`.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -17,6 +26,7 @@ from typing import Any
 import anndata as ad
 
 import smpc
+from fedsc._deprecation import caller_stacklevel, renamed_arguments
 from fedsc.backend import aggregator_for
 from fedsc.errors import FedscInputError
 from fedsc.methods import RunInputs, get_method
@@ -24,12 +34,13 @@ from fedsc.methods import RunInputs, get_method
 __all__ = ["apply", "fedscgen", "scbatchprox", "scgen"]
 
 
+@renamed_arguments(label_key="labels_key")
 def apply(
     method: str,
     adata: ad.AnnData,
     *,
     batch_key: str = "batch",
-    label_key: str = "cell_type",
+    labels_key: str = "cell_type",
     use_rep: str | None = None,
     layer: str | None = None,
     backend: str | smpc.Aggregator = "plaintext",
@@ -42,6 +53,8 @@ def apply(
     overwrite: bool = False,
     show_progress: bool | None = None,
     extra: dict[str, Any] | None = None,
+    copy: bool = False,
+    return_model: bool | None = None,
     **params: Any,
 ) -> Any:
     """Run the registered ``method`` on ``adata`` (its outputs are written into ``adata``).
@@ -53,8 +66,9 @@ def apply(
     adata
         Prepared cells: an embedding in ``obsm[use_rep]`` or expression in ``X``, as the
         method's ``input`` kind says.
-    batch_key, label_key
-        ``adata.obs`` columns with each cell's batch (client) and cell type.
+    batch_key, labels_key
+        ``adata.obs`` columns with each cell's batch (client) and cell type
+        (``label_key=``: deprecated spelling).
     use_rep, layer
         Embedding (``obsm`` key or ``"X"``) / layer the method reads.
     backend, backend_options
@@ -67,31 +81,39 @@ def apply(
     holdout, inclusion
         Held-out batches and inclusion scenario (methods that support them).
     key_added
-        Output name instead of the method's default, with one meaning for every method:
-        the embedding goes to ``obsm["X_<name>"]``, expression to ``layers["<name>"]``,
-        the record to ``uns["<name>"]``; a leading ``X_`` is accepted (``"X_foo"`` and
-        ``"foo"`` both write ``obsm["X_foo"]``).
+        The ``obsm`` key of the embedding instead of the method's default, as in scanpy:
+        ``"X_foo"`` writes ``obsm["X_foo"]``, expression to ``layers["foo"]``, the record
+        to ``uns["foo"]``. A name without ``X_`` (``"foo"``) is still read as that stem,
+        with a ``FutureWarning``.
     overwrite
         Replace outputs whose keys exist already. Without it, existing keys are refused,
         except the outputs of an earlier call of the same method under the same name
         (``uns["<name>"]["fedsc_method"]`` records it), which a rerun replaces.
     extra
         Method-specific run options that are not config fields.
+    copy
+        Work on a copy of ``adata`` and return it (``adata`` is left unchanged).
+    return_model
+        Return the fitted model (with ``copy``: ``(copy, model)``). ``None``, the default
+        for now, returns it with a ``FutureWarning``; it will mean ``False``.
 
     Returns
     -------
-    Whatever the method's run function returns (usually the fitted model).
+    ``None``; the copy with ``copy=True``; the model with ``return_model=True`` (what the
+    method's run function returns).
     """
     spec = get_method(method)
     cfg = spec.make_config(params, config)
     for arg, value in (("use_rep", use_rep), ("layer", layer), ("batch_key", batch_key),
-                       ("label_key", label_key)):  # fmt: skip
+                       ("labels_key", labels_key)):  # fmt: skip
         if value is not None and not isinstance(value, str):
             raise FedscInputError(
                 f"{arg} must be one name (a string), got {type(value).__name__} {value!r}; "
                 f"pass e.g. {arg}={_first(value)!r}."
             )
     _check_in_memory(adata)
+    if copy:
+        adata = adata.copy()
     # the run config's own checks of the shared settings (one path for every entry point)
     from fedsc.backend import check_backend
     from fedsc.run_config import check_backend_options, check_seed
@@ -108,7 +130,7 @@ def apply(
     _check_model_size(spec, cfg, adata)
     inputs: dict[str, Any] = dict(
         batch_key=batch_key,
-        label_key=label_key,
+        label_key=labels_key,
         seed=seed,
         use_rep=use_rep,
         layer=layer,
@@ -121,7 +143,7 @@ def apply(
     if not spec.federated:
         result = spec.fit(adata, RunInputs(**inputs), cfg)
         _mark_outputs(adata, spec, key_added)
-        return result
+        return _returned(spec.name, adata, result, copy, return_model)
     from fedsc.run_privacy import check_tl_dp
 
     if not isinstance(backend, smpc.Aggregator):
@@ -130,7 +152,25 @@ def apply(
         check_tl_dp(cfg, agg)
         result = spec.fit(adata, RunInputs(aggregator=agg, **inputs), cfg)
     _mark_outputs(adata, spec, key_added)
-    return result
+    return _returned(spec.name, adata, result, copy, return_model)
+
+
+def _returned(
+    name: str, adata: ad.AnnData, model: Any, copy: bool, return_model: bool | None
+) -> Any:
+    """What a ``fedsc.tl`` call returns (see :func:`apply`'s ``copy`` and ``return_model``)."""
+    if copy:
+        return (adata, model) if return_model else adata
+    if return_model is None:
+        warnings.warn(
+            f"fedsc.tl.{name} returns the fitted model for now; it will return None, as "
+            "scanpy's tools do (the outputs are in adata). Pass return_model=True to keep "
+            "the model, or return_model=False.",
+            FutureWarning,
+            stacklevel=caller_stacklevel(),
+        )
+        return model
+    return model if return_model else None
 
 
 #: ``uns["<name>"]`` key naming the method whose outputs fedsc.tl wrote under ``name``.
@@ -172,7 +212,15 @@ def _output_name(spec: Any, key_added: Any) -> str | None:
     if not isinstance(key_added, str) or not key_added.removeprefix("X_").strip():
         raise FedscInputError(
             f"key_added must be a non-empty name (a string), got {key_added!r}; e.g. "
-            f"key_added='{spec.name}_run2' (writes obsm['X_{spec.name}_run2'])."
+            f"key_added='X_{spec.name}_run2' (the obsm key)."
+        )
+    if not key_added.startswith("X_"):
+        warnings.warn(
+            f"key_added={key_added!r} is read as the outputs' stem (obsm['X_{key_added}'], "
+            f"layers['{key_added}']); pass key_added='X_{key_added}', the obsm key as in "
+            f"scanpy: a name without 'X_' will be the obsm key itself in a future version.",
+            FutureWarning,
+            stacklevel=caller_stacklevel(),
         )
     name = key_added.removeprefix("X_")
     if "/" in name:
@@ -215,7 +263,7 @@ def _check_outputs_free(adata: Any, spec: Any, name: str | None, overwrite: bool
         raise FedscInputError(
             f"{spec.name} would replace {', '.join(taken)}, which already {verb} not an "
             f"earlier {spec.name} output; choose another key_added (e.g. "
-            f"key_added='{spec.name}_2') or pass overwrite=True to replace it."
+            f"key_added='X_{spec.name}_2') or pass overwrite=True to replace it."
         )
 
 
@@ -274,6 +322,8 @@ def scbatchprox(
     key_added: str = "X_scbatchprox",
     overwrite: bool = False,
     show_progress: bool | None = None,
+    copy: bool = False,
+    return_model: bool | None = None,
     **params: Any,
 ) -> Any:
     """Refine ``adata.obsm[use_rep]`` with federated per-batch FiLM adapters.
@@ -296,15 +346,18 @@ def scbatchprox(
         :class:`~fedsc.methods.scbatchprox.ScBatchProxConfig` and/or overrides such as
         ``mu=0`` or ``rounds=10``.
     key_added
-        Where the refined embedding is written: ``adata.obsm["X_<name>"]`` (``"X_foo"``
-        and ``"foo"`` both write ``obsm["X_foo"]``), its record to ``uns["<name>"]``.
+        The ``obsm`` key of the refined embedding (``"X_foo"``; the record goes to
+        ``uns["foo"]``).
     overwrite
         Replace existing keys (e.g. ``key_added="X_pca"`` replaces the input); without it
         they are refused unless they hold an earlier scBatchProx output.
+    copy, return_model
+        As in :func:`apply`.
 
     Returns
     -------
-    The fitted :class:`~fedsc.methods.scbatchprox.ScBatchProx` model.
+    ``None`` (the copy with ``copy=True``); the fitted
+    :class:`~fedsc.methods.scbatchprox.ScBatchProx` with ``return_model=True``.
     """
     return apply(
         "scbatchprox",
@@ -318,15 +371,18 @@ def scbatchprox(
         key_added=key_added,
         overwrite=overwrite,
         show_progress=show_progress,
+        copy=copy,
+        return_model=return_model,
         **params,
     )
 
 
+@renamed_arguments(label_key="labels_key")
 def fedscgen(
     adata: ad.AnnData,
     *,
     batch_key: str = "batch",
-    label_key: str = "cell_type",
+    labels_key: str = "cell_type",
     backend: str | smpc.Aggregator = "plaintext",
     backend_options: dict[str, Any] | None = None,
     seed: int = 0,
@@ -335,9 +391,11 @@ def fedscgen(
     inclusion: str = "all",
     layer: str | None = None,
     snapshot_every_round: bool = False,
-    key_added: str = "fedscgen",
+    key_added: str = "X_fedscgen",
     overwrite: bool = False,
     show_progress: bool | None = None,
+    copy: bool = False,
+    return_model: bool | None = None,
     **params: Any,
 ) -> Any:
     """Federated scGen training + the FedscGen correction workflow.
@@ -359,10 +417,10 @@ def fedscgen(
         Batches that do not train but are corrected: one name (``"celseq"``) or a list.
     inclusion
         ``"all"``, ``"combined"`` or ``"dropped"`` (minority cell types).
-    key_added, overwrite
-        Output name (``obsm["X_<name>"]``, ``layers["<name>"]``, ``uns["<name>"]``; a
-        leading ``X_`` is accepted) and whether existing keys may be replaced (see
-        :func:`apply`).
+    key_added, overwrite, copy, return_model
+        The ``obsm`` key of the latent (``"X_foo"``: expression in ``layers["foo"]``,
+        the record in ``uns["foo"]``), whether existing keys may be replaced, and what is
+        returned (see :func:`apply`).
 
     Client-level DP (``dp={"level": "client", ...}``) needs an aggregator carrying the
     ``gaussian`` mechanism, which adds the noise; without one it is refused (run it with
@@ -370,13 +428,14 @@ def fedscgen(
 
     Returns
     -------
+    ``None`` (the copy with ``copy=True``); with ``return_model=True`` the
     :class:`~fedsc.methods.fedscgen.FedScGenResult` (model, federation result, info).
     """
     return apply(
         "fedscgen",
         adata,
         batch_key=batch_key,
-        label_key=label_key,
+        labels_key=labels_key,
         layer=layer,
         backend=backend,
         backend_options=backend_options,
@@ -387,29 +446,35 @@ def fedscgen(
         key_added=key_added,
         overwrite=overwrite,
         show_progress=show_progress,
+        copy=copy,
+        return_model=return_model,
         extra={"snapshot_every_round": snapshot_every_round},
         **params,
     )
 
 
+@renamed_arguments(label_key="labels_key")
 def scgen(
     adata: ad.AnnData,
     *,
     batch_key: str = "batch",
-    label_key: str = "cell_type",
+    labels_key: str = "cell_type",
     seed: int = 0,
     config: Any = None,
     inclusion: str = "all",
     layer: str | None = None,
-    key_added: str = "scgen",
+    key_added: str = "X_scgen",
     overwrite: bool = False,
     show_progress: bool | None = None,
+    copy: bool = False,
+    return_model: bool | None = None,
     **params: Any,
 ) -> Any:
     """Centralized scGen (the baseline): train, then ``batch_removal``.
 
-    Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]`` (or ``X_<key_added>``,
-    ``layers[key_added]``; ``overwrite`` as in :func:`apply`); returns the model.
+    Writes ``adata.obsm["X_scgen"]`` and ``adata.layers["scgen"]`` (``key_added="X_foo"``:
+    ``obsm["X_foo"]``, ``layers["foo"]``; ``overwrite``, ``copy`` and ``return_model`` as
+    in :func:`apply`: the model with ``return_model=True``).
     ``adata.X`` (or ``layers[layer]``) must hold log-normalised expression: raw counts or
     PCs are refused with a message naming what was found (:mod:`fedsc.data.input_kind`).
     """
@@ -417,7 +482,7 @@ def scgen(
         "scgen",
         adata,
         batch_key=batch_key,
-        label_key=label_key,
+        labels_key=labels_key,
         layer=layer,
         seed=seed,
         config=config,
@@ -425,6 +490,8 @@ def scgen(
         key_added=key_added,
         overwrite=overwrite,
         show_progress=show_progress,
+        copy=copy,
+        return_model=return_model,
         **params,
     )
 

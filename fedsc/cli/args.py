@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fedsc.errors import FedscInputError
 
-__all__ = ["Choices", "params", "parse_value", "positive", "seed_arg", "selector"]
+__all__ = [
+    "Choices",
+    "DeprecatedFlag",
+    "add_labels_key",
+    "params",
+    "parse_value",
+    "positive",
+    "seed_arg",
+    "selector",
+]
 
 
 def parse_value(text: str) -> Any:
@@ -85,3 +95,38 @@ def selector(pairs: Sequence[str], flag: str) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         out[key] = value
     return out
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag spelling: stored as the new flag's value, with a warning naming it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        self.new = new
+        kwargs.setdefault("help", f"deprecated spelling of {new}")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        """Store the value under the new flag's name; warn on stderr."""
+        print(f"fedsc: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_labels_key(p: argparse.ArgumentParser) -> None:
+    """``--labels-key`` (scvi-tools' name; ``--label-key`` still accepted, with a warning)."""
+    p.add_argument(
+        "--labels-key",
+        dest="label_key",
+        metavar="KEY",
+        default="cell_type",
+        help="obs column holding each cell's type (default: %(default)s)",
+    )
+    p.add_argument(
+        "--label-key", dest="label_key", action=DeprecatedFlag, new="--labels-key",
+        metavar="KEY", default=argparse.SUPPRESS,
+    )  # fmt: skip

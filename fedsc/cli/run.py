@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fedsc.cli.args import Choices, params, parse_value, seed_arg
+from fedsc.cli.args import Choices, add_labels_key, params, parse_value, seed_arg
 from fedsc.errors import FedscInputError
 from fedsc.run.load import DEFAULT, check_dataset
 
@@ -81,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("method", choices=REGISTRY.names())
     p.add_argument("--input", default=DEFAULT, help=f"an .h5ad path (default: bundled {DEFAULT})")
     p.add_argument("--batch-key", default="batch")
-    p.add_argument("--label-key", default="cell_type")
+    add_labels_key(p)
     p.add_argument(
         "--use-rep", default=None, help="input embedding of embedding methods (obsm key or X)"
     )

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fedsc.cli.args import seed_arg
+from fedsc.cli.args import add_labels_key, seed_arg
 from fedsc.deploy.drivers import TRANSPORTS
 from fedsc.errors import FedscInputError
 
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     loc.add_argument("data", help="h5ad with log-normalised expression and every batch")
     loc.add_argument("--batch-key", default="batch")
-    loc.add_argument("--label-key", default="cell_type")
+    add_labels_key(loc)
     loc.add_argument("--transport", choices=TRANSPORTS, default="plaintext")
     loc.add_argument("--rounds", type=int, default=8)
     loc.add_argument("--local-epochs", type=int, default=2)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from fedsc._deprecation import renamed_arguments
 from fedsc.data.access import obs_column, representation
 from fedsc.errors import FedscInputError
 from fedsc.evaluation._inputs import check_embedding
@@ -136,12 +137,13 @@ def check_panels(panels: Sequence[str] | str) -> list[str]:
     return panels
 
 
+@renamed_arguments(label_key="labels_key")
 def evaluate(
     adata: AnnData,
     *,
     rep: str,
     batch_key: str = "batch",
-    label_key: str = "cell_type",
+    labels_key: str = "cell_type",
     panels: Sequence[str] | str = ("scib",),
     X_pre_rep: str | None = None,
     seed: int = 0,
@@ -156,8 +158,9 @@ def evaluate(
     rep
         ``adata.obsm`` key of the embedding, ``"X"``, or ``"layers/<name>"`` (e.g. the
         corrected expression ``"layers/fedscgen"``).
-    batch_key, label_key
-        ``adata.obs`` columns with batch and cell type.
+    batch_key, labels_key
+        ``adata.obs`` columns with batch and cell type (``label_key=``: deprecated
+        spelling).
     panels
         Registered panel names (:data:`PANELS`: ``"scib"``, ``"fedscgen"``,
         ``"downstream"``, ...), run in this order.
@@ -190,7 +193,7 @@ def evaluate(
             f"adata.obs[{batch_key!r}] has fewer than 2 batches; batch metrics need at least 2."
         )
     batch = batch_col.astype(str).to_numpy()
-    labels = obs_column(adata, label_key, "label_key").astype(str).to_numpy()
+    labels = obs_column(adata, labels_key, "labels_key").astype(str).to_numpy()
     problem = scale_problem(check_embedding(X, f"representation {rep!r}"), adata.obs_names)
     frames, reasons = [], {}
     for name, func in zip(names, funcs, strict=True):

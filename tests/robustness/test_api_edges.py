@@ -107,7 +107,7 @@ def test_key_added_cannot_silently_replace_the_input(cells):
         'fedsc.tl.scbatchprox(adata, key_added="X_pca")',
         lambda: fedsc.tl.scbatchprox(cells, key_added="X_pca", rounds=1),
         cells,
-        ["would replace obsm['X_pca']", "key_added='scbatchprox_2'", "overwrite=True"],
+        ["would replace obsm['X_pca']", "key_added='X_scbatchprox_2'", "overwrite=True"],
     )
     fedsc.tl.scbatchprox(cells, key_added="pca", rounds=1, overwrite=True)  # when asked to
     assert not np.array_equal(cells.obsm["X_pca"], pca)
