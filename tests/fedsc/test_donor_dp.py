@@ -15,7 +15,8 @@ from fedsc.privacy.accounting import DONOR_RELATION, DPConfig
 
 GENES = 12
 
-pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+# ~6 s on a quiet 2-core machine (Opacus' import, one PLD evaluation, a 300-canary audit)
+pytestmark = [pytest.mark.filterwarnings("ignore:Full backward hook is firing"), pytest.mark.slow]
 
 
 @pytest.fixture(autouse=True)
