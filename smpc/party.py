@@ -433,7 +433,8 @@ class PartyLoop:
         :func:`recording_openings`).
     agreed_clients
         The client set every sealed operation must list (default ``$SMPC_AGREED_CLIENTS``,
-        else the set of the session's first sealed operation; :class:`smpc.sealed.ContextPolicy`).
+        else per phase the set of the phase's first sealed operation;
+        :class:`smpc.sealed.ContextPolicy`).
     """
 
     def __init__(

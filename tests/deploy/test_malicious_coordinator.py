@@ -262,17 +262,17 @@ def _send(coordinator, kind, shares, names, op_id=1) -> Any:
     return reply
 
 
+def _seal_for(name, context, rank=0):
+    """Site ``name``'s share for party ``rank`` under ``context``, sealed as sites seal."""
+    keys = [sealed.client_key(sealed.party_secret(SECRET, r), name) for r in range(PARTIES)]
+    blobs = sealed.seal_shares(np.ones(DIMS), keys, client=name, context=context, precision_bits=24)
+    return blobs[rank]
+
+
 def _shares(names, step, op, clients=None, rank=0):
     """Each site's share for party ``rank``, sealed as the site's code seals it."""
     context = sealed.make_context(op, clients or names, step)
-    out = []
-    for name in names:
-        keys = [sealed.client_key(sealed.party_secret(SECRET, r), name) for r in range(PARTIES)]
-        blobs = sealed.seal_shares(
-            np.ones(DIMS), keys, client=name, context=context, precision_bits=24
-        )
-        out.append((name, context, blobs[rank]))
-    return out
+    return [(name, context, _seal_for(name, context, rank)) for name in names]
 
 
 def test_parties_refuse_replays_retargeted_shares_subsets_and_pairwise_argmax():
@@ -293,6 +293,19 @@ def test_parties_refuse_replays_retargeted_shares_subsets_and_pairwise_argmax():
     ):
         reply = _send(coordinator, "sum", forged, SITES, op_id=op_id)
         assert isinstance(reply, msg.Failure) and "does not open" in reply.error
+    # inconsistent weights: site_a told other weights than site_b and site_c
+    told_a = sealed.make_context(
+        "op-w", SITES, "s/w", {"site_a": 1.0, "site_b": 5.0, "site_c": 5.0}
+    )
+    told_bc = sealed.make_context(
+        "op-w", SITES, "s/w", {"site_a": 9.0, "site_b": 5.0, "site_c": 5.0}
+    )
+    mixed = [
+        (n, ctx, _seal_for(n, ctx))
+        for n, ctx in zip(SITES, [told_a, told_bc, told_bc], strict=True)
+    ]
+    reply = _send(coordinator, "sum", mixed, SITES, op_id=9)
+    assert isinstance(reply, msg.Failure) and "check 'one context'" in reply.error
     # the same step under a fresh op id
     reply = _send(coordinator, "sum", _shares(SITES, "s/0", "op-4"), SITES, op_id=5)
     assert isinstance(reply, msg.Failure) and "check 'same step twice'" in reply.error
