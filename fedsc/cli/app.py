@@ -18,19 +18,19 @@ from typing import Any
 from fedsc.cli import compare, demo, party, report, run, sweep
 from fedsc.deploy import cli as deploy
 from fedsc.errors import FedscInputError
+from fedsc.registry import Registry
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Subcommand -> its module (``add_parser``, ``command``), in ``fedsc --help`` order.
-COMMANDS: dict[str, ModuleType] = {
-    "run": run,
-    "demo": demo,
-    "party": party,
-    "sweep": sweep,
-    "compare": compare,
-    "report": report,
-    "deploy": deploy,
-}
+COMMANDS: Registry[ModuleType] = Registry("command")
+COMMANDS.register("run", run)
+COMMANDS.register("demo", demo)
+COMMANDS.register("party", party)
+COMMANDS.register("sweep", sweep)
+COMMANDS.register("compare", compare)
+COMMANDS.register("report", report)
+COMMANDS.register("deploy", deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_global_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMANDS.values():
+    for _, module in COMMANDS.items():
         module.add_parser(sub)
     for p in sub.choices.values():  # also accepted after the subcommand
         add_global_options(p, argparse.SUPPRESS)

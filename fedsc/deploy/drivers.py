@@ -18,15 +18,15 @@ import importlib
 from types import ModuleType
 
 from fedsc.errors import FedscInputError
+from fedsc.registry import Registry
 
 #: How a deployment's aggregations travel (``fedsc deploy local --transport``).
 TRANSPORTS = ("plaintext", "secagg+", "crypten")
 
 #: Deployable method -> the module holding its site steps and coordinator driver.
-DEPLOYED: dict[str, str] = {
-    "fedscgen": "fedsc.deploy.fedscgen",
-    "scbatchprox": "fedsc.deploy.scbatchprox",
-}
+DEPLOYED: Registry[str] = Registry("deployable method")
+DEPLOYED.register("fedscgen", "fedsc.deploy.fedscgen")
+DEPLOYED.register("scbatchprox", "fedsc.deploy.scbatchprox")
 
 
 def check_transport(transport: str) -> str:

@@ -8,12 +8,12 @@ from typing import Any
 from fedsc.federation.fedavgm import FedAvgM
 from fedsc.federation.median import CoordinateMedian
 from fedsc.federation.strategy import FedAvg, Strategy
+from fedsc.registry import Registry
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "fedavg": FedAvg,
-    "fedavgm": FedAvgM,
-    "median": CoordinateMedian,
-}
+STRATEGIES: Registry[Callable[..., Strategy]] = Registry("strategy")
+STRATEGIES.register("fedavg", FedAvg)
+STRATEGIES.register("fedavgm", FedAvgM)
+STRATEGIES.register("median", CoordinateMedian)
 
 
 def make_strategy(spec: Strategy | str | None = None, **options: Any) -> Strategy:
@@ -23,6 +23,4 @@ def make_strategy(spec: Strategy | str | None = None, **options: Any) -> Strateg
             raise TypeError(f"options {sorted(options)} given with a ready strategy {spec!r}.")
         return spec
     name = "fedavg" if spec is None else spec
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}.")
-    return STRATEGIES[name](**options)
+    return STRATEGIES.get(name)(**options)  # an unknown name: FedscInputError (a ValueError)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedsc.errors import FedscInputError
-from fedsc.registry import resolve
+from fedsc.registry import Registry, resolve
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -26,10 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["BUNDLED", "DEFAULT", "check_dataset", "dataset_label", "is_catalogued", "load_dataset"]
 
 #: Bundled dataset name -> its loader (both MIT; ``docs/data.md``).
-BUNDLED: dict[str, str] = {
-    "pancreas": "fedsc.datasets:pancreas",
-    "cellbench_3cl": "fedsc.datasets:cellbench_3cl",
-}
+BUNDLED: Registry[str] = Registry("bundled dataset")
+BUNDLED.register("pancreas", "fedsc.datasets:pancreas")
+BUNDLED.register("cellbench_3cl", "fedsc.datasets:cellbench_3cl")
 #: The dataset a run uses when none is named.
 DEFAULT = "pancreas"
 SHARED_PREFIX = "shared:"
@@ -45,7 +44,7 @@ def load_dataset(name: str) -> ad.AnnData:
     from fedsc import datasets  # AnnData: when a dataset loads (start-up time of the CLI)
 
     if name in BUNDLED:
-        return resolve(BUNDLED[name])()
+        return resolve(BUNDLED.get(name))()
     if name.startswith(SHARED_PREFIX):
         return datasets.read(datasets.shared_path(name.removeprefix(SHARED_PREFIX)))
     return datasets.read(name)

@@ -16,6 +16,7 @@ import anndata as ad
 from fedsc.data.input_kind import check_input_kind, detect_input_kind
 from fedsc.methods.spec import RunInputs
 from fedsc.preprocessing import fit_embedding, preprocess
+from fedsc.registry import Registry
 from fedsc.run.outcome import Prepared
 
 if TYPE_CHECKING:
@@ -76,11 +77,10 @@ def _prepare_counts(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
 
 
 #: How the runner prepares each input kind (``MethodSpec.input``).
-INPUT_PREPARATION: dict[str, Callable[[ad.AnnData, RunConfig], Prepared]] = {
-    "embedding": _prepare_embedding,
-    "expression": _prepare_expression,
-    "counts": _prepare_counts,
-}
+INPUT_PREPARATION: Registry[Callable[[ad.AnnData, RunConfig], Prepared]] = Registry("input kind")
+INPUT_PREPARATION.register("embedding", _prepare_embedding)
+INPUT_PREPARATION.register("expression", _prepare_expression)
+INPUT_PREPARATION.register("counts", _prepare_counts)
 
 
 def run_inputs(
