@@ -805,12 +805,12 @@ def _dp_summary(method: FedScGenMethod, aggregator: Any = None) -> dict[str, Any
                 * dp_sgd.donor_steps_per_epoch(method.dp)
             )
             out["sampling_rate"] = method.dp.donor_sampling_rate
-            out["n_donors"] = {method.names[c]: method.n_donors(c) for c in method.data}
+            out["n_donors"] = {method.names[c]: method.n_donors(c) for c in method.splits}
         return out
     out["relation"] = dp_sgd.RELATION
     epsilon = method.epsilon
     if epsilon:
-        n = {c: method.n_train(c) for c in method.data}
+        n = {c: method.n_train(c) for c in method.splits}  # method.data is freed by now
         out["epsilon"] = max(epsilon.values())
         out["steps"] = (
             method.config.rounds
