@@ -326,13 +326,14 @@ class InRunPrivacy:
         ):
             from fedsc.privacy.fedscgen_runs import fedscgen_truth
 
+            # the method's clients: one per batch, or one per donor (dp.clients: donor)
             fedscgen = fedscgen_truth(
                 adata,
-                batch_key=cfg.batch_key,
+                batch_key=self.method_cfg.batch_key,
                 label_key=cfg.label_key,
                 config=self.spec.make_config(self.method_cfg.params),
                 seed=cfg.seed,
-                holdout=cfg.holdout,
+                holdout=self.method_cfg.holdout,
             )
         return Truth(self.record, fedscgen=fedscgen)
 
@@ -448,5 +449,5 @@ def start(cfg: RunConfig, adata: ad.AnnData, spec: MethodSpec) -> InRunPrivacy:
             if is_dataclass(config) and not isinstance(config, type)
             else dict(config)
         )
-        public["batches"] = sorted(set(adata.obs[cfg.batch_key].astype(str)))
+        public["batches"] = sorted(set(adata.obs[method_cfg.batch_key].astype(str)))
     return InRunPrivacy(cfg, method_cfg, spec, attacks, dp, mechanism, public)
