@@ -46,6 +46,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="network interface gloo binds (GLOO_SOCKET_IFNAME); default: the interface "
         "that reaches the rendezvous host",
     )
+    p.add_argument(
+        "--sites",
+        default=None,
+        help="the agreed sites (comma-separated) every sealed operation must list "
+        "(default $SMPC_AGREED_CLIENTS; docs/deployment.md, threat model)",
+    )
+    p.add_argument(
+        "--identity",
+        default=None,
+        help="this rank's own private key file (python -m smpc.handshake keygen FILE; "
+        "default $SMPC_IDENTITY): with --roster, the shared key alone takes no rank",
+    )
+    p.add_argument(
+        "--roster",
+        default=None,
+        help="JSON file of every rank's public key, the same on every rank (default $SMPC_ROSTER)",
+    )
     p.add_argument("--mode", default="secure", choices=["secure", "debug"])
     p.add_argument(
         "--provider",
@@ -77,5 +94,8 @@ def command(args: argparse.Namespace) -> int:
         argv += ["--startup-timeout", str(args.startup_timeout)]
     if args.gloo_interface:
         argv += ["--gloo-interface", args.gloo_interface]
+    for flag in ("sites", "identity", "roster"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
     party_main(argv)
     return 0

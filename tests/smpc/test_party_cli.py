@@ -12,6 +12,7 @@ def test_fedsc_party_forwards_mode_provider_and_precision(monkeypatch):
     argv = ["party", "--rank", "1", "--rendezvous", "tcp://10.0.0.1:29500"]
     argv += ["--listen", "0.0.0.0:6000", "--mode", "debug", "--provider", "TFP"]
     argv += ["--precision-bits", "20", "--seed", "3"]
+    argv += ["--sites", "a,b,c", "--identity", "rank1.key", "--roster", "roster.json"]
     assert cli.main(argv) == 0
     forwarded = seen[0]
     parsed = dict(zip(forwarded[::2], forwarded[1::2], strict=True))
@@ -24,6 +25,9 @@ def test_fedsc_party_forwards_mode_provider_and_precision(monkeypatch):
         "--precision-bits": "20",
         "--listen": "0.0.0.0:6000",
         "--seed": "3",
+        "--sites": "a,b,c",
+        "--identity": "rank1.key",
+        "--roster": "roster.json",
     }
 
 
