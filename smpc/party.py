@@ -988,7 +988,7 @@ def main(argv: list[str] | None = None) -> None:
         "--sites",
         default=None,
         help="the agreed sites (comma-separated) every sealed operation must list "
-        "(default: $SMPC_AGREED_CLIENTS, else the first operation's sites)",
+        "(default: $SMPC_AGREED_CLIENTS, else per phase the first operation's sites)",
     )
     parser.add_argument(
         "--identity",
