@@ -329,6 +329,8 @@ def _refuse_unaccounted_noise(mechanisms: list[Any]) -> None:
     ``mechanisms: [gaussian]`` added noise that no ε described (``dp_epsilon`` NaN) and kept
     batch norm, whose statistics leak past the noise.
     """
+    if not mechanisms:  # smpc.mechanisms imports torch: not for a config without any
+        return
     from smpc.mechanisms.gaussian import GaussianDP
 
     if any(mechanism_name(m) == GaussianDP.name for m in mechanisms):

@@ -7,10 +7,11 @@ Each panel returns tidy rows ``panel, metric, value``. :data:`PANELS` names them
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedsc._compat import warn_if_broken
 from fedsc.data.access import representation
 from fedsc.evaluation.caches import enable_compilation_caches
-from fedsc.evaluation.downstream import downstream_accuracy
 from fedsc.evaluation.fedscgen_panel import fedscgen_panel
 from fedsc.evaluation.panels import PANELS, check_panels, evaluate, register_panel
 from fedsc.evaluation.scib_panel import scib_panel
@@ -28,3 +29,13 @@ __all__ = [
     "representation",
     "scib_panel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the downstream panel trains torch MLPs: importing torch when a panel name is checked
+    # (RunConfig validation) cost start-up time, so it loads when first used
+    if name == "downstream_accuracy":
+        from fedsc.evaluation.downstream import downstream_accuracy
+
+        return downstream_accuracy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

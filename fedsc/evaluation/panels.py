@@ -24,7 +24,6 @@ from fedsc.data.access import obs_column, representation
 from fedsc.errors import FedscInputError
 from fedsc.evaluation._inputs import check_embedding
 from fedsc.evaluation._missing import MISSING_ATTR, scale_problem
-from fedsc.evaluation.downstream import downstream_accuracy
 from fedsc.evaluation.fedscgen_panel import METRICS as FEDSCGEN_METRICS
 from fedsc.evaluation.fedscgen_panel import fedscgen_panel
 from fedsc.evaluation.scib_panel import AGGREGATES, BATCH_METRICS, BIO_METRICS, scib_panel
@@ -107,6 +106,8 @@ def _downstream(
     With ``sensitivity`` the MLPs are trained again on the perturbed embedding (the
     accuracy counts argmax predictions: discontinuous), which doubles the panel's cost.
     """
+    from fedsc.evaluation.downstream import downstream_accuracy  # torch: start-up time
+
     df = downstream_accuracy(X, batch, labels, seed=seed)
     if not sensitivity:
         return df
