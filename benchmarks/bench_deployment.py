@@ -1,22 +1,27 @@
-"""FedscGen deployed on Flower vs the same run in simulation: wall time and bytes per round.
+"""FedscGen deployed on Flower vs the same run in simulation: wall, CPU, bytes, and where
+a deployed run's time goes.
 
 Bundled pancreas (normalize_total + log1p), the three batches celseq, celseq2 and
 smartseq2 as three sites (one SuperNode + worker each, on 127.0.0.1), FedscGen with
 ``--rounds`` rounds x 1 local epoch, one torch thread everywhere. Runs, in this script:
 
 - simulation, plaintext aggregator (``run_fedscgen`` in this process): the baseline;
-- deployment, plaintext transport;
-- deployment, SecAgg+ transport (Flower's SecAggPlusWorkflow);
+- deployment, plaintext transport; SecAgg+ (Flower's SecAggPlusWorkflow); CrypTen
+  (three parties and the dealer as processes; ``--no-crypten`` skips it);
 - with ``--cold``, also the plaintext deployment with Flower's own SuperExec (a fresh
-  ``flwr-clientapp`` interpreter per message) instead of fedsc's warm one
-  (:mod:`fedsc.deploy.superexec`).
+  ``flwr-clientapp`` interpreter per message) instead of fedsc's warm one.
 
-Prints per variant: wall time, this process's CPU time (the deployment's work happens in
-other processes, so its CPU column is the coordinator's share only), bytes the
-coordinator received per round (simulation: the plaintext ledger's coordinator bytes;
-deployment: every array in every message the ServerApp received, incl. SecAgg+'s keys
-and shares), and both as ratios to simulation. Deployment start-up (SuperLink, SuperNodes,
-workers) is timed separately and not in the run's wall time.
+Both sides start warm: the simulation process imports ``torch._dynamo`` (which torch's
+Adam imports on its first step) before it is timed, as each site worker does when it
+starts (:mod:`fedsc.deploy.site_worker`). Deployment start-up (SuperLink, SuperNodes,
+workers) is timed separately and not in a run's wall time.
+
+Prints per variant: wall time, CPU time (simulation: this process; deployment: every
+process of the deployment, ServerApp and forked ClientApps included, plus this one),
+bytes the coordinator received per round, all as ratios to simulation; then, from the
+run's trace (:mod:`fedsc.deploy.trace`), the number of exchanges by step and the time of
+each leg of an exchange summed over the run. The machine's load counts: compare ratios
+from one invocation, and read the CPU column beside the wall one.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_deployment.py [--rounds 2] [--cold]
 """
@@ -32,7 +37,9 @@ import argparse
 import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,13 +54,36 @@ def _received_bytes(folder: Path) -> int:
     return total
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of these processes and all their descendants, ended ones included."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                total += sum(proc.cpu_times()[:4])  # user, system, and reaped children's
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def _kind(step: str) -> str:
+    return step.split(" ")[0] if step.startswith("secagg+") else step
+
+
 def main() -> None:
-    """Run the three variants and print the table."""
+    """Run the variants and print the tables."""
+    import importlib
+
     import torch
 
     torch.set_num_threads(1)
+    importlib.import_module("torch._dynamo")  # as the site workers do at start
     import smpc
     from fedsc.datasets import pancreas
+    from fedsc.deploy import trace
     from fedsc.deploy.local import LocalDeployment, split_by_batch
     from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
     from fedsc.preprocessing import preprocess
@@ -61,12 +91,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cold", action="store_true", help="also Flower's own SuperExec")
+    parser.add_argument("--no-crypten", action="store_true", help="skip the CrypTen run")
     args = parser.parse_args()
     data = preprocess(pancreas(), n_top_genes=None)
     data = data[data.obs["batch"].isin(SITES)].copy()
     config = FedScGenConfig(rounds=args.rounds, local_epochs=1, num_threads=1)
     params = {"config": config.to_dict(), "seed": 0, "batch_key": "batch", "label_key": "celltype"}
-    rows = []
+    rows: list[tuple[str, float, float, int]] = []
+    breakdowns: dict[str, dict[str, Any]] = {}
 
     w0, c0 = time.perf_counter(), time.process_time()
     with smpc.make_aggregator("plaintext") as agg:
@@ -78,41 +110,67 @@ def main() -> None:
         ("simulation (plaintext)", time.perf_counter() - w0, time.process_time() - c0, sim_bytes)
     )
 
+    transports = ("plaintext", "secagg+") + (() if args.no_crypten else ("crypten",))
+    setups = [(True, transports)] + ([(False, ("plaintext",))] if args.cold else [])
     startup = {}
-    setups = [(True, ("plaintext", "secagg+"))] + ([(False, ("plaintext",))] if args.cold else [])
-    for warm, transports in setups:
-        label = "" if warm else ", Flower's SuperExec"
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        traces = Path(tmp) / "trace"
+        traces.mkdir()
+        os.environ[trace.TRACE_ENV] = str(traces)  # LocalDeployment passes it on
+        for warm, names in setups:
+            label = "" if warm else ", Flower's SuperExec"
             paths = split_by_batch(data, "batch", Path(tmp) / "sites")
             t = time.perf_counter()
-            with LocalDeployment(paths, Path(tmp) / "work", warm_clientapps=warm) as dep:
+            with LocalDeployment(
+                paths, Path(tmp) / f"work-{warm}", warm_clientapps=warm, parties=warm
+            ) as dep:
                 startup[warm] = time.perf_counter() - t
-                for transport in transports:
-                    folder = Path(tmp) / transport.replace("+", "p")
+                time.sleep(3.0)  # let the sites finish their start-up (data, imports)
+                for transport in names:
+                    folder = Path(tmp) / f"{transport.replace('+', 'p')}-{warm}"
                     run_config = {
                         "params": json.dumps(params),
                         "transport": transport,
                         "log-messages": True,
                     }
-                    w0, c0 = time.perf_counter(), time.process_time()
+                    for old in traces.glob("*.jsonl"):
+                        old.unlink()
+                    pids = [os.getpid(), *(p.pid for p in dep.processes.values())]
+                    cpu0 = _cpu_seconds(pids)
+                    w0 = time.perf_counter()
                     dep.run(run_config, folder, timeout=1200)
-                    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+                    wall = time.perf_counter() - w0
+                    pids = [os.getpid(), *(p.pid for p in dep.processes.values())]
+                    cpu = _cpu_seconds(pids) - cpu0
                     name = f"deployment ({transport}{label})"
                     rows.append((name, wall, cpu, _received_bytes(folder)))
+                    breakdowns[name] = trace.breakdown(trace.read(traces))
 
-    base_wall, base_bytes = rows[0][1], rows[0][3]
+    base_wall, base_cpu, base_bytes = rows[0][1], rows[0][2], rows[0][3]
     print(
         f"FedscGen, 3 pancreas sites, {args.rounds} rounds x 1 epoch, 1 thread; "
-        f"deployment start-up {startup[True]:.1f} s (not included)"
+        f"deployment start-up {startup[True]:.1f} s (not included); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(
-        f"{'variant':44s} {'wall s':>8s} {'cpu s':>7s} {'x wall':>7s} {'bytes/round':>12s} {'x bytes':>8s}"
+        f"{'variant':44s} {'wall s':>8s} {'cpu s':>7s} {'x wall':>7s} {'x cpu':>6s} "
+        f"{'bytes/round':>12s} {'x bytes':>8s}"
     )
     for name, wall, cpu, nbytes in rows:
         print(
-            f"{name:44s} {wall:8.2f} {cpu:7.2f} {wall / base_wall:7.2f} "
+            f"{name:44s} {wall:8.2f} {cpu:7.2f} {wall / base_wall:7.2f} {cpu / base_cpu:6.2f} "
             f"{nbytes / args.rounds:12.0f} {nbytes / max(base_bytes, 1):8.2f}"
         )
+    for name, b in breakdowns.items():
+        kinds = Counter()
+        for step, count in b["per_step"].items():
+            kinds[_kind(step)] += count
+        print(
+            f"\n{name}: {b['exchanges']} exchanges ({dict(kinds)}), first push to last reply {b['total']:.2f} s"
+        )
+        for leg, seconds in b["legs"].items():
+            per = seconds / max(b["exchanges"], 1)
+            print(f"  {leg:44s} {seconds:7.2f} s  ({per:.3f} s per exchange)")
 
 
 if __name__ == "__main__":

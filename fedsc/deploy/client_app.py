@@ -27,7 +27,18 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 from fedsc.deploy.records import arrays_of, content, from_array_record, params_of, to_array_record
 from fedsc.errors import FedscInputError
 
-app = ClientApp(mods=[secaggplus_mod])
+
+def trace_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower mod: trace when this task's handling starts and ends (:mod:`fedsc.deploy.trace`)."""
+    from fedsc.deploy import trace
+
+    trace.event("clientapp", "handler_start")
+    reply = call_next(msg, context)
+    trace.event("clientapp", "handler_end")
+    return reply
+
+
+app = ClientApp(mods=[trace_mod, secaggplus_mod])
 
 _STATE_PREFIX = "fedsc:"
 #: Config key of fedsc's request inside a SecAgg+ FitIns.

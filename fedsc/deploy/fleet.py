@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from fedsc.deploy import records, trace
+from fedsc.deploy.polling import Backoff
 from fedsc.deploy.records import arrays_of, content, params_of
 
 #: Flower message type of fedsc's plain requests (SecAgg+ uses "train").
@@ -44,6 +46,10 @@ class MessageLog:
         arrays: dict[str, np.ndarray] = {}
         scalars: dict[str, Any] = {}
         for rname, arec in record.array_records.items():
+            if rname == records.ARRAYS:  # fedsc's packed arrays: log each one
+                for key, unpacked in records.arrays_of(record).items():
+                    arrays[f"{rname}/{key}"] = unpacked
+                continue
             for key, arr in arec.items():
                 arrays[f"{rname}/{key}"] = np.asarray(arr.numpy())
         for rname, crec in list(record.config_records.items()) + list(
@@ -79,25 +85,53 @@ def exchange(
     timeout: float | None,
     poll: float,
     pushed: list[str] | None = None,
+    step: str = "",
+    enough: int | None = None,
 ) -> list[Message]:
-    """Push ``messages`` and pull their replies every ``poll`` s until all or ``timeout``.
+    """Push ``messages`` and pull their replies until all came or ``timeout`` passed.
 
-    ``pushed``, if given, receives the pushed messages' ids in order.
+    Polls after 2 ms, doubling the wait up to ``poll`` s (:class:`~fedsc.deploy.polling.
+    Backoff`): short exchanges answer within milliseconds, long ones cost few polls.
+
+    ``pushed``, if given, receives the pushed messages' ids in order; ``step`` names the
+    exchange in the trace (:mod:`fedsc.deploy.trace`); with ``enough``, stop once that many
+    replies without an error came.
     """
+    tracing = trace.enabled()
+    if tracing:
+        nodes = [m.metadata.dst_node_id for m in messages]
+        trace.event("coordinator", "push", step=step, nodes=nodes)
     order = list(grid.push_messages(messages))
     if pushed is not None:
         pushed[:] = order
     ids = set(order)
+    backoff = Backoff(cap=poll, idle_cap=poll)
     replies: list[Message] = []
     deadline = None if timeout is None else time.monotonic() + timeout
     while ids:
         got = list(grid.pull_messages(ids))
+        if tracing:
+            for m in got:
+                trace.event("coordinator", "pulled", node=m.metadata.src_node_id)
         replies += got
         ids -= {m.metadata.reply_to_message_id for m in got}
+        if enough is not None and sum(not r.has_error() for r in replies) >= enough:
+            break
         if not ids or (deadline is not None and time.monotonic() >= deadline):
             break
-        time.sleep(poll)
+        backoff.sleep()
     return replies
+
+
+def _stage(messages: list[Message]) -> str:
+    """``secagg+ <stage>`` of a SecAgg+ workflow's messages (for the trace)."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if not messages or not messages[0].has_content():
+        return "secagg+"
+    configs = messages[0].content.config_records.get(RECORD_KEY_CONFIGS)
+    stage = configs.get("stage") if configs else None
+    return f"secagg+ {stage if isinstance(stage, str) else 'fit'}"
 
 
 class FastGrid:
@@ -119,7 +153,7 @@ class FastGrid:
         """Flower's ``Grid.send_and_receive`` with fast polling and the message log."""
         msgs = list(messages)
         limit = self._fleet.timeout if timeout is None else timeout
-        replies = exchange(self._grid, msgs, limit, self._fleet.poll)
+        replies = exchange(self._grid, msgs, limit, self._fleet.poll, step=_stage(msgs))
         for reply in replies:
             site = self._fleet.site_of(reply.metadata.src_node_id)
             if reply.has_error():
@@ -193,8 +227,10 @@ class Fleet:
                 f"only {len(nodes)} of {self.n_sites} sites connected within {wait:.0f} s; "
                 "start every site's SuperNode (fedsc deploy local, or flower-supernode)."
             )
-        nodes = nodes[: self.n_sites]
-        answers = self._ask_nodes({n: ("hello", dict(params), None) for n in nodes})
+        if len(nodes) > self.n_sites:
+            answers = self._hello_first(nodes, params)
+        else:
+            answers = self._ask_nodes({n: ("hello", dict(params), None) for n in nodes})
         for node, reply in answers.items():
             info = params_of(reply)["public"]
             name = str(info["site"])
@@ -206,6 +242,38 @@ class Fleet:
             self.nodes[name] = node
             self.hello[name] = info
         return self.hello
+
+    def _hello_first(self, nodes: list[int], params: Mapping[str, Any]) -> dict[int, RecordDict]:
+        """Hello to more nodes than sites: the first ``n_sites`` that answer, by node id.
+
+        A site whose SuperNode restarted leaves its old node registered at the SuperLink
+        until that node's heartbeats expire (a minute or more); it never answers.
+        """
+        messages = [
+            Message(content({**params, "step": "hello"}), dst_node_id=n, message_type=QUERY)
+            for n in nodes
+        ]
+        pushed: list[str] = []
+        replies = exchange(
+            self.grid, messages, self.timeout, self.poll, pushed, "hello", enough=self.n_sites
+        )
+        sent = dict(zip(pushed, nodes, strict=True))
+        answered = {
+            sent[r.metadata.reply_to_message_id]: r.content
+            for r in replies
+            if not r.has_error() and r.metadata.reply_to_message_id in sent
+        }
+        if len(answered) < self.n_sites:
+            raise DeploymentError(
+                f"only {len(answered)} of {len(nodes)} connected nodes answered hello within "
+                f"{self.timeout:.0f} s; {self.n_sites} sites are needed."
+            )
+        for node in sorted(answered)[: self.n_sites]:
+            self.log.add(self.site_of(node), "hello", answered[node])
+            refused = params_of(answered[node]).get("error")
+            if refused is not None:
+                raise DeploymentError(f"{self.site_of(node)} refused step 'hello': {refused}")
+        return {node: answered[node] for node in sorted(answered)[: self.n_sites]}
 
     def ask(
         self, requests: Mapping[str, tuple[str, Mapping[str, Any], Mapping[str, Any] | None]]
@@ -231,7 +299,8 @@ class Fleet:
             for node, (step, params, arrays) in requests.items()
         ]
         pushed: list[str] = []
-        replies = exchange(self.grid, messages, self.timeout, self.poll, pushed)
+        steps = sorted({step for step, _, _ in requests.values()})
+        replies = exchange(self.grid, messages, self.timeout, self.poll, pushed, ",".join(steps))
         # match replies by the message they answer: Flower may answer for an unreachable
         # node itself (an error reply whose source is not that node)
         sent = dict(zip(pushed, requests, strict=True))

@@ -25,6 +25,7 @@ from typing import Any
 
 import anndata as ad
 
+from fedsc.deploy import trace
 from fedsc.deploy.fleet import DeploymentError
 from fedsc.deploy.site_worker import new_key
 from fedsc.errors import FedscInputError
@@ -112,7 +113,8 @@ class LocalDeployment:
     workdir
         Folder for Flower's home, logs and the sites' outputs (default: a temp folder).
     idle_poll
-        Idle poll of the SuperNodes (:mod:`fedsc.deploy.supernode`).
+        Longest poll interval of the SuperNodes while a run is active
+        (:mod:`fedsc.deploy.supernode`, :mod:`fedsc.deploy.polling`).
     workers
         Give each site a long-lived worker (:mod:`fedsc.deploy.site_worker`).
     warm_clientapps
@@ -130,7 +132,7 @@ class LocalDeployment:
         sites: Mapping[str, str | Path],
         workdir: str | Path | None = None,
         *,
-        idle_poll: float = 0.1,
+        idle_poll: float = 0.05,
         workers: bool = True,
         parties: bool = False,
         warm_clientapps: bool = True,
@@ -151,7 +153,8 @@ class LocalDeployment:
             **os.environ,
             "FLWR_HOME": str(self.home),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+            # warm SuperExecs poll with a backoff whose longest wait this is
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5" if warm_clientapps else "0.05",
             "SMPC_AUTHKEY": secrets.token_hex(16),
         }
 
@@ -167,9 +170,12 @@ class LocalDeployment:
         self.close()
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        logf = open(self.workdir / f"{name}.log", "wb")
+        logf = open(self.workdir / f"{name}.log", "ab")  # a restarted site appends
+        kind, _, site = name.partition("-")
+        # a site's processes name it in the run's trace (fedsc.deploy.trace)
+        env = {**self.env, trace.SITE_ENV: site} if kind in ("site", "worker") else self.env
         proc = subprocess.Popen(
-            args, env=self.env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            args, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.processes[name] = proc
         return proc
@@ -208,63 +214,69 @@ class LocalDeployment:
             )
         client_secret = secrets.token_bytes(32) if self.with_parties else None
         self._client_secret = client_secret
-        for index, (name, path) in enumerate(self.sites.items()):
-            out = self.site_out(name)
-            out.mkdir(parents=True, exist_ok=True)
-            node_config: dict[str, Any] = {"data-path": path, "site": name, "out-dir": out}
-            if client_secret is not None:
-                # what each party's operator hands the site: its key at that party
-                keys = [
-                    sealed.client_key(sealed.party_secret(client_secret, r), name).hex()
-                    for r in range(3)
-                ]
-                key_file = self.workdir / f"party-keys-{name}"
-                key_file.write_text("\n".join(keys))
-                key_file.chmod(0o600)
-                node_config["party-keys"] = key_file
-            if self.workers:
-                socket_path = self.workdir / f"worker-{name}.sock"
-                key_file = self.workdir / f"worker-{name}.key"
-                new_key(key_file)
-                self._spawn(
-                    f"worker-{name}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "fedsc.deploy.site_worker",
-                        "--data",
-                        str(path),
-                        "--socket",
-                        str(socket_path),
-                        "--key-file",
-                        str(key_file),
-                        "--site",
-                        name,
-                        "--out-dir",
-                        str(out),
-                    ],
-                )
-                node_config.update({"worker": socket_path, "worker-key-file": key_file})
-            # a TOML file: every path quoted as Flower parses it, whatever it holds
-            node_file = write_toml(self.workdir / f"node-{index}.toml", node_config)
+        for index, name in enumerate(self.sites):
+            self._start_site(index, name)
+
+    def _start_site(self, index: int, name: str) -> None:
+        """Start site ``name``'s worker and SuperNode (node config ``node-<index>.toml``)."""
+        path = self.sites[name]
+        client_secret = self._client_secret
+        out = self.site_out(name)
+        out.mkdir(parents=True, exist_ok=True)
+        node_config: dict[str, Any] = {"data-path": path, "site": name, "out-dir": out}
+        if client_secret is not None:
+            # what each party's operator hands the site: its key at that party
+            keys = [
+                sealed.client_key(sealed.party_secret(client_secret, r), name).hex()
+                for r in range(3)
+            ]
+            key_file = self.workdir / f"party-keys-{name}"
+            key_file.write_text("\n".join(keys))
+            key_file.chmod(0o600)
+            node_config["party-keys"] = key_file
+        if self.workers:
+            socket_path = self.workdir / f"worker-{name}.sock"
+            key_file = self.workdir / f"worker-{name}.key"
+            new_key(key_file)
             self._spawn(
-                f"site-{name}",
+                f"worker-{name}",
                 [
                     sys.executable,
                     "-m",
-                    "fedsc.deploy.supernode",
-                    "--idle-poll",
-                    str(self.idle_poll),
-                    *([] if self.warm_clientapps else ["--cold"]),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{self.port}",
-                    "--port",
-                    str(_free_port()),
-                    "--node-config",
-                    str(node_file),
+                    "fedsc.deploy.site_worker",
+                    "--data",
+                    str(path),
+                    "--socket",
+                    str(socket_path),
+                    "--key-file",
+                    str(key_file),
+                    "--site",
+                    name,
+                    "--out-dir",
+                    str(out),
                 ],
             )
+            node_config.update({"worker": socket_path, "worker-key-file": key_file})
+        # a TOML file: every path quoted as Flower parses it, whatever it holds
+        node_file = write_toml(self.workdir / f"node-{index}.toml", node_config)
+        self._spawn(
+            f"site-{name}",
+            [
+                sys.executable,
+                "-m",
+                "fedsc.deploy.supernode",
+                "--idle-poll",
+                str(self.idle_poll),
+                *([] if self.warm_clientapps else ["--cold"]),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--port",
+                str(_free_port()),
+                "--node-config",
+                str(node_file),
+            ],
+        )
 
     def _start_parties(self, client_secret: bytes) -> None:
         """Three CrypTen parties and the dealer on 127.0.0.1, as ``fedsc party`` runs them.
@@ -354,6 +366,30 @@ class LocalDeployment:
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+    def killed_sites(self) -> list[str]:
+        """Sites whose SuperNode or worker has stopped (e.g. by :meth:`kill_site`)."""
+        return [
+            name
+            for name in self.sites
+            if any(
+                key in self.processes and self.processes[key].poll() is not None
+                for key in (f"site-{name}", f"worker-{name}")
+            )
+        ]
+
+    def restart_site(self, name: str) -> None:
+        """Start site ``name`` again (a fresh worker and SuperNode), e.g. after a dropout.
+
+        Its old node stays registered at the SuperLink until its heartbeats expire; the
+        coordinator's hello takes the nodes that answer (:meth:`Fleet.connect`).
+        """
+        if name not in self.sites:
+            raise DeploymentError(
+                f"no site {name!r} in this deployment; sites: {list(self.sites)}."
+            )
+        self.kill_site(name)
+        self._start_site(list(self.sites).index(name), name)
 
     def close(self) -> None:
         """Stop every process (SuperNodes first)."""

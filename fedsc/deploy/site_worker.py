@@ -14,14 +14,17 @@ ClientApp runs the step itself (same results, slower).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import secrets
 import sys
+import time
 import traceback
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from fedsc.deploy import trace
 from fedsc.deploy.site import PUBLIC_STEPS, Site, load_method_steps, value_to_arrays
 
 
@@ -42,6 +45,18 @@ def answer(site: Site, step: str, params: dict[str, Any], arrays: dict[str, Any]
     return ("value", value_to_arrays(value))
 
 
+def _warm_imports() -> None:
+    """Import what a first training step would import lazily.
+
+    torch's optimizers import ``torch._dynamo`` on their first ``step()`` (seconds of
+    CPU); done here, it overlaps the coordinator's start instead of round 0.
+    """
+    try:
+        importlib.import_module("torch._dynamo")
+    except ImportError:  # a torch without dynamo: nothing to warm
+        pass
+
+
 def serve(site: Site, address: str, key: bytes) -> None:
     """Answer steps, one connection per request, until killed."""
     with Listener(address, family="AF_UNIX", authkey=key) as listener:
@@ -49,6 +64,7 @@ def serve(site: Site, address: str, key: bytes) -> None:
         # now, while the coordinator starts, not inside the first exchange
         load_method_steps()
         site.adata  # noqa: B018 - read on first use
+        _warm_imports()
         while True:
             try:
                 conn = listener.accept()
@@ -57,7 +73,9 @@ def serve(site: Site, address: str, key: bytes) -> None:
             with conn:
                 try:
                     step, params, arrays = conn.recv()
+                    start = time.perf_counter()
                     reply: Any = answer(site, step, params, arrays)
+                    trace.event("worker", "step", step=step, seconds=time.perf_counter() - start)
                 except Exception as err:  # reported to the coordinator, naming the site
                     reply = (
                         "error",

@@ -9,7 +9,8 @@ needs four per aggregation), so on a small machine those start-ups are much of a
 deployment's wall time.
 
 This is Flower's own SuperExec (``flower-superexec``, same arguments, same task loop)
-with one executor swapped: each ClientApp or ServerApp task runs Flower's own entry
+with its task poll following :class:`fedsc.deploy.polling.Backoff` (short after each
+launch, Flower's interval when idle) and one executor swapped: each ClientApp or ServerApp task runs Flower's own entry
 point (``flwr-clientapp`` / ``flwr-serverapp``, with the arguments Flower's subprocess
 executor would pass) in a process forked from a fork server that has imported Flower and
 fedsc's app modules (``--preload``) once. The task process is as isolated as before (its
@@ -27,13 +28,33 @@ import multiprocessing
 import sys
 from typing import Any
 
+from fedsc.deploy.polling import Backoff, BackoffTime
+
 #: Preloads: what the fork server imports once, so every task process starts with it.
-CLIENT_PRELOAD = ("flwr.supernode.cli", "fedsc.deploy.client_app")
+#: Beyond the entry points and fedsc's apps: what each task imported after the fork
+#: (measured, ``sys.modules`` before and after a task): httpx's transport (httpcore, h11),
+#: the app module's other imports, zipfile's codec (the FAB).
+_TASK_IMPORTS = ("httpcore", "h11", "encodings.cp437")
+CLIENT_PRELOAD = (
+    "flwr.supernode.cli",
+    "fedsc.deploy.client_app",
+    "fedsc.deploy.server_app",
+    "fedsc.deploy.site_worker",
+    *_TASK_IMPORTS,
+)
 SERVER_PRELOAD = (
     "flwr.superlink.cli",
     "fedsc.deploy.server_app",
+    "fedsc.deploy.client_app",
+    "fedsc.deploy.fleet",
+    "fedsc.deploy.aggregators",
+    "fedsc.deploy.secagg",
+    "fedsc.deploy.crypten",
     "fedsc.deploy.fedscgen",
     "fedsc.deploy.scbatchprox",
+    "smpc.plaintext",
+    "multiprocessing.synchronize",
+    *_TASK_IMPORTS,
 )
 
 #: Task commands run warm: Flower's entry point of each, by command name.
@@ -47,6 +68,9 @@ def _run_task(argv: list[str]) -> None:
     """One task, as its Flower command (``argv[0]``) runs it, in this forked process."""
     import importlib
 
+    from fedsc.deploy import trace
+
+    trace.event("clientapp", "task_start")
     module, _, function = WARM_ENTRIES[argv[0]].partition(":")
     sys.argv = list(argv)
     getattr(importlib.import_module(module), function)()
@@ -76,9 +100,13 @@ class WarmExecutor:
     """Flower's executor protocol: ClientApp/ServerApp tasks forked warm, others as Flower."""
 
     def __init__(
-        self, fallback: Any, preload: tuple[str, ...] | list[str] = CLIENT_PRELOAD
+        self,
+        fallback: Any,
+        preload: tuple[str, ...] | list[str] = CLIENT_PRELOAD,
+        backoff: Backoff | None = None,
     ) -> None:
         self.fallback = fallback
+        self.backoff = backoff
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(list(preload))
 
@@ -94,7 +122,12 @@ class WarmExecutor:
         """Start the task: forked warm if Flower's command for it is known, else Flower's."""
         from flwr.supercore.superexec.executor.types import LaunchResult
 
+        from fedsc.deploy import trace
+
         argv = task_argv(spec)
+        trace.event("superexec", "launch", task=argv[0])
+        if self.backoff is not None:  # the next task follows this one's reply: poll fast
+            self.backoff.reset()
         if argv[0] not in WARM_ENTRIES or spec.runtime_dependency_install:
             return self.fallback.launch(spec)
         process = self.context.Process(
@@ -127,14 +160,23 @@ def main(argv: list[str] | None = None) -> int:
         i = args.index("--preload")
         preload = tuple(m for m in args[i + 1].split(",") if m)
         del args[i : i + 2]
-    if not hasattr(loop, "get_executor"):
+    if not hasattr(loop, "get_executor") or not hasattr(loop, "time"):
         raise RuntimeError("this Flower version's SuperExec has changed; use flower-superexec.")
     flower_get_executor = loop.get_executor
+    backoff = Backoff()
 
     def get_executor(*a: Any, **kw: Any) -> Any:
-        return WarmExecutor(flower_get_executor(*a, **kw), preload)
+        executor = WarmExecutor(flower_get_executor(*a, **kw), preload, backoff)
+        # start the fork server (and its imports) now, not inside the run's first exchange
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+        return executor
 
     loop.get_executor = get_executor
+    # the task poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL, Flower's default 1 s) becomes the
+    # longest of a backoff that restarts at every launch (fedsc.deploy.polling)
+    loop.time = BackoffTime(backoff)  # type: ignore[assignment]
     sys.argv = ["flower-superexec", *args]
     flower_superexec()
     return 0

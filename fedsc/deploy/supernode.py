@@ -2,8 +2,11 @@
 
 Flower's own SuperNode (``flower-supernode``, same arguments), with two changes:
 
-* when it finds no message it waits ``--idle-poll`` seconds (default 0.1) before asking
-  again, instead of the 3 s Flower 1.41 hard-codes in its main loop;
+* when it finds no message it asks again after a wait that starts at 2 ms after a
+  message came or a reply left and doubles up to ``--idle-poll`` seconds (default 0.05;
+  0.5 s after 10 s without messages), instead of the 3 s Flower 1.41 hard-codes in its
+  main loop; it waits for its ClientApp's reply the same way, not in 0.5 s steps
+  (:mod:`fedsc.deploy.polling`);
 * it starts :mod:`fedsc.deploy.superexec` (Flower's SuperExec whose ClientApp processes
   are forked warm) instead of ``flower-superexec`` (a fresh interpreter per message);
   ``--cold`` keeps Flower's.
@@ -18,24 +21,12 @@ from __future__ import annotations
 
 import subprocess as _subprocess
 import sys
-import time as _time
 from typing import Any
 
-#: Default idle poll interval (seconds).
-IDLE_POLL = 0.1
+from fedsc.deploy.polling import IDLE_CAP, Backoff, BackoffTime
 
-
-class _ShortSleeps:
-    """The ``time`` module, with sleeps capped at the idle poll interval."""
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_time, name)
-
-    def sleep(self, seconds: float) -> None:
-        _time.sleep(min(float(seconds), self.cap))
+#: Default longest poll interval while a run is active (seconds).
+IDLE_POLL = 0.05
 
 
 class _WarmSuperExec:
@@ -48,6 +39,36 @@ class _WarmSuperExec:
         if isinstance(args, list) and args and args[0] == "flower-superexec":
             args = [sys.executable, "-m", "fedsc.deploy.superexec", *args[1:]]
         return _subprocess.Popen(args, *rest, **kwargs)
+
+
+def _poll_with(loop: Any, backoff: Backoff) -> None:
+    """Make the SuperNode loop's waits follow ``backoff``, reset by every message.
+
+    Flower's loop sleeps 3 s after an empty pull and 0.5 s steps while its ClientApp
+    works; with the backoff both start short after a message arrived or a reply left.
+    Also traces both events (:mod:`fedsc.deploy.trace`).
+    """
+    from fedsc.deploy import trace
+
+    pull, push = loop._pull_and_store_message, loop._push_messages
+
+    def pulled(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            backoff.reset()
+            trace.event("supernode", "node_received", node=kwargs["state"].get_node_id())
+        return run_id
+
+    def pushed(*args: Any, **kwargs: Any) -> Any:
+        backoff.reset()
+        out = push(*args, **kwargs)
+        backoff.reset()
+        trace.event("supernode", "node_sent", node=kwargs["state"].get_node_id())
+        return out
+
+    loop.time = BackoffTime(backoff)
+    loop._pull_and_store_message = pulled
+    loop._push_messages = pushed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         del args[i : i + 2]
     warm = "--cold" not in args
     args = [a for a in args if a != "--cold"]
-    if not hasattr(loop, "time") or not hasattr(loop, "subprocess"):
+    hooks = ("time", "subprocess", "_pull_and_store_message", "_push_messages")
+    if not all(hasattr(loop, name) for name in hooks):
         raise RuntimeError(
             "this Flower version's SuperNode loop has changed; use flower-supernode."
         )
-    loop.time = _ShortSleeps(cap)  # type: ignore[assignment]
+    _poll_with(loop, Backoff(cap=cap, idle_cap=max(cap, IDLE_CAP)))
     if warm:
         loop.subprocess = _WarmSuperExec()  # type: ignore[assignment]
     sys.argv = ["flower-supernode", *args]
