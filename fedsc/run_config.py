@@ -14,6 +14,7 @@ from fedsc.data.inclusion import SCENARIOS as INCLUSION_SCENARIOS
 from fedsc.errors import FedscInputError
 from fedsc.methods import get_method, method_names
 from fedsc.resources import check_model_size
+from fedsc.run.load import DEFAULT as DEFAULT_DATASET
 from fedsc.run_privacy import check_dp_schema, check_privacy_combinations
 
 #: Settings left out of the run id while they hold their default, so adding them did not
@@ -46,8 +47,9 @@ class RunConfig:
         A registered method (``fedsc.methods.REGISTRY``: ``"scbatchprox"``, ``"fedscgen"``,
         ``"scgen"``...).
     dataset
-        ``"pancreas"`` / ``"cellbench_3cl"`` (bundled), ``"shared:<file>"`` (in
-        ``../shared/data``) or a path to an ``.h5ad`` file.
+        A bundled dataset (:data:`fedsc.run.load.BUNDLED`: ``"pancreas"``, the default,
+        ``"cellbench_3cl"``), ``"shared:<file>"`` (in ``../shared/data``) or a path to an
+        ``.h5ad`` file.
     batch_key, label_key
         ``obs`` columns with each cell's batch (client) and cell type.
     donor_key
@@ -100,7 +102,7 @@ class RunConfig:
     """
 
     method: str
-    dataset: str = "pancreas"
+    dataset: str = DEFAULT_DATASET
     batch_key: str = "batch"
     label_key: str = "cell_type"
     donor_key: str | None = None
