@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+import yaml
+
+import smpc
+from fedsc import settings
 from fedsc.cli import compare, demo, party, report, run, sweep
 from fedsc.deploy import cli as deploy
 from fedsc.errors import FedscInputError
+from fedsc.methods import get_method
 from fedsc.registry import Registry
+from fedsc.settings import _numerics
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -97,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fedsc`` command line; return the exit code (2 for bad input)."""
     args = build_parser().parse_args(argv)
-    from fedsc import settings
 
     try:  # a bad FEDSC_* variable: one message naming it, exit 2
         settings.check_environment()
@@ -117,8 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    from fedsc import settings
-
     if argv is None and settings.reproducible == "portable":
         _restart_portable()  # numpy is loaded: the pinned kernels need a fresh interpreter
     _prestart_backend(args)
@@ -144,11 +148,6 @@ def _restart_portable() -> None:
     numpy (loaded by this module) and torch read them only when they load. Once: the new
     process finds them set and goes on.
     """
-    import os
-
-    from fedsc import settings
-    from fedsc.settings import _numerics
-
     env = dict(os.environ)
     settings.configure_environment(environ=env)
     if not _numerics.loaded_mismatches() and all(
@@ -171,9 +170,6 @@ def _prestart_backend(args: argparse.Namespace) -> None:
     """
     if args.command != "run" or args.deploy is not None:
         return
-    import smpc
-    from fedsc.methods import get_method
-
     with contextlib.suppress(Exception):
         if not get_method(args.method).federated:
             return
@@ -182,10 +178,8 @@ def _prestart_backend(args: argparse.Namespace) -> None:
 
 def _library_errors() -> tuple[type[BaseException], ...]:
     """Errors that report bad input, a bad environment or a failed party: exit code 2."""
-    import yaml
-
     kinds: list[type[BaseException]] = [ValueError, OSError, yaml.YAMLError, TimeoutError]
-    try:
+    try:  # only on an error: the party pool's module is not needed before
         from smpc.party_pool import PartyError
 
         kinds.append(PartyError)

@@ -1,37 +1,36 @@
 """``fedsc run``: one method on one dataset, evaluated, written to a run folder.
 
-Heavy modules (the runner, the method registry's configs) are imported when the command
-runs or its flags are built, so ``fedsc --help`` and the other commands start fast.
+The registries it reads are light; what loads AnnData (the inclusion scenarios, the run
+config, the runner) is imported when the flags are read or the command runs, so
+``fedsc --help`` and the other commands start fast.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from typing import Any
 
+from fedsc.backend import backend_names
 from fedsc.cli.args import Choices, add_labels_key, params, parse_value, seed_arg
+from fedsc.deploy.drivers import TRANSPORTS
 from fedsc.errors import FedscInputError
+from fedsc.methods import REGISTRY, get_method
 from fedsc.run.load import DEFAULT, check_dataset
+from fedsc.run_privacy import parse_mechanism_arg
+from fedsc.upstream import EMBEDDING_METHODS
 
 __all__ = ["add_parser", "backend_options", "command"]
 
 
-def _backend_names() -> list[str]:
-    from fedsc.backend import backend_names
-
-    return backend_names()
-
-
 def _inclusion_names() -> list[str]:
-    from fedsc.data.inclusion import SCENARIOS
+    from fedsc.data.inclusion import SCENARIOS  # fedsc.data loads AnnData: start-up time
 
     return list(SCENARIOS)
 
 
 def _method_options() -> dict[str, list[str]]:
     """Config fields offered as ``fedsc run`` flags -> the methods that take them."""
-    from fedsc.methods import REGISTRY
-
     out: dict[str, list[str]] = {}
     for name, spec in REGISTRY.items():
         for option in spec.options:
@@ -41,10 +40,6 @@ def _method_options() -> dict[str, list[str]]:
 
 def _option_value(method: str, option: str, text: str) -> Any:
     """A flag's text as the type of the method's config field (``--mu 0`` -> ``0.0``)."""
-    from dataclasses import fields
-
-    from fedsc.methods import get_method
-
     kinds = {f.name: f.type for f in fields(get_method(method).config_class)}
     kind = kinds.get(option)
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", "")
@@ -70,10 +65,6 @@ _COMMON_DESTS = {
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``fedsc run`` to the subcommands (methods, backends, options from the registries)."""
-    from fedsc.deploy.drivers import TRANSPORTS
-    from fedsc.methods import REGISTRY
-    from fedsc.upstream import EMBEDDING_METHODS
-
     methods = "; ".join(f"{n}: {s.description}" for n, s in REGISTRY.items() if s.description)
     p = sub.add_parser(
         "run", help="run one method on one dataset and evaluate it", description=methods or None
@@ -89,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="plaintext",
-        choices=Choices(_backend_names),
+        choices=Choices(backend_names),
         metavar="BACKEND",
         help="aggregation backend: %(choices)s (default: %(default)s)",
     )
@@ -154,8 +145,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Check the output folder and input, run, write the run folder, print its metrics."""
+    # AnnData, the methods and the panels: when the command runs (start-up time)
     from fedsc.run_config import RunConfig
-    from fedsc.run_privacy import parse_mechanism_arg
     from fedsc.runner import check_output_dir, execute_run, format_metrics, write_run
 
     check_output_dir(args.out, overwrite=args.overwrite)  # before any computation

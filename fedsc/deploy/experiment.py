@@ -34,15 +34,20 @@ from typing import TYPE_CHECKING, Any
 import anndata as ad
 import numpy as np
 
+from fedsc.data.validate import validate_adata
+from fedsc.deploy.drivers import check_transport, driver_module
+from fedsc.deploy.site import OUTPUT_UNS, output_digest
 from fedsc.errors import FedscInputError
-from fedsc.run.outcome import MethodOutcome, Prepared
+from fedsc.methods import get_method
+from fedsc.privacy import in_run
+from fedsc.run.evaluate import evaluate_run
+from fedsc.run.outcome import MethodOutcome, Prepared, RunResult
 from fedsc.run.prepare import INPUT_PREPARATION, run_inputs
+from fedsc.run_config import RunConfig
 
 if TYPE_CHECKING:
     from fedsc.methods import MethodSpec
     from fedsc.privacy.in_run import InRunPrivacy
-    from fedsc.run.outcome import RunResult
-    from fedsc.run_config import RunConfig
 
 #: How long one deployed run may take before ``flwr run`` is stopped (seconds); each step
 #: at the sites has its own timeout (the app's ``timeout``).
@@ -71,8 +76,7 @@ def deploy_run(
         The prepared cells with the sites' outputs, the coordinator's ledger and privacy
         note, and ``info["deployment"]``: the coordinator's ``run.json``.
     """
-    from fedsc.deploy.drivers import check_transport, driver_module
-    from fedsc.deploy.local import LocalDeployment, split_by_batch
+    from fedsc.deploy.local import LocalDeployment, split_by_batch  # Flower: start-up time
 
     start = time.perf_counter() if start is None else start
     transport = check_transport(str(cfg.deploy))  # the runner validated the AnnData
@@ -142,13 +146,6 @@ def evaluate_deployment(
     fedsc.run.outcome.RunResult
         Rows and ``run.json`` content as :func:`fedsc.runner.execute_run` returns them.
     """
-    from fedsc.data.validate import validate_adata
-    from fedsc.deploy.drivers import driver_module
-    from fedsc.methods import get_method
-    from fedsc.privacy import in_run
-    from fedsc.run.evaluate import evaluate_run
-    from fedsc.run_config import RunConfig
-
     folder = Path(coordinator)
     try:
         record = json.loads((folder / "run.json").read_text())
@@ -252,8 +249,6 @@ def check_site_output(
     ``run_token`` and its :func:`~fedsc.deploy.site.output_digest` must equal the one the
     site reported to the coordinator (``run.json`` ``outputs``).
     """
-    from fedsc.deploy.site import OUTPUT_UNS, output_digest
-
     name = f"{site}.h5ad"
     missing = [
         k
