@@ -1,4 +1,8 @@
-"""``fedsc deploy``: split data per site, run a site, or a whole deployment on this machine."""
+"""``fedsc deploy``: split data per site, run a site, or a whole deployment on this machine.
+
+Each subcommand imports AnnData, Flower, torch or the runner when it runs (start-up time
+of ``fedsc``, whose parser this module joins: :data:`fedsc.cli.app.COMMANDS`).
+"""
 
 from __future__ import annotations
 
