@@ -292,7 +292,7 @@ class RunConfig:
                 "DP mechanisms, in-run attacks, scenarios and inclusion run in simulation "
                 "only; drop them or drop deploy."
             )
-        driver_module(self.method).check_deployable(spec.make_config(self.params))
+        driver_module(self.method).check_deployable(spec.make_config(self.params), str(self.deploy))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

@@ -633,8 +633,13 @@ class PartyLoop:
             self._client_secret = sealed.party_secret(bytes.fromhex(secret), self.rank)
         return self._client_secret
 
-    def _check_sealed_operation(self, kind: str) -> None:
-        """One context for every share, passing the session's checks (:class:`ContextPolicy`)."""
+    def _check_sealed_operation(self, op: msg.Aggregate) -> None:
+        """Check one sealed operation before anything is computed or revealed.
+
+        One context for every share, passing the session's checks
+        (:class:`~smpc.sealed.ContextPolicy`), and result slices going where that context
+        says (:func:`smpc.sealed.check_owner_destinations`).
+        """
         from smpc import sealed
 
         contexts = {c for _, c in self._sealed_seen}
@@ -643,7 +648,9 @@ class PartyLoop:
                 "check 'one context': the shares of one operation were sealed for different "
                 "operations (or with different weights or steps)."
             )
-        self._policy.check(contexts.pop(), [n for n, _ in self._sealed_seen], kind)
+        names = [n for n, _ in self._sealed_seen]
+        body = self._policy.check(contexts.pop(), names, op.kind)
+        sealed.check_owner_destinations(body, names, op.destinations, op.size)
 
     def _owner_slice(self, op: msg.Aggregate, owner: int, lo: int, hi: int, values: Any) -> Any:
         """The party's result slice for client ``owner``, sealed for that client only."""
@@ -704,7 +711,7 @@ class PartyLoop:
                     np.add(result, share, out=result)
                 self._count(op, client, nbytes, key, share)
         if op.share_format == "sealed":
-            self._check_sealed_operation(op.kind)  # before anything is computed or revealed
+            self._check_sealed_operation(op)  # before anything is computed or revealed
         if rows is not None and self.crypten is None:  # refused once every share is read
             raise RuntimeError("argmax needs CrypTen parties (processes), not in-process ones")
         if keys:

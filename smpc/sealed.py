@@ -183,11 +183,15 @@ def make_context(
     step: str,
     weights: dict[str, float] | None = None,
     phase: str = "",
+    owned: dict[str, list[tuple[int, int]]] | None = None,
 ) -> str:
     """The context string of one operation (the coordinator's proposal; sites check it).
 
     ``phase`` names the part of the protocol whose operations share one site set (e.g.
-    training rounds, then a correction that held-out clients join).
+    training rounds, then a correction that held-out clients join). ``owned`` (an
+    owner-revealed weighted mean): client -> the ``(start, stop)`` runs of the result
+    revealed to it alone; the coordinator then gets the total weight only, and every
+    party sends exactly those slices (:func:`check_owner_destinations`).
     """
     body: dict[str, Any] = {
         "op": str(op),
@@ -197,7 +201,45 @@ def make_context(
     }
     if weights is not None:
         body["weights"] = {str(k): float(v) for k, v in weights.items()}
+    if owned is not None:
+        body["owned"] = {str(k): [[int(a), int(b)] for a, b in v] for k, v in owned.items()}
     return json.dumps(body, sort_keys=True)
+
+
+def check_owner_destinations(
+    body: dict[str, Any], names: list[str], destinations: list[list[int]] | None, size: int
+) -> None:
+    """A party's check of where an operation's result slices go (owner-revealed means).
+
+    A context with ``owned`` (:func:`make_context`) must come with exactly these
+    destinations: each client its own runs and the total weight (the last value), the
+    coordinator (``-1``) the total weight only; a context without ``owned`` with none
+    (the coordinator gets the whole result, as the sites agreed when they sealed). So a
+    coordinator cannot ask a party for a client's row (``[-1, start, stop]``) or hand one
+    client's row to another: the sites checked the context's ``owned`` before they sealed
+    (``fedsc.deploy.scbatchprox``), and the context is bound to every sealed share.
+    """
+    owned = body.get("owned")
+    if owned is None:
+        if destinations is not None:
+            raise SealError(
+                "check 'owner slices': the operation sends result slices to owners, but "
+                "the sites sealed their shares for a result revealed whole (no 'owned' in "
+                "the context)."
+            )
+        return
+    want = sorted(
+        [[c, int(lo), int(hi)] for c, name in enumerate(names) for lo, hi in owned.get(name, [])]
+        + [[c, size - 1, size] for c in range(len(names))]
+        + [[-1, size - 1, size]]
+    )
+    if destinations is None or sorted(list(map(int, d)) for d in destinations) != want:
+        raise SealError(
+            "check 'owner slices': the result slices the coordinator asks for differ from "
+            "the context's: each site gets only its own runs and the total weight, the "
+            "coordinator only the total weight (a slice of a row to the coordinator or to "
+            "another site would reveal that row)."
+        )
 
 
 def parse_context(context: str) -> dict[str, Any]:

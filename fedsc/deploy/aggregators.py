@@ -12,7 +12,7 @@ aggregator takes the clients' values, and gets the aggregate through one transpo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,18 @@ class DeployedPlaintext(PlaintextAggregator):
     @override
     def argmax(self, columns: Sequence[Any]) -> Any:
         return super().argmax(self._resolve(columns))
+
+    @override
+    def weighted_mean_to_owners(
+        self,
+        contributions: Sequence[Any],
+        weights: Sequence[float],
+        owners: Sequence[Mapping[str | None, Sequence[int]]],
+        deliver: Callable[[int, dict[str | None, np.ndarray]], None],
+    ) -> float:
+        return super().weighted_mean_to_owners(
+            self._resolve(contributions), weights, owners, deliver
+        )
 
     @override
     def gather(self, contributions: Sequence[Any], *, reference: Any = None) -> list[Any]:

@@ -24,7 +24,15 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedsc.deploy.records import arrays_of, content, from_array_record, params_of, to_array_record
+from fedsc.deploy.records import (
+    OWNED_PREFIX,
+    OWNER_PREFIX,
+    arrays_of,
+    content,
+    from_array_record,
+    params_of,
+    to_array_record,
+)
 from fedsc.errors import FedscInputError
 
 
@@ -88,7 +96,8 @@ def query(msg: Message, context: Context) -> Message:
     params = params_of(msg.content)
     step = str(params.get("step"))
     try:
-        kind, payload = run_step(context, step, params, arrays_of(msg.content))
+        arrays = open_owner_delivery(context.node_config, params, arrays_of(msg.content))
+        kind, payload = run_step(context, step, params, arrays)
         if kind == "public":
             return Message(content({"public": payload}), reply_to=msg)
         transport = params.get("transport")
@@ -116,14 +125,7 @@ def seal_for_parties(
     from smpc import sealed, sharing
 
     cfg = context.node_config
-    if not cfg.get("party-keys"):
-        raise FedscInputError(
-            "the crypten transport needs this site's party keys: start the SuperNode with "
-            "--node-config 'party-keys=\"/path/to/keys\"' (one hex key per party)."
-        )
-    keys = [bytes.fromhex(line) for line in Path(str(cfg["party-keys"])).read_text().split()]
-    if len(keys) != int(params["parties"]):
-        raise FedscInputError(f"{len(keys)} party keys for {params['parties']} parties.")
+    keys = party_keys(cfg, int(params["parties"]))
     order = sorted(arrays)
     flat = np.concatenate([np.asarray(arrays[k], dtype=np.float64).ravel() for k in order])
     weight = params.get("weight")
@@ -153,6 +155,52 @@ def seal_for_parties(
         "bare": bare,
     }
     return meta, {f"sealed/{i}": np.frombuffer(b, dtype=np.uint8) for i, b in enumerate(blobs)}
+
+
+def party_keys(cfg: Any, parties: int | None = None) -> list[bytes]:
+    """The site's key at each CrypTen party (node config ``party-keys``: one hex key a line)."""
+    if not cfg.get("party-keys"):
+        raise FedscInputError(
+            "the crypten transport needs this site's party keys: start the SuperNode with "
+            "--node-config 'party-keys=\"/path/to/keys\"' (one hex key per party)."
+        )
+    keys = [bytes.fromhex(line) for line in Path(str(cfg["party-keys"])).read_text().split()]
+    if parties is not None and len(keys) != parties:
+        raise FedscInputError(f"{len(keys)} party keys for {parties} parties.")
+    return keys
+
+
+def open_owner_delivery(
+    cfg: Any, params: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Open the sealed result slices the coordinator relayed to this site (``secure_rows``).
+
+    The parties sealed this site's runs of an owner-revealed mean, and the total weight,
+    under the keys they share with it (``smpc.sealed.seal_result``); only this site can
+    open them, here in its ClientApp, which holds the party keys (node config
+    ``party-keys``). The step gets ``owned/context`` (the operation, bound to every
+    slice) and ``owned/<start>``: the weighted sum over the run starting at ``start``
+    (the last run is the total weight). Arrays without ``owner/`` keys pass unchanged.
+    """
+    if not any(k.startswith(OWNER_PREFIX) for k in arrays):
+        return arrays
+    from smpc import sealed
+
+    keys = party_keys(cfg)
+    op_context = np.asarray(arrays[f"{OWNER_PREFIX}context"], np.uint8).tobytes().decode()
+    bits = int(np.asarray(arrays[f"{OWNER_PREFIX}bits"]))
+    slices = []
+    for key, blob in arrays.items():
+        parts = key[len(OWNER_PREFIX) :].split("/")
+        if key.startswith(OWNER_PREFIX) and len(parts) == 3:
+            rank, lo, hi = map(int, parts)
+            slices.append((rank, lo, hi, np.asarray(blob, np.uint8).tobytes()))
+    name = str(cfg.get("site") or params.get("site_name"))
+    opened = sealed.open_owner_slices(keys, slices, op_context, name, bits)
+    out = {k: v for k, v in arrays.items() if not k.startswith(OWNER_PREFIX)}
+    out[f"{OWNED_PREFIX}context"] = np.frombuffer(op_context.encode(), np.uint8).copy()
+    out.update({f"{OWNED_PREFIX}{start}": values for start, values in opened.items()})
+    return out
 
 
 def site_fit(fitins: FitIns, context: Context) -> FitRes:

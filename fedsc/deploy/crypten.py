@@ -18,19 +18,37 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fedsc.deploy.aggregators import SecureSiteAggregator, ask_values
 from fedsc.deploy.fleet import Fleet
-from fedsc.deploy.records import arrays_of, params_of
+from fedsc.deploy.records import OWNER_PREFIX, arrays_of, params_of
 from fedsc.deploy.remote import RemoteValue
 from fedsc.deploy.site import step_phase, step_slot
 from smpc import sealed
-from smpc.crypten_backend import CryptenAggregator
+from smpc.aggregator import owned_columns
+from smpc.crypten_backend import CryptenAggregator, _runs
+from smpc.flatten import flatten
 from smpc.ledger import Traffic
+
+
+def owner_runs(
+    layout: Mapping[str, Sequence[int]], owners: Sequence[Mapping[str | None, Sequence[int]]]
+) -> list[list[tuple[int, int]]]:
+    """Per owner, the ``(start, stop)`` runs of its rows in the flat value of ``layout``.
+
+    ``layout``: the value's structure (key -> shape; public), flattened as the sites
+    flatten it (sorted keys); ``owners`` as :meth:`smpc.Aggregator.weighted_mean_to_owners`.
+    """
+    import torch
+
+    template = {k: torch.zeros(tuple(int(n) for n in shape)) for k, shape in layout.items()}
+    _, spec = flatten(template)
+    columns, _ = owned_columns(spec, owners)
+    return [_runs(np.sort(cols)) for cols in columns]
 
 
 def parse_parties(text: str) -> list[tuple[str, int]]:
@@ -60,6 +78,8 @@ class DeployedCrypten(SecureSiteAggregator):
     ) -> None:
         super().__init__()
         self.fleet = fleet
+        #: The last owner-revealed operation's sealed deliveries, by site (relayed as is).
+        self._delivered: dict[str, dict[str | None, np.ndarray]] = {}
         #: The connection to the parties (``backend``: one already open, e.g. local ones).
         self.backend = backend or CryptenAggregator(
             parties=len(parties), party_addresses=list(parties), authkey=authkey, timeout=timeout
@@ -94,6 +114,44 @@ class DeployedCrypten(SecureSiteAggregator):
         out, _, _ = self._run("argmax", columns, None, self.backend.precision_bits, decode=False)
         return np.asarray(out, dtype=np.int64)
 
+    def weighted_mean_to_owners(
+        self,
+        contributions: Sequence[Any],
+        weights: Sequence[float],
+        owners: Sequence[Mapping[str | None, Sequence[int]]],
+        deliver: Callable[[int, dict[str | None, np.ndarray]], None],
+    ) -> float:
+        """Owner-revealed weighted mean: each site's rows reach that site only, sealed.
+
+        The sites share ``[w x, w]`` under a context that lists every owner's runs
+        (``owned``; each site checks its own and the parties check that the result
+        slices go exactly there). The parties seal each site's slices (and the total
+        weight) under the key they share with it; the coordinator relays them unopened:
+        ``deliver(b, arrays)`` gets site ``b``'s delivery (:data:`OWNER_PREFIX` keys), which
+        its ClientApp opens. The coordinator learns the total weight only.
+
+        The value's structure (key -> shape, public) is the references' ``layout``
+        parameter: the runs are fixed in the context before any site seals.
+        """
+        self._check_open()
+        refs = self._refs(contributions)
+        w = self._checked_weights(weights, len(refs))
+        layout = refs[0].params.get("layout")
+        if layout is None or any(r.params.get("layout") != layout for r in refs):
+            raise ValueError(
+                "an owner-revealed mean needs the value's structure in every reference's "
+                "'layout' parameter (key -> shape), the same for all sites."
+            )
+        if len(owners) != len(refs):
+            raise ValueError(f"owners: one entry per site, got {len(owners)} for {len(refs)}.")
+        runs = owner_runs(layout, owners)
+        bits = self.backend.sum_precision_bits
+        out, _, _ = self._run("sum", refs, w, bits, owned=runs, op="weighted_mean_to_owners")
+        for b, ref in enumerate(refs):
+            deliver(b, dict(self._delivered[ref.site]))
+        self._delivered = {}
+        return float(np.asarray(out).reshape(-1)[0])
+
     def close(self) -> None:
         """Disconnect from the parties."""
         self.backend.close()
@@ -106,6 +164,8 @@ class DeployedCrypten(SecureSiteAggregator):
         weights: np.ndarray | None,
         bits: int,
         decode: bool = True,
+        owned: list[list[tuple[int, int]]] | None = None,
+        op: str | None = None,
     ) -> tuple[np.ndarray, dict[str, Any], RemoteValue]:
         refs = self._refs(contributions)
         start = time.perf_counter()
@@ -113,14 +173,15 @@ class DeployedCrypten(SecureSiteAggregator):
         slots = {step_slot(r.step, r.params) for r in refs}
         if len(slots) != 1:
             raise ValueError(f"one aggregation of different protocol steps: {sorted(slots)}.")
-        # every site checks its own entries (slot, weight, the site list) before it seals;
-        # the parties check that all shares carry this one context
+        # every site checks its own entries (slot, weight, the site list, its owned runs)
+        # before it seals; the parties check that all shares carry this one context
         context = sealed.make_context(
             secrets.token_hex(16),
             names,
             slots.pop(),
             None if weights is None else dict(zip(names, map(float, weights), strict=True)),
             phase=step_phase(refs[0].step),
+            owned=None if owned is None else dict(zip(names, owned, strict=True)),
         )
         for i, ref in enumerate(refs):
             extra: dict[str, Any] = {
@@ -146,11 +207,31 @@ class DeployedCrypten(SecureSiteAggregator):
             1 if weights is not None else 0
         )
         out, stats = self.backend.aggregate_sealed(
-            kind, blobs, names, context, size, bits if decode else None
+            kind, blobs, names, context, size, bits if decode else None, owned
         )
         what = {"argmax": "argmax_index", "sum": "sum_weighted" if weights is not None else "sum"}
-        traffic = Traffic(coordinator_received={what[kind]: [size]}, **stats)
-        op = "weighted_mean" if weights is not None else kind
+        if owned is not None:
+            # relayed, never opened here: each site's sealed slices and the context
+            slices = stats.pop("owner_slices")
+            self._delivered = {
+                name: {
+                    f"{OWNER_PREFIX}context": np.frombuffer(context.encode(), np.uint8).copy(),
+                    f"{OWNER_PREFIX}bits": np.asarray(bits, dtype=np.int64),
+                    **{
+                        f"{OWNER_PREFIX}{rank}/{lo}/{hi}": np.frombuffer(blob, np.uint8).copy()
+                        for rank, lo, hi, blob in slices[c]
+                    },
+                }
+                for c, name in enumerate(names)
+            }
+            traffic = Traffic(coordinator_received={"sum_weights": []}, **stats)
+            traffic.client_received = {
+                f"client[{c}]": {"owned": [sum(hi - lo for lo, hi in runs)], "sum_weights": []}
+                for c, runs in enumerate(owned)
+            }
+        else:
+            traffic = Traffic(coordinator_received={what[kind]: [size]}, **stats)
+        op = op or ("weighted_mean" if weights is not None else kind)
         self._record(
             op, np.broadcast_to(0.0, (len(refs), size)), traffic, time.perf_counter() - start
         )

@@ -8,7 +8,8 @@ module plus one line in :data:`DEPLOYED`; the module defines
   the coordinator's driver (:func:`fedsc.deploy.fedscgen.run`);
 * ``run_params(inputs: RunInputs, config) -> params``: the driver's ``params`` for a run
   config (the same seed, keys and method config as the in-process run);
-* ``check_deployable(config)``: refuse settings the deployment does not support yet;
+* ``check_deployable(config, transport=None)``: refuse settings the deployment (or that
+  transport) does not support;
 * ``config_of(params) -> config``: the method config back from the driver's ``params``.
 """
 

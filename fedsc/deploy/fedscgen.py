@@ -211,8 +211,8 @@ def run_params(inputs: RunInputs, config: FedScGenConfig) -> dict[str, Any]:
     }
 
 
-def check_deployable(config: FedScGenConfig) -> None:
-    """Refuse settings the deployment does not support yet, naming the fix."""
+def check_deployable(config: FedScGenConfig, transport: str | None = None) -> None:
+    """Refuse settings the deployment does not support yet, naming the fix (any transport)."""
     if config.dp is not None:
         raise FedscInputError(
             "differential privacy is not available in deployment yet (its mechanisms run in "

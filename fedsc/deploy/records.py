@@ -25,6 +25,11 @@ ARRAYS = "fedsc.arrays"
 INDEX = "fedsc.index"
 #: Key of the packed arrays' one ``Array`` in the ``ARRAYS`` record.
 PACKED = "packed"
+#: Array keys of an owner-revealed mean's delivery to a site (``secure_rows``): sealed
+#: as the coordinator relays it (``owner/context``, ``owner/bits``,
+#: ``owner/<rank>/<start>/<stop>``), and as the site's ClientApp opened it
+#: (``owned/context``, ``owned/<start>``; plaintext: ``owned/<tensor key>``).
+OWNER_PREFIX, OWNED_PREFIX = "owner/", "owned/"
 
 
 def to_array_record(arrays: Mapping[str, Any]) -> ArrayRecord:

@@ -7,12 +7,23 @@ simulation) and refines its cells with its row; the coordinator runs
 :class:`~fedsc.deploy.remote.RemoteValue` references. The upstream embedding is an agreed
 shared model: each site's file holds its cells projected by it (``obsm[embedding_key]``);
 ``fedsc/data/federated_preprocessing.py`` fits such a PCA from secure sums.
-``secure_rows`` (owner-revealed FedAvg) is not deployed yet.
+
+``secure_rows`` (owner-revealed FedAvg, as :class:`~fedsc.federation.OwnerRevealFedAvg`
+in simulation): each site keeps its own row in its state and sends its update in that
+row (zeros elsewhere); the aggregator reveals row ``b`` of the weighted mean to site ``b``
+only (``weighted_mean_to_owners``: over CrypTen the parties seal it for the site and
+the coordinator relays ciphertext; the site's ClientApp opens it). The delivery rides on
+the site's next request (the next round's update, or the final apply step), where the
+site adds it to its row, as :meth:`ScBatchProxFederation.receive` does in simulation.
+The coordinator holds no row and learns the total weight only. Over SecAgg+ it is
+refused: the coordinator unmasks SecAgg+'s sum, so it would see every row.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,10 +31,11 @@ import torch
 
 import smpc
 from fedsc.deploy.fedscgen import site_order
-from fedsc.deploy.remote import RemoteMethod
-from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
+from fedsc.deploy.records import OWNED_PREFIX
+from fedsc.deploy.remote import RemoteMethod, RemoteValue
+from fedsc.deploy.site import RefusedRequest, Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
-from fedsc.federation import State, run_federation
+from fedsc.federation import LocalResult, OwnerRevealFedAvg, State, run_federation
 from fedsc.federation.seeding import client_generators
 from fedsc.methods import RunInputs
 from fedsc.methods.scbatchprox import (
@@ -47,23 +59,159 @@ def _z(site: Site, params: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(site.adata.obsm[params["embedding_key"]], dtype=np.float64)
 
 
+#: Site state (``secure_rows``): this site's own rows and how many means it received;
+#: the operation whose owner-revealed mean it waits for.
+_ROWS, _PENDING = "scbatchprox/rows", "scbatchprox/pending"
+
+
+def _layout(n_sites: int, dims: int) -> dict[str, list[int]]:
+    """The structure of a ``secure_rows`` update (public): both tables, every row."""
+    return {"beta": [n_sites, dims], "gamma": [n_sites, dims]}
+
+
+def owner_runs(
+    layout: Mapping[str, Any], owners: list[dict[str | None, list[int]]]
+) -> list[list[tuple[int, int]]]:
+    """:func:`fedsc.deploy.crypten.owner_runs` (imported when a secure_rows step runs)."""
+    from fedsc.deploy.crypten import owner_runs as runs
+
+    return runs(layout, owners)
+
+
+def _own_runs(params: Mapping[str, Any], index: int) -> list[tuple[int, int]]:
+    """The flat runs of row ``index`` of both tables in a ``secure_rows`` update."""
+    return owner_runs(params["layout"], [{"gamma": [index], "beta": [index]}])[0]
+
+
+def _check_owned(site_name: str, params: Mapping[str, Any], index: int) -> None:
+    """``secure_rows`` over CrypTen: this site's row may be revealed to this site only.
+
+    The context (bound to every sealed share; the parties send result slices exactly as
+    it says, ``smpc.sealed.check_owner_destinations``) must give this site its row's runs
+    and no other site any of them; a plain sum would give the coordinator the row.
+    """
+    owned = json.loads(str(params["context"])).get("owned")
+    mine = _own_runs(params, index)
+    if owned is None or [tuple(r) for r in owned.get(site_name, [])] != mine:
+        raise RefusedRequest(
+            "check 'owner slices': a secure_rows update is revealed only to its owner, but "
+            f"the operation gives this site {None if owned is None else owned.get(site_name)} "
+            f"instead of its row's runs {mine}; the coordinator would receive the row."
+        )
+    taken = {c for lo, hi in mine for c in range(lo, hi)}
+    for other, runs in owned.items():
+        if other != site_name and any(c in taken for lo, hi in runs for c in range(lo, hi)):
+            raise RefusedRequest(
+                f"check 'owner slices': the operation reveals part of this site's row to "
+                f"{other!r}; each row goes to its owner only."
+            )
+
+
+def _delivered_mean(
+    params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], pending: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The site's row of the last owner-revealed mean (gamma row, beta row)."""
+    index = int(params["index"])
+    if f"{OWNED_PREFIX}gamma" in arrays:  # plaintext: the coordinator handed the rows
+        return (
+            np.asarray(arrays[f"{OWNED_PREFIX}gamma"], np.float64)[0],
+            np.asarray(arrays[f"{OWNED_PREFIX}beta"], np.float64)[0],
+        )
+    context = np.asarray(arrays[f"{OWNED_PREFIX}context"], np.uint8).tobytes()
+    if context != np.asarray(pending["context"], np.uint8).tobytes():
+        raise RefusedRequest(
+            "check 'owner slices': the delivered slices belong to another operation than "
+            "this site's last contribution (a replayed or re-targeted delivery)."
+        )
+    runs = _own_runs(params, index)
+    starts = sorted(int(k[len(OWNED_PREFIX) :]) for k in arrays if k[len(OWNED_PREFIX) :].isdigit())
+    if starts != sorted([lo for lo, _ in runs] + [int(np.prod(params["layout"]["beta"])) * 2]):
+        raise RefusedRequest(
+            f"check 'owner slices': slices starting at {starts} delivered, but this site's "
+            f"row is {runs} and the total weight."
+        )
+    total = float(np.asarray(arrays[f"{OWNED_PREFIX}{starts[-1]}"]).reshape(-1)[0])
+    flat = np.concatenate([np.asarray(arrays[f"{OWNED_PREFIX}{lo}"]) for lo, _ in runs]) / total
+    d = int(params["layout"]["beta"][1])  # flat order: sorted keys (beta, then gamma)
+    return flat[d:], flat[:d]
+
+
+def _own_rows(
+    site: Site, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], dims: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``secure_rows``: this site's rows (identity before round 0) with the delivered mean.
+
+    As :meth:`ScBatchProxFederation.receive` in simulation: the row plus the site's row of
+    the last round's averaged update. Returns (gamma row, beta row, means received).
+    """
+    kept = site.state.get(_ROWS)
+    if kept is None:
+        gamma, beta, received = np.ones(dims), np.zeros(dims), 0
+    else:
+        gamma, beta = np.asarray(kept["gamma"]), np.asarray(kept["beta"])
+        received = int(np.asarray(kept["received"]))
+    pending = site.state.get(_PENDING)
+    delivered = any(k.startswith(OWNED_PREFIX) for k in arrays)
+    if pending is None and delivered:
+        raise RefusedRequest(
+            "check 'owner slices': a row of a mean was delivered, but this site contributed "
+            "to no owner-revealed mean that it has not received yet."
+        )
+    if pending is not None:
+        if not delivered:
+            raise RefusedRequest(
+                "check 'schedule': the owner-revealed mean of this site's last update was "
+                "not delivered with this request; the site cannot go on from a stale row."
+            )
+        g_mean, b_mean = _delivered_mean(params, arrays, pending)
+        gamma, beta, received = gamma + g_mean, beta + b_mean, received + 1
+        site.state.pop(_PENDING)
+    site.state[_ROWS] = {"gamma": gamma, "beta": beta, "received": np.asarray(received)}
+    return gamma, beta, received
+
+
 @register_step("scbatchprox/update")
 def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> State:
-    """Local epochs on this site's row from the global tables (``arrays``)."""
+    """Local epochs on this site's row from the global tables (``arrays``).
+
+    ``secure_rows``: from the site's own row (with the last round's mean it was
+    delivered); the value is the update in that row, zeros elsewhere.
+    """
     config = config_of(params)
     index, r, seed = int(params["index"]), int(params["round"]), int(params["seed"])
     z = _z(site, params)
+    if config.secure_rows:
+        n_sites, dims = (int(n) for n in params["layout"]["gamma"])
+        if dims != z.shape[1] or n_sites != len(params["n_train"]):
+            raise FedscInputError(
+                f"the update's layout {params['layout']} does not match this site's "
+                f"{z.shape[1]}-dim embedding and the {len(params['n_train'])} sites."
+            )
+        if params.get("transport") == "crypten":
+            _check_owned(str(params["site_name"]), params, index)
+        gamma, beta, _ = _own_rows(site, params, arrays, dims)
+        init = (np.ones((n_sites, dims)), np.zeros((n_sites, dims)))
+    else:
+        init = (np.asarray(arrays["gamma"]), np.asarray(arrays["beta"]))
     method = ScBatchProxFederation(
         z,
         client_rows=[index],
         client_cells=[np.arange(len(z))],
-        init=(np.asarray(arrays["gamma"]), np.asarray(arrays["beta"])),
+        init=init,
         config=config,
         seed=seed,
         indices=[index],
     )
     method.client_names = [site.name or str(index)]
-    state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+    if config.secure_rows:
+        method.own_rows[0] = (gamma, beta)
+        pending = str(params.get("context", "")).encode()
+        site.state[_PENDING] = {"context": np.frombuffer(pending, np.uint8).copy()}
+    state = {
+        k: torch.from_numpy(np.array(v, copy=True))
+        for k, v in arrays.items()
+        if not k.startswith(OWNED_PREFIX)
+    }
     gen = client_generators(seed, r, [index])[0]
     result = method.local_update(0, state, r, gen)
     keep_metrics(site, "scbatchprox", r, result.metrics, weight=result.weight)
@@ -75,7 +223,17 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     """Refine this site's cells with its own row; write ``<out_dir>/<site>.h5ad``."""
     index = int(params["index"])
     z = _z(site, params)
-    refined = arrays["gamma"][index] * z + arrays["beta"][index]
+    config = config_of(params)
+    if config.secure_rows:  # the site's own row, with the last round's mean added
+        gamma, beta, received = _own_rows(site, params, arrays, z.shape[1])
+        if received != config.rounds:
+            raise RefusedRequest(
+                f"check 'schedule': this site received {received} of {config.rounds} "
+                "rounds' means of its row; it applies its row once training is complete."
+            )
+        refined = gamma * z + beta
+    else:
+        refined = arrays["gamma"][index] * z + arrays["beta"][index]
     out = site.adata.copy()
     key = f"X_{params.get('key_added', 'scbatchprox')}"
     out.obsm[key] = refined
@@ -84,13 +242,53 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     )
 
 
-def check_deployable(config: ScBatchProxConfig) -> None:
-    """Refuse settings the deployment does not support yet, naming the fix."""
-    if config.secure_rows:
+def check_deployable(config: ScBatchProxConfig, transport: str | None = None) -> None:
+    """Refuse settings the deployment does not support, naming the fix.
+
+    ``secure_rows`` runs over ``crypten`` (and ``plaintext``, not private); over
+    ``secagg+`` it is refused: the coordinator is the party that unmasks SecAgg+'s sum,
+    so it would see every row it sends a site.
+    """
+    if config.secure_rows and transport == "secagg+":
         raise FedscInputError(
-            "secure_rows (owner-revealed FedAvg) is not deployed yet; deploy the paper's "
-            "protocol (secure_rows=False) or run secure_rows in simulation."
+            "secure_rows (owner-revealed means) cannot run over SecAgg+: the coordinator "
+            "unmasks SecAgg+'s sum, so it would see every row it sends a site. Use the "
+            "crypten transport, or secure_rows=False."
         )
+
+
+@dataclass
+class OwnedRowsMethod(RemoteMethod):
+    """:class:`RemoteMethod` for ``secure_rows``: each site's delivery rides on its next request.
+
+    ``deliver`` (:class:`~fedsc.federation.OwnerRevealFedAvg`'s channel to a client) keeps
+    what the aggregator hands site ``b`` (sealed slices over CrypTen, its rows in
+    plaintext); the site's next update request, or its final apply step, carries it.
+    """
+
+    pending: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def owners(self) -> list[dict[str | None, list[int]]]:
+        """Site ``b`` owns row ``b`` of both tables."""
+        return [{"gamma": [b], "beta": [b]} for b in range(len(self.names))]
+
+    def deliver(self, client: int, owned: Mapping[str | None, np.ndarray]) -> None:
+        """Keep site ``client``'s delivery until its next request."""
+        self.pending[self.names[client]] = {
+            (str(k) if str(k).startswith("owner/") else f"{OWNED_PREFIX}{k}"): np.asarray(v)
+            for k, v in owned.items()
+        }
+
+    def local_update(
+        self, client: int, global_state: State, round_index: int, generator: torch.Generator
+    ) -> LocalResult:
+        """The reference to the site's update, carrying its pending delivery."""
+        result = super().local_update(client, global_state, round_index, generator)
+        ref = result.state
+        assert isinstance(ref, RemoteValue)
+        arrays = {**(ref.arrays or {}), **self.pending.pop(ref.site, {})}
+        state = RemoteValue(ref.site, ref.step, ref.params, arrays, ref.torch, ref.scalars)
+        return LocalResult(state, result.weight, result.metrics)  # type: ignore[arg-type]
 
 
 def run_params(inputs: RunInputs, config: ScBatchProxConfig) -> dict[str, Any]:
@@ -122,7 +320,12 @@ def run(
     ``client_order``, ``key_added``. Other arguments as :func:`fedsc.deploy.fedscgen.run`.
     """
     config = config_of(params)
-    check_deployable(config)
+    check_deployable(config, getattr(aggregator, "name", None))
+    if config.secure_rows and strategy is not None:
+        raise FedscInputError(
+            f"secure_rows=True aggregates with owner-revealed FedAvg; strategy={strategy!r} "
+            "cannot be combined with it (drop strategy, or use secure_rows=False)."
+        )
     dims = {int(h.get("n_dims", -1)) for h in hello.values()}
     if len(dims) != 1 or -1 in dims:
         raise FedscInputError(
@@ -146,9 +349,18 @@ def run(
         "embedding_key": params["embedding_key"],
         "n_train": n_train,
     }
-    identity = FiLMAdapter.identity(list(names.values()), d)  # as ScBatchProx.fit starts
-    initial = {"gamma": torch.from_numpy(identity.gamma), "beta": torch.from_numpy(identity.beta)}
-    method = RemoteMethod("scbatchprox", names, base, initial, METRICS)
+    method: RemoteMethod
+    if config.secure_rows:  # the coordinator holds no rows: each site keeps its own
+        base["layout"] = _layout(len(names), d)
+        method = OwnedRowsMethod("scbatchprox", names, base, {}, METRICS)
+        strategy = OwnerRevealFedAvg(method.owners(), method.deliver)
+    else:
+        identity = FiLMAdapter.identity(list(names.values()), d)  # as ScBatchProx.fit starts
+        initial = {
+            "gamma": torch.from_numpy(identity.gamma),
+            "beta": torch.from_numpy(identity.beta),
+        }
+        method = RemoteMethod("scbatchprox", names, base, initial, METRICS)
     fed = run_federation(
         method,
         list(range(len(names))),
@@ -160,16 +372,20 @@ def run(
         strategy=strategy,
         on_round_end=on_round_end,
     )
-    tables = {k: v.detach().cpu().numpy() for k, v in fed.state.items()}
+    # secure_rows: the coordinator's state is the total weight; it holds no table
+    tables = (
+        {} if config.secure_rows else {k: v.detach().cpu().numpy() for k, v in fed.state.items()}
+    )
     alive = list(names.values()) if live is None else live(list(names.values()))
     index = {n: i for i, n in names.items()}
     key_added = params.get("key_added", "scbatchprox")
+    pending = getattr(method, "pending", {})
     written = apply(
         {
             site: (
                 "scbatchprox/apply",
-                {**base, "index": index[site], "key_added": key_added},
-                tables,
+                {**base, "index": index[site], "key_added": key_added, "site_name": site},
+                {**tables, **pending.get(site, {})},
             )
             for site in alive
         }

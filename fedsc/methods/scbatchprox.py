@@ -294,7 +294,8 @@ class ScBatchProxFederation:
         if self.secure_rows:  # each client starts from its own row, held client-side
             g0 = np.stack([self.own_rows[c][0] for c in clients])
             b0 = np.stack([self.own_rows[c][1] for c in clients])
-            gamma_t = np.zeros((len(self.client_rows), g0.shape[1]))
+            # the update tables have the rows of ``init`` (a deployed site: every row)
+            gamma_t = np.zeros((len(self.init_gamma), g0.shape[1]))
             beta_t = np.zeros_like(gamma_t)
         else:
             gamma_t = global_state["gamma"].numpy()

@@ -103,7 +103,10 @@ def test_deploy_setting_is_checked_before_anything_runs():
             deploy="secagg+",
             dp={"level": "client", "target_epsilon": 4.0, "clip": 0.1, "delta": 1e-3},
         )
-    with pytest.raises(FedscInputError, match="secure_rows"):
-        RunConfig(method="scbatchprox", deploy="plaintext", params={"secure_rows": True})
+    # secure_rows deploys over crypten (and plaintext); SecAgg+ cannot reveal a row to its
+    # owner only (the coordinator unmasks its sum)
+    with pytest.raises(FedscInputError, match=r"secure_rows.*SecAgg"):
+        RunConfig(method="scbatchprox", deploy="secagg+", params={"secure_rows": True})
+    RunConfig(method="scbatchprox", deploy="crypten", params={"secure_rows": True})
     # the default (simulation) keeps every earlier run id (this one predates deploy)
     assert RunConfig(method="fedscgen").run_id == "667a38da4b58b48c"

@@ -23,7 +23,8 @@ import pandas as pd
 import pytest
 
 from fedsc.deploy import scbatchprox as deployed
-from fedsc.deploy.client_app import seal_for_parties
+from fedsc.deploy.aggregators import DeployedPlaintext
+from fedsc.deploy.client_app import open_owner_delivery, seal_for_parties
 from fedsc.deploy.crypten import DeployedCrypten
 from fedsc.deploy.records import content
 from fedsc.deploy.site import RefusedRequest, Site, step_phase, step_slot
@@ -96,7 +97,8 @@ class SiteFleet:
 
     def answer(self, name: str, step: str, params: dict[str, Any], arrays: Any) -> Any:
         """One site's answer to one request (raises the site's refusal)."""
-        kind, payload = answer(self.sites[name], step, params, dict(arrays or {}))
+        arrays = open_owner_delivery(self.node[name].node_config, params, dict(arrays or {}))
+        kind, payload = answer(self.sites[name], step, params, arrays)
         if kind == "public" or params.get("transport") != "crypten":
             return payload
         meta, blobs = seal_for_parties(self.node[name], params, *payload)  # type: ignore[arg-type]
@@ -105,6 +107,10 @@ class SiteFleet:
     def ask(self, requests: dict[str, tuple[str, dict[str, Any], Any]]) -> dict[str, Any]:
         """``Fleet.ask``: every site answers its request."""
         return {s: self.answer(s, *request) for s, request in requests.items()}
+
+    def value(self, reply: Any) -> Any:
+        """``Fleet.value``: a plaintext reply is the site's (arrays, bare)."""
+        return reply
 
     def apply(self, requests: dict[str, Any]) -> dict[str, Any]:
         """The public final step (each site writes its output)."""
@@ -384,7 +390,11 @@ def test_deployed_owner_slices_open_only_at_their_site():
     rows = len(SITES)
     tables = {n: rng.normal(size=(rows, DIMS)) for n in SITES}
     weights = {"site_a": 30.0, "site_b": 50.0, "site_c": 20.0}
-    context = sealed.make_context("owners-1", SITES, "s/owners", weights)
+    owned = [[(b * DIMS, (b + 1) * DIMS)] for b in range(rows)]  # site b owns row b
+    # the context names every owner's runs (the parties send slices only there)
+    context = sealed.make_context(
+        "owners-1", SITES, "s/owners", weights, "", dict(zip(SITES, owned, strict=True))
+    )
     keys = {
         n: [sealed.client_key(sealed.party_secret(SECRET, r), n) for r in range(PARTIES)]
         for n in SITES
@@ -402,7 +412,6 @@ def test_deployed_owner_slices_open_only_at_their_site():
         for n in SITES
     ]
     size = rows * DIMS + 1
-    owned = [[(b * DIMS, (b + 1) * DIMS)] for b in range(rows)]  # site b owns row b
     with CryptenAggregator(transport="threads") as agg:
         total, stats = agg.aggregate_sealed("sum", blobs, SITES, context, size, 24, owned)
     assert total.shape == (1,) and total[0] == pytest.approx(100.0, abs=1e-6)
@@ -420,3 +429,149 @@ def test_deployed_owner_slices_open_only_at_their_site():
         with pytest.raises(sealed.SealError, match="does not open"):
             sealed.open_owner_slices(keys[other], slices, context, other, 24)
     assert stats["coordinator_bytes"] == PARTIES * 8
+
+
+# ------------------------------------------------------------- secure_rows deployed
+SECURE = ScBatchProxConfig(rounds=2, local_epochs=1, batch_size=32, secure_rows=True)
+SECURE_PARAMS = {**PARAMS, "config": SECURE.to_dict()}
+
+
+def _simulated_secure_rows(files, backend: str) -> dict[str, np.ndarray]:
+    """Each site's refined cells from the simulated secure_rows run (same seed)."""
+    data = {n: ad.read_h5ad(files[n]).obsm["X_pca"] for n in SITES}
+    z = np.concatenate(list(data.values()))
+    labels = np.repeat(SITES, [len(v) for v in data.values()])
+    if backend == "crypten":
+        with CryptenAggregator(transport="threads") as agg:
+            sim = ScBatchProx.fit(z, labels, agg, config=SECURE, seed=3, show_progress=False)
+    else:
+        from smpc.plaintext import PlaintextAggregator
+
+        sim = ScBatchProx.fit(
+            z, labels, PlaintextAggregator(), config=SECURE, seed=3, show_progress=False
+        )
+    return {n: sim.client_transform(data[n], n) for n in SITES}
+
+
+def _refined(files) -> dict[str, np.ndarray]:
+    return {
+        n: ad.read_h5ad(files[n].parent / "out" / f"{n}.h5ad").obsm["X_scbatchprox"] for n in SITES
+    }
+
+
+def test_deployed_secure_rows_matches_simulation_and_the_coordinator_receives_no_row(
+    files, monkeypatch
+):
+    """secure_rows over real sites and parties: the simulated run within CrypTen's error,
+    and everything the coordinator's process receives (the sites' replies, the parties'
+    frames) is ciphertext or the one-value total weight: no row, no share of a row."""
+    from smpc.channel import InProcessChannel
+
+    frames: list[np.ndarray] = []
+    recv_array = InProcessChannel.recv_array
+
+    def spy_recv_array(self, *args, **kwargs):
+        array = recv_array(self, *args, **kwargs)
+        if getattr(self, "coordinator_end", False):
+            frames.append(np.array(array))
+        return array
+
+    monkeypatch.setattr(InProcessChannel, "recv_array", spy_recv_array)
+    fleet = SiteFleet(files)
+    replies: list[tuple[str, Any]] = []
+    ask = fleet.ask
+
+    def spy_ask(requests):
+        out = ask(requests)
+        replies.extend((requests[s][0], r) for s, r in out.items())
+        return out
+
+    fleet.ask = spy_ask  # type: ignore[method-assign]
+    with CryptenAggregator(transport="threads") as parties:
+        for channel in parties._pool.channels:
+            channel.coordinator_end = True  # type: ignore[attr-defined]
+        agg = DeployedCrypten(fleet, [], backend=parties)  # type: ignore[arg-type]
+        record = deployed.run(fleet.hello, agg, fleet.apply, SECURE_PARAMS)
+        ops = [e.op for e in agg.ledger.entries]
+    assert ops == ["weighted_mean_to_owners"] * SECURE.rounds  # no metrics: nothing else
+    assert record["model_state"] == {}  # the coordinator holds no table
+    simulated = _simulated_secure_rows(files, "crypten")
+    for name, refined in _refined(files).items():
+        np.testing.assert_allclose(refined, simulated[name], atol=1e-5)
+        assert np.abs(refined - ad.read_h5ad(files[name]).obsm["X_pca"]).max() > 1e-3
+
+    # the sites' replies: the public structure and one sealed share per party
+    assert len(replies) == len(SITES) * SECURE.rounds
+    from fedsc.deploy.records import arrays_of, params_of
+
+    for step, reply in replies:
+        assert step == "scbatchprox/update"
+        assert set(params_of(reply)) == {"meta"}
+        arrays = arrays_of(reply)
+        assert sorted(arrays) == [f"sealed/{i}" for i in range(PARTIES)]
+        assert all(a.dtype == np.uint8 for a in arrays.values())
+    # the parties' frames: sealed slices (AES-GCM sizes) and the total weight's shares
+    rows = 2 * DIMS  # a site's runs: its gamma row and beta row
+    sealed_frames = [f for f in frames if f.dtype == np.uint8]
+    clear = [f for f in frames if f.dtype != np.uint8]
+    assert len(clear) == SECURE.rounds * PARTIES
+    assert all(f.dtype == np.int64 and f.size == 1 for f in clear)
+    sizes = {sealed.sealed_size(8 * DIMS), sealed.sealed_size(8)}
+    assert {f.size for f in sealed_frames} == sizes
+    per_round = PARTIES * len(SITES) * (rows // DIMS + 1)
+    assert len(sealed_frames) == SECURE.rounds * per_round
+    # and no frame or reply holds a site's row (the refined rows, as float64 bytes)
+    blob = b"".join(f.tobytes() for f in frames)
+    for name in SITES:
+        row = fleet.sites[name].state["scbatchprox/rows"]
+        assert np.asarray(row["gamma"]).tobytes() not in blob
+
+
+def test_deployed_secure_rows_in_plaintext_is_bit_identical_to_simulation(files):
+    fleet = SiteFleet(files)
+    agg = DeployedPlaintext(fleet)  # type: ignore[arg-type]
+    deployed.run(fleet.hello, agg, fleet.apply, SECURE_PARAMS)
+    simulated = _simulated_secure_rows(files, "plaintext")
+    for name, refined in _refined(files).items():
+        np.testing.assert_array_equal(refined, simulated[name])
+
+
+def test_secure_rows_sites_refuse_a_plain_sum_or_their_row_to_another(files):
+    fleet = SiteFleet(files)
+    own = _update(fleet)["n_train"]
+    base = {**_update(fleet)["params"], "config": SECURE.to_dict(), "index": 0}
+    base["layout"] = {"beta": [len(SITES), DIMS], "gamma": [len(SITES), DIMS]}
+    params = _request("scbatchprox/update", base, SITES, "site_a", **own)  # no 'owned'
+    with pytest.raises(RefusedRequest, match=r"check 'owner slices'.*coordinator would receive"):
+        fleet.answer("site_a", "scbatchprox/update", params, {})
+    runs = deployed.owner_runs(base["layout"], [{"gamma": [b], "beta": [b]} for b in range(3)])
+    for owned, match in (
+        ({"site_a": runs[1], "site_b": runs[0], "site_c": runs[2]}, "instead of its row"),
+        ({"site_a": runs[0], "site_b": runs[0] + runs[1], "site_c": runs[2]}, "to 'site_b'"),
+    ):
+        params["context"] = sealed.make_context(
+            "op-owned", SITES, "scbatchprox/update#round=0", own, "rounds", owned
+        )
+        with pytest.raises(RefusedRequest, match=f"check 'owner slices'.*{match}"):
+            fleet.answer("site_a", "scbatchprox/update", params, {})
+
+
+def test_secure_rows_parties_send_result_slices_only_where_the_context_says():
+    """A coordinator that asks a party for a site's row (or hands it to another site)."""
+    names = SITES
+    owned = {n: [(b * DIMS, (b + 1) * DIMS)] for b, n in enumerate(names)}
+    size = len(names) * DIMS + 1
+    honest = [[c, lo, hi] for c, n in enumerate(names) for lo, hi in [*owned[n], (size - 1, size)]]
+    honest.append([-1, size - 1, size])
+    body = sealed.parse_context(sealed.make_context("o", names, "s", None, "", owned))
+    sealed.check_owner_destinations(body, names, honest, size)  # the honest plan passes
+    for forged in (
+        [*honest, [-1, 0, DIMS]],  # site_a's row to the coordinator
+        [[1 if d[0] == 0 and d[1] == 0 else d[0], *d[1:]] for d in honest],  # a's row to b
+        None,  # the whole result to the coordinator
+    ):
+        with pytest.raises(sealed.SealError, match="check 'owner slices'"):
+            sealed.check_owner_destinations(body, names, forged, size)
+    plain = sealed.parse_context(sealed.make_context("p", names, "s"))
+    with pytest.raises(sealed.SealError, match="check 'owner slices'"):
+        sealed.check_owner_destinations(plain, names, honest, size)
