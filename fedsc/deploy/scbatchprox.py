@@ -145,6 +145,11 @@ def _own_rows(
     the last round's averaged update. Returns (gamma row, beta row, means received).
     """
     kept = site.state.get(_ROWS)
+    if kept is None and int(params.get("round", 0)) > 0:
+        raise RefusedRequest(
+            f"check 'schedule': round {params['round']} requested, but this site keeps no "
+            "row of this run (it trains secure_rows from round 0 on)."
+        )
     if kept is None:
         gamma, beta, received = np.ones(dims), np.zeros(dims), 0
     else:
@@ -188,10 +193,15 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
                 f"{z.shape[1]}-dim embedding and the {len(params['n_train'])} sites."
             )
         if params.get("transport") == "crypten":
-            _check_owned(str(params["site_name"]), params, index)
+            _check_owned(site.site_name(str(params["batch_key"])), params, index)
         gamma, beta, _ = _own_rows(site, params, arrays, dims)
         init = (np.ones((n_sites, dims)), np.zeros((n_sites, dims)))
     else:
+        if _ROWS in site.state:
+            raise RefusedRequest(
+                "check 'schedule': this run trains secure_rows (the site keeps its own row); "
+                "an update that sends the whole row to the coordinator is refused."
+            )
         init = (np.asarray(arrays["gamma"]), np.asarray(arrays["beta"]))
     method = ScBatchProxFederation(
         z,

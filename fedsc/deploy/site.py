@@ -457,7 +457,8 @@ class Site:
                 f"unknown site step {step!r}; this site knows {sorted(STEPS)} (are the "
                 "coordinator and the site on the same fedsc version?)."
             )
-        if step == "hello":  # a new run: a fresh guard
+        if step == "hello":  # a new run: nothing kept from an earlier one, a fresh guard
+            self.state.clear()
             facts = STEPS[step](self, params, arrays)
             SiteGuard.fresh(self, str(facts["site"])).save(self)
             return facts

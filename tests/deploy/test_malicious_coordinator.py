@@ -575,3 +575,36 @@ def test_secure_rows_parties_send_result_slices_only_where_the_context_says():
     plain = sealed.parse_context(sealed.make_context("p", names, "s"))
     with pytest.raises(sealed.SealError, match="check 'owner slices'"):
         sealed.check_owner_destinations(plain, names, honest, size)
+
+
+def test_secure_rows_sites_refuse_a_missing_or_foreign_delivery_and_the_paper_protocol(files):
+    """A site goes on only from its own row plus the mean of its own last contribution."""
+    fleet = SiteFleet(files)
+    own = _update(fleet)["n_train"]
+    layout = {"beta": [len(SITES), DIMS], "gamma": [len(SITES), DIMS]}
+    runs = deployed.owner_runs(layout, [{"gamma": [b], "beta": [b]} for b in range(3)])
+    owned = dict(zip(SITES, runs, strict=True))
+
+    def ask(round_index, arrays, config=SECURE, op="op"):
+        base = {**_update(fleet, round_index)["params"], "config": config.to_dict()}
+        params = _request(
+            "scbatchprox/update", {**base, "index": 0, "layout": layout}, SITES, "site_a", **own
+        )
+        slot = f"scbatchprox/update#round={round_index}"
+        params["context"] = sealed.make_context(op, SITES, slot, own, "rounds", owned)
+        return fleet.answer("site_a", "scbatchprox/update", params, arrays)
+
+    ask(0, {}, op="op-0")
+    with pytest.raises(RefusedRequest, match=r"check 'schedule'.*not\s+delivered"):
+        ask(1, {})
+    foreign = sealed.make_context("op-x", SITES, "scbatchprox/update#round=0", own, "rounds", owned)
+    delivery = {
+        "owned/context": np.frombuffer(foreign.encode(), np.uint8),
+        "owned/0": np.zeros(DIMS),
+        f"owned/{len(SITES) * DIMS}": np.zeros(DIMS),
+        f"owned/{2 * len(SITES) * DIMS}": np.ones(1),
+    }
+    with pytest.raises(RefusedRequest, match=r"check 'owner slices'.*another operation"):
+        ask(1, delivery)
+    with pytest.raises(RefusedRequest, match=r"check 'schedule'.*secure_rows"):
+        ask(1, {}, config=CONFIG)  # the paper protocol would send the row whole
