@@ -26,9 +26,11 @@ app = ServerApp()
 
 def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Coordinate one deployed run over ``grid``; returns the run record (also written)."""
+    from fedsc.deploy import trace
     from fedsc.deploy.drivers import driver_module
     from fedsc.deploy.fleet import Fleet, MessageLog
 
+    trace.event("coordinator", "serverapp_start")
     start = time.perf_counter()
     out_dir = Path(str(config["out-dir"]))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,7 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         json.dumps(aggregator.ledger.to_dict(), indent=1, default=float)
     )
     (out_dir / "run.json").write_text(json.dumps(record, indent=1, default=float))
+    trace.event("coordinator", "serverapp_end")
     return record
 
 

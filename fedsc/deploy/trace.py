@@ -70,7 +70,8 @@ def breakdown(events: list[dict[str, Any]]) -> dict[str, Any]:
     order; the coordinator names nodes, the SuperNodes map node ids to sites. Returns
     ``{"exchanges": n, "legs": {leg: seconds summed over exchanges, each exchange's leg
     the mean over its sites}, "per_step": {step: exchanges}, "total": first push to
-    last pull, "rows": [(step, [seconds of each leg])] per exchange}``.
+    last pull, "rows": [(step, [seconds of each leg])] per exchange, "around": the run's
+    time outside its exchanges (submission, the ServerApp's start and end), when traced}``.
     """
     site_of = {
         int(e["node"]): str(e["site"])
@@ -112,10 +113,37 @@ def breakdown(events: list[dict[str, Any]]) -> dict[str, Any]:
         rows.append((str(push.get("step")), [sums[leg] / max(n, 1) for leg, _ in LEGS]))
     pulls = [e["t"] for e in events if e["role"] == "coordinator" and e["name"] == "pulled"]
     total = (max(pulls) - pushes[0]["t"]) if pushes and pulls else 0.0
+    # the run outside its exchanges: the first push and the last reply bound the exchanges
+    first = {e["name"]: e["t"] for e in reversed(events)}
+    last = {e["name"]: e["t"] for e in events}
+    # the ServerApp's task: the coordinator side's launch and fork (they name no site)
+    server = {e["name"]: e["t"] for e in reversed(events) if "site" not in e}
+    marks = [
+        ("submit (flwr run) -> ServerApp launched", first.get("submit"), server.get("launch")),
+        ("ServerApp fork", server.get("launch"), server.get("task_start")),
+        (
+            "ServerApp pulls input, FAB, loads app",
+            server.get("task_start"),
+            first.get("serverapp_start"),
+        ),
+        ("ServerApp start -> first push", first.get("serverapp_start"), first.get("push")),
+        (
+            "last reply -> ServerApp wrote its outputs",
+            last.get("pulled"),
+            last.get("serverapp_end"),
+        ),
+        ("ServerApp end -> flwr run returned", last.get("serverapp_end"), last.get("returned")),
+    ]
+    around = {
+        label: max(0.0, end - begin)
+        for label, begin, end in marks
+        if begin is not None and end is not None
+    }
     return {
         "exchanges": len(pushes),
         "legs": legs,
         "per_step": dict(steps),
         "rows": rows,
         "total": total,
+        "around": around,
     }
