@@ -329,6 +329,7 @@ class LocalDeployment:
         for name in self.processes:
             if not name.startswith("party-"):
                 self._check_alive(name)
+        trace.event("local", "submit")
         result = subprocess.run(
             [
                 _bin("flwr"),
@@ -344,6 +345,7 @@ class LocalDeployment:
             text=True,
             timeout=timeout,
         )
+        trace.event("local", "returned")
         if not (out / "run.json").exists():
             tail = (result.stdout + result.stderr)[-4000:]
             raise DeploymentError(
