@@ -89,7 +89,12 @@ def deploy_run(
     with tempfile.TemporaryDirectory(prefix="fedsc-deploy-") as tmp:
         root = Path(tmp)
         files = split_by_batch(prepared.adata, cfg.batch_key, root / "site-files")
-        with LocalDeployment(files, root / "work", parties=transport == "crypten") as dep:
+        # held-out sites join after the training rounds: the sites accept a training
+        # phase over the others (at least two), the parties then agree per phase
+        quorum = max(2, len(files) - len(cfg.holdout)) if cfg.holdout else None
+        with LocalDeployment(
+            files, root / "work", parties=transport == "crypten", quorum=quorum
+        ) as dep:
             record = dep.run(run_config, root / "coordinator", timeout=RUN_TIMEOUT)
             outputs = {s: ad.read_h5ad(dep.site_out(s) / f"{s}.h5ad") for s in files}
         ledger = json.loads((root / "coordinator" / "ledger.json").read_text())

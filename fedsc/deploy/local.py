@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ import anndata as ad
 
 from fedsc.deploy import trace
 from fedsc.deploy.fleet import DeploymentError
+from fedsc.deploy.site import AGREED_SITES_ENV, QUORUM_ENV
 from fedsc.deploy.site_worker import new_key
 from fedsc.errors import FedscInputError
-from smpc import sealed
+from smpc import handshake, sealed
 
 #: The Flower app folder ``flwr run`` packages.
 APP_DIR = Path(__file__).parent / "flower_app"
@@ -123,8 +124,17 @@ class LocalDeployment:
         message (ClientApp) and per run (ServerApp).
     parties
         Also start three CrypTen parties and the dealer (``python -m smpc.party``, each
-        with its own secret for the sites' sealed shares; the coordinator gets only their
-        addresses and the connection key) and give each site its party keys.
+        with its own secret for the sites' sealed shares and its own identity key, bound
+        to its rank by the deployment's roster; the coordinator gets only their addresses
+        and the connection key, which takes no party's or dealer's place) and give each
+        site its party keys.
+    agreed_sites, quorum
+        The sites agreed before the run (default: every site), given to each site
+        (``$FEDSC_AGREED_SITES``, and ``$FEDSC_SITE_QUORUM`` when ``quorum`` is set: a run
+        with held-out sites trains over fewer) and to the parties (``--sites``, when every
+        operation lists all of them: no ``quorum`` below their number), so a coordinator
+        cannot leave a site out from the first operation on (docs/deployment.md, "Threat
+        model").
     """
 
     def __init__(
@@ -136,6 +146,8 @@ class LocalDeployment:
         workers: bool = True,
         parties: bool = False,
         warm_clientapps: bool = True,
+        agreed_sites: Sequence[str] | None = None,
+        quorum: int | None = None,
     ) -> None:
         self.workers = workers
         self.warm_clientapps = warm_clientapps
@@ -144,6 +156,13 @@ class LocalDeployment:
         #: ``HOST:PORT,...`` of the parties (the run config's ``parties``).
         self.party_addresses = ""
         self.sites = {str(k): Path(v) for k, v in sites.items()}
+        #: The agreed sites (sorted) and the least number an operation may list.
+        self.agreed_sites = sorted(str(s) for s in (agreed_sites or self.sites))
+        self.quorum = quorum
+        if quorum is not None and not 2 <= quorum <= len(self.agreed_sites):
+            raise FedscInputError(
+                f"quorum {quorum} must lie in 2..{len(self.agreed_sites)} (the agreed sites)."
+            )
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fedsc-deploy-"))
         self.idle_poll = idle_poll
         self.home = self.workdir / "flwr-home"
@@ -173,7 +192,11 @@ class LocalDeployment:
         logf = open(self.workdir / f"{name}.log", "ab")  # a restarted site appends
         kind, _, site = name.partition("-")
         # a site's processes name it in the run's trace (fedsc.deploy.trace)
-        env = {**self.env, trace.SITE_ENV: site} if kind in ("site", "worker") else self.env
+        env = self.env
+        if kind in ("site", "worker"):
+            env = {**env, trace.SITE_ENV: site, AGREED_SITES_ENV: ",".join(self.agreed_sites)}
+            if self.quorum is not None:
+                env[QUORUM_ENV] = str(self.quorum)
         proc = subprocess.Popen(
             args, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -214,6 +237,8 @@ class LocalDeployment:
             )
         client_secret = secrets.token_bytes(32) if self.with_parties else None
         self._client_secret = client_secret
+        if self.with_parties:
+            self._write_identities()
         for index, name in enumerate(self.sites):
             self._start_site(index, name)
 
@@ -278,6 +303,25 @@ class LocalDeployment:
             ],
         )
 
+    def _write_identities(self) -> None:
+        """Each rank's own identity key (parties 0..2, dealer 3) and the roster of them all.
+
+        What each party's and the dealer's operator would make with ``python -m
+        smpc.handshake keygen`` and exchange (the public keys only): the rendezvous then
+        admits a rank only with that rank's key, not with the connection key the
+        coordinator holds (docs/smpc.md, "Per-role identities").
+        """
+        roster = {}
+        for rank in range(4):
+            private, public = handshake.generate_identity()
+            path = self.workdir / f"identity-{rank}"
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable
+            with os.fdopen(fd, "w") as f:
+                f.write(private.hex() + "\n")
+            roster[str(rank)] = public.hex()
+        (self.workdir / "roster.json").write_text(json.dumps(roster, indent=1))
+
     def _start_parties(self, client_secret: bytes) -> None:
         """Three CrypTen parties and the dealer on 127.0.0.1, as ``fedsc party`` runs them.
 
@@ -294,6 +338,10 @@ class LocalDeployment:
         for rank in range(4):  # rank 3: the trusted dealer
             args = [sys.executable, "-m", "smpc.party", "--rank", str(rank), "--world-size", "3"]
             args += ["--rendezvous", rendezvous]
+            args += ["--identity", str(self.workdir / f"identity-{rank}")]
+            args += ["--roster", str(self.workdir / "roster.json")]
+            if self.quorum is None or self.quorum == len(self.agreed_sites):
+                args += ["--sites", ",".join(self.agreed_sites)]
             if rank < 3:
                 args += ["--listen", f"127.0.0.1:{listen[rank]}"]
             logf = open(self.workdir / f"party-{rank}.log", "wb")
