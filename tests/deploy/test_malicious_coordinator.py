@@ -29,6 +29,7 @@ from fedsc.deploy.crypten import DeployedCrypten
 from fedsc.deploy.records import content
 from fedsc.deploy.site import RefusedRequest, Site, step_phase, step_slot
 from fedsc.deploy.site_worker import answer
+from fedsc.errors import FedscInputError
 from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
 from smpc import messages as msg
 from smpc import sealed
@@ -608,3 +609,6 @@ def test_secure_rows_sites_refuse_a_missing_or_foreign_delivery_and_the_paper_pr
         ask(1, delivery)
     with pytest.raises(RefusedRequest, match=r"check 'schedule'.*secure_rows"):
         ask(1, {}, config=CONFIG)  # the paper protocol would send the row whole
+    # over SecAgg+ the driver refuses before any site trains (the server unmasks the sum)
+    with pytest.raises(FedscInputError, match=r"secure_rows.*SecAgg\+"):
+        deployed.run(fleet.hello, SimpleNamespace(name="secagg+"), fleet.apply, SECURE_PARAMS)
