@@ -6,6 +6,8 @@ every missing key gets the same message naming the fix.
 
 from __future__ import annotations
 
+from typing import Any
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ import scipy.sparse as sp
 
 from fedsc.errors import FedscInputError
 
-__all__ = ["get_representation", "obs_column", "representation"]
+__all__ = ["get_representation", "obs_column", "representation", "stored_representation"]
 
 
 def get_representation(
@@ -59,15 +61,19 @@ def representation(adata: ad.AnnData, rep: str, what: str = "rep") -> np.ndarray
     what
         The caller's argument name, quoted in error messages.
     """
+    m = stored_representation(adata, rep, what)
+    return np.asarray(m.toarray() if sp.issparse(m) else m)
+
+
+def stored_representation(adata: ad.AnnData, rep: str, what: str = "rep") -> Any:
+    """:func:`representation` as stored: a sparse matrix stays sparse (no dense copy)."""
     if rep.startswith("layers/"):
         m = get_representation(adata, None, rep.removeprefix("layers/"), what=what)
     else:
         m = get_representation(adata, rep, what=what)
     if m is None:
         raise FedscInputError(f"{what}='X' but adata.X is empty; pass an obsm key instead.")
-    if isinstance(m, pd.DataFrame):
-        m = m.to_numpy()
-    return np.asarray(m.toarray() if sp.issparse(m) else m)
+    return m.to_numpy() if isinstance(m, pd.DataFrame) else m
 
 
 def obs_column(adata: ad.AnnData, key: str, arg: str) -> pd.Series:

@@ -78,22 +78,36 @@ def check_loss(
     )
 
 
-def relative_movement(before: Any, after: Any) -> float | None:
+def relative_movement(before: Any, after: Any, *, chunk: int = 4096) -> float | None:
     """``||after - before||_F / ||before||_F`` over the rows finite in both; ``None`` if unlike.
 
     ``None`` when the shapes differ (e.g. a latent space vs genes) or nothing is finite.
+    Dense or sparse inputs are read ``chunk`` rows at a time in float64, so the memory it
+    needs does not grow with the cells (whole float64 copies of both took 48 bytes per
+    value: 9.6 GB at 10^5 cells x 2,000 genes).
     """
-    a = np.asarray(before.toarray() if hasattr(before, "toarray") else before, dtype=np.float64)
-    b = np.asarray(after.toarray() if hasattr(after, "toarray") else after, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
+    if before.shape != after.shape or len(before.shape) != 2:
         return None
-    rows = np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1)
-    if not rows.any():
+    base = moved = 0.0
+    any_rows = False
+    for start in range(0, before.shape[0], chunk):
+        a = _dense64(before[start : start + chunk])
+        b = _dense64(after[start : start + chunk])
+        rows = np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1)
+        if not rows.any():
+            continue
+        any_rows = True
+        a, b = a[rows], b[rows]
+        base += float(np.einsum("ij,ij->", a, a))
+        b -= a
+        moved += float(np.einsum("ij,ij->", b, b))
+    if not any_rows or base == 0.0:
         return None
-    norm = float(np.linalg.norm(a[rows]))
-    if norm == 0.0:
-        return None
-    return float(np.linalg.norm(b[rows] - a[rows]) / norm)
+    return float(np.sqrt(moved) / np.sqrt(base))
+
+
+def _dense64(block: Any) -> np.ndarray:
+    return np.asarray(block.toarray() if hasattr(block, "toarray") else block, dtype=np.float64)
 
 
 def movement_note(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedsc import settings
-from fedsc.data.access import representation
+from fedsc.data.access import representation, stored_representation
 from fedsc.evaluation import evaluate
 from fedsc.evaluation.panels import missing_reasons
 from fedsc.methods.health import movement_note, relative_movement
@@ -107,8 +107,9 @@ def run_health(
     movement = (
         None
         if after is None
-        else relative_movement(
-            representation(adata, before, "before"), representation(adata, after, "after")
+        else relative_movement(  # sparse X stays sparse: read in row blocks
+            stored_representation(adata, before, "before"),
+            stored_representation(adata, after, "after"),
         )
     )
     warnings_: list[str] = []
