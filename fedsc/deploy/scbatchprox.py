@@ -112,19 +112,22 @@ def _delivered_mean(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The site's row of the last owner-revealed mean (gamma row, beta row)."""
     index = int(params["index"])
-    if f"{OWNED_PREFIX}gamma" in arrays:  # plaintext: the coordinator handed the rows
+    expected = np.asarray(pending["context"], np.uint8).tobytes()
+    if not expected:  # plaintext (no context): the coordinator handed the rows
         return (
             np.asarray(arrays[f"{OWNED_PREFIX}gamma"], np.float64)[0],
             np.asarray(arrays[f"{OWNED_PREFIX}beta"], np.float64)[0],
         )
-    context = np.asarray(arrays[f"{OWNED_PREFIX}context"], np.uint8).tobytes()
-    if context != np.asarray(pending["context"], np.uint8).tobytes():
+    # a private contribution: only slices the parties sealed for it, opened by the ClientApp
+    context = np.asarray(arrays.get(f"{OWNED_PREFIX}context", []), np.uint8).tobytes()
+    if context != expected:
         raise RefusedRequest(
             "check 'owner slices': the delivered slices belong to another operation than "
             "this site's last contribution (a replayed or re-targeted delivery)."
         )
     runs = _own_runs(params, index)
-    starts = sorted(int(k[len(OWNED_PREFIX) :]) for k in arrays if k[len(OWNED_PREFIX) :].isdigit())
+    tails = [k[len(OWNED_PREFIX) :] for k in arrays if k.startswith(OWNED_PREFIX)]
+    starts = sorted(int(t) for t in tails if t.isdigit())
     if starts != sorted([lo for lo, _ in runs] + [int(np.prod(params["layout"]["beta"])) * 2]):
         raise RefusedRequest(
             f"check 'owner slices': slices starting at {starts} delivered, but this site's "

@@ -607,6 +607,10 @@ def test_secure_rows_sites_refuse_a_missing_or_foreign_delivery_and_the_paper_pr
     }
     with pytest.raises(RefusedRequest, match=r"check 'owner slices'.*another operation"):
         ask(1, delivery)
+    # rows in the clear in place of the parties' sealed slices (made up by the coordinator)
+    clear_rows = {"owned/gamma": np.ones((1, DIMS)), "owned/beta": np.zeros((1, DIMS))}
+    with pytest.raises(RefusedRequest, match=r"check 'owner slices'.*another operation"):
+        ask(1, clear_rows)
     with pytest.raises(RefusedRequest, match=r"check 'schedule'.*secure_rows"):
         ask(1, {}, config=CONFIG)  # the paper protocol would send the row whole
     # over SecAgg+ the driver refuses before any site trains (the server unmasks the sum)
