@@ -151,8 +151,11 @@ def mu_ablation_table(results: pd.DataFrame, *, ablated: str = "mu=0") -> pd.Dat
     for (dataset, upstream, metric), g in rows.groupby(
         ["dataset", "upstream", "metric"], sort=False
     ):
-        d0 = g.loc[g["kind"] == "plaintext", "delta"].dropna().to_numpy()
-        d1 = g.loc[g["kind"] == ablated, "delta"].dropna().to_numpy()
+        g = g.dropna(subset=["delta"])
+        default, abl = g[g["kind"] == "plaintext"], g[g["kind"] == ablated]
+        seeds = set(default["seed"]) & set(abl["seed"])  # the same seeds on both sides
+        d0 = default.loc[default["seed"].isin(seeds), "delta"].to_numpy()
+        d1 = abl.loc[abl["seed"].isin(seeds), "delta"].to_numpy()
         if not d0.size or not d1.size:
             continue
         out.append(
@@ -160,7 +163,7 @@ def mu_ablation_table(results: pd.DataFrame, *, ablated: str = "mu=0") -> pd.Dat
                 "dataset": dataset,
                 "upstream": upstream,
                 "metric": metric,
-                "seeds": min(d0.size, d1.size),
+                "seeds": len(seeds),
                 "delta_default": d0.mean(),
                 "delta_ablated": d1.mean(),
                 "p": _test(d0, d1),
@@ -169,6 +172,9 @@ def mu_ablation_table(results: pd.DataFrame, *, ablated: str = "mu=0") -> pd.Dat
     if not out:
         return pd.DataFrame()
     table = pd.DataFrame(out)
+    order = table["metric"].map({m: i for i, m in enumerate(METRICS)})
+    table = table.assign(_o=order).sort_values(["dataset", "upstream", "_o"], kind="stable")
+    table = table.drop(columns="_o").reset_index(drop=True)
     table["q"] = bh_adjust(table["p"].to_numpy())
     return table
 

@@ -93,6 +93,10 @@ def test_mu_ablation_compares_per_seed_deltas(results):
     assert scvi["delta_default"] == pytest.approx(-0.01 + 0.002)
     assert scvi["delta_ablated"] == pytest.approx(-0.03 + 0.002)
     assert scvi["p"] < 0.01  # five seeds on each side, fully separated
+    fewer = results[~((results["variant"] == "scvi mu=0") & (results["seed"] >= 3))]
+    mu3 = mu_ablation_table(fewer)  # mu = 0 on seeds 0-2 only: the default on the same seeds
+    r = mu3[(mu3["upstream"] == "scvi") & (mu3["metric"] == "batch_correction")].iloc[0]
+    assert r["seeds"] == 3 and r["delta_default"] == pytest.approx(-0.01 + 0.001)
 
 
 def test_report_prints_the_table1_section(results, tmp_path):
