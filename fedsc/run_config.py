@@ -16,6 +16,7 @@ from fedsc.methods import get_method, method_names
 from fedsc.resources import check_model_size
 from fedsc.run.load import DEFAULT as DEFAULT_DATASET
 from fedsc.run_privacy import check_dp_schema, check_privacy_combinations
+from smpc.options import CryptenOptions
 
 #: Settings left out of the run id while they hold their default, so adding them did not
 #: change the id (and resume) of any earlier run.
@@ -420,42 +421,15 @@ def check_backend_options(backend: str, options: Any) -> dict[str, Any]:
 
 
 def _check_crypten_values(options: dict[str, Any]) -> None:
-    """The crypten choices a user gets wrong most, before any data is loaded.
+    """Check the crypten options before any data is loaded.
 
-    These mirror the first checks of ``smpc.crypten_backend.CryptenAggregator`` (which
-    checks them again, and the rest, when it starts).
+    With :class:`smpc.options.CryptenOptions`, the object the aggregator is built from:
+    the rules are written once.
     """
-    mode = options.get("mode", "secure")
-    if mode not in ("secure", "debug"):
-        raise FedscInputError(f"crypten option mode must be 'secure' or 'debug', got {mode!r}.")
-    provider = options.get("provider", "TTP")
-    if provider not in ("TTP", "TFP"):
-        raise FedscInputError(
-            f"crypten option provider must be 'TTP' (trusted dealer) or 'TFP', got {provider!r}."
-        )
-    if mode == "secure" and provider == "TFP":
-        raise FedscInputError(
-            "crypten provider TFP is refused in secure mode (party 0 would generate all the "
-            "randomness); use provider TTP or mode debug."
-        )
-    if mode == "secure" and options.get("seed") is not None:
-        raise FedscInputError(
-            "a crypten seed is refused in secure mode (seeded masks are predictable); use "
-            "mode debug for reproducible, non-private runs."
-        )
-    parties = options.get("parties", 3)
-    if int(parties) < 2:
-        raise FedscInputError(f"crypten option parties must be >= 2, got {parties}.")
-    from smpc.party_pool import TRANSPORTS
-
-    transport = options.get("transport", TRANSPORTS[0])
-    if transport not in TRANSPORTS:
-        raise FedscInputError(
-            f"crypten option transport must be one of {list(TRANSPORTS)}, got {transport!r}."
-        )
-    timeout = options.get("timeout", 1.0)
-    if timeout <= 0:
-        raise FedscInputError(f"crypten option timeout must be positive seconds, got {timeout}.")
+    try:
+        CryptenOptions(**options)
+    except ValueError as err:
+        raise FedscInputError(f"crypten option {err}") from None
 
 
 def _backend_parameters(backend: str) -> dict[str, inspect.Parameter] | None:
@@ -463,9 +437,7 @@ def _backend_parameters(backend: str) -> dict[str, inspect.Parameter] | None:
     if backend == "plaintext":
         return {}
     if backend == "crypten":
-        from smpc.crypten_backend import CryptenAggregator
-
-        target: Any = CryptenAggregator.__init__
+        target: Any = CryptenOptions  # the aggregator's options, without importing it
     else:
         import smpc
 

@@ -33,8 +33,8 @@ from smpc import sharing
 from smpc.aggregator import Aggregator
 from smpc.cpus import available_cpus
 from smpc.ledger import Traffic
+from smpc.options import CryptenOptions
 from smpc.party_pool import (
-    TRANSPORTS,
     PartyError,
     PartyPool,
     PoolSettings,
@@ -202,6 +202,9 @@ class CryptenAggregator(Aggregator):
         clients' work, in one thread here and one in each party 1..: ``None`` (default)
         prepares only when that many CPUs are spare besides torch's threads, because on
         fewer they slow the training more than they save (see docs/smpc.md).
+    options
+        All of the above as one :class:`smpc.options.CryptenOptions` (validated once),
+        instead of the keyword arguments.
     """
 
     name = "crypten"
@@ -226,6 +229,7 @@ class CryptenAggregator(Aggregator):
         transport: str = "shm",
         warm: bool | None = None,
         prepare_masks: bool | None = None,
+        options: CryptenOptions | None = None,
     ) -> None:
         super().__init__()
         self._party_pool: PartyPool | None = None
@@ -236,75 +240,78 @@ class CryptenAggregator(Aggregator):
         self._prepared: ClientMasks | None = None
         #: Operations whose masks were prepared ahead (expanded while the clients trained).
         self.prepared_operations = 0
-        self._prepare_masks = prepare_masks
         #: Whether :meth:`reserve` turned preparing masks ahead on (``prepare_masks``).
         self.prepares_masks = False
         self._workers: ThreadPoolExecutor | None = None
         self._shutdown_done = False
-        if mode not in ("secure", "debug"):
-            raise ValueError(f"mode must be 'secure' or 'debug', got {mode!r}.")
-        if provider not in ("TTP", "TFP"):
-            raise ValueError(f"provider must be 'TTP' (trusted dealer) or 'TFP', got {provider!r}.")
-        if mode == "secure" and provider == "TFP":
+        given = CryptenOptions(
+            parties=parties,
+            mode=mode,
+            seed=seed,
+            timeout=timeout,
+            provider=provider,
+            precision_bits=precision_bits,
+            rendezvous=rendezvous,
+            sum_precision_bits=sum_precision_bits,
+            party_addresses=None if party_addresses is None else tuple(party_addresses),
+            authkey=authkey,
+            start_method=start_method,
+            startup_timeout=startup_timeout,
+            record_received=record_received,
+            mask_source=mask_source,
+            transport=transport,
+            warm=warm,
+            prepare_masks=prepare_masks,
+        )
+        if options is not None and given != CryptenOptions():
             raise ValueError(
-                "provider='TFP' is refused in secure mode: party 0 would generate all the "
-                "randomness and could recover the other parties' shares; use provider='TTP' "
-                "(the default) or mode='debug'."
+                "pass either options= (a CryptenOptions) or keyword options, not both; "
+                "use options.replace(...) to change some."
             )
-        if mode == "secure" and seed is not None:
-            raise ValueError(
-                "a seed is refused in secure mode: seeded masks are predictable; use "
-                "mode='debug' for reproducible (non-private) runs."
-            )
-        if int(parties) < 2:
-            raise ValueError(f"parties must be >= 2 for secret sharing, got {parties}.")
-        if not 0 <= int(precision_bits) <= 32:
-            raise ValueError(f"precision_bits must be in 0..32, got {precision_bits}.")
-        if not 0 <= int(sum_precision_bits) <= 40:
-            raise ValueError(f"sum_precision_bits must be in 0..40, got {sum_precision_bits}.")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout}.")
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}.")
-        self.parties = int(parties)
-        self.mode = mode
-        self.seed = (0 if seed is None else int(seed)) if mode == "debug" else None
-        self.timeout = float(timeout)
-        self.provider = provider
-        self.precision_bits = int(precision_bits)
-        self.sum_precision_bits = int(sum_precision_bits)
-        self.record_received = bool(record_received)
-        self._randomness = sharing.ShareRandomness(mode, self.seed, source=mask_source)
+        opts = options if options is not None else given
+        #: The validated options this aggregator runs with.
+        self.options = opts
+        self._prepare_masks = opts.prepare_masks
+        self.parties = opts.parties
+        self.mode = opts.mode
+        self.seed = opts.seed
+        self.timeout = opts.timeout
+        self.provider = opts.provider
+        self.precision_bits = opts.precision_bits
+        self.sum_precision_bits = opts.sum_precision_bits
+        self.record_received = opts.record_received
+        self._randomness = sharing.ShareRandomness(self.mode, self.seed, source=opts.mask_source)
         self._op_id = 0
         #: Seconds per phase of the last operation.
         self.last_timing: dict[str, float] = {}
+        remote = opts.party_addresses
         settings = PoolSettings(
             parties=self.parties,
-            mode=mode,
+            mode=self.mode,
             seed=self.seed,
-            provider=provider,
+            provider=self.provider,
             precision_bits=self.precision_bits,
             record_received=self.record_received,
-            transport="pipe" if party_addresses is not None else transport,
-            start_method=start_method,
+            transport="pipe" if remote is not None else opts.transport,
+            start_method=opts.start_method,
         )
         self.transport = settings.transport
-        self._warm = bool(keeping_warm() if warm is None else warm) and party_addresses is None
+        self._warm = bool(keeping_warm() if opts.warm is None else opts.warm) and remote is None
         start = time.perf_counter()
         #: Whether the parties were borrowed from a warm pool (see :mod:`smpc.party_pool`).
         self.borrowed = False
-        if party_addresses is not None:
-            pool = self._connect(settings, party_addresses, authkey, startup_timeout)
-        elif transport == "threads":
+        if remote is not None:
+            pool = self._connect(settings, remote, opts.authkey, opts.startup_timeout)
+        elif opts.transport == "threads":
             pool = PartyPool.start_threads(settings)
         else:
-            borrowed = borrow(settings) if self._warm and rendezvous is None else None
+            borrowed = borrow(settings) if self._warm and opts.rendezvous is None else None
             self.borrowed = borrowed is not None
             # Fresh local parties start in the background (fork server, processes, Ready)
             # while the caller loads data and builds models; the first use of the pool
             # (``_pool``) waits for them, within the start-up timeout.
             pool = borrowed or PartyPool.start_processes(
-                settings, rendezvous, startup_timeout, wait=False
+                settings, opts.rendezvous, opts.startup_timeout, wait=False
             )
         self._party_pool = pool
         self.rendezvous = pool.rendezvous

@@ -46,6 +46,8 @@ from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel
 from smpc.framing import FrameError
 from smpc.masks import KEY_BYTES, MaskStream, expand_key, sum_masks
+from smpc.options import check_mode_provider
+from smpc.party_cli import build_parser
 from smpc.prepared import PartyMasks
 from smpc.shared_buffer import SharedBuffer
 
@@ -173,13 +175,7 @@ def serve(
             f"rank must be in 0..{world_size} (0..{world_size - 1} parties, {world_size} "
             f"the dealer), got {rank}."
         )
-    if provider not in ("TTP", "TFP"):
-        raise ValueError(f"provider must be 'TTP' or 'TFP', got {provider!r}.")
-    if mode == "secure" and provider != "TTP":
-        raise ValueError(
-            "secure mode requires provider='TTP': with 'TFP' party 0 generates all "
-            "randomness and could recover the other parties' inputs."
-        )
+    check_mode_provider(mode, provider)
     if rank == world_size and provider != "TTP":
         raise ValueError("rank == world_size is the dealer, which exists only for 'TTP'.")
     if rank < world_size and (conn is None) == (listen is None):
@@ -958,62 +954,16 @@ def serve_in_thread(rank: int, channel: Channel, record: bool = False) -> thread
     return thread
 
 
-def _parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: ``python -m smpc.party --rank R --world-size 3 --rendezvous ...``."""
-    parser = argparse.ArgumentParser(
-        prog="smpc.party",
-        description="Run one CrypTen computation party (rank < world size) or the trusted "
-        "dealer (rank == world size) for a remote coordinator.",
-    )
-    parser.add_argument("--rank", type=int, default=None, help="default: $RANK")
-    parser.add_argument("--world-size", type=int, default=None, help="default: $WORLD_SIZE or 3")
-    parser.add_argument("--rendezvous", default=None, help="tcp://HOST:PORT (default: $RENDEZVOUS)")
-    parser.add_argument(
-        "--listen",
-        type=_parse_address,
-        default=None,
-        help="HOST:PORT where the coordinator connects (parties only); key in $SMPC_AUTHKEY",
-    )
-    parser.add_argument("--provider", default="TTP", choices=["TTP", "TFP"])
-    parser.add_argument("--mode", default="secure", choices=["secure", "debug"])
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--precision-bits", type=int, default=16)
-    parser.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=120.0,
-        help="seconds for every rank to join the rendezvous handshake (default 120)",
-    )
-    parser.add_argument(
-        "--sites",
-        default=None,
-        help="the agreed sites (comma-separated) every sealed operation must list "
-        "(default: $SMPC_AGREED_CLIENTS, else per phase the first operation's sites)",
-    )
-    parser.add_argument(
-        "--identity",
-        default=None,
-        help="file with this rank's Ed25519 private key (hex; default $SMPC_IDENTITY)",
-    )
-    parser.add_argument(
-        "--roster",
-        default=None,
-        help="JSON file {rank: public key hex} of every rank (default $SMPC_ROSTER)",
-    )
-    parser.add_argument(
-        "--gloo-interface",
-        default=None,
-        help="network interface for gloo (GLOO_SOCKET_IFNAME); default: the one that "
-        "reaches the rendezvous host",
-    )
-    args = parser.parse_args(argv)
+    run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Serve the party that :func:`smpc.party_cli.build_parser`'s ``args`` describe.
+
+    A bad setting exits with code 2 and one line naming the rank and the problem.
+    """
     if args.listen is not None and args.listen[0] in ("0.0.0.0", "::", ""):
         print(
             f"smpc.party: warning: --listen {args.listen[0]} accepts the coordinator on every "

@@ -57,8 +57,6 @@ from smpc.shared_buffer import SharedBuffer, private_directory, shm_root
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())  # quiet unless the application configures logging
 
-#: Local transports: shares through shared memory, through the pipes, or party threads.
-TRANSPORTS = ("shm", "pipe", "threads")
 #: Seconds a background start may overrun its start-up deadline before the caller gives
 #: up on it (its own deadline names the silent party first; this catches a stuck fork server).
 START_GRACE = 10.0

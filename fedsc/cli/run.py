@@ -19,6 +19,7 @@ from fedsc.methods import REGISTRY, get_method
 from fedsc.run.load import DEFAULT, check_dataset
 from fedsc.run_privacy import parse_mechanism_arg
 from fedsc.upstream import EMBEDDING_METHODS
+from smpc.options import MODES
 
 __all__ = ["add_parser", "backend_options", "command"]
 
@@ -84,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="BACKEND",
         help="aggregation backend: %(choices)s (default: %(default)s)",
     )
-    p.add_argument("--mode", default=None, choices=["secure", "debug"], help="crypten mode")
+    p.add_argument("--mode", default=None, choices=MODES, help="crypten mode")
     p.add_argument(
         "--backend-option",
         action="append",

@@ -1,52 +1,57 @@
-"""``fedsc party`` passes every setting that must match the coordinator to the party."""
+"""One party parser: ``fedsc party`` and ``python -m smpc.party`` read the same flags."""
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
 import smpc.party
 from fedsc import cli
+from smpc.options import MODES, PROVIDERS, CryptenOptions
+from smpc.party_cli import build_parser
+
+ARGV = ["--rank", "1", "--rendezvous", "tcp://10.0.0.1:29500", "--listen", "0.0.0.0:6000"]
+ARGV += ["--mode", "debug", "--provider", "TFP", "--precision-bits", "20", "--seed", "3"]
+ARGV += ["--sites", "a,b,c", "--startup-timeout", "7", "--gloo-interface", "eth1"]
 
 
-def test_fedsc_party_forwards_mode_provider_and_precision(monkeypatch):
-    seen: list[list[str]] = []
-    monkeypatch.setattr(smpc.party, "main", lambda argv: seen.append(argv))
-    argv = ["party", "--rank", "1", "--rendezvous", "tcp://10.0.0.1:29500"]
-    argv += ["--listen", "0.0.0.0:6000", "--mode", "debug", "--provider", "TFP"]
-    argv += ["--precision-bits", "20", "--seed", "3"]
-    argv += ["--sites", "a,b,c", "--identity", "rank1.key", "--roster", "roster.json"]
-    assert cli.main(argv) == 0
-    forwarded = seen[0]
-    parsed = dict(zip(forwarded[::2], forwarded[1::2], strict=True))
-    assert parsed == {
-        "--rank": "1",
-        "--world-size": "3",
-        "--rendezvous": "tcp://10.0.0.1:29500",
-        "--mode": "debug",
-        "--provider": "TFP",
-        "--precision-bits": "20",
-        "--listen": "0.0.0.0:6000",
-        "--seed": "3",
-        "--sites": "a,b,c",
-        "--identity": "rank1.key",
-        "--roster": "roster.json",
-    }
+def _party_settings(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k in vars(build_parser().parse_args([]))}
 
 
-def test_fedsc_party_defaults_match_the_aggregator_defaults(monkeypatch):
-    from smpc.crypten_backend import CryptenAggregator
+def test_fedsc_party_parses_as_smpc_party_and_serves(monkeypatch):
+    seen: list[argparse.Namespace] = []
+    run = smpc.party.run
+    monkeypatch.setattr(smpc.party, "run", seen.append)
+    assert cli.main(["party", *ARGV]) == 0
+    assert _party_settings(seen[0]) == vars(build_parser().parse_args(ARGV))
 
-    seen: list[list[str]] = []
-    monkeypatch.setattr(smpc.party, "main", lambda argv: seen.append(argv))
-    cli.main(["party", "--rank", "3", "--rendezvous", "tcp://h:1"])
-    parsed = dict(zip(seen[0][::2], seen[0][1::2], strict=True))
-    defaults = CryptenAggregator.__init__.__kwdefaults__ or {}
-    positional = dict(
-        zip(
-            CryptenAggregator.__init__.__code__.co_varnames[1:8],
-            CryptenAggregator.__init__.__defaults__ or (),
-            strict=False,
-        )
-    )
-    assert parsed["--provider"] == positional["provider"] == "TTP"
-    assert int(parsed["--precision-bits"]) == positional["precision_bits"] == 16
-    assert parsed["--mode"] == positional["mode"] == "secure"
-    assert "transport" in defaults
+    served: list[dict] = []
+    monkeypatch.setattr(smpc.party, "serve", lambda *a, **kw: served.append({"args": a, **kw}))
+    run(seen[0])
+    assert served[0]["args"] == (1, None, "tcp://10.0.0.1:29500")
+    want = {"listen": ("0.0.0.0", 6000), "mode": "debug", "provider": "TFP", "seed": 3}
+    want |= {"precision_bits": 20, "startup_timeout": 7.0, "gloo_interface": "eth1"}
+    want |= {"agreed_clients": ["a", "b", "c"], "identity": None, "roster": None}
+    assert {k: served[0][k] for k in want} == want
+
+
+def test_party_defaults_and_choices_are_the_options_object(capsys):
+    defaults = build_parser().parse_args([])
+    options = CryptenOptions()
+    assert (defaults.mode, defaults.provider) == (options.mode, options.provider)
+    assert defaults.precision_bits == options.precision_bits
+    for flag, choices in (("--mode", MODES), ("--provider", PROVIDERS)):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([flag, "nope"])
+        err = capsys.readouterr().err
+        assert "nope" in err and all(c in err for c in choices), err
+
+
+def test_party_refuses_tfp_in_secure_mode_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        smpc.party.main(["--rank", "0", "--rendezvous", "tcp://h:1", "--provider", "TFP"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "rank 0" in err and "TFP is refused in secure mode" in err
