@@ -30,7 +30,7 @@ from fedsc.deploy.remote import RemoteValue
 from fedsc.deploy.site import step_phase, step_slot
 from smpc import sealed
 from smpc.aggregator import owned_columns
-from smpc.crypten_backend import CryptenAggregator, _runs
+from smpc.crypten_backend import CryptenAggregator
 from smpc.flatten import flatten
 from smpc.ledger import Traffic
 
@@ -48,7 +48,12 @@ def owner_runs(
     template = {k: torch.zeros(tuple(int(n) for n in shape)) for k, shape in layout.items()}
     _, spec = flatten(template)
     columns, _ = owned_columns(spec, owners)
-    return [_runs(np.sort(cols)) for cols in columns]
+    out = []
+    for cols in columns:  # contiguous runs of the sorted columns
+        cols = np.sort(np.asarray(cols, dtype=np.int64))
+        breaks = np.flatnonzero(np.diff(cols) != 1) + 1
+        out.append([(int(run[0]), int(run[-1]) + 1) for run in np.split(cols, breaks) if len(run)])
+    return out
 
 
 def parse_parties(text: str) -> list[tuple[str, int]]:
