@@ -31,7 +31,7 @@ import torch
 
 import smpc
 from fedsc.deploy.fedscgen import site_order
-from fedsc.deploy.records import OWNED_PREFIX
+from fedsc.deploy.records import OWNED_PREFIX, OWNER_PREFIX
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
 from fedsc.deploy.site import RefusedRequest, Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
@@ -288,7 +288,7 @@ class OwnedRowsMethod(RemoteMethod):
     def deliver(self, client: int, owned: Mapping[str | None, np.ndarray]) -> None:
         """Keep site ``client``'s delivery until its next request."""
         self.pending[self.names[client]] = {
-            (str(k) if str(k).startswith("owner/") else f"{OWNED_PREFIX}{k}"): np.asarray(v)
+            (str(k) if str(k).startswith(OWNER_PREFIX) else f"{OWNED_PREFIX}{k}"): np.asarray(v)
             for k, v in owned.items()
         }
 
