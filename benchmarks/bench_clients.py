@@ -154,6 +154,7 @@ def fedscgen(args: argparse.Namespace) -> None:
         f"{args.rounds} x {args.epochs}, {args.threads} threads"
     )
     env = {**os.environ, "FEDSC_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads)}
+    env.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="0")  # before the child loads torch
     out = {}
     for backend in ("plaintext", "crypten"):
         cmd = [sys.executable, __file__, "--child", backend, "--cells", str(args.cells)]
