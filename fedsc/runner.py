@@ -21,11 +21,11 @@ import smpc
 from fedsc import settings
 from fedsc.data.inclusion import apply_inclusion
 from fedsc.data.validate import validate_adata
-from fedsc.run.load import dataset_label, load_dataset
 from fedsc.methods import MethodSpec, get_method
 from fedsc.privacy import in_run
 from fedsc.registry import Registry, resolve
 from fedsc.run.evaluate import PACKAGES, evaluate_run, package_versions, run_health
+from fedsc.run.load import dataset_label, load_dataset
 from fedsc.run.outcome import MethodOutcome, Prepared, RunResult
 from fedsc.run.prepare import (
     INPUT_PREPARATION,
