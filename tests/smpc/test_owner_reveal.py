@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import smpc
-from smpc import crypten_backend
+from smpc import sharing
 from smpc.crypten_backend import CryptenAggregator, OwnerEndpoint
 
 K = 4
@@ -64,7 +64,7 @@ def test_crypten_threads_reveals_only_the_total_to_the_coordinator(monkeypatch):
     # share slice it hands to a client endpoint.
     coordinator_reconstructed: list[int] = []
     routed: list[tuple[int, int, int, int]] = []
-    original = crypten_backend.sharing.reconstruct_decode
+    original = sharing.reconstruct_decode
     inside_endpoint = [False]
 
     def spy_reconstruct(shares, bits):
@@ -85,7 +85,7 @@ def test_crypten_threads_reveals_only_the_total_to_the_coordinator(monkeypatch):
         routed.append((self.client, rank, start, stop - start))
         return receive(self, rank, start, stop, blob)
 
-    monkeypatch.setattr(crypten_backend.sharing, "reconstruct_decode", spy_reconstruct)
+    monkeypatch.setattr(sharing, "reconstruct_decode", spy_reconstruct)
     monkeypatch.setattr(OwnerEndpoint, "reveal", spy_reveal)
     monkeypatch.setattr(OwnerEndpoint, "receive", spy_receive)
 

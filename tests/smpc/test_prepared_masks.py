@@ -224,7 +224,7 @@ def test_by_default_masks_are_prepared_only_with_spare_cpus(
     """One expansion thread here and one per party 1..: 3 CPUs spare besides torch's."""
     import torch
 
-    import smpc.crypten_backend as backend
+    import smpc.crypten_backend.masks_ahead as backend
 
     monkeypatch.setattr(backend, "available_cpus", lambda: cpus)
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
