@@ -56,16 +56,8 @@ DEFAULT_ROOTS = ("fedsc", "smpc")
 DEFAULT_FORBID = ("smpc=fedsc",)
 
 #: Imports known and allowed to close a cycle, each with the reason; they are left out of
-#: the graph before cycles are searched, so any other cycle still fails.
-_SITE_STEPS = (
-    "fedsc.deploy.site.load_method_steps imports the deployable methods' modules by name "
-    "while they import site's step registry; reading fedsc.deploy.drivers.DEPLOYED there "
-    "breaks it (site.py belongs to issue 19's work in progress)"
-)
-KNOWN_EDGES: dict[tuple[str, str], str] = {
-    ("fedsc.deploy.site", "fedsc.deploy.fedscgen"): _SITE_STEPS,
-    ("fedsc.deploy.site", "fedsc.deploy.scbatchprox"): _SITE_STEPS,
-}
+#: the graph before cycles are searched, so any other cycle still fails. None today.
+KNOWN_EDGES: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
