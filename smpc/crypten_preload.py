@@ -6,7 +6,7 @@
   this module in the fork server makes each party a fork with torch and CrypTen loaded.
 * A forkserver child re-imports the coordinator's main module (``__main__.__file__`` or
   ``python -m`` name) before it unpickles its target. Parties never need it (their target
-  is :func:`smpc.party.serve`), and a script that imports ``fedsc.tl`` or scanpy at top
+  is :func:`smpc.party.process.serve`), and a script that imports ``fedsc.tl`` or scanpy at top
   level made each of the four processes import them again (seconds of CPU each).
   :func:`_prepare_without_main` drops the main module from the start-up data of processes
   named :data:`PARTY_PROCESS_PREFIXES`; other children of the same fork server (a

@@ -51,7 +51,7 @@ from smpc import handshake, process_guard
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel, in_process_pair
 from smpc.framing import FrameError
-from smpc.party import JOIN_FAILED_EXIT_CODE
+from smpc.party.join import JOIN_FAILED_EXIT_CODE
 from smpc.shared_buffer import SharedBuffer, private_directory, shm_root
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _main_without_phantom_file() -> Iterator[None]:
     Forkserver/spawn children re-run the parent's main script from ``__main__.__file__``;
     for code piped to ``python -`` that is ``"<stdin>"``, which cannot be re-run, and the
     party dies at start-up. Parties never need the user's main module (their target is
-    :func:`smpc.party.serve`), so it is left out of the start-up data in that case.
+    :func:`smpc.party.process.serve`), so it is left out of the start-up data in that case.
     """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
@@ -105,7 +105,7 @@ def _main_without_phantom_file() -> Iterator[None]:
 #: and CrypTen loaded; :mod:`smpc.crypten_preload` also keeps the coordinator's main
 #: module out of the parties, and :mod:`smpc.forkserver_guard` (first) ends the server if
 #: its parent dies during these imports.
-FORKSERVER_PRELOAD = ["smpc.forkserver_guard", "smpc.party", "smpc.crypten_preload"]
+FORKSERVER_PRELOAD = ["smpc.forkserver_guard", "smpc.party.process", "smpc.crypten_preload"]
 
 
 def start_fork_server() -> None:
@@ -199,7 +199,7 @@ class PartyPool:
 
     def _launch(self, startup_timeout: float) -> None:
         """Start the processes and await Ready; errors are kept for :meth:`wait_started`."""
-        from smpc import party
+        from smpc.party import process as party
 
         settings = self.settings
         start = time.perf_counter()
@@ -279,7 +279,7 @@ class PartyPool:
     @classmethod
     def start_threads(cls, settings: PoolSettings) -> PartyPool:
         """Additions-only parties as threads of this process over in-process channels."""
-        from smpc.party import serve_in_thread
+        from smpc.party.process import serve_in_thread
 
         pool = cls(settings)
         for rank in range(settings.parties):
@@ -387,7 +387,7 @@ class PartyPool:
         """Describe the local party (process or thread) that exited, if any.
 
         A rank that exited because it could not join the MPC
-        (:data:`~smpc.party.JOIN_FAILED_EXIT_CODE`) is named only when no other rank
+        (:data:`~smpc.party.join.JOIN_FAILED_EXIT_CODE`) is named only when no other rank
         died: another rank's death is usually what made it fail.
         """
         with self._lock:

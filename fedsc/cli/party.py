@@ -1,14 +1,14 @@
 """``fedsc party``: serve one CrypTen computation party or the dealer (:mod:`smpc.party`).
 
 Its flags are ``python -m smpc.party``'s, from the one parser
-(:func:`smpc.party_cli.build_parser`).
+(:func:`smpc.party.cli.build_parser`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from smpc.party_cli import build_parser
+from smpc.party import cli as party_cli
 
 __all__ = ["add_parser", "command"]
 
@@ -22,12 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="--mode, --provider and --precision-bits must match the coordinator's "
         "aggregator settings; a mismatch is reported when the coordinator connects.",
     )
-    build_parser(p)
+    party_cli.build_parser(p)
 
 
 def command(args: argparse.Namespace) -> int:
     """Serve the party until the coordinator closes it."""
-    from smpc import party  # numpy, the handshake's cryptography: only when it runs
-
-    party.run(args)
+    party_cli.run(args)
     return 0

@@ -222,7 +222,7 @@ class CryptenAggregator(SealedOperations, Operations):
         authkey: bytes | None,
         startup_timeout: float,
     ) -> PartyPool:
-        from smpc.party import AUTHKEY_ENV
+        from smpc.party.process import AUTHKEY_ENV
 
         addresses = [(str(h), int(p)) for h, p in addresses]
         if len(addresses) != settings.parties:
@@ -309,7 +309,7 @@ class CryptenAggregator(SealedOperations, Operations):
         Needs ``record_received=True``; only ``argmax`` opens values (sums are local
         additions). Each record: ``op``, ``id`` (the operation), ``opening`` (its order
         within the operation), ``size`` and ``values`` (flat int64): what the party's
-        CrypTen communicator handed it (:func:`smpc.party.recording_openings`).
+        CrypTen communicator handed it (:func:`smpc.party.comparison.recording_openings`).
         """
         if not self.record_received:
             raise RuntimeError("create the aggregator with record_received=True to use this.")

@@ -6,10 +6,11 @@ import argparse
 
 import pytest
 
-import smpc.party
+import smpc.party.cli
+import smpc.party.process
 from fedsc import cli
 from smpc.options import MODES, PROVIDERS, CryptenOptions
-from smpc.party_cli import build_parser
+from smpc.party.cli import build_parser
 
 ARGV = ["--rank", "1", "--rendezvous", "tcp://10.0.0.1:29500", "--listen", "0.0.0.0:6000"]
 ARGV += ["--mode", "debug", "--provider", "TFP", "--precision-bits", "20", "--seed", "3"]
@@ -22,13 +23,15 @@ def _party_settings(args: argparse.Namespace) -> dict:
 
 def test_fedsc_party_parses_as_smpc_party_and_serves(monkeypatch):
     seen: list[argparse.Namespace] = []
-    run = smpc.party.run
-    monkeypatch.setattr(smpc.party, "run", seen.append)
+    run = smpc.party.cli.run
+    monkeypatch.setattr(smpc.party.cli, "run", seen.append)
     assert cli.main(["party", *ARGV]) == 0
     assert _party_settings(seen[0]) == vars(build_parser().parse_args(ARGV))
 
     served: list[dict] = []
-    monkeypatch.setattr(smpc.party, "serve", lambda *a, **kw: served.append({"args": a, **kw}))
+    monkeypatch.setattr(
+        smpc.party.process, "serve", lambda *a, **kw: served.append({"args": a, **kw})
+    )
     run(seen[0])
     assert served[0]["args"] == (1, None, "tcp://10.0.0.1:29500")
     want = {"listen": ("0.0.0.0", 6000), "mode": "debug", "provider": "TFP", "seed": 3}

@@ -1,16 +1,18 @@
 """The one command line of a party: ``python -m smpc.party`` and ``fedsc party``.
 
-Light on purpose (argparse and :mod:`smpc.options` only), so ``fedsc`` builds its
+Light on purpose (argparse and :mod:`smpc.options` at import), so ``fedsc`` builds its
 ``party`` subcommand from it without importing the party itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from smpc.options import MODES, PROVIDERS, CryptenOptions
 
-__all__ = ["build_parser", "parse_address"]
+__all__ = ["build_parser", "main", "parse_address", "run"]
 
 _DEFAULTS = CryptenOptions()
 
@@ -108,3 +110,46 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "reaches the rendezvous host",
     )
     return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: ``python -m smpc.party --rank R --world-size 3 --rendezvous ...``."""
+    run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Serve the party that :func:`build_parser`'s ``args`` describe.
+
+    A bad setting exits with code 2 and one line naming the rank and the problem.
+    """
+    # Imported here, when a party runs: ``fedsc`` builds its ``party`` subcommand from
+    # this module at every start, without the party's own imports.
+    from smpc import handshake
+    from smpc.party import process
+
+    if args.listen is not None and args.listen[0] in ("0.0.0.0", "::", ""):
+        print(
+            f"smpc.party: warning: --listen {args.listen[0]} accepts the coordinator on every "
+            "interface; prefer this host's address on the private network",
+            file=sys.stderr,
+        )
+    try:
+        process.serve(
+            args.rank,
+            args.world_size,
+            args.rendezvous,
+            listen=args.listen,
+            provider=args.provider,
+            mode=args.mode,
+            seed=args.seed,
+            precision_bits=args.precision_bits,
+            startup_timeout=args.startup_timeout,
+            gloo_interface=args.gloo_interface,
+            agreed_clients=[c for c in args.sites.split(",") if c] if args.sites else None,
+            identity=handshake.load_identity(args.identity) if args.identity else None,
+            roster=handshake.load_roster(args.roster) if args.roster else None,
+        )
+    except (handshake.HandshakeError, ValueError) as err:
+        rank = args.rank if args.rank is not None else os.environ.get("RANK", "?")
+        print(f"smpc.party: error: rank {rank}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
