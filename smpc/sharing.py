@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from smpc.masks import CHUNK_VALUES, KEY_BYTES, MaskStream, expand_key
+from smpc.options import MASK_SOURCES
 
 #: Bits of the ring (CrypTen's int64 shares).
 RING_BITS = 64
@@ -164,8 +165,8 @@ class ShareRandomness:
     """
 
     def __init__(self, mode: str = "secure", seed: int | None = None, source: str = "prng") -> None:
-        if source not in ("prng", "urandom"):
-            raise ValueError(f"source must be 'prng' or 'urandom', got {source!r}.")
+        if source not in MASK_SOURCES:
+            raise ValueError(f"source must be one of {list(MASK_SOURCES)}, got {source!r}.")
         if mode == "secure":
             if seed is not None:
                 raise ValueError(
