@@ -8,6 +8,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fedsc.data.access import get_representation, obs_column
+from fedsc.data.input_kind import check_input_kind
 from fedsc.errors import FedscInputError
 
 __all__ = ["get_representation", "obs_column", "validate_adata"]
@@ -150,3 +151,26 @@ def _check_matrix(adata: ad.AnnData, matrix, where: str, *, counts: bool) -> Non
             f"{where} has negative values (min {values.min():.4g}) but raw counts are expected; "
             f"pass the counts (e.g. layer='counts') rather than scaled/log data."
         )
+
+
+def validate_expression_input(
+    adata: ad.AnnData,
+    *,
+    batch_key: str,
+    label_key: str | None,
+    layer: str | None,
+    method: str,
+) -> None:
+    """Validate ``adata`` for a method that trains on expression (FedscGen, scGen).
+
+    The keys and the layer as :func:`validate_adata`, then the matrix must be
+    log-normalised expression (:func:`fedsc.data.input_kind.check_input_kind`).
+    """
+    validate_adata(adata, batch_key=batch_key, label_key=label_key, layer=layer)
+    check_input_kind(
+        get_representation(adata, None, layer, what="layer"),
+        "expression",
+        where="adata.X" if layer is None else f"adata.layers[{layer!r}]",
+        method=method,
+        adata=adata,
+    )

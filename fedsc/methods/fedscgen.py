@@ -48,8 +48,11 @@ import torch
 import smpc
 from fedsc.data.clients import Client, split_clients
 from fedsc.data.inclusion import DEFAULT_MIN_CELLS
-from fedsc.data.input_kind import check_input_kind
-from fedsc.data.validate import get_representation, obs_column, validate_adata
+from fedsc.data.validate import (
+    get_representation,
+    obs_column,
+    validate_expression_input,
+)
 from fedsc.errors import FedscInputError
 from fedsc.federation import FederationResult, LocalResult, State, Strategy, run_federation
 from fedsc.methods import vae as vae_mod
@@ -547,15 +550,12 @@ def run_spec(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     ``inputs.extra`` passes keyword arguments of :func:`~fedsc.methods.fedscgen.run_fedscgen`
     that are not config fields (``snapshot_every_round``, ``label_vocabulary``...).
     """
-    validate_adata(
-        adata, batch_key=inputs.batch_key, label_key=inputs.label_key, layer=inputs.layer
-    )
-    check_input_kind(
-        get_representation(adata, None, inputs.layer, what="layer"),
-        "expression",
-        where="adata.X" if inputs.layer is None else f"adata.layers[{inputs.layer!r}]",
+    validate_expression_input(
+        adata,
+        batch_key=inputs.batch_key,
+        label_key=inputs.label_key,
+        layer=inputs.layer,
         method="FedscGen",
-        adata=adata,
     )
     return run_fedscgen(
         adata,

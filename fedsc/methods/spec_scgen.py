@@ -14,19 +14,15 @@ __all__ = ["SPEC", "run"]
 
 def run(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     """Train on all cells and remove batch effects; writes ``obsm``/``layers["scgen"]``."""
-    from fedsc.data import get_representation, validate_adata
-    from fedsc.data.input_kind import check_input_kind
+    from fedsc.data.validate import validate_expression_input
     from fedsc.methods.scgen import run_scgen
 
-    validate_adata(
-        adata, batch_key=inputs.batch_key, label_key=inputs.label_key, layer=inputs.layer
-    )
-    check_input_kind(
-        get_representation(adata, None, inputs.layer, what="layer"),
-        "expression",
-        where="adata.X" if inputs.layer is None else f"adata.layers[{inputs.layer!r}]",
+    validate_expression_input(
+        adata,
+        batch_key=inputs.batch_key,
+        label_key=inputs.label_key,
+        layer=inputs.layer,
         method="scGen",
-        adata=adata,
     )
     model, _ = run_scgen(
         adata,
