@@ -394,6 +394,44 @@ class AuditResult:
         return out
 
 
+def _audit_result(
+    found: ScoreAudit,
+    dp: DPConfig,
+    *,
+    level: str,
+    observer: str,
+    claimed_epsilon: float,
+    beta: float,
+    included: np.ndarray,
+    clip: float,
+    steps: int,
+    sampling_rate: float,
+    noise: str,
+    start: float,
+    details: dict[str, Any],
+) -> AuditResult:
+    """An :class:`AuditResult` from the scores' audit (the fields every audit shares)."""
+    return AuditResult(
+        level=level,
+        observer=observer,
+        claimed_epsilon=float(claimed_epsilon),
+        audited_epsilon=found.epsilon,
+        delta=float(dp.delta),
+        beta=float(beta),
+        n_canaries=len(included),
+        n_included=int(included.sum()),
+        guesses=found.guesses,
+        correct=found.correct,
+        noise_multiplier=float(dp.noise_multiplier or 0.0),
+        clip=float(clip),
+        steps=int(steps),
+        sampling_rate=float(sampling_rate),
+        noise=noise,
+        seconds=time.perf_counter() - start,
+        details={**details, "rule": found.rule, "rules": list(found.rules)},
+    )
+
+
 def _rng_seed(seed: int | None) -> int:
     return secrets.randbits(63) if seed is None else int(seed)
 
@@ -583,30 +621,24 @@ def audit_client_level(
         run.ledger, dp.delta, accountant=dp.accountant, observer=observer
     )
     found = epsilon_from_scores(scores, included, dp.delta, beta, guess_fractions)
-    return AuditResult(
+    return _audit_result(
+        found,
+        dp,
         level="client",
         observer=observer,
         claimed_epsilon=float(account.epsilon),
-        audited_epsilon=found.epsilon,
-        delta=float(dp.delta),
-        beta=float(beta),
-        n_canaries=m,
-        n_included=int(included.sum()),
-        guesses=found.guesses,
-        correct=found.correct,
-        noise_multiplier=float(dp.noise_multiplier or 0.0),
+        beta=beta,
+        included=included,
         clip=clip,
         steps=int(sum(account.releases.values())),
         sampling_rate=1.0,
         noise=noise_label,
-        seconds=time.perf_counter() - start,
+        start=start,
         details={
             "rounds": rounds,
             "clients": k,
             "backend": backend,
             "mechanism": repr(mech),
-            "rule": found.rule,
-            "rules": list(found.rules),
         },
     )
 
@@ -826,23 +858,19 @@ def audit_cell_level(
             claimed = up.epsilon
             steps += up.steps
     found = epsilon_from_scores(scores, included, dp.delta, beta, guess_fractions)
-    return AuditResult(
+    return _audit_result(
+        found,
+        dp,
         level="cell",
         observer="output",
         claimed_epsilon=float(claimed),
-        audited_epsilon=found.epsilon,
-        delta=float(dp.delta),
-        beta=float(beta),
-        n_canaries=m,
-        n_included=int(included.sum()),
-        guesses=found.guesses,
-        correct=found.correct,
-        noise_multiplier=float(dp.noise_multiplier or 0.0),
+        beta=beta,
+        included=included,
         clip=float(dp.clip),
         steps=int(steps),
         sampling_rate=float(q),
         noise=NOISE_PUBLISHED if dp.simulated else NOISE_FRESH,
-        seconds=time.perf_counter() - start,
+        start=start,
         details={
             "rounds": int(rounds),
             "local_epochs": int(local_epochs),
@@ -853,8 +881,6 @@ def audit_cell_level(
             "hidden": list(config.hidden),
             "clipping": clipping,
             "optimizer": f"SGD(lr={lr})",
-            "rule": found.rule,
-            "rules": list(found.rules),
         },
     )
 
@@ -1009,23 +1035,19 @@ def audit_donor_level(
             claimed = up.epsilon
             steps += up.steps
     found = epsilon_from_scores(scores, included, dp.delta, beta, guess_fractions)
-    return AuditResult(
+    return _audit_result(
+        found,
+        dp,
         level="donor",
         observer="output",
         claimed_epsilon=float(claimed),
-        audited_epsilon=found.epsilon,
-        delta=float(dp.delta),
-        beta=float(beta),
-        n_canaries=m,
-        n_included=int(included.sum()),
-        guesses=found.guesses,
-        correct=found.correct,
-        noise_multiplier=float(dp.noise_multiplier or 0.0),
+        beta=beta,
+        included=included,
         clip=float(dp.clip),
         steps=int(steps),
         sampling_rate=q,
         noise=NOISE_PUBLISHED if dp.simulated else NOISE_FRESH,
-        seconds=time.perf_counter() - start,
+        start=start,
         details={
             "rounds": int(rounds),
             "local_epochs": int(local_epochs),
@@ -1036,7 +1058,5 @@ def audit_donor_level(
             "genes": int(genes),
             "hidden": list(config.hidden),
             "optimizer": f"SGD(lr={lr})",
-            "rule": found.rule,
-            "rules": list(found.rules),
         },
     )
