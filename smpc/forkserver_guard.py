@@ -8,12 +8,19 @@ parent (a ``pidfd``, else polling) and exits the process if it dies; :func:`rele
 (called by :mod:`smpc.crypten_preload`, the last preload) stops the thread, so none runs
 when the server forks the parties, and the server's own watch takes over.
 
+The server's own watch ends it with ``SystemExit``, and the interpreter's teardown of torch
+and CrypTen then took 0.5 s quiet and over 5 s on a loaded machine, a dead coordinator's
+server outliving it by that long. :func:`release` therefore also registers an ``atexit``
+hook that ends the process at once (``os._exit``): the server holds nothing to flush (its
+children, the parties, end themselves with ``os._exit`` and watch their own parent).
+
 Only the fork server imports this module (it is first in
 :data:`smpc.party_pool.FORKSERVER_PRELOAD`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import threading
@@ -42,8 +49,14 @@ _thread = threading.Thread(target=_watch, name="smpc-forkserver-guard", daemon=T
 _thread.start()
 
 
+def _exit_at_once() -> None:
+    os._exit(0)  # registered last, so it runs first: no teardown of torch and CrypTen
+
+
 def release() -> None:
-    """Stop watching (idempotent); the fork server's own alive pipe watches from now on."""
+    """Stop watching (idempotent); the fork server's own alive pipe watches from now on,
+    and its exit skips the interpreter's teardown."""
     if _thread.is_alive():
         os.write(_stop_write, b"x")
         _thread.join()
+        atexit.register(_exit_at_once)
