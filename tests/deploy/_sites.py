@@ -22,6 +22,13 @@ def fedscgen_params() -> str:
     )
 
 
+def revive(deployment) -> None:
+    """Restart every site a test killed (a fresh worker and SuperNode each): the deployment
+    is shared by every test in this folder (conftest.py)."""
+    for site in deployment.killed_sites():
+        deployment.restart_site(site)
+
+
 def received(folder: Path) -> list[tuple[dict, dict[str, np.ndarray]]]:
     """Every message the ServerApp logged (``log-messages``): (metadata, arrays)."""
     msgs = []

@@ -1,12 +1,23 @@
-"""Shared data of the deployment tests: three pancreas batches, log-normalised."""
+"""Shared data of the deployment tests: three pancreas batches, log-normalised, and one
+deployment of them that every module runs on.
+
+Starting a deployment costs ~15 s of CPU on two cores (a SuperLink, three SuperNodes and
+site workers, their fork servers importing Flower, torch and CrypTen) before its first
+run; the tests in this folder run one after the other on one worker (tests/conftest.py),
+so they share one (:func:`deployment`). A test that kills a site restarts it when it is
+done (``_sites.revive``), so the next test finds every site.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import anndata as ad
 import pytest
 from _sites import CONFIG, SEED, SITES
 
 from fedsc.datasets import pancreas
+from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.federation.seeding import client_generators
 from fedsc.methods.fedscgen import FedScGenMethod, run_fedscgen
 from fedsc.methods.vae import as_tensor, torch_threads
@@ -46,3 +57,13 @@ def local_updates(data) -> dict:
             s: method.local_update(i, start, 0, client_generators(SEED, 0, [i])[0])
             for i, s in enumerate(SITES)
         }
+
+
+@pytest.fixture(scope="session")
+def deployment(data, tmp_path_factory) -> Iterator[LocalDeployment]:
+    """SuperLink + one SuperNode and worker per site in SITES, with the CrypTen parties'
+    and the sites' keys (``parties=True``: the crypten transport starts the parties)."""
+    root = tmp_path_factory.mktemp("deploy")
+    paths = split_by_batch(data, "batch", root / "site-files")
+    with LocalDeployment(paths, root / "work", parties=True) as dep:
+        yield dep

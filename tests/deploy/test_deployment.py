@@ -5,7 +5,8 @@ Proves: (1) plaintext deployment = in-process simulation, bit for bit, with the 
 ledger; (2) SecAgg+ = simulation within its quantisation error; (3) no message the
 ServerApp received holds a cell (any transport) or, under SecAgg+, a site's update;
 (4) a site killed mid-round: SecAgg+ finishes with the survivors, whose aggregate it is.
-One deployment serves every test (start-up and each run cost seconds).
+One deployment serves every test (tests/deploy/conftest.py: start-up and each run cost
+seconds).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from _sites import (
     SITES,
     fedscgen_params,
     leaked_cells,
+    revive,
     sites_whose_update_arrived,
 )
 
 from fedsc.cli import main
 from fedsc.deploy.experiment import evaluate_deployment
-from fedsc.deploy.local import LocalDeployment, split_by_batch
 from fedsc.deploy.secagg import quantization_range
 from fedsc.errors import FedscInputError
 from fedsc.methods.fedscgen import run_fedscgen
@@ -39,14 +40,6 @@ from fedsc.runner import RUN_FILES, execute_run
 from fedsc.sweep import RunStore
 
 CLIP = 64.0  # the app's default secagg-clip
-
-
-@pytest.fixture(scope="module")
-def deployment(data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("deploy")
-    paths = split_by_batch(data, "batch", root / "site-files")
-    with LocalDeployment(paths, root / "work") as dep:
-        yield dep
 
 
 VICTIM = "smartseq2"
@@ -63,7 +56,7 @@ def runs(deployment, tmp_path_factory):
         config = {"params": fedscgen_params(), "transport": transport, "log-messages": True}
         killer = None
         if transport == "secagg+":
-            config["timeout"] = 20.0  # a SecAgg+ stage waits this long for a silent site
+            config["timeout"] = 10.0  # a SecAgg+ stage waits this long for a silent site
             killer = threading.Thread(
                 target=_kill_after, args=(deployment, folder / "messages", VICTIM, 6), daemon=True
             )
@@ -71,6 +64,7 @@ def runs(deployment, tmp_path_factory):
         record = deployment.run(config, folder, timeout=400)
         if killer is not None:
             killer.join(5)
+            revive(deployment)  # the later tests need every site
         alive = [s for s in SITES if s not in record.get("dropped_sites", [])]
         outputs = {s: ad.read_h5ad(deployment.site_out(s) / f"{s}.h5ad") for s in alive}
         out[transport] = (record, folder, outputs)

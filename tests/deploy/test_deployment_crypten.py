@@ -16,18 +16,9 @@ import time
 import anndata as ad
 import numpy as np
 import pytest
-from _sites import SITES, fedscgen_params, leaked_cells, sites_whose_update_arrived
+from _sites import SITES, fedscgen_params, leaked_cells, revive, sites_whose_update_arrived
 
 from fedsc.deploy.fleet import DeploymentError
-from fedsc.deploy.local import LocalDeployment, split_by_batch
-
-
-@pytest.fixture(scope="module")
-def deployment(data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("deploy-crypten")
-    paths = split_by_batch(data, "batch", root / "site-files")
-    with LocalDeployment(paths, root / "work", parties=True) as dep:
-        yield dep
 
 
 def test_crypten_deployment_equals_simulation_and_relays_only_sealed_shares(
@@ -94,9 +85,12 @@ def test_a_site_killed_mid_round_stops_the_run_naming_it(deployment, tmp_path):
         "timeout": timeout,
     }
     start = time.monotonic()
-    with pytest.raises(DeploymentError) as failure:
-        deployment.run(config, folder, timeout=400)
-    killer.join(5)
+    try:
+        with pytest.raises(DeploymentError) as failure:
+            deployment.run(config, folder, timeout=400)
+    finally:
+        killer.join(5)
+        revive(deployment)  # the shared deployment (conftest.py) serves later tests
     assert (folder / "run.json").exists(), str(failure.value)
     run = json.loads((folder / "run.json").read_text())
     assert f"[{victim!r}] did not answer step 'fedscgen/update'" in run["error"], run["error"]
