@@ -4,7 +4,8 @@ Each notebook is read into memory and executed in a temporary working directory;
 stored notebooks are never written. The kernel is this interpreter
 (``sys.executable -m ipykernel_launcher``) through a kernelspec written to ``tmp_path``,
 so the test needs no installed kernel and always uses the project's virtual environment.
-Together about 1.5-2 minutes on two cores (most of it starting each kernel and importing
+Notebooks 02 and 04 run
+with fewer seeds (:data:`TEST_PARAMETERS`). Together about 1.5-2 minutes on two cores (most of it starting each kernel and importing
 the stack, and starting CrypTen's parties). The notebooks load scib-metrics' compiled
 kernels from the compilation caches (notebook 01 calls ``fedsc.settings.apply()``; the
 sweep notebooks' runs call it) instead of compiling them in every kernel.
@@ -30,6 +31,13 @@ KERNEL_NAME = "fedsc-test-venv"
 CELL_TIMEOUT = 240
 NOTEBOOK_TIMEOUT = 300
 MAX_BYTES = 1_000_000
+#: Smaller runs for the test (papermill's convention: a cell injected after the
+#: ``# Parameters`` cell overrides them): fewer seeds, every cell still executes. The
+#: stored notebooks keep their own parameters (``notebooks/execute.py`` injects nothing).
+TEST_PARAMETERS = {
+    "02_privacy_ablation": "SEEDS = [42, 123]",
+    "04_privacy_utility": "SEEDS = [42]",
+}
 
 
 def kernel_manager(spec_dir: Path):
@@ -44,6 +52,17 @@ def kernel_manager(spec_dir: Path):
     (kdir / "kernel.json").write_text(json.dumps(spec))
     ksm = kernelspec.KernelSpecManager(kernel_dirs=[str(spec_dir)], ensure_native_kernel=False)
     return manager.KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+
+
+def inject_parameters(nb, source: str) -> None:
+    """Insert ``source`` as a code cell right after the notebook's ``# Parameters`` cell."""
+    at = next(
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and c.source.lstrip().startswith("# Parameters")
+    )
+    cell = nbformat.v4.new_code_cell(f"# Injected parameters (tests/test_notebooks.py)\n{source}")
+    nb.cells.insert(at + 1, cell)
 
 
 def error_outputs(nb) -> list[str]:
@@ -86,6 +105,8 @@ def test_stored_notebook_is_executed_and_small(path):
 def test_notebook_executes(path, tmp_path):
     before = path.read_bytes()
     nb = nbformat.read(path, as_version=4)
+    if path.stem in TEST_PARAMETERS:
+        inject_parameters(nb, TEST_PARAMETERS[path.stem])
     workdir = tmp_path / "work"
     workdir.mkdir()
     km = kernel_manager(tmp_path / "kernels")
