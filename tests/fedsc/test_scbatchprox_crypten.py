@@ -36,6 +36,8 @@ def test_crypten_equals_plaintext_on_cell_lines(cell_lines, crypten_agg, seed):
     assert not np.array_equal(out["plaintext"], np.asarray(adata.X))  # it did refine
     # "not private" also contains "private": check the note says private, not its negation
     assert adata.uns["crypten"]["privacy"].startswith("private:")
+    if seed != 0:
+        return  # the scIB panel (two passes over 9478 cells, most of the time): one seed
     # scIB panel on all 9478 cells: every score equal to 4 decimals
     pre = np.asarray(adata.X)
     scores = {
