@@ -46,14 +46,14 @@ _ONE_WORKER = ("tests/deploy/",)
 _FIRST = (
     "tests/deploy/",
     "tests/test_notebooks.py",
-    "tests/fedsc/test_refactor_safety.py",
+    "tests/fedsc/run/test_refactor_safety.py",
     "tests/robustness/test_parties_faults.py",
-    "tests/fedsc/test_sweep.py",
-    "tests/fedsc/test_evaluation_real.py",
-    "tests/fedsc/test_settings.py",
+    "tests/fedsc/sweep/test_sweep.py",
+    "tests/fedsc/evaluation/test_evaluation_real.py",
+    "tests/fedsc/settings/test_settings.py",
     "tests/robustness/test_parties_rendezvous.py",
-    "tests/fedsc/test_scbatchprox_crypten.py",
-    "tests/fedsc/test_privacy_study.py",
+    "tests/fedsc/methods/test_scbatchprox_crypten.py",
+    "tests/fedsc/privacy/test_privacy_study.py",
 )
 
 
@@ -68,11 +68,11 @@ _SLOW_MODULES = (
     "tests/robustness/test_parties_rendezvous.py",
     "tests/smpc/test_sealed.py",
     "tests/smpc/test_party_pool.py",
-    "tests/fedsc/test_sweep.py",
-    "tests/fedsc/test_scbatchprox_crypten.py",
-    "tests/fedsc/test_privacy_study.py",
-    "tests/fedsc/test_settings.py",
-    "tests/fedsc/test_evaluation_real.py",
+    "tests/fedsc/sweep/test_sweep.py",
+    "tests/fedsc/methods/test_scbatchprox_crypten.py",
+    "tests/fedsc/privacy/test_privacy_study.py",
+    "tests/fedsc/settings/test_settings.py",
+    "tests/fedsc/evaluation/test_evaluation_real.py",
 )
 
 

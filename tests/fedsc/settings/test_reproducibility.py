@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PORTABLE_VARS = (
     "ATEN_CPU_CAPABILITY",
     "MKL_CBWR",

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(180)
 
 K = 5
 WEIGHTS = [120.0, 850.0, 3000.0, 42.0, 999.0]  # cell counts
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _assert_all_gone(pids: list[int]) -> None:

@@ -38,7 +38,7 @@ HEAVY_DP_SGD = {
 
 
 def _tiny():
-    path = Path(__file__).parents[2] / "robustness" / "_tiny_data.py"
+    path = Path(__file__).parents[3] / "robustness" / "_tiny_data.py"
     spec = importlib.util.spec_from_file_location("_tiny_data", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

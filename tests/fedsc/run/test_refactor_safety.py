@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DATA = Path(__file__).parent / "data"
 BEFORE = DATA / "privacy_ablation_before.csv"
 PORTABLE = DATA / "privacy_ablation_portable.csv"

@@ -74,7 +74,7 @@ def test_bad_study_configs(tiny_h5ad):
 
 
 def test_every_shipped_study_expands():
-    root = Path(__file__).parents[2] / "experiments"
+    root = Path(__file__).parents[3] / "experiments"
     files = sorted(root.glob("*.yaml"))
     assert len(files) >= 5
     for f in files:
