@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import smpc
+from fedsc.deploy.checks import scbatchprox_deployable as check_deployable
 from fedsc.deploy.fedscgen import site_order
 from fedsc.deploy.records import OWNED_PREFIX, OWNER_PREFIX
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
@@ -253,21 +254,6 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     return write_output(
         site, str(params["batch_key"]), out, keys=[key], run_token=params.get("run_token")
     )
-
-
-def check_deployable(config: ScBatchProxConfig, transport: str | None = None) -> None:
-    """Refuse settings the deployment does not support, naming the fix.
-
-    ``secure_rows`` runs over ``crypten`` (and ``plaintext``, not private); over
-    ``secagg+`` it is refused: the coordinator is the party that unmasks SecAgg+'s sum,
-    so it would see every row it sends a site.
-    """
-    if config.secure_rows and transport == "secagg+":
-        raise FedscInputError(
-            "secure_rows (owner-revealed means) cannot run over SecAgg+: the coordinator "
-            "unmasks SecAgg+'s sum, so it would see every row it sends a site. Use the "
-            "crypten transport, or secure_rows=False."
-        )
 
 
 @dataclass

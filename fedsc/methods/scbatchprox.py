@@ -39,7 +39,7 @@ slow reference the tests compare against).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from fedsc.federation import (
     derive_rng,
     run_federation,
 )
+from fedsc.methods.configs import ScBatchProxConfig
 from fedsc.methods.health import check_loss
 from smpc import Aggregator
 
@@ -72,45 +73,6 @@ REVEALS_SECURE_ROWS_NOT_PRIVATE = (
     "client's row update in the clear (use a private backend, e.g. crypten, for the "
     "secure-rows guarantee)"
 )
-
-
-@dataclass
-class ScBatchProxConfig:
-    """Hyper-parameters; defaults from the scBatchProx paper (docs/algorithms.md#scbatchprox)."""
-
-    rounds: int = 7
-    local_epochs: int = 2
-    lr: float = 1e-3
-    mu: float = 1e-3  # proximal weight; 0 is the "no proximal term" ablation
-    lam: float = 1e-3  # L2 weight on the tables
-    batch_size: int = 256
-    train_fraction: float = 0.9
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    #: Keep each client's row client-side: the coordinator learns only the total weight
-    #: (see the module docstring); ``False`` is the paper's protocol.
-    secure_rows: bool = False
-
-    def __post_init__(self) -> None:
-        checks = {
-            "rounds": self.rounds >= 1,
-            "local_epochs": self.local_epochs >= 1,
-            "lr": self.lr > 0,
-            "mu": self.mu >= 0,
-            "lam": self.lam >= 0,
-            "batch_size": self.batch_size >= 1,
-            "train_fraction": 0 < self.train_fraction <= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise FedscInputError(
-                f"invalid scBatchProx setting(s) {bad}: rounds, local_epochs and batch_size "
-                "must be >= 1, lr > 0, mu and lam >= 0, 0 < train_fraction <= 1."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict (run records, ``adata.uns``)."""
-        return asdict(self)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
@@ -25,13 +24,13 @@ from fedsc.data.inclusion import DEFAULT_MIN_CELLS, SCENARIOS, apply_inclusion
 from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
 from fedsc.methods import vae as vae_mod
+from fedsc.methods.configs import ScGenConfig
 from fedsc.methods.health import TrainingDivergedError, check_loss
 from fedsc.methods.vae import (
     EPOCH,
     INIT,
     SPLIT,
     VAE,
-    VAEConfig,
     as_tensor,
     decode,
     derive_generator,
@@ -47,23 +46,6 @@ from fedsc.progress import progress
 __all__ = ["ScGenConfig", "batch_removal", "run_scgen", "train_scgen", "train_vae"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ScGenConfig(VAEConfig):
-    """Centralized scGen: the VAE settings plus the epoch budget and early stopping."""
-
-    epochs: int = 100
-    early_stopping: bool = True  # on the validation loss, restoring the best state
-    patience: int = 20  # epochs without improvement before stopping
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.epochs < 1 or self.patience < 1:
-            raise FedscInputError(
-                f"epochs and patience must be >= 1, got epochs={self.epochs}, "
-                f"patience={self.patience}; use early_stopping=False to train every epoch."
-            )
 
 
 def train_vae(

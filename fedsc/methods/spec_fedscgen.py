@@ -9,7 +9,7 @@ __all__ = ["SPEC"]
 
 SPEC = MethodSpec(
     name="fedscgen",
-    config="fedsc.methods.fedscgen:FedScGenConfig",
+    config="fedsc.methods.configs:FedScGenConfig",
     input="expression",
     run="fedsc.methods.fedscgen:run_spec",  # imported on first use (torch)
     federated=True,

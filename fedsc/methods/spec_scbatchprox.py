@@ -79,7 +79,7 @@ def run_continual(adata: ad.AnnData, inputs: RunInputs, config: Any) -> ad.AnnDa
 
 SPEC = MethodSpec(
     name="scbatchprox",
-    config="fedsc.methods.scbatchprox:ScBatchProxConfig",
+    config="fedsc.methods.configs:ScBatchProxConfig",
     input="embedding",
     run=run,
     federated=True,

@@ -41,7 +41,7 @@ def run(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
 
 SPEC = MethodSpec(
     name="scgen",
-    config="fedsc.methods.scgen:ScGenConfig",
+    config="fedsc.methods.configs:ScGenConfig",
     input="expression",
     run=run,
     federated=False,

@@ -32,7 +32,6 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -41,6 +40,7 @@ from torch import nn
 
 from fedsc.errors import FedscInputError
 from fedsc.federation.seeding import derive_generator
+from fedsc.methods.configs import VAEConfig
 
 __all__ = [
     "EPOCH",
@@ -68,52 +68,6 @@ logger = logging.getLogger(__name__)
 INIT, SPLIT, EPOCH = 0x1A17, 0x5B17, 0xE90C
 
 _CHUNK = 4096  # cells per forward pass when encoding/decoding/validating without gradients
-
-
-@dataclass
-class VAEConfig:
-    """VAE hyper-parameters; defaults from FedscGen's table (docs/algorithms.md#vae)."""
-
-    hidden: tuple[int, ...] = (800, 800)
-    latent: int = 10
-    batch_norm: bool = True
-    negative_slope: float = 0.3  # LeakyReLU
-    dropout: float = 0.05
-    kl_weight: float = 1e-6  # α
-    lr: float = 1e-3  # Adam
-    batch_size: int = 50  # the last incomplete batch is dropped
-    validation_fraction: float = 0.1
-    #: torch threads while training/correcting (restored after); None keeps torch's setting.
-    #: 1 is fastest for small layers and on busy machines (OpenMP threads stall there).
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        checks = {
-            "hidden": len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
-            "latent": self.latent >= 1,
-            "negative_slope": self.negative_slope >= 0,
-            "dropout": 0 <= self.dropout < 1,
-            "kl_weight": self.kl_weight >= 0,
-            "lr": self.lr > 0,
-            "batch_size": self.batch_size >= 2,
-            "validation_fraction": 0 <= self.validation_fraction < 1,
-            "num_threads": self.num_threads is None or self.num_threads >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise FedscInputError(
-                f"invalid VAE setting(s) {bad}: hidden needs >= 1 layer of >= 1 units, "
-                "latent >= 1, negative_slope >= 0, 0 <= dropout < 1, kl_weight >= 0, lr > 0, "
-                "batch_size >= 2 (batch norm), 0 <= validation_fraction < 1, "
-                "num_threads None or >= 1."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (for YAML, run hashes and ``adata.uns``)."""
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
 
 
 @contextmanager

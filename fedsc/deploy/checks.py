@@ -1,0 +1,43 @@
+"""What a deployment refuses of a deployable method's config, checked before it starts.
+
+Torch- and Flower-free on purpose: :class:`fedsc.run.config.RunConfig` runs these when a
+run config with ``deploy`` is built (:func:`fedsc.deploy.drivers.check_deployable`), and the
+drivers run them again on the coordinator (their ``check_deployable``). One function per
+method, ``check(config, transport=None)``, named in :data:`fedsc.deploy.drivers.CONFIG_CHECKS`.
+"""
+
+from __future__ import annotations
+
+from fedsc.errors import FedscInputError
+from fedsc.methods.configs import FedScGenConfig, ScBatchProxConfig
+
+__all__ = ["fedscgen_deployable", "scbatchprox_deployable"]
+
+
+def fedscgen_deployable(config: FedScGenConfig, transport: str | None = None) -> None:
+    """Refuse settings the deployment does not support yet, naming the fix (any transport)."""
+    if config.dp is not None:
+        raise FedscInputError(
+            "differential privacy is not available in deployment yet (its mechanisms run in "
+            "the coordinator's process in simulation); run DP studies with `fedsc run`."
+        )
+    if config.keep_optimizer_state:
+        raise FedscInputError(
+            "keep_optimizer_state=True needs each site to keep its Adam moments between "
+            "rounds, which deployed sites do not yet do; use the default (fresh Adam)."
+        )
+
+
+def scbatchprox_deployable(config: ScBatchProxConfig, transport: str | None = None) -> None:
+    """Refuse settings the deployment does not support, naming the fix.
+
+    ``secure_rows`` runs over ``crypten`` (and ``plaintext``, not private); over
+    ``secagg+`` it is refused: the coordinator is the party that unmasks SecAgg+'s sum,
+    so it would see every row it sends a site.
+    """
+    if config.secure_rows and transport == "secagg+":
+        raise FedscInputError(
+            "secure_rows (owner-revealed means) cannot run over SecAgg+: the coordinator "
+            "unmasks SecAgg+'s sum, so it would see every row it sends a site. Use the "
+            "crypten transport, or secure_rows=False."
+        )
