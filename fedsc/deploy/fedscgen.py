@@ -1,9 +1,10 @@
-"""FedscGen deployed: the sites' steps and the coordinator's driver.
+"""FedscGen deployed: the sites' steps and the deployed clients of the one driver.
 
 No second implementation: a site trains with :class:`fedsc.methods.fedscgen.FedScGenMethod`
-(its own cells only) and corrects with :class:`~fedsc.methods.fedscgen.CorrectionSite`;
-the coordinator runs :func:`fedsc.federation.run_federation` (same strategies) and
-:func:`~fedsc.methods.fedscgen.dominant_means`, with :class:`~fedsc.deploy.remote.RemoteValue`
+(its own cells only; with cell-level DP, DP-SGD with the site's own noise and accountant)
+and corrects with :class:`~fedsc.methods.fedscgen.CorrectionSite`; the coordinator runs
+FedscGen's one driver, :func:`fedsc.methods.fedscgen_driver.drive`, over
+:class:`RemoteSites`, whose steps return :class:`~fedsc.deploy.remote.RemoteValue`
 references where simulation holds the clients' values. Client ``i`` is the ``i``-th
 training site in sorted (or ``client_order``) order, then the held-out sites, exactly as
 :func:`fedsc.data.split_clients` numbers the batches of one AnnData, so a deployment at a
@@ -12,41 +13,46 @@ seed reproduces the simulation at that seed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 import smpc
 from fedsc.data.validate import get_representation
+from fedsc.deploy.checks import fedscgen_deployable as check_deployable
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
 from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
-from fedsc.federation import State, run_federation
+from fedsc.federation import LocalResult, State
 from fedsc.federation.seeding import client_generators
 from fedsc.methods import RunInputs
-from fedsc.methods.fedscgen import (
-    CorrectionSite,
-    FedScGenConfig,
-    FedScGenMethod,
-    dominant_means,
-    model_from_state,
-)
-from fedsc.methods.vae import (
-    INIT,
-    SPLIT,
-    VAE,
-    as_tensor,
-    derive_generator,
-    split_train_validation,
-    torch_threads,
-)
+from fedsc.methods.configs import dp_mapping
+from fedsc.methods.fedscgen import CorrectionSite, FedScGenConfig, FedScGenMethod
+from fedsc.methods.fedscgen_driver import check_labels, drive, global_model, training_cells
+from fedsc.methods.vae import as_tensor, torch_threads
+
+if TYPE_CHECKING:
+    from fedsc.privacy.accounting import DPConfig
+
+__all__ = [
+    "RemoteCorrectionSite",
+    "RemoteSites",
+    "check_deployable",
+    "config_of",
+    "run",
+    "run_params",
+    "site_order",
+    "training_cells",
+]
 
 #: Metrics a FedscGen client reports per round (without DP-SGD).
 METRICS = ("train_loss", "val_loss")
 _MODEL = "fedscgen/model"
+#: What a site keeps of its DP-SGD for its accountant: steps so far, q and σ.
+_DP = "fedscgen/dp"
 
 
 def config_of(params: Mapping[str, Any]) -> FedScGenConfig:
@@ -66,9 +72,11 @@ def _expression(site: Site, params: Mapping[str, Any]) -> torch.Tensor:
 @register_step("fedscgen/update")
 def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> State:
     """Local training from the global state (``arrays``) for round ``params["round"]``."""
-    config = config_of(params)
+    config = site_dp_config(config_of(params), params.get("noise_multiplier"))
     index, r, seed = int(params["index"]), int(params["round"]), int(params["seed"])
     with torch_threads(config.num_threads):
+        # with cell-level DP, DP-SGD here: the noise from this site's own fresh randomness
+        # (seeded from the run seed only when the agreed config says simulated: tests)
         method = FedScGenMethod(
             {index: _expression(site, params)}, config, seed, {index: site.name or str(index)}
         )
@@ -76,7 +84,57 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
             index, _state(arrays), r, client_generators(seed, r, [index])[0]
         )
     keep_metrics(site, "fedscgen", r, result.metrics, weight=result.weight)
+    if index in method.dp_steps:  # the site's own accountant: what its cells went through
+        steps, q = method.dp_steps[index]
+        assert method.dp is not None
+        site.state[_DP] = {
+            "steps": np.asarray(steps),
+            "sampling_rate": np.asarray(q),
+            "noise_multiplier": np.asarray(float(method.dp.noise_multiplier or 0.0)),
+        }
     return result.state
+
+
+def site_dp_config(config: FedScGenConfig, sigma: Any) -> FedScGenConfig:
+    """The config a site trains with: the agreed one, σ the coordinator calibrated.
+
+    Cell level only (the other levels are refused: :func:`check_deployable`). With σ in
+    the agreed config, a different σ is refused; with a ``target_epsilon`` to calibrate
+    to, the coordinator calibrates σ over every site's training cells (public weights)
+    and the site, when it builds its DP-SGD, checks that its own ε stays within the
+    target (:func:`~fedsc.methods.fedscgen_driver.resolve_dp`).
+    """
+    if config.dp is None:
+        return config
+    from fedsc.privacy.accounting import DPConfig
+
+    agreed = DPConfig.from_dict(dp_mapping(config.dp))
+    assert agreed is not None
+    if agreed.level != "cell":
+        check_deployable(config)  # names why that level cannot run deployed
+    if agreed.noise_multiplier is not None:
+        if sigma is not None and float(sigma) != agreed.noise_multiplier:
+            raise FedscInputError(
+                f"the coordinator asks for noise_multiplier={sigma}, but the agreed DP "
+                f"config fixes {agreed.noise_multiplier}; this site trains with the agreed one."
+            )
+        return config
+    if sigma is None:
+        raise FedscInputError(
+            "the agreed DP config calibrates sigma to target_epsilon, but the coordinator "
+            "sent none; the site cannot train with DP-SGD without it."
+        )
+    return replace(config, dp={**config.dp, "noise_multiplier": float(sigma)})
+
+
+def _site_epsilon(config: FedScGenConfig, kept: Mapping[str, np.ndarray]) -> float:
+    """ε of this site's cells after its DP-SGD (its own accountant)."""
+    from fedsc.privacy.accounting import DPConfig
+
+    dp = site_dp_config(config, float(kept["noise_multiplier"])).dp
+    resolved = DPConfig.from_dict(dp_mapping(dict(dp or {})))
+    assert resolved is not None
+    return float(resolved.epsilon(int(kept["steps"]), float(kept["sampling_rate"])))
 
 
 def _correction_site(
@@ -88,15 +146,10 @@ def _correction_site(
         raise FedscInputError("the coordinator has not sent the trained model to this site yet.")
     config = config_of(params)
     x = _expression(site, params)
-    model = model_from_state(_state(site.state[_MODEL]), int(x.shape[1]), config)
+    model = global_model(_state(site.state[_MODEL]), int(x.shape[1]), config)
     vocab = [str(v) for v in params["vocabulary"]]
     labels = site.adata.obs[params["label_key"]].astype(str).to_numpy()
-    unknown = sorted(set(labels) - set(vocab))
-    if unknown:
-        raise FedscInputError(
-            f"this site has cell types {unknown} outside the agreed vocabulary; add them to "
-            "label_vocabulary or relabel them."
-        )
+    check_labels(labels, vocab, "this site")
     with torch_threads(config.num_threads):
         return CorrectionSite(model, x, labels, {t: i for i, t in enumerate(vocab)})
 
@@ -137,13 +190,17 @@ def site_apply(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]
     key = str(params.get("key_added", "fedscgen"))
     out.obsm[f"X_{key}"] = latent
     out.layers[key] = expression
-    return write_output(
+    receipt = write_output(
         site,
         str(params["batch_key"]),
         out,
         keys=[f"X_{key}", f"layers/{key}"],
         run_token=params.get("run_token"),
     )
+    kept = site.state.get(_DP)
+    if kept is not None:  # a training site's ε (public: from public counts and settings)
+        receipt["epsilon"] = _site_epsilon(config, kept)
+    return receipt
 
 
 # ----------------------------------------------------------------------------- coordinator
@@ -211,49 +268,114 @@ def run_params(inputs: RunInputs, config: FedScGenConfig) -> dict[str, Any]:
     }
 
 
-def check_deployable(config: FedScGenConfig, transport: str | None = None) -> None:
-    """Refuse settings the deployment does not support yet, naming the fix (any transport)."""
-    if config.dp is not None:
-        raise FedscInputError(
-            "differential privacy is not available in deployment yet (its mechanisms run in "
-            "the coordinator's process in simulation); run DP studies with `fedsc run`."
-        )
-    if config.keep_optimizer_state:
-        raise FedscInputError(
-            "keep_optimizer_state=True needs each site to keep its Adam moments between "
-            "rounds, which deployed sites do not yet do; use the default (fresh Adam)."
-        )
+class RemoteSites:
+    """A deployment's sites as the driver's clients (a :class:`FedscGenSites`).
 
+    Each step returns a reference to the value the site computes (a
+    :class:`~fedsc.deploy.remote.RemoteValue`); the deployed aggregator asks the sites for
+    it through the transport.
 
-def training_cells(
-    n_obs: Mapping[str, int],
-    order: list[str],
-    train: list[str],
-    config: FedScGenConfig,
-    seed: int,
-) -> dict[str, int]:
-    """Training cells per training site, as the sites split them; refuse too few.
-
-    A site with fewer training cells than one minibatch is refused. ``order``: every site in client-index order (training sites, then held-out ones).
-    ``fedsc deploy local`` calls this before it starts Flower, the driver on the sites'
-    counts.
+    Parameters
+    ----------
+    hello
+        Each site's public facts (step ``hello``), by site name.
+    params
+        The run's ``params`` (:func:`run`).
+    apply
+        Runs a public step at the sites (the final correction, which writes each output).
+    live
+        ``live(sites) -> sites`` without those that dropped out (their output is skipped).
     """
-    n_train = {
-        n: len(
-            split_train_validation(
-                int(n_obs[n]), config.validation_fraction, derive_generator(seed, SPLIT, i)
-            )[0]
-        )
-        for i, n in enumerate(order)
-        if n in train
-    }
-    small = {n: k for n, k in n_train.items() if k < config.batch_size}
-    if small:
-        raise FedscInputError(
-            f"sites {sorted(small)} have fewer training cells ({small}) than one minibatch "
-            f"(batch_size={config.batch_size}); lower batch_size or hold them out."
-        )
-    return n_train
+
+    kind = "sites"
+
+    def __init__(
+        self,
+        hello: Mapping[str, Mapping[str, Any]],
+        params: Mapping[str, Any],
+        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        live: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        train, held = site_order(hello, params)
+        self.names = train + held
+        self.n_training = len(train)
+        self.n_obs = {n: int(hello[n]["n_obs"]) for n in self.names}
+        self.n_genes = int(next(iter(hello.values()))["n_vars"])
+        self.hello = hello
+        self.config = config_of(params)
+        self.base = {
+            "config": self.config.to_dict(),
+            "seed": int(params["seed"]),
+            "batch_key": params["batch_key"],
+            "label_key": params["label_key"],
+            "layer": params.get("layer"),
+        }
+        self.key_added = str(params.get("key_added", "fedscgen"))
+        self._apply = apply
+        self._live = live
+        self._method: RemoteMethod | None = None
+        self._correction: dict[str, Any] = {}
+        #: The sites' receipts of the final step, and those that dropped out before it.
+        self.receipts: dict[str, Any] = {}
+        self.dropped: list[str] = []
+
+    def labels(self) -> list[str]:
+        """The sorted union of the sites' cell types (their ``hello``)."""
+        return sorted(set().union(*(set(h["labels"]) for h in self.hello.values())))
+
+    def n_donors(self) -> dict[str, int]:
+        """Refused: sites do not report their training donors (:func:`check_deployable`)."""
+        check_deployable(self.config)
+        raise FedscInputError("donor-level DP cannot be deployed yet.")
+
+    def start_training(
+        self, dp: DPConfig | None, n_train: Mapping[str, int], initial: State
+    ) -> None:
+        """The update requests: public weights, SecAgg+'s bound, the calibrated σ."""
+        cfg = self.config
+        # BatchNorm's step counter is part of the state: SecAgg+ must cover its range
+        steps = cfg.rounds * cfg.local_epochs * -(-max(n_train.values()) // cfg.batch_size)
+        update = {**self.base, "n_train": dict(n_train), "bound": steps + 1}
+        metrics: Sequence[str] = METRICS
+        if dp is not None and dp.level == "cell":
+            update["noise_multiplier"] = dp.noise_multiplier
+            metrics = ()  # DP-SGD reports no losses (un-noised functions of the cells)
+        names = dict(enumerate(self.names[: self.n_training]))
+        self._method = RemoteMethod("fedscgen", names, update, initial, metrics)
+
+    def local_update(
+        self, client: int, global_state: State, round_index: int, generator: torch.Generator
+    ) -> LocalResult:
+        """A reference to the site's update of this round, and to its metrics."""
+        assert self._method is not None
+        return self._method.local_update(client, global_state, round_index, generator)
+
+    def correction_steps(
+        self, state: State, vocabulary: Sequence[str]
+    ) -> list[RemoteCorrectionSite]:
+        """Stand-ins for each site's correction steps (the first request carries ``state``)."""
+        # a latent sum of up to n cells: values up to 64 n (sites refuse larger ones)
+        cap = max(self.n_obs.values())
+        self._correction = {**self.base, "vocabulary": list(vocabulary), "bound": 64.0 * cap}
+        final = {k: v.detach().clone() for k, v in state.items()}
+        return [RemoteCorrectionSite(n, self._correction, final) for n in self.names]
+
+    def apply(self, shared: np.ndarray, means: np.ndarray) -> dict[str, Any]:
+        """Step e at every site still there; each writes its output; their receipts."""
+        alive = list(self.names) if self._live is None else self._live(list(self.names))
+        self.dropped = [n for n in self.names if n not in alive]
+        params = {**self._correction, "shared": _ints(shared), "key_added": self.key_added}
+        arrays = {"means": np.asarray(means, dtype=np.float64)}
+        self.receipts = self._apply({s: ("fedscgen/apply", params, arrays) for s in alive})
+        return self.receipts
+
+    def epsilon(self) -> dict[str, float]:
+        """The ε each training site reported with its output (its own accountant)."""
+        return {
+            s: float(r["epsilon"])
+            for s, r in self.receipts.items()
+            if isinstance(r, Mapping) and "epsilon" in r
+        }
 
 
 def run(
@@ -294,83 +416,27 @@ def run(
             f"{ {s: h['genes'] for s, h in hello.items()} }; agree on one gene list first "
             "(docs/deployment.md, federated preprocessing)."
         )
-    train, held = site_order(hello, params)
-    names = {i: n for i, n in enumerate(train + held)}
-    seed = int(params["seed"])
-    n_genes = int(next(iter(hello.values()))["n_vars"])
-    n_train = training_cells(
-        {n: int(h["n_obs"]) for n, h in hello.items()}, train + held, train, config, seed
-    )
-    base = {
-        "config": config.to_dict(),
-        "seed": seed,
-        "batch_key": params["batch_key"],
-        "label_key": params["label_key"],
-        "layer": params.get("layer"),
-    }
+    sites = RemoteSites(hello, params, apply, live)
     with torch_threads(config.num_threads):
-        model = VAE(n_genes, config, derive_generator(seed, INIT))
-        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        # BatchNorm's step counter is part of the state: SecAgg+ must cover its range
-        steps = config.rounds * config.local_epochs * -(-max(n_train.values()) // config.batch_size)
-        update = {**base, "n_train": n_train, "bound": steps + 1}
-        method = RemoteMethod("fedscgen", names, update, initial, METRICS)
-        fed = run_federation(
-            method,
-            list(range(len(train))),
+        done = drive(
+            sites,
             aggregator,
-            rounds=config.rounds,
-            seed=seed,
+            config,
+            int(params["seed"]),
+            vocabulary=params.get("label_vocabulary"),
+            strategy=strategy,
             show_progress=False,
             description="FedscGen rounds (deployed)",
-            strategy=strategy,
             on_round_end=on_round_end,
         )
-    vocabulary = params.get("label_vocabulary") or sorted(
-        set().union(*(set(h["labels"]) for h in hello.values()))
-    )
-    # a latent sum of up to n cells: values up to 64 n (sites refuse larger ones)
-    cap = max(int(h["n_obs"]) for h in hello.values())
-    corr_params = {**base, "vocabulary": list(vocabulary), "bound": 64.0 * cap}
-    final = {k: v.detach().clone() for k, v in fed.state.items()}
-    sites = [RemoteCorrectionSite(names[i], corr_params, final) for i in range(len(names))]
-    n_clients, shared, winners, means = dominant_means(sites, aggregator, config.latent)
-    alive = list(names.values()) if live is None else live(list(names.values()))
-    written = apply(
-        {
-            site: (
-                "fedscgen/apply",
-                {
-                    **corr_params,
-                    "shared": _ints(shared),
-                    "key_added": params.get("key_added", "fedscgen"),
-                },
-                {"means": np.asarray(means, dtype=np.float64)},
-            )
-            for site in alive
-        }
-    )
-    shared_names = [vocabulary[t] for t in shared]
+    fed = done.federation
     return {
         "history": fed.history,
-        "clients": [
-            {
-                "name": names[i],
-                "index": i,
-                "held_out": names[i] in held,
-                "n_cells": int(hello[names[i]]["n_obs"]),
-                "n_train": n_train.get(names[i], 0),
-            }
-            for i in range(len(names))
-        ],
-        "correction": {
-            "vocabulary": list(vocabulary),
-            "n_clients_per_type": {t: int(n) for t, n in zip(vocabulary, n_clients, strict=True)},
-            "shared_types": shared_names,
-            "dominant": {t: names[int(w)] for t, w in zip(shared_names, winners, strict=True)},
-        },
-        "outputs": written,
-        "dropped_sites": [n for n in names.values() if n not in alive],
+        "clients": done.clients,
+        "correction": done.correction.summary(),
+        "dp": done.dp_record,
+        "outputs": done.outputs,
+        "dropped_sites": sites.dropped,
         "seconds_training": fed.seconds,
         "model_state": {k: v.detach().cpu().numpy() for k, v in fed.state.items()},
     }

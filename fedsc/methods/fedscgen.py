@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -54,14 +54,24 @@ from fedsc.data.validate import (
     validate_expression_input,
 )
 from fedsc.errors import FedscInputError
-from fedsc.federation import FederationResult, LocalResult, State, Strategy, run_federation
+from fedsc.federation import FederationResult, LocalResult, State, Strategy
 from fedsc.methods import vae as vae_mod
+from fedsc.methods.configs import FedScGenConfig
+from fedsc.methods.fedscgen_driver import (
+    Correction,
+    check_labels,
+    correct_sites,
+    dominant_means,
+    drive,
+    global_model,
+    initial_model,
+    resolve_dp,
+)
 from fedsc.methods.health import TrainingDivergedError, check_loss
 from fedsc.methods.scgen import prepare_inclusion, write_outputs
 from fedsc.methods.spec import RunInputs
 from fedsc.methods.vae import (
     EPOCH,
-    INIT,
     SPLIT,
     VAE,
     VAEConfig,
@@ -76,12 +86,16 @@ from fedsc.methods.vae import (
     train_epoch,
 )
 
+if TYPE_CHECKING:
+    from fedsc.privacy.accounting import DPConfig
+
 __all__ = [
     "CorrectionResult",
     "CorrectionSite",
     "FedScGenConfig",
     "FedScGenMethod",
     "FedScGenResult",
+    "InProcessSites",
     "correct",
     "dominant_means",
     "model_from_state",
@@ -89,58 +103,12 @@ __all__ = [
 ]
 
 
-@dataclass
-class FedScGenConfig(VAEConfig):
-    """FedscGen: the VAE settings plus rounds and local epochs (8 x 2 recommended)."""
-
-    rounds: int = 8
-    local_epochs: int = 2
-    #: Keep each client's Adam moments across rounds (local, never sent). The default,
-    #: a fresh optimiser every round, is what FedscGen's trainer does.
-    keep_optimizer_state: bool = False
-    #: Differential privacy (a :class:`~fedsc.privacy.accounting.DPConfig` mapping) or
-    #: ``None`` (off: bit-identical to FedscGen). Any DP setting trains the GroupNorm DP
-    #: variant of the VAE (:func:`fedsc.methods.dp_sgd.to_dp_variant`); ``level="cell"``
-    #: runs DP-SGD locally, ``level="client"`` leaves the noise to the ``gaussian``
-    #: mechanism on the aggregator (BatchNorm buffers do not survive clipping and noise).
-    dp: dict[str, Any] | None = None
-    #: Donor-level DP (``dp={level: donor}``): the ``obs`` column naming each cell's donor.
-    donor_key: str | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.dp is not None:
-            from fedsc.privacy.accounting import DPConfig
-
-            dp = DPConfig.from_dict(_dp_mapping(self.dp))  # refuses sigma < 0, clip <= 0, ...
-            if dp is not None and dp.level == "donor" and not self.donor_key:
-                raise FedscInputError(
-                    "donor-level DP needs donor_key, the obs column naming each cell's donor "
-                    "(a run config's donor_key: donor)."
-                )
-        if self.rounds < 1 or self.local_epochs < 1:
-            raise FedscInputError(
-                f"rounds and local_epochs must be >= 1, got rounds={self.rounds}, "
-                f"local_epochs={self.local_epochs}."
-            )
-
-
-def _dp_mapping(dp: dict[str, Any]) -> dict[str, Any]:
-    """``dp`` with σ to calibrate (``None``) when only ``target_epsilon`` is given.
-
-    Without it :class:`~fedsc.privacy.accounting.DPConfig`'s default σ = 1 would run (and
-    be recorded) instead of the σ the target calls for.
-    """
-    if dp.get("target_epsilon") is not None and "noise_multiplier" not in dp:
-        return {**dp, "noise_multiplier": None}
-    return dp
-
-
 def model_from_state(state: State, n_genes: int, config: VAEConfig) -> VAE:
-    """A VAE (evaluation mode) holding ``state``, e.g. a per-round snapshot."""
-    model = VAE(n_genes, config, derive_generator(0, INIT))
-    model.load_state_dict(state)
-    return model.eval()
+    """A VAE (evaluation mode) holding ``state``, e.g. a per-round snapshot.
+
+    The DP variant when ``config`` is a :class:`FedScGenConfig` with ``dp`` set.
+    """
+    return global_model(state, n_genes, config)
 
 
 class FedScGenMethod:
@@ -155,6 +123,14 @@ class FedScGenMethod:
         VAE and federation settings.
     seed
         Run seed (initial weights, each client's split and epochs).
+    names
+        Client names for messages (default: the indices).
+    donors
+        Donor-level DP: an integer donor id per cell of each client.
+    dp
+        The DP settings resolved for the whole federation
+        (:func:`~fedsc.methods.fedscgen_driver.resolve_dp`, as the driver passes them);
+        default: resolved here over these clients.
     """
 
     def __init__(
@@ -164,6 +140,7 @@ class FedScGenMethod:
         seed: int,
         names: Mapping[int, str] | None = None,
         donors: Mapping[int, torch.Tensor] | None = None,
+        dp: DPConfig | None = None,
     ) -> None:
         if not data:
             raise FedscInputError("FedscGen needs at least one training client.")
@@ -176,7 +153,7 @@ class FedScGenMethod:
         self.data = {int(c): x for c, x in data.items()}
         #: Client names for messages (default: the indices).
         self.names = {c: str((names or {}).get(c, c)) for c in self.data}
-        self.model = VAE(self.n_genes, config, derive_generator(seed, INIT))
+        self.model = initial_model(self.n_genes, config, seed)
         self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.splits = {
             c: split_train_validation(
@@ -194,40 +171,23 @@ class FedScGenMethod:
         self._optimizers: dict[int, torch.optim.Optimizer] = {}
         #: Donor-level DP: an integer donor id per cell of each client.
         self.donors = {int(c): d for c, d in (donors or {}).items()}
-        self._init_dp()
-
-    def _init_dp(self) -> None:
-        """DP wiring: the GroupNorm variant, and σ resolved for cell-level DP-SGD."""
-        cfg = self.config
         #: Per client: (DP-SGD steps its cells went through so far, sampling rate q).
         self.dp_steps: dict[int, tuple[int, float]] = {}
-        if cfg.dp is None:
-            self.dp = None
+        self.dp = dp if dp is not None else self._resolve_dp()
+        if config.dp is None:
             place(self.model)  # settings.device (DP-SGD trains on the CPU)
-            return
-        # Only with DP: Opacus and dp_accounting take ~1.7 s to import (torch.distributed,
-        # sympy), a third of a plaintext run on the bundled pancreas.
-        from fedsc.methods import dp_sgd
-        from fedsc.privacy.accounting import DPConfig
 
-        dp = DPConfig.from_dict(_dp_mapping(cfg.dp))
-        assert dp is not None
-        self.dp = dp
-        self.model = dp_sgd.to_dp_variant(self.model)
-        self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if dp.level == "cell":
-            sizes = [self.n_train(c) for c in self.data]
-            self.dp = dp_sgd.resolve_for_clients(
-                dp, sizes, cfg.batch_size, cfg.local_epochs, cfg.rounds
-            )
-        if dp.level == "donor":
+    def _resolve_dp(self) -> DPConfig | None:
+        """The DP settings over these clients (σ calibrated for every one of them)."""
+        cfg = self.config
+        if cfg.dp is not None and cfg.dp.get("level") == "donor":
             missing = sorted(set(self.data) - set(self.donors))
             if missing:
                 raise FedscInputError(
                     f"donor-level DP: clients {missing} have no donor ids (donors=)."
                 )
-            counts = [self.n_donors(c) for c in self.data]
-            self.dp = dp_sgd.resolve_for_donors(dp, counts, cfg.local_epochs, cfg.rounds)
+            return resolve_dp(cfg, [], [self.n_donors(c) for c in self.data])
+        return resolve_dp(cfg, [self.n_train(c) for c in self.data])
 
     def n_donors(self, client: int) -> int:
         """D_c: the client's training donors (its FedAvg weight under donor-level DP)."""
@@ -342,15 +302,6 @@ class CorrectionResult:
         }
 
 
-#: What the coordinator learns from :func:`correct`, for reports.
-REVEALED = [
-    "the label vocabulary (public, agreed in advance or given as label_vocabulary)",
-    "per cell type: the number of clients holding >= 1 cell of it",
-    "per shared cell type: the index of the dominant client (most cells)",
-    "per shared cell type: the dominant client's mean latent M_t and its cell count",
-]
-
-
 class CorrectionSite:
     """One client's side of the correction (steps a, b-d inputs, e); all work is local.
 
@@ -406,42 +357,6 @@ class CorrectionSite:
         return z32, decode(self.model, torch.from_numpy(z32)).numpy()
 
 
-def dominant_means(
-    sites: Sequence[Any], aggregator: smpc.Aggregator, n_latent: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Steps b-d over ``sites`` (in client order): what every client needs to correct.
-
-    ``sites`` are :class:`CorrectionSite` objects, or stand-ins whose step methods return
-    what the aggregator accepts (a deployment's references to values kept at the sites);
-    only the aggregator's outputs are read here.
-
-    Returns
-    -------
-    (clients holding each type, shared type columns, dominant client per shared type,
-    the dominant client's mean latent per shared type).
-    """
-    ledger = aggregator.ledger
-    # b. number of clients per type (only that is revealed)
-    with ledger.scope(None, "correction/presence"):
-        n_clients = np.rint(np.asarray(aggregator.sum([s.presence() for s in sites])))
-    shared = np.flatnonzero(n_clients >= 2)
-    means = np.zeros((len(shared), n_latent))
-    winners = np.zeros(0, dtype=np.int64)
-    if len(shared):
-        # c. dominant client per shared type (only the winner's index is revealed)
-        with ledger.scope(None, "correction/dominant"):
-            winners = np.asarray(
-                aggregator.argmax([s.shared_counts(shared) for s in sites]), dtype=np.int64
-            )
-        # d. mean latent of the dominant client's cells, by a sum that is zero elsewhere
-        with ledger.scope(None, "correction/mean_latent"):
-            total = aggregator.sum(
-                [s.contribution(shared, winners, pos) for pos, s in enumerate(sites)]
-            )
-        means = np.asarray(total["latent_sum"]) / np.asarray(total["count"])[:, None]
-    return n_clients, shared, winners, means
-
-
 def correct(
     model: VAE,
     clients: Sequence[Client],
@@ -479,51 +394,169 @@ def correct(
     clients = sorted(clients, key=lambda c: c.index)
     if not clients:
         raise FedscInputError("correct() needs at least one client.")
-    n_total = sum(c.n_obs for c in clients)
-    order = np.concatenate([np.asarray(c.obs_indices) for c in clients])
-    if not np.array_equal(np.sort(order), np.arange(n_total)):
-        raise FedscInputError(
-            "clients' obs_indices must partition 0..n-1 (one AnnData split by "
-            "fedsc.data.split_clients); got overlapping or missing cells."
-        )
-    labels = [obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in clients]
-    if vocabulary is None:
-        vocab = sorted(set().union(*(set(lab) for lab in labels)))
-    else:
-        vocab = [str(v) for v in vocabulary]
-        if len(set(vocab)) != len(vocab):
-            raise FedscInputError("label vocabulary has duplicate names; list each type once.")
-        for c, lab in zip(clients, labels, strict=True):
-            unknown = sorted(set(lab) - set(vocab))
-            if unknown:
-                raise FedscInputError(
-                    f"client {c.name!r} has cell types {unknown} outside the label "
-                    "vocabulary; add them to label_vocabulary= or relabel them."
-                )
-    col = {t: i for i, t in enumerate(vocab)}
-    sites = [
-        CorrectionSite(model, as_tensor(get_representation(c.adata, layer=layer)), lab, col)
-        for c, lab in zip(clients, labels, strict=True)
-    ]
-    n_clients, shared, winners, means = dominant_means(sites, aggregator, model.config.latent)
-
-    # e. local: shift own cells of shared types, decode everything
-    latent = np.empty((n_total, model.config.latent), dtype=np.float32)
-    expression = np.empty((n_total, model.n_genes), dtype=np.float32)
-    for c, site in zip(clients, sites, strict=True):
-        latent[c.obs_indices], expression[c.obs_indices] = site.corrected(shared, means)
-
-    shared_names = [vocab[t] for t in shared]
-    return CorrectionResult(
-        latent=latent,
-        expression=expression,
-        vocabulary=vocab,
-        n_clients_per_type={t: int(n) for t, n in zip(vocab, n_clients, strict=True)},
-        shared_types=shared_names,
-        standalone_types=[vocab[t] for t in np.flatnonzero(n_clients == 1)],
-        dominant={t: clients[w].name for t, w in zip(shared_names, winners, strict=True)},
-        revealed=list(REVEALED),
+    sites = InProcessSites(clients, len(clients), None, 0, label_key=label_key, layer=layer)
+    sites.model = model
+    correction, outputs = correct_sites(
+        sites, aggregator, model.state_dict(), vocabulary, model.config.latent
     )
+    return correction_result(correction, outputs, clients, model.config.latent, model.n_genes)
+
+
+def correction_result(
+    correction: Correction,
+    outputs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    clients: Sequence[Client],
+    n_latent: int,
+    n_genes: int,
+) -> CorrectionResult:
+    """The clients' step-e outputs in the original cell order, with the public summary."""
+    n_total = sum(c.n_obs for c in clients)
+    latent = np.empty((n_total, n_latent), dtype=np.float32)
+    expression = np.empty((n_total, n_genes), dtype=np.float32)
+    for c in clients:
+        latent[c.obs_indices], expression[c.obs_indices] = outputs[c.name]
+    return CorrectionResult(latent=latent, expression=expression, **correction.summary())
+
+
+class InProcessSites:
+    """The clients of a simulated run, in this process (a :class:`FedscGenSites`).
+
+    Each client's data stay in its :class:`~fedsc.data.Client`; training runs through
+    :class:`FedScGenMethod`, the correction through one :class:`CorrectionSite` per
+    client, in client-index order.
+
+    Parameters
+    ----------
+    clients
+        Every client (training first, then held-out), numbered 0..K-1; their
+        ``obs_indices`` must partition the AnnData they were split from.
+    n_training
+        How many of them train.
+    config, seed
+        The method config and run seed (training only).
+    label_key, layer
+        ``obs`` column with each cell's type; layer to read instead of ``X``.
+    donors
+        Donor-level DP: an integer donor id per cell of each training client.
+    """
+
+    kind = "batches"
+
+    def __init__(
+        self,
+        clients: Sequence[Client],
+        n_training: int,
+        config: FedScGenConfig | None,
+        seed: int,
+        *,
+        label_key: str,
+        layer: str | None = None,
+        donors: Mapping[int, torch.Tensor] | None = None,
+    ) -> None:
+        self.clients = sorted(clients, key=lambda c: c.index)
+        n_total = sum(c.n_obs for c in self.clients)
+        order = np.concatenate([np.asarray(c.obs_indices) for c in self.clients])
+        if not np.array_equal(np.sort(order), np.arange(n_total)):
+            raise FedscInputError(
+                "clients' obs_indices must partition 0..n-1 (one AnnData split by "
+                "fedsc.data.split_clients); got overlapping or missing cells."
+            )
+        self.names = [c.name for c in self.clients]
+        self.n_training = int(n_training)
+        self.n_obs = {c.name: int(c.n_obs) for c in self.clients}
+        self.n_genes = int(self.clients[0].adata.n_vars)
+        self.config = config
+        self.seed = int(seed)
+        self.layer = layer
+        self.donors = dict(donors or {})
+        self._labels = [
+            obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in self.clients
+        ]
+        #: The training clients (after :meth:`start_training`).
+        self.method: FedScGenMethod | None = None
+        #: The global model the correction uses (the trained one after the rounds).
+        self.model: VAE | None = None
+        self._steps: list[CorrectionSite] = []
+
+    def labels(self) -> list[str]:
+        """The sorted union of the clients' cell types."""
+        return sorted(set().union(*(set(lab) for lab in self._labels)))
+
+    def n_donors(self) -> dict[str, int]:
+        """Training donors per training client (the split is the one training uses)."""
+        assert self.config is not None
+        out = {}
+        for c in self.clients[: self.n_training]:
+            if c.index not in self.donors:
+                raise FedscInputError(
+                    f"donor-level DP: client {c.name!r} has no donor ids (donor_key)."
+                )
+            train, _ = split_train_validation(
+                c.n_obs,
+                self.config.validation_fraction,
+                derive_generator(self.seed, SPLIT, c.index),
+            )
+            out[c.name] = len(torch.unique(self.donors[c.index][train]))
+        return out
+
+    def start_training(
+        self, dp: DPConfig | None, n_train: Mapping[str, int], initial: State
+    ) -> None:
+        """Build the training clients (``initial`` equals their own initial state)."""
+        assert self.config is not None
+        train = self.clients[: self.n_training]
+        # one client's rows densified at a time: a dense copy of all cells beside the
+        # clients' copies cost n x genes x 4 bytes more at the peak
+        data = {c.index: as_tensor(get_representation(c.adata, layer=self.layer)) for c in train}
+        self.method = FedScGenMethod(
+            data,
+            self.config,
+            self.seed,
+            names={c.index: c.name for c in train},
+            donors=self.donors,
+            dp=dp,
+        )
+        self.model = self.method.model
+
+    def local_update(
+        self, client: int, global_state: State, round_index: int, generator: torch.Generator
+    ) -> LocalResult:
+        """The client's local training (:meth:`FedScGenMethod.local_update`)."""
+        assert self.method is not None
+        return self.method.local_update(client, global_state, round_index, generator)
+
+    def correction_steps(self, state: State, vocabulary: Sequence[str]) -> list[CorrectionSite]:
+        """Each client encodes its cells with the trained model (step a)."""
+        assert self.model is not None
+        if self.method is not None:
+            self.method.data.clear()  # the training copies are not needed to correct
+        for c, lab in zip(self.clients, self._labels, strict=True):
+            check_labels(lab, vocabulary, f"client {c.name!r}")
+        self.model.load_state_dict(state)
+        self.model.eval()
+        col = {t: i for i, t in enumerate(vocabulary)}
+        self._steps = [
+            CorrectionSite(
+                self.model, as_tensor(get_representation(c.adata, layer=self.layer)), lab, col
+            )
+            for c, lab in zip(self.clients, self._labels, strict=True)
+        ]
+        return self._steps
+
+    def apply(
+        self, shared: np.ndarray, means: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Step e at every client: (shifted latent, decoded expression) by client name."""
+        return {
+            c.name: site.corrected(shared, means)
+            for c, site in zip(self.clients, self._steps, strict=True)
+        }
+
+    def epsilon(self) -> dict[str, float]:
+        """ε of each training client's DP-SGD (its own accountant)."""
+        if self.method is None:
+            return {}
+        return {self.method.names[c]: e for c, e in self.method.epsilon.items()}
 
 
 @dataclass
@@ -666,35 +699,34 @@ def run_fedscgen(
     start = time.perf_counter()
     used, rows = prepare_inclusion(adata, batch_key, label_key, inclusion, min_cells)
     train, held = split_clients(used, batch_key, holdout=holdout, order=client_order)
-    # one client's rows densified at a time: a dense copy of all cells beside the clients'
-    # copies cost n x genes x 4 bytes more at the peak (0.8 GB at 10^5 cells x 2,000 genes)
-    data = {c.index: as_tensor(get_representation(c.adata, layer=layer)) for c in train}
-    donors = _donor_ids(used, config, train)
+    sites = InProcessSites(
+        train + held,
+        len(train),
+        config,
+        seed,
+        label_key=label_key,
+        layer=layer,
+        donors=_donor_ids(used, config, train),
+    )
+    trained: list[float] = []
     with torch_threads(config.num_threads):
-        method = FedScGenMethod(
-            data, config, seed, names={c.index: c.name for c in train}, donors=donors
-        )
-        fed = run_federation(
-            method,
-            [c.index for c in train],
+        run = drive(
+            sites,
             aggregator,
-            rounds=config.rounds,
-            seed=seed,
+            config,
+            seed,
+            vocabulary=label_vocabulary,
+            strategy=strategy,
             snapshot_every_round=snapshot_every_round,
             show_progress=show_progress,
-            description="FedscGen rounds",
-            strategy=strategy,
+            after_training=lambda fed: trained.append(time.perf_counter()),
         )
-        model = method.model
-        model.load_state_dict(fed.state)
-        model.eval()
-        model.history = list(fed.history)
-        trained = time.perf_counter()
-        method.data.clear()  # the training copies are not needed to correct: free them
-        del data
-        result = correct(
-            model, train + held, aggregator, label_key, layer=layer, vocabulary=label_vocabulary
-        )
+    assert sites.model is not None
+    model = sites.model
+    model.history = list(run.federation.history)
+    result = correction_result(
+        run.correction, run.outputs, train + held, config.latent, sites.n_genes
+    )
     if not (np.isfinite(result.latent).all() and np.isfinite(result.expression).all()):
         raise TrainingDivergedError(
             "FedscGen produced non-finite corrected values although every training loss was "
@@ -714,34 +746,25 @@ def run_fedscgen(
     }
     info = {
         "params": params,
-        "clients": [
-            {
-                "name": c.name,
-                "index": c.index,
-                "held_out": c.held_out,
-                "n_cells": c.n_obs,
-                "n_train": method.n_train(c.index) if not c.held_out else 0,
-            }
-            for c in train + held
-        ],
+        "clients": run.clients,
         "inclusion": dict(used.uns.get("inclusion", {"scenario": "all"})),
         "correction": result.summary(),
         "backend": aggregator.name,
         "private": aggregator.private,
         "privacy": aggregator.privacy_note,
-        "seconds_training": trained - start,
+        "seconds_training": trained[0] - start,
         "seconds": time.perf_counter() - start,
     }
     adata.uns[key_added] = {
         "params": params,
         "inclusion": info["inclusion"],
         "privacy": aggregator.privacy_note,
-        "dp": _dp_summary(method, aggregator),
+        "dp": run.dp_record,
         "shared_types": result.shared_types,
         "dominant": result.dominant,
     }
     info["dp"] = adata.uns[key_added]["dp"]
-    return FedScGenResult(model, fed, info)
+    return FedScGenResult(model, run.federation, info)
 
 
 def _donor_ids(adata: ad.AnnData, config: FedScGenConfig, clients: Any) -> dict[int, torch.Tensor]:
@@ -755,69 +778,3 @@ def _donor_ids(adata: ad.AnnData, config: FedScGenConfig, clients: Any) -> dict[
         )
     codes = np.unique(adata.obs[key].astype(str).to_numpy(), return_inverse=True)[1]
     return {c.index: torch.from_numpy(codes[c.obs_indices].astype(np.int64)) for c in clients}
-
-
-def _gaussian_mechanisms(aggregator: Any) -> list[Any]:
-    """The ``gaussian`` mechanisms wrapped around ``aggregator`` (outermost first)."""
-    from smpc.mechanisms.gaussian import GaussianDP
-
-    found, seen = [], set()
-    while aggregator is not None and id(aggregator) not in seen:
-        seen.add(id(aggregator))
-        mechanisms = aggregator.__dict__.get("mechanisms", ())
-        found += [m for m in mechanisms if isinstance(m, GaussianDP)]
-        aggregator = aggregator.__dict__.get("inner")
-    return found
-
-
-def _dp_summary(method: FedScGenMethod, aggregator: Any = None) -> dict[str, Any]:
-    """The DP settings a run used (empty without DP); ε of cell-level DP-SGD (max over clients).
-
-    ``noise_multiplier`` is the σ that ran: cell level, the resolved one (calibrated to
-    ``target_epsilon`` if asked); client level, the ``gaussian`` mechanism's on
-    ``aggregator`` (absent, and ``noise`` says so, if it has none), never a default.
-    Cell level also records ``relation`` (:data:`fedsc.methods.dp_sgd.RELATION`).
-    """
-    if method.dp is None:
-        return {}
-    out: dict[str, Any] = {k: v for k, v in method.dp.to_dict().items() if v is not None}
-    out["normalisation"] = "GroupNorm (DP variant)"
-    if method.dp.level == "client":
-        mechanisms = _gaussian_mechanisms(aggregator)
-        if mechanisms:
-            out["noise_multiplier"] = mechanisms[0].noise_multiplier
-            out["clip"] = mechanisms[0].clip
-        else:  # (h5ad cannot store None)
-            out.pop("noise_multiplier", None)
-            out["noise"] = "none: the aggregator has no gaussian mechanism"
-    if method.dp.level not in ("cell", "donor"):
-        return out
-    from fedsc.methods import dp_sgd
-
-    if method.dp.level == "donor":
-        out["relation"] = dp_sgd.DONOR_RELATION
-        epsilon = method.epsilon
-        if epsilon:
-            out["epsilon"] = max(epsilon.values())
-            out["steps"] = (
-                method.config.rounds
-                * method.config.local_epochs
-                * dp_sgd.donor_steps_per_epoch(method.dp)
-            )
-            out["sampling_rate"] = method.dp.donor_sampling_rate
-            out["n_donors"] = {method.names[c]: method.n_donors(c) for c in method.splits}
-        return out
-    out["relation"] = dp_sgd.RELATION
-    epsilon = method.epsilon
-    if epsilon:
-        n = {c: method.n_train(c) for c in method.splits}  # method.data is freed by now
-        out["epsilon"] = max(epsilon.values())
-        out["steps"] = (
-            method.config.rounds
-            * method.config.local_epochs
-            * max(dp_sgd.steps_per_epoch(v, method.config.batch_size) for v in n.values())
-        )
-        out["sampling_rate"] = max(
-            dp_sgd.sampling_rate(v, method.config.batch_size) for v in n.values()
-        )
-    return out
