@@ -147,8 +147,8 @@ def run_pancreas(args: argparse.Namespace) -> None:
 
     import fedsc.tl
     from fedsc import datasets
-    from fedsc.run_config import RunConfig
-    from fedsc.runner import prepare_expression
+    from fedsc.run.config import RunConfig
+    from fedsc.run.prepare import prepare_expression
     from smpc.party_pool import warm_parties
 
     cfg = RunConfig(method="fedscgen", dataset="pancreas", seed=42)
@@ -246,8 +246,8 @@ def run_sweep_worker_pairs(args: argparse.Namespace) -> None:
     One warm-up crypten run starts the parties; then ``--runner-repeats`` alternating
     plaintext/crypten pairs, in this process (as a worker runs the runs of a sweep).
     """
-    from fedsc.run_config import RunConfig
-    from fedsc.runner import execute_run
+    from fedsc.run.config import RunConfig
+    from fedsc.run.execute import execute_run
     from smpc.party_pool import warm_parties
 
     def method_seconds(backend: str) -> tuple[float, float]:

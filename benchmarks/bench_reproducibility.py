@@ -80,8 +80,8 @@ _WORKER = r"""
 import json, sys, time
 import fedsc
 import numpy as np
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
 from smpc.party_pool import warm_parties
 
 cases, out = json.loads(sys.argv[1]), sys.argv[2]

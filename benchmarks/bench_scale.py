@@ -76,7 +76,7 @@ def data_path(workdir: Path, cells: int, args: argparse.Namespace) -> Path:
 
 
 def _run_config(path: Path, method: str, args: argparse.Namespace, **extra):
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     params = {"rounds": args.rounds, "local_epochs": args.epochs} if method == "fedscgen" else {}
     return RunConfig(method=method, dataset=str(path), seed=0, params=params, panels=[], **extra)
@@ -85,7 +85,7 @@ def _run_config(path: Path, method: str, args: argparse.Namespace, **extra):
 def run_stage(stage: str, path: Path, args: argparse.Namespace) -> dict:
     """Run one stage in this process; return its measurements."""
     from fedsc import settings
-    from fedsc.runner import execute_run
+    from fedsc.run.execute import execute_run
 
     settings.apply()
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
@@ -101,7 +101,7 @@ def run_stage(stage: str, path: Path, args: argparse.Namespace) -> dict:
     elif stage == "evaluation":
         from fedsc.evaluation import evaluate
         from fedsc.preprocessing import fit_embedding, preprocess
-        from fedsc.runner import load_dataset
+        from fedsc.run.load import load_dataset
 
         adata = preprocess(load_dataset(str(path)), n_top_genes=2000)
         fit_embedding(adata, method="pca", n_comps=40, seed=0)
@@ -130,7 +130,7 @@ def knn_error(path: Path) -> dict:
 
     from fedsc.evaluation.scib_panel import knn, scib_panel
     from fedsc.preprocessing import fit_embedding, preprocess
-    from fedsc.runner import load_dataset
+    from fedsc.run.load import load_dataset
 
     adata = preprocess(load_dataset(str(path)), n_top_genes=2000)
     fit_embedding(adata, method="pca", n_comps=40, seed=0)

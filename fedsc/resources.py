@@ -80,7 +80,7 @@ def _gib(n: float) -> str:
 def check_model_size(cfg: Any, spec: Any, n_genes: int | None = None) -> int | None:
     """Refuse a model above ``max_model_params``; warn above a tenth of it.
 
-    ``cfg`` is a :class:`~fedsc.run_config.RunConfig` (its ``params`` and
+    ``cfg`` is a :class:`~fedsc.run.config.RunConfig` (its ``params`` and
     ``n_top_genes``: the genes an expression method reads, unless ``n_genes`` is known).
     Methods whose config has no ``hidden``/``latent`` (scBatchProx: a few numbers per
     client and dimension) are not counted. Returns the parameter count, or ``None``.

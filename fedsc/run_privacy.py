@@ -1,7 +1,7 @@
 """A run's privacy settings (``dp``, ``mechanisms``, ``attacks``): one schema, one path.
 
 Every entry point (a study's YAML, ``fedsc run --param``/``--mechanism``, ``RunConfig``
-in Python, ``fedsc.tl``) reaches these checks through :class:`fedsc.run_config.RunConfig`
+in Python, ``fedsc.tl``) reaches these checks through :class:`fedsc.run.config.RunConfig`
 (or, for ``fedsc.tl``, :func:`check_tl_dp`) before any data are read, so a setting is
 either used exactly as written or refused with a message naming the fix; nothing is
 skipped silently.
@@ -435,6 +435,8 @@ def check_privacy_combinations(cfg: Any) -> None:
         )
     _check_owner_revealed(cfg)
     _check_donor_settings(cfg)
+    if not cfg.attacks:
+        return  # the attack registry imports torch: not for a run without attacks
     from fedsc.privacy.attacks import ATTACKS
 
     _check_party_attacks(cfg, ATTACKS)
@@ -553,7 +555,7 @@ def check_tl_dp(config: Any, aggregator: Any) -> None:
         "DP is the aggregator's gaussian mechanism, and this aggregator has none (the model "
         "would train without noise and no epsilon). Use a run config (RunConfig(..., "
         "dp={level: client, target_epsilon: 4, clip: 1.0, delta: 1e-3}) with "
-        "fedsc.runner.execute_run, or `fedsc run --param 'dp=...'`), which calibrates, adds "
+        "fedsc.run.execute.execute_run, or `fedsc run --param 'dp=...'`), which calibrates, adds "
         "and accounts the noise; or pass backend=smpc.make_aggregator('plaintext', "
         "mechanisms=[DPConfig(...).resolve(rounds).mechanism_spec()]); or use "
         "dp={level: cell, ...} (DP-SGD inside FedscGen)."

@@ -116,7 +116,7 @@ def apply(
         adata = adata.copy()
     # the run config's own checks of the shared settings (one path for every entry point)
     from fedsc.backend import check_backend
-    from fedsc.run_config import check_backend_options, check_seed
+    from fedsc.run.config import check_backend_options, check_seed
 
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         seed = int(seed)  # numpy integers too
@@ -424,7 +424,7 @@ def fedscgen(
 
     Client-level DP (``dp={"level": "client", ...}``) needs an aggregator carrying the
     ``gaussian`` mechanism, which adds the noise; without one it is refused (run it with
-    a run config instead: :func:`fedsc.runner.execute_run`, ``fedsc run``).
+    a run config instead: :func:`fedsc.run.execute.execute_run`, ``fedsc run``).
 
     Returns
     -------

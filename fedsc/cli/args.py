@@ -61,7 +61,7 @@ class Choices:
 
 def seed_arg(text: str) -> int:
     """``--seed``: an integer in the range every seeded library accepts."""
-    from fedsc.run_config import check_seed  # AnnData and the registries: start-up time
+    from fedsc.run.config import check_seed  # AnnData and the registries: start-up time
 
     value: Any = text.strip()
     if value.isdigit():

@@ -147,8 +147,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def command(args: argparse.Namespace) -> int:
     """Check the output folder and input, run, write the run folder, print its metrics."""
     # AnnData, the methods and the panels: when the command runs (start-up time)
-    from fedsc.run_config import RunConfig
-    from fedsc.runner import check_output_dir, execute_run, format_metrics, write_run
+    from fedsc.run.config import RunConfig
+    from fedsc.run.execute import execute_run
+    from fedsc.run.record import check_output_dir, format_metrics, write_run
 
     check_output_dir(args.out, overwrite=args.overwrite)  # before any computation
     check_dataset(args.input, "--input")

@@ -296,9 +296,10 @@ def _local(args: argparse.Namespace) -> int:
 
     from fedsc.data.input_kind import check_input_kind
     from fedsc.data.validate import validate_adata
-    from fedsc.deploy.fedscgen import check_deployable, training_cells
+    from fedsc.deploy.checks import fedscgen_deployable
+    from fedsc.deploy.fedscgen import training_cells
     from fedsc.deploy.local import LocalDeployment, check_batch_names, split_by_batch
-    from fedsc.methods.fedscgen import FedScGenConfig
+    from fedsc.methods.configs import FedScGenConfig
     from fedsc.resources import check_parameters, vae_parameters
 
     # every check before anything is written or started (as fedsc run)
@@ -307,7 +308,7 @@ def _local(args: argparse.Namespace) -> int:
     data = _h5ad(args.data, "DATA")
     sizes = {} if args.batch_size is None else {"batch_size": args.batch_size}
     config = FedScGenConfig(rounds=args.rounds, local_epochs=args.local_epochs, **sizes)
-    check_deployable(config)
+    fedscgen_deployable(config)
     adata = ad.read_h5ad(data)
     validate_adata(adata, batch_key=args.batch_key, label_key=args.label_key)
     check_batch_names(set(adata.obs[args.batch_key].astype(str)), args.batch_key)
@@ -351,7 +352,7 @@ def _local(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from fedsc.deploy.experiment import evaluate_deployment
-    from fedsc.runner import check_output_dir, format_metrics, write_run
+    from fedsc.run.record import check_output_dir, format_metrics, write_run
     from fedsc.sweep import RunStore
     from fedsc.sweep.executor import ok_record
 

@@ -40,10 +40,10 @@ from fedsc.deploy.site import OUTPUT_UNS, output_digest
 from fedsc.errors import FedscInputError
 from fedsc.methods import get_method
 from fedsc.privacy import in_run
+from fedsc.run.config import RunConfig
 from fedsc.run.evaluate import evaluate_run
 from fedsc.run.outcome import MethodOutcome, Prepared, RunResult
 from fedsc.run.prepare import INPUT_PREPARATION, run_inputs
-from fedsc.run_config import RunConfig
 
 if TYPE_CHECKING:
     from fedsc.methods import MethodSpec
@@ -118,7 +118,7 @@ def execute_deployed(
     start: float,
     show_progress: bool | None = None,
 ) -> MethodOutcome:
-    """The runner's ``deployment`` executor (:data:`fedsc.runner.EXECUTORS`): :func:`deploy_run`.
+    """The runner's ``deployment`` executor (:data:`fedsc.run.execute.EXECUTORS`): :func:`deploy_run`.
 
     ``privacy`` holds no attacks and no DP (``RunConfig`` refuses both with ``deploy``);
     the sites report their own progress, so ``show_progress`` is not used.
@@ -149,7 +149,7 @@ def evaluate_deployment(
     Returns
     -------
     fedsc.run.outcome.RunResult
-        Rows and ``run.json`` content as :func:`fedsc.runner.execute_run` returns them.
+        Rows and ``run.json`` content as :func:`fedsc.run.execute.execute_run` returns them.
     """
     folder = Path(coordinator)
     try:

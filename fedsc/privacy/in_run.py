@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     import anndata as ad
 
     from fedsc.methods import MethodSpec
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
 __all__ = [
     "CENTRALIZED",

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     import anndata as ad
 
     from fedsc.methods import MethodSpec
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
 __all__ = ["check_run_dp", "resolve_run_dp", "run_dp_info"]
 

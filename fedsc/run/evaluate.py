@@ -28,7 +28,7 @@ from fedsc.run.outcome import MethodOutcome, RunResult
 
 if TYPE_CHECKING:
     from fedsc.methods.spec import MethodSpec
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
 __all__ = ["PACKAGES", "RunPrivacy", "evaluate_run", "package_versions", "run_health"]
 

@@ -14,7 +14,7 @@ import anndata as ad
 import pandas as pd
 
 if TYPE_CHECKING:
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
 __all__ = ["MethodOutcome", "Prepared", "RunResult"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> dict[str, Any]:
     """Run one config; return its record (status ok with rows, or failed with the error)."""
-    from fedsc.run_config import RunConfig
-    from fedsc.runner import execute_run
+    from fedsc.run.config import RunConfig
+    from fedsc.run.execute import execute_run
 
     cfg = RunConfig.from_dict(cfg_dict)
     record: dict[str, Any] = {"run_id": cfg.run_id, "config": cfg.to_dict()}
@@ -42,7 +42,7 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
 
 
 def ok_record(result: Any) -> dict[str, Any]:
-    """The store record of a finished run (a :class:`fedsc.runner.RunResult`)."""
+    """The store record of a finished run (a :class:`fedsc.run.outcome.RunResult`)."""
     cfg = result.config
     # info keeps the full ledger: every value the coordinator received, per operation
     return {

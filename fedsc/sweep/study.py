@@ -38,7 +38,7 @@ import yaml
 
 from fedsc.errors import FedscInputError
 from fedsc.methods import REGISTRY
-from fedsc.run_config import RunConfig, check_seed
+from fedsc.run.config import RunConfig, check_seed
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from _sites import SITES
 
 from fedsc.cli import main
 from fedsc.errors import FedscInputError
-from fedsc.run_config import RunConfig
+from fedsc.run.config import RunConfig
 from fedsc.sweep import RunStore
 
 PARAMS = {"rounds": 1, "local_epochs": 1, "num_threads": 1, "hidden": [64, 64], "latent": 8}

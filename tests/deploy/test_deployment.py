@@ -35,8 +35,9 @@ from fedsc.deploy.experiment import evaluate_deployment
 from fedsc.deploy.secagg import quantization_range
 from fedsc.errors import FedscInputError
 from fedsc.methods.fedscgen import run_fedscgen
-from fedsc.run_config import RunConfig
-from fedsc.runner import RUN_FILES, execute_run
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
+from fedsc.run.record import RUN_FILES
 from fedsc.sweep import RunStore
 
 CLIP = 64.0  # the app's default secagg-clip

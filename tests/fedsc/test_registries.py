@@ -16,7 +16,7 @@ from fedsc.evaluation import PANELS, evaluate, register_panel
 from fedsc.methods import MethodSpec, get_method
 from fedsc.preprocessing import fit_embedding
 from fedsc.registry import Registry
-from fedsc.run_config import RunConfig
+from fedsc.run.config import RunConfig
 from fedsc.upstream import EMBEDDING_METHODS, register_embedding
 
 

@@ -39,9 +39,9 @@ def nothing_left(tmp_path, monkeypatch):
 @pytest.fixture
 def no_data(monkeypatch):
     """Loading data fails the test: the case must fail before it."""
-    from fedsc import runner
+    from fedsc.run import execute
 
     def boom(*args, **kwargs):
         raise AssertionError("data were loaded before the bad input was reported")
 
-    monkeypatch.setattr(runner, "load_dataset", boom)
+    monkeypatch.setattr(execute, "load_dataset", boom)

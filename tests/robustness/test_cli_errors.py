@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from _checks import folder_hash
 
-from fedsc import runner
 from fedsc.cli import main
 from fedsc.errors import FedscInputError, FedscOutputError
+from fedsc.run import execute
+from fedsc.run.record import RUN_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def earlier_run(tmp_path):
     """A folder holding an earlier run's files (content is irrelevant to these checks)."""
     out = tmp_path / "earlier"
     out.mkdir()
-    for name in runner.RUN_FILES:
+    for name in RUN_FILES:
         (out / name).write_text(f"earlier {name}\n")
     before = folder_hash(out)
     yield out
@@ -40,7 +41,7 @@ def no_data(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("data were loaded before the bad input was reported")
 
-    monkeypatch.setattr(runner, "load_dataset", boom)
+    monkeypatch.setattr(execute, "load_dataset", boom)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -195,7 +196,7 @@ def test_party_error_is_one_message(tmp_path, capsys, monkeypatch):
     def dead_party(cfg, **kwargs):
         raise PartyError("party 1 exited with code -9 during weighted_mean")
 
-    monkeypatch.setattr(runner, "execute_run", dead_party)
+    monkeypatch.setattr(execute, "execute_run", dead_party)
     code, err = run_cli(capsys, *run_args(tmp_path / "o", "--backend", "crypten"))
     assert code == 2
     assert err.strip() == (
@@ -210,7 +211,7 @@ def test_smpc_config_value_error_is_one_message(tmp_path, capsys, monkeypatch):
 
         CryptenAggregator(timeout=-1)  # rejected before any party starts
 
-    monkeypatch.setattr(runner, "execute_run", bad_config)
+    monkeypatch.setattr(execute, "execute_run", bad_config)
     code, err = run_cli(capsys, *run_args(tmp_path / "o", "--backend", "crypten"))
     assert code == 2 and "timeout must be positive" in err
 
@@ -219,21 +220,21 @@ def test_internal_error_is_exit_1_and_points_to_debug(tmp_path, capsys, monkeypa
     def bug(cfg, **kwargs):
         raise KeyError("oops")
 
-    monkeypatch.setattr(runner, "execute_run", bug)
+    monkeypatch.setattr(execute, "execute_run", bug)
     code, err = run_cli(capsys, *run_args(tmp_path / "o"))
     assert code == 1 and "KeyError" in err and "--debug" in err
 
 
 # ------------------------------------------------------------ API edges
 def test_api_holdout_string_is_one_batch_not_characters():
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     cfg = RunConfig(method="fedscgen", holdout="indrop")
     assert cfg.holdout == ["indrop"]
 
 
 def test_api_use_rep_list_is_a_clear_error():
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     with pytest.raises(FedscInputError, match="use_rep must be an obsm key"):
         RunConfig(method="scbatchprox", use_rep=["X_pca"])
@@ -241,14 +242,14 @@ def test_api_use_rep_list_is_a_clear_error():
 
 @pytest.mark.parametrize("seed", [True, 1.5, "42", -1, 2**32, 2**63])
 def test_api_seed_refused(seed):
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     with pytest.raises(FedscInputError, match="seed must be"):
         RunConfig(method="scbatchprox", seed=seed)
 
 
 def test_api_stages_with_a_batch_twice():
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     with pytest.raises(
         FedscInputError, match=r"stages list batch\(es\) \['celseq'\] more than once"

@@ -21,8 +21,9 @@ from fedsc.datasets import pancreas
 from fedsc.errors import FedscInputError
 from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
 from fedsc.methods.scbatchprox_scenarios import cumulative_retraining
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run, looks_like_counts, prepare_expression
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
+from fedsc.run.prepare import looks_like_counts, prepare_expression
 
 TINY = {"hidden": (16,), "latent": 4, "batch_size": 8, "rounds": 1, "local_epochs": 1}
 

@@ -20,8 +20,9 @@ from fedsc.evaluation import evaluate
 from fedsc.evaluation._missing import MISSING_ATTR, compute
 from fedsc.evaluation.panels import missing_reasons
 from fedsc.evaluation.scib_panel import _aggregate
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run, format_metrics
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
+from fedsc.run.record import format_metrics
 
 
 def _subset():

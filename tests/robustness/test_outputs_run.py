@@ -14,9 +14,11 @@ import pandas as pd
 import pytest
 from _checks import folder_hash
 
-from fedsc import runner
 from fedsc.cli import main
 from fedsc.errors import FedscOutputError
+from fedsc.run import execute
+from fedsc.run.outcome import RunResult
+from fedsc.run.record import RUN_FILES, write_run
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_panels_empty_skips_evaluation_but_writes_outputs(tiny, tmp_path, capsys
     out = tmp_path / "run"
     code, stdout, _ = cli(capsys, run(tiny, out, "--rounds", "1"))
     assert code == 0 and "evaluation skipped" in stdout
-    assert sorted(p.name for p in out.iterdir()) == sorted(runner.RUN_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics.empty and "metric" in metrics.columns
     info = json.loads((out / "run.json").read_text())
@@ -74,7 +76,7 @@ def done(tiny, tmp_path, capsys) -> Path:
 def test_second_run_into_the_same_folder_is_refused(tiny, done, capsys, monkeypatch):
     before = folder_hash(done)
     called = []
-    monkeypatch.setattr(runner, "load_dataset", lambda *a: called.append(a))
+    monkeypatch.setattr(execute, "load_dataset", lambda *a: called.append(a))
     code, _, err = cli(capsys, run(tiny, done, "--rounds", "1", "--seed", "2"))
     assert code == 2 and "holds an earlier run" in err and "--overwrite" in err
     assert not called, "the check must come before loading data"
@@ -113,13 +115,13 @@ def test_crash_on_a_first_write_leaves_nothing(tiny, tmp_path, capsys, monkeypat
 
 
 def test_write_run_api_refuses_an_earlier_run(tiny, done):
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     before = folder_hash(done)
     cfg = RunConfig(method="scbatchprox", dataset=str(tiny), use_rep="X_pca", panels=[])
-    result = runner.RunResult(cfg, ad.read_h5ad(tiny), pd.DataFrame(), {"x": 1})
+    result = RunResult(cfg, ad.read_h5ad(tiny), pd.DataFrame(), {"x": 1})
     with pytest.raises(FedscOutputError, match="holds an earlier run"):
-        runner.write_run(result, done)
+        write_run(result, done)
     assert folder_hash(done) == before
 
 
@@ -138,7 +140,7 @@ def test_holdout_checked_right_after_loading(tiny, tmp_path, capsys, monkeypatch
     def no_training(*args, **kwargs):
         raise AssertionError("training started before the holdout was checked")
 
-    monkeypatch.setattr(runner, "_run_method", no_training)
+    monkeypatch.setattr(execute, "_run_method", no_training)
     extra = [a for h in holdouts for a in ("--holdout", h)]
     argv = run(tiny, tmp_path / "o", "--rounds", "1", *extra, method="fedscgen")
     argv.remove("--use-rep")

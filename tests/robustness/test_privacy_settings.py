@@ -11,7 +11,7 @@ import pytest
 from _checks import has_words, record, run_cli
 
 from fedsc.errors import FedscInputError
-from fedsc.run_config import RunConfig, check_holdout_batches
+from fedsc.run.config import RunConfig, check_holdout_batches
 
 DP = {"level": "client", "target_epsilon": 4, "clip": 1.0, "delta": 1e-3}
 

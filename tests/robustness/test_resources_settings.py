@@ -19,7 +19,7 @@ from _checks import has_words, record, run_cli
 from fedsc import settings
 from fedsc.errors import FedscInputError
 from fedsc.resources import ResourceBudgetWarning, vae_parameters
-from fedsc.run_config import RunConfig
+from fedsc.run.config import RunConfig
 from fedsc.sweep import Study, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -238,7 +238,7 @@ def test_sweep_out_is_a_file(tmp_path, capsys):
 
 def test_run_config_from_a_list_is_a_clear_error():
     from fedsc.errors import FedscInputError
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     with pytest.raises(FedscInputError, match="must be a mapping"):
         RunConfig.from_dict(["scbatchprox"])

@@ -21,8 +21,9 @@ import fedsc.tl
 from fedsc.cli import main
 from fedsc.errors import FedscInputError
 from fedsc.methods.health import TrainingDivergedError, relative_movement
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run, run_health
+from fedsc.run.config import RunConfig
+from fedsc.run.evaluate import run_health
+from fedsc.run.execute import execute_run
 
 TINY = {"hidden": (16,), "latent": 4, "batch_size": 8, "rounds": 2, "local_epochs": 1}
 

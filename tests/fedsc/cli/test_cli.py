@@ -52,7 +52,7 @@ def test_param_parsing_errors():
 
 def test_unknown_method_option_in_a_scenario_is_a_clear_error():
     from fedsc.errors import FedscInputError
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     with pytest.raises(FedscInputError, match="unknown ScBatchProxConfig option"):
         RunConfig(
@@ -66,13 +66,13 @@ def test_unknown_method_option_in_a_scenario_is_a_clear_error():
 def test_run_starts_the_backend_before_the_runner_loads(monkeypatch, tmp_path):
     """`fedsc run` prestarts a federated method's backend (CrypTen's fork server) first."""
     import smpc.registry
-    from fedsc import runner
+    from fedsc.run import execute
 
     events: list[str] = []
     monkeypatch.setitem(
         smpc.registry.PRESTARTS, "crypten", lambda **opts: events.append(f"prestart {opts}")
     )
-    monkeypatch.setattr(runner, "load_dataset", lambda name: events.append("load") or 1 / 0)
+    monkeypatch.setattr(execute, "load_dataset", lambda name: events.append("load") or 1 / 0)
     args = ["--backend", "crypten", "--backend-option", "transport=pipe", "--out"]
     code = main(["run", "scbatchprox", "--input", "pancreas", *args, str(tmp_path / "o")])
     assert code == 1  # the stubbed loader's ZeroDivisionError

@@ -204,7 +204,7 @@ def test_report_marks_delta_and_spread_within_jitter(tmp_path):
 
 def test_run_config_switch_adds_the_rows_and_keeps_run_ids():
     from fedsc.errors import FedscInputError
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     base = RunConfig(method="scbatchprox")
     assert base.run_id == RunConfig(method="scbatchprox", sensitivity=False).run_id

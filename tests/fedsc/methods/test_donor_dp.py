@@ -272,7 +272,7 @@ def test_run_configs_name_the_donor_key_and_donors_become_clients():
 
     from fedsc.methods import get_method
     from fedsc.privacy.run_dp import resolve_run_dp
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
     base = {"method": "fedscgen", "params": {"rounds": 2}}
     donor = {"level": "donor", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-3}

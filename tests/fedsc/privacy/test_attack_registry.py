@@ -16,8 +16,8 @@ from fedsc.errors import FedscInputError
 from fedsc.methods import get_method
 from fedsc.privacy import ATTACKS, Attack, register_attack, unregister_attack
 from fedsc.privacy.threat_model import MEASURED_BY
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
 
 #: The whole new attack. Nothing else is edited.
 TOY_MODULE = '''

@@ -16,8 +16,8 @@ from fedsc.methods import get_method
 from fedsc.privacy import in_run
 from fedsc.privacy.accounting import client_level_epsilon
 from fedsc.results import TIDY_COLUMNS
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
 from fedsc.sweep import Study, run_sweep
 
 COMMON = {"n_comps": 10, "n_top_genes": 200, "params": {"rounds": 2}}

@@ -84,7 +84,7 @@ SCRIPT = """
 import sys
 import fedsc
 import pandas as pd
-from fedsc.runner import execute_run
+from fedsc.run.execute import execute_run
 from fedsc.sweep.study import Study
 from smpc.party_pool import warm_parties
 

@@ -152,8 +152,8 @@ if os.environ.get("UNPIN"):  # the old behaviour, to show that this check can fa
     fedsc.settings.apply_threads = lambda: 1
 import torch
 import fedsc.methods.fedscgen as fg
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
 seen = []
 inner = fg.run_federation
 def spy(*args, **kwargs):

@@ -14,7 +14,7 @@ import torch
 from fedsc.datasets import cellbench_3cl
 from fedsc.errors import FedscInputError
 from fedsc.preprocessing import fit_embedding, preprocess
-from fedsc.run_config import RunConfig
+from fedsc.run.config import RunConfig
 from fedsc.upstream import CENTRAL, EMBEDDING_METHODS, check_upstream_params
 
 pytest.importorskip("scvi")
@@ -115,7 +115,7 @@ def test_query_mapping_embeds_new_batches(small, fitted, one_torch_thread):
 
 
 def test_a_run_records_the_central_upstream_and_its_labels(one_torch_thread):
-    from fedsc.runner import execute_run
+    from fedsc.run.execute import execute_run
 
     a = cellbench_3cl()
     a = a[np.sort(np.random.default_rng(1).choice(a.n_obs, 200, replace=False))].copy()

@@ -12,8 +12,8 @@ import torch
 
 from fedsc.privacy import IN_RUN_ATTACKS
 from fedsc.results import TIDY_COLUMNS
-from fedsc.run_config import RunConfig
-from fedsc.runner import execute_run
+from fedsc.run.config import RunConfig
+from fedsc.run.execute import execute_run
 
 FEDSCGEN_ATTACKS = ["fedscgen_membership", "fedscgen_property", "fedscgen_revealed_values"]
 #: Tiny and overfitting: one round of 20 local epochs on 20 training cells per client, half
