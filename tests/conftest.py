@@ -31,6 +31,20 @@ def shared_data():
     return shared_data_path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matrices: one thread avoids OpenMP stalls on a loaded 2-core machine.
+
+    (scanpy's preprocessing resets torch's thread count, hence per test.)
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --- Scheduling (pytest-xdist; `make test` runs ``-n 2 --dist loadgroup``) -------------
 #
 # The deployment tests share deployments and session data (tests/deploy/conftest.py) and

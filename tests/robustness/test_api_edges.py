@@ -11,8 +11,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
-from _checks import adata_digest as _digest
 from _checks import has_words, record
+from _helpers.digests import adata_digest
 
 import fedsc.tl
 import smpc
@@ -33,12 +33,12 @@ def cells() -> ad.AnnData:
 
 
 def refused(case: str, given: str, call, adata: ad.AnnData, words: list[str]) -> str:
-    before = _digest(adata)
+    before = adata_digest(adata)
     with pytest.raises(FedscInputError) as info:
         call()
     message = str(info.value)
     has_words(message, words)
-    assert _digest(adata) == before, "the AnnData was changed"
+    assert adata_digest(adata) == before, "the AnnData was changed"
     record("fedsc.tl", case, given, "FedscInputError", message)
     return message
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
-import scanpy as sc
-from _checks import folder_hash, has_words, record, run_cli
-from _tiny_data import pancreas_subset
+from _checks import has_words, record
+from _helpers.adata import lognormalize, pancreas_subset
+from _helpers.cli import run_cli
+from _helpers.digests import folder_hash
 
 from fedsc.deploy.site import OUTPUT_UNS, Site, hello, output_digest, write_output
 from fedsc.errors import FedscInputError
@@ -49,9 +50,7 @@ def counts_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lognorm_file(tmp_path_factory) -> Path:
-    a = pancreas_subset(cells_per_batch=10, genes=50)
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
+    a = lognormalize(pancreas_subset(cells_per_batch=10, genes=50))
     path = tmp_path_factory.mktemp("data") / "lognorm.h5ad"
     a.write_h5ad(path)
     return path
@@ -128,9 +127,7 @@ def test_local_batch_name_that_cannot_be_a_file(tmp_path, capsys, no_flower, not
 
 
 def _lognorm(tmp_path: Path) -> Path:
-    a = pancreas_subset(cells_per_batch=10, genes=50)
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
+    a = lognormalize(pancreas_subset(cells_per_batch=10, genes=50))
     path = tmp_path / "ln.h5ad"
     a.write_h5ad(path)
     return path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _processes import alive
+from _helpers.processes import alive, children
 
 try:
     from smpc.crypten_compat import import_crypten
@@ -36,25 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 WEIGHTS = [1.0, 2.0, 3.0]
 GRACE = 5.0  # "no party alive 5 s later"
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc), snapshot."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                pass
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == current]
-        found += kids
-        frontier += kids
-    return found
 
 
 def _gone_within(pids: list[int], seconds: float = GRACE) -> list[int]:
@@ -189,7 +170,8 @@ def test_coordinator_sigkill_takes_its_parties_and_folders(tmp_path, transport, 
         assert line, "the coordinator did not start"
         info = json.loads(line)
         time.sleep(0.5)
-        processes = _children(proc.pid)  # parties, dealer, fork server, resource tracker
+        # parties, dealer, fork server, resource tracker
+        processes = children(proc.pid, zombies=True)
         assert set(info["pids"]) <= set(processes)
         proc.kill()
         proc.wait()
@@ -208,14 +190,14 @@ def test_coordinator_sigkill_takes_its_parties_and_folders(tmp_path, transport, 
 def _forkserver_family(pid: int) -> list[int]:
     """Descendants of ``pid`` forked by a fork server: parties and dealers."""
     servers = []
-    for child in _children(pid):
+    for child in children(pid, zombies=True):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
                 if b"forkserver" in f.read():
                     servers.append(child)
         except OSError:
             pass
-    return [p for server in servers for p in _children(server)]
+    return [p for server in servers for p in children(server, zombies=True)]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -263,7 +245,7 @@ def test_sweep_sigkill_takes_its_parties(tmp_path, workers):
         assert parties, "the sweep never started its parties"
         time.sleep(1.0)
         parties = _forkserver_family(proc.pid)
-        coordinators = [proc.pid, *_children(proc.pid)]
+        coordinators = [proc.pid, *children(proc.pid, zombies=True)]
         everything.extend(coordinators)
         proc.kill()
         proc.wait()

@@ -6,7 +6,6 @@ timeout; none hangs. Cases: CASES_PARTIES.md."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers.ports import free_ports
+from _helpers.threads import in_thread
 
 from smpc import handshake
 from smpc.channel import ConnectionChannel
@@ -29,36 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 KEY = b"the-shared-key"
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _hello(rank: int, world_size: int = 3, **changes) -> Hello:
     fields = dict(
         rank=rank, world_size=world_size, protocol=PROTOCOL_VERSION, provider="TTP", mode="secure"
     )
     return Hello(**{**fields, "precision_bits": 16, "pid": 1000 + rank, **changes})
-
-
-def _in_thread(fn, *args) -> tuple[threading.Thread, list]:
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            fn(*args)
-            outcome.append("ok")
-        except Exception as err:
-            outcome.append(err)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 # ------------------------------------------------------------------ handshake (no CrypTen)
@@ -67,14 +43,14 @@ def run_hub_briefly(*args) -> None:
 
 
 def test_rogue_rank_is_refused_and_takes_no_slot_the_right_ranks_still_join():
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     address = ("127.0.0.1", port)
-    hub, hub_out = _in_thread(handshake.run_hub, address, KEY, _hello(0), 20.0)
-    rogue, rogue_out = _in_thread(handshake.join, address, b"wrong-key", _hello(1), 20.0)
+    hub, hub_out = in_thread(handshake.run_hub, address, KEY, _hello(0), 20.0)
+    rogue, rogue_out = in_thread(handshake.join, address, b"wrong-key", _hello(1), 20.0)
     rogue.join(20)
     assert isinstance(rogue_out[0], HandshakeError)
     assert "refused this process: authentication failed: wrong key" in str(rogue_out[0])
-    ranks = [_in_thread(handshake.join, address, KEY, _hello(r), 20.0) for r in (1, 2, 3)]
+    ranks = [in_thread(handshake.join, address, KEY, _hello(r), 20.0) for r in (1, 2, 3)]
     for thread, _ in ranks:
         thread.join(20)
     hub.join(20)
@@ -82,16 +58,16 @@ def test_rogue_rank_is_refused_and_takes_no_slot_the_right_ranks_still_join():
 
 
 def test_duplicate_rank_is_refused_naming_it():
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     address = ("127.0.0.1", port)
-    hub, hub_out = _in_thread(handshake.run_hub, address, KEY, _hello(0), 20.0)
-    first, first_out = _in_thread(handshake.join, address, KEY, _hello(1), 20.0)
+    hub, hub_out = in_thread(handshake.run_hub, address, KEY, _hello(0), 20.0)
+    first, first_out = in_thread(handshake.join, address, KEY, _hello(1), 20.0)
     time.sleep(1.0)  # rank 1 holds its slot
-    dup, dup_out = _in_thread(handshake.join, address, KEY, _hello(1, pid=4242), 20.0)
+    dup, dup_out = in_thread(handshake.join, address, KEY, _hello(1, pid=4242), 20.0)
     dup.join(20)
     assert isinstance(dup_out[0], HandshakeError)
     assert "refused this rank: duplicate rank 1: already held by the process at" in str(dup_out[0])
-    others = [_in_thread(handshake.join, address, KEY, _hello(r), 20.0) for r in (2, 3)]
+    others = [in_thread(handshake.join, address, KEY, _hello(r), 20.0) for r in (2, 3)]
     for thread, _ in [(first, first_out), *others]:
         thread.join(20)
     hub.join(20)
@@ -107,13 +83,13 @@ def test_duplicate_rank_is_refused_naming_it():
     ],
 )
 def test_a_mismatch_aborts_every_rank_with_the_reason(change, expected):
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     address = ("127.0.0.1", port)
     start = time.monotonic()
-    hub, hub_out = _in_thread(run_hub_briefly, address, KEY, _hello(0), 20.0)
-    good, good_out = _in_thread(handshake.join, address, KEY, _hello(1), 20.0)
+    hub, hub_out = in_thread(run_hub_briefly, address, KEY, _hello(0), 20.0)
+    good, good_out = in_thread(handshake.join, address, KEY, _hello(1), 20.0)
     time.sleep(0.5)
-    bad, bad_out = _in_thread(handshake.join, address, KEY, _hello(2, **change), 20.0)
+    bad, bad_out = in_thread(handshake.join, address, KEY, _hello(2, **change), 20.0)
     for thread in (hub, good, bad):
         thread.join(20)
     assert time.monotonic() - start < 10
@@ -122,11 +98,11 @@ def test_a_mismatch_aborts_every_rank_with_the_reason(change, expected):
 
 
 def test_a_missing_rank_fails_within_the_startup_timeout_naming_it():
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     address = ("127.0.0.1", port)
     start = time.monotonic()
-    hub, hub_out = _in_thread(handshake.run_hub, address, KEY, _hello(0), 2.0)
-    joined = [_in_thread(handshake.join, address, KEY, _hello(r), 20.0) for r in (1, 2)]
+    hub, hub_out = in_thread(handshake.run_hub, address, KEY, _hello(0), 2.0)
+    joined = [in_thread(handshake.join, address, KEY, _hello(r), 20.0) for r in (1, 2)]
     hub.join(10)
     for thread, _ in joined:
         thread.join(10)
@@ -138,7 +114,7 @@ def test_a_missing_rank_fails_within_the_startup_timeout_naming_it():
 
 
 def test_without_a_hub_a_rank_fails_within_the_startup_timeout():
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     start = time.monotonic()
     with pytest.raises(HandshakeError, match=r"within the start-up timeout of 1\.5 s"):
         handshake.join(("127.0.0.1", port), KEY, _hello(1), 1.5)
@@ -222,7 +198,7 @@ def _finish(procs: list[subprocess.Popen], seconds: float) -> list[tuple[int | N
 
 
 def test_party_processes_with_different_world_sizes_fail_clearly_none_hangs():
-    gloo, *listen = _free_ports(4)
+    gloo, *listen = free_ports(4)
     start = time.monotonic()
     on = {r: ["--listen", f"127.0.0.1:{listen[r]}"] for r in range(3)}
     procs = [_party(r, 3, gloo, "k", *on.get(r, [])) for r in (0, 1, 3)]
@@ -240,7 +216,7 @@ def test_party_processes_with_different_world_sizes_fail_clearly_none_hangs():
 def test_rogue_party_process_is_refused_and_the_right_parties_still_work():
     from smpc.crypten_backend import CryptenAggregator
 
-    gloo, *listen = _free_ports(4)
+    gloo, *listen = free_ports(4)
     on = {r: ["--listen", f"127.0.0.1:{listen[r]}"] for r in range(3)}
     procs = [_party(0, 3, gloo, "right", *on[0])]  # rank 0 hosts the rendezvous
     rogue = _party(1, 3, gloo, "wrong", *on[1])
@@ -264,7 +240,7 @@ def test_rogue_party_process_is_refused_and_the_right_parties_still_work():
 def test_coordinator_with_a_wrong_key_is_refused_by_remote_parties():
     from smpc.crypten_backend import CryptenAggregator, PartyError
 
-    gloo, *listen = _free_ports(4)
+    gloo, *listen = free_ports(4)
     procs = [
         _party(r, 3, gloo, "right", *([] if r == 3 else ["--listen", f"127.0.0.1:{listen[r]}"]))
         for r in range(4)
@@ -287,14 +263,14 @@ def test_coordinator_with_a_wrong_key_is_refused_by_remote_parties():
 
 
 def test_a_rank_that_vanishes_after_the_handshake_does_not_hang_the_others():
-    gloo, *listen = _free_ports(4)
+    gloo, *listen = free_ports(4)
     procs = [
         _party(r, 3, gloo, "k", "--startup-timeout", "8", "--listen", f"127.0.0.1:{listen[r]}")
         for r in range(3)
     ]
     # The "dealer" authenticates and passes the handshake, then never joins gloo.
     fake = _hello(3)
-    dealer, dealer_out = _in_thread(handshake.join, ("127.0.0.1", gloo), b"k", fake, 60.0)
+    dealer, dealer_out = in_thread(handshake.join, ("127.0.0.1", gloo), b"k", fake, 60.0)
     dealer.join(60)
     assert dealer_out == ["ok"]
     passed = time.monotonic()

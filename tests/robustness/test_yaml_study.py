@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from _checks import folder_hash
+from _helpers.digests import folder_hash
+from _helpers.study import write_study
 
 from fedsc.cli import main
 from fedsc.errors import FedscInputError
@@ -28,14 +29,8 @@ methods:
 """
 
 
-def study_file(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(text)
-    return path
-
-
 def load_error(tmp_path: Path, text: str) -> str:
-    path = study_file(tmp_path, text)
+    path = write_study(tmp_path, text)
     with pytest.raises(FedscInputError) as info:
         Study.from_yaml(path).expand()
     message = str(info.value)
@@ -164,7 +159,7 @@ def test_bad_study(case, text, words, tmp_path):
 
 def test_good_study_and_1e_minus_3_is_a_float(tmp_path):
     text = GOOD.replace("mu: 1.0", "mu: 1e-3") + "    grid: {params.rounds: [1, 2e0]}\n"
-    runs = Study.from_yaml(study_file(tmp_path, text)).expand()
+    runs = Study.from_yaml(write_study(tmp_path, text)).expand()
     assert len(runs) == 2 * 2 * 2
     mus = {r.params["mu"] for r in runs}
     assert mus == {0.0, 0.001} and all(isinstance(m, float) for m in mus)
@@ -175,7 +170,7 @@ def test_many_seeds_warn(tmp_path, caplog):
     seeds = ", ".join(str(i) for i in range(1001))
     text = GOOD.replace("seeds: [0, 1]", f"seeds: [{seeds}]")
     with caplog.at_level(logging.WARNING, logger="fedsc.sweep.study"):
-        Study.from_yaml(study_file(tmp_path, text))
+        Study.from_yaml(write_study(tmp_path, text))
     assert "1001 seeds per variant" in caplog.text
 
 
@@ -201,7 +196,7 @@ def test_cli_sweep_bad_study_exit_2_and_earlier_sweep_untouched(tmp_path, capsys
     (out / "runs" / "abc.json").write_text('{"run_id": "abc"}')
     (out / "results.csv").write_text("x\n")
     before = folder_hash(out)
-    code = main(["sweep", str(study_file(tmp_path, text)), "--out", str(out)])
+    code = main(["sweep", str(write_study(tmp_path, text)), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     for word in words:
@@ -211,7 +206,7 @@ def test_cli_sweep_bad_study_exit_2_and_earlier_sweep_untouched(tmp_path, capsys
 
 def test_cli_sweep_bad_study_creates_no_folder(tmp_path, capsys):
     out = tmp_path / "sweep"
-    code = main(["sweep", str(study_file(tmp_path, "- a\n")), "--out", str(out)])
+    code = main(["sweep", str(write_study(tmp_path, "- a\n")), "--out", str(out)])
     assert code == 2 and "top level must be a mapping" in capsys.readouterr().err
     assert not out.exists()
 
@@ -221,7 +216,7 @@ def test_cli_sweep_workers_zero(tmp_path, capsys):
         main(
             [
                 "sweep",
-                str(study_file(tmp_path, GOOD)),
+                str(write_study(tmp_path, GOOD)),
                 "--out",
                 str(tmp_path / "o"),
                 "--workers",
@@ -236,7 +231,7 @@ def test_holdout_string_in_a_study_is_one_batch(tmp_path):
         "study: s\ndatasets: [pancreas]\nseeds: [0]\n"
         "methods: {fedscgen: {settings: {holdout: indrop, panels: []}}}\n"
     )
-    (run,) = Study.from_yaml(study_file(tmp_path, text)).expand()
+    (run,) = Study.from_yaml(write_study(tmp_path, text)).expand()
     assert run.holdout == ["indrop"]
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _processes import alive
+from _helpers.processes import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 

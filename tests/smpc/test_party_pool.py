@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from _processes import alive
+from _helpers.processes import alive
 
 from smpc import party_pool
 from smpc.crypten_backend import CryptenAggregator

@@ -7,6 +7,7 @@ import contextlib
 
 import numpy as np
 import pytest
+from _helpers.contributions import client_vectors
 
 import smpc
 from smpc import messages as msg
@@ -23,11 +24,6 @@ pytestmark = pytest.mark.timeout(180)
 K = 4
 N = 3_000
 WEIGHTS = [120.0, 850.0, 3000.0, 42.0]
-
-
-def _clients(size: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.uniform(-100, 100, size=size) for _ in range(K)]
 
 
 def test_client_and_party_totals_are_the_sums_of_the_masks():
@@ -57,7 +53,7 @@ def test_client_and_party_totals_are_the_sums_of_the_masks():
 
 @pytest.mark.parametrize("transport", ["threads", "pipe", "shm"])
 def test_prepared_operations_equal_plaintext_and_are_used_once_per_shape(transport):
-    xs, other = _clients(N, seed=1), _clients(N + 5, seed=2)
+    xs, other = client_vectors(K, N, seed=1), client_vectors(K, N + 5, seed=2)
     with (
         smpc.make_aggregator("plaintext") as plain,
         CryptenAggregator(transport=transport, prepare_masks=True) as agg,
@@ -81,7 +77,7 @@ def test_prepared_operations_equal_plaintext_and_are_used_once_per_shape(transpo
 
 
 def test_parties_receive_a_sharing_with_fresh_keys_each_operation():
-    xs = _clients(N, seed=3)
+    xs = client_vectors(K, N, seed=3)
     with CryptenAggregator(transport="threads", record_received=True, prepare_masks=True) as agg:
         agg.reserve(K, N)
         agg.received_by_parties()
@@ -106,7 +102,7 @@ def test_parties_receive_a_sharing_with_fresh_keys_each_operation():
 
 
 def test_warm_parties_ignore_a_set_an_earlier_aggregator_left():
-    xs = _clients(N, seed=4)
+    xs = client_vectors(K, N, seed=4)
     with smpc.make_aggregator("plaintext") as plain, warm_parties():
         want = plain.weighted_mean(xs, WEIGHTS)
         for _ in range(2):
@@ -200,7 +196,7 @@ def test_a_malformed_key_list_is_refused():
 )
 def test_masks_are_prepared_exactly_when_they_travel_as_keys(mode, source, keyed):
     """Debug mode draws every mask from its seeded key stream, whatever the source."""
-    xs = _clients(N, seed=5)
+    xs = client_vectors(K, N, seed=5)
     seed = 1 if mode == "debug" else None
     with (
         smpc.make_aggregator("plaintext") as plain,
@@ -228,7 +224,7 @@ def test_by_default_masks_are_prepared_only_with_spare_cpus(
 
     monkeypatch.setattr(backend, "available_cpus", lambda: cpus)
     monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
-    xs = _clients(N, seed=6)
+    xs = client_vectors(K, N, seed=6)
     with smpc.make_aggregator("plaintext") as plain, CryptenAggregator(transport="threads") as agg:
         agg.reserve(K, N)
         assert agg.prepares_masks is prepared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _helpers.processes import parent
 
 import smpc
 from smpc import party_pool
@@ -48,12 +49,7 @@ def test_a_started_fork_server_serves_the_parties():
     with CryptenAggregator(transport="pipe") as agg:
         assert agg.weighted_mean([[1.0, 2.0], [3.0, 4.0]], [1.0, 3.0]).tolist() == [2.5, 3.5]
         assert forkserver._forkserver._forkserver_pid == server
-        assert {_parent(pid) for pid in agg.pids} == {server}  # forked from it
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+        assert {parent(pid) for pid in agg.pids} == {server}  # forked from it
 
 
 def test_smpc_and_fedsc_settings_load_without_torch():

@@ -8,11 +8,11 @@ the dealer's, and it cannot abort the rendezvous either.
 
 from __future__ import annotations
 
-import socket
-import threading
 from dataclasses import replace
 
 import pytest
+from _helpers.ports import free_ports
+from _helpers.threads import in_thread
 
 from smpc import handshake
 from smpc.handshake import HandshakeError, Hello
@@ -24,30 +24,9 @@ KEY = b"the-coordinators-shared-key"
 WORLD = 3  # parties 0..2, the dealer is rank 3
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _hello(rank: int, **changes) -> Hello:
     fields = dict(rank=rank, world_size=WORLD, protocol=PROTOCOL_VERSION, provider="TTP")
     return Hello(**{**fields, "mode": "secure", "precision_bits": 16, "pid": rank, **changes})
-
-
-def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, list]:
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            fn(*args, **kwargs)
-            outcome.append("ok")
-        except Exception as err:
-            outcome.append(err)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +38,7 @@ def identities() -> tuple[dict[int, bytes], dict[int, bytes]]:
 
 def _rank(rendezvous, rank, identities, timeout=20.0):
     private, roster = identities
-    return _in_thread(
+    return in_thread(
         handshake.handshake,
         rendezvous,
         KEY,
@@ -74,12 +53,12 @@ def _rank(rendezvous, rank, identities, timeout=20.0):
 def test_the_coordinators_key_alone_takes_no_rank_and_the_real_ranks_still_join(
     identities, claimed
 ):
-    rendezvous = f"tcp://127.0.0.1:{_port()}"
+    rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     address = handshake.rendezvous_address(rendezvous)
     hub, hub_out = _rank(rendezvous, 0, identities)
     # the forger knows the shared key and the (public) roster, not the rank's private key
     forged = replace(_hello(claimed), roster=handshake.roster_digest(identities[1]))
-    forger, forger_out = _in_thread(handshake.join, address, KEY, forged, 20.0)
+    forger, forger_out = in_thread(handshake.join, address, KEY, forged, 20.0)
     forger.join(20)
     assert isinstance(forger_out[0], HandshakeError)
     assert "check 'rank identity'" in str(forger_out[0])
@@ -93,11 +72,11 @@ def test_the_coordinators_key_alone_takes_no_rank_and_the_real_ranks_still_join(
 def test_a_rank_refuses_a_hub_without_rank_0s_identity(identities):
     """A coordinator that binds the rendezvous first cannot pose as rank 0 either."""
     roster = identities[1]
-    rendezvous = f"tcp://127.0.0.1:{_port()}"
+    rendezvous = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     address = handshake.rendezvous_address(rendezvous)
     fake_roster = dict(roster)
     fake_private, fake_roster[0] = handshake.generate_identity()
-    hub, _ = _in_thread(
+    hub, _ = in_thread(
         handshake.run_hub,
         address,
         KEY,

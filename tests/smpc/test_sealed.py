@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from _processes import alive
+from _helpers.processes import alive
 
 from smpc import sealed
 from smpc.party_pool import PartyError

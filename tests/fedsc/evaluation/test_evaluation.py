@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _helpers.metrics import metric_values
 
 from fedsc.errors import FedscInputError
 from fedsc.evaluation import (
@@ -34,10 +35,6 @@ def _blobs(n_per: int = 40, n_types: int = 3, n_batches: int = 2, sep: float = 5
     labels = np.repeat([f"t{t}" for t in range(n_types)], n_per)
     batch = np.array([f"b{i % n_batches}" for i in range(len(X))])
     return X.astype(np.float32), batch, labels
-
-
-def _values(df: pd.DataFrame) -> dict[str, float]:
-    return dict(zip(df["metric"], df["value"], strict=True))
 
 
 # --- EBM -------------------------------------------------------------------------------
@@ -134,8 +131,8 @@ def test_kbet_and_lisi_extremes():
     assert fp.kbet_sweep(Z_sep, b_mixed, rng=np.random.default_rng(0)) == 0.0
 
     labels = np.where(rng.random(300) < 0.5, "u", "v")
-    mixed = _values(fedscgen_panel(Z, b_mixed, labels))
-    sep = _values(fedscgen_panel(Z_sep, b_mixed, labels))
+    mixed = metric_values(fedscgen_panel(Z, b_mixed, labels))
+    sep = metric_values(fedscgen_panel(Z_sep, b_mixed, labels))
     assert 1.7 < mixed["ilisi"] <= 2.0 and sep["ilisi"] == pytest.approx(1.0, abs=1e-3)
     assert 1.0 <= sep["clisi"] <= 2.0
     assert mixed["ebm"] > 0.85 and sep["ebm"] == 0.0
@@ -181,7 +178,7 @@ def test_kbet_transition_matrix_matches_scib_metrics_private_function():
 
 def test_fedscgen_panel_on_separated_blobs():
     X, batch, labels = _blobs()
-    v = _values(fedscgen_panel(X, batch, labels, seed=0))
+    v = metric_values(fedscgen_panel(X, batch, labels, seed=0))
     assert list(v) == list(fp.METRICS)
     assert v["knn_acc"] == 1.0
     assert v["nmi"] == pytest.approx(1.0) and v["gc"] == 1.0
@@ -196,8 +193,8 @@ def test_fedscgen_panel_deterministic_and_seed_sensitive():
     a = fedscgen_panel(X, batch, labels, seed=7)
     b = fedscgen_panel(X, batch, labels, seed=7)
     pd.testing.assert_frame_equal(a, b)
-    c = _values(fedscgen_panel(X, batch, labels, seed=8))
-    assert c["ebm"] != _values(a)["ebm"]  # the random EBM draws follow the seed
+    c = metric_values(fedscgen_panel(X, batch, labels, seed=8))
+    assert c["ebm"] != metric_values(a)["ebm"]  # the random EBM draws follow the seed
 
 
 def test_top_pcs_reduces_to_n_pcs():
@@ -213,7 +210,7 @@ def test_scib_panel_rows_and_aggregates():
     X_pre = X + 5.0 * (batch == "b1")[:, None]  # "before": a batch shift
     df = scib_panel(X, batch, labels, X_pre=X_pre)
     assert list(df.columns) == ["panel", "metric", "value"] and (df["panel"] == "scib").all()
-    v = _values(df)
+    v = metric_values(df)
     bio = ["kmeans_nmi", "kmeans_ari", "silhouette_label", "isolated_labels", "clisi_knn"]
     bat = ["silhouette_batch", "ilisi_knn", "kbet_per_label", "graph_connectivity"]
     assert list(v) == [
@@ -231,7 +228,7 @@ def test_scib_panel_rows_and_aggregates():
     assert v["batch_correction"] == pytest.approx(np.mean([v[m] for m in [*bat, "pcr_comparison"]]))
     assert v["total"] == pytest.approx(0.6 * v["bio_conservation"] + 0.4 * v["batch_correction"])
     # without X_pre the PCR row is omitted and not averaged
-    v2 = _values(scib_panel(X, batch, labels))
+    v2 = metric_values(scib_panel(X, batch, labels))
     assert "pcr_comparison" not in v2
     assert v2["batch_correction"] == pytest.approx(np.mean([v2[m] for m in bat]))
     del rng

@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from _processes import alive
+from _helpers.processes import alive
 
 import smpc
 from smpc import sharing
@@ -27,6 +26,9 @@ try:
     import_crypten()
 except ImportError as err:  # pragma: no cover - crypten is installed by the Makefile
     pytest.skip(f"crypten unavailable: {err}", allow_module_level=True)
+
+from _helpers.contributions import client_vectors
+from _helpers.ports import free_ports
 
 from smpc.crypten_backend import CryptenAggregator, PartyError
 
@@ -55,20 +57,18 @@ def plain():
         yield p
 
 
-def _clients(size: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.uniform(-100, 100, size=size) for _ in range(K)]
-
-
 # ------------------------------------------------------------------ equivalence
 def test_weighted_mean_matches_plaintext(agg, plain):
-    xs = _clients(1000)
+    xs = client_vectors(K, 1000)
     got = agg.weighted_mean(xs, WEIGHTS)
     np.testing.assert_allclose(got, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-6)
 
 
 def test_weighted_mean_of_a_3m_state_matches_plaintext(agg, plain):
-    xs = [{"a": x[:2_000_000].reshape(2000, 1000), "b": x[2_000_000:]} for x in _clients(3_000_000)]
+    xs = [
+        {"a": x[:2_000_000].reshape(2000, 1000), "b": x[2_000_000:]}
+        for x in client_vectors(K, 3_000_000)
+    ]
     got = agg.weighted_mean(xs, WEIGHTS)
     want = plain.weighted_mean(xs, WEIGHTS)
     for key in ("a", "b"):
@@ -82,7 +82,7 @@ def test_weighted_mean_of_a_3m_state_matches_plaintext(agg, plain):
 
 
 def test_sum_matches_plaintext(agg, plain):
-    xs = _clients(500, seed=1)
+    xs = client_vectors(K, 500, seed=1)
     got = agg.sum(xs)
     np.testing.assert_allclose(got, plain.sum(xs), rtol=0, atol=1e-6)
     # each client's encoding rounds to the nearest 2^-(p+1): K of them add up
@@ -148,7 +148,7 @@ def test_argmax_of_fractional_values(agg):
 # ------------------------------------------------------------------ privacy
 def test_no_party_receives_a_clients_plaintext(agg):
     agg.received_by_parties()  # clear what earlier tests left
-    xs = _clients(64, seed=3)
+    xs = client_vectors(K, 64, seed=3)
     agg.weighted_mean(xs, WEIGHTS)
     received = agg.received_by_parties()
     assert [len(r) for r in received] == [K, K, K]  # one message per client per party
@@ -165,7 +165,7 @@ def test_no_party_receives_a_clients_plaintext(agg):
 
 def test_coordinator_receives_only_aggregates(agg):
     n_before = len(agg.ledger.entries)
-    xs = _clients(200, seed=6)
+    xs = client_vectors(K, 200, seed=6)
     agg.weighted_mean(xs, WEIGHTS)
     agg.sum(xs)
     agg.argmax([x[:7] for x in xs])
@@ -187,7 +187,7 @@ def test_coordinator_receives_only_aggregates(agg):
 
 
 def test_pipe_transport_equals_plaintext(plain):
-    xs = _clients(20_000, seed=8)
+    xs = client_vectors(K, 20_000, seed=8)
     with CryptenAggregator(transport="pipe") as a:
         got = a.weighted_mean(xs, WEIGHTS)
         np.testing.assert_allclose(got, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-9)
@@ -227,19 +227,19 @@ def test_first_operation_overlaps_the_start_and_buffers_are_reused(plain, monkey
         a._join_reserve()  # reserve() alone allocated them, before any operation
         assert [b.capacity for b in pool.buffers] == [(K + 1) * 30_001, 30_001, 30_001]
         paths = [b.path for b in pool.buffers]
-        xs = _clients(30_000, seed=9)
+        xs = client_vectors(K, 30_000, seed=9)
         got = a.weighted_mean(xs, WEIGHTS)
         assert a.startup_seconds > 0.1  # waited for the parties inside the operation
         assert "share" in events and events.index("share") < events.index("ready")
         np.testing.assert_allclose(got, plain.weighted_mean(xs, WEIGHTS), rtol=0, atol=1e-9)
         assert [b.path for b in pool.buffers] == paths  # the reserved buffers served it
         for n in (7, 30_000, 1, 12_345):
-            xs = _clients(n, seed=n)
+            xs = client_vectors(K, n, seed=n)
             want = plain.weighted_mean(xs, WEIGHTS)
             np.testing.assert_allclose(a.weighted_mean(xs, WEIGHTS), want, rtol=0, atol=1e-9)
             np.testing.assert_allclose(a.sum(xs), plain.sum(xs), rtol=0, atol=1e-6)
         assert [b.path for b in pool.buffers] == paths
-        xs = _clients(40_000, seed=2)  # larger: new buffers
+        xs = client_vectors(K, 40_000, seed=2)  # larger: new buffers
         want = plain.weighted_mean(xs, WEIGHTS)
         np.testing.assert_allclose(a.weighted_mean(xs, WEIGHTS), want, rtol=0, atol=1e-9)
         assert all(b.path not in paths for b in pool.buffers)
@@ -258,7 +258,10 @@ def test_secure_mode_refuses_tfp_and_seeds():
 
 @pytest.mark.reproducibility
 def test_debug_mode_is_bit_for_bit_reproducible():
-    xs, counts = _clients(300, seed=4), np.random.default_rng(5).integers(0, 9, size=(K, 12))
+    xs, counts = (
+        client_vectors(K, 300, seed=4),
+        np.random.default_rng(5).integers(0, 9, size=(K, 12)),
+    )
     runs = []
     for _ in range(2):
         with CryptenAggregator(mode="debug", seed=11, record_received=True) as a:
@@ -289,18 +292,18 @@ def test_killed_party_raises_within_timeout_and_leaves_no_process():
     a = CryptenAggregator(timeout=5)
     pids = a.pids
     try:
-        a.sum(_clients(10))
+        a.sum(client_vectors(K, 10))
         os.kill(pids[2], signal.SIGKILL)
         start = time.monotonic()
         with pytest.raises(
             PartyError,
             match=rf"crypten party 2 \(pid {pids[2]}\) exited with code -9 during weighted_mean",
         ):
-            a.weighted_mean(_clients(10), WEIGHTS)
+            a.weighted_mean(client_vectors(K, 10), WEIGHTS)
         assert time.monotonic() - start < 5
         _assert_all_gone(pids)
         with pytest.raises(AggregatorClosedError):
-            a.sum(_clients(10))
+            a.sum(client_vectors(K, 10))
     finally:
         a.close()
     _assert_all_gone(pids)
@@ -309,7 +312,7 @@ def test_killed_party_raises_within_timeout_and_leaves_no_process():
 def test_party_killed_mid_round_or_stopped_raises_and_reaps():
     with CryptenAggregator(timeout=4) as a:
         pids = a.pids
-        big = _clients(1_000_000)
+        big = client_vectors(K, 1_000_000)
         killer = threading.Timer(0.05, os.kill, args=(pids[0], signal.SIGKILL))
         killer.start()
         with pytest.raises(PartyError, match=r"crypten party 0 .*(exited with code -9|closed)"):
@@ -325,24 +328,14 @@ def test_party_killed_mid_round_or_stopped_raises_and_reaps():
         with pytest.raises(
             PartyError, match=rf"crypten party 1 \(pid {pids[1]}\) did not answer within 2 s"
         ):
-            a.sum(_clients(10))
+            a.sum(client_vectors(K, 10))
         assert time.monotonic() - start < 3
     _assert_all_gone(pids)
 
 
 # ------------------------------------------------------------------ multi-host entry
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_remote_parties_started_from_the_command_line_entry():
-    gloo, *listen = _free_ports(4)
+    gloo, *listen = free_ports(4)
     env = {**os.environ, "SMPC_AUTHKEY": "test-key", "PYTHONPATH": ROOT}
     cmd = [sys.executable, "-m", "smpc.party", "--world-size", "3"]
     procs = [
@@ -357,7 +350,7 @@ def test_remote_parties_started_from_the_command_line_entry():
     try:
         addresses = [("127.0.0.1", p) for p in listen]
         with CryptenAggregator(party_addresses=addresses, authkey=b"test-key") as a:
-            xs = _clients(100, seed=9)
+            xs = client_vectors(K, 100, seed=9)
             want = np.average(np.stack(xs), axis=0, weights=WEIGHTS)
             np.testing.assert_allclose(a.weighted_mean(xs, WEIGHTS), want, rtol=0, atol=1e-6)
             counts = np.array([[3, 1, 4], [3, 5, 9], [2, 6, 5], [3, 5, 8], [0, 0, 9]])

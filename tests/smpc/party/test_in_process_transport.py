@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _helpers.contributions import client_vectors
 
 import smpc
 from smpc import messages as msg
@@ -15,11 +16,6 @@ from smpc.party_pool import PartyPool, PoolSettings
 
 K = 5
 WEIGHTS = [120.0, 850.0, 3000.0, 42.0, 999.0]
-
-
-def _clients(size: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.uniform(-100, 100, size=size) for _ in range(K)]
 
 
 @pytest.fixture
@@ -36,7 +32,7 @@ def plain():
 
 @pytest.mark.parametrize("mask_source", ["prng", "urandom"])
 def test_weighted_mean_and_sum_equal_plaintext(plain, mask_source):
-    xs = _clients(10_000)
+    xs = client_vectors(K, 10_000)
     with CryptenAggregator(transport="threads", mask_source=mask_source) as a:
         mean = a.weighted_mean(xs, WEIGHTS)
         # error of a weighted mean: K half-steps over sum(w)
@@ -62,7 +58,7 @@ def test_structure_dtypes_and_float32_inputs(agg, plain):
 
 
 def test_parties_receive_only_uniform_looking_shares(agg):
-    xs = _clients(64, seed=3)
+    xs = client_vectors(K, 64, seed=3)
     agg.weighted_mean(xs, WEIGHTS)
     received = agg.received_by_parties()
     assert [len(r) for r in received] == [K, K, K]
@@ -77,11 +73,11 @@ def test_parties_receive_only_uniform_looking_shares(agg):
 
 
 def test_counters_and_overflow_before_sending(agg):
-    agg.sum(_clients(10))
+    agg.sum(client_vectors(K, 10))
     before = agg.party_counters()
     assert [c["operations"] for c in before] == [1, 1, 1]
     assert before[1]["bytes"] == K * 32
-    xs = _clients(10)
+    xs = client_vectors(K, 10)
     xs[2][4] = 1e20
     with pytest.raises(sharing.RingOverflowError, match="client 2: max \\|x\\|"):
         agg.sum(xs)
@@ -98,9 +94,9 @@ def test_a_party_failure_is_reported_with_its_traceback():
         # a malformed command makes party 1 answer Failure; the pool is stopped
         a._pool.channels[1].send(msg.Query(what="nonsense"))
         with pytest.raises(PartyError, match="in-process party 1 failed during sum"):
-            a.sum(_clients(4))
+            a.sum(client_vectors(K, 4))
         with pytest.raises(smpc.AggregatorClosedError):
-            a.sum(_clients(4))
+            a.sum(client_vectors(K, 4))
 
 
 def test_a_malformed_frame_from_a_party_is_a_party_error():

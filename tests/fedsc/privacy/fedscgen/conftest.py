@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import scanpy as sc
 import torch
+from _helpers.adata import lognormalized_pancreas
 
-from fedsc.datasets import pancreas
 from fedsc.methods.fedscgen import FedScGenConfig
 from fedsc.privacy.fedscgen_runs import capture_fedscgen_views
 
@@ -34,10 +33,7 @@ def capture():
 @pytest.fixture(scope="session")
 def pancreas_log():
     """The bundled pancreas data, normalised to 1e4 and log1p (for session fixtures)."""
-    a = pancreas()
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a
+    return lognormalized_pancreas()
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,10 @@ instead of 0.75.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
-import scanpy as sc
 import torch
+from _helpers.adata import lognormalize, pancreas_subset
 
 from fedsc.methods.fedscgen import FedScGenConfig, run_fedscgen
 from fedsc.privacy import RunRecord, Truth, observer_view, recording_aggregator, update_recovery
@@ -40,18 +37,6 @@ NO_NOISE = {"name": "gaussian", "noise_multiplier": 0.0, "clip": 1e6}
 TINY_NOISE = {"name": "gaussian", "noise_multiplier": 1e-15, "clip": 1e6}
 
 
-def _tiny():
-    path = Path(__file__).parents[3] / "robustness" / "_tiny_data.py"
-    spec = importlib.util.spec_from_file_location("_tiny_data", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    a = mod.pancreas_subset(40, 300)  # 5 clients x 40 cells, 300 genes
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a
-
-
 def _record(adata, mechanisms) -> RunRecord:
     agg, rec = recording_aggregator("plaintext", mechanisms=mechanisms, mechanism_seed=0)
     with agg:
@@ -72,7 +57,7 @@ def runs():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        adata = _tiny()
+        adata = lognormalize(pancreas_subset(40, 300))
         fed = fedscgen_truth(adata, batch_key="batch", label_key="cell_type", config=CONFIG, seed=0)
         return {
             name: Truth(_record(adata, mechs), fedscgen=fed)
@@ -129,7 +114,7 @@ def test_offline_capture_holds_the_clients_models_and_lira_adapts(runs):
     torch.set_num_threads(1)
     try:
         views = capture_fedscgen_views(
-            _tiny(),
+            lognormalize(pancreas_subset(40, 300)),
             batch_key="batch",
             label_key="cell_type",
             config=CONFIG,
