@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 
+from fedsc import settings
 from fedsc.data.input_kind import check_input_kind, detect_input_kind
 from fedsc.methods.spec import RunInputs
 from fedsc.preprocessing import fit_embedding, preprocess
 from fedsc.registry import Registry
 from fedsc.run.outcome import Prepared
+from fedsc.upstream.cache import UpstreamCache
 
 if TYPE_CHECKING:
-    from fedsc.run_config import RunConfig
+    from fedsc.run.config import RunConfig
 
 __all__ = ["INPUT_PREPARATION", "looks_like_counts", "prepare_expression", "run_inputs"]
 
@@ -51,6 +53,27 @@ def _prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
         base = cfg.use_rep.removeprefix("X_").lower()
         return Prepared(adata, cfg.use_rep, base, use_rep=cfg.use_rep)
     expr = prepare_expression(adata, cfg)
+    cache = None if settings.upstream_cache is None else UpstreamCache(settings.upstream_cache)
+    cache_key = None
+    if cache is not None:  # a sweep's variants that share this upstream fit it once
+        cache_key = cache.key(
+            expr,
+            method=cfg.upstream,
+            n_comps=cfg.n_comps,
+            seed=cfg.seed,
+            batch_key=cfg.batch_key,
+            label_key=cfg.label_key,
+            params=cfg.upstream_params,
+        )
+        hit = cache.load(cache_key, expr.n_obs)
+        if hit is not None:
+            embedding, entry = hit
+            key = str(entry["obsm_key"])
+            expr.obsm[key] = embedding
+            expr.uns.setdefault("fedsc_embedding", {})[key] = dict(entry["uns"])
+            record = {**entry["uns"], "seconds": entry["seconds"], "cached": True}
+            info = {"upstream": {**record, "cache_key": cache_key}}
+            return Prepared(expr, key, cfg.upstream, use_rep=key, info=info)
     start = time.perf_counter()
     model = fit_embedding(
         expr,
@@ -63,7 +86,13 @@ def _prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
     )
     # run.json: what the upstream was, where it was computed (centrally), whether it read
     # the labels, and its fit time
-    record = {**expr.uns["fedsc_embedding"][model.key], "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    described = dict(expr.uns["fedsc_embedding"][model.key])
+    record = {**described, "seconds": seconds}
+    if cache is not None and cache_key is not None:
+        entry = {"obsm_key": model.key, "uns": described, "seconds": seconds}
+        cache.store(cache_key, expr.obsm[model.key], entry)
+        record.update(cached=False, cache_key=cache_key)
     return Prepared(expr, model.key, cfg.upstream, use_rep=model.key, info={"upstream": record})
 
 

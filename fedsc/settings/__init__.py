@@ -30,6 +30,10 @@ An environment variable holding an unusable value (``FEDSC_THREADS=abc``) does n
     How often :func:`fedsc.progress.progress` writes a log line when no bar is shown.
 ``max_model_params`` / ``max_study_runs`` (``FEDSC_MAX_MODEL_PARAMS``, ``FEDSC_MAX_STUDY_RUNS``)
     Resource budgets checked before any work (:mod:`fedsc.resources`); 0: no limit.
+``upstream_cache`` (``FEDSC_UPSTREAM_CACHE``, a folder; default: none, and a sweep's own)
+    Where fitted upstream embeddings are kept for runs that fit the same one again
+    (:mod:`fedsc.upstream.cache`); :func:`fedsc.sweep.run_sweep` uses
+    ``<out>/upstream_cache`` unless this names a folder.
 ``device`` (``FEDSC_DEVICE``: ``"auto"``, the default, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``)
     Where the VAE methods (FedscGen, scGen) train and correct: ``auto`` is CUDA when torch
     sees a CUDA device, else the CPU (:func:`resolved_device`). Random draws (minibatch
@@ -173,6 +177,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_model_params": _check_limit,
     "max_study_runs": _check_limit,
     "device": _check_device,
+    "upstream_cache": _check_dir,
 }
 
 if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModule
@@ -187,6 +192,7 @@ if TYPE_CHECKING:  # the settings are module attributes served by _SettingsModul
     max_model_params: int
     max_study_runs: int
     device: str
+    upstream_cache: Path | None
 
 
 #: Default limit on one model's parameters (:mod:`fedsc.resources` explains the estimate).
@@ -207,6 +213,7 @@ _ENV: dict[str, tuple[str, Any, str]] = {
     "max_model_params": ("FEDSC_MAX_MODEL_PARAMS", MAX_MODEL_PARAMS, "200000000 (0: no limit)"),
     "max_study_runs": ("FEDSC_MAX_STUDY_RUNS", MAX_STUDY_RUNS, "2000 (0: no limit)"),
     "device": ("FEDSC_DEVICE", "auto", "auto, cpu or cuda"),
+    "upstream_cache": ("FEDSC_UPSTREAM_CACHE", None, "~/.cache/fedsc/upstream"),
 }
 
 #: Environment variables that held a value fedsc cannot use: variable -> message. They
@@ -285,7 +292,8 @@ def update(**values: Any) -> None:
 def snapshot() -> dict[str, Any]:
     """The current settings as a plain, picklable dict (e.g. for worker processes)."""
     out = dict(_values)
-    out["cache_dir"] = None if out["cache_dir"] is None else str(out["cache_dir"])
+    for name in ("cache_dir", "upstream_cache"):
+        out[name] = None if out[name] is None else str(out[name])
     return out
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fedsc import settings
 from fedsc.progress import progress
 from fedsc.sweep.executor import execute_record, run_dask, run_local
 from fedsc.sweep.store import RunStore
@@ -64,10 +66,29 @@ def run_sweep(
     study.check_size(_finished_mean(out), workers=max(workers, 1))  # before any config
     runs = study.expand(check_size=False)  # every run config is checked before the store
     store = RunStore(out)
-    with store.lock():  # a second sweep on this folder fails fast
+    with store.lock(), _upstream_cache(out, scheduler):  # a second sweep here fails fast
         return _run_locked(
             study, runs, store, start, workers, scheduler, retry_failed, show_progress
         )
+
+
+@contextmanager
+def _upstream_cache(out: str | Path, scheduler: str | None) -> Iterator[None]:
+    """``fedsc.settings.upstream_cache`` = ``<out>/upstream_cache`` for the sweep, unless set.
+
+    The variants of a study that share an upstream (dataset, seed, upstream and its
+    options) then fit it once (:mod:`fedsc.upstream.cache`). Local worker processes get
+    the setting with the others; Dask workers may not see this machine's folder, so a
+    sweep on a scheduler uses a cache only where the setting names a shared one.
+    """
+    if settings.upstream_cache is not None or scheduler is not None:
+        yield
+        return
+    settings.upstream_cache = Path(out) / "upstream_cache"
+    try:
+        yield
+    finally:
+        settings.upstream_cache = None
 
 
 def _check_workers(workers: Any) -> int:
