@@ -151,7 +151,7 @@ if os.environ.get("UNPIN"):  # the old behaviour, to show that this check can fa
     os.environ.pop("NUMBA_NUM_THREADS")
     fedsc.settings.apply_threads = lambda: 1
 import torch
-import fedsc.methods.fedscgen as fg
+import fedsc.methods.fedscgen_driver as fg  # the one FedscGen driver runs the rounds
 from fedsc.run.config import RunConfig
 from fedsc.run.execute import execute_run
 seen = []
