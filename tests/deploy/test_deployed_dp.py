@@ -1,0 +1,79 @@
+"""Cell-level DP deployed: DP-SGD at each site, with the site's own noise and accountant.
+
+One plaintext FedscGen run on the shared deployment (tests/deploy/conftest.py) with
+``dp: {level: cell, simulated: true}``: each site runs DP-SGD with the agreed σ (the
+noise seeded from the run seed only because the config says ``simulated``, the debugging
+mode; otherwise each site draws it from its OS CSPRNG) and reports its ε, from its own
+accountant, with its output. The deployment
+gives the simulation's outputs bit for bit and the simulation's DP record.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import anndata as ad
+import numpy as np
+import pytest
+from _sites import CONFIG, SEED, SITES
+
+from fedsc.deploy.checks import fedscgen_deployable
+from fedsc.deploy.fedscgen import site_dp_config
+from fedsc.errors import FedscInputError
+from fedsc.methods.fedscgen import run_fedscgen
+
+DP = {"level": "cell", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-4, "simulated": True}
+#: σ calibrated to a target instead (the coordinator calibrates, each site checks).
+TARGET = {"level": "cell", "target_epsilon": 8.0, "clip": 1.0, "delta": 1e-4, "simulated": True}
+
+
+def test_cell_level_dp_deployed_equals_simulation(deployment, data, tmp_path):
+    config = replace(CONFIG, dp=DP)
+    sim = data.copy()
+    result = run_fedscgen(
+        sim,
+        batch_key="batch",
+        label_key="celltype",
+        aggregator="plaintext",
+        config=config,
+        seed=SEED,
+    )
+    params = {
+        "config": config.to_dict(),
+        "seed": SEED,
+        "batch_key": "batch",
+        "label_key": "celltype",
+    }
+    record = deployment.run(
+        {"params": json.dumps(params), "transport": "plaintext"}, tmp_path, timeout=400
+    )
+    for s in SITES:
+        got = ad.read_h5ad(deployment.site_out(s) / f"{s}.h5ad")
+        mine = sim[sim.obs["batch"] == s]
+        np.testing.assert_array_equal(got.obsm["X_fedscgen"], mine.obsm["X_fedscgen"])
+        np.testing.assert_array_equal(got.layers["fedscgen"], mine.layers["fedscgen"])
+    want = result.info["dp"]
+    assert np.isfinite(want["epsilon"]) and want["epsilon"] > 0
+    assert record["dp"] == json.loads(json.dumps(want))  # ε, σ, steps, q: the same record
+    # each training site reported its own ε with its output
+    assert {s: "epsilon" in o for s, o in record["outputs"].items()} == dict.fromkeys(SITES, True)
+
+
+def test_deployable_dp_levels_and_the_sites_sigma_check():
+    fedscgen_deployable(replace(CONFIG, dp=DP))  # cell level deploys
+    with pytest.raises(FedscInputError, match=r"client-level DP cannot be deployed.*distributed"):
+        fedscgen_deployable(replace(CONFIG, dp={"level": "client", "noise_multiplier": 1.0}))
+    with pytest.raises(FedscInputError, match="donor-level DP cannot be deployed"):
+        fedscgen_deployable(replace(CONFIG, dp={"level": "donor"}, donor_key="donor"))
+    with pytest.raises(FedscInputError, match="keep_optimizer_state"):
+        fedscgen_deployable(replace(CONFIG, keep_optimizer_state=True))
+    # a site trains with the agreed σ, or the one calibrated to the agreed target
+    fixed = replace(CONFIG, dp={"level": "cell", "noise_multiplier": 1.5})
+    assert site_dp_config(fixed, None) is fixed
+    with pytest.raises(FedscInputError, match=r"agreed DP config fixes 1\.5"):
+        site_dp_config(fixed, 0.1)
+    calibrated = site_dp_config(replace(CONFIG, dp=TARGET), 2.0)
+    assert calibrated.dp == {**TARGET, "noise_multiplier": 2.0}
+    with pytest.raises(FedscInputError, match="sent none"):
+        site_dp_config(replace(CONFIG, dp=TARGET), None)
