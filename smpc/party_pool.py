@@ -51,6 +51,7 @@ from smpc import handshake, process_guard
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel, in_process_pair
 from smpc.framing import FrameError
+from smpc.options import CryptenOptions
 from smpc.party.join import JOIN_FAILED_EXIT_CODE
 from smpc.shared_buffer import SharedBuffer, private_directory, shm_root
 
@@ -66,18 +67,45 @@ class PartyError(RuntimeError):
     """A computation party died, failed or stopped answering; all parties were stopped."""
 
 
+#: The CrypTen options' defaults: the pool's, written once in :mod:`smpc.options`.
+_DEFAULTS = CryptenOptions()
+
+
 @dataclass(frozen=True)
 class PoolSettings:
-    """What a party pool was started with (a warm pool serves only equal settings)."""
+    """What a party pool was started with (a warm pool serves only equal settings).
 
-    parties: int = 3
-    mode: str = "secure"
-    seed: int | None = None
-    provider: str = "TTP"
-    precision_bits: int = 16
-    record_received: bool = False
-    transport: str = "shm"
-    start_method: str = "forkserver"
+    The defaults are :class:`~smpc.options.CryptenOptions`'s; :meth:`from_options` takes
+    them from the options an aggregator was built with.
+    """
+
+    parties: int = _DEFAULTS.parties
+    mode: str = _DEFAULTS.mode
+    seed: int | None = _DEFAULTS.seed
+    provider: str = _DEFAULTS.provider
+    precision_bits: int = _DEFAULTS.precision_bits
+    record_received: bool = _DEFAULTS.record_received
+    transport: str = _DEFAULTS.transport
+    start_method: str = _DEFAULTS.start_method
+
+    @classmethod
+    def from_options(cls, options: CryptenOptions) -> PoolSettings:
+        """The parties' settings of an aggregator built from ``options``.
+
+        Remote parties (``party_addresses``) talk over their connections: transport
+        ``"pipe"``.
+        """
+        remote = options.party_addresses is not None
+        return cls(
+            parties=options.parties,
+            mode=options.mode,
+            seed=options.seed,
+            provider=options.provider,
+            precision_bits=options.precision_bits,
+            record_received=options.record_received,
+            transport="pipe" if remote else options.transport,
+            start_method=options.start_method,
+        )
 
 
 @contextlib.contextmanager
@@ -157,7 +185,7 @@ class PartyPool:
         cls,
         settings: PoolSettings,
         rendezvous: str | None = None,
-        startup_timeout: float = 120.0,
+        startup_timeout: float = _DEFAULTS.startup_timeout,
         *,
         wait: bool = True,
     ) -> PartyPool:
@@ -297,7 +325,7 @@ class PartyPool:
         settings: PoolSettings,
         addresses: Sequence[tuple[str, int]],
         authkey: bytes,
-        startup_timeout: float = 120.0,
+        startup_timeout: float = _DEFAULTS.startup_timeout,
     ) -> PartyPool:
         """Connect to parties already running elsewhere and check their settings."""
         pool = cls(settings)

@@ -25,9 +25,10 @@ def _crypten(**options: Any) -> Aggregator:
 
 
 def _crypten_prestart(**options: Any) -> None:
-    from smpc.party_pool import PoolSettings, start_fork_server
+    from smpc.options import CryptenOptions
+    from smpc.party_pool import start_fork_server
 
-    default = PoolSettings()  # the pool's defaults (CryptenAggregator's too)
+    default = CryptenOptions()  # the aggregator's defaults, written once
     local = options.get("party_addresses") is None
     processes = options.get("transport", default.transport) != "threads"
     if local and processes and options.get("start_method", default.start_method) == "forkserver":

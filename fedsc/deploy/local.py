@@ -31,9 +31,15 @@ from fedsc.deploy.site import AGREED_SITES_ENV, QUORUM_ENV
 from fedsc.deploy.site_worker import new_key
 from fedsc.errors import FedscInputError
 from smpc import handshake, sealed
+from smpc.options import CryptenOptions
+from smpc.party.cli import party_argv
 
 #: The Flower app folder ``flwr run`` packages.
 APP_DIR = Path(__file__).parent / "flower_app"
+
+#: The local parties' CrypTen options: the defaults, which the deployed coordinator's
+#: aggregator (:class:`fedsc.deploy.crypten.DeployedCrypten`) is built with too.
+PARTY_OPTIONS = CryptenOptions()
 
 
 def toml_value(value: Any) -> str:
@@ -253,7 +259,7 @@ class LocalDeployment:
             # what each party's operator hands the site: its key at that party
             keys = [
                 sealed.client_key(sealed.party_secret(client_secret, r), name).hex()
-                for r in range(3)
+                for r in range(PARTY_OPTIONS.parties)
             ]
             key_file = self.workdir / f"party-keys-{name}"
             key_file.write_text("\n".join(keys))
@@ -312,7 +318,7 @@ class LocalDeployment:
         coordinator holds (docs/smpc.md, "Per-role identities").
         """
         roster = {}
-        for rank in range(4):
+        for rank in range(PARTY_OPTIONS.parties + 1):  # the last rank: the dealer
             private, public = handshake.generate_identity()
             path = self.workdir / f"identity-{rank}"
             path.unlink(missing_ok=True)
@@ -327,23 +333,27 @@ class LocalDeployment:
 
         They serve one coordinator connection (one run); :meth:`run` starts them anew.
         """
-        for rank in range(4):
+        n = PARTY_OPTIONS.parties
+        for rank in range(n + 1):
             old = self.processes.pop(f"party-{rank}", None)
             if old is not None and old.poll() is None:
                 os.killpg(old.pid, signal.SIGKILL)
                 old.wait()
         rendezvous = f"tcp://127.0.0.1:{_free_port()}"
-        listen = [_free_port() for _ in range(3)]
+        listen = [_free_port() for _ in range(n)]
         env = {**self.env, sealed.SECRET_ENV: client_secret.hex()}
-        for rank in range(4):  # rank 3: the trusted dealer
-            args = [sys.executable, "-m", "smpc.party", "--rank", str(rank), "--world-size", "3"]
-            args += ["--rendezvous", rendezvous]
-            args += ["--identity", str(self.workdir / f"identity-{rank}")]
-            args += ["--roster", str(self.workdir / "roster.json")]
-            if self.quorum is None or self.quorum == len(self.agreed_sites):
-                args += ["--sites", ",".join(self.agreed_sites)]
-            if rank < 3:
-                args += ["--listen", f"127.0.0.1:{listen[rank]}"]
+        every_site = self.quorum is None or self.quorum == len(self.agreed_sites)
+        for rank in range(n + 1):  # rank n: the trusted dealer
+            flags = party_argv(  # the party parser's flags, from the one options object
+                rank,
+                rendezvous,
+                PARTY_OPTIONS,
+                listen=("127.0.0.1", listen[rank]) if rank < n else None,
+                sites=self.agreed_sites if every_site else None,
+                identity=self.workdir / f"identity-{rank}",
+                roster=self.workdir / "roster.json",
+            )
+            args = [sys.executable, "-m", "smpc.party", *flags]
             logf = open(self.workdir / f"party-{rank}.log", "wb")
             self.processes[f"party-{rank}"] = subprocess.Popen(
                 args, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True

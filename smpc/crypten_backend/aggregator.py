@@ -180,16 +180,7 @@ class CryptenAggregator(SealedOperations, Operations):
         #: Seconds per phase of the last operation.
         self.last_timing: dict[str, float] = {}
         remote = opts.party_addresses
-        settings = PoolSettings(
-            parties=self.parties,
-            mode=self.mode,
-            seed=self.seed,
-            provider=self.provider,
-            precision_bits=self.precision_bits,
-            record_received=self.record_received,
-            transport="pipe" if remote is not None else opts.transport,
-            start_method=opts.start_method,
-        )
+        settings = PoolSettings.from_options(opts)
         self.transport = settings.transport
         self._warm = bool(keeping_warm() if opts.warm is None else opts.warm) and remote is None
         start = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any
 from smpc import handshake, process_guard
 from smpc import messages as msg
 from smpc.channel import Channel, ConnectionChannel
-from smpc.options import check_mode_provider
+from smpc.options import CryptenOptions, check_mode_provider
 from smpc.party.join import JOIN_FAILED_EXIT_CODE, LazyCrypten
 from smpc.party.loop import PartyLoop
 
@@ -56,6 +56,10 @@ def _configure_crypten(
     return crypten
 
 
+#: The CrypTen options' defaults, a party's too (written once in :mod:`smpc.options`).
+_DEFAULTS = CryptenOptions()
+
+
 def serve(
     rank: int | None = None,
     world_size: int | None = None,
@@ -64,12 +68,12 @@ def serve(
     conn: Connection | None = None,
     listen: tuple[str, int] | None = None,
     authkey: bytes | None = None,
-    provider: str = "TTP",
-    mode: str = "secure",
+    provider: str = _DEFAULTS.provider,
+    mode: str = _DEFAULTS.mode,
     seed: int | None = None,
-    precision_bits: int = 16,
+    precision_bits: int = _DEFAULTS.precision_bits,
     record_received: bool = False,
-    startup_timeout: float = 120.0,
+    startup_timeout: float = _DEFAULTS.startup_timeout,
     gloo_interface: str | None = None,
     parent_pids: Sequence[int] = (),
     cleanup: Sequence[str] = (),
@@ -125,7 +129,11 @@ def serve(
     if parent_pids or cleanup:
         process_guard.die_with(parent_pids, cleanup)
     rank = int(os.environ["RANK"]) if rank is None else int(rank)
-    world_size = int(os.environ.get("WORLD_SIZE", 3)) if world_size is None else int(world_size)
+    world_size = (
+        int(os.environ.get("WORLD_SIZE", _DEFAULTS.parties))
+        if world_size is None
+        else int(world_size)
+    )
     rendezvous = os.environ.get("RENDEZVOUS") if rendezvous is None else rendezvous
     if not rendezvous:
         raise ValueError(

@@ -21,6 +21,8 @@ from fedsc.deploy.local import LocalDeployment
 from fedsc.deploy.site import AGREED_SITES_ENV, QUORUM_ENV
 from fedsc.errors import FedscInputError
 from smpc import handshake
+from smpc.options import CryptenOptions
+from smpc.party.cli import PARTY_FIELDS, build_parser, party_options
 
 NAMES = ["site_b", "site_a", "site_c"]
 
@@ -93,3 +95,17 @@ def test_parties_and_sites_get_the_agreed_sites(tmp_path, monkeypatch):
     assert spawned["worker-site_a"][QUORUM_ENV] == "2"
     with pytest.raises(FedscInputError, match="quorum 1"):
         LocalDeployment({n: tmp_path / n for n in NAMES}, tmp_path / "bad", quorum=1)
+
+
+def test_the_parties_flags_come_from_the_one_options_object(tmp_path, monkeypatch):
+    options = CryptenOptions(parties=2, mode="debug", seed=5, precision_bits=20)
+    monkeypatch.setattr(local, "PARTY_OPTIONS", options.replace(startup_timeout=9.0))
+    dep, _, party_args = _started(tmp_path, monkeypatch)
+    assert [int(_flag(a, "--rank")) for a in party_args] == [0, 1, 2]  # 2: the dealer
+    for args in party_args:
+        assert args[1:3] == ["-m", "smpc.party"]
+        got = party_options(build_parser().parse_args(args[3:]))  # as the party reads them
+        assert {f: getattr(got, f) for f in PARTY_FIELDS} == {
+            f: getattr(local.PARTY_OPTIONS, f) for f in PARTY_FIELDS
+        }
+    assert len(dep.party_addresses.split(",")) == 2

@@ -51,3 +51,20 @@ def test_the_aggregator_runs_with_the_options_object_or_keywords_not_both():
         assert agg.sum([[1.0, 2.0], [3.0, 4.0]]).tolist() == [4.0, 6.0]
     with pytest.raises(ValueError, match="not both"):
         CryptenAggregator(parties=2, options=options)
+
+
+def test_the_pools_and_the_partys_defaults_are_the_options():
+    from smpc.party.process import serve
+    from smpc.party_pool import PoolSettings
+
+    assert PoolSettings() == PoolSettings.from_options(CryptenOptions())
+    options = CryptenOptions(parties=4, mode="debug", provider="TFP", seed=7, precision_bits=20)
+    options = options.replace(record_received=True, transport="pipe", start_method="spawn")
+    settings = PoolSettings.from_options(options)
+    shared = [f.name for f in dataclasses.fields(PoolSettings)]
+    assert {n: getattr(settings, n) for n in shared} == {n: getattr(options, n) for n in shared}
+    remote = PoolSettings.from_options(CryptenOptions(party_addresses=[("h", 1), ("h", 2)]))
+    assert remote.transport == "pipe"  # remote parties: over their connections
+    params = inspect.signature(serve).parameters
+    for name in ("provider", "mode", "precision_bits", "startup_timeout"):
+        assert params[name].default == getattr(CryptenOptions(), name), name
