@@ -5,7 +5,8 @@ checks ``deploy`` against these names when a study is expanded. A deployable met
 module plus one line in :data:`DEPLOYED`; the module defines
 
 * ``run(hello, aggregator, apply, params, *, strategy, on_round_end, live) -> record``:
-  the coordinator's driver (:func:`fedsc.deploy.fedscgen.run`);
+  the deployed run (:func:`fedsc.deploy.fedscgen.run` builds the deployed sites and calls
+  FedscGen's one coordinator driver, :func:`fedsc.methods.fedscgen_driver.drive`);
 * ``run_params(inputs: RunInputs, config) -> params``: the driver's ``params`` for a run
   config (the same seed, keys and method config as the in-process run);
 * ``check_deployable(config, transport=None)``: refuse settings the deployment (or that
