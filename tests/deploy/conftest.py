@@ -59,6 +59,9 @@ def local_updates(data) -> dict:
         }
 
 
+_SHARED: list[LocalDeployment] = []
+
+
 @pytest.fixture(scope="session")
 def deployment(data, tmp_path_factory) -> Iterator[LocalDeployment]:
     """SuperLink + one SuperNode and worker per site in SITES, with the CrypTen parties'
@@ -66,4 +69,13 @@ def deployment(data, tmp_path_factory) -> Iterator[LocalDeployment]:
     root = tmp_path_factory.mktemp("deploy")
     paths = split_by_batch(data, "batch", root / "site-files")
     with LocalDeployment(paths, root / "work", parties=True) as dep:
+        _SHARED.append(dep)
         yield dep
+
+
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """Stop the shared deployment after this folder's last test, not at the session's end:
+    idle, its processes still poll (0.1 CPU-s per second, measured), which the worker's
+    later tests would pay for. (Called for the tests of this folder only.)"""
+    if _SHARED and nextitem is not None and not nextitem.nodeid.startswith("tests/deploy/"):
+        _SHARED.pop().close()  # the fixture's own exit closes nothing twice
