@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_torch_thread):
     """Tiny models: one torch thread is faster and deterministic on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -22,7 +17,7 @@ def nothing_left(tmp_path, monkeypatch):
     import os
     import tempfile
 
-    from _checks import children
+    from _helpers.processes import children
 
     tmp = tmp_path / "tmpdir"
     tmp.mkdir()

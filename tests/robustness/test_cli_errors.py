@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _checks import folder_hash
+from _helpers.cli import run_cli
+from _helpers.digests import folder_hash
 
 from fedsc.cli import main
 from fedsc.errors import FedscInputError, FedscOutputError
@@ -32,27 +33,6 @@ def earlier_run(tmp_path):
     before = folder_hash(out)
     yield out
     assert folder_hash(out) == before, "an earlier run changed"
-
-
-@pytest.fixture
-def no_data(monkeypatch):
-    """Loading data fails the test: every case here must fail before it."""
-
-    def boom(*args, **kwargs):
-        raise AssertionError("data were loaded before the bad input was reported")
-
-    monkeypatch.setattr(execute, "load_dataset", boom)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    """``main(argv)``'s exit code (argparse exits included) and its stderr."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, err
 
 
 def run_args(out: Path, *extra: str) -> list[str]:

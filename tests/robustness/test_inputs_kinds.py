@@ -7,13 +7,12 @@ Data: a 150-cell / 200-gene subset of the bundled pancreas (30 cells per batch).
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-from _tiny_data import pancreas_subset
+from _helpers.adata import lognormalize, pancreas_subset
+from _helpers.digests import adata_digest
 
 import fedsc.tl
 from fedsc.data.input_kind import EXPRESSION_MAX, check_input_kind, detect_input_kind
@@ -28,44 +27,14 @@ from fedsc.run.prepare import looks_like_counts, prepare_expression
 TINY = {"hidden": (16,), "latent": 4, "batch_size": 8, "rounds": 1, "local_epochs": 1}
 
 
-def _counts():
-    return pancreas_subset()
-
-
-def _lognorm():
-    a = _counts()
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a
-
-
-def _digest(a) -> str:
-    h = hashlib.sha256()
-
-    def add(m):
-        if sp.issparse(m):
-            for part in (m.data, m.indices, m.indptr):
-                h.update(np.ascontiguousarray(part).tobytes())
-        else:
-            h.update(np.ascontiguousarray(np.asarray(m)).tobytes())
-
-    add(a.X)
-    for store in (a.layers, a.obsm):
-        for k in sorted(store):
-            h.update(k.encode())
-            add(store[k])
-    h.update(a.obs.to_csv().encode())
-    return h.hexdigest()
-
-
 def _refused(fn, a, *patterns, exc=FedscInputError):
-    before = _digest(a)
+    before = adata_digest(a)
     with pytest.raises(exc) as info:
         fn(a)
     msg = str(info.value)
     for p in patterns:
         assert p in msg, f"{p!r} not in message: {msg}"
-    assert _digest(a) == before, "the input AnnData was modified"
+    assert adata_digest(a) == before, "the input AnnData was modified"
     return msg
 
 
@@ -87,7 +56,7 @@ def test_detects_bundled_pancreas_kinds():
 
 # --- cases (CASES_INPUTS.md) -------------------------------------------------------------
 def test_case_negative_count_refused_by_runner():
-    a = _counts()
+    a = pancreas_subset()
     x = a.X.toarray()
     x[3, 5] = -1.0
     a.X = sp.csr_matrix(x)
@@ -104,7 +73,7 @@ def test_case_negative_count_refused_by_runner():
 
 
 def test_case_negative_count_refused_by_prepare_expression_dense():
-    a = _counts()
+    a = pancreas_subset()
     a.X = a.X.toarray()
     a.X[0, 0] = -2.0
     cfg = RunConfig(method="fedscgen")
@@ -112,7 +81,7 @@ def test_case_negative_count_refused_by_prepare_expression_dense():
 
 
 def test_case_counts_passed_to_tl_fedscgen():
-    a = _counts()
+    a = pancreas_subset()
     _refused(
         lambda ad_: fedsc.tl.fedscgen(ad_, show_progress=False, **TINY),
         a,
@@ -124,7 +93,7 @@ def test_case_counts_passed_to_tl_fedscgen():
 
 
 def test_case_pcs_passed_to_tl_scgen():
-    a = _counts()
+    a = pancreas_subset()
     a = a[:, :50].copy()
     a.X = a.obsm["X_pca"][:, :50].copy()
     msg = _refused(
@@ -138,7 +107,7 @@ def test_case_pcs_passed_to_tl_scgen():
 
 
 def test_case_scaled_data_refused_by_runner():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     sc.pp.scale(a)
     cfg = RunConfig(method="fedscgen", params=dict(TINY))
     _refused(
@@ -150,7 +119,7 @@ def test_case_scaled_data_refused_by_runner():
 
 
 def test_case_nan_in_x():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     x = a.X.toarray()
     x[1, 2] = np.nan
     a.X = x
@@ -163,7 +132,7 @@ def test_case_nan_in_x():
 
 
 def test_case_inf_in_embedding():
-    a = _counts()
+    a = pancreas_subset()
     a.obsm["X_pca"] = a.obsm["X_pca"][:, :10].copy()
     a.obsm["X_pca"][4, 1] = np.inf
     _refused(
@@ -177,7 +146,7 @@ def test_case_inf_in_embedding():
 
 
 def test_case_single_cell_batch():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     keep = np.ones(a.n_obs, bool)
     keep[np.flatnonzero(a.obs["batch"].to_numpy() == "celseq")[1:]] = False
     a = a[keep].copy()
@@ -190,7 +159,7 @@ def test_case_single_cell_batch():
 
 
 def test_case_label_column_with_nan():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     a.obs["cell_type"] = a.obs["cell_type"].astype(object)
     a.obs.iloc[0, a.obs.columns.get_loc("cell_type")] = np.nan
     _refused(
@@ -202,7 +171,7 @@ def test_case_label_column_with_nan():
 
 
 def test_case_batch_key_missing():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     _refused(
         lambda ad_: fedsc.tl.fedscgen(ad_, batch_key="donor", show_progress=False, **TINY),
         a,
@@ -212,7 +181,7 @@ def test_case_batch_key_missing():
 
 
 def test_case_use_rep_as_list():
-    a = _counts()
+    a = pancreas_subset()
     _refused(
         lambda ad_: fedsc.tl.scbatchprox(ad_, use_rep=["X_pca"], show_progress=False),
         a,
@@ -222,7 +191,7 @@ def test_case_use_rep_as_list():
 
 
 def test_case_use_rep_missing():
-    a = _counts()
+    a = pancreas_subset()
     _refused(
         lambda ad_: fedsc.tl.scbatchprox(ad_, use_rep="X_umap", show_progress=False),
         a,
@@ -232,7 +201,7 @@ def test_case_use_rep_missing():
 
 
 def test_case_holdout_duplicates_and_client_order_duplicates():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     _refused(
         lambda ad_: fedsc.tl.fedscgen(
             ad_, holdout=["celseq", "celseq"], show_progress=False, **TINY
@@ -255,7 +224,7 @@ def test_case_holdout_duplicates_and_client_order_duplicates():
 
 
 def test_case_stages_with_duplicates():
-    a = _counts()
+    a = pancreas_subset()
     _refused(
         lambda ad_: cumulative_retraining(
             ad_, [["celseq", "indrop"], ["indrop"]], "plaintext", n_comps=5, n_top_genes=50
@@ -267,7 +236,7 @@ def test_case_stages_with_duplicates():
 
 
 def test_case_holdout_as_string_means_one_batch():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     res = fedsc.tl.fedscgen(a, holdout="celseq", show_progress=False, **TINY)
     held = [c["name"] for c in res.info["clients"] if c["held_out"]]
     assert held == ["celseq"]
@@ -276,7 +245,7 @@ def test_case_holdout_as_string_means_one_batch():
 
 def test_case_all_zero_genes_and_one_type_batch_accepted():
     """All-zero genes carry no signal but are valid expression; a one-type batch is valid."""
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     x = a.X.toarray()
     x[:, :5] = 0.0
     a.X = x
@@ -289,15 +258,15 @@ def test_case_all_zero_genes_and_one_type_batch_accepted():
 
 
 def test_check_input_kind_expression_accepts_lognorm_and_refuses_counts_message():
-    a = _lognorm()
+    a = lognormalize(pancreas_subset())
     assert check_input_kind(a.X, "expression").kind == "expression"
     with pytest.raises(FedscInputError, match=r"at most log1p\(1e4\) = 9\.21"):
-        check_input_kind(_counts().X, "expression", method="FedscGen")
+        check_input_kind(pancreas_subset().X, "expression", method="FedscGen")
 
 
-def test_case_log_cpm_is_not_mistaken_for_counts():
+def test_case_log_cpm_is_not_mistaken_forpancreas_subset():
     """log1p(CPM) reaches 13.8 > 9.21: refused by name, not re-normalised as counts."""
-    a = _counts()
+    a = pancreas_subset()
     sc.pp.normalize_total(a, target_sum=1e6)
     sc.pp.log1p(a)
     assert detect_input_kind(a.X).kind == "log_other_scale"
@@ -313,7 +282,7 @@ def test_case_log_cpm_is_not_mistaken_for_counts():
 def test_case_validate_adata_refuses_list_keys():
     from fedsc.data import validate_adata
 
-    a = _counts()
+    a = pancreas_subset()
     _refused(
         lambda ad_: validate_adata(ad_, batch_key=["batch"]),
         a,

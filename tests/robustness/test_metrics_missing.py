@@ -7,15 +7,14 @@ printed table keeps missing rows, shown as ``missing``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
+from _helpers.adata import pancreas_subset
+from _helpers.digests import adata_digest
 
-from fedsc.datasets import pancreas
 from fedsc.evaluation import evaluate
 from fedsc.evaluation._missing import MISSING_ATTR, compute
 from fedsc.evaluation.panels import missing_reasons
@@ -25,30 +24,12 @@ from fedsc.run.execute import execute_run
 from fedsc.run.record import format_metrics
 
 
-def _subset():
-    a = pancreas()
-    keep = np.concatenate(
-        [np.flatnonzero(a.obs["batch"].to_numpy() == b)[:30] for b in sorted(set(a.obs["batch"]))]
-    )
-    a = a[keep, :200].copy()
-    a.X = sp.csr_matrix(a.X.toarray())
-    a.obsm["X_pca"] = a.obsm["X_pca"][:, :10].copy()
-    return a
-
-
-def _digest(a) -> str:
-    h = hashlib.sha256()
-    for k in sorted(a.obsm):
-        h.update(k.encode() + np.ascontiguousarray(a.obsm[k]).tobytes())
-    return h.hexdigest()
-
-
 def test_case_huge_value_in_embedding_metrics_missing_with_reason():
-    a = _subset()
+    a = pancreas_subset(pcs=10)
     a.obsm["X_pca"][0, 0] = 1e30
-    before = _digest(a)
+    before = adata_digest(a)
     rows = evaluate(a, rep="X_pca", panels=("scib",), X_pre_rep="X_pca")
-    assert _digest(a) == before
+    assert adata_digest(a) == before
     assert rows["value"].isna().all()  # nothing meaningful: every metric missing
     reasons = missing_reasons(rows)
     assert set(reasons) == {("scib", m) for m in rows["metric"]}
@@ -61,7 +42,7 @@ def test_case_huge_value_in_embedding_metrics_missing_with_reason():
 
 
 def test_case_huge_value_through_runner_reported_not_success():
-    a = _subset()
+    a = pancreas_subset(pcs=10)
     a.obsm["X_pca"][0, 0] = 1e30
     cfg = RunConfig(method="scbatchprox", use_rep="X_pca", params={"rounds": 1})
     res = execute_run(cfg, adata=a, show_progress=False)
@@ -135,7 +116,7 @@ def test_format_metrics_keeps_all_nan_rows():
 
 
 def test_missing_reasons_attr_survives_evaluate_concat():
-    a = _subset()
+    a = pancreas_subset(pcs=10)
     a.obsm["X_pca"][3, 2] = -1e20
     rows = evaluate(a, rep="X_pca", panels=("scib", "downstream"))
     assert set(rows.attrs[MISSING_ATTR]) == {

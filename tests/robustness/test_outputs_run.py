@@ -12,9 +12,9 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 import pytest
-from _checks import folder_hash
+from _helpers.cli import run_cli_output
+from _helpers.digests import folder_hash
 
-from fedsc.cli import main
 from fedsc.errors import FedscOutputError
 from fedsc.run import execute
 from fedsc.run.outcome import RunResult
@@ -39,16 +39,9 @@ def run(tiny: Path, out: Path, *extra: str, method: str = "scbatchprox") -> list
     ]  # fmt: skip
 
 
-def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err
-    return code, cap.out, cap.err
-
-
 def test_panels_empty_skips_evaluation_but_writes_outputs(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = cli(capsys, run(tiny, out, "--rounds", "1"))
+    code, stdout, _ = run_cli_output(capsys, *run(tiny, out, "--rounds", "1"))
     assert code == 0 and "evaluation skipped" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
     metrics = pd.read_csv(out / "metrics.csv")
@@ -62,14 +55,14 @@ def test_panels_empty_skips_evaluation_but_writes_outputs(tiny, tmp_path, capsys
 def test_panels_none_is_the_same_as_empty(tiny, tmp_path, capsys):
     argv = run(tiny, tmp_path / "run", "--rounds", "1")
     argv[argv.index("--panels") + 1] = "none"
-    assert cli(capsys, argv)[0] == 0
+    assert run_cli_output(capsys, *argv)[0] == 0
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["panels"] == []
 
 
 @pytest.fixture
 def done(tiny, tmp_path, capsys) -> Path:
     out = tmp_path / "run"
-    assert cli(capsys, run(tiny, out, "--rounds", "1", "--seed", "1"))[0] == 0
+    assert run_cli_output(capsys, *run(tiny, out, "--rounds", "1", "--seed", "1"))[0] == 0
     return out
 
 
@@ -77,14 +70,16 @@ def test_second_run_into_the_same_folder_is_refused(tiny, done, capsys, monkeypa
     before = folder_hash(done)
     called = []
     monkeypatch.setattr(execute, "load_dataset", lambda *a: called.append(a))
-    code, _, err = cli(capsys, run(tiny, done, "--rounds", "1", "--seed", "2"))
+    code, _, err = run_cli_output(capsys, *run(tiny, done, "--rounds", "1", "--seed", "2"))
     assert code == 2 and "holds an earlier run" in err and "--overwrite" in err
     assert not called, "the check must come before loading data"
     assert folder_hash(done) == before
 
 
 def test_overwrite_replaces_the_earlier_run(tiny, done, capsys):
-    code, _, _ = cli(capsys, run(tiny, done, "--rounds", "1", "--seed", "2", "--overwrite"))
+    code, _, _ = run_cli_output(
+        capsys, *run(tiny, done, "--rounds", "1", "--seed", "2", "--overwrite")
+    )
     assert code == 0
     assert json.loads((done / "run.json").read_text())["config"]["seed"] == 2
     assert [p.name for p in done.parent.iterdir()] == ["run"]
@@ -98,7 +93,9 @@ def test_crash_while_writing_keeps_the_earlier_run(tiny, done, capsys, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ad.AnnData, "write_h5ad", disk_full)
-    code, _, err = cli(capsys, run(tiny, done, "--rounds", "1", "--seed", "3", "--overwrite"))
+    code, _, err = run_cli_output(
+        capsys, *run(tiny, done, "--rounds", "1", "--seed", "3", "--overwrite")
+    )
     assert code == 2 and "could not write the run" in err and "No space left" in err
     assert folder_hash(done) == before
     assert [p.name for p in done.parent.iterdir()] == ["run"]  # temporary folder removed
@@ -109,7 +106,7 @@ def test_crash_on_a_first_write_leaves_nothing(tiny, tmp_path, capsys, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ad.AnnData, "write_h5ad", disk_full)
-    code, _, _ = cli(capsys, run(tiny, tmp_path / "new", "--rounds", "1"))
+    code, _, _ = run_cli_output(capsys, *run(tiny, tmp_path / "new", "--rounds", "1"))
     assert code == 2
     assert list(tmp_path.iterdir()) == []
 
@@ -145,7 +142,7 @@ def test_holdout_checked_right_after_loading(tiny, tmp_path, capsys, monkeypatch
     argv = run(tiny, tmp_path / "o", "--rounds", "1", *extra, method="fedscgen")
     argv.remove("--use-rep")
     argv.remove("X_pca")
-    code, _, err = cli(capsys, argv)
+    code, _, err = run_cli_output(capsys, *argv)
     assert code == 2
     for word in words:
         assert word in err, err

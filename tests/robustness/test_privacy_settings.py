@@ -8,7 +8,8 @@ skipped. CLI cases load no data (``no_data``), write nothing and leave nothing r
 from __future__ import annotations
 
 import pytest
-from _checks import has_words, record, run_cli
+from _checks import has_words, record
+from _helpers.cli import run_cli
 
 from fedsc.errors import FedscInputError
 from fedsc.run.config import RunConfig, check_holdout_batches

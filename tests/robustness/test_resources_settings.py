@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from _checks import has_words, record, run_cli
+from _checks import has_words, record
+from _helpers.cli import run_cli
+from _helpers.study import write_study
 
 from fedsc import settings
 from fedsc.errors import FedscInputError
@@ -208,7 +210,7 @@ def test_huge_study_refused_before_the_sweep_folder(tmp_path, own_settings, noth
 
 def test_large_study_warns_with_count_and_estimate(tmp_path, own_settings):
     study = Study.from_yaml(
-        _write(tmp_path, GRID.replace("seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "seeds: [0]"))
+        write_study(tmp_path, GRID.replace("seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "seeds: [0]"))
     )
     settings.max_study_runs = 5000
     with pytest.warns(ResourceBudgetWarning) as warned:
@@ -223,18 +225,12 @@ def test_large_study_warns_with_count_and_estimate(tmp_path, own_settings):
 
 
 def test_cli_sweep_huge_study_exits_2(tmp_path, capsys, nothing_left):
-    study = _write(tmp_path, GRID)
+    study = write_study(tmp_path, GRID)
     out = tmp_path / "sweep"
     code, err = run_cli(capsys, "sweep", str(study), "--out", str(out))
     assert code == 2 and not out.exists()
     has_words(err, ["expands to 10,000 runs", "--force"])
     record("CLI sweep", "study-10000-runs", "fedsc sweep huge.yaml", code, err.strip())
-
-
-def _write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(text)
-    return path
 
 
 def test_sweep_workers_capped_at_the_cpus(tmp_path, own_settings, caplog, monkeypatch):

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _checks import folder_hash
+from _helpers.cli import run_cli_output
+from _helpers.digests import folder_hash
 
-from fedsc.cli import main
 from fedsc.errors import StoreLockedError
 from fedsc.results import TIDY_COLUMNS
 from fedsc.sweep import RunStore, Study, run_sweep
@@ -48,16 +48,6 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err
-    return code, cap.out, cap.err
-
-
 # --------------------------------------------------------------- corrupt run files
 def test_records_skip_a_corrupt_file_with_a_warning(store_dir, caplog):
     truncate(store_dir / "runs" / "run0.json")
@@ -74,7 +64,7 @@ def test_renamed_run_file_is_corrupt(store_dir):
 
 def test_compare_warns_about_a_truncated_run_file(store_dir, capsys):
     truncate(store_dir / "runs" / "run1.json")
-    code, _, err = cli(
+    code, _, err = run_cli_output(
         capsys, "compare", str(store_dir), "--a", "backend=crypten", "--b", "backend=plaintext"
     )
     assert code == 0
@@ -83,14 +73,14 @@ def test_compare_warns_about_a_truncated_run_file(store_dir, capsys):
 
 def test_report_warns_about_a_truncated_run_file(store_dir, capsys):
     truncate(store_dir / "runs" / "run4.json")
-    code, _, err = cli(capsys, "report", str(store_dir))
+    code, _, err = run_cli_output(capsys, "report", str(store_dir))
     assert code == 0 and (store_dir / "report.md").is_file()
     assert "run4.json" in err and "corrupt" in err
 
 
 def test_compare_warns_when_the_table_misses_runs(store_dir, capsys):
     RunStore(store_dir).write(record("run9", "crypten", 4, 0.6))  # table not rebuilt
-    code, _, err = cli(
+    code, _, err = run_cli_output(
         capsys, "compare", str(store_dir), "--a", "backend=crypten", "--b", "backend=plaintext"
     )
     assert code == 0 and "does not match the run files" in err and "run9" in err
@@ -98,7 +88,7 @@ def test_compare_warns_when_the_table_misses_runs(store_dir, capsys):
 
 def test_truncated_results_parquet(store_dir, capsys):
     truncate(store_dir / "results.parquet")
-    code, _, err = cli(capsys, "report", str(store_dir))
+    code, _, err = run_cli_output(capsys, "report", str(store_dir))
     assert code == 2 and "results.parquet cannot be read" in err and "fedsc sweep" in err
 
 
@@ -126,7 +116,7 @@ def test_truncated_results_parquet(store_dir, capsys):
 )
 def test_compare_bad_selectors(store_dir, capsys, argv, words):
     before = folder_hash(store_dir)
-    code, _, err = cli(capsys, "compare", str(store_dir), *argv)
+    code, _, err = run_cli_output(capsys, "compare", str(store_dir), *argv)
     assert code == 2
     for word in words:
         assert word in err, err
@@ -134,13 +124,15 @@ def test_compare_bad_selectors(store_dir, capsys, argv, words):
 
 
 def test_report_on_an_empty_folder(tmp_path, capsys):
-    code, _, err = cli(capsys, "report", str(tmp_path))
+    code, _, err = run_cli_output(capsys, "report", str(tmp_path))
     assert code == 2 and "results.parquet not found" in err and "fedsc sweep" in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_compare_on_a_missing_folder(tmp_path, capsys):
-    code, _, err = cli(capsys, "compare", str(tmp_path / "nope"), "--a", "x=1", "--b", "x=2")
+    code, _, err = run_cli_output(
+        capsys, "compare", str(tmp_path / "nope"), "--a", "x=1", "--b", "x=2"
+    )
     assert code == 2 and "not found" in err
     assert not (tmp_path / "nope").exists()
 
@@ -157,7 +149,7 @@ def test_second_sweep_on_a_locked_folder_fails_fast(store_dir, tmp_path, capsys)
         start = time.perf_counter()
         with pytest.raises(StoreLockedError, match="in use by another sweep"):
             run_sweep(study, store_dir)
-        code, _, err = cli(capsys, "sweep", str(study), "--out", str(store_dir))
+        code, _, err = run_cli_output(capsys, "sweep", str(study), "--out", str(store_dir))
         assert code == 2 and f"pid {os.getpid()}" in err and "another --out" in err
         assert time.perf_counter() - start < 30
     assert folder_hash(store_dir / "runs") == before
@@ -231,7 +223,7 @@ def test_sweep_out_is_a_file(tmp_path, capsys):
     )
     target = tmp_path / "results.txt"
     target.write_text("keep")
-    code, _, err = cli(capsys, "sweep", str(study), "--out", str(target))
+    code, _, err = run_cli_output(capsys, "sweep", str(study), "--out", str(target))
     assert code == 2 and "is not a folder" in err and "--out" in err
     assert target.read_text() == "keep"
 

@@ -7,15 +7,13 @@ value, writes no output and leaves the input AnnData unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
-import scipy.sparse as sp
-from _tiny_data import pancreas_subset
+from _helpers.adata import lognormalize, pancreas_subset
+from _helpers.digests import adata_digest
 
 import fedsc.tl
 from fedsc.cli import main
@@ -28,32 +26,9 @@ from fedsc.run.execute import execute_run
 TINY = {"hidden": (16,), "latent": 4, "batch_size": 8, "rounds": 2, "local_epochs": 1}
 
 
-def _subset():
-    a = pancreas_subset()
-    a.obsm["X_pca"] = a.obsm["X_pca"][:, :10].copy()
-    return a
-
-
-def _lognorm():
-    a = _subset()
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
-    return a
-
-
-def _digest(a) -> str:
-    h = hashlib.sha256()
-    for m in (a.X, *(a.obsm[k] for k in sorted(a.obsm)), *(a.layers[k] for k in sorted(a.layers))):
-        if sp.issparse(m):
-            m = m.toarray()
-        h.update(np.ascontiguousarray(m).tobytes())
-    h.update(",".join(sorted(a.obsm) + sorted(a.layers)).encode())
-    return h.hexdigest()
-
-
 def test_case_fedscgen_lr_1e3_diverges_with_lr_in_message():
-    a = _lognorm()
-    before = _digest(a)
+    a = lognormalize(pancreas_subset(pcs=10))
+    before = adata_digest(a)
     with pytest.raises(TrainingDivergedError) as info:
         fedsc.tl.fedscgen(a, show_progress=False, **{**TINY, "lr": 1e3})
     msg = str(info.value)
@@ -63,12 +38,12 @@ def test_case_fedscgen_lr_1e3_diverges_with_lr_in_message():
     assert "X has NaN" not in msg and "impute" not in msg  # does not blame the input
     assert isinstance(info.value, FedscInputError)  # CLI: exit code 2, clean message
     assert "X_fedscgen" not in a.obsm and "fedscgen" not in a.layers  # no NaN output
-    assert _digest(a) == before
+    assert adata_digest(a) == before
 
 
 def test_case_scbatchprox_lr_1e3_diverges_with_lr_in_message():
-    a = _subset()
-    before = _digest(a)
+    a = pancreas_subset(pcs=10)
+    before = adata_digest(a)
     with pytest.raises(TrainingDivergedError) as info:
         fedsc.tl.scbatchprox(a, show_progress=False, rounds=2, lr=1e3)
     msg = str(info.value)
@@ -76,12 +51,12 @@ def test_case_scbatchprox_lr_1e3_diverges_with_lr_in_message():
     assert "exceeds the cells' own mean squared norm" in msg
     assert "lr=1000 is likely too large; try lr=0.001" in msg
     assert "X_scbatchprox" not in a.obsm
-    assert _digest(a) == before
+    assert adata_digest(a) == before
 
 
 def test_case_scgen_lr_1e3_diverges_with_lr_in_message():
-    a = _lognorm()
-    before = _digest(a)
+    a = lognormalize(pancreas_subset(pcs=10))
+    before = adata_digest(a)
     with pytest.raises(
         TrainingDivergedError, match=r"scGen training diverged at epoch 1/2"
     ) as info:
@@ -90,11 +65,11 @@ def test_case_scgen_lr_1e3_diverges_with_lr_in_message():
         )
     assert "lr=1000 is likely too large" in str(info.value)
     assert "X_scgen" not in a.obsm and "scgen" not in a.layers
-    assert _digest(a) == before
+    assert adata_digest(a) == before
 
 
 def test_case_runner_divergence_writes_nothing_and_cli_exit_code_2(tmp_path, capsys):
-    a = _lognorm()
+    a = lognormalize(pancreas_subset(pcs=10))
     path = tmp_path / "in.h5ad"
     a.write_h5ad(path)
     out = tmp_path / "out"
@@ -109,15 +84,15 @@ def test_case_runner_divergence_writes_nothing_and_cli_exit_code_2(tmp_path, cap
     assert "impute" not in err
     assert not (out / "corrected.h5ad").exists()
     # the same through the runner: the error type, and the input untouched
-    before = _digest(a)
+    before = adata_digest(a)
     cfg = RunConfig(method="fedscgen", params={**TINY, "lr": 1e3}, n_top_genes=100)
     with pytest.raises(TrainingDivergedError):
         execute_run(cfg, adata=a, show_progress=False)
-    assert _digest(a) == before
+    assert adata_digest(a) == before
 
 
 def test_case_unchanged_output_is_reported_in_run_info(caplog):
-    a = _subset()
+    a = pancreas_subset(pcs=10)
     a.obsm["X_same"] = a.obsm["X_pca"] * (1 + 3.4e-4)
     rows = pd.DataFrame(
         {"embedding": "X_same", "panel": "scib", "metric": ["total"], "value": [0.5]}

@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers.metrics import metric_values
 
 from fedsc.evaluation import PANELS, evaluate, fedscgen_panel, register_panel
 from fedsc.evaluation.sensitivity import PERTURBATION_EPS, perturb
@@ -21,10 +22,6 @@ fp = importlib.import_module("fedsc.evaluation.fedscgen_panel")
 sp = importlib.import_module("fedsc.evaluation.scib_panel")
 
 SUFFIX = sensitivity_metric("")
-
-
-def _values(df: pd.DataFrame) -> dict[str, float]:
-    return dict(zip(df["metric"], df["value"], strict=True))
 
 
 def _tied_grid(shape: tuple[int, ...] = (5, 5, 4)):
@@ -70,9 +67,9 @@ def test_ari_jumps_on_tied_distances_and_the_delta_reports_it():
     X, batch, labels = _tied_grid()
     jumps = []
     for seed in range(2):
-        v = _values(fedscgen_panel(X, batch, labels, seed=seed, sensitivity=True))
+        v = metric_values(fedscgen_panel(X, batch, labels, seed=seed, sensitivity=True))
         # the panel on the perturbed cells, by hand: the delta is exactly that jump
-        p = _values(fedscgen_panel(perturb(X, seed), batch, labels, seed=seed))
+        p = metric_values(fedscgen_panel(perturb(X, seed), batch, labels, seed=seed))
         for m in ("ari", "nmi", "ilf1"):
             assert v[m + SUFFIX] == pytest.approx(abs(p[m] - v[m]), abs=1e-12)
         jumps.append(v["ari" + SUFFIX])
@@ -110,7 +107,7 @@ def test_sensitivity_rows_only_for_discontinuous_metrics(separated):
 
 
 def test_well_separated_clusters_do_not_jump(separated):
-    v = _values(separated[0])
+    v = metric_values(separated[0])
     for m in ("ari", "nmi", "ilf1", "kmeans_ari", "kmeans_nmi", "graph_connectivity"):
         assert v[m + SUFFIX] == 0.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import pytest
@@ -10,20 +9,17 @@ import torch
 
 from fedsc.errors import FedscInputError
 from fedsc.methods import dp_sgd
-from fedsc.methods.vae import INIT, VAE, VAEConfig, derive_generator, torch_threads
+from fedsc.methods.vae import INIT, VAE, VAEConfig, derive_generator
 from fedsc.privacy.accounting import DONOR_RELATION, DPConfig
 
 GENES = 12
 
 # ~6 s on a quiet 2-core machine (Opacus' import, one PLD evaluation, a 300-canary audit)
-pytestmark = [pytest.mark.filterwarnings("ignore:Full backward hook is firing"), pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    with torch_threads(1):
-        yield
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+    pytest.mark.slow,
+    pytest.mark.usefixtures("dp_one_thread"),
+]
 
 
 def _cfg() -> VAEConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import pytest
 import torch
@@ -13,19 +12,12 @@ from fedsc.errors import FedscInputError
 from fedsc.federation import LocalResult
 from fedsc.methods import dp_sgd
 from fedsc.methods.fedscgen import FedScGenConfig, FedScGenMethod
-from fedsc.methods.vae import INIT, VAE, VAEConfig, derive_generator, make_optimizer, torch_threads
+from fedsc.methods.vae import INIT, VAE, VAEConfig, derive_generator, make_optimizer
 from fedsc.privacy.accounting import DPConfig, epsilon
 
+pytestmark = pytest.mark.usefixtures("dp_one_thread")
+
 GENES = 12
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the accountant's fractional RDP orders log convergence warnings; tiny torch ops are
-    # fastest (and steadiest on a shared machine) on one thread
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    with torch_threads(1):
-        yield
 
 
 def _data(n: int = 480, seed: int = 0) -> torch.Tensor:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from _helpers.adata import pancreas_subset
 
 from fedsc.privacy import IN_RUN_ATTACKS
 from fedsc.results import TIDY_COLUMNS
@@ -37,15 +36,6 @@ HEAVY_DP_SGD = {
 }
 
 
-def _tiny():
-    path = Path(__file__).parents[3] / "robustness" / "_tiny_data.py"
-    spec = importlib.util.spec_from_file_location("_tiny_data", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.pancreas_subset(40, 300)  # 5 clients x 40 cells, 300 genes
-
-
 def _run(adata, attacks, seed=0, dp=None):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -68,7 +58,7 @@ def _run(adata, attacks, seed=0, dp=None):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return _tiny()
+    return pancreas_subset(40, 300)
 
 
 @pytest.fixture(scope="module")
