@@ -163,7 +163,7 @@ def command(args: argparse.Namespace) -> int:
         method=args.method,
         dataset=args.input,
         batch_key=args.batch_key,
-        label_key=args.label_key,
+        labels_key=args.label_key,
         use_rep=args.use_rep,
         upstream=args.upstream,
         backend=args.backend,

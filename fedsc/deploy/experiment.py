@@ -194,7 +194,7 @@ def evaluate_deployment(
         method=method,
         dataset=dataset,
         batch_key=str(params["batch_key"]),
-        label_key=str(params.get("label_key", "cell_type")),
+        labels_key=str(params.get("label_key", "cell_type")),
         use_rep=params.get("embedding_key"),
         params=driver_module(method).config_of(params).to_dict(),
         seed=int(params["seed"]),

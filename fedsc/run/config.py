@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from fedsc._deprecation import caller_stacklevel, renamed_arguments
 from fedsc.backend import check_backend, check_mechanisms, mechanism_name
 from fedsc.data.inclusion import SCENARIOS as INCLUSION_SCENARIOS
 from fedsc.errors import FedscInputError
@@ -29,6 +31,10 @@ _UNHASHED_DEFAULTS: dict[str, Any] = {
     "sensitivity": False,
     "upstream_params": {},
 }
+
+#: Renamed settings: the old name (still accepted, with a ``FutureWarning``) -> the new one.
+#: The run id hashes a renamed setting under its old name, so no earlier run changes id.
+RENAMED: dict[str, str] = {"label_key": "labels_key"}
 
 #: Seeds reach scikit-learn's ``random_state`` (``numpy.random.RandomState``), which takes
 #: 0..2**32-1; torch and numpy generators accept more, so this is the bound runs need.
@@ -51,8 +57,10 @@ class RunConfig:
         A bundled dataset (:data:`fedsc.run.load.BUNDLED`: ``"pancreas"``, the default,
         ``"cellbench_3cl"``), ``"shared:<file>"`` (in ``../shared/data``) or a path to an
         ``.h5ad`` file.
-    batch_key, label_key
-        ``obs`` columns with each cell's batch (client) and cell type.
+    batch_key, labels_key
+        ``obs`` columns with each cell's batch (client) and cell type (``labels_key``:
+        scvi-tools' name; ``label_key``, the old one, is accepted with a ``FutureWarning``
+        and is the name the run id hashes, so ids did not change).
     donor_key
         ``obs`` column naming each cell's donor (a person), separate from the batch:
         donor-level DP (``dp: {level: donor}``) protects every cell of one donor, and
@@ -105,7 +113,7 @@ class RunConfig:
     method: str
     dataset: str = DEFAULT_DATASET
     batch_key: str = "batch"
-    label_key: str = "cell_type"
+    labels_key: str = "cell_type"
     donor_key: str | None = None
     use_rep: str | None = None
     upstream: str = "pca"
@@ -136,7 +144,7 @@ class RunConfig:
         from fedsc.evaluation.panels import check_panels
         from fedsc.upstream import EMBEDDING_METHODS, check_upstream_params
 
-        for name in ("method", "dataset", "batch_key", "label_key", "upstream", "backend"):
+        for name in ("method", "dataset", "batch_key", "labels_key", "upstream", "backend"):
             _check_text(name, getattr(self, name))
         _check_text("inclusion", self.inclusion)
         if not isinstance(self.sensitivity, bool):
@@ -306,27 +314,51 @@ class RunConfig:
                 f"a run config must be a mapping of settings, got {type(data).__name__}."
             )
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names - set(RENAMED))
         if unknown:
             raise FedscInputError(
                 f"unknown run setting(s) {unknown}; valid settings: {sorted(names)}."
             )
-        return cls(**data)
+        both = [f"{old}/{new}" for old, new in RENAMED.items() if old in data and new in data]
+        if both:
+            raise FedscInputError(
+                f"{both[0]} given both: set {both[0].split('/')[1]} only (the other is its "
+                "deprecated spelling)."
+            )
+        return cls(**data)  # an old name warns (FutureWarning) and fills the new one
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting, as plain data (YAML/JSON)."""
         return asdict(self)
 
     @property
+    def label_key(self) -> str:
+        """Deprecated spelling of :attr:`labels_key` (``FutureWarning``)."""
+        warnings.warn(
+            "RunConfig.label_key is deprecated; use labels_key.",
+            FutureWarning,
+            stacklevel=caller_stacklevel(),
+        )
+        return self.labels_key
+
+    @property
     def run_id(self) -> str:
-        """Stable hash of the full config (same config -> same id, across machines)."""
+        """Stable hash of the full config (same config -> same id, across machines).
+
+        Settings renamed since (:data:`RENAMED`) are hashed under their old name.
+        """
+        hashed_as = {new: old for old, new in RENAMED.items()}
         data = {
-            k: v
+            hashed_as.get(k, k): v
             for k, v in self.to_dict().items()
             if not (k in _UNHASHED_DEFAULTS and v == _UNHASHED_DEFAULTS[k])
         }
         blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: ``RunConfig(label_key=...)`` still works, with a FutureWarning naming ``labels_key``.
+RunConfig.__init__ = renamed_arguments(**RENAMED)(RunConfig.__init__)  # type: ignore[method-assign]
 
 
 def _refuse_unaccounted_noise(mechanisms: list[Any]) -> None:

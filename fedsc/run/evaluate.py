@@ -138,7 +138,7 @@ def _evaluate(adata: ad.AnnData, rep: str, cfg: RunConfig, pre: str) -> pd.DataF
         adata,
         rep=rep,
         batch_key=cfg.batch_key,
-        labels_key=cfg.label_key,
+        labels_key=cfg.labels_key,
         panels=cfg.panels,
         X_pre_rep=pre,
         seed=cfg.seed,

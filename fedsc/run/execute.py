@@ -70,7 +70,10 @@ def _run_method(
     prepared.info["fit_seconds"] = time.perf_counter() - start  # the method alone
     if cfg.inclusion != "all":  # evaluate the cells and labels the scenario kept
         work = apply_inclusion(
-            prepared.adata, batch_key=cfg.batch_key, label_key=cfg.label_key, scenario=cfg.inclusion
+            prepared.adata,
+            batch_key=cfg.batch_key,
+            label_key=cfg.labels_key,
+            scenario=cfg.inclusion,
         )
         return Prepared(work, prepared.before, prepared.base, prepared.use_rep, prepared.info)
     return prepared
@@ -120,7 +123,7 @@ def execute_run(
     settings.apply()  # threads, passive waiting, compile caches (idempotent)
     start = time.perf_counter()
     adata = load_dataset(cfg.dataset) if adata is None else adata
-    validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.label_key)
+    validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.labels_key)
     check_holdout_batches(cfg, adata.obs[cfg.batch_key].unique())  # before any training
     privacy = in_run.start(cfg, adata, spec)  # attacks + DP (checked now that n is known)
     executor: Executor = resolve(

@@ -36,7 +36,7 @@ def execute_record(cfg_dict: dict[str, Any], keep_embedding: bool = False) -> di
             "key": key,
             "values": result.adata.obsm[key].tolist(),
             "batch": result.adata.obs[cfg.batch_key].astype(str).tolist(),
-            "labels": result.adata.obs[cfg.label_key].astype(str).tolist(),
+            "labels": result.adata.obs[cfg.labels_key].astype(str).tolist(),
         }
     return record
 

@@ -5,7 +5,7 @@ An example study file::
     study: privacy_ablation
     datasets: [pancreas]
     seeds: [42, 123, 456]
-    defaults: {batch_key: batch, label_key: cell_type}
+    defaults: {batch_key: batch, labels_key: cell_type}
 
 Methods
 -------
