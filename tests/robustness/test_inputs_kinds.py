@@ -264,7 +264,7 @@ def test_check_input_kind_expression_accepts_lognorm_and_refuses_counts_message(
         check_input_kind(pancreas_subset().X, "expression", method="FedscGen")
 
 
-def test_case_log_cpm_is_not_mistaken_forpancreas_subset():
+def test_case_log_cpm_is_not_mistaken_for_counts():
     """log1p(CPM) reaches 13.8 > 9.21: refused by name, not re-normalised as counts."""
     a = pancreas_subset()
     sc.pp.normalize_total(a, target_sum=1e6)
