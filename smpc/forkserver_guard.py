@@ -54,8 +54,10 @@ def _exit_at_once() -> None:
 
 
 def release() -> None:
-    """Stop watching (idempotent); the fork server's own alive pipe watches from now on,
-    and its exit skips the interpreter's teardown."""
+    """Stop watching (idempotent) and make the server's exit skip the teardown.
+
+    The fork server's own alive pipe watches the parent from now on.
+    """
     if _thread.is_alive():
         os.write(_stop_write, b"x")
         _thread.join()
