@@ -8,8 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _helpers.paths import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from _helpers.paths import ROOT
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
+TESTS = ROOT / "tests"
 #: tests/<folder>/: the two packages mirrored, fedsc.deploy's tests (shared deployments),
 #: the robustness suite (by concern) and the shared helpers.
 TOP_FOLDERS = {"fedsc", "smpc", "deploy", "robustness", "_helpers"}

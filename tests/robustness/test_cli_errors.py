@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from _helpers.cli import run_cli
 from _helpers.digests import folder_hash
+from _helpers.paths import checkout_env
 
 from fedsc.cli import main
 from fedsc.errors import FedscInputError, FedscOutputError
 from fedsc.run import execute
 from fedsc.run.record import RUN_FILES
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -241,7 +240,7 @@ def test_api_stages_with_a_batch_twice():
 
 def test_subprocess_bad_out_no_traceback(tmp_path):
     """The real entry point (python -m fedsc.cli): one line on stderr, exit 2."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = checkout_env()
     proc = subprocess.run(
         [sys.executable, "-m", "fedsc.cli", "run", "scbatchprox", "--out", "/dev/null"],
         capture_output=True,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import tomllib
 import warnings
-from pathlib import Path
 
+from _helpers.paths import ROOT
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from fedsc._compat import KNOWN_BROKEN, broken_combinations, installed_versions, warn_if_broken
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+PYPROJECT = ROOT / "pyproject.toml"
 
 
 def _bounds() -> dict[str, SpecifierSet]:

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,13 +26,14 @@ try:
 except ImportError as err:  # pragma: no cover - crypten is installed by the Makefile
     pytest.skip(f"crypten unavailable: {err}", allow_module_level=True)
 
+from _helpers.paths import checkout_env
+
 from smpc.channel import ConnectionChannel
 from smpc.crypten_backend import CryptenAggregator, PartyError
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = checkout_env()
 WEIGHTS = [1.0, 2.0, 3.0]
 GRACE = 5.0  # "no party alive 5 s later"
 

@@ -5,17 +5,16 @@ timeout; none hangs. Cases: CASES_PARTIES.md."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers.paths import ROOT, checkout_env
 from _helpers.ports import free_ports
 from _helpers.threads import in_thread
 
@@ -26,7 +25,6 @@ from smpc.messages import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = b"the-shared-key"
 
 
@@ -179,7 +177,7 @@ def _party(rank: int, world_size: int, gloo: int, key: str, *extra: str) -> subp
     cmd = [sys.executable, "-m", "smpc.party", "--rank", str(rank)]
     cmd += ["--world-size", str(world_size), "--rendezvous", f"tcp://127.0.0.1:{gloo}"]
     cmd += ["--startup-timeout", "60", *extra]
-    env = {**os.environ, "SMPC_AUTHKEY": key, "PYTHONPATH": str(ROOT)}
+    env = checkout_env(SMPC_AUTHKEY=key)
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
 

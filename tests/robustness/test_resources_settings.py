@@ -8,14 +8,13 @@ count and an estimate; ``--force`` (or the limit set to 0) runs it anyway.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from _checks import has_words, record
 from _helpers.cli import run_cli
+from _helpers.paths import checkout_env
 from _helpers.study import write_study
 
 from fedsc import settings
@@ -23,8 +22,6 @@ from fedsc.errors import FedscInputError
 from fedsc.resources import ResourceBudgetWarning, vae_parameters
 from fedsc.run.config import RunConfig
 from fedsc.sweep import Study, run_sweep
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -66,7 +63,7 @@ def test_bad_environment_variable_is_named(variable, value, words, monkeypatch, 
 
 def test_bad_fedsc_threads_cli_exits_2_naming_it(tmp_path, nothing_left):
     """The real entry point: it printed a traceback without naming the variable."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FEDSC_THREADS": "abc"}
+    env = checkout_env(FEDSC_THREADS="abc")
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "fedsc.cli", "run", "scbatchprox", "--out", str(out)],

@@ -7,12 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from _helpers.paths import ROOT, checkout_env
 from _helpers.processes import alive
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Starts the fork server (as smpc.prestart does) with a preload that takes a minute, as
 # torch's import does on a loaded machine, and prints the server's pid.
@@ -77,7 +75,7 @@ sys.exit(0)  # how the fork server ends when its parent dies (SystemExit from it
 def test_the_released_fork_server_ends_without_the_interpreters_teardown():
     # torch's and CrypTen's teardown kept a dead coordinator's fork server alive 0.5 s quiet
     # and over 5 s under load; after release() its exit skips every earlier atexit hook
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = checkout_env()
     done = subprocess.run(
         [sys.executable, "-c", _RELEASED], capture_output=True, text=True, env=env, timeout=60
     )

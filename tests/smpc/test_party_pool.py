@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from _helpers.paths import checkout_env
 from _helpers.processes import alive
 
 from smpc import party_pool
@@ -192,8 +193,7 @@ def test_parties_do_not_import_the_coordinators_main_module(tmp_path):
 
     script, marks = tmp_path / "coordinator.py", tmp_path / "imported_by"
     script.write_text(MAIN_SCRIPT)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "PYTHONPATH": root}
+    env = checkout_env()
     done = subprocess.run(
         [sys.executable, str(script), str(marks)],
         capture_output=True,

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers.paths import ROOT, checkout_env
 
-ROOT = Path(__file__).resolve().parents[3]
 DATA = Path(__file__).parent / "data"
 BEFORE = DATA / "privacy_ablation_before.csv"
 PORTABLE = DATA / "privacy_ablation_portable.csv"
@@ -105,7 +105,7 @@ pd.concat(rows).to_csv(out, index=False, float_format="%.17g")
 
 def _run_study(tmp_path: Path, methods: str, seeds: str = SEEDS, **env: str) -> pd.DataFrame:
     out = tmp_path / "after.csv"
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
+    environ = checkout_env(OMP_NUM_THREADS="1", **env)
     study = str(ROOT / "experiments" / "privacy_ablation.yaml")
     subprocess.run(
         [sys.executable, "-c", SCRIPT, study, seeds, methods, str(out)],

@@ -10,11 +10,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from _helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 PORTABLE_VARS = (
     "ATEN_CPU_CAPABILITY",
     "MKL_CBWR",

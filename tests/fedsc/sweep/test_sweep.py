@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _helpers.paths import ROOT
 
 from fedsc.comparison import compare_sweep, report_sweep
 from fedsc.datasets import simulate
@@ -74,7 +75,7 @@ def test_bad_study_configs(tiny_h5ad):
 
 
 def test_every_shipped_study_expands():
-    root = Path(__file__).parents[3] / "experiments"
+    root = ROOT / "experiments"
     files = sorted(root.glob("*.yaml"))
     assert len(files) >= 5
     for f in files:

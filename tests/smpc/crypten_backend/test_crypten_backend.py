@@ -28,6 +28,7 @@ except ImportError as err:  # pragma: no cover - crypten is installed by the Mak
     pytest.skip(f"crypten unavailable: {err}", allow_module_level=True)
 
 from _helpers.contributions import client_vectors
+from _helpers.paths import ROOT, checkout_env
 from _helpers.ports import free_ports
 
 from smpc.crypten_backend import CryptenAggregator, PartyError
@@ -36,7 +37,6 @@ pytestmark = pytest.mark.timeout(180)
 
 K = 5
 WEIGHTS = [120.0, 850.0, 3000.0, 42.0, 999.0]  # cell counts
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _assert_all_gone(pids: list[int]) -> None:
@@ -336,7 +336,7 @@ def test_party_killed_mid_round_or_stopped_raises_and_reaps():
 # ------------------------------------------------------------------ multi-host entry
 def test_remote_parties_started_from_the_command_line_entry():
     gloo, *listen = free_ports(4)
-    env = {**os.environ, "SMPC_AUTHKEY": "test-key", "PYTHONPATH": ROOT}
+    env = checkout_env(SMPC_AUTHKEY="test-key")
     cmd = [sys.executable, "-m", "smpc.party", "--world-size", "3"]
     procs = [
         subprocess.Popen(
