@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _helpers.embeddings import blobs, blobs_adata
 from _helpers.metrics import metric_values
 
 from fedsc.errors import FedscInputError
@@ -26,15 +27,6 @@ pytestmark = pytest.mark.reproducibility
 
 # the package exports the function fedscgen_panel, which shadows the module attribute
 fp = importlib.import_module("fedsc.evaluation.fedscgen_panel")
-
-
-def _blobs(n_per: int = 40, n_types: int = 3, n_batches: int = 2, sep: float = 50.0, seed=0):
-    """Well-separated Gaussian blobs, one per type; batches interleaved within every blob."""
-    rng = np.random.default_rng(seed)
-    X = np.concatenate([rng.normal(sep * t, 1.0, size=(n_per, 5)) for t in range(n_types)])
-    labels = np.repeat([f"t{t}" for t in range(n_types)], n_per)
-    batch = np.array([f"b{i % n_batches}" for i in range(len(X))])
-    return X.astype(np.float32), batch, labels
 
 
 # --- EBM -------------------------------------------------------------------------------
@@ -69,7 +61,7 @@ def test_ebm_hand_value_three_batches():
 
 # --- kNN accuracy, ASW_B, GC, ILF1 ------------------------------------------------------
 def test_knn_accuracy_one_for_separated_clusters_and_hand_value():
-    X, _batch, labels = _blobs()
+    X, _batch, labels = blobs()
     idx, _ = fp.knn_without_self(X, 15)
     assert fp.knn_accuracy(idx, labels) == 1.0
     # hand case: type a: cells with 1/2 and 1 correct -> 0.75; type b: one cell 0 -> 0
@@ -169,7 +161,7 @@ def test_kbet_transition_matrix_matches_scib_metrics_private_function():
     from fedsc.evaluation._kbet import transition_matrix
     from fedsc.evaluation.scib_panel import knn
 
-    X, _, _ = _blobs(n_per=30)
+    X, _, _ = blobs(n_per=30)
     conn = knn(X, 15).knn_graph_connectivities
     ours, theirs = transition_matrix(conn), private._compute_transitions(conn)
     assert ours.shape == theirs.shape
@@ -177,7 +169,7 @@ def test_kbet_transition_matrix_matches_scib_metrics_private_function():
 
 
 def test_fedscgen_panel_on_separated_blobs():
-    X, batch, labels = _blobs()
+    X, batch, labels = blobs()
     v = metric_values(fedscgen_panel(X, batch, labels, seed=0))
     assert list(v) == list(fp.METRICS)
     assert v["knn_acc"] == 1.0
@@ -189,7 +181,7 @@ def test_fedscgen_panel_on_separated_blobs():
 
 
 def test_fedscgen_panel_deterministic_and_seed_sensitive():
-    X, batch, labels = _blobs(sep=3.0, seed=3)
+    X, batch, labels = blobs(sep=3.0, seed=3)
     a = fedscgen_panel(X, batch, labels, seed=7)
     b = fedscgen_panel(X, batch, labels, seed=7)
     pd.testing.assert_frame_equal(a, b)
@@ -205,7 +197,7 @@ def test_top_pcs_reduces_to_n_pcs():
 
 # --- scIB panel --------------------------------------------------------------------------
 def test_scib_panel_rows_and_aggregates():
-    X, batch, labels = _blobs(n_per=40)
+    X, batch, labels = blobs(n_per=40)
     rng = np.random.default_rng(0)
     X_pre = X + 5.0 * (batch == "b1")[:, None]  # "before": a batch shift
     df = scib_panel(X, batch, labels, X_pre=X_pre)
@@ -236,7 +228,7 @@ def test_scib_panel_rows_and_aggregates():
 
 # --- downstream --------------------------------------------------------------------------
 def test_downstream_separated_blobs_perfect_and_no_global_rng_side_effect():
-    X, _, labels = _blobs(n_per=30, n_types=3)
+    X, _, labels = blobs(n_per=30, n_types=3)
     batch = np.tile(["b0", "b1", "b2"], 30)
     state = torch.get_rng_state()
     df = downstream_accuracy(X, batch, labels, seed=0, epochs=30, per_batch=True)
@@ -251,7 +243,7 @@ def test_downstream_separated_blobs_perfect_and_no_global_rng_side_effect():
 
 
 def test_downstream_deterministic():
-    X, batch, labels = _blobs(n_per=30, sep=1.0, seed=2)
+    X, batch, labels = blobs(n_per=30, sep=1.0, seed=2)
     a = downstream_accuracy(X, batch, labels, seed=3, epochs=3)
     b = downstream_accuracy(X, batch, labels, seed=3, epochs=3)
     pd.testing.assert_frame_equal(a, b)
@@ -260,9 +252,8 @@ def test_downstream_deterministic():
 
 # --- evaluate() and input validation -----------------------------------------------------
 def _adata():
-    X, batch, labels = _blobs()
-    a = ad.AnnData(X=X, obs=pd.DataFrame({"batch": batch, "cell_type": labels}))
-    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    X, batch, labels = blobs()
+    a = blobs_adata(X, batch, labels)
     a.obsm["X_emb"] = X[:, :3].copy()
     return a
 
@@ -296,7 +287,7 @@ def test_inputs_rejected_with_clear_messages():
     a.obs["one"] = "b0"
     with pytest.raises(FedscInputError, match="fewer than 2 batches"):
         evaluate(a, rep="X", batch_key="one")
-    X, batch, labels = _blobs(n_per=10)
+    X, batch, labels = blobs(n_per=10)
     Xn = X.copy()
     Xn[3, 1] = np.nan
     with pytest.raises(FedscInputError, match="NaN"):
@@ -347,7 +338,6 @@ def test_knn_distances_do_not_depend_on_thread_layout():
 
 
 def test_evaluate_reads_layers():
-    import anndata as ad
 
     from fedsc.evaluation import evaluate, representation
 

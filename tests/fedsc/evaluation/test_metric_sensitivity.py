@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib
 import warnings
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers.embeddings import blobs, blobs_adata
 from _helpers.metrics import metric_values
 
 from fedsc.evaluation import PANELS, evaluate, fedscgen_panel, register_panel
@@ -38,24 +38,8 @@ def _tied_grid(shape: tuple[int, ...] = (5, 5, 4)):
     return g, batch, labels
 
 
-def _blobs(n_per: int = 30, n_types: int = 3, sep: float = 50.0):
-    """Well-separated Gaussian blobs, one per type, two batches interleaved."""
-    rng = np.random.default_rng(0)
-    X = np.concatenate([rng.normal(sep * t, 1.0, size=(n_per, 5)) for t in range(n_types)])
-    labels = np.repeat([f"t{t}" for t in range(n_types)], n_per)
-    batch = np.array([f"b{i % 2}" for i in range(len(X))])
-    return X.astype(np.float32), batch, labels
-
-
-def _adata(X, batch, labels) -> ad.AnnData:
-    obs = pd.DataFrame(
-        {"batch": batch, "cell_type": labels}, index=[f"c{i}" for i in range(len(X))]
-    )
-    return ad.AnnData(X=X, obs=obs)
-
-
 def test_perturbation_is_tiny_and_reproducible():
-    X, _, _ = _blobs()
+    X, _, _ = blobs(n_per=30)
     a, b = perturb(X, seed=3), perturb(X, seed=3)
     np.testing.assert_array_equal(a, b)  # same seed, same noise
     assert not np.array_equal(a, perturb(X, seed=4))
@@ -80,8 +64,8 @@ def test_ari_jumps_on_tied_distances_and_the_delta_reports_it():
 @pytest.fixture(scope="module")
 def separated():
     """evaluate() on well-separated blobs with all three built-in panels, twice."""
-    X, batch, labels = _blobs()
-    a = _adata(X, batch, labels)
+    X, batch, labels = blobs(n_per=30)
+    a = blobs_adata(X, batch, labels)
     a.obsm["X_emb"] = X[:, :3].copy()
     kw = {"rep": "X_emb", "panels": ("fedscgen", "scib", "downstream"), "X_pre_rep": "X"}
     with_sens = evaluate(a, **kw, seed=5, sensitivity=True)
@@ -128,8 +112,8 @@ def test_panel_without_the_keyword_gets_no_rows():
 
     register_panel("plain_toy", plain)
     try:
-        X, batch, labels = _blobs()
-        df = evaluate(_adata(X, batch, labels), rep="X", panels="plain_toy", sensitivity=True)
+        X, batch, labels = blobs(n_per=30)
+        df = evaluate(blobs_adata(X, batch, labels), rep="X", panels="plain_toy", sensitivity=True)
     finally:
         PANELS.unregister("plain_toy")
     assert list(df["metric"]) == ["n"]
