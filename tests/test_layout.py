@@ -100,3 +100,24 @@ def test_no_helper_is_defined_in_two_files():
     assert not copies, (
         f"helpers defined in more than one file (move each to tests/_helpers/): {copies}"
     )
+
+
+def test_the_scheduling_lists_name_existing_paths():
+    """tests/conftest.py marks and orders tests by path (_ONE_WORKER, _FIRST, _SLOW_MODULES):
+    a path left behind by a move would silently stop marking its tests slow."""
+    tree = ast.parse((TESTS / "conftest.py").read_text())
+    lists = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name) and target.id in {"_ONE_WORKER", "_FIRST", "_SLOW_MODULES"}
+    }
+    assert len(lists) == 3, f"tests/conftest.py lists found: {sorted(lists)}"
+    missing = [
+        f"{name}: {path}"
+        for name, value in lists.items()
+        for path in ast.literal_eval(value)
+        if not (ROOT / path).exists()
+    ]
+    assert not missing, f"tests/conftest.py names paths that do not exist: {missing}"
