@@ -36,6 +36,7 @@ from fedsc.upstream import (
 )
 
 if TYPE_CHECKING:
+    from fedsc.upstream import Estimator
     from fedsc.upstream.scvi_models import ScviUpstreamModel
 
 __all__ = [
@@ -190,7 +191,7 @@ class UpstreamModel:
     n_comps: int
     seed: int
     genes: np.ndarray
-    estimator: Any
+    estimator: Estimator
     key: str
     layer: str | None = None
     preprocessing: dict | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from fedsc.errors import FedscInputError
 
@@ -83,11 +83,21 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-def resolve(ref: Any) -> Any:
+@overload
+def resolve(ref: str) -> Any: ...
+
+
+@overload
+def resolve(ref: T | str) -> T: ...
+
+
+def resolve(ref: object) -> object:
     """``"package.module:attribute"`` -> that attribute (imported on first use); else ``ref``.
 
     Built-in registrations name their heavy objects this way so that reading a registry
-    (e.g. to build the CLI) does not import torch models.
+    (e.g. to build the CLI) does not import torch models. Typed: an entry of a
+    ``Registry[Panel | str]`` resolves to a ``Panel`` (what a bare string names is not
+    known before it is imported).
     """
     if isinstance(ref, str):
         module, _, attr = ref.partition(":")

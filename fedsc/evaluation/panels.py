@@ -13,8 +13,8 @@ sensitivity=True)`` asks every panel that can.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -37,13 +37,58 @@ __all__ = [
     "MISSING_ATTR",
     "PANELS",
     "Panel",
+    "SensitivePanel",
     "check_panels",
     "evaluate",
     "missing_reasons",
     "register_panel",
 ]
 
-Panel = Callable[..., pd.DataFrame]
+
+class Panel(Protocol):
+    """``panel(X, batch, labels, *, X_pre=None, seed=0)``: one panel's metric rows.
+
+    ``X`` is the embedding evaluated (cells x dims), ``batch`` and ``labels`` each cell's
+    batch and cell type (strings), ``X_pre`` the uncorrected input when the panel compares
+    with it. Returns a DataFrame with columns ``panel``, ``metric``, ``value`` (a value it
+    cannot compute is NaN, its reason in ``df.attrs[MISSING_ATTR]``).
+    """
+
+    def __call__(
+        self,
+        X: np.ndarray,
+        batch: np.ndarray,
+        labels: np.ndarray,
+        /,
+        *,
+        X_pre: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """The panel's rows for one embedding."""
+        ...
+
+
+class SensitivePanel(Protocol):
+    """A :class:`Panel` that also takes ``sensitivity``.
+
+    With ``True`` it adds one row ``<metric>_perturbation_delta`` per discontinuous metric
+    (:mod:`fedsc.evaluation.sensitivity`).
+    """
+
+    def __call__(
+        self,
+        X: np.ndarray,
+        batch: np.ndarray,
+        labels: np.ndarray,
+        /,
+        *,
+        X_pre: np.ndarray | None = None,
+        seed: int = 0,
+        sensitivity: bool = False,
+    ) -> pd.DataFrame:
+        """The panel's rows for one embedding, with the perturbation deltas if asked."""
+        ...
+
 
 #: Metric panels by name.
 PANELS: Registry[Panel] = Registry("metric panel")
@@ -68,10 +113,10 @@ def register_panel(name: str, panel: Panel) -> Panel:
 
 def _scib(
     X: np.ndarray,
-    batch: Any,
-    labels: Any,
+    batch: np.ndarray,
+    labels: np.ndarray,
     *,
-    X_pre: Any = None,
+    X_pre: np.ndarray | None = None,
     seed: int = 0,
     sensitivity: bool = False,
 ) -> pd.DataFrame:
@@ -81,10 +126,10 @@ def _scib(
 
 def _fedscgen(
     X: np.ndarray,
-    batch: Any,
-    labels: Any,
+    batch: np.ndarray,
+    labels: np.ndarray,
     *,
-    X_pre: Any = None,
+    X_pre: np.ndarray | None = None,
     seed: int = 0,
     sensitivity: bool = False,
 ) -> pd.DataFrame:
@@ -94,10 +139,10 @@ def _fedscgen(
 
 def _downstream(
     X: np.ndarray,
-    batch: Any,
-    labels: Any,
+    batch: np.ndarray,
+    labels: np.ndarray,
     *,
-    X_pre: Any = None,
+    X_pre: np.ndarray | None = None,
     seed: int = 0,
     sensitivity: bool = False,
 ) -> pd.DataFrame:
@@ -203,8 +248,10 @@ def evaluate(
             df = pd.DataFrame({"panel": name, "metric": metrics, "value": np.nan})
             panel_reasons = dict.fromkeys(metrics, problem)
         else:
-            extra = {"sensitivity": True} if sensitivity and _takes_sensitivity(func) else {}
-            df = func(X, batch, labels, X_pre=X_pre, seed=seed, **extra)
+            if sensitivity and _takes_sensitivity(func):
+                df = func(X, batch, labels, X_pre=X_pre, seed=seed, sensitivity=True)
+            else:
+                df = func(X, batch, labels, X_pre=X_pre, seed=seed)
             panel_reasons = dict(df.attrs.get(MISSING_ATTR, {}))
         for panel, metric, value in zip(df["panel"], df["metric"], df["value"], strict=True):
             if not np.isfinite(value):
@@ -219,7 +266,7 @@ def evaluate(
     return out
 
 
-def _takes_sensitivity(func: Panel) -> bool:
+def _takes_sensitivity(func: Panel) -> TypeGuard[SensitivePanel]:
     """Whether a panel function accepts the ``sensitivity`` keyword."""
     try:
         params = inspect.signature(func).parameters

@@ -594,7 +594,7 @@ def run_spec(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
         adata,
         batch_key=inputs.batch_key,
         label_key=inputs.label_key,
-        aggregator=inputs.aggregator,
+        aggregator=inputs.federated_aggregator("FedscGen"),
         config=config,
         seed=inputs.seed,
         holdout=list(inputs.holdout),

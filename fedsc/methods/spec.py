@@ -7,9 +7,9 @@ names a method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedsc.errors import FedscInputError
 from fedsc.registry import resolve
@@ -17,7 +17,16 @@ from fedsc.registry import resolve
 if TYPE_CHECKING:
     import anndata as ad
 
-__all__ = ["INPUT_KINDS", "MethodSpec", "RunInputs", "config_from_kwargs"]
+    from smpc import Aggregator
+
+__all__ = [
+    "INPUT_KINDS",
+    "MethodSpec",
+    "RunFunction",
+    "RunInputs",
+    "ScenarioFunction",
+    "config_from_kwargs",
+]
 
 #: What a method reads from the prepared AnnData:
 #: ``"embedding"``: ``obsm[inputs.use_rep]`` (upstream PCA/ICA/FA or the user's embedding);
@@ -86,7 +95,7 @@ class RunInputs:
 
     batch_key: str = "batch"
     label_key: str = "cell_type"
-    aggregator: Any = None
+    aggregator: Aggregator | None = None
     seed: int = 0
     use_rep: str | None = None
     layer: str | None = None
@@ -100,9 +109,39 @@ class RunInputs:
     show_progress: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def federated_aggregator(self, method: str) -> Aggregator:
+        """The aggregator of a federated method's run; ``None`` here is a clear error."""
+        if self.aggregator is None:
+            raise FedscInputError(
+                f"{method} is federated: its run needs an aggregator (RunInputs.aggregator, "
+                "e.g. smpc.make_aggregator('plaintext'))."
+            )
+        return self.aggregator
 
-RunFunction = Callable[["ad.AnnData", RunInputs, Any], Any]
-ScenarioFunction = Callable[["ad.AnnData", RunInputs, Any], "ad.AnnData"]
+
+class RunFunction(Protocol):
+    """``run(adata, inputs, config)``: fit the method on the prepared cells.
+
+    It writes the method's ``outputs`` into ``adata`` and returns its fitted model (what
+    ``fedsc.tl`` hands back with ``return_model=True``). ``config`` is the method's own
+    config class (:attr:`MethodSpec.config`), so it is typed by the method.
+    """
+
+    def __call__(self, adata: ad.AnnData, inputs: RunInputs, config: Any, /) -> Any:
+        """Fit on ``adata``; write the outputs into it; return the model."""
+        ...
+
+
+class ScenarioFunction(Protocol):
+    """``scenario(adata, inputs, config)``: a dataset-evolution scenario over ``inputs.stages``.
+
+    Returns the cells to evaluate, holding the upstream embedding
+    ``obsm["X_<inputs.upstream>"]`` and the method's outputs.
+    """
+
+    def __call__(self, adata: ad.AnnData, inputs: RunInputs, config: Any, /) -> ad.AnnData:
+        """Run every stage; return the last stage's cells."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def run(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     validate_adata(adata, batch_key=inputs.batch_key, use_rep=use_rep)
     z = representation(adata, use_rep, "use_rep")
     labels = obs_column(adata, inputs.batch_key, "batch_key").astype(str).to_numpy()
-    agg = inputs.aggregator
+    agg = inputs.federated_aggregator("scBatchProx")
     model = ScBatchProx.fit(
         z, labels, agg, config=config, seed=inputs.seed, show_progress=inputs.show_progress
     )

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from fedsc.methods import MethodSpec
     from fedsc.run.config import RunConfig
+    from smpc import Aggregator
 
 __all__ = [
     "CENTRALIZED",
@@ -128,7 +129,7 @@ class InRunPrivacy:
     _recorder: RecordingMechanism | None = None
 
     @contextmanager
-    def aggregator(self) -> Iterator[Any]:
+    def aggregator(self) -> Iterator[Aggregator]:
         """The run's aggregator; the record is collected when the block ends normally."""
         from fedsc.backend import aggregator_for
 

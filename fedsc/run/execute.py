@@ -12,7 +12,7 @@ evaluates.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anndata as ad
 
@@ -53,7 +53,11 @@ class Executor(Protocol):
 
 
 def _run_method(
-    adata: ad.AnnData, cfg: RunConfig, spec: MethodSpec, agg: Any, show_progress: bool | None
+    adata: ad.AnnData,
+    cfg: RunConfig,
+    spec: MethodSpec,
+    agg: smpc.Aggregator | None,
+    show_progress: bool | None,
 ) -> Prepared:
     """Prepare the input, run the method (or its scenario); return what to evaluate."""
     config = spec.make_config(cfg.params)

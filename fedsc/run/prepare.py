@@ -23,6 +23,7 @@ from fedsc.upstream.cache import UpstreamCache
 
 if TYPE_CHECKING:
     from fedsc.run.config import RunConfig
+    from smpc import Aggregator
 
 __all__ = ["INPUT_PREPARATION", "looks_like_counts", "prepare_expression", "run_inputs"]
 
@@ -113,7 +114,7 @@ INPUT_PREPARATION.register("counts", _prepare_counts)
 
 
 def run_inputs(
-    cfg: RunConfig, agg: Any, use_rep: str | None, show_progress: bool | None
+    cfg: RunConfig, agg: Aggregator | None, use_rep: str | None, show_progress: bool | None
 ) -> RunInputs:
     """The common arguments a method's run function receives, from the run config."""
     return RunInputs(

@@ -18,15 +18,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fedsc.errors import FedscInputError
 from fedsc.registry import Registry, resolve
 from fedsc.upstream import linear
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = [
     "CENTRAL",
     "EMBEDDING_METHODS",
+    "Estimator",
     "EstimatorFactory",
     "UpstreamSpec",
     "check_upstream_params",
@@ -34,8 +38,21 @@ __all__ = [
     "register_upstream",
 ]
 
-#: ``factory(n_comps, seed, shape) -> estimator`` with ``fit_transform``/``transform``.
-EstimatorFactory = Callable[[int, int, tuple[int, int]], Any]
+
+class Estimator(Protocol):
+    """A scikit-learn-style linear embedding (PCA, FastICA, FactorAnalysis)."""
+
+    def fit_transform(self, X: np.ndarray, /) -> np.ndarray:
+        """Fit on ``X`` (cells x genes) and return its embedding (cells x components)."""
+        ...
+
+    def transform(self, X: np.ndarray, /) -> np.ndarray:
+        """Embed cells the estimator was not fitted on."""
+        ...
+
+
+#: ``factory(n_comps, seed, shape) -> Estimator`` (``shape``: the matrix it will fit).
+EstimatorFactory = Callable[[int, int, tuple[int, int]], Estimator]
 
 #: What the run record says about where an upstream was computed.
 CENTRAL = (
