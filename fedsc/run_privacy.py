@@ -24,9 +24,15 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsc.errors import FedscInputError
+
+if TYPE_CHECKING:
+    from fedsc.methods.spec import MethodSpec
+    from fedsc.privacy.attacks import Attack
+    from fedsc.registry import Registry
+    from fedsc.run.config import RunConfig
 
 __all__ = [
     "DP_SCHEMA",
@@ -361,7 +367,7 @@ def check_mechanism_options(entry: Any, registry: Mapping[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------- attacks
-def check_attacks(attacks: Any, known: Any, spec: Any) -> list[str]:
+def check_attacks(attacks: Any, known: Registry[Attack], spec: MethodSpec) -> list[str]:
     """Attack names: registered ones, each once, that apply to the method.
 
     ``known`` maps names to :class:`fedsc.privacy.attacks.Attack` (the registry); an
@@ -411,7 +417,7 @@ def check_attacks(attacks: Any, known: Any, spec: Any) -> list[str]:
     return names
 
 
-def check_privacy_combinations(cfg: Any) -> None:
+def check_privacy_combinations(cfg: RunConfig) -> None:
     """Attacks and DP against the run's scenario and inclusion: refused, never skipped.
 
     * Attacks read one training over the run's clients; a dataset-evolution scenario trains
@@ -452,7 +458,7 @@ def check_privacy_combinations(cfg: Any) -> None:
 _PARTY_OBSERVERS = frozenset({"party", "colluding_parties"})
 
 
-def _check_donor_settings(cfg: Any) -> None:
+def _check_donor_settings(cfg: RunConfig) -> None:
     """Donor-level DP and donors as clients need the run's ``donor_key``; ``clients`` is client level's."""
     dp = cfg.dp if isinstance(cfg.dp, Mapping) else {}
     level = dp.get("level", "client")
@@ -471,7 +477,7 @@ def _check_donor_settings(cfg: Any) -> None:
         )
 
 
-def _check_party_attacks(cfg: Any, attacks: Any) -> None:
+def _check_party_attacks(cfg: RunConfig, attacks: Registry[Attack]) -> None:
     """Refuse attacks that read only computation parties' views on a partyless backend.
 
     They would run nothing and return no rows.
@@ -494,7 +500,7 @@ def _check_party_attacks(cfg: Any, attacks: Any) -> None:
         )
 
 
-def _check_owner_revealed(cfg: Any) -> None:
+def _check_owner_revealed(cfg: RunConfig) -> None:
     """``secure_rows`` (owner-revealed means) with what needs the whole mean: refused.
 
     The mean of a ``weighted_mean_to_owners`` is never whole at the coordinator, so no
@@ -521,7 +527,7 @@ def _check_owner_revealed(cfg: Any) -> None:
         )
 
 
-def check_attack_clients(cfg: Any, batches: Sequence[str]) -> None:
+def check_attack_clients(cfg: RunConfig, batches: Sequence[str]) -> None:
     """Attacks need at least two training clients (one target, one other observer).
 
     Checked once the data are loaded (the batches are known), before any training.
