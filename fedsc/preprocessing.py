@@ -36,8 +36,7 @@ from fedsc.upstream import (
 )
 
 if TYPE_CHECKING:
-    from fedsc.upstream import Estimator
-    from fedsc.upstream.scvi_models import ScviUpstreamModel
+    from fedsc.upstream import Estimator, FittedUpstream
 
 __all__ = [
     "EMBEDDING_METHODS",
@@ -263,7 +262,7 @@ def fit_embedding(
     batch_key: str | None = None,
     label_key: str | None = None,
     params: Mapping[str, Any] | None = None,
-) -> UpstreamModel | ScviUpstreamModel:
+) -> UpstreamModel | FittedUpstream:
     """Fit an upstream embedding and store it in ``adata.obsm``.
 
     Parameters

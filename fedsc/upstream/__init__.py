@@ -25,6 +25,7 @@ from fedsc.registry import Registry, resolve
 from fedsc.upstream import linear
 
 if TYPE_CHECKING:
+    import anndata as ad
     import numpy as np
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "EMBEDDING_METHODS",
     "Estimator",
     "EstimatorFactory",
+    "FittedUpstream",
+    "UpstreamFit",
     "UpstreamSpec",
     "check_upstream_params",
     "register_embedding",
@@ -48,6 +51,43 @@ class Estimator(Protocol):
 
     def transform(self, X: np.ndarray, /) -> np.ndarray:
         """Embed cells the estimator was not fitted on."""
+        ...
+
+
+class FittedUpstream(Protocol):
+    """What a non-linear upstream's ``fit`` returns beside the embedding."""
+
+    key: str
+    n_comps: int
+    #: Its settings, recorded in ``adata.uns["fedsc_embedding"][key]``.
+    settings: dict[str, Any]
+
+    def transform(self, adata: ad.AnnData) -> np.ndarray:
+        """Embed cells it was not fitted on."""
+        ...
+
+
+class UpstreamFit(Protocol):
+    """``fit(adata, spec, n_comps, seed, *, key, batch_key, label_key, params)``.
+
+    Fits the upstream on ``adata`` and returns ``(embedding, model)`` without writing
+    into ``adata`` (:func:`fedsc.preprocessing.fit_embedding` stores them).
+    """
+
+    def __call__(
+        self,
+        adata: ad.AnnData,
+        spec: UpstreamSpec,
+        n_comps: int,
+        seed: int,
+        /,
+        *,
+        key: str,
+        batch_key: str | None,
+        label_key: str | None,
+        params: dict[str, Any],
+    ) -> tuple[np.ndarray, FittedUpstream]:
+        """Fit; return the embedding and the fitted model."""
         ...
 
 
@@ -102,7 +142,7 @@ class UpstreamSpec:
     name: str
     input: Literal["expression", "counts"] = "expression"
     estimator: EstimatorFactory | None = None
-    fit: Callable[..., Any] | str | None = None
+    fit: UpstreamFit | str | None = None
     batch_aware: bool = False
     label_aware: bool = False
     library: str = "scikit-learn"
@@ -125,7 +165,7 @@ class UpstreamSpec:
             )
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
 
-    def fit_function(self) -> Callable[..., Any]:
+    def fit_function(self) -> UpstreamFit:
         """The fit function (imported on first use when named as ``"module:function"``)."""
         assert self.fit is not None, "linear upstreams are fitted through their estimator"
         return resolve(self.fit)

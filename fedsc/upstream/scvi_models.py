@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -27,6 +27,9 @@ import scipy.sparse as sp
 
 from fedsc.errors import FedscInputError
 from fedsc.upstream import CENTRAL, UpstreamSpec
+
+if TYPE_CHECKING:
+    from fedsc.upstream import UpstreamFit
 
 __all__ = ["UNLABELED", "ScviUpstreamModel", "counts_matrix", "fit"]
 
@@ -298,3 +301,7 @@ def fit(
         spec=spec,
     )
     return emb, out
+
+
+if TYPE_CHECKING:
+    _FIT: UpstreamFit = fit  # mypy checks fit against the upstream contract
