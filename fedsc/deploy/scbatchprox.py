@@ -2,9 +2,10 @@
 
 A site trains its own adapter row with :class:`fedsc.methods.scbatchprox.ScBatchProxFederation`
 built from its own cells only (its split seeded by its federation index, as in
-simulation) and refines its cells with its row; the coordinator runs
-:func:`fedsc.federation.run_federation` (same strategies) over
-:class:`~fedsc.deploy.remote.RemoteValue` references. The upstream embedding is an agreed
+simulation) and refines its cells with its row; the coordinator runs scBatchProx's one
+driver, :func:`fedsc.methods.scbatchprox_driver.drive` (the simulation's), over
+:class:`RemoteSites`, whose updates are :class:`~fedsc.deploy.remote.RemoteValue`
+references. The upstream embedding is an agreed
 shared model: each site's file holds its cells projected by it (``obsm[embedding_key]``);
 ``fedsc/data/federated_preprocessing.py`` fits such a PCA from secure sums.
 
@@ -22,7 +23,7 @@ refused: the coordinator unmasks SecAgg+'s sum, so it would see every row.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,15 +37,11 @@ from fedsc.deploy.records import OWNED_PREFIX, OWNER_PREFIX
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
 from fedsc.deploy.site import RefusedRequest, Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
-from fedsc.federation import LocalResult, OwnerRevealFedAvg, State, run_federation
+from fedsc.federation import LocalResult, State
 from fedsc.federation.seeding import client_generators
 from fedsc.methods import RunInputs
-from fedsc.methods.scbatchprox import (
-    FiLMAdapter,
-    ScBatchProxConfig,
-    ScBatchProxFederation,
-    training_split,
-)
+from fedsc.methods.scbatchprox import ScBatchProxConfig, ScBatchProxFederation
+from fedsc.methods.scbatchprox_driver import check_strategy, drive
 
 METRICS = ("recon_loss",)
 
@@ -267,10 +264,6 @@ class OwnedRowsMethod(RemoteMethod):
 
     pending: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
-    def owners(self) -> list[dict[str | None, list[int]]]:
-        """Site ``b`` owns row ``b`` of both tables."""
-        return [{"gamma": [b], "beta": [b]} for b in range(len(self.names))]
-
     def deliver(self, client: int, owned: Mapping[str | None, np.ndarray]) -> None:
         """Keep site ``client``'s delivery until its next request."""
         self.pending[self.names[client]] = {
@@ -302,6 +295,103 @@ def run_params(inputs: RunInputs, config: ScBatchProxConfig) -> dict[str, Any]:
     }
 
 
+class RemoteSites:
+    """A deployment's sites as the one driver's clients (a :class:`ScBatchProxSites`).
+
+    The sites train and refine; :meth:`start_training` gives the engine references to
+    their updates (:class:`~fedsc.deploy.remote.RemoteMethod`, or
+    :class:`OwnedRowsMethod` with ``secure_rows``), which the deployed aggregator asks
+    the sites for through the transport.
+
+    Parameters
+    ----------
+    hello
+        Each site's public facts (step ``hello``), by site name.
+    params
+        The run's ``params`` (:func:`run`).
+    apply
+        Runs a public step at the sites (the final one, which writes each output).
+    live
+        ``live(sites) -> sites`` without those that dropped out (their output is skipped).
+    """
+
+    def __init__(
+        self,
+        hello: Mapping[str, Mapping[str, Any]],
+        params: Mapping[str, Any],
+        apply: Callable[[dict[str, Any]], dict[str, Any]],
+        live: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        dims = {int(h.get("n_dims", -1)) for h in hello.values()}
+        if len(dims) != 1 or -1 in dims:
+            raise FedscInputError(
+                f"the sites' embeddings differ in width ({ {s: h.get('n_dims') for s, h in hello.items()} }); "
+                "project every site with the same agreed upstream model."
+            )
+        train, held = site_order(hello, params)
+        if held:
+            raise FedscInputError(
+                "scBatchProx trains every site (no holdout: a held-out site would have no "
+                "adapter row, as in simulation); drop holdout."
+            )
+        self.names = train
+        self.n_obs = {n: int(hello[n]["n_obs"]) for n in train}
+        self.dims = dims.pop()
+        self.config = config_of(params)
+        self.base: dict[str, Any] = {
+            "config": self.config.to_dict(),  # tuples travel as JSON lists; config_of restores
+            "seed": int(params["seed"]),
+            "batch_key": params["batch_key"],
+            "embedding_key": params["embedding_key"],
+        }
+        self.key_added = params.get("key_added", "scbatchprox")
+        self._apply, self._live = apply, live
+        self._method: RemoteMethod | None = None
+        #: The sites that dropped out before the final step.
+        self.dropped: list[str] = []
+
+    def start_training(
+        self, initial: tuple[np.ndarray, np.ndarray], n_train: Mapping[str, int]
+    ) -> RemoteMethod:
+        """The update requests: public weights; with ``secure_rows``, the update's layout."""
+        self.base["n_train"] = dict(n_train)
+        names = dict(enumerate(self.names))
+        if self.config.secure_rows:  # the coordinator holds no rows: each site keeps its own
+            self.base["layout"] = _layout(len(names), self.dims)
+            self._method = OwnedRowsMethod("scbatchprox", names, self.base, {}, METRICS)
+        else:
+            gamma, beta = initial
+            tables = {"gamma": torch.from_numpy(gamma), "beta": torch.from_numpy(beta)}
+            self._method = RemoteMethod("scbatchprox", names, self.base, tables, METRICS)
+        return self._method
+
+    def receive(self, client: int, owned: dict[str | None, np.ndarray]) -> None:
+        """``secure_rows``: keep site ``client``'s delivery for its next request."""
+        assert isinstance(self._method, OwnedRowsMethod)
+        self._method.deliver(client, owned)
+
+    def apply(self, tables: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """The final step at every site still there (its row, or its last delivery)."""
+        alive = list(self.names) if self._live is None else self._live(list(self.names))
+        self.dropped = [n for n in self.names if n not in alive]
+        pending = getattr(self._method, "pending", {})
+        return self._apply(
+            {
+                site: (
+                    "scbatchprox/apply",
+                    {
+                        **self.base,
+                        "index": self.names.index(site),
+                        "key_added": self.key_added,
+                        "site_name": site,
+                    },
+                    {**tables, **pending.get(site, {})},
+                )
+                for site in alive
+            }
+        )
+
+
 def run(
     hello: Mapping[str, Mapping[str, Any]],
     aggregator: smpc.Aggregator,
@@ -317,86 +407,29 @@ def run(
     ``params``: ``config`` (ScBatchProxConfig fields), ``seed``, ``batch_key``,
     ``embedding_key`` (the agreed upstream embedding in each site's ``obsm``),
     ``client_order``, ``key_added``. Other arguments as :func:`fedsc.deploy.fedscgen.run`.
+    The coordinator's logic is scBatchProx's one driver,
+    :func:`fedsc.methods.scbatchprox_driver.drive`, over :class:`RemoteSites`.
     """
     config = config_of(params)
     check_deployable(config, getattr(aggregator, "name", None))
-    if config.secure_rows and strategy is not None:
-        raise FedscInputError(
-            f"secure_rows=True aggregates with owner-revealed FedAvg; strategy={strategy!r} "
-            "cannot be combined with it (drop strategy, or use secure_rows=False)."
-        )
-    dims = {int(h.get("n_dims", -1)) for h in hello.values()}
-    if len(dims) != 1 or -1 in dims:
-        raise FedscInputError(
-            f"the sites' embeddings differ in width ({ {s: h.get('n_dims') for s, h in hello.items()} }); "
-            "project every site with the same agreed upstream model."
-        )
-    train, held = site_order(hello, params)
-    if held:
-        raise FedscInputError("scBatchProx trains every site (no holdout); drop holdout.")
-    names = dict(enumerate(train))
-    seed = int(params["seed"])
-    d = dims.pop()
-    n_train = {
-        n: len(training_split(int(hello[n]["n_obs"]), config.train_fraction, seed, i))
-        for i, n in names.items()
-    }
-    base = {
-        "config": config.to_dict(),  # tuples travel as JSON lists; config_of restores them
-        "seed": seed,
-        "batch_key": params["batch_key"],
-        "embedding_key": params["embedding_key"],
-        "n_train": n_train,
-    }
-    method: RemoteMethod
-    if config.secure_rows:  # the coordinator holds no rows: each site keeps its own
-        base["layout"] = _layout(len(names), d)
-        method = OwnedRowsMethod("scbatchprox", names, base, {}, METRICS)
-        strategy = OwnerRevealFedAvg(method.owners(), method.deliver)
-    else:
-        identity = FiLMAdapter.identity(list(names.values()), d)  # as ScBatchProx.fit starts
-        initial = {
-            "gamma": torch.from_numpy(identity.gamma),
-            "beta": torch.from_numpy(identity.beta),
-        }
-        method = RemoteMethod("scbatchprox", names, base, initial, METRICS)
-    fed = run_federation(
-        method,
-        list(range(len(names))),
+    check_strategy(config, strategy)  # before any site is asked
+    sites = RemoteSites(hello, params, apply, live)
+    done = drive(
+        sites,
         aggregator,
-        rounds=config.rounds,
-        seed=seed,
+        config,
+        int(params["seed"]),
+        strategy=strategy,
         show_progress=False,
         description="scBatchProx rounds (deployed)",
-        strategy=strategy,
         on_round_end=on_round_end,
     )
-    # secure_rows: the coordinator's state is the total weight; it holds no table
-    tables = (
-        {} if config.secure_rows else {k: v.detach().cpu().numpy() for k, v in fed.state.items()}
-    )
-    alive = list(names.values()) if live is None else live(list(names.values()))
-    index = {n: i for i, n in names.items()}
-    key_added = params.get("key_added", "scbatchprox")
-    pending = getattr(method, "pending", {})
-    written = apply(
-        {
-            site: (
-                "scbatchprox/apply",
-                {**base, "index": index[site], "key_added": key_added, "site_name": site},
-                {**tables, **pending.get(site, {})},
-            )
-            for site in alive
-        }
-    )
+    fed = done.federation
     return {
         "history": fed.history,
-        "clients": [
-            {"name": n, "index": i, "n_cells": int(hello[n]["n_obs"]), "n_train": n_train[n]}
-            for i, n in names.items()
-        ],
-        "outputs": written,
-        "dropped_sites": [n for n in names.values() if n not in alive],
+        "clients": done.clients,
+        "outputs": done.outputs,
+        "dropped_sites": sites.dropped,
         "seconds_training": fed.seconds,
-        "model_state": tables,
+        "model_state": done.tables,
     }

@@ -34,11 +34,16 @@ We precompute those sums for every minibatch of every client and run Adam on all
 clients' rows at once in float64 numpy, which is exact up to rounding and ~50x faster
 than the per-client autograd loop in :mod:`fedsc.methods.scbatchprox_reference` (the
 slow reference the tests compare against).
+
+The coordinator's side of a run (weights, identity tables, the owner-revealed strategy,
+the rounds, the final step) is :func:`fedsc.methods.scbatchprox_driver.drive`, which the
+deployment (:mod:`fedsc.deploy.scbatchprox`) runs too; here :class:`InProcessSites` are
+its clients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,17 +51,10 @@ import numpy as np
 import torch
 
 from fedsc.errors import FedscInputError
-from fedsc.federation import (
-    FederationResult,
-    LocalResult,
-    OwnerRevealFedAvg,
-    State,
-    Strategy,
-    derive_rng,
-    run_federation,
-)
+from fedsc.federation import FederationResult, LocalResult, State, Strategy
 from fedsc.methods.configs import ScBatchProxConfig
 from fedsc.methods.health import check_loss
+from fedsc.methods.scbatchprox_driver import check_strategy, drive, training_split
 from smpc import Aggregator
 
 #: What each variant reveals (run info, ``adata.uns``).
@@ -115,13 +113,6 @@ class FiLMAdapter:
             )
         r = self.rows(batch_labels)
         return self.gamma[r] * z + self.beta[r]
-
-
-def training_split(n: int, fraction: float, seed: int, client: int) -> np.ndarray:
-    """The fixed training subset of one client (positions 0..n-1), reused every round."""
-    rng = derive_rng(seed, 0x5B9, client)
-    n_train = min(n, max(1, round(fraction * n)))
-    return np.sort(rng.permutation(n)[:n_train])
 
 
 def epoch_batches(
@@ -202,10 +193,6 @@ class ScBatchProxFederation:
             "gamma": torch.from_numpy(self.init_gamma.copy()),
             "beta": torch.from_numpy(self.init_beta.copy()),
         }
-
-    def owners(self) -> list[dict[str | None, list[int]]]:
-        """secure_rows: the rows of the tables each client (engine position) owns."""
-        return [{"gamma": [r], "beta": [r]} for r in self.client_rows]
 
     def receive(self, client: int, owned: dict[str | None, np.ndarray]) -> None:
         """secure_rows: client ``client`` adds its row of the averaged update to its row."""
@@ -403,11 +390,7 @@ class ScBatchProx:
         (:class:`~fedsc.federation.OwnerRevealFedAvg`) and ``strategy`` must be ``None``.
         """
         config = config or ScBatchProxConfig()
-        if config.secure_rows and strategy is not None:
-            raise FedscInputError(
-                f"secure_rows=True aggregates with owner-revealed FedAvg; strategy={strategy!r} "
-                "cannot be combined with it (drop strategy, or use secure_rows=False)."
-            )
+        check_strategy(config, strategy)  # before any work, as the driver refuses it
         z, labels = _check_inputs(z, batch_labels)
         batches = list(batches) if batches is not None else sorted(set(labels))
         adapter = FiLMAdapter.identity(batches, z.shape[1])
@@ -458,43 +441,91 @@ class ScBatchProx:
         aggregator: Aggregator,
         show_progress: bool | None,
     ) -> FederationResult:
-        rows = self.adapter.rows(train_batches)
-        cells = [np.flatnonzero(labels == b) for b in train_batches]
-        method = ScBatchProxFederation(
-            z,
-            client_rows=range(len(rows)),
-            client_cells=cells,
-            init=(self.adapter.gamma[rows], self.adapter.beta[rows]),
-            config=self.config,
-            seed=self.seed,
-        )
-        method.client_names = [str(b) for b in train_batches]
-        strategy = self.strategy
-        if self.config.secure_rows:
-            strategy = OwnerRevealFedAvg(method.owners(), method.receive)
-        result = run_federation(
-            method,
-            range(len(rows)),
+        sites = InProcessSites(z, labels, train_batches, self.adapter, self.config, self.seed)
+        done = drive(
+            sites,
             aggregator,
-            rounds=self.config.rounds,
-            seed=self.seed,
+            self.config,
+            self.seed,
+            strategy=self.strategy,
             show_progress=show_progress,
-            description="scBatchProx rounds",
-            strategy=strategy,
         )
-        if self.config.secure_rows:
-            # The union of the rows the clients hold (a simulation convenience: no party
-            # of the protocol holds it; each client applies its own row, client_transform).
-            self.adapter.gamma[rows] = np.stack([g for g, _ in method.own_rows])
-            self.adapter.beta[rows] = np.stack([b for _, b in method.own_rows])
-        else:
-            self.adapter.gamma[rows] = result.state["gamma"].numpy()
-            self.adapter.beta[rows] = result.state["beta"].numpy()
+        result = done.federation
         self.history.extend(result.history)
         self.seconds += result.seconds
         self.ledger = aggregator.ledger.to_dict()
         self._private = self._private and bool(aggregator.private)
         return result
+
+
+class InProcessSites:
+    """The simulation's clients of the one driver (a :class:`ScBatchProxSites`).
+
+    Every client's cells are in this process; one :class:`ScBatchProxFederation` trains
+    all their rows at once (vectorised). The final step writes the trained rows into
+    ``adapter`` (with ``secure_rows``, the union of the rows the clients hold: a
+    simulation convenience, no party of the protocol holds it; each client applies its
+    own row, :meth:`ScBatchProx.client_transform`).
+
+    Parameters
+    ----------
+    z, labels
+        The cells' embedding and batch labels.
+    batches
+        The batches that train (one client each, in client-index order).
+    adapter
+        The adapter whose rows of ``batches`` the run trains.
+    config, seed
+        The method config and the run seed.
+    """
+
+    def __init__(
+        self,
+        z: np.ndarray,
+        labels: np.ndarray,
+        batches: Sequence[str],
+        adapter: FiLMAdapter,
+        config: ScBatchProxConfig,
+        seed: int,
+    ) -> None:
+        self.names = [str(b) for b in batches]
+        self.cells = [np.flatnonzero(labels == b) for b in batches]
+        self.n_obs = {n: len(c) for n, c in zip(self.names, self.cells, strict=True)}
+        self.dims = int(z.shape[1])
+        self.z, self.adapter, self.config, self.seed = z, adapter, config, seed
+        self.method: ScBatchProxFederation | None = None
+
+    def start_training(
+        self, initial: tuple[np.ndarray, np.ndarray], n_train: Mapping[str, int]
+    ) -> ScBatchProxFederation:
+        """One federation over every client (its weights are the same training cells)."""
+        self.method = ScBatchProxFederation(
+            self.z,
+            client_rows=range(len(self.names)),
+            client_cells=self.cells,
+            init=initial,
+            config=self.config,
+            seed=self.seed,
+        )
+        self.method.client_names = list(self.names)
+        return self.method
+
+    def receive(self, client: int, owned: dict[str | None, np.ndarray]) -> None:
+        """``secure_rows``: client ``client`` adds its row of the mean to its own row."""
+        assert self.method is not None
+        self.method.receive(client, owned)
+
+    def apply(self, tables: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Write the trained rows into the adapter; nothing is written elsewhere."""
+        assert self.method is not None
+        rows = self.adapter.rows(self.names)
+        if self.config.secure_rows:
+            self.adapter.gamma[rows] = np.stack([g for g, _ in self.method.own_rows])
+            self.adapter.beta[rows] = np.stack([b for _, b in self.method.own_rows])
+        else:
+            self.adapter.gamma[rows] = tables["gamma"]
+            self.adapter.beta[rows] = tables["beta"]
+        return {}
 
 
 def _check_inputs(

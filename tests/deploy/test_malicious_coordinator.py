@@ -31,6 +31,7 @@ from fedsc.deploy.site import RefusedRequest, Site, step_phase, step_slot
 from fedsc.deploy.site_worker import answer
 from fedsc.errors import FedscInputError
 from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
+from fedsc.methods.scbatchprox_driver import training_cells
 from smpc import messages as msg
 from smpc import sealed
 from smpc.channel import in_process_pair
@@ -142,10 +143,8 @@ def _request(step: str, params: dict[str, Any], names: list[str], name: str, **w
 
 def _update(fleet: SiteFleet, round_index: int = 0) -> dict[str, Any]:
     """Round ``round_index``'s update parameters and arrays (identity tables, as round 0)."""
-    n_train = {
-        n: len(deployed.training_split(int(h["n_obs"]), CONFIG.train_fraction, 3, i))
-        for i, (n, h) in enumerate(sorted(fleet.hello.items()))
-    }
+    n_obs = {n: int(h["n_obs"]) for n, h in fleet.hello.items()}
+    n_train = training_cells(n_obs, sorted(n_obs), CONFIG.train_fraction, 3)
     return {"params": {**PARAMS, "n_train": n_train, "round": round_index}, "n_train": n_train}
 
 

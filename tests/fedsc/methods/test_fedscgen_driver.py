@@ -8,26 +8,10 @@ deployment-equivalence tests; this one keeps a second copy of the orchestration 
 
 from __future__ import annotations
 
-import ast
-import importlib
-import inspect
+from _helpers.calls import calls as _calls
 
 #: The coordinator's steps that only the driver may call.
 ORCHESTRATION = {"run_federation", "dominant_means", "training_cells", "resolve_dp"}
-
-
-def _calls(module: str) -> dict[str, set[str]]:
-    """Function -> the names it calls, for every function of ``module``."""
-    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
-    out: dict[str, set[str]] = {}
-    for fn in ast.walk(tree):
-        if isinstance(fn, ast.FunctionDef):
-            out[fn.name] = {
-                n.func.id if isinstance(n.func, ast.Name) else n.func.attr
-                for n in ast.walk(fn)
-                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name | ast.Attribute)
-            }
-    return out
 
 
 def test_only_the_driver_orchestrates_a_fedscgen_run():
