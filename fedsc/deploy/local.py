@@ -2,13 +2,17 @@
 
 For tests, benchmarks and trying a deployment out (``fedsc deploy local``). Everything
 listens on 127.0.0.1 (insecure HTTP: no TLS, no node authentication; docs/deployment.md
-shows a real 3-site setup). The run itself is submitted with Flower's ``flwr run``; the
+shows a real 3-site setup). Each run is submitted in this process through Flower's
+Control API, as ``flwr run`` does (the app folder built into a FAB, ``StartRun``); the
 ServerApp writes ``run.json``/``ledger.json`` to ``out_dir`` and each site writes its
-corrected data to its own folder.
+corrected data to its own folder. :meth:`LocalDeployment.run` returns as soon as
+``run.json`` is there (written last, atomically), not when Flower's log stream notices the
+run's end (docs/deployment.md, "On one machine").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +104,82 @@ def split_by_batch(adata: ad.AnnData, batch_key: str, out_dir: str | Path) -> di
     return paths
 
 
+#: How often :func:`wait_for_record` looks for ``run.json`` and asks for the run's status.
+RECORD_POLL = 0.05
+STATUS_POLL = 1.0
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The run record at ``path``, or ``None`` while there is none.
+
+    The ServerApp writes it whole (a temp file renamed over it, :func:`fedsc.deploy.
+    server_app.write_json`), so a file that exists is complete.
+    """
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def wait_for_record(
+    path: Path,
+    status: Callable[[], str],
+    timeout: float,
+    *,
+    poll: float = RECORD_POLL,
+    status_every: float = STATUS_POLL,
+) -> dict[str, Any]:
+    """Wait for the run record at ``path``; return it as soon as it is there.
+
+    Parameters
+    ----------
+    path
+        Where the run's ServerApp writes ``run.json`` (with ``"error"`` when it failed).
+    status
+        The run's status as Flower's Control API gives it (``"running"``,
+        ``"finished:failed"``, ...); asked every ``status_every`` seconds, so a run that
+        ended without a record (its ServerApp killed, out of memory) is noticed then, not
+        at the timeout.
+    timeout
+        Seconds to wait in all.
+
+    Raises
+    ------
+    DeploymentError
+        The run finished without writing ``path``, or ``timeout`` passed.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    next_status = start + status_every
+    while True:
+        record = read_record(path)
+        if record is not None:
+            return record
+        now = time.monotonic()
+        if now >= next_status:
+            state = status()
+            next_status = now + status_every
+            if state.startswith("finished"):
+                # the ServerApp writes the record before it returns: look once more
+                record = read_record(path)
+                if record is not None:
+                    return record
+                raise DeploymentError(
+                    f"the deployed run ended ({state}) without writing {path} (its ServerApp "
+                    "was killed or crashed before it could record the failure)"
+                )
+        if now >= deadline:
+            raise DeploymentError(
+                f"the deployed run wrote no {path.name} within {timeout:.0f} s (status: "
+                f"{status()}); pass a longer timeout if the run is that slow"
+            )
+        time.sleep(poll)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 class LocalDeployment:
@@ -174,6 +246,8 @@ class LocalDeployment:
         self.home = self.workdir / "flwr-home"
         self.port = _free_port()
         self.processes: dict[str, subprocess.Popen] = {}
+        self._control_client: Any = None  # the SuperLink's Control API, made on first use
+        self._fab: Any = None  # the app as Flower's FAB, built on the first run
         self.env = {
             **os.environ,
             "FLWR_HOME": str(self.home),
@@ -366,13 +440,95 @@ class LocalDeployment:
             log = (self.workdir / f"{name}.log").read_text(errors="replace")[-2000:]
             raise DeploymentError(f"{name} exited with code {proc.returncode}:\n{log}")
 
+    def _control(self) -> Any:
+        """A Control API client of this deployment's SuperLink (made once, as ``flwr`` does)."""
+        if self._control_client is None:
+            from flwr.cli.auth_plugin.noop_auth_plugin import NoOpCliAuthPlugin
+            from flwr.cli.typing import SuperLinkConnection
+            from flwr.cli.utils import init_http_client_from_connection
+
+            address = f"127.0.0.1:{self.port}"
+            connection = SuperLinkConnection("fedsc-local", address=address, insecure=True)
+            self._control_client = init_http_client_from_connection(
+                connection, auth_plugin=NoOpCliAuthPlugin(address)
+            )
+        return self._control_client
+
+    def _submit(self, run_config_file: Path) -> int:
+        """Start a run of the app with ``run_config_file``, as ``flwr run`` does; its id."""
+        from flwr.cli.build import build_fab_from_disk
+        from flwr.common.config import parse_config_args
+        from flwr.common.serde import fab_to_proto, user_config_to_proto
+        from flwr.proto.control_pb2 import StartRunRequest
+        from flwr.supercore.fab import Fab
+
+        if self._fab is None:  # the app folder does not change while we run
+            fab_bytes = build_fab_from_disk(APP_DIR)
+            self._fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+        request = StartRunRequest(
+            fab=fab_to_proto(self._fab),
+            override_config=user_config_to_proto(parse_config_args([str(run_config_file)])),
+            federation="",
+        )
+        try:
+            response = self._control().StartRun(request)
+        except Exception as err:
+            self._check_alive("superlink")
+            raise DeploymentError(f"the SuperLink refused the run: {err}") from err
+        if not response.HasField("run_id"):
+            raise DeploymentError(f"the SuperLink started no run: {response}")
+        return int(response.run_id)
+
+    def run_status(self, run_id: int) -> str:
+        """Run ``run_id``'s status at the SuperLink, as ``flwr ls`` shows it.
+
+        ``"running"``, ``"finished:completed"``, ``"finished:failed (details)"``, ...
+        """
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        try:
+            response = self._control().ListRuns(ListRunsRequest(run_id=run_id))
+        except Exception as err:
+            self._check_alive("superlink")
+            raise DeploymentError(f"the SuperLink gave no status of run {run_id}: {err}") from err
+        run = response.run_dict[run_id].status
+        text = f"{run.status}:{run.sub_status}" if run.sub_status else str(run.status)
+        return f"{text} ({run.details})" if run.details else text
+
+    def run_log(self, run_id: int, chars: int = 4000) -> str:
+        """The last ``chars`` characters of run ``run_id``'s log (``flwr log``), or why none."""
+        from flwr.proto.control_pb2 import StreamLogsRequest
+
+        try:
+            stream = self._control().StreamLogs(StreamLogsRequest(run_id=run_id))
+            text = next(iter(stream), None)
+            stream.close()
+        except Exception as err:
+            return f"(no log of run {run_id}: {err})"
+        return "" if text is None else str(text.log_output)[-chars:]
+
+    def _stop(self, run_id: int) -> None:
+        """Ask the SuperLink to stop run ``run_id`` (best effort: it may have ended)."""
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        try:
+            self._control().StopRun(StopRunRequest(run_id=run_id))
+        except Exception:  # finished already, or the link is gone
+            pass
+
     def run(
         self, run_config: Mapping[str, Any], out_dir: str | Path, timeout: float = 600.0
     ) -> dict[str, Any]:
-        """Submit one run (``flwr run``) and wait for it; returns its ``run.json``."""
+        """Submit one run and wait for its ``run.json``; returns it.
+
+        Submitted in this process through Flower's Control API (what ``flwr run`` does);
+        returns as soon as the ServerApp has written ``run.json``. A run that ends without
+        one (its ServerApp killed) is reported within about a second of Flower marking it
+        finished, with its log's tail; after ``timeout`` seconds the run is stopped.
+        """
         out = Path(out_dir)
-        if (out / "run.json").exists():
-            (out / "run.json").unlink()
+        record_path = out / "run.json"
+        record_path.unlink(missing_ok=True)
         if run_config.get("transport") == "crypten":
             if self._client_secret is None:
                 raise DeploymentError("start the LocalDeployment with parties=True for crypten.")
@@ -388,28 +544,18 @@ class LocalDeployment:
             if not name.startswith("party-"):
                 self._check_alive(name)
         trace.event("local", "submit")
-        result = subprocess.run(
-            [
-                _bin("flwr"),
-                "run",
-                str(APP_DIR),
-                "fedsc-local",
-                "--stream",
-                "--run-config",
-                str(toml),
-            ],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        trace.event("local", "returned")
-        if not (out / "run.json").exists():
-            tail = (result.stdout + result.stderr)[-4000:]
-            raise DeploymentError(
-                f"the deployed run wrote no run.json (flwr run exit {result.returncode}):\n{tail}"
+        start = time.monotonic()
+        run_id = self._submit(toml)
+        try:
+            record = wait_for_record(
+                record_path,
+                lambda: self.run_status(run_id),
+                max(timeout - (time.monotonic() - start), 0.0),
             )
-        record = json.loads((out / "run.json").read_text())
+        except DeploymentError as err:
+            self._stop(run_id)
+            raise DeploymentError(f"{err}; run {run_id}'s log:\n{self.run_log(run_id)}") from None
+        trace.event("local", "returned")
         if "error" in record:
             error = str(record["error"])
             if error.startswith("FedscInputError: "):  # the run refused its input: exit 2
@@ -417,7 +563,7 @@ class LocalDeployment:
                     f"the deployed run refused its input: {error.removeprefix('FedscInputError: ')}"
                 )
             raise DeploymentError(f"the deployed run failed: {error}")
-        return dict(record)
+        return record
 
     def kill_site(self, name: str) -> None:
         """Kill one site's SuperNode, ClientApp processes and worker: a dropout."""
@@ -453,6 +599,9 @@ class LocalDeployment:
 
     def close(self) -> None:
         """Stop every process (SuperNodes first)."""
+        if self._control_client is not None:
+            self._control_client.close()
+            self._control_client = None
         for name in sorted(self.processes, key=lambda n: n == "superlink"):
             proc = self.processes[name]
             if proc.poll() is None:

@@ -11,7 +11,9 @@ coordinator's machine), ``log-messages`` (also write every received message to
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,22 @@ from flwr.serverapp import Grid, ServerApp
 from fedsc.deploy.records import params_of
 
 app = ServerApp()
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON to ``path`` whole: a temp file beside it, renamed over it.
+
+    ``os.replace`` is atomic on POSIX, so whoever waits for ``run.json``
+    (:func:`fedsc.deploy.local.wait_for_record`) never reads it half written.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=1, default=float)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +95,8 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:
         failed = {"error": f"{type(err).__name__}: {err}", "params": params}
         if aggregator is not None:
-            (out_dir / "ledger.json").write_text(
-                json.dumps(aggregator.ledger.to_dict(), indent=1, default=float)
-            )
-        (out_dir / "run.json").write_text(json.dumps(failed, indent=1, default=float))
+            write_json(out_dir / "ledger.json", aggregator.ledger.to_dict())
+        write_json(out_dir / "run.json", failed)
         raise
     finally:
         if aggregator is not None:
@@ -102,11 +118,10 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
             "seconds": time.perf_counter() - start,
         }
     )
-    (out_dir / "ledger.json").write_text(
-        json.dumps(aggregator.ledger.to_dict(), indent=1, default=float)
-    )
-    (out_dir / "run.json").write_text(json.dumps(record, indent=1, default=float))
+    # traced before run.json: the waiting LocalDeployment may return right after it
     trace.event("coordinator", "serverapp_end")
+    write_json(out_dir / "ledger.json", aggregator.ledger.to_dict())
+    write_json(out_dir / "run.json", record)  # last: its presence means the run is done
     return record
 
 
