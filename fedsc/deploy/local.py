@@ -12,6 +12,7 @@ run's end (docs/deployment.md, "On one machine").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -449,9 +450,11 @@ class LocalDeployment:
 
             address = f"127.0.0.1:{self.port}"
             connection = SuperLinkConnection("fedsc-local", address=address, insecure=True)
-            self._control_client = init_http_client_from_connection(
-                connection, auth_plugin=NoOpCliAuthPlugin(address)
-            )
+            # Flower prints "Using SuperLink: ..." for its CLI: to stderr, not our stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                self._control_client = init_http_client_from_connection(
+                    connection, auth_plugin=NoOpCliAuthPlugin(address)
+                )
         return self._control_client
 
     def _submit(self, run_config_file: Path) -> int:
