@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from fedsc.methods import MethodSpec
     from fedsc.privacy.in_run import InRunPrivacy
 
-#: How long one deployed run may take before ``flwr run`` is stopped (seconds); each step
+#: How long one deployed run may take before it is stopped (Flower's ``StopRun``; seconds); each step
 #: at the sites has its own timeout (the app's ``timeout``).
 RUN_TIMEOUT = 24 * 3600.0
 

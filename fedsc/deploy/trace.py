@@ -119,7 +119,7 @@ def breakdown(events: list[dict[str, Any]]) -> dict[str, Any]:
     # the ServerApp's task: the coordinator side's launch and fork (they name no site)
     server = {e["name"]: e["t"] for e in reversed(events) if "site" not in e}
     marks = [
-        ("submit (flwr run) -> ServerApp launched", first.get("submit"), server.get("launch")),
+        ("submit (StartRun) -> ServerApp launched", first.get("submit"), server.get("launch")),
         ("ServerApp fork", server.get("launch"), server.get("task_start")),
         (
             "ServerApp pulls input, FAB, loads app",
@@ -132,7 +132,7 @@ def breakdown(events: list[dict[str, Any]]) -> dict[str, Any]:
             last.get("pulled"),
             last.get("serverapp_end"),
         ),
-        ("ServerApp end -> flwr run returned", last.get("serverapp_end"), last.get("returned")),
+        ("ServerApp end -> run() returned", last.get("serverapp_end"), last.get("returned")),
     ]
     around = {
         label: max(0.0, end - begin)
