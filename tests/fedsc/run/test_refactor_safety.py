@@ -38,7 +38,8 @@ from _helpers.paths import ROOT, checkout_env
 DATA = Path(__file__).parent / "data"
 BEFORE = DATA / "privacy_ablation_before.csv"
 PORTABLE = DATA / "privacy_ablation_portable.csv"
-SEEDS = "all" if os.environ.get("FEDSC_FULL_FIXTURE") else "42,9999"
+#: The fast mode's seed is not the portable check's: together they cover two seeds.
+SEEDS = "all" if os.environ.get("FEDSC_FULL_FIXTURE") else "9999"
 #: The exact portable check needs one seed: both methods, both backends, fresh and warm
 #: CrypTen parties (scBatchProx's crypten run starts them, FedscGen's reuses them).
 PORTABLE_SEEDS = "all" if os.environ.get("FEDSC_FULL_FIXTURE") else "42"
