@@ -16,6 +16,7 @@ from dataclasses import replace
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 from _sites import CONFIG, SEED, SITES
 
 from fedsc.deploy.checks import fedscgen_deployable
@@ -77,3 +78,29 @@ def test_deployable_dp_levels_and_the_sites_sigma_check():
     assert calibrated.dp == {**TARGET, "noise_multiplier": 2.0}
     with pytest.raises(FedscInputError, match="sent none"):
         site_dp_config(replace(CONFIG, dp=TARGET), None)
+
+
+def test_a_sites_dp_noise_is_fresh_unless_simulated(data, tmp_path):
+    """The site step itself (no deployment): the same request twice gives other noise in
+    a real run, and the same bits only when the agreed config says ``simulated``."""
+    from fedsc.deploy.fedscgen import site_update
+    from fedsc.deploy.site import Site
+    from fedsc.methods.fedscgen import FedScGenMethod
+    from fedsc.methods.vae import as_tensor
+
+    path = tmp_path / f"{SITES[0]}.h5ad"
+    data[data.obs["batch"] == SITES[0]].copy().write_h5ad(path)
+    site = Site(path, name=SITES[0])
+    updates = {}
+    for simulated in (False, True):
+        config = replace(CONFIG, dp={**DP, "simulated": simulated})
+        start = FedScGenMethod({0: as_tensor(site.adata.X)}, config, SEED).initial_state()
+        arrays = {k: v.numpy() for k, v in start.items()}
+        params = {"config": config.to_dict(), "index": 0, "round": 0, "seed": SEED}
+        updates[simulated] = [site_update(site, dict(params), arrays) for _ in range(2)]
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(*updates[False])  # fresh noise: nothing in run.json regenerates it
+    assert same(*updates[True])  # the debug mode is the seeded one
