@@ -17,11 +17,11 @@ __all__ = ["fedscgen_deployable", "scbatchprox_deployable"]
 def fedscgen_deployable(config: FedScGenConfig, transport: str | None = None) -> None:
     """Refuse settings the deployment does not support yet, naming the fix (any transport).
 
-    Cell-level DP runs deployed: DP-SGD inside each site's local training, with the
-    site's own noise and accountant. Client-level DP is refused (its noise is the
-    coordinator's aggregator mechanism in simulation; deployed, the sites would have to add
-    it as distributed noise, which is not built), and so is donor-level DP (the sites'
-    FedAvg weights are then their training-donor counts, which sites do not report).
+    Cell- and donor-level DP run deployed: DP-SGD inside each site's local training, with
+    the site's own noise and accountant (donor level: each site counts its own training
+    donors, its FedAvg weight). Client-level DP is refused (its noise is the coordinator's
+    aggregator mechanism in simulation; deployed, the sites would have to add it as
+    distributed noise, which is not built).
     """
     level = None if config.dp is None else str(config.dp.get("level", "client"))
     if level == "client":
@@ -29,13 +29,8 @@ def fedscgen_deployable(config: FedScGenConfig, transport: str | None = None) ->
             "client-level DP cannot be deployed yet: in simulation its noise is added to the "
             "aggregate by the coordinator's aggregator (the gaussian mechanism); deployed, "
             "the sites would have to add it as distributed noise, which is not built. Use "
-            "dp: {level: cell} (DP-SGD at each site), or run client-level DP with `fedsc run`."
-        )
-    if level == "donor":
-        raise FedscInputError(
-            "donor-level DP cannot be deployed yet: each site's FedAvg weight is then its "
-            "number of training donors, which the sites do not report to the coordinator; "
-            "use dp: {level: cell} (DP-SGD at each site), or run it with `fedsc run`."
+            "dp: {level: cell} or {level: donor} (DP-SGD at each site), or run client-level "
+            "DP with `fedsc run`."
         )
     if config.keep_optimizer_state:
         raise FedscInputError(

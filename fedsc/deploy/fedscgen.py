@@ -1,7 +1,8 @@
 """FedscGen deployed: the sites' steps and the deployed clients of the one driver.
 
 No second implementation: a site trains with :class:`fedsc.methods.fedscgen.FedScGenMethod`
-(its own cells only; with cell-level DP, DP-SGD with the site's own noise and accountant)
+(its own cells only; with cell- or donor-level DP, DP-SGD with the site's own noise and
+accountant)
 and corrects with :class:`~fedsc.methods.fedscgen.CorrectionSite`; the coordinator runs
 FedscGen's one driver, :func:`fedsc.methods.fedscgen_driver.drive`, over
 :class:`RemoteSites`, whose steps return :class:`~fedsc.deploy.remote.RemoteValue`
@@ -30,7 +31,13 @@ from fedsc.federation import LocalResult, State
 from fedsc.federation.seeding import client_generators
 from fedsc.methods import RunInputs
 from fedsc.methods.configs import dp_mapping
-from fedsc.methods.fedscgen import CorrectionSite, FedScGenConfig, FedScGenMethod
+from fedsc.methods.fedscgen import (
+    CorrectionSite,
+    FedScGenConfig,
+    FedScGenMethod,
+    donor_codes,
+    training_donors,
+)
 from fedsc.methods.fedscgen_driver import check_labels, drive, global_model, training_cells
 from fedsc.methods.vae import as_tensor, torch_threads
 
@@ -74,11 +81,17 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
     """Local training from the global state (``arrays``) for round ``params["round"]``."""
     config = site_dp_config(config_of(params), params.get("noise_multiplier"))
     index, r, seed = int(params["index"]), int(params["round"]), int(params["seed"])
+    donors = {index: _donors(site, config)} if _level(config) == "donor" else None
     with torch_threads(config.num_threads):
-        # with cell-level DP, DP-SGD here: the noise from this site's own fresh randomness
-        # (seeded from the run seed only when the agreed config says simulated: tests)
+        # with cell- or donor-level DP, DP-SGD here: the noise from this site's own fresh
+        # randomness (seeded from the run seed only when the agreed config says simulated:
+        # tests); at donor level the site's weight is its own count of training donors
         method = FedScGenMethod(
-            {index: _expression(site, params)}, config, seed, {index: site.name or str(index)}
+            {index: _expression(site, params)},
+            config,
+            seed,
+            {index: site.name or str(index)},
+            donors=donors,
         )
         result = method.local_update(
             index, _state(arrays), r, client_generators(seed, r, [index])[0]
@@ -95,10 +108,35 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
     return result.state
 
 
+def _level(config: FedScGenConfig) -> str | None:
+    return None if config.dp is None else str(config.dp.get("level", "client"))
+
+
+def _donors(site: Site, config: FedScGenConfig) -> torch.Tensor:
+    """The site's donor id per cell (``obs[donor_key]``, coded among its own donors)."""
+    return donor_codes(site.adata, str(config.donor_key))
+
+
+@register_step("fedscgen/donors", public=True)
+def site_donors(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
+    """D: this site's training donors, its FedAvg weight under donor-level DP.
+
+    Public under the donor relation (as the training-cell count is under the cell
+    relation): the number, never the donors' names. Counted on the split training uses.
+    """
+    config = config_of(params)
+    if _level(config) != "donor":
+        raise FedscInputError(
+            "the coordinator asks for this site's donor count, but the agreed config is not "
+            "donor-level DP; a site reveals it only when donors are the protected unit."
+        )
+    return training_donors(_donors(site, config), config, int(params["seed"]), int(params["index"]))
+
+
 def site_dp_config(config: FedScGenConfig, sigma: Any) -> FedScGenConfig:
     """The config a site trains with: the agreed one, σ the coordinator calibrated.
 
-    Cell level only (the other levels are refused: :func:`check_deployable`). With σ in
+    Cell and donor level (client level is refused: :func:`check_deployable`). With σ in
     the agreed config, a different σ is refused; with a ``target_epsilon`` to calibrate
     to, the coordinator calibrates σ over every site's training cells (public weights)
     and the site, when it builds its DP-SGD, checks that its own ε stays within the
@@ -110,7 +148,7 @@ def site_dp_config(config: FedScGenConfig, sigma: Any) -> FedScGenConfig:
 
     agreed = DPConfig.from_dict(dp_mapping(config.dp))
     assert agreed is not None
-    if agreed.level != "cell":
+    if agreed.level not in ("cell", "donor"):
         check_deployable(config)  # names why that level cannot run deployed
     if agreed.noise_multiplier is not None:
         if sigma is not None and float(sigma) != agreed.noise_multiplier:
@@ -314,6 +352,7 @@ class RemoteSites:
         self._apply = apply
         self._live = live
         self._method: RemoteMethod | None = None
+        self._donors: dict[str, int] = {}
         self._correction: dict[str, Any] = {}
         #: The sites' receipts of the final step, and those that dropped out before it.
         self.receipts: dict[str, Any] = {}
@@ -324,9 +363,13 @@ class RemoteSites:
         return sorted(set().union(*(set(h["labels"]) for h in self.hello.values())))
 
     def n_donors(self) -> dict[str, int]:
-        """Refused: sites do not report their training donors (:func:`check_deployable`)."""
-        check_deployable(self.config)
-        raise FedscInputError("donor-level DP cannot be deployed yet.")
+        """Each training site's count of training donors (a public step at the sites)."""
+        train = self.names[: self.n_training]
+        replies = self._apply(
+            {s: ("fedscgen/donors", {**self.base, "index": i}, {}) for i, s in enumerate(train)}
+        )
+        self._donors = {s: int(replies[s]) for s in train}
+        return dict(self._donors)
 
     def start_training(
         self, dp: DPConfig | None, n_train: Mapping[str, int], initial: State
@@ -337,9 +380,11 @@ class RemoteSites:
         steps = cfg.rounds * cfg.local_epochs * -(-max(n_train.values()) // cfg.batch_size)
         update = {**self.base, "n_train": dict(n_train), "bound": steps + 1}
         metrics: Sequence[str] = METRICS
-        if dp is not None and dp.level == "cell":
+        if dp is not None and dp.level in ("cell", "donor"):
             update["noise_multiplier"] = dp.noise_multiplier
             metrics = ()  # DP-SGD reports no losses (un-noised functions of the cells)
+        if dp is not None and dp.level == "donor":
+            update["weights"] = dict(self._donors)  # FedAvg over donors (each site checks)
         names = dict(enumerate(self.names[: self.n_training]))
         self._method = RemoteMethod("fedscgen", names, update, initial, metrics)
 

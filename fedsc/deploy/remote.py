@@ -96,7 +96,8 @@ class RemoteMethod:
     names
         Client index -> site name.
     params
-        Parameters every update request carries (incl. ``n_train``: the public weights).
+        Parameters every update request carries (incl. ``n_train``, the public weights,
+        unless ``weights`` names others, e.g. donor counts under donor-level DP).
     initial
         The global state before round 0 (same seed, same values as simulation).
     metrics
@@ -124,7 +125,8 @@ class RemoteMethod:
         state = RemoteValue(site, f"{self.method}/update", params, global_state, torch=True)
         keep = {"method": self.method, "round": round_index}
         metrics = RemoteMetrics(site, "metrics", self.metrics, keep)
-        weight = float(self.params["n_train"][site])
+        # the public FedAvg weights: training cells, or what the method weighs by instead
+        weight = float(self.params.get("weights", self.params["n_train"])[site])
         return LocalResult(state, weight, metrics)  # type: ignore[arg-type]
 
 

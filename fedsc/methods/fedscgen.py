@@ -98,8 +98,10 @@ __all__ = [
     "InProcessSites",
     "correct",
     "dominant_means",
+    "donor_codes",
     "model_from_state",
     "run_fedscgen",
+    "training_donors",
 ]
 
 
@@ -491,12 +493,7 @@ class InProcessSites:
                 raise FedscInputError(
                     f"donor-level DP: client {c.name!r} has no donor ids (donor_key)."
                 )
-            train, _ = split_train_validation(
-                c.n_obs,
-                self.config.validation_fraction,
-                derive_generator(self.seed, SPLIT, c.index),
-            )
-            out[c.name] = len(torch.unique(self.donors[c.index][train]))
+            out[c.name] = training_donors(self.donors[c.index], self.config, self.seed, c.index)
         return out
 
     def start_training(
@@ -771,10 +768,33 @@ def _donor_ids(adata: ad.AnnData, config: FedScGenConfig, clients: Any) -> dict[
     """Donor-level DP: each training client's donor id per cell (codes of ``donor_key``)."""
     if not config.dp or config.dp.get("level") != "donor":
         return {}
-    key = str(config.donor_key)
-    if key not in adata.obs:
+    codes = donor_codes(adata, str(config.donor_key))
+    return {c.index: codes[torch.from_numpy(np.asarray(c.obs_indices))] for c in clients}
+
+
+def donor_codes(adata: ad.AnnData, donor_key: str) -> torch.Tensor:
+    """An integer donor id per cell: the rank of its ``obs[donor_key]`` among the sorted names.
+
+    Codes of a subset of cells differ from the whole AnnData's, but keep their order
+    (the names sort the same way), which is all donor-level DP-SGD uses
+    (:func:`fedsc.methods.dp_sgd.donor_groups` orders donors by id): a site coding its
+    own cells trains as the simulation does with the whole AnnData's codes.
+    """
+    if donor_key not in adata.obs:
         raise FedscInputError(
-            f"donor_key {key!r} is not an obs column (columns: {list(adata.obs.columns)})."
+            f"donor_key {donor_key!r} is not an obs column (columns: "
+            f"{list(adata.obs.columns)}); set donor_key= to the column naming each cell's donor."
         )
-    codes = np.unique(adata.obs[key].astype(str).to_numpy(), return_inverse=True)[1]
-    return {c.index: torch.from_numpy(codes[c.obs_indices].astype(np.int64)) for c in clients}
+    codes = np.unique(adata.obs[donor_key].astype(str).to_numpy(), return_inverse=True)[1]
+    return torch.from_numpy(codes.astype(np.int64))
+
+
+def training_donors(donors: torch.Tensor, config: FedScGenConfig, seed: int, client: int) -> int:
+    """D_c: the donors among client ``client``'s training cells (the split training uses).
+
+    Its FedAvg weight under donor-level DP (public under the donor relation).
+    """
+    train, _ = split_train_validation(
+        len(donors), config.validation_fraction, derive_generator(seed, SPLIT, client)
+    )
+    return len(torch.unique(donors[train]))

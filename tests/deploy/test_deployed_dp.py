@@ -1,11 +1,12 @@
-"""Cell-level DP deployed: DP-SGD at each site, with the site's own noise and accountant.
+"""Cell- and donor-level DP deployed: DP-SGD at each site, with its own noise and accountant.
 
-One plaintext FedscGen run on the shared deployment (tests/deploy/conftest.py) with
-``dp: {level: cell, simulated: true}``: each site runs DP-SGD with the agreed σ (the
-noise seeded from the run seed only because the config says ``simulated``, the debugging
-mode; otherwise each site draws it from its OS CSPRNG) and reports its ε, from its own
-accountant, with its output. The deployment
-gives the simulation's outputs bit for bit and the simulation's DP record.
+Plaintext FedscGen runs on the shared deployment (tests/deploy/conftest.py) with
+``dp: {level: cell | donor, simulated: true}``: each site runs DP-SGD with the agreed σ
+(the noise seeded from the run seed only because the config says ``simulated``, the
+debugging mode; otherwise each site draws it from its OS CSPRNG) and reports its ε, from
+its own accountant, with its output; at donor level each site counts its own training
+donors (its FedAvg weight; the pancreas ``orig.ident`` column names the donor or sample).
+Each deployment gives the simulation's outputs bit for bit and the simulation's DP record.
 """
 
 from __future__ import annotations
@@ -29,8 +30,23 @@ DP = {"level": "cell", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-4, "sim
 TARGET = {"level": "cell", "target_epsilon": 8.0, "clip": 1.0, "delta": 1e-4, "simulated": True}
 
 
-def test_cell_level_dp_deployed_equals_simulation(deployment, data, tmp_path):
-    config = replace(CONFIG, dp=DP)
+#: Donor level: each sampled donor gives at most 4 cells; σ calibrated to a target.
+DONOR = {
+    "level": "donor",
+    "target_epsilon": 8.0,
+    "clip": 1.0,
+    "delta": 1e-4,
+    "donor_sampling_rate": 0.5,
+    "cells_per_donor": 4,
+    "simulated": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("dp", "donor_key"), [(DP, None), (DONOR, "orig.ident")], ids=["cell", "donor"]
+)
+def test_dp_deployed_equals_simulation(deployment, data, tmp_path, dp, donor_key):
+    config = replace(CONFIG, dp=dp, donor_key=donor_key)
     sim = data.copy()
     result = run_fedscgen(
         sim,
@@ -59,14 +75,18 @@ def test_cell_level_dp_deployed_equals_simulation(deployment, data, tmp_path):
     assert record["dp"] == json.loads(json.dumps(want))  # ε, σ, steps, q: the same record
     # each training site reported its own ε with its output
     assert {s: "epsilon" in o for s, o in record["outputs"].items()} == dict.fromkeys(SITES, True)
+    if donor_key is not None:  # FedAvg weighted by each site's own donor count
+        donors = {s: sim.obs.loc[sim.obs["batch"] == s, donor_key].nunique() for s in SITES}
+        n_train = {c["name"]: c["n_train"] for c in record["clients"]}
+        assert want["n_donors"] == record["dp"]["n_donors"]
+        assert all(0 < want["n_donors"][s] <= donors[s] < n_train[s] for s in SITES)
 
 
 def test_deployable_dp_levels_and_the_sites_sigma_check():
     fedscgen_deployable(replace(CONFIG, dp=DP))  # cell level deploys
     with pytest.raises(FedscInputError, match=r"client-level DP cannot be deployed.*distributed"):
         fedscgen_deployable(replace(CONFIG, dp={"level": "client", "noise_multiplier": 1.0}))
-    with pytest.raises(FedscInputError, match="donor-level DP cannot be deployed"):
-        fedscgen_deployable(replace(CONFIG, dp={"level": "donor"}, donor_key="donor"))
+    fedscgen_deployable(replace(CONFIG, dp=DONOR, donor_key="orig.ident"))  # donor level too
     with pytest.raises(FedscInputError, match="keep_optimizer_state"):
         fedscgen_deployable(replace(CONFIG, keep_optimizer_state=True))
     # a site trains with the agreed σ, or the one calibrated to the agreed target
