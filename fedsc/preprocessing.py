@@ -24,6 +24,7 @@ import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
 
+from fedsc._deprecation import renamed_arguments
 from fedsc.data.access import obs_column
 from fedsc.errors import FedscInputError
 from fedsc.uns import uns_safe
@@ -250,6 +251,7 @@ class UpstreamModel:
         return self.estimator.transform(self._matrix(adata)).astype(np.float32)
 
 
+@renamed_arguments(label_key="labels_key")
 def fit_embedding(
     adata: ad.AnnData,
     method: str = "pca",
@@ -260,7 +262,7 @@ def fit_embedding(
     layer: str | None = None,
     scale: bool = False,
     batch_key: str | None = None,
-    label_key: str | None = None,
+    labels_key: str | None = None,
     params: Mapping[str, Any] | None = None,
 ) -> UpstreamModel | FittedUpstream:
     """Fit an upstream embedding and store it in ``adata.obsm``.
@@ -289,7 +291,7 @@ def fit_embedding(
     scale
         Standardise each gene (training mean and SD) before fitting and projecting (linear
         upstreams).
-    batch_key, label_key
+    batch_key, labels_key
         ``obs`` columns of the batch and the cell type; batch-aware upstreams need the
         first, label-aware ones (scANVI) the second (the others ignore them).
     params
@@ -325,7 +327,7 @@ def fit_embedding(
             seed,
             key=key,
             batch_key=batch_key,
-            label_key=label_key,
+            labels_key=labels_key,
             params=params,
         )
         adata.obsm[key] = emb

@@ -130,7 +130,7 @@ def apply(
     _check_model_size(spec, cfg, adata)
     inputs: dict[str, Any] = dict(
         batch_key=batch_key,
-        label_key=labels_key,
+        labels_key=labels_key,
         seed=seed,
         use_rep=use_rep,
         layer=layer,

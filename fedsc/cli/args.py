@@ -121,12 +121,12 @@ def add_labels_key(p: argparse.ArgumentParser) -> None:
     """``--labels-key`` (scvi-tools' name; ``--label-key`` still accepted, with a warning)."""
     p.add_argument(
         "--labels-key",
-        dest="label_key",
+        dest="labels_key",
         metavar="KEY",
         default="cell_type",
         help="obs column holding each cell's type (default: %(default)s)",
     )
     p.add_argument(
-        "--label-key", dest="label_key", action=DeprecatedFlag, new="--labels-key",
+        "--label-key", dest="labels_key", action=DeprecatedFlag, new="--labels-key",
         metavar="KEY", default=argparse.SUPPRESS,
     )  # fmt: skip

@@ -59,7 +59,7 @@ def _option_value(method: str, option: str, text: str) -> Any:
 #: ``fedsc run`` flags every method shares; a method option of the same name is set with
 #: ``--param NAME=VALUE`` instead.
 _COMMON_DESTS = {
-    "method", "input", "batch_key", "label_key", "use_rep", "upstream", "backend", "mode",
+    "method", "input", "batch_key", "labels_key", "use_rep", "upstream", "backend", "mode",
     "backend_option", "mechanism", "deploy", "seed", "holdout", "inclusion", "panels", "param", "out", "command",
 }  # fmt: skip
 
@@ -163,7 +163,7 @@ def command(args: argparse.Namespace) -> int:
         method=args.method,
         dataset=args.input,
         batch_key=args.batch_key,
-        labels_key=args.label_key,
+        labels_key=args.labels_key,
         use_rep=args.use_rep,
         upstream=args.upstream,
         backend=args.backend,

@@ -79,10 +79,10 @@ def stored_representation(adata: ad.AnnData, rep: str, what: str = "rep") -> Any
 def obs_column(adata: ad.AnnData, key: str, arg: str) -> pd.Series:
     """``adata.obs[key]``, or a clear error if it is missing or has NaN values.
 
-    ``arg`` is the caller's parameter name (``"batch_key"``, ``"label_key"``), quoted in
+    ``arg`` is the caller's parameter name (``"batch_key"``, ``"labels_key"``), quoted in
     the message so the user knows which argument to fix.
     """
-    what = arg.removesuffix("_key")
+    what = {"labels_key": "label"}.get(arg, arg.removesuffix("_key"))
     if key not in adata.obs.columns:
         raise FedscInputError(
             f"{arg} {key!r} is not a column of adata.obs (columns: "

@@ -18,6 +18,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from fedsc._deprecation import renamed_arguments
 from fedsc.data.access import obs_column
 from fedsc.errors import FedscInputError
 
@@ -37,41 +38,46 @@ DEFAULT_MIN_CELLS = 10
 Scenario = Literal["all", "combined", "dropped"]
 
 
-def cell_type_presence(adata: ad.AnnData, batch_key: str, label_key: str) -> pd.DataFrame:
+@renamed_arguments(label_key="labels_key")
+def cell_type_presence(adata: ad.AnnData, batch_key: str, labels_key: str) -> pd.DataFrame:
     """Cell counts per batch (rows, sorted) and cell type (columns, sorted)."""
     batches = obs_column(adata, batch_key, "batch_key").astype(str)
-    labels = obs_column(adata, label_key, "label_key").astype(str)
+    labels = obs_column(adata, labels_key, "labels_key").astype(str)
     table = pd.crosstab(batches.to_numpy(), labels.to_numpy())
     table.index.name = batch_key
-    table.columns.name = label_key
+    table.columns.name = labels_key
     return table.sort_index(axis=0).sort_index(axis=1)
 
 
-def standalone_types(adata: ad.AnnData, batch_key: str, label_key: str) -> list[str]:
+@renamed_arguments(label_key="labels_key")
+def standalone_types(adata: ad.AnnData, batch_key: str, labels_key: str) -> list[str]:
     """Cell types present in exactly one batch (sorted)."""
-    present = cell_type_presence(adata, batch_key, label_key) > 0
+    present = cell_type_presence(adata, batch_key, labels_key) > 0
     return sorted(present.columns[present.sum(axis=0) == 1].tolist())
 
 
-def shared_types(adata: ad.AnnData, batch_key: str, label_key: str) -> list[str]:
+@renamed_arguments(label_key="labels_key")
+def shared_types(adata: ad.AnnData, batch_key: str, labels_key: str) -> list[str]:
     """Cell types present in at least two batches (sorted)."""
-    present = cell_type_presence(adata, batch_key, label_key) > 0
+    present = cell_type_presence(adata, batch_key, labels_key) > 0
     return sorted(present.columns[present.sum(axis=0) >= 2].tolist())
 
 
+@renamed_arguments(label_key="labels_key")
 def minority_types(
-    adata: ad.AnnData, label_key: str, *, min_cells: int = DEFAULT_MIN_CELLS
+    adata: ad.AnnData, labels_key: str, *, min_cells: int = DEFAULT_MIN_CELLS
 ) -> list[str]:
     """Cell types with fewer than ``min_cells`` cells in total (sorted)."""
-    counts = obs_column(adata, label_key, "label_key").astype(str).value_counts()
+    counts = obs_column(adata, labels_key, "labels_key").astype(str).value_counts()
     return sorted(counts.index[counts < min_cells].tolist())
 
 
+@renamed_arguments(label_key="labels_key")
 def apply_inclusion(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    label_key: str,
+    labels_key: str,
     scenario: Scenario | str = "all",
     min_cells: int = DEFAULT_MIN_CELLS,
     other_label: str = "others",
@@ -82,7 +88,7 @@ def apply_inclusion(
     ----------
     adata
         Cells of all batches; never modified.
-    batch_key, label_key
+    batch_key, labels_key
         Columns of ``adata.obs`` with the batch and the cell type.
     scenario
         ``"all"``: keep every cell type. ``"combined"``: relabel minority cell types
@@ -96,7 +102,7 @@ def apply_inclusion(
     Returns
     -------
     A new AnnData: for ``"all"`` a copy; for ``"combined"`` a copy with
-    ``obs[label_key]`` relabelled (categorical); for ``"dropped"`` a copy of the kept cells.
+    ``obs[labels_key]`` relabelled (categorical); for ``"dropped"`` a copy of the kept cells.
     ``uns["inclusion"]`` records the scenario, threshold and affected types.
     """
     scenario = str(scenario).lower()
@@ -107,8 +113,8 @@ def apply_inclusion(
     if min_cells < 1:
         raise FedscInputError(f"min_cells must be >= 1, got {min_cells}.")
     obs_column(adata, batch_key, "batch_key").astype(str)
-    labels = obs_column(adata, label_key, "label_key").astype(str)
-    minority = minority_types(adata, label_key, min_cells=min_cells)
+    labels = obs_column(adata, labels_key, "labels_key").astype(str)
+    minority = minority_types(adata, labels_key, min_cells=min_cells)
     info: dict[str, Any] = {
         "scenario": scenario,
         "min_cells": int(min_cells),
@@ -122,12 +128,12 @@ def apply_inclusion(
         if clash and minority:
             raise FedscInputError(
                 f"other_label {other_label!r} is already a cell type in adata.obs"
-                f"[{label_key!r}]; pass a different other_label=."
+                f"[{labels_key!r}]; pass a different other_label=."
             )
         out = adata.copy()
         new = labels.where(~labels.isin(minority), other_label).to_numpy()
         cats = sorted(set(new) - {other_label}) + ([other_label] if other_label in new else [])
-        out.obs[label_key] = pd.Categorical(new, categories=cats)
+        out.obs[labels_key] = pd.Categorical(new, categories=cats)
         info["other_label"] = other_label
     else:
         keep = ~labels.isin(minority).to_numpy()
@@ -137,8 +143,8 @@ def apply_inclusion(
                 f"lower min_cells."
             )
         out = adata[np.flatnonzero(keep)].copy()
-        if isinstance(out.obs[label_key].dtype, pd.CategoricalDtype):
-            out.obs[label_key] = out.obs[label_key].cat.remove_unused_categories()
+        if isinstance(out.obs[labels_key].dtype, pd.CategoricalDtype):
+            out.obs[labels_key] = out.obs[labels_key].cat.remove_unused_categories()
         info["n_dropped"] = int((~keep).sum())
     out.uns["inclusion"] = info
     return out

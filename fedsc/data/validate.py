@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fedsc._deprecation import renamed_arguments
 from fedsc.data.access import get_representation, obs_column
 from fedsc.data.input_kind import check_input_kind
 from fedsc.errors import FedscInputError
@@ -21,11 +22,12 @@ def _values(matrix) -> np.ndarray:
     return np.asarray(matrix)
 
 
+@renamed_arguments(label_key="labels_key")
 def validate_adata(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    label_key: str | None = None,
+    labels_key: str | None = None,
     use_rep: str | None = None,
     layer: str | None = None,
     expect_counts: bool = False,
@@ -40,7 +42,7 @@ def validate_adata(
         Cells × genes (dense or sparse ``X``).
     batch_key
         Column of ``adata.obs`` naming each cell's batch (one client per batch).
-    label_key
+    labels_key
         Column of ``adata.obs`` with cell-type labels, checked when given.
     use_rep
         Key of ``adata.obsm`` the method reads (``"X"`` means ``adata.X``).
@@ -78,7 +80,7 @@ def validate_adata(
             f"first."
         )
 
-    for arg, value in (("batch_key", batch_key), ("label_key", label_key),
+    for arg, value in (("batch_key", batch_key), ("labels_key", labels_key),
                        ("use_rep", use_rep), ("layer", layer)):  # fmt: skip
         if value is not None and not isinstance(value, str):
             example = next(iter(value), None) if isinstance(value, list | tuple) else None
@@ -87,8 +89,8 @@ def validate_adata(
                 + (f"; pass {arg}={example!r}." if example is not None else ".")
             )
     batches = obs_column(adata, batch_key, "batch_key")
-    if label_key is not None:
-        obs_column(adata, label_key, "label_key")
+    if labels_key is not None:
+        obs_column(adata, labels_key, "labels_key")
 
     counts = batches.astype(str).value_counts()
     if len(counts) < min_batches:
@@ -153,11 +155,12 @@ def _check_matrix(adata: ad.AnnData, matrix, where: str, *, counts: bool) -> Non
         )
 
 
+@renamed_arguments(label_key="labels_key")
 def validate_expression_input(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    label_key: str | None,
+    labels_key: str | None,
     layer: str | None,
     method: str,
 ) -> None:
@@ -166,7 +169,7 @@ def validate_expression_input(
     The keys and the layer as :func:`validate_adata`, then the matrix must be
     log-normalised expression (:func:`fedsc.data.input_kind.check_input_kind`).
     """
-    validate_adata(adata, batch_key=batch_key, label_key=label_key, layer=layer)
+    validate_adata(adata, batch_key=batch_key, labels_key=labels_key, layer=layer)
     check_input_kind(
         get_representation(adata, None, layer, what="layer"),
         "expression",

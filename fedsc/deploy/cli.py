@@ -310,7 +310,7 @@ def _local(args: argparse.Namespace) -> int:
     config = FedScGenConfig(rounds=args.rounds, local_epochs=args.local_epochs, **sizes)
     fedscgen_deployable(config)
     adata = ad.read_h5ad(data)
-    validate_adata(adata, batch_key=args.batch_key, label_key=args.label_key)
+    validate_adata(adata, batch_key=args.batch_key, labels_key=args.labels_key)
     check_batch_names(set(adata.obs[args.batch_key].astype(str)), args.batch_key)
     check_input_kind(adata.X, "expression", where=f"{data} (X)", method="FedscGen", adata=adata)
     check_parameters(
@@ -324,7 +324,7 @@ def _local(args: argparse.Namespace) -> int:
         "config": config.to_dict(),
         "seed": args.seed,
         "batch_key": args.batch_key,
-        "label_key": args.label_key,
+        "labels_key": args.labels_key,
     }
     earlier = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.is_dir() and any(out.iterdir()):

@@ -187,14 +187,16 @@ def evaluate_deployment(
     for site, part in outputs.items():
         check_site_output(part, site, spec, record, batch_key, folder)
     cells = ad.concat(list(outputs.values()), merge="same", uns_merge=None)
+    # a run.json written before the rename to scvi-tools' name has "label_key"
+    labels_key = str(params.get("labels_key", params.get("label_key", "cell_type")))
     validate_adata(  # cells are matched by name: unique names, and the keys present
-        cells, batch_key=str(params["batch_key"]), label_key=str(params.get("label_key"))
+        cells, batch_key=str(params["batch_key"]), labels_key=labels_key
     )
     cfg = RunConfig(
         method=method,
         dataset=dataset,
         batch_key=str(params["batch_key"]),
-        labels_key=str(params.get("label_key", "cell_type")),
+        labels_key=labels_key,
         use_rep=params.get("embedding_key"),
         params=driver_module(method).config_of(params).to_dict(),
         seed=int(params["seed"]),

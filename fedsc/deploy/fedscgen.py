@@ -186,7 +186,7 @@ def _correction_site(
     x = _expression(site, params)
     model = global_model(_state(site.state[_MODEL]), int(x.shape[1]), config)
     vocab = [str(v) for v in params["vocabulary"]]
-    labels = site.adata.obs[params["label_key"]].astype(str).to_numpy()
+    labels = site.adata.obs[params["labels_key"]].astype(str).to_numpy()
     check_labels(labels, vocab, "this site")
     with torch_threads(config.num_threads):
         return CorrectionSite(model, x, labels, {t: i for i, t in enumerate(vocab)})
@@ -300,7 +300,7 @@ def run_params(inputs: RunInputs, config: FedScGenConfig) -> dict[str, Any]:
         "config": config.to_dict(),
         "seed": int(inputs.seed),
         "batch_key": inputs.batch_key,
-        "label_key": inputs.label_key,
+        "labels_key": inputs.labels_key,
         "layer": inputs.layer,
         "holdout": list(inputs.holdout),
     }
@@ -345,7 +345,7 @@ class RemoteSites:
             "config": self.config.to_dict(),
             "seed": int(params["seed"]),
             "batch_key": params["batch_key"],
-            "label_key": params["label_key"],
+            "labels_key": params["labels_key"],
             "layer": params.get("layer"),
         }
         self.key_added = str(params.get("key_added", "fedscgen"))
@@ -445,7 +445,7 @@ def run(
         ``apply({site: (step, params, arrays)}) -> {site: public reply}``: runs a public
         step at the sites (the final correction, which writes each site's output).
     params
-        ``config`` (FedScGenConfig fields), ``seed``, ``batch_key``, ``label_key``, ``layer``,
+        ``config`` (FedScGenConfig fields), ``seed``, ``batch_key``, ``labels_key``, ``layer``,
         ``holdout``, ``client_order``, ``label_vocabulary``, ``key_added``.
     on_round_end
         ``(round, global_state)`` after each round (e.g. to save the coordinator's model).

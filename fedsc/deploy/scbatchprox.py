@@ -290,7 +290,7 @@ def run_params(inputs: RunInputs, config: ScBatchProxConfig) -> dict[str, Any]:
         "config": config.to_dict(),  # tuples travel as JSON lists; config_of restores them
         "seed": int(inputs.seed),
         "batch_key": inputs.batch_key,
-        "label_key": inputs.label_key,
+        "labels_key": inputs.labels_key,
         "embedding_key": inputs.use_rep,
     }
 

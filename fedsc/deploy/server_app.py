@@ -2,7 +2,7 @@
 
 Run config (``flwr run ... --run-config``; defaults in the app's pyproject.toml):
 ``method`` (``"fedscgen"``), ``params`` (the method's parameters as JSON, e.g. the
-FedscGen config, seed, batch_key, label_key), ``transport`` (``"plaintext"`` or
+FedscGen config, seed, batch_key, labels_key), ``transport`` (``"plaintext"`` or
 ``"secagg+"``), ``n-sites``, ``out-dir`` (where ``run.json`` and ``ledger.json`` go, on the
 coordinator's machine), ``log-messages`` (also write every received message to
 ``<out-dir>/messages/`` for inspection), ``timeout`` (seconds per step).
@@ -81,7 +81,7 @@ def run_deployed(grid: Any, config: dict[str, Any]) -> dict[str, Any]:
         from fedsc.methods import get_method
 
         driver = driver_module(method).run
-        facts = ("batch_key", "label_key", "embedding_key", "layer")
+        facts = ("batch_key", "labels_key", "embedding_key", "layer")
         hello = fleet.connect(
             {
                 **{k: params[k] for k in facts if params.get(k) is not None},

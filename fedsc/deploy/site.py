@@ -491,12 +491,12 @@ def load_method_steps() -> None:
 def hello(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Public facts the coordinator needs: name, cell count, gene digest, label set."""
     adata = site.adata
-    label_key = params.get("label_key")
+    labels_key = params.get("labels_key")
     labels: list[str] = []
-    if label_key:
-        if label_key not in adata.obs:
-            raise FedscInputError(f"{site.data_path} has no obs column {label_key!r}.")
-        labels = sorted(adata.obs[label_key].astype(str).unique())
+    if labels_key:
+        if labels_key not in adata.obs:
+            raise FedscInputError(f"{site.data_path} has no obs column {labels_key!r}.")
+        labels = sorted(adata.obs[labels_key].astype(str).unique())
     facts = {
         "site": site.site_name(str(params.get("batch_key", "batch"))),
         "n_obs": int(adata.n_obs),

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 import smpc
+from fedsc._deprecation import renamed_arguments
 from fedsc.data.clients import Client, split_clients
 from fedsc.data.inclusion import DEFAULT_MIN_CELLS
 from fedsc.data.validate import (
@@ -359,11 +360,12 @@ class CorrectionSite:
         return z32, decode(self.model, torch.from_numpy(z32)).numpy()
 
 
+@renamed_arguments(label_key="labels_key")
 def correct(
     model: VAE,
     clients: Sequence[Client],
     aggregator: smpc.Aggregator,
-    label_key: str,
+    labels_key: str,
     *,
     layer: str | None = None,
     vocabulary: Sequence[str] | None = None,
@@ -379,7 +381,7 @@ def correct(
         (ties of the dominant client go to the lowest index).
     aggregator
         Secure-aggregation backend; the only channel between clients.
-    label_key
+    labels_key
         ``obs`` column with each cell's type.
     layer
         Layer with log-normalised expression instead of ``X``.
@@ -396,7 +398,7 @@ def correct(
     clients = sorted(clients, key=lambda c: c.index)
     if not clients:
         raise FedscInputError("correct() needs at least one client.")
-    sites = InProcessSites(clients, len(clients), None, 0, label_key=label_key, layer=layer)
+    sites = InProcessSites(clients, len(clients), None, 0, labels_key=labels_key, layer=layer)
     sites.model = model
     correction, outputs = correct_sites(
         sites, aggregator, model.state_dict(), vocabulary, model.config.latent
@@ -436,7 +438,7 @@ class InProcessSites:
         How many of them train.
     config, seed
         The method config and run seed (training only).
-    label_key, layer
+    labels_key, layer
         ``obs`` column with each cell's type; layer to read instead of ``X``.
     donors
         Donor-level DP: an integer donor id per cell of each training client.
@@ -444,6 +446,7 @@ class InProcessSites:
 
     kind = "batches"
 
+    @renamed_arguments(label_key="labels_key")
     def __init__(
         self,
         clients: Sequence[Client],
@@ -451,7 +454,7 @@ class InProcessSites:
         config: FedScGenConfig | None,
         seed: int,
         *,
-        label_key: str,
+        labels_key: str,
         layer: str | None = None,
         donors: Mapping[int, torch.Tensor] | None = None,
     ) -> None:
@@ -472,7 +475,8 @@ class InProcessSites:
         self.layer = layer
         self.donors = dict(donors or {})
         self._labels = [
-            obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in self.clients
+            obs_column(c.adata, labels_key, "labels_key").astype(str).to_numpy()
+            for c in self.clients
         ]
         #: The training clients (after :meth:`start_training`).
         self.method: FedScGenMethod | None = None
@@ -583,14 +587,14 @@ def run_spec(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     validate_expression_input(
         adata,
         batch_key=inputs.batch_key,
-        label_key=inputs.label_key,
+        labels_key=inputs.labels_key,
         layer=inputs.layer,
         method="FedscGen",
     )
     return run_fedscgen(
         adata,
         batch_key=inputs.batch_key,
-        label_key=inputs.label_key,
+        labels_key=inputs.labels_key,
         aggregator=inputs.federated_aggregator("FedscGen"),
         config=config,
         seed=inputs.seed,
@@ -603,11 +607,12 @@ def run_spec(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     )
 
 
+@renamed_arguments(label_key="labels_key")
 def run_fedscgen(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    label_key: str,
+    labels_key: str,
     aggregator: smpc.Aggregator | str,
     config: FedScGenConfig | None = None,
     seed: int = 0,
@@ -628,7 +633,7 @@ def run_fedscgen(
     ----------
     adata
         Cells x genes with log-normalised expression in ``X`` (or ``layers[layer]``).
-    batch_key, label_key
+    batch_key, labels_key
         ``obs`` columns: the batch (one client each) and the cell type.
     aggregator
         An :class:`smpc.Aggregator` (left open) or a backend name (created and closed).
@@ -671,7 +676,7 @@ def run_fedscgen(
             return run_fedscgen(
                 adata,
                 batch_key=batch_key,
-                label_key=label_key,
+                labels_key=labels_key,
                 aggregator=agg,
                 config=config,
                 seed=seed,
@@ -694,14 +699,14 @@ def run_fedscgen(
         if dup:
             raise FedscInputError(f"{arg} lists {dup} more than once; list each batch once.")
     start = time.perf_counter()
-    used, rows = prepare_inclusion(adata, batch_key, label_key, inclusion, min_cells)
+    used, rows = prepare_inclusion(adata, batch_key, labels_key, inclusion, min_cells)
     train, held = split_clients(used, batch_key, holdout=holdout, order=client_order)
     sites = InProcessSites(
         train + held,
         len(train),
         config,
         seed,
-        label_key=label_key,
+        labels_key=labels_key,
         layer=layer,
         donors=_donor_ids(used, config, train),
     )
@@ -734,7 +739,7 @@ def run_fedscgen(
     params = {
         **config.to_dict(),
         "batch_key": batch_key,
-        "label_key": label_key,
+        "labels_key": labels_key,
         "layer": layer,
         "seed": seed,
         "holdout": list(holdout),

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedsc._deprecation import renamed_arguments
 from fedsc.data.inclusion import DEFAULT_MIN_CELLS, SCENARIOS, apply_inclusion
 from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
@@ -153,11 +154,12 @@ def train_scgen(
         return train_vae(x, config, seed, show_progress=show_progress, on_epoch_end=on_epoch_end)
 
 
+@renamed_arguments(label_key="labels_key")
 def batch_removal(
     model: VAE,
     adata: ad.AnnData,
     batch_key: str,
-    label_key: str,
+    labels_key: str,
     *,
     layer: str | None = None,
     order: Sequence[str] | None = None,
@@ -170,7 +172,7 @@ def batch_removal(
         A trained VAE.
     adata
         Cells to correct (log-normalised expression in ``X`` or ``layers[layer]``).
-    batch_key, label_key
+    batch_key, labels_key
         ``adata.obs`` columns with the batch and the cell type.
     layer
         Layer to read instead of ``adata.X``.
@@ -183,7 +185,7 @@ def batch_removal(
     (shifted latent, cells x latent; corrected expression, cells x genes), float32.
     """
     batches = obs_column(adata, batch_key, "batch_key").astype(str).to_numpy()
-    labels = obs_column(adata, label_key, "label_key").astype(str).to_numpy()
+    labels = obs_column(adata, labels_key, "labels_key").astype(str).to_numpy()
     order = sorted(set(batches)) if order is None else [str(b) for b in order]
     missing = sorted(set(batches) - set(order))
     if missing:
@@ -207,11 +209,12 @@ def batch_removal(
     return latent, corrected
 
 
+@renamed_arguments(label_key="labels_key")
 def run_scgen(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    label_key: str,
+    labels_key: str,
     layer: str | None = None,
     config: ScGenConfig | None = None,
     seed: int = 0,
@@ -232,10 +235,10 @@ def run_scgen(
     """
     config = ScGenConfig() if config is None else config
     start = time.perf_counter()
-    used, rows = prepare_inclusion(adata, batch_key, label_key, inclusion, min_cells)
+    used, rows = prepare_inclusion(adata, batch_key, labels_key, inclusion, min_cells)
     model = train_scgen(used, layer=layer, config=config, seed=seed, show_progress=show_progress)
     with torch_threads(config.num_threads):
-        latent, corrected = batch_removal(model, used, batch_key, label_key, layer=layer)
+        latent, corrected = batch_removal(model, used, batch_key, labels_key, layer=layer)
     if not (np.isfinite(latent).all() and np.isfinite(corrected).all()):
         raise TrainingDivergedError(
             "scGen produced non-finite corrected values although every training loss was "
@@ -247,7 +250,7 @@ def run_scgen(
         "params": {
             **config.to_dict(),
             "batch_key": batch_key,
-            "label_key": label_key,
+            "labels_key": labels_key,
             "layer": layer,
             "seed": seed,
             "inclusion": inclusion,
@@ -265,7 +268,7 @@ def run_scgen(
 
 # ----------------------------------------------------------------- shared helpers
 def prepare_inclusion(
-    adata: ad.AnnData, batch_key: str, label_key: str, inclusion: str, min_cells: int
+    adata: ad.AnnData, batch_key: str, labels_key: str, inclusion: str, min_cells: int
 ) -> tuple[ad.AnnData, np.ndarray]:
     """Apply an inclusion scenario; return (cells used, their row positions in ``adata``).
 
@@ -277,11 +280,11 @@ def prepare_inclusion(
             f"unknown inclusion scenario {inclusion!r}; choose one of {list(SCENARIOS)}."
         )
     obs_column(adata, batch_key, "batch_key")
-    labels = obs_column(adata, label_key, "label_key").astype(str).to_numpy()
+    labels = obs_column(adata, labels_key, "labels_key").astype(str).to_numpy()
     if scenario == "all":
         return adata, np.arange(adata.n_obs)
     used = apply_inclusion(
-        adata, batch_key=batch_key, label_key=label_key, scenario=scenario, min_cells=min_cells
+        adata, batch_key=batch_key, labels_key=labels_key, scenario=scenario, min_cells=min_cells
     )
     if scenario == "dropped":
         minority = set(used.uns["inclusion"]["minority_types"])

@@ -7,10 +7,12 @@ names a method.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fedsc._deprecation import caller_stacklevel, renamed_arguments
 from fedsc.errors import FedscInputError
 from fedsc.registry import resolve
 
@@ -68,8 +70,9 @@ class RunInputs:
 
     Attributes
     ----------
-    batch_key, label_key
-        ``obs`` columns naming each cell's batch (client) and cell type.
+    batch_key, labels_key
+        ``obs`` columns naming each cell's batch (client) and cell type (``label_key``,
+        the old name, is accepted and read with a ``FutureWarning``).
     aggregator
         The open :class:`smpc.Aggregator` (``None`` for centralized methods).
     seed
@@ -94,7 +97,7 @@ class RunInputs:
     """
 
     batch_key: str = "batch"
-    label_key: str = "cell_type"
+    labels_key: str = "cell_type"
     aggregator: Aggregator | None = None
     seed: int = 0
     use_rep: str | None = None
@@ -117,6 +120,20 @@ class RunInputs:
                 "e.g. smpc.make_aggregator('plaintext'))."
             )
         return self.aggregator
+
+    @property
+    def label_key(self) -> str:
+        """Deprecated spelling of :attr:`labels_key` (``FutureWarning``)."""
+        warnings.warn(
+            "RunInputs.label_key is deprecated; use labels_key.",
+            FutureWarning,
+            stacklevel=caller_stacklevel(),
+        )
+        return self.labels_key
+
+
+#: ``RunInputs(label_key=...)`` still works, with a FutureWarning naming ``labels_key``.
+RunInputs.__init__ = renamed_arguments(label_key="labels_key")(RunInputs.__init__)  # type: ignore[method-assign]
 
 
 class RunFunction(Protocol):

@@ -20,14 +20,14 @@ def run(adata: ad.AnnData, inputs: RunInputs, config: Any) -> Any:
     validate_expression_input(
         adata,
         batch_key=inputs.batch_key,
-        label_key=inputs.label_key,
+        labels_key=inputs.labels_key,
         layer=inputs.layer,
         method="scGen",
     )
     model, _ = run_scgen(
         adata,
         batch_key=inputs.batch_key,
-        label_key=inputs.label_key,
+        labels_key=inputs.labels_key,
         layer=inputs.layer,
         config=config,
         seed=inputs.seed,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fedsc._deprecation import renamed_arguments
 from fedsc.data.clients import split_clients
 from fedsc.data.validate import get_representation, obs_column
 from fedsc.errors import FedscInputError
@@ -122,11 +123,12 @@ class FedscGenTruth:
         return to_dp_variant(model)
 
 
+@renamed_arguments(label_key="labels_key")
 def fedscgen_truth(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    label_key: str,
+    labels_key: str,
     config: FedScGenConfig,
     seed: int,
     holdout: Sequence[str] = (),
@@ -145,7 +147,8 @@ def fedscgen_truth(
     clients = sorted(train + held, key=lambda c: c.index)
     data = {c.index: x_all[torch.from_numpy(np.asarray(c.obs_indices))] for c in clients}
     labels = {
-        c.index: obs_column(c.adata, label_key, "label_key").astype(str).to_numpy() for c in clients
+        c.index: obs_column(c.adata, labels_key, "labels_key").astype(str).to_numpy()
+        for c in clients
     }
     splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for c in train:
@@ -276,11 +279,12 @@ class FedScGenViews:
         return observer_view(self.record, observer, **options)
 
 
+@renamed_arguments(label_key="labels_key")
 def capture_fedscgen_views(
     adata: ad.AnnData,
     *,
     batch_key: str,
-    label_key: str,
+    labels_key: str,
     config: FedScGenConfig,
     seed: int = 0,
     backend: str = "plaintext",
@@ -301,7 +305,7 @@ def capture_fedscgen_views(
     ----------
     adata
         Cells x genes, log-normalised in ``X`` (or ``layers[layer]``); not modified.
-    batch_key, label_key
+    batch_key, labels_key
         ``obs`` columns of the batch (one client each) and the cell type.
     config, seed
         The FedscGen run.
@@ -329,7 +333,7 @@ def capture_fedscgen_views(
         result = run_fedscgen(
             a,
             batch_key=batch_key,
-            label_key=label_key,
+            labels_key=labels_key,
             aggregator=agg,
             config=config,
             seed=seed,
@@ -346,7 +350,7 @@ def capture_fedscgen_views(
     fed = fedscgen_truth(
         a,
         batch_key=batch_key,
-        label_key=label_key,
+        labels_key=labels_key,
         config=config,
         seed=seed,
         layer=layer,

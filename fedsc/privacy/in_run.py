@@ -331,7 +331,7 @@ class InRunPrivacy:
             fedscgen = fedscgen_truth(
                 adata,
                 batch_key=self.method_cfg.batch_key,
-                label_key=cfg.labels_key,
+                labels_key=cfg.labels_key,
                 config=self.spec.make_config(self.method_cfg.params),
                 seed=cfg.seed,
                 holdout=self.method_cfg.holdout,

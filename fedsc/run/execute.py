@@ -76,7 +76,7 @@ def _run_method(
         work = apply_inclusion(
             prepared.adata,
             batch_key=cfg.batch_key,
-            label_key=cfg.labels_key,
+            labels_key=cfg.labels_key,
             scenario=cfg.inclusion,
         )
         return Prepared(work, prepared.before, prepared.base, prepared.use_rep, prepared.info)
@@ -127,7 +127,7 @@ def execute_run(
     settings.apply()  # threads, passive waiting, compile caches (idempotent)
     start = time.perf_counter()
     adata = load_dataset(cfg.dataset) if adata is None else adata
-    validate_adata(adata, batch_key=cfg.batch_key, label_key=cfg.labels_key)
+    validate_adata(adata, batch_key=cfg.batch_key, labels_key=cfg.labels_key)
     check_holdout_batches(cfg, adata.obs[cfg.batch_key].unique())  # before any training
     privacy = in_run.start(cfg, adata, spec)  # attacks + DP (checked now that n is known)
     executor: Executor = resolve(

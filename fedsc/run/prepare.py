@@ -63,7 +63,7 @@ def _prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
             n_comps=cfg.n_comps,
             seed=cfg.seed,
             batch_key=cfg.batch_key,
-            label_key=cfg.labels_key,
+            labels_key=cfg.labels_key,
             params=cfg.upstream_params,
         )
         hit = cache.load(cache_key, expr.n_obs)
@@ -82,7 +82,7 @@ def _prepare_embedding(adata: ad.AnnData, cfg: RunConfig) -> Prepared:
         n_comps=cfg.n_comps,
         seed=cfg.seed,
         batch_key=cfg.batch_key,
-        label_key=cfg.labels_key,
+        labels_key=cfg.labels_key,
         params=cfg.upstream_params,
     )
     # run.json: what the upstream was, where it was computed (centrally), whether it read
@@ -119,7 +119,7 @@ def run_inputs(
     """The common arguments a method's run function receives, from the run config."""
     return RunInputs(
         batch_key=cfg.batch_key,
-        label_key=cfg.labels_key,
+        labels_key=cfg.labels_key,
         aggregator=agg,
         seed=cfg.seed,
         use_rep=use_rep,

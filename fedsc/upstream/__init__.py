@@ -68,7 +68,7 @@ class FittedUpstream(Protocol):
 
 
 class UpstreamFit(Protocol):
-    """``fit(adata, spec, n_comps, seed, *, key, batch_key, label_key, params)``.
+    """``fit(adata, spec, n_comps, seed, *, key, batch_key, labels_key, params)``.
 
     Fits the upstream on ``adata`` and returns ``(embedding, model)`` without writing
     into ``adata`` (:func:`fedsc.preprocessing.fit_embedding` stores them).
@@ -84,7 +84,7 @@ class UpstreamFit(Protocol):
         *,
         key: str,
         batch_key: str | None,
-        label_key: str | None,
+        labels_key: str | None,
         params: dict[str, Any],
     ) -> tuple[np.ndarray, FittedUpstream]:
         """Fit; return the embedding and the fitted model."""
@@ -116,12 +116,12 @@ class UpstreamSpec:
     estimator
         Linear upstreams: the scikit-learn estimator factory (``fit_transform``/``transform``).
     fit
-        Other upstreams: ``fit(adata, spec, n_comps, seed, batch_key=, label_key=,
+        Other upstreams: ``fit(adata, spec, n_comps, seed, batch_key=, labels_key=,
         params=)`` (or ``"module:function"``) returning a model with ``key``, ``n_comps``
         and ``transform(adata)``, having written nothing.
     batch_aware, label_aware
         The upstream reads the batch (needs ``batch_key``) / the cell-type labels (needs
-        ``label_key``; its embedding has seen the labels the evaluation scores).
+        ``labels_key``; its embedding has seen the labels the evaluation scores).
     library
         The library whose model it is (e.g. ``"scikit-learn"``, ``"scvi-tools"``).
     dims

@@ -34,6 +34,8 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from fedsc._deprecation import renamed_arguments
+
 __all__ = ["CACHE_FORMAT", "UpstreamCache", "fingerprint"]
 
 #: Bumped when what a cache entry holds or how its key is made changes.
@@ -92,6 +94,7 @@ class UpstreamCache:
 
     folder: Path
 
+    @renamed_arguments(label_key="labels_key")
     def key(
         self,
         adata: ad.AnnData,
@@ -100,7 +103,7 @@ class UpstreamCache:
         n_comps: int | None,
         seed: int,
         batch_key: str | None,
-        label_key: str | None,
+        labels_key: str | None,
         params: Mapping[str, Any] | None,
     ) -> str:
         """The key of the embedding of ``adata`` by this upstream and these settings."""
@@ -108,12 +111,12 @@ class UpstreamCache:
 
         described = {
             "format": CACHE_FORMAT,
-            "data": fingerprint(adata, [c for c in (batch_key, label_key) if c]),
+            "data": fingerprint(adata, [c for c in (batch_key, labels_key) if c]),
             "method": str(method).lower(),
             "n_comps": n_comps,
             "seed": int(seed),
             "batch_key": batch_key,
-            "label_key": label_key,
+            "label_key": labels_key,  # its old name: the entries cached before keep their keys
             "params": dict(sorted((params or {}).items())),
             "threads": settings.resolved_threads(),
             "reproducible": settings.reproducible,
@@ -135,6 +138,10 @@ class UpstreamCache:
             return None  # a damaged entry is refitted (and rewritten), never used
         if emb.ndim != 2 or emb.shape[0] != n_obs or not np.isfinite(emb).all():
             return None
+        if (
+            isinstance(info, dict) and "label_key" in info
+        ):  # an entry recorded before the rename (scvi-tools' name)
+            info["labels_key"] = info.pop("label_key")
         return emb, info
 
     def store(self, key: str, embedding: np.ndarray, record: Mapping[str, Any]) -> None:

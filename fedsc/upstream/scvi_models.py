@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fedsc._deprecation import renamed_arguments
 from fedsc.errors import FedscInputError
 from fedsc.upstream import CENTRAL, UpstreamSpec
 
@@ -80,12 +81,12 @@ def counts_matrix(adata: ad.AnnData) -> tuple[sp.csr_matrix, bool]:
     return mat, integer
 
 
-def _frame(adata: ad.AnnData, batch_key: str, label_key: str | None) -> pd.DataFrame:
+def _frame(adata: ad.AnnData, batch_key: str, labels_key: str | None) -> pd.DataFrame:
     obs = pd.DataFrame(index=adata.obs_names.astype(str))
     obs[batch_key] = adata.obs[batch_key].astype(str).to_numpy()
-    if label_key is not None:
-        labels = adata.obs[label_key]
-        obs[label_key] = np.where(labels.isna(), UNLABELED, labels.astype(str))
+    if labels_key is not None:
+        labels = adata.obs[labels_key]
+        obs[labels_key] = np.where(labels.isna(), UNLABELED, labels.astype(str))
     return obs
 
 
@@ -149,8 +150,8 @@ class ScviUpstreamModel:
         The genes (``var_names``) the model reads, in order.
     model
         The trained scvi-tools model.
-    batch_key, label_key
-        ``obs`` columns it read (``label_key`` only for scANVI).
+    batch_key, labels_key
+        ``obs`` columns it read (``labels_key`` only for scANVI).
     settings
         The record written to ``uns["fedsc_embedding"][key]``.
     """
@@ -162,7 +163,7 @@ class ScviUpstreamModel:
     genes: np.ndarray
     model: Any = field(repr=False)
     batch_key: str
-    label_key: str | None
+    labels_key: str | None
     params: dict[str, Any]
     settings: dict[str, Any]
     spec: UpstreamSpec = field(repr=False)
@@ -183,8 +184,8 @@ class ScviUpstreamModel:
             )
         sub = adata[:, adata.var_names.get_indexer(self.genes)]
         obs = _frame(sub, self.batch_key, None)
-        if self.label_key is not None:  # query cells are unlabeled (scANVI's query mapping)
-            obs[self.label_key] = UNLABELED
+        if self.labels_key is not None:  # query cells are unlabeled (scANVI's query mapping)
+            obs[self.labels_key] = UNLABELED
         return ad.AnnData(X=counts_matrix(sub)[0], obs=obs, var=pd.DataFrame(index=self.genes))
 
     def transform(self, adata: ad.AnnData) -> np.ndarray:
@@ -218,6 +219,7 @@ class ScviUpstreamModel:
         return np.asarray(mapped.get_latent_representation(), dtype=np.float32)
 
 
+@renamed_arguments(label_key="labels_key")
 def fit(
     adata: ad.AnnData,
     spec: UpstreamSpec,
@@ -226,7 +228,7 @@ def fit(
     *,
     key: str,
     batch_key: str | None,
-    label_key: str | None,
+    labels_key: str | None,
     params: dict[str, Any],
 ) -> tuple[np.ndarray, ScviUpstreamModel]:
     """Train ``spec``'s scvi-tools model on ``adata``'s counts; return (latent means, model)."""
@@ -238,11 +240,11 @@ def fit(
     if batch_key not in adata.obs:
         raise FedscInputError(f"batch_key {batch_key!r} is not a column of adata.obs.")
     if not spec.label_aware:
-        label_key = None
-    elif label_key is None or label_key not in adata.obs:
+        labels_key = None
+    elif labels_key is None or labels_key not in adata.obs:
         raise FedscInputError(
-            f"the {spec.name} upstream trains on cell-type labels: pass label_key (an "
-            f"adata.obs column; got {label_key!r}). Note that its embedding then has seen "
+            f"the {spec.name} upstream trains on cell-type labels: pass labels_key (an "
+            f"adata.obs column; got {labels_key!r}). Note that its embedding then has seen "
             "the labels the bio-conservation metrics score; use scvi for a label-free one."
         )
     scvi = _import_scvi()
@@ -252,7 +254,7 @@ def fit(
     counts, integer = counts_matrix(adata)
     data = ad.AnnData(
         X=counts,
-        obs=_frame(adata, batch_key, label_key),
+        obs=_frame(adata, batch_key, labels_key),
         var=pd.DataFrame(index=adata.var_names.astype(str)),
     )
     arch = {k: int(params[k]) for k in ("n_hidden", "n_layers") if k in params}
@@ -265,7 +267,7 @@ def fit(
         model = scvi.model.LinearSCVI(data, n_latent=n_comps, **arch)
         epochs["LinearSCVI"] = _train(model, "ldvae", max_epochs, batch_size)
     else:
-        scvi.model.SCVI.setup_anndata(data, batch_key=batch_key, labels_key=label_key)
+        scvi.model.SCVI.setup_anndata(data, batch_key=batch_key, labels_key=labels_key)
         model = scvi.model.SCVI(data, n_latent=n_comps, **arch)
         epochs["SCVI"] = _train(model, "scvi", max_epochs, batch_size)
         if spec.name == "scanvi":
@@ -281,8 +283,8 @@ def fit(
         "model": type(model).__name__,
         "input": "raw counts of the HVGs" + ("" if integer else " (non-integer values)"),
         "batch_key": batch_key,
-        "label_key": label_key,
-        "uses_labels": label_key is not None,
+        "labels_key": labels_key,
+        "uses_labels": labels_key is not None,
         "epochs": epochs,
         "params": dict(params),
         "computed": CENTRAL,
@@ -295,7 +297,7 @@ def fit(
         genes=adata.var_names.to_numpy(dtype=str).copy(),
         model=model,
         batch_key=batch_key,
-        label_key=label_key,
+        labels_key=labels_key,
         params=dict(params),
         settings=record,
         spec=spec,

@@ -18,7 +18,7 @@ SEED = 3
 def fedscgen_params() -> str:
     """The deployed FedscGen run's ``params`` (JSON), the same run as ``simulation``."""
     return json.dumps(
-        {"config": CONFIG.to_dict(), "seed": SEED, "batch_key": "batch", "label_key": "celltype"}
+        {"config": CONFIG.to_dict(), "seed": SEED, "batch_key": "batch", "labels_key": "celltype"}
     )
 
 

@@ -37,7 +37,7 @@ def simulation(data):
     result = run_fedscgen(
         sim,
         batch_key="batch",
-        label_key="celltype",
+        labels_key="celltype",
         aggregator="plaintext",
         config=CONFIG,
         seed=SEED,

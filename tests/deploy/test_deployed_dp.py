@@ -51,7 +51,7 @@ def test_dp_deployed_equals_simulation(deployment, data, tmp_path, dp, donor_key
     result = run_fedscgen(
         sim,
         batch_key="batch",
-        label_key="celltype",
+        labels_key="celltype",
         aggregator="plaintext",
         config=config,
         seed=SEED,
@@ -60,7 +60,7 @@ def test_dp_deployed_equals_simulation(deployment, data, tmp_path, dp, donor_key
         "config": config.to_dict(),
         "seed": SEED,
         "batch_key": "batch",
-        "label_key": "celltype",
+        "labels_key": "celltype",
     }
     record = deployment.run(
         {"params": json.dumps(params), "transport": "plaintext"}, tmp_path, timeout=400

@@ -39,7 +39,7 @@ def sweep(dataset, tmp_path_factory):
         "study": "deployed_vs_simulated",
         "datasets": [str(dataset)],
         "seeds": SEEDS,
-        "defaults": {"batch_key": "batch", "label_key": "celltype", "panels": ["fedscgen"]},
+        "defaults": {"batch_key": "batch", "labels_key": "celltype", "panels": ["fedscgen"]},
         "methods": {
             "fedscgen": {
                 "settings": {"params": PARAMS},

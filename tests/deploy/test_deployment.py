@@ -140,7 +140,7 @@ def test_deploy_evaluate_gives_the_runners_rows(runs, data, tmp_path):
     cfg = RunConfig(
         method="fedscgen",
         batch_key="batch",
-        label_key="celltype",
+        labels_key="celltype",
         params=CONFIG.to_dict(),
         seed=SEED,
         panels=["fedscgen"],
@@ -173,7 +173,7 @@ def test_plaintext_deployment_equals_simulation_bit_for_bit(runs, simulation):
         run_fedscgen(
             sim.copy(),
             batch_key="batch",
-            label_key="celltype",
+            labels_key="celltype",
             aggregator=agg,
             config=CONFIG,
             seed=SEED,

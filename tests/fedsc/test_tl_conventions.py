@@ -25,7 +25,7 @@ def _run(adata, inputs, config):
     """Centralized toy: the embedding shifted; the 'model' says what it was given."""
     z = np.asarray(adata.obsm[inputs.use_rep], dtype=np.float32)
     adata.obsm[f"X_{inputs.key_added or 'toy_tl'}"] = z + config.shift
-    return {"label_key": inputs.label_key, "key_added": inputs.key_added}
+    return {"labels_key": inputs.labels_key, "key_added": inputs.key_added}
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +54,10 @@ def _quiet(call):
 
 def test_labels_key_and_its_deprecated_spelling(toy, cells):
     model = _quiet(lambda: toy(cells, use_rep="X_pca", labels_key="kind", return_model=True))
-    assert model["label_key"] == "kind"
+    assert model["labels_key"] == "kind"
     with pytest.warns(FutureWarning, match=r"label_key= is deprecated; use labels_key=") as rec:
         model = toy(cells, use_rep="X_pca", label_key="kind", return_model=True, overwrite=True)
-    assert model["label_key"] == "kind"
+    assert model["labels_key"] == "kind"
     assert rec[0].filename == __file__  # the warning names the caller's line
     with pytest.raises(TypeError, match="both label_key= and labels_key="):
         toy(cells, use_rep="X_pca", label_key="kind", labels_key="kind")
@@ -95,8 +95,8 @@ def test_cli_labels_key_and_its_deprecated_spelling(command, capsys):
     parser = build_parser()
     rest = ["--out", "x"]
     args = parser.parse_args([*command, "--labels-key", "kind", *rest])
-    assert args.label_key == "kind" and "deprecated" not in capsys.readouterr().err
+    assert args.labels_key == "kind" and "deprecated" not in capsys.readouterr().err
     args = parser.parse_args([*command, "--label-key", "kind", *rest])
-    assert args.label_key == "kind"
+    assert args.labels_key == "kind"
     assert "--label-key is deprecated; use --labels-key" in capsys.readouterr().err
-    assert parser.parse_args([*command, *rest]).label_key == "cell_type"
+    assert parser.parse_args([*command, *rest]).labels_key == "cell_type"

@@ -79,7 +79,7 @@ LOCAL_CASES = [
     ("rounds-zero", ["--rounds", "0"], ["rounds and local_epochs must be >= 1"]),
     ("local-epochs-negative", ["--local-epochs", "-2"], ["rounds and local_epochs must be >= 1"]),
     ("batch-key-missing", ["--batch-key", "nope"], ["'nope'", "batch_key"]),
-    ("label-key-missing", ["--label-key", "nope"], ["'nope'", "label_key"]),
+    ("label-key-missing", ["--labels-key", "nope"], ["'nope'", "labels_key"]),
     ("transport-unknown", ["--transport", "smtp"], ["invalid choice: 'smtp'"]),
     (
         "sites-smaller-than-a-minibatch",
@@ -332,7 +332,7 @@ def deployment(tmp_path):
             "config": FedScGenConfig(rounds=1, local_epochs=1).to_dict(),
             "seed": 0,
             "batch_key": "batch",
-            "label_key": "cell_type",
+            "labels_key": "cell_type",
         },
         "clients": [{"name": "a"}, {"name": "b"}],
         "outputs": outputs,

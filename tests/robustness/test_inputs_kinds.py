@@ -213,7 +213,7 @@ def test_case_holdout_duplicates_and_client_order_duplicates():
         lambda ad_: run_fedscgen(
             ad_,
             batch_key="batch",
-            label_key="cell_type",
+            labels_key="cell_type",
             aggregator="plaintext",
             config=FedScGenConfig(**TINY),
             client_order=["indrop", "celseq", "indrop", "celseq2", "fluidigmc1", "smartseq2"],

@@ -51,7 +51,7 @@ def test_presence_and_helpers(adata):
 
 def test_all_keeps_everything(adata):
     before = adata.obs.copy()
-    out = apply_inclusion(adata, batch_key="batch", label_key="cell_type", scenario="all")
+    out = apply_inclusion(adata, batch_key="batch", labels_key="cell_type", scenario="all")
     assert out is not adata
     pd.testing.assert_frame_equal(out.obs, before)
     assert out.uns["inclusion"]["scenario"] == "all"
@@ -60,7 +60,7 @@ def test_all_keeps_everything(adata):
 def test_combined_relabels_minority(adata):
     before = adata.obs.copy()
     out = apply_inclusion(
-        adata, batch_key="batch", label_key="cell_type", scenario="combined", min_cells=4
+        adata, batch_key="batch", labels_key="cell_type", scenario="combined", min_cells=4
     )
     pd.testing.assert_frame_equal(adata.obs, before)  # input untouched
     assert out.n_obs == adata.n_obs
@@ -72,7 +72,7 @@ def test_combined_relabels_minority(adata):
 
 def test_dropped_removes_minority(adata):
     out = apply_inclusion(
-        adata, batch_key="batch", label_key="cell_type", scenario="dropped", min_cells=4
+        adata, batch_key="batch", labels_key="cell_type", scenario="dropped", min_cells=4
     )
     assert adata.n_obs == 21
     assert out.n_obs == 15
@@ -86,7 +86,7 @@ def test_dropped_removes_minority(adata):
 def test_no_minority_is_identity(adata):
     for scenario in ("combined", "dropped"):
         out = apply_inclusion(
-            adata, batch_key="batch", label_key="cell_type", scenario=scenario, min_cells=1
+            adata, batch_key="batch", labels_key="cell_type", scenario=scenario, min_cells=1
         )
         assert out.n_obs == adata.n_obs
         assert list(out.obs["cell_type"]) == list(adata.obs["cell_type"])
@@ -97,24 +97,24 @@ def test_pancreas_default_threshold():
 
     a = pancreas()
     assert minority_types(a, "cell_type") == ["endothelial"]
-    out = apply_inclusion(a, batch_key="batch", label_key="cell_type", scenario="dropped")
+    out = apply_inclusion(a, batch_key="batch", labels_key="cell_type", scenario="dropped")
     assert out.n_obs == 495
 
 
 def test_errors(adata):
     with pytest.raises(FedscInputError, match="unknown inclusion scenario 'some'"):
-        apply_inclusion(adata, batch_key="batch", label_key="cell_type", scenario="some")
-    with pytest.raises(FedscInputError, match="label_key 'ct' is not a column"):
-        apply_inclusion(adata, batch_key="batch", label_key="ct")
+        apply_inclusion(adata, batch_key="batch", labels_key="cell_type", scenario="some")
+    with pytest.raises(FedscInputError, match="labels_key 'ct' is not a column"):
+        apply_inclusion(adata, batch_key="batch", labels_key="ct")
     with pytest.raises(FedscInputError, match="removes every cell"):
         apply_inclusion(
-            adata, batch_key="batch", label_key="cell_type", scenario="dropped", min_cells=100
+            adata, batch_key="batch", labels_key="cell_type", scenario="dropped", min_cells=100
         )
     with pytest.raises(FedscInputError, match="other_label 'A' is already a cell type"):
         apply_inclusion(
             adata,
             batch_key="batch",
-            label_key="cell_type",
+            labels_key="cell_type",
             scenario="combined",
             min_cells=4,
             other_label="A",

@@ -37,7 +37,9 @@ def check(adata, phrase, **kw):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_valid_passes(sparse):
     a = make(sparse=sparse)
-    validate_adata(a, batch_key="batch", label_key="cell_type", use_rep="X_emb", expect_counts=True)
+    validate_adata(
+        a, batch_key="batch", labels_key="cell_type", use_rep="X_emb", expect_counts=True
+    )
     validate_adata(a, batch_key="batch", use_rep="X", expect_counts=True)
     a.layers["counts"] = a.X.copy()
     a.X = a.X * -1.0  # scaled-looking X; counts in the layer
@@ -49,7 +51,7 @@ def test_missing_batch_key():
 
 
 def test_missing_label_key():
-    check(make(), "label_key 'celltype' is not a column", label_key="celltype")
+    check(make(), "labels_key 'celltype' is not a column", labels_key="celltype")
 
 
 def test_missing_use_rep():
@@ -117,7 +119,7 @@ def test_nan_in_labels():
     a = make()
     a.obs["cell_type"] = a.obs["cell_type"].astype("category")
     a.obs.loc["c0", "cell_type"] = np.nan
-    check(a, r"adata.obs\['cell_type'\] has 1 missing", label_key="cell_type")
+    check(a, r"adata.obs\['cell_type'\] has 1 missing", labels_key="cell_type")
 
 
 def test_nan_in_batch():
@@ -141,6 +143,6 @@ def test_embedding_only_adata_passes():
     from fedsc.datasets import simulate_embedding
 
     a = simulate_embedding(40, 3, 2, 2, seed=0)
-    validate_adata(a, batch_key="batch", label_key="cell_type", use_rep="X_emb")
+    validate_adata(a, batch_key="batch", labels_key="cell_type", use_rep="X_emb")
     with pytest.raises(FedscInputError, match="no genes"):
         validate_adata(a, batch_key="batch")

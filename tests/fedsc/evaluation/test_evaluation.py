@@ -272,7 +272,7 @@ def test_evaluate_tidy_rows_with_embedding_column():
     [
         ({"rep": "X_nope"}, "not a key of adata.obsm"),
         ({"rep": "X", "batch_key": "donor"}, "not a column of adata.obs"),
-        ({"rep": "X", "label_key": "ct"}, "not a column of adata.obs"),
+        ({"rep": "X", "labels_key": "ct"}, "not a column of adata.obs"),
         ({"rep": "X", "panels": ("scib", "umap")}, "panels"),
         ({"rep": "X", "X_pre_rep": "X_missing"}, "X_pre_rep"),
     ],

@@ -18,7 +18,7 @@ from fedsc.privacy.accounting import DPConfig, client_level_from_ledger
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {"hidden": (16,), "latent": 3, "batch_size": 20, "rounds": 1, "local_epochs": 1}
-KEYS = {"batch_key": "batch", "label_key": "cell_type"}
+KEYS = {"batch_key": "batch", "labels_key": "cell_type"}
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +106,7 @@ def test_run_fedscgen_refuses_client_dp_without_the_gaussian_mechanism():
             run_fedscgen(
                 adata,
                 batch_key="batch",
-                label_key="cell_type",
+                labels_key="cell_type",
                 aggregator=aggregator,
                 config=config,
             )

@@ -26,7 +26,7 @@ from fedsc.methods.vae import VAE, VAEConfig, as_tensor, derive_generator, encod
 from smpc.plaintext import PlaintextAggregator
 
 TINY = {"hidden": (64, 64), "batch_size": 30, "num_threads": 1}
-KEYS = {"batch_key": "batch", "label_key": "cell_type"}
+KEYS = {"batch_key": "batch", "labels_key": "cell_type"}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -359,5 +359,5 @@ def test_errors_name_the_fix(panc):
             aggregator="plaintext",
             config=FedScGenConfig(hidden=(8,), batch_size=200, rounds=1, local_epochs=1),
         )
-    with pytest.raises(FedscInputError, match="label_key"):
-        run_fedscgen(panc.copy(), batch_key="batch", label_key="nope", aggregator="plaintext")
+    with pytest.raises(FedscInputError, match="labels_key"):
+        run_fedscgen(panc.copy(), batch_key="batch", labels_key="nope", aggregator="plaintext")

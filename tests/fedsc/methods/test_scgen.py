@@ -111,9 +111,9 @@ def test_batch_removal_ties_go_to_the_first_batch_in_order(model):
 def test_run_scgen_writes_outputs_and_is_deterministic(panc):
     cfg = ScGenConfig(**TINY, epochs=2)
     a, b, c = panc.copy(), panc.copy(), panc.copy()
-    _, info = run_scgen(a, batch_key="batch", label_key="cell_type", config=cfg, seed=7)
-    run_scgen(b, batch_key="batch", label_key="cell_type", config=cfg, seed=7)
-    run_scgen(c, batch_key="batch", label_key="cell_type", config=cfg, seed=8)
+    _, info = run_scgen(a, batch_key="batch", labels_key="cell_type", config=cfg, seed=7)
+    run_scgen(b, batch_key="batch", labels_key="cell_type", config=cfg, seed=7)
+    run_scgen(c, batch_key="batch", labels_key="cell_type", config=cfg, seed=8)
     assert a.obsm["X_scgen"].shape == (500, 10) and a.layers["scgen"].shape == (500, 2000)
     np.testing.assert_array_equal(a.obsm["X_scgen"], b.obsm["X_scgen"])
     np.testing.assert_array_equal(a.layers["scgen"], b.layers["scgen"])
@@ -126,7 +126,7 @@ def test_run_scgen_dropped_scenario_leaves_nan_rows(panc):
     _, info = run_scgen(
         a,
         batch_key="batch",
-        label_key="cell_type",
+        labels_key="cell_type",
         config=ScGenConfig(**TINY, epochs=1),
         seed=0,
         inclusion="dropped",
@@ -136,4 +136,4 @@ def test_run_scgen_dropped_scenario_leaves_nan_rows(panc):
     assert np.isnan(a.obsm["X_scgen"][dropped]).all()
     assert np.isfinite(a.obsm["X_scgen"][~dropped]).all()
     with pytest.raises(FedscInputError, match="scenario"):
-        run_scgen(a, batch_key="batch", label_key="cell_type", inclusion="some")
+        run_scgen(a, batch_key="batch", labels_key="cell_type", inclusion="some")

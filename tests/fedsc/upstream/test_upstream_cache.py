@@ -32,13 +32,13 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def _prepare(adata, **kw):
-    cfg = RunConfig(method="scbatchprox", batch_key="batch", label_key="cell_type", **kw)
+    cfg = RunConfig(method="scbatchprox", batch_key="batch", labels_key="cell_type", **kw)
     return INPUT_PREPARATION.get("embedding")(adata, cfg)
 
 
 def _key(cache, adata, **kw):
     args = dict(
-        method="pca", n_comps=10, seed=0, batch_key="batch", label_key="cell_type", params={}
+        method="pca", n_comps=10, seed=0, batch_key="batch", labels_key="cell_type", params={}
     )
     return cache.key(adata, **{**args, **kw})
 

@@ -35,7 +35,7 @@ def small():
 def _fit(adata, method, seed=0, **kw):
     params = dict(EPOCHS, **({"scanvi_max_epochs": 1} if method == "scanvi" else {}))
     kw.setdefault("batch_key", "batch")
-    kw.setdefault("label_key", "cell_type")
+    kw.setdefault("labels_key", "cell_type")
     return fit_embedding(adata, method, n_comps=10, seed=seed, params=params, **kw)
 
 
@@ -73,10 +73,10 @@ def test_another_seed_gives_another_embedding(small, fitted, one_torch_thread):
 
 
 def test_scanvi_is_refused_without_a_label_key(small):
-    with pytest.raises(FedscInputError, match=r"label_key.*has seen"):
-        _fit(small.copy(), "scanvi", label_key=None)
-    with pytest.raises(FedscInputError, match="label_key"):
-        _fit(small.copy(), "scanvi", label_key="no_such_column")
+    with pytest.raises(FedscInputError, match=r"labels_key.*has seen"):
+        _fit(small.copy(), "scanvi", labels_key=None)
+    with pytest.raises(FedscInputError, match="labels_key"):
+        _fit(small.copy(), "scanvi", labels_key="no_such_column")
 
 
 def test_batch_aware_upstreams_need_the_batch_key(small):

@@ -11,7 +11,7 @@ from fedsc.privacy.fedscgen_runs import capture_fedscgen_views
 
 #: Small and quick to overfit: 2 rounds x 10 local epochs, hidden (64, 64).
 OVERFIT = {"hidden": (64, 64), "batch_size": 30, "num_threads": 1, "rounds": 2, "local_epochs": 10}
-KEYS = {"batch_key": "batch", "label_key": "cell_type"}
+KEYS = {"batch_key": "batch", "labels_key": "cell_type"}
 
 
 @pytest.fixture(scope="session")

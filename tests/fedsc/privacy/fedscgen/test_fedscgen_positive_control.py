@@ -43,7 +43,7 @@ def _record(adata, mechanisms) -> RunRecord:
         run_fedscgen(
             adata.copy(),
             batch_key="batch",
-            label_key="cell_type",
+            labels_key="cell_type",
             aggregator=agg,
             config=CONFIG,
             seed=0,
@@ -58,7 +58,9 @@ def runs():
     torch.set_num_threads(1)
     try:
         adata = lognormalize(pancreas_subset(40, 300))
-        fed = fedscgen_truth(adata, batch_key="batch", label_key="cell_type", config=CONFIG, seed=0)
+        fed = fedscgen_truth(
+            adata, batch_key="batch", labels_key="cell_type", config=CONFIG, seed=0
+        )
         return {
             name: Truth(_record(adata, mechs), fedscgen=fed)
             # "plain": the same DP pipeline at sigma = 0 (a client-level dp config needs
@@ -116,7 +118,7 @@ def test_offline_capture_holds_the_clients_models_and_lira_adapts(runs):
         views = capture_fedscgen_views(
             lognormalize(pancreas_subset(40, 300)),
             batch_key="batch",
-            label_key="cell_type",
+            labels_key="cell_type",
             config=CONFIG,
             seed=0,
             mechanisms=[TINY_NOISE],
