@@ -131,7 +131,7 @@ def fedscgen_child(args: argparse.Namespace) -> dict:
     cpu0, t0 = _cpu([]), time.perf_counter()
     with smpc.make_aggregator(args.backend) as agg:
         res = run_fedscgen(
-            adata, batch_key="donor", label_key="cell_type", aggregator=agg, config=cfg, seed=0
+            adata, batch_key="donor", labels_key="cell_type", aggregator=agg, config=cfg, seed=0
         )
         pids = list(getattr(agg, "pids", []) or [])
         cpu = _cpu(pids) - cpu0

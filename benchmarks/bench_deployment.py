@@ -101,14 +101,14 @@ def main() -> None:
     data = preprocess(pancreas(), n_top_genes=None)
     data = data[data.obs["batch"].isin(SITES)].copy()
     config = FedScGenConfig(rounds=args.rounds, local_epochs=1, num_threads=1)
-    params = {"config": config.to_dict(), "seed": 0, "batch_key": "batch", "label_key": "celltype"}
+    params = {"config": config.to_dict(), "seed": 0, "batch_key": "batch", "labels_key": "celltype"}
     rows: list[tuple[str, float, float, int]] = []
     breakdowns: dict[str, dict[str, Any]] = {}
 
     w0, c0 = time.perf_counter(), time.process_time()
     with smpc.make_aggregator("plaintext") as agg:
         run_fedscgen(
-            data.copy(), batch_key="batch", label_key="celltype", aggregator=agg, config=config
+            data.copy(), batch_key="batch", labels_key="celltype", aggregator=agg, config=config
         )
         sim_bytes = int(agg.ledger.totals()["coordinator_bytes"])
     rows.append(

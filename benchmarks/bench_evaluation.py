@@ -27,14 +27,14 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FILE = "cell_lines_293t_jurkat_harmony_pcs.h5ad"
 
 
-def benchmarker_values(adata: ad.AnnData, emb: str, pre: str, batch_key: str, label_key: str):
+def benchmarker_values(adata: ad.AnnData, emb: str, pre: str, batch_key: str, labels_key: str):
     """Run scib-metrics' Benchmarker with the scBatchProx metric set; metric -> value."""
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
     bm = Benchmarker(
         adata,
         batch_key=batch_key,
-        label_key=label_key,
+        label_key=labels_key,  # scib-metrics' name
         embedding_obsm_keys=[emb],
         pre_integrated_embedding_obsm_key=pre,
         bio_conservation_metrics=BioConservation(),  # kmeans NMI/ARI, ASW, iso labels, cLISI

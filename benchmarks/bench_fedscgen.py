@@ -76,7 +76,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     adata = _data(args)
     torch.set_num_threads(args.threads)  # after scanpy, which resets it
     make_optimizer(VAE(4, VAEConfig(hidden=(4,), latent=2), derive_generator(0, 0)))  # warm-up
-    keys = {"batch_key": "batch", "label_key": "cell_type"}
+    keys = {"batch_key": "batch", "labels_key": "cell_type"}
     tracemalloc.start()
     cpu0 = _cpu_seconds()
     start = time.perf_counter()

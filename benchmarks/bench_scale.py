@@ -107,7 +107,7 @@ def run_stage(stage: str, path: Path, args: argparse.Namespace) -> dict:
         fit_embedding(adata, method="pca", n_comps=40, seed=0)
         cpu0, t0 = _cpu_seconds(), time.perf_counter()  # the panel only
         rows = evaluate(
-            adata, rep="X_pca", batch_key="batch", label_key="cell_type", panels=["scib"],
+            adata, rep="X_pca", batch_key="batch", labels_key="cell_type", panels=["scib"],
             X_pre_rep="X_pca", seed=0,
         )  # fmt: skip
         out["metrics"] = dict(zip(rows["metric"], rows["value"].astype(float), strict=False))

@@ -48,7 +48,7 @@ SETTINGS = {
     "default": {"hidden": (800, 800), "batch_size": 50, "rounds": 8, "local_epochs": 2},
     "overfit": {"hidden": (128, 128), "batch_size": 30, "rounds": 2, "local_epochs": 20},
 }
-KEYS = {"batch_key": "batch", "label_key": "cell_type"}
+KEYS = {"batch_key": "batch", "labels_key": "cell_type"}
 
 
 def _log(adata):
