@@ -2,8 +2,7 @@
 
 As scanpy's tools, a call writes its outputs into ``adata`` and returns ``None``; pass
 ``copy=True`` to work on (and get back) a copy, ``return_model=True`` to get the fitted
-model (with ``copy=True``: ``(adata, model)``). Until the default changes, a call without
-``return_model`` returns the model with a ``FutureWarning``. ``key_added`` is the ``obsm``
+model (with ``copy=True``: ``(adata, model)``). ``key_added`` is the ``obsm``
 key of the embedding (``"X_foo"``; expression goes to ``layers["foo"]``, the record to
 ``uns["foo"]``); ``labels_key`` names the cell types (``label_key=`` is its deprecated
 spelling).
@@ -54,7 +53,7 @@ def apply(
     show_progress: bool | None = None,
     extra: dict[str, Any] | None = None,
     copy: bool = False,
-    return_model: bool | None = None,
+    return_model: bool = False,
     **params: Any,
 ) -> Any:
     """Run the registered ``method`` on ``adata`` (its outputs are written into ``adata``).
@@ -94,8 +93,8 @@ def apply(
     copy
         Work on a copy of ``adata`` and return it (``adata`` is left unchanged).
     return_model
-        Return the fitted model (with ``copy``: ``(copy, model)``). ``None``, the default
-        for now, returns it with a ``FutureWarning``; it will mean ``False``.
+        Return the fitted model (with ``copy``: ``(copy, model)``); by default nothing
+        (``None``) or the copy is returned, as scanpy's tools do.
 
     Returns
     -------
@@ -143,7 +142,7 @@ def apply(
     if not spec.federated:
         result = spec.fit(adata, RunInputs(**inputs), cfg)
         _mark_outputs(adata, spec, key_added)
-        return _returned(spec.name, adata, result, copy, return_model)
+        return _returned(adata, result, copy, return_model)
     from fedsc.run_privacy import check_tl_dp
 
     if not isinstance(backend, smpc.Aggregator):
@@ -152,24 +151,13 @@ def apply(
         check_tl_dp(cfg, agg)
         result = spec.fit(adata, RunInputs(aggregator=agg, **inputs), cfg)
     _mark_outputs(adata, spec, key_added)
-    return _returned(spec.name, adata, result, copy, return_model)
+    return _returned(adata, result, copy, return_model)
 
 
-def _returned(
-    name: str, adata: ad.AnnData, model: Any, copy: bool, return_model: bool | None
-) -> Any:
+def _returned(adata: ad.AnnData, model: Any, copy: bool, return_model: bool) -> Any:
     """What a ``fedsc.tl`` call returns (see :func:`apply`'s ``copy`` and ``return_model``)."""
     if copy:
         return (adata, model) if return_model else adata
-    if return_model is None:
-        warnings.warn(
-            f"fedsc.tl.{name} returns the fitted model for now; it will return None, as "
-            "scanpy's tools do (the outputs are in adata). Pass return_model=True to keep "
-            "the model, or return_model=False.",
-            FutureWarning,
-            stacklevel=caller_stacklevel(),
-        )
-        return model
     return model if return_model else None
 
 
@@ -323,7 +311,7 @@ def scbatchprox(
     overwrite: bool = False,
     show_progress: bool | None = None,
     copy: bool = False,
-    return_model: bool | None = None,
+    return_model: bool = False,
     **params: Any,
 ) -> Any:
     """Refine ``adata.obsm[use_rep]`` with federated per-batch FiLM adapters.
@@ -395,7 +383,7 @@ def fedscgen(
     overwrite: bool = False,
     show_progress: bool | None = None,
     copy: bool = False,
-    return_model: bool | None = None,
+    return_model: bool = False,
     **params: Any,
 ) -> Any:
     """Federated scGen training + the FedscGen correction workflow.
@@ -467,7 +455,7 @@ def scgen(
     overwrite: bool = False,
     show_progress: bool | None = None,
     copy: bool = False,
-    return_model: bool | None = None,
+    return_model: bool = False,
     **params: Any,
 ) -> Any:
     """Centralized scGen (the baseline): train, then ``batch_removal``.

@@ -64,11 +64,11 @@ def test_labels_key_and_its_deprecated_spelling(toy, cells):
 
 
 def test_writes_into_adata_and_returns_none_unless_asked(toy, cells):
-    assert _quiet(lambda: toy(cells, use_rep="X_pca", return_model=False)) is None
+    assert _quiet(lambda: toy(cells, use_rep="X_pca")) is None  # the default, as scanpy's
     np.testing.assert_allclose(cells.obsm["X_toy_tl"], cells.obsm["X_pca"] + 1.0, atol=1e-5)
-    with pytest.warns(FutureWarning, match=r"will return None.*return_model=True") as rec:
-        model = toy(cells, use_rep="X_pca")  # the old behaviour, for now
-    assert isinstance(model, dict) and rec[0].filename == __file__
+    assert _quiet(lambda: toy(cells, use_rep="X_pca", return_model=False)) is None
+    model = _quiet(lambda: toy(cells, use_rep="X_pca", return_model=True))
+    assert model == {"labels_key": "cell_type", "key_added": None}
 
 
 def test_copy_leaves_adata_unchanged(toy, cells):
@@ -80,11 +80,11 @@ def test_copy_leaves_adata_unchanged(toy, cells):
 
 
 def test_key_added_is_the_obsm_key(toy, cells):
-    _quiet(lambda: toy(cells, use_rep="X_pca", key_added="X_mine", return_model=False))
+    _quiet(lambda: toy(cells, use_rep="X_pca", key_added="X_mine"))
     assert "X_mine" in cells.obsm and "X_X_mine" not in cells.obsm
     assert cells.uns["mine"]["fedsc_method"] == "toy_tl"
     with pytest.warns(FutureWarning, match=r"pass key_added='X_old'"):
-        toy(cells, use_rep="X_pca", key_added="old", return_model=False)
+        toy(cells, use_rep="X_pca", key_added="old")
     assert "X_old" in cells.obsm  # the stem reading, until the default changes
 
 

@@ -237,7 +237,7 @@ def test_case_stages_with_duplicates():
 
 def test_case_holdout_as_string_means_one_batch():
     a = lognormalize(pancreas_subset())
-    res = fedsc.tl.fedscgen(a, holdout="celseq", show_progress=False, **TINY)
+    res = fedsc.tl.fedscgen(a, holdout="celseq", show_progress=False, return_model=True, **TINY)
     held = [c["name"] for c in res.info["clients"] if c["held_out"]]
     assert held == ["celseq"]
     assert np.isfinite(a.layers["fedscgen"]).all()
@@ -252,7 +252,7 @@ def test_case_all_zero_genes_and_one_type_batch_accepted():
     smart = a.obs["batch"].to_numpy() == "smartseq2"
     a.obs["cell_type"] = a.obs["cell_type"].astype(str)
     a.obs.loc[smart, "cell_type"] = "alpha"  # smartseq2 holds one cell type only
-    res = fedsc.tl.fedscgen(a, show_progress=False, **TINY)
+    res = fedsc.tl.fedscgen(a, show_progress=False, return_model=True, **TINY)
     assert np.isfinite(a.layers["fedscgen"]).all()
     assert "alpha" in res.info["correction"]["shared_types"]
 

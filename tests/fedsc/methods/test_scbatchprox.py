@@ -174,7 +174,9 @@ def test_tl_api_writes_obsm_and_matches_model():
     adata = ad.AnnData(np.zeros((len(z), 2), dtype=np.float32))
     adata.obs["batch"] = labels
     adata.obsm["X_pca"] = z
-    model = fedsc.tl.scbatchprox(adata, batch_key="batch", use_rep="X_pca", seed=0, mu=0.0)
+    model = fedsc.tl.scbatchprox(
+        adata, batch_key="batch", use_rep="X_pca", seed=0, mu=0.0, return_model=True
+    )
     assert adata.obsm["X_scbatchprox"].shape == z.shape
     assert adata.obsm["X_scbatchprox"].dtype == np.float32
     np.testing.assert_allclose(adata.obsm["X_scbatchprox"], model.transform(z, labels), rtol=1e-6)
