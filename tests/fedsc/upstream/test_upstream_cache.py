@@ -113,3 +113,22 @@ def test_no_cache_unless_a_folder_is_set(cells, monkeypatch, tmp_path):
     with _upstream_cache(tmp_path / "out", scheduler=None):
         assert settings.upstream_cache == tmp_path / "mine"  # the user's folder wins
     json.dumps(settings.snapshot())  # picklable/JSON-able for worker processes
+
+
+def test_entries_cached_before_the_labels_key_rename_are_still_found(cells, tmp_path, monkeypatch):
+    """The key hashes the labels column under its old name, ``label_key`` (as the run id
+    does), and an old entry's record reads ``labels_key``."""
+    import fedsc.upstream.cache as cache_module
+
+    hashed = []
+    dumps = cache_module.json.dumps
+    monkeypatch.setattr(
+        cache_module.json, "dumps", lambda o, **kw: hashed.append(o) or dumps(o, **kw)
+    )
+    cache = UpstreamCache(tmp_path)
+    key = _key(cache, cells)
+    assert hashed[-1]["label_key"] == "cell_type" and "labels_key" not in hashed[-1]
+    monkeypatch.undo()
+    cache.store(key, np.ones((cells.n_obs, 2), dtype=np.float32), {"label_key": "cell_type"})
+    _, record = cache.load(key, cells.n_obs)
+    assert record == {"labels_key": "cell_type"}
