@@ -21,7 +21,8 @@ def fedscgen_deployable(config: FedScGenConfig, transport: str | None = None) ->
     the site's own noise and accountant (donor level: each site counts its own training
     donors, its FedAvg weight). Client-level DP is refused (its noise is the coordinator's
     aggregator mechanism in simulation; deployed, the sites would have to add it as
-    distributed noise, which is not built).
+    distributed noise, which is not built). ``keep_optimizer_state`` runs deployed: each
+    site keeps its own Adam moments between rounds.
     """
     level = None if config.dp is None else str(config.dp.get("level", "client"))
     if level == "client":
@@ -31,11 +32,6 @@ def fedscgen_deployable(config: FedScGenConfig, transport: str | None = None) ->
             "the sites would have to add it as distributed noise, which is not built. Use "
             "dp: {level: cell} or {level: donor} (DP-SGD at each site), or run client-level "
             "DP with `fedsc run`."
-        )
-    if config.keep_optimizer_state:
-        raise FedscInputError(
-            "keep_optimizer_state=True needs each site to keep its Adam moments between "
-            "rounds, which deployed sites do not yet do; use the default (fresh Adam)."
         )
 
 

@@ -60,6 +60,8 @@ METRICS = ("train_loss", "val_loss")
 _MODEL = "fedscgen/model"
 #: What a site keeps of its DP-SGD for its accountant: steps so far, q and σ.
 _DP = "fedscgen/dp"
+#: A site's Adam moments between rounds (``keep_optimizer_state``); never sent.
+_OPTIMIZER = "fedscgen/optimizer"
 
 
 def config_of(params: Mapping[str, Any]) -> FedScGenConfig:
@@ -93,9 +95,14 @@ def site_update(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
             {index: site.name or str(index)},
             donors=donors,
         )
+        if config.keep_optimizer_state and _OPTIMIZER in site.state:
+            method.restore_optimizer_state(index, _state(site.state[_OPTIMIZER]))
         result = method.local_update(
             index, _state(arrays), r, client_generators(seed, r, [index])[0]
         )
+    if config.keep_optimizer_state:  # kept here for the next round, as a simulated client
+        moments = method.optimizer_state(index)
+        site.state[_OPTIMIZER] = {k: v.detach().numpy().copy() for k, v in moments.items()}
     keep_metrics(site, "fedscgen", r, result.metrics, weight=result.weight)
     if index in method.dp_steps:  # the site's own accountant: what its cells went through
         steps, q = method.dp_steps[index]

@@ -208,6 +208,32 @@ class FedScGenMethod:
         """N_c: the client's number of training cells (its FedAvg weight)."""
         return len(self.splits[client][0])
 
+    def optimizer_state(self, client: int) -> dict[str, torch.Tensor]:
+        """The client's kept Adam moments (``keep_optimizer_state``), flat by name.
+
+        Keys ``"<param index>/<name>"`` (``step``, ``exp_avg``, ``exp_avg_sq``); empty
+        before the client's first update. A deployed site keeps them between rounds.
+        """
+        if client not in self._optimizers:
+            return {}
+        state = self._optimizers[client].state_dict()["state"]
+        return {f"{i}/{k}": v for i, moments in state.items() for k, v in moments.items()}
+
+    def restore_optimizer_state(self, client: int, flat: Mapping[str, torch.Tensor]) -> None:
+        """Continue the client's Adam from :meth:`optimizer_state` (an earlier round's)."""
+        if not self.config.keep_optimizer_state:
+            raise FedscInputError(
+                "restore_optimizer_state needs keep_optimizer_state=True in the config."
+            )
+        optimizer = make_optimizer(self.model)
+        saved = optimizer.state_dict()
+        moments: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in flat.items():
+            i, name = key.split("/", 1)
+            moments.setdefault(int(i), {})[name] = value
+        optimizer.load_state_dict({"state": moments, "param_groups": saved["param_groups"]})
+        self._optimizers[client] = optimizer
+
     def initial_state(self) -> State:
         """The global VAE state before round 0 (:class:`FederatedMethod`)."""
         return {k: v.clone() for k, v in self._initial.items()}
