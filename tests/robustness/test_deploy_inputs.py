@@ -426,6 +426,23 @@ def test_evaluate_refuses_outputs_not_of_this_run(
     record("deploy evaluate", case, "fedsc deploy evaluate COORD a.h5ad b.h5ad", code, err.strip())
 
 
+def test_evaluate_reads_a_record_that_says_label_key(deployment, tmp_path, capsys, nothing_left):
+    """A coordinator folder written before the rename to labels_key (scvi-tools' name)."""
+    coordinator, files = deployment
+    run = json.loads((coordinator / "run.json").read_text())
+    run["params"]["label_key"] = run["params"].pop("labels_key")
+    (coordinator / "run.json").write_text(json.dumps(run))
+    code, err = evaluate(capsys, coordinator, list(files.values()), tmp_path / "run")
+    assert code == 0, err
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["config"]["labels_key"] == "cell_type"
+    run["params"]["label_key"] = "kind"  # read, not defaulted: a column the cells lack
+    (coordinator / "run.json").write_text(json.dumps(run))
+    code, err = evaluate(capsys, coordinator, list(files.values()), tmp_path / "run2")
+    assert code == 2
+    has_words(err, ["labels_key 'kind' is not a column"])
+
+
 def test_evaluate_refuses_a_record_without_run_token(deployment, tmp_path, capsys, nothing_left):
     coordinator, files = deployment
     run = json.loads((coordinator / "run.json").read_text())
