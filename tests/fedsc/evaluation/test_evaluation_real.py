@@ -34,7 +34,7 @@ def test_scib_panel_matches_benchmarker(pancreas):
     bm = Benchmarker(
         a.copy(),
         batch_key="batch",
-        labels_key="cell_type",
+        label_key="cell_type",  # scib-metrics' name
         embedding_obsm_keys=["X_emb"],
         pre_integrated_embedding_obsm_key="X_pca",
         bio_conservation_metrics=BioConservation(),
