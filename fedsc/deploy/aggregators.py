@@ -37,7 +37,21 @@ def ask_values(fleet: Fleet, values: Sequence[RemoteValue], transport: str) -> d
     )
 
 
-class DeployedPlaintext(PlaintextAggregator):
+class SiteMechanismRecords:
+    """The ledger entries of a deployed aggregator list the mechanisms its sites apply.
+
+    :class:`~fedsc.deploy.client_dp.SiteMechanisms` sets ``site_mechanisms``; the
+    accountant (:func:`fedsc.privacy.accounting.client_level_from_ledger`) reads them
+    from the ledger as it reads a simulated run's.
+    """
+
+    site_mechanisms: tuple[Any, ...] = ()
+
+    def _mechanism_records(self, op: str) -> list[dict[str, Any]]:
+        return [m.describe() for m in self.site_mechanisms if m.applies_to(op)]
+
+
+class DeployedPlaintext(SiteMechanismRecords, PlaintextAggregator):
     """Plaintext over a deployment: every site's value reaches the coordinator (not private)."""
 
     name = "plaintext"
@@ -100,7 +114,7 @@ class DeployedPlaintext(PlaintextAggregator):
         return super().gather(self._resolve(contributions), reference=reference)
 
 
-class SecureSiteAggregator(Aggregator):
+class SecureSiteAggregator(SiteMechanismRecords, Aggregator):
     """Base of the private deployed aggregators: site references in, aggregates out.
 
     Subclasses implement the public operations through their transport; smpc's flat

@@ -17,22 +17,15 @@ __all__ = ["fedscgen_deployable", "scbatchprox_deployable"]
 def fedscgen_deployable(config: FedScGenConfig, transport: str | None = None) -> None:
     """Refuse settings the deployment does not support yet, naming the fix (any transport).
 
-    Cell- and donor-level DP run deployed: DP-SGD inside each site's local training, with
-    the site's own noise and accountant (donor level: each site counts its own training
-    donors, its FedAvg weight). Client-level DP is refused (its noise is the coordinator's
-    aggregator mechanism in simulation; deployed, the sites would have to add it as
-    distributed noise, which is not built). ``keep_optimizer_state`` runs deployed: each
-    site keeps its own Adam moments between rounds.
+    Every DP level runs deployed: cell and donor level as DP-SGD inside each site's local
+    training, with the site's own noise and accountant (donor level: each site counts its
+    own training donors, its FedAvg weight); client level as the ``gaussian`` mechanism
+    with each site clipping and noising its own update (:mod:`fedsc.deploy.client_dp`).
+    ``keep_optimizer_state`` runs deployed: each site keeps its own Adam moments between
+    rounds. Nothing is refused today; the function stays the place for what a later
+    setting cannot do deployed.
     """
-    level = None if config.dp is None else str(config.dp.get("level", "client"))
-    if level == "client":
-        raise FedscInputError(
-            "client-level DP cannot be deployed yet: in simulation its noise is added to the "
-            "aggregate by the coordinator's aggregator (the gaussian mechanism); deployed, "
-            "the sites would have to add it as distributed noise, which is not built. Use "
-            "dp: {level: cell} or {level: donor} (DP-SGD at each site), or run client-level "
-            "DP with `fedsc run`."
-        )
+    del config, transport
 
 
 def scbatchprox_deployable(config: ScBatchProxConfig, transport: str | None = None) -> None:

@@ -24,6 +24,12 @@ import torch
 import smpc
 from fedsc.data.validate import get_representation
 from fedsc.deploy.checks import fedscgen_deployable as check_deployable
+from fedsc.deploy.client_dp import (
+    SiteMechanisms,
+    agreed_mechanism,
+    client_dp_of,
+    epsilon_by_observer,
+)
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
 from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
 from fedsc.errors import FedscInputError
@@ -143,7 +149,8 @@ def site_donors(site: Site, params: dict[str, Any], arrays: dict[str, np.ndarray
 def site_dp_config(config: FedScGenConfig, sigma: Any) -> FedScGenConfig:
     """The config a site trains with: the agreed one, σ the coordinator calibrated.
 
-    Cell and donor level (client level is refused: :func:`check_deployable`). With σ in
+    Cell and donor level; client level unchanged (its noise is the site's share of the
+    ``gaussian`` mechanism, :mod:`fedsc.deploy.client_dp`, not DP-SGD). With σ in
     the agreed config, a different σ is refused; with a ``target_epsilon`` to calibrate
     to, the coordinator calibrates σ over every site's training cells (public weights)
     and the site, when it builds its DP-SGD, checks that its own ε stays within the
@@ -155,8 +162,8 @@ def site_dp_config(config: FedScGenConfig, sigma: Any) -> FedScGenConfig:
 
     agreed = DPConfig.from_dict(dp_mapping(config.dp))
     assert agreed is not None
-    if agreed.level not in ("cell", "donor"):
-        check_deployable(config)  # names why that level cannot run deployed
+    if agreed.level == "client":
+        return config
     if agreed.noise_multiplier is not None:
         if sigma is not None and float(sigma) != agreed.noise_multiplier:
             raise FedscInputError(
@@ -469,6 +476,11 @@ def run(
             "(docs/deployment.md, federated preprocessing)."
         )
     sites = RemoteSites(hello, params, apply, live)
+    dp = client_dp_of(params["config"])
+    if dp is not None:  # each site clips and noises its own update (client_dp)
+        mechanism = agreed_mechanism(dp, config.rounds, sites.n_training)
+        seed = int(params["seed"]) if dp.get("simulated") else None
+        aggregator = SiteMechanisms(aggregator, [mechanism], seed=seed)
     with torch_threads(config.num_threads):
         done = drive(
             sites,
@@ -482,11 +494,14 @@ def run(
             on_round_end=on_round_end,
         )
     fed = done.federation
+    record = dict(done.dp_record)
+    if dp is not None:  # ε per observer, read off the ledger as a simulated run's is
+        record["epsilon_by_observer"] = epsilon_by_observer(aggregator.ledger, float(dp["delta"]))
     return {
         "history": fed.history,
         "clients": done.clients,
         "correction": done.correction.summary(),
-        "dp": done.dp_record,
+        "dp": record,
         "outputs": done.outputs,
         "dropped_sites": sites.dropped,
         "seconds_training": fed.seconds,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedsc.deploy.client_dp import noised_at_site
 from fedsc.deploy.drivers import DEPLOYED, driver_module
 from fedsc.errors import FedscInputError
 
@@ -463,12 +464,17 @@ class Site:
             facts = STEPS[step](self, params, arrays)
             SiteGuard.fresh(self, str(facts["site"])).save(self)
             return facts
-        if step in PUBLIC_STEPS or params.get("transport") not in PRIVATE_TRANSPORTS:
-            # public answers, and plaintext values the coordinator receives anyway
+        if step in PUBLIC_STEPS:
             return STEPS[step](self, params, arrays)
+        if params.get("transport") not in PRIVATE_TRANSPORTS:
+            # plaintext values the coordinator receives anyway (noised first under
+            # client-level DP, as every value this site shares)
+            return noised_at_site(
+                self.state, step, params, arrays, STEPS[step](self, params, arrays)
+            )
         guard = SiteGuard.load(self)
         slot = guard.before(step, params)
-        value = STEPS[step](self, params, arrays)
+        value = noised_at_site(self.state, step, params, arrays, STEPS[step](self, params, arrays))
         guard.check_value(params, value)
         kept = self.state.pop(_WEIGHTS, {})  # the step's own weight
         guard.weights.update({k: float(v) for k, v in kept.items()})

@@ -3,9 +3,15 @@ batches that become the three sites, and the FedscGen run they deploy."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
+from fedsc.deploy.client_app import open_owner_delivery, seal_for_parties
+from fedsc.deploy.records import content
+from fedsc.deploy.site import Site
+from fedsc.deploy.site_worker import answer
 from fedsc.methods.fedscgen import FedScGenConfig
 
 SITES = ["celseq", "celseq2", "smartseq2"]
@@ -91,3 +97,53 @@ def sites_whose_update_arrived(folder: Path, local_updates: dict) -> set[str]:
                     if close or abs(np.corrcoef(flat, upd)[0, 1]) > limit:
                         found.add(site)
     return found
+
+
+class SiteFleet:
+    """Real sites behind the coordinator's ``fleet.ask``: what each site's ClientApp runs.
+
+    Each :class:`~fedsc.deploy.site.Site` reads its own h5ad and answers through
+    ``site_worker.answer`` (and ``client_app.seal_for_parties`` for CrypTen); only the
+    Flower transport is left out. ``facts``: the ``hello`` request (default: scBatchProx's).
+    """
+
+    def __init__(
+        self,
+        files: dict[str, Path],
+        facts: dict[str, Any] | None = None,
+        **site_options: Any,
+    ) -> None:
+        self.sites = {
+            n: Site(p, name=n, out_dir=p.parent / "out", **site_options) for n, p in files.items()
+        }
+        self.node = {
+            n: SimpleNamespace(
+                node_config={"party-keys": str(p.parent / f"party-keys-{n}"), "site": n}
+            )
+            for n, p in files.items()
+        }
+        self.hello = {
+            n: site.run("hello", facts or {"batch_key": "batch", "embedding_key": "X_pca"}, {})
+            for n, site in self.sites.items()
+        }
+
+    def answer(self, name: str, step: str, params: dict[str, Any], arrays: Any) -> Any:
+        """One site's answer to one request (raises the site's refusal)."""
+        arrays = open_owner_delivery(self.node[name].node_config, params, dict(arrays or {}))
+        kind, payload = answer(self.sites[name], step, params, arrays)
+        if kind == "public" or params.get("transport") != "crypten":
+            return payload
+        meta, blobs = seal_for_parties(self.node[name], params, *payload)  # type: ignore[arg-type]
+        return content({"meta": meta}, blobs)
+
+    def ask(self, requests: dict[str, tuple[str, dict[str, Any], Any]]) -> dict[str, Any]:
+        """``Fleet.ask``: every site answers its request."""
+        return {s: self.answer(s, *request) for s, request in requests.items()}
+
+    def value(self, reply: Any) -> Any:
+        """``Fleet.value``: a plaintext reply is the site's (arrays, bare)."""
+        return reply
+
+    def apply(self, requests: dict[str, Any]) -> dict[str, Any]:
+        """The public final step (each site writes its output)."""
+        return {s: self.answer(s, *request) for s, request in requests.items()}

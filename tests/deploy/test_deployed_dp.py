@@ -1,12 +1,17 @@
-"""Cell- and donor-level DP deployed: DP-SGD at each site, with its own noise and accountant.
+"""Every DP level deployed: the noise is added at the sites, never by the coordinator.
 
-Plaintext FedscGen runs on the shared deployment (tests/deploy/conftest.py) with
-``dp: {level: cell | donor, simulated: true}``: each site runs DP-SGD with the agreed σ
-(the noise seeded from the run seed only because the config says ``simulated``, the
-debugging mode; otherwise each site draws it from its OS CSPRNG) and reports its ε, from
-its own accountant, with its output; at donor level each site counts its own training
-donors (its FedAvg weight; the pancreas ``orig.ident`` column names the donor or sample).
-Each deployment gives the simulation's outputs bit for bit and the simulation's DP record.
+- Donor level through Flower, on the shared deployment (tests/deploy/conftest.py): each
+  site counts its own training donors (its FedAvg weight; the pancreas ``orig.ident``
+  column names the donor or sample), runs donor-level DP-SGD with Adam kept between two
+  rounds, and reports its ε from its own accountant.
+- Cell and client level through the deployed driver over real sites (each
+  :class:`~fedsc.deploy.site.Site`'s own code, no Flower): DP-SGD at the site; the
+  ``gaussian`` mechanism's clipping and noise share at the site, the rescaling at the
+  coordinator.
+
+With ``simulated: true`` (the debugging mode: noise seeded from the run seed; otherwise
+each site draws it from its OS CSPRNG) each gives the simulation's outputs bit for bit
+and the simulation's DP record.
 """
 
 from __future__ import annotations
@@ -42,13 +47,10 @@ DONOR = {
 }
 
 
-@pytest.mark.parametrize(
-    ("dp", "donor_key"), [(DP, None), (DONOR, "orig.ident")], ids=["cell", "donor"]
-)
-def test_dp_deployed_equals_simulation(deployment, data, tmp_path, dp, donor_key):
-    config = replace(CONFIG, dp=dp, donor_key=donor_key)
-    if donor_key is not None:  # and Adam kept between two rounds at each site
-        config = replace(config, rounds=2, keep_optimizer_state=True)
+def test_dp_deployed_equals_simulation(deployment, data, tmp_path):
+    """Through Flower: donor level, Adam kept between two rounds at each site."""
+    donor_key = "orig.ident"
+    config = replace(CONFIG, dp=DONOR, donor_key=donor_key, rounds=2, keep_optimizer_state=True)
     sim = data.copy()
     result = run_fedscgen(
         sim,
@@ -77,7 +79,7 @@ def test_dp_deployed_equals_simulation(deployment, data, tmp_path, dp, donor_key
     assert record["dp"] == json.loads(json.dumps(want))  # ε, σ, steps, q: the same record
     # each training site reported its own ε with its output
     assert {s: "epsilon" in o for s, o in record["outputs"].items()} == dict.fromkeys(SITES, True)
-    if donor_key is not None:  # FedAvg weighted by each site's own donor count
+    if donor_key:  # FedAvg weighted by each site's own donor count
         donors = {s: sim.obs.loc[sim.obs["batch"] == s, donor_key].nunique() for s in SITES}
         n_train = {c["name"]: c["n_train"] for c in record["clients"]}
         assert want["n_donors"] == record["dp"]["n_donors"]
@@ -86,8 +88,7 @@ def test_dp_deployed_equals_simulation(deployment, data, tmp_path, dp, donor_key
 
 def test_deployable_dp_levels_and_the_sites_sigma_check():
     fedscgen_deployable(replace(CONFIG, dp=DP))  # cell level deploys
-    with pytest.raises(FedscInputError, match=r"client-level DP cannot be deployed.*distributed"):
-        fedscgen_deployable(replace(CONFIG, dp={"level": "client", "noise_multiplier": 1.0}))
+    fedscgen_deployable(replace(CONFIG, dp=CLIENT))  # client level: noise at the sites
     fedscgen_deployable(replace(CONFIG, dp=DONOR, donor_key="orig.ident"))  # donor level too
     fedscgen_deployable(replace(CONFIG, keep_optimizer_state=True))  # each site keeps its own
     # a site trains with the agreed σ, or the one calibrated to the agreed target
@@ -153,3 +154,99 @@ def test_a_site_keeps_its_adam_moments_between_rounds(data, tmp_path, dp):
         # the next round starts from a global state the client did not make itself
         state = {k: v + 0.01 if v.is_floating_point() else v for k, v in want.items()}
     assert "fedscgen/optimizer" in site.state
+
+
+#: Client level: DP-FedAvg, each site clipping and noising its own update.
+CLIENT = {"level": "client", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-2, "simulated": True}
+
+
+def _simulated_aggregator(dp):
+    import smpc
+    from fedsc.privacy.accounting import DPConfig
+
+    if dp["level"] != "client":
+        return smpc.make_aggregator("plaintext")
+    fields = {k: v for k, v in dp.items() if k != "simulated"}
+    spec = DPConfig.from_dict(fields).resolve(CONFIG.rounds).mechanism_spec()
+    return smpc.make_aggregator("plaintext", mechanisms=[spec], mechanism_seed=SEED)
+
+
+@pytest.fixture
+def fleet(data, tmp_path):
+    """The three sites as real Site objects on their own files (no Flower)."""
+    from _sites import SiteFleet
+
+    from fedsc.deploy.local import split_by_batch
+
+    files = split_by_batch(data, "batch", tmp_path / "sites")
+    facts = {"batch_key": "batch", "labels_key": "celltype", "input": "expression"}
+    return SiteFleet(files, facts={**facts, "method": "fedscgen"})
+
+
+@pytest.mark.parametrize("dp", [DP, CLIENT], ids=["cell", "client"])
+def test_dp_through_real_sites_equals_simulation(data, fleet, dp):
+    """The deployed driver over real sites (each site's own code, plaintext transport):
+    cell level (DP-SGD at the site) and client level (each site clips and noises its own
+    update; the coordinator only rescales) give the simulation's outputs and record."""
+    from fedsc.deploy import fedscgen as deployed
+    from fedsc.deploy.aggregators import DeployedPlaintext
+
+    config = replace(CONFIG, dp=dp)
+    sim = data.copy()
+    with _simulated_aggregator(dp) as agg:
+        result = run_fedscgen(
+            sim, batch_key="batch", labels_key="celltype", aggregator=agg, config=config, seed=SEED
+        )
+    params = {"config": config.to_dict(), "seed": SEED, "batch_key": "batch"}
+    deployed_agg = DeployedPlaintext(fleet)
+    record = deployed.run(
+        fleet.hello, deployed_agg, fleet.apply, {**params, "labels_key": "celltype"}
+    )
+    for s, site in fleet.sites.items():
+        got = ad.read_h5ad(site.out_dir / f"{s}.h5ad")
+        mine = sim[sim.obs["batch"] == s]
+        np.testing.assert_array_equal(got.obsm["X_fedscgen"], mine.obsm["X_fedscgen"])
+        np.testing.assert_array_equal(got.layers["fedscgen"], mine.layers["fedscgen"])
+    by_observer = record["dp"].pop("epsilon_by_observer", None)
+    assert record["dp"] == json.loads(json.dumps(result.info["dp"]))
+    if dp["level"] == "client":
+        # the sites' noise, recorded as the simulation records it; a plaintext coordinator
+        # sees each site's noisy update (σ/√3), more than the output's σ
+        fedavg = [e for e in deployed_agg.ledger.entries if e.tag == "fedavg"]
+        assert fedavg and all(e.mechanisms[0]["name"] == "gaussian" for e in fedavg)
+        assert by_observer["coordinator"] > by_observer["output"] > 0
+
+
+def test_client_level_sites_noise_their_own_update_and_check_the_coordinator(data, fleet):
+    """A site under client-level DP: fresh noise unless simulated, no update without the
+    mechanism's context, and the noise split among the sites that really take part."""
+    from fedsc.methods.fedscgen import FedScGenMethod
+    from fedsc.methods.vae import as_tensor
+
+    site = fleet.sites[SITES[0]]
+    n_train = {s: 100 for s in SITES}
+    context = {"op": "weighted_mean", "operation": 0, "client": 0, "n_clients": 3, "weight": 100}
+    context.update(round=0, tag="fedavg")
+
+    def ask(dp, **changes):
+        config = replace(CONFIG, dp=dp)
+        start = FedScGenMethod({0: as_tensor(site.adata.X)}, config, SEED).initial_state()
+        params = {"config": config.to_dict(), "index": 0, "round": 0, "seed": SEED}
+        params.update({"n_train": n_train, "transport": "plaintext", "mechanism": context})
+        params.update(changes)
+        arrays = {k: v.numpy() for k, v in start.items()}
+        return site.run("fedscgen/update", params, arrays), start
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+    fresh = {**CLIENT, "simulated": False}
+    (a, start), (b, _) = ask(fresh), ask(fresh)
+    assert not same(a, b)  # the site's own CSPRNG: nothing in run.json regenerates it
+    assert same(ask(CLIENT)[0], ask(CLIENT)[0])  # the debug mode is the seeded one
+    # shared in float64, as the simulated client's row (no rounding before aggregation)
+    assert a.keys() == start.keys() and all(np.asarray(a[k]).dtype == np.float64 for k in a)
+    with pytest.raises(FedscInputError, match=r"check 'dp'.*without the mechanism's context"):
+        ask(CLIENT, mechanism=None)
+    with pytest.raises(FedscInputError, match=r"check 'dp'.*splits the noise among 30"):
+        ask(CLIENT, mechanism={**context, "n_clients": 30})

@@ -21,14 +21,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _sites import SiteFleet
 
 from fedsc.deploy import scbatchprox as deployed
 from fedsc.deploy.aggregators import DeployedPlaintext
-from fedsc.deploy.client_app import open_owner_delivery, seal_for_parties
 from fedsc.deploy.crypten import DeployedCrypten
-from fedsc.deploy.records import content
-from fedsc.deploy.site import RefusedRequest, Site, step_phase, step_slot
-from fedsc.deploy.site_worker import answer
+from fedsc.deploy.site import RefusedRequest, step_phase, step_slot
 from fedsc.errors import FedscInputError
 from fedsc.methods.scbatchprox import ScBatchProx, ScBatchProxConfig
 from fedsc.methods.scbatchprox_driver import training_cells
@@ -77,46 +75,6 @@ def party_secret(monkeypatch):
     """The parties' secret (each party derives its own from it); sites hold only keys."""
     monkeypatch.setenv(sealed.SECRET_ENV, SECRET.hex())
     monkeypatch.delenv(sealed.AGREED_ENV, raising=False)
-
-
-class SiteFleet:
-    """Real sites behind the coordinator's ``fleet.ask``: what each site's ClientApp runs."""
-
-    def __init__(self, files: dict[str, Path], **site_options: Any) -> None:
-        self.sites = {
-            n: Site(p, name=n, out_dir=p.parent / "out", **site_options) for n, p in files.items()
-        }
-        self.node = {
-            n: SimpleNamespace(
-                node_config={"party-keys": str(p.parent / f"party-keys-{n}"), "site": n}
-            )
-            for n, p in files.items()
-        }
-        self.hello = {
-            n: site.run("hello", {"batch_key": "batch", "embedding_key": "X_pca"}, {})
-            for n, site in self.sites.items()
-        }
-
-    def answer(self, name: str, step: str, params: dict[str, Any], arrays: Any) -> Any:
-        """One site's answer to one request (raises the site's refusal)."""
-        arrays = open_owner_delivery(self.node[name].node_config, params, dict(arrays or {}))
-        kind, payload = answer(self.sites[name], step, params, arrays)
-        if kind == "public" or params.get("transport") != "crypten":
-            return payload
-        meta, blobs = seal_for_parties(self.node[name], params, *payload)  # type: ignore[arg-type]
-        return content({"meta": meta}, blobs)
-
-    def ask(self, requests: dict[str, tuple[str, dict[str, Any], Any]]) -> dict[str, Any]:
-        """``Fleet.ask``: every site answers its request."""
-        return {s: self.answer(s, *request) for s, request in requests.items()}
-
-    def value(self, reply: Any) -> Any:
-        """``Fleet.value``: a plaintext reply is the site's (arrays, bare)."""
-        return reply
-
-    def apply(self, requests: dict[str, Any]) -> dict[str, Any]:
-        """The public final step (each site writes its output)."""
-        return {s: self.answer(s, *request) for s, request in requests.items()}
 
 
 def _request(step: str, params: dict[str, Any], names: list[str], name: str, **weights) -> dict:
