@@ -263,7 +263,8 @@ def compare(
         ``{"variant": "crypten"}`` versus ``{"variant": "plaintext"}``.
     by
         Group columns. Columns used by either selector are dropped from it, so that A and B
-        rows pair up.
+        rows pair up; ``observer`` is added when the selected rows name observers (attack
+        and DP-audit rows, one per observer).
     family
         BH family: ``None`` adjusts over the whole table; column names (a subset of the
         effective ``by``) adjust separately per value of those columns.
@@ -305,6 +306,15 @@ def compare(
         sel = a if empty == "a" else b
         raise FedscInputError(f"selector {empty}={dict(sel)} matches no rows of the results table.")
     keys = [c for c in by if c not in a and c not in b]
+    selected = results.loc[mask_a | mask_b]
+    if (
+        "observer" in results.columns
+        and "observer" not in keys + list(a) + list(b)
+        and selected["observer"].notna().any()
+    ):
+        # attack and audit rows come one per observer (coordinator, output, ...): they are
+        # compared per observer, never mixed
+        keys.append("observer")
     if family is None:
         family_cols: list[str] = []
     else:

@@ -55,7 +55,11 @@ RUN_TIMEOUT = 24 * 3600.0
 
 
 def deploy_run(
-    adata: ad.AnnData, cfg: RunConfig, spec: MethodSpec, start: float | None = None
+    adata: ad.AnnData,
+    cfg: RunConfig,
+    spec: MethodSpec,
+    start: float | None = None,
+    privacy: InRunPrivacy | None = None,
 ) -> MethodOutcome:
     """Run ``cfg`` (``cfg.deploy`` set) as a Flower deployment on 127.0.0.1.
 
@@ -69,6 +73,9 @@ def deploy_run(
         The method's spec (a method in :data:`fedsc.deploy.drivers.DEPLOYED`).
     start
         ``time.perf_counter()`` when the run started (method seconds count from it).
+    privacy
+        The run's in-run privacy (:func:`fedsc.privacy.in_run.start`): with DP, its
+        resolved settings are the config every site trains under (:func:`site_dp`).
 
     Returns
     -------
@@ -81,7 +88,7 @@ def deploy_run(
     start = time.perf_counter() if start is None else start
     transport = check_transport(str(cfg.deploy))  # the runner validated the AnnData
     prepared = INPUT_PREPARATION[spec.input](adata, cfg)
-    config = spec.make_config(cfg.params)
+    config = spec.make_config(site_dp(cfg, privacy))
     params = driver_module(spec.name).run_params(
         run_inputs(cfg, None, prepared.use_rep, False), config
     )
@@ -99,6 +106,8 @@ def deploy_run(
             outputs = {s: ad.read_h5ad(dep.site_out(s) / f"{s}.h5ad") for s in files}
         ledger = json.loads((root / "coordinator" / "ledger.json").read_text())
     gathered = gather_outputs(prepared.adata, outputs, spec.outputs, cfg.batch_key)
+    if record.get("dp"):  # the sites' DP-SGD record, where the run's DP block reads it
+        gathered.uns[spec.name] = {"dp": dict(record["dp"])}
     return MethodOutcome(
         replace(prepared, adata=gathered),
         ledger,
@@ -107,6 +116,27 @@ def deploy_run(
         time.perf_counter() - start,
         {"deployment": _public_record(record)},
     )
+
+
+def site_dp(cfg: RunConfig, privacy: InRunPrivacy | None) -> dict[str, Any]:
+    """The method params a deployed run's sites receive: with DP, the resolved settings.
+
+    Cell and donor level: the run layer's method params (``dp`` and ``donor_key``), as a
+    simulated run passes them to the method. Client level: the settings with σ resolved
+    (calibrated to ``target_epsilon`` by the run layer; each site checks it against the
+    target with its own accountant) and ``simulated`` — the sites build the ``gaussian``
+    mechanism from them (:mod:`fedsc.deploy.client_dp`), where a simulated run builds it
+    into its aggregator.
+    """
+    if privacy is None or privacy.dp is None:
+        return dict(cfg.params)
+    params = dict(privacy.method_cfg.params)
+    dp = privacy.dp
+    if dp.level == "client":
+        keep = ("level", "noise_multiplier", "target_epsilon", "clip", "delta", "accountant")
+        agreed = {k: v for k, v in dp.to_dict().items() if k in keep and v is not None}
+        params["dp"] = {**agreed, "simulated": bool(dp.simulated)}
+    return params
 
 
 def execute_deployed(
@@ -120,10 +150,12 @@ def execute_deployed(
 ) -> MethodOutcome:
     """The runner's ``deployment`` executor (:data:`fedsc.run.execute.EXECUTORS`): :func:`deploy_run`.
 
-    ``privacy`` holds no attacks and no DP (``RunConfig`` refuses both with ``deploy``);
-    the sites report their own progress, so ``show_progress`` is not used.
+    ``privacy`` holds no attacks (``RunConfig`` refuses them with ``deploy``); its DP, if
+    any, runs at the sites and is accounted from the coordinator's ledger and the sites'
+    records as a simulated run's. The sites report their own progress, so
+    ``show_progress`` is not used.
     """
-    return deploy_run(adata, cfg, spec, start)
+    return deploy_run(adata, cfg, spec, start, privacy)
 
 
 def evaluate_deployment(

@@ -288,10 +288,14 @@ class RunConfig:
         _check_text("deploy", self.deploy, "a transport: plaintext, secagg+ or crypten")
         check_transport(str(self.deploy))
         check_deployed_method(self.method)
+        config = spec.make_config(self.params)
+        dp = dict(self.dp or {})
         refused = {
             "backend": self.backend != "plaintext" or bool(self.backend_options),
             "mechanisms": bool(self.mechanisms),
-            "dp": self.dp is not None,
+            # DP runs at the sites (docs/deployment.md), for a method whose config has it
+            "dp": bool(dp) and "dp" not in getattr(type(config), "__dataclass_fields__", {}),
+            "dp.clients: donor": dp.get("clients", "batch") != "batch",
             "attacks": bool(self.attacks),
             "scenario": self.scenario is not None,
             "inclusion": self.inclusion != "all",
@@ -300,11 +304,12 @@ class RunConfig:
         if bad:
             raise FedscInputError(
                 f"deploy: {self.deploy} cannot be combined with {bad} yet: a deployment's "
-                "transport replaces the backend (deploy: crypten, not backend: crypten), and "
-                "DP mechanisms, in-run attacks, scenarios and inclusion run in simulation "
-                "only; drop them or drop deploy."
+                "transport replaces the backend (deploy: crypten, not backend: crypten); "
+                "its sites are the batches (not one per donor); mechanisms other than DP, "
+                "in-run attacks, scenarios and inclusion run in simulation only, and so "
+                "does DP for a method without DP at its sites; drop them or drop deploy."
             )
-        check_deployable(self.method, spec.make_config(self.params), str(self.deploy))
+        check_deployable(self.method, config, str(self.deploy))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

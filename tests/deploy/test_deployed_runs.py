@@ -1,8 +1,10 @@
 """Deployed runs enter sweeps, ``compare`` and ``report`` like simulated ones.
 
 A study with a simulated and a deployed variant (``deploy: plaintext``: three SuperNodes
-on 127.0.0.1, one pancreas batch each) gives the same tidy rows, bit for bit, and the same
-ledger; ``fedsc compare`` and ``fedsc report`` read both. (``fedsc deploy evaluate``, for
+on 127.0.0.1, one pancreas batch each), both under client-level DP (seeded, so that they
+can be compared; deployed, each site noises its own update), gives the same tidy rows, bit
+for bit, the same ledger and the same DP block; ``fedsc compare`` and ``fedsc report``
+read both. (``fedsc deploy evaluate``, for
 a real deployment's folders, is tested in test_deployment.py on its plaintext run.)
 """
 
@@ -23,6 +25,7 @@ from fedsc.sweep import RunStore
 
 PARAMS = {"rounds": 1, "local_epochs": 1, "num_threads": 1, "hidden": [64, 64], "latent": 8}
 SEEDS = [1]  # each deployed run starts its own SuperLink, SuperNodes and workers
+DP = {"level": "client", "noise_multiplier": 1.0, "clip": 1.0, "delta": 0.01, "simulated": True}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,14 @@ def sweep(dataset, tmp_path_factory):
         "study": "deployed_vs_simulated",
         "datasets": [str(dataset)],
         "seeds": SEEDS,
-        "defaults": {"batch_key": "batch", "labels_key": "celltype", "panels": ["fedscgen"]},
+        "defaults": {
+            "batch_key": "batch",
+            "labels_key": "celltype",
+            "panels": ["fedscgen"],
+            # client-level DP: in the deployed variant each site clips and noises its own
+            # update (seeded only because simulated: the rows can then be compared)
+            "dp": DP,
+        },
         "methods": {
             "fedscgen": {
                 "settings": {"params": PARAMS},
@@ -77,6 +87,16 @@ def test_deployed_rows_equal_simulated_rows(sweep):
         assert sorted(dep["info"]["deployment"]["deployment"]["sites"]) == SITES
         backends = set(pd.DataFrame(dep["rows"]).query("method == 'fedscgen'")["backend"])
         assert backends == {"deploy:plaintext"}
+        # the same DP block: σ, ε per observer from the ledger's recorded mechanisms
+        # (a plaintext coordinator sees each site's noisy update), the seeded-noise label
+        # (each run audits its claim with fresh canaries: the audits' draws differ)
+        audits = [r["info"]["dp"].pop("audit") for r in (sim, dep)]
+        assert dep["info"]["dp"] == sim["info"]["dp"]
+        claims = [[(a["observer"], a["claimed_epsilon"]) for a in run] for run in audits]
+        assert claims[0] == claims[1] and len(claims[0]) == 2
+        by_observer = dep["info"]["dp"]["epsilon_by_observer"]
+        assert by_observer["coordinator"] > by_observer["output"] > 0
+        assert dep["info"]["private"] is False and "simulated DP" in dep["info"]["privacy"]
 
 
 def test_compare_and_report_read_deployed_runs(sweep, capsys):
@@ -97,11 +117,14 @@ def test_deploy_setting_is_checked_before_anything_runs():
         RunConfig(method="scgen", deploy="plaintext")
     with pytest.raises(FedscInputError, match=r"replaces the backend"):
         RunConfig(method="fedscgen", deploy="plaintext", backend="crypten")
+    # DP deploys for a method with DP at its sites (FedscGen), over the batches as sites
+    dp = {"level": "client", "target_epsilon": 4.0, "clip": 0.1, "delta": 1e-3}
+    RunConfig(method="fedscgen", deploy="secagg+", dp=dp)
     with pytest.raises(FedscInputError, match=r"\['dp'\]"):
+        RunConfig(method="scbatchprox", deploy="secagg+", dp=dp)
+    with pytest.raises(FedscInputError, match=r"\['dp.clients: donor'\]"):
         RunConfig(
-            method="fedscgen",
-            deploy="secagg+",
-            dp={"level": "client", "target_epsilon": 4.0, "clip": 0.1, "delta": 1e-3},
+            method="fedscgen", deploy="plaintext", donor_key="donor", dp={**dp, "clients": "donor"}
         )
     # secure_rows deploys over crypten (and plaintext); SecAgg+ cannot reveal a row to its
     # owner only (the coordinator unmasks its sum)
@@ -110,3 +133,29 @@ def test_deploy_setting_is_checked_before_anything_runs():
     RunConfig(method="scbatchprox", deploy="crypten", params={"secure_rows": True})
     # the default (simulation) keeps every earlier run id (this one predates deploy)
     assert RunConfig(method="fedscgen").run_id == "667a38da4b58b48c"
+
+
+def test_the_sites_receive_the_runs_resolved_dp_settings(data):
+    """``fedsc run --deploy`` with DP: what the sites train under (no deployment)."""
+    from fedsc.deploy.experiment import site_dp
+    from fedsc.methods import get_method
+    from fedsc.privacy import in_run
+
+    spec = get_method("fedscgen")
+    base = {"method": "fedscgen", "batch_key": "batch", "labels_key": "celltype"}
+    client = {"level": "client", "target_epsilon": 8.0, "clip": 1.0, "delta": 1e-2}
+    cfg = RunConfig(**base, deploy="plaintext", dp=client)
+    privacy = in_run.start(cfg, data, spec)
+    sent = site_dp(cfg, privacy)["dp"]
+    # σ as the run layer calibrated it (the sites check it against the target), not a default
+    assert sent["noise_multiplier"] == privacy.dp.noise_multiplier > 0
+    assert {k: sent[k] for k in client} == client and sent["simulated"] is False
+    cell = {"level": "cell", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-4}
+    cfg = RunConfig(**base, deploy="plaintext", dp=cell)
+    assert site_dp(cfg, in_run.start(cfg, data, spec))["dp"] == cell
+    donor = {**cell, "level": "donor"}
+    cfg = RunConfig(**base, deploy="plaintext", dp=donor, donor_key="orig.ident")
+    sent = site_dp(cfg, in_run.start(cfg, data, spec))
+    assert sent["dp"] == donor and sent["donor_key"] == "orig.ident"
+    plain = RunConfig(**base, deploy="plaintext", params={"rounds": 2})
+    assert site_dp(plain, in_run.start(plain, data, spec)) == {"rounds": 2}

@@ -176,6 +176,18 @@ def test_compare_finds_exactly_the_planted_difference():
     np.testing.assert_allclose(res["q"], bh_adjust(res["p"]))
 
 
+def test_compare_keeps_attack_and_audit_rows_apart_per_observer():
+    # one audit metric per observer per seed (what a DP run writes): compared per observer
+    values = {("pbmc", v, "attack:dp_audit:audited_epsilon"): np.arange(10.0) for v in ("a", "b")}
+    rows = tidy(values)
+    rows = pd.concat([rows.assign(observer="output"), rows.assign(observer="coordinator")])
+    rows.loc[(rows["observer"] == "coordinator") & (rows["variant"] == "a"), "value"] += 100.0
+    res = compare(rows, {"variant": "a"}, {"variant": "b"})
+    assert list(res.columns[:4]) == ["dataset", "method", "metric", "observer"]
+    deltas = dict(zip(res["observer"], res["delta_mean"], strict=True))
+    assert deltas == {"coordinator": 100.0, "output": 0.0}
+
+
 def test_compare_identical_variants_find_nothing():
     res = compare(synthetic(0.0, identical=True), {"variant": "crypten"}, {"variant": "plaintext"})
     assert not res["significant"].any()
