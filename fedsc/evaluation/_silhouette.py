@@ -21,9 +21,13 @@ duplicated cell would be ~1e-8 apart), are recomputed from their differences.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 #: Bytes of one chunk of the distance matrix (rows x all cells, float64).
 CHUNK_BYTES = 16 * 2**20
@@ -35,6 +39,8 @@ _RECOMPUTE_BELOW = 1e-6
 
 def _cluster_distance_sums(x: torch.Tensor, codes: np.ndarray, n_codes: int) -> np.ndarray:
     """(n_cells, n_codes): each cell's summed distance to the cells of each code."""
+    import torch  # start-up time: building a RunConfig imports the panels, not torch
+
     n = x.shape[0]
     sq = (x * x).sum(dim=1)
     ones = torch.ones(n, 1, dtype=x.dtype)
@@ -65,6 +71,8 @@ def silhouette_samples(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """
     codes = np.asarray(pd.Categorical(labels).codes)
     freqs = np.bincount(codes)
+    import torch  # start-up time (see _cluster_distance_sums)
+
     x = torch.from_numpy(np.asarray(X, dtype=np.float64))
     x = x - x.mean(dim=0)
     sums = _cluster_distance_sums(x, codes, len(freqs))
