@@ -9,18 +9,21 @@ one ``register(...)`` call.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from fedsc.errors import FedscInputError
+from smpc.named_registry import Registry as _Registry
 
 T = TypeVar("T")
 
 __all__ = ["Registry", "resolve"]
 
 
-class Registry(Generic[T]):
-    """Name -> item; refuses duplicate names; unknown names are clear errors.
+class Registry(_Registry[T]):
+    """Name -> item; refuses duplicate names; an unknown name is a :class:`FedscInputError`.
+
+    smpc's :class:`smpc.named_registry.Registry` (one registry style in both packages),
+    with fedsc's input error for unknown names.
 
     Parameters
     ----------
@@ -28,59 +31,9 @@ class Registry(Generic[T]):
         What the items are, for messages (``"method"``, ``"metric panel"``).
     """
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._items: dict[str, T] = {}
-
-    def register(self, name: str, item: T) -> T:
-        """Add ``item`` under ``name``; a name already taken raises :class:`ValueError`."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}.")
-        if name in self._items:
-            raise ValueError(
-                f"a {self.kind} named {name!r} is already registered; choose another name "
-                f"or call unregister({name!r}) first."
-            )
-        self._items[name] = item
-        return item
-
-    def unregister(self, name: str) -> T:
-        """Remove and return the item called ``name`` (e.g. in a test's teardown)."""
-        item = self.get(name)
-        del self._items[name]
-        return item
-
-    def get(self, name: str) -> T:
-        """The item called ``name``; unknown names raise :class:`FedscInputError`."""
-        try:
-            return self._items[name]
-        except (KeyError, TypeError):
-            raise FedscInputError(
-                f"unknown {self.kind} {name!r}; choose one of {self.names()}."
-            ) from None
-
-    def names(self) -> list[str]:
-        """Registered names, in registration order."""
-        return list(self._items)
-
-    def __getitem__(self, name: str) -> T:
-        return self.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._items))
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def items(self) -> list[tuple[str, T]]:
-        """(name, item) pairs, in registration order."""
-        return list(self._items.items())
-
-    def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, {self.names()})"
+    def unknown(self, name: object) -> Exception:
+        """A :class:`FedscInputError` naming the registered names."""
+        return FedscInputError(f"unknown {self.kind} {name!r}; choose one of {self.names()}.")
 
 
 @overload

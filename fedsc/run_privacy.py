@@ -482,9 +482,9 @@ def _check_party_attacks(cfg: RunConfig, attacks: Registry[Attack]) -> None:
 
     They would run nothing and return no rows.
     """
-    from smpc.registry import HAS_PARTIES
+    from smpc.registry import HAS_PARTIES, has_parties
 
-    if HAS_PARTIES.get(str(cfg.backend), True):
+    if has_parties(str(cfg.backend)):
         return
     only = [
         a

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from smpc.named_registry import Registry
+
 if TYPE_CHECKING:  # imported lazily: this module (and the backend names) loads without torch
     from smpc.aggregator import Aggregator
     from smpc.mechanisms.registry import MechanismSpec
@@ -35,22 +37,25 @@ def _crypten_prestart(**options: Any) -> None:
         start_fork_server()
 
 
-BACKENDS: dict[str, Callable[..., Aggregator]] = {
-    "plaintext": _plaintext,
-    "crypten": _crypten,
-}
+#: The aggregation backends by name: a new backend is one module and one ``register`` line.
+BACKENDS: Registry[Callable[..., Aggregator]] = Registry("aggregation backend")
+BACKENDS.register("plaintext", _plaintext)
+BACKENDS.register("crypten", _crypten)
+
+#: Whether a backend has computation parties that receive shares (their views, and the
+#: attacks on them, exist only there); a backend not listed is assumed to have them.
+HAS_PARTIES: Registry[bool] = Registry("backend's parties entry")
+HAS_PARTIES.register("plaintext", False)
+HAS_PARTIES.register("crypten", True)
 
 #: Optional per backend: start its slow parts in the background (see :func:`prestart`).
-#: Whether a backend has computation parties that receive shares (their views, and the
-#: attacks on them, exist only there).
-HAS_PARTIES: dict[str, bool] = {
-    "plaintext": False,
-    "crypten": True,
-}
+PRESTARTS: Registry[Callable[..., None]] = Registry("backend start-up")
+PRESTARTS.register("crypten", _crypten_prestart)
 
-PRESTARTS: dict[str, Callable[..., None]] = {
-    "crypten": _crypten_prestart,
-}
+
+def has_parties(name: str) -> bool:
+    """Whether backend ``name`` has computation parties (unlisted: assumed so)."""
+    return HAS_PARTIES[name] if name in HAS_PARTIES else True
 
 
 def prestart(name: str, **options: Any) -> None:
@@ -61,9 +66,8 @@ def prestart(name: str, **options: Any) -> None:
     loading data) instead of its first operations. Best effort and idempotent: a no-op for
     backends without a start-up and for unknown names (``make_aggregator`` reports those).
     """
-    hook = PRESTARTS.get(name)
-    if hook is not None:
-        hook(**options)
+    if name in PRESTARTS:
+        PRESTARTS[name](**options)
 
 
 def make_aggregator(
@@ -89,12 +93,7 @@ def make_aggregator(
     **options
         Backend options (e.g. ``parties=3, mode="secure"`` for crypten).
     """
-    try:
-        factory = BACKENDS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown aggregation backend {name!r}; choose one of {sorted(BACKENDS)}."
-        ) from None
+    factory = BACKENDS.get(name)  # an unknown name: a ValueError naming the backends
     specs = list(mechanisms or [])
     if specs:
         from smpc.mechanisms import MechanismAggregator, make_mechanisms

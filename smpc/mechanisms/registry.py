@@ -9,29 +9,22 @@ from smpc.mechanisms.base import Mechanism
 from smpc.mechanisms.clip import ClipL2
 from smpc.mechanisms.gaussian import GaussianDP
 from smpc.mechanisms.quantize import Quantize
+from smpc.named_registry import Registry
 
-MECHANISMS: dict[str, Callable[..., Mechanism]] = {
-    "clip": ClipL2,
-    "gaussian": GaussianDP,
-    "quantize": Quantize,
-}
+#: The mechanisms by name (one ``register`` line per mechanism file).
+MECHANISMS: Registry[Callable[..., Mechanism]] = Registry("mechanism")
+MECHANISMS.register("clip", ClipL2)
+MECHANISMS.register("gaussian", GaussianDP)
+MECHANISMS.register("quantize", Quantize)
 
 
 def register_mechanism(name: str, factory: Callable[..., Mechanism]) -> Callable[..., Mechanism]:
     """Add a mechanism to the registry (one line per new mechanism file).
 
     Raises ``ValueError`` when ``name`` is taken: unregister the old one first
-    (``del MECHANISMS[name]``) if replacing it is intended.
+    (``MECHANISMS.unregister(name)``) if replacing it is intended.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a mechanism name must be a non-empty string, got {name!r}.")
-    if name in MECHANISMS:
-        raise ValueError(
-            f"a mechanism named {name!r} is already registered ({MECHANISMS[name]!r}); "
-            "choose another name."
-        )
-    MECHANISMS[name] = factory
-    return factory
+    return MECHANISMS.register(name, factory)
 
 
 #: What ``make_mechanism`` accepts: an instance, a name, ``{"name": ..., **options}``

@@ -109,11 +109,13 @@ def test_mechanisms_are_validated_against_smpc(monkeypatch):
 
 
 def test_cli_backend_choices_come_from_smpc(monkeypatch):
-    monkeypatch.setitem(smpc.BACKENDS, "fake", smpc.BACKENDS["plaintext"])
-    args = build_parser().parse_args(["run", "scbatchprox", "--backend", "fake", "--out", "x"])
-    assert args.backend == "fake"
-    assert RunConfig(method="scbatchprox", backend="fake").backend == "fake"
-    monkeypatch.delitem(smpc.BACKENDS, "fake")
+    smpc.BACKENDS.register("fake", smpc.BACKENDS["plaintext"])
+    try:
+        args = build_parser().parse_args(["run", "scbatchprox", "--backend", "fake", "--out", "x"])
+        assert args.backend == "fake"
+        assert RunConfig(method="scbatchprox", backend="fake").backend == "fake"
+    finally:
+        smpc.BACKENDS.unregister("fake")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "scbatchprox", "--backend", "fake", "--out", "x"])
 

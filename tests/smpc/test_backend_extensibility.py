@@ -61,8 +61,16 @@ def toy(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "toy_backend", module)
     spec.loader.exec_module(module)
-    monkeypatch.setitem(smpc.BACKENDS, "zero_sum_masks", module.ZeroSumMasks)  # the one line
-    return module
+    smpc.BACKENDS.register("zero_sum_masks", module.ZeroSumMasks)  # the one line
+    yield module
+    smpc.BACKENDS.unregister("zero_sum_masks")
+
+
+def test_a_taken_backend_name_is_refused_and_an_unknown_one_named(toy):
+    with pytest.raises(ValueError, match="'zero_sum_masks' is already registered"):
+        smpc.BACKENDS.register("zero_sum_masks", toy.ZeroSumMasks)
+    with pytest.raises(ValueError, match=r"unknown aggregation backend 'nope'.*zero_sum_masks"):
+        smpc.make_aggregator("nope")
 
 
 def test_a_new_backend_runs_a_method_by_name(toy):

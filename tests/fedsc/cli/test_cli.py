@@ -69,9 +69,9 @@ def test_run_starts_the_backend_before_the_runner_loads(monkeypatch, tmp_path):
     from fedsc.run import execute
 
     events: list[str] = []
-    monkeypatch.setitem(
-        smpc.registry.PRESTARTS, "crypten", lambda **opts: events.append(f"prestart {opts}")
-    )
+    prestarts = smpc.registry.Registry("backend start-up")  # the registry, with a spy
+    prestarts.register("crypten", lambda **opts: events.append(f"prestart {opts}"))
+    monkeypatch.setattr(smpc.registry, "PRESTARTS", prestarts)
     monkeypatch.setattr(execute, "load_dataset", lambda name: events.append("load") or 1 / 0)
     args = ["--backend", "crypten", "--backend-option", "transport=pipe", "--out"]
     code = main(["run", "scbatchprox", "--input", "pancreas", *args, str(tmp_path / "o")])

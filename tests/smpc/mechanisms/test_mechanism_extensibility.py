@@ -50,7 +50,8 @@ def toy(tmp_path):
     spec.loader.exec_module(module)
     register_mechanism("round_to", module.RoundTo)  # the one registry line
     yield module
-    del MECHANISMS["round_to"], sys.modules["toy_round"]
+    MECHANISMS.unregister("round_to")
+    del sys.modules["toy_round"]
 
 
 X = [np.array([0.12, 1.26, -3.04]), np.array([2.47, -0.55, 0.91]), np.array([1.0, 2.0, 3.0])]
