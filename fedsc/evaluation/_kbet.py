@@ -28,6 +28,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from fedsc.evaluation._scib import neighbors_results, scib_metrics
 
@@ -59,7 +60,12 @@ def diffusion_nn_exact(conn: sparse.spmatrix, k: int, n_comps: int = 100) -> Nei
     transitions = transition_matrix(conn)
     n_comps = min(conn.shape[0] - 1, n_comps)
     v0 = np.random.default_rng(0).uniform(-1, 1, conn.shape[0])
-    evals, evecs = eigsh(transitions.astype(np.float64), k=n_comps, which="LM", v0=v0)
+    # ARPACK makes ~10^3 small BLAS-2 calls per label; on more than one BLAS thread each
+    # paid a hand-off between threads: kBET at 3·10^4 cells took 73 CPU-s on 2 OpenBLAS
+    # threads, 6.5 on one. One thread also makes the eigenvectors independent of the
+    # thread count.
+    with threadpool_limits(limits=1, user_api="blas"):
+        evals, evecs = eigsh(transitions.astype(np.float64), k=n_comps, which="LM", v0=v0)
     evals, evecs = evals[::-1].astype(np.float32), evecs[:, ::-1].astype(np.float32)
     evals = evals + _EPS
     scaled = np.array([e if e == 1 else e / (1 - e) for e in evals], dtype=np.float32)

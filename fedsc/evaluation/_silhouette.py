@@ -1,4 +1,4 @@
-"""Silhouettes with scib-metrics' definitions, from chunked float64 BLAS distances.
+"""Silhouettes with scib-metrics' definitions, from tiled float64 BLAS distances.
 
 Same values as ``scib_metrics.utils.silhouette_samples`` (Euclidean distance, nearest other
 cluster) and ``scib_metrics.silhouette_batch`` (rescaled, per label over batches), within
@@ -10,13 +10,14 @@ vmapped ``bincount`` (a scatter), which JAX runs slowly on CPU: the label and ba
 silhouettes took 22 s of CPU at 3·10^4 cells x 40 dimensions and grow as n^2 (~4 minutes at
 10^5). scikit-learn's ``silhouette_samples`` (chunked, float64) took 15 s for the label
 silhouette alone: it sums each row per cluster with a Python-level ``bincount`` loop and
-runs its elementwise passes on one thread. Here each chunk of rows is one torch GEMM
-giving squared distances (``|x|^2 + |y|^2 - 2 x.y`` from augmented matrices), a clamp and
-square root, and a GEMM with the one-hot cluster matrix for the per-cluster sums; torch
-runs all of them on the configured threads (2 s at 3·10^4 cells on 2 threads). The data
-are centred first (distances do not change; the expansion's cancellation does), and pairs
-closer than 1e-3 of the largest norm, where the expansion loses relative precision (a
-duplicated cell would be ~1e-8 apart), are recomputed from their differences.
+runs its elementwise passes on one thread. Here each cache-sized tile of the upper
+triangle is one torch GEMM giving squared distances (``|x|^2 + |y|^2 - 2 x.y`` from
+augmented matrices), a clamp and square root, and GEMMs with the one-hot cluster matrix
+adding to the per-cluster sums of its rows and columns; torch runs all of them on the
+configured threads. The data are centred first (distances do not change; the expansion's
+cancellation does), and pairs closer than 1e-3 of the largest norm, where the expansion
+loses relative precision (a duplicated cell would be ~1e-8 apart), are recomputed from
+their differences.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import pandas as pd
 if TYPE_CHECKING:
     import torch
 
-#: Bytes of one chunk of the distance matrix (rows x all cells, float64).
-CHUNK_BYTES = 16 * 2**20
+#: Rows (and columns) of one tile of the distance matrix: 512 x 512 float64 is 2 MiB, so
+#: the passes over a tile (clamp, square root, sums) run in cache.
+TILE = 512
 
 #: Pairs with squared distance below this fraction of the largest squared norm (after
 #: centring) are recomputed from their coordinate differences.
@@ -38,7 +40,11 @@ _RECOMPUTE_BELOW = 1e-6
 
 
 def _cluster_distance_sums(x: torch.Tensor, codes: np.ndarray, n_codes: int) -> np.ndarray:
-    """(n_cells, n_codes): each cell's summed distance to the cells of each code."""
+    """(n_cells, n_codes): each cell's summed distance to the cells of each code.
+
+    Tiles on and above the diagonal only: a tile's distances add to its rows' sums and,
+    transposed, to its columns' sums (the distance matrix is symmetric).
+    """
     import torch  # start-up time: building a RunConfig imports the panels, not torch
 
     n = x.shape[0]
@@ -49,16 +55,20 @@ def _cluster_distance_sums(x: torch.Tensor, codes: np.ndarray, n_codes: int) -> 
     onehot = torch.zeros(n, n_codes, dtype=x.dtype)
     onehot[torch.arange(n), torch.from_numpy(codes.astype(np.int64))] = 1.0
     threshold = _RECOMPUTE_BELOW * float(sq.max())
-    sums = torch.empty(n, n_codes, dtype=x.dtype)
-    step = max(16, CHUNK_BYTES // (8 * n))
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        d = left[start:stop] @ right.T
-        rows, cols = torch.nonzero(d <= threshold, as_tuple=True)
-        d.clamp_min_(0.0).sqrt_()
-        diff = x[rows + start] - x[cols]
-        d[rows, cols] = (diff * diff).sum(dim=1).sqrt()  # self-pairs among them: exactly 0
-        torch.mm(d, onehot, out=sums[start:stop])
+    sums = torch.zeros(n, n_codes, dtype=x.dtype)
+    for i in range(0, n, TILE):
+        i2 = min(i + TILE, n)
+        for j in range(i, n, TILE):
+            j2 = min(j + TILE, n)
+            d = left[i:i2] @ right[j:j2].T
+            rows, cols = torch.nonzero(d <= threshold, as_tuple=True)
+            d.clamp_min_(0.0).sqrt_()
+            if len(rows):  # self-pairs are among them: exactly 0
+                diff = x[rows + i] - x[cols + j]
+                d[rows, cols] = (diff * diff).sum(dim=1).sqrt()
+            sums[i:i2].addmm_(d, onehot[j:j2])
+            if j > i:
+                sums[j:j2].addmm_(d.T, onehot[i:i2])
     return sums.numpy()
 
 

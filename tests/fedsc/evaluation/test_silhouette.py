@@ -28,10 +28,10 @@ def case():
     return X, labels, batch, sil, sil_b
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, _silhouette.CHUNK_BYTES])
-def test_silhouettes_equal_scib_metrics_in_float64(case, monkeypatch, chunk_bytes):
-    # chunk_bytes=1: chunks of 16 rows, the last one partial (264 = 16 * 16 + 8)
-    monkeypatch.setattr(_silhouette, "CHUNK_BYTES", chunk_bytes)
+@pytest.mark.parametrize("tile", [64, _silhouette.TILE])
+def test_silhouettes_equal_scib_metrics_in_float64(case, monkeypatch, tile):
+    # tile=64: 5 x 5 tiles, the last row and column partial (264 = 4 * 64 + 8)
+    monkeypatch.setattr(_silhouette, "TILE", tile)
     X, labels, batch, sil, sil_b = case
     ours = _silhouette.silhouette_samples(X, labels)
     assert ours[240] == 0.0  # the singleton
