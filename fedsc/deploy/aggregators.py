@@ -40,7 +40,7 @@ def ask_values(fleet: Fleet, values: Sequence[RemoteValue], transport: str) -> d
 class SiteMechanismRecords:
     """The ledger entries of a deployed aggregator list the mechanisms its sites apply.
 
-    :class:`~fedsc.deploy.client_dp.SiteMechanisms` sets ``site_mechanisms``; the
+    :class:`~fedsc.deploy.site_mechanisms.SiteMechanisms` sets ``site_mechanisms``; the
     accountant (:func:`fedsc.privacy.accounting.client_level_from_ledger`) reads them
     from the ledger as it reads a simulated run's.
     """

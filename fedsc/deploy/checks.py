@@ -20,7 +20,7 @@ def fedscgen_deployable(config: FedScGenConfig, transport: str | None = None) ->
     Every DP level runs deployed: cell and donor level as DP-SGD inside each site's local
     training, with the site's own noise and accountant (donor level: each site counts its
     own training donors, its FedAvg weight); client level as the ``gaussian`` mechanism
-    with each site clipping and noising its own update (:mod:`fedsc.deploy.client_dp`).
+    with each site clipping and noising its own update (:mod:`fedsc.deploy.site_mechanisms`).
     ``keep_optimizer_state`` runs deployed: each site keeps its own Adam moments between
     rounds. Nothing is refused today; the function stays the place for what a later
     setting cannot do deployed.

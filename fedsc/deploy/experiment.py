@@ -44,6 +44,7 @@ from fedsc.run.config import RunConfig
 from fedsc.run.evaluate import evaluate_run
 from fedsc.run.outcome import MethodOutcome, Prepared, RunResult
 from fedsc.run.prepare import INPUT_PREPARATION, run_inputs
+from fedsc.run_privacy import smpc_mechanism
 
 if TYPE_CHECKING:
     from fedsc.methods import MethodSpec
@@ -92,6 +93,8 @@ def deploy_run(
     params = driver_module(spec.name).run_params(
         run_inputs(cfg, None, prepared.use_rep, False), config
     )
+    if cfg.mechanisms:  # applied by each site to its own value (deploy.site_mechanisms)
+        params["mechanisms"] = [_mechanism_spec(m) for m in cfg.mechanisms]
     run_config = {"method": spec.name, "params": json.dumps(params), "transport": transport}
     with tempfile.TemporaryDirectory(prefix="fedsc-deploy-") as tmp:
         root = Path(tmp)
@@ -118,6 +121,12 @@ def deploy_run(
     )
 
 
+def _mechanism_spec(entry: Any) -> Any:
+    """A run config's mechanism entry as JSON smpc takes (``{"name": ..., **options}``)."""
+    spec = smpc_mechanism(entry)
+    return {"name": spec[0], **spec[1]} if isinstance(spec, tuple) else spec
+
+
 def site_dp(cfg: RunConfig, privacy: InRunPrivacy | None) -> dict[str, Any]:
     """The method params a deployed run's sites receive: with DP, the resolved settings.
 
@@ -125,7 +134,7 @@ def site_dp(cfg: RunConfig, privacy: InRunPrivacy | None) -> dict[str, Any]:
     simulated run passes them to the method. Client level: the settings with σ resolved
     (calibrated to ``target_epsilon`` by the run layer; each site checks it against the
     target with its own accountant) and ``simulated`` — the sites build the ``gaussian``
-    mechanism from them (:mod:`fedsc.deploy.client_dp`), where a simulated run builds it
+    mechanism from them (:mod:`fedsc.deploy.site_mechanisms`), where a simulated run builds it
     into its aggregator.
     """
     if privacy is None or privacy.dp is None:

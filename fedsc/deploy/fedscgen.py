@@ -24,14 +24,13 @@ import torch
 import smpc
 from fedsc.data.validate import get_representation
 from fedsc.deploy.checks import fedscgen_deployable as check_deployable
-from fedsc.deploy.client_dp import (
-    SiteMechanisms,
-    agreed_mechanism,
-    client_dp_of,
-    epsilon_by_observer,
-)
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
 from fedsc.deploy.site import Site, keep_metrics, register_step, write_output
+from fedsc.deploy.site_mechanisms import (
+    client_dp_of,
+    epsilon_by_observer,
+    with_site_mechanisms,
+)
 from fedsc.errors import FedscInputError
 from fedsc.federation import LocalResult, State
 from fedsc.federation.seeding import client_generators
@@ -150,7 +149,7 @@ def site_dp_config(config: FedScGenConfig, sigma: Any) -> FedScGenConfig:
     """The config a site trains with: the agreed one, σ the coordinator calibrated.
 
     Cell and donor level; client level unchanged (its noise is the site's share of the
-    ``gaussian`` mechanism, :mod:`fedsc.deploy.client_dp`, not DP-SGD). With σ in
+    ``gaussian`` mechanism, :mod:`fedsc.deploy.site_mechanisms`, not DP-SGD). With σ in
     the agreed config, a different σ is refused; with a ``target_epsilon`` to calibrate
     to, the coordinator calibrates σ over every site's training cells (public weights)
     and the site, when it builds its DP-SGD, checks that its own ε stays within the
@@ -477,10 +476,8 @@ def run(
         )
     sites = RemoteSites(hello, params, apply, live)
     dp = client_dp_of(params["config"])
-    if dp is not None:  # each site clips and noises its own update (client_dp)
-        mechanism = agreed_mechanism(dp, config.rounds, sites.n_training)
-        seed = int(params["seed"]) if dp.get("simulated") else None
-        aggregator = SiteMechanisms(aggregator, [mechanism], seed=seed)
+    # the run's mechanisms and client-level DP's noise, applied by each site to its value
+    aggregator = with_site_mechanisms(aggregator, params, config.rounds, sites.n_training)
     with torch_threads(config.num_threads):
         done = drive(
             sites,

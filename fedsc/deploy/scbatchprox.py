@@ -36,6 +36,7 @@ from fedsc.deploy.fedscgen import site_order
 from fedsc.deploy.records import OWNED_PREFIX, OWNER_PREFIX
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
 from fedsc.deploy.site import RefusedRequest, Site, keep_metrics, register_step, write_output
+from fedsc.deploy.site_mechanisms import with_site_mechanisms
 from fedsc.errors import FedscInputError
 from fedsc.federation import LocalResult, State
 from fedsc.federation.seeding import client_generators
@@ -414,6 +415,8 @@ def run(
     check_deployable(config, getattr(aggregator, "name", None))
     check_strategy(config, strategy)  # before any site is asked
     sites = RemoteSites(hello, params, apply, live)
+    # the run's mechanisms (e.g. clip), applied by each site to its own value
+    aggregator = with_site_mechanisms(aggregator, params, config.rounds, len(sites.names))
     done = drive(
         sites,
         aggregator,

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsc.deploy.client_dp import noised_at_site
 from fedsc.deploy.drivers import DEPLOYED, driver_module
+from fedsc.deploy.site_mechanisms import noised_at_site
 from fedsc.errors import FedscInputError
 
 if TYPE_CHECKING:

@@ -292,7 +292,6 @@ class RunConfig:
         dp = dict(self.dp or {})
         refused = {
             "backend": self.backend != "plaintext" or bool(self.backend_options),
-            "mechanisms": bool(self.mechanisms),
             # DP runs at the sites (docs/deployment.md), for a method whose config has it
             "dp": bool(dp) and "dp" not in getattr(type(config), "__dataclass_fields__", {}),
             "dp.clients: donor": dp.get("clients", "batch") != "batch",
@@ -305,9 +304,9 @@ class RunConfig:
             raise FedscInputError(
                 f"deploy: {self.deploy} cannot be combined with {bad} yet: a deployment's "
                 "transport replaces the backend (deploy: crypten, not backend: crypten); "
-                "its sites are the batches (not one per donor); mechanisms other than DP, "
-                "in-run attacks, scenarios and inclusion run in simulation only, and so "
-                "does DP for a method without DP at its sites; drop them or drop deploy."
+                "its sites are the batches (not one per donor); in-run attacks, scenarios "
+                "and inclusion run in simulation only, and so does DP for a method without "
+                "DP at its sites; drop them or drop deploy."
             )
         check_deployable(self.method, config, str(self.deploy))
 

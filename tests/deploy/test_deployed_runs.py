@@ -120,6 +120,7 @@ def test_deploy_setting_is_checked_before_anything_runs():
     # DP deploys for a method with DP at its sites (FedscGen), over the batches as sites
     dp = {"level": "client", "target_epsilon": 4.0, "clip": 0.1, "delta": 1e-3}
     RunConfig(method="fedscgen", deploy="secagg+", dp=dp)
+    RunConfig(method="scbatchprox", deploy="crypten", mechanisms=[{"clip": {"max_norm": 1.0}}])
     with pytest.raises(FedscInputError, match=r"\['dp'\]"):
         RunConfig(method="scbatchprox", deploy="secagg+", dp=dp)
     with pytest.raises(FedscInputError, match=r"\['dp.clients: donor'\]"):
@@ -159,3 +160,10 @@ def test_the_sites_receive_the_runs_resolved_dp_settings(data):
     assert sent["dp"] == donor and sent["donor_key"] == "orig.ident"
     plain = RunConfig(**base, deploy="plaintext", params={"rounds": 2})
     assert site_dp(plain, in_run.start(plain, data, spec)) == {"rounds": 2}
+
+
+def test_a_runs_mechanisms_travel_to_the_sites_as_json():
+    from fedsc.deploy.experiment import _mechanism_spec
+
+    assert _mechanism_spec("clip") == "clip"
+    assert _mechanism_spec({"clip": {"max_norm": 0.5}}) == {"name": "clip", "max_norm": 0.5}

@@ -1,16 +1,18 @@
-"""Client-level DP deployed: each site clips and noises its own update before it leaves.
+"""Mechanisms deployed: each site transforms its own value before it leaves the site.
 
-In simulation, client-level DP (DP-FedAvg) is the ``gaussian`` mechanism of an
-:class:`smpc.mechanisms.MechanismAggregator`: for every client it transforms a copy of
-that client's contribution (clip the update to ``C``, add the client's share
-``N(0, σ²C²/K)`` of the noise) as the client itself would before sharing it, and then
-transforms the revealed aggregate (the uniform weighting's rescaling). Deployed, the
-first half runs where it belongs, at the site (:func:`noised_at_site`, called by
-:meth:`fedsc.deploy.site.Site.run` on every value it sends), and the second at the
-coordinator (:class:`SiteMechanisms`, wrapping the deployed aggregator of any transport).
-The coordinator's process never holds an un-noised update, whatever the transport.
+In simulation, a mechanism (clipping, quantisation, client-level DP's ``gaussian``) is
+applied by an :class:`smpc.mechanisms.MechanismAggregator`: for every client it transforms
+a copy of that client's contribution as the client itself would before sharing it, and
+then transforms the revealed aggregate. Deployed, the first half runs where it belongs,
+at the site (:func:`noised_at_site`, called by :meth:`fedsc.deploy.site.Site.run` on every
+value it sends), and the second at the coordinator (:class:`SiteMechanisms`, wrapping the
+deployed aggregator of any transport; :func:`with_site_mechanisms` builds it from a run's
+params). The run's mechanisms (``params["mechanisms"]``, a run config's ``mechanisms``)
+are applied in order, then client-level DP's ``gaussian`` (``config.dp``), as the run layer
+orders them in simulation. The coordinator's process never holds an un-noised update.
 
-What a site does not take from the coordinator (docs/deployment.md, "Threat model"):
+Client-level DP: what a site does not take from the coordinator (docs/deployment.md,
+"Threat model"):
 
 - the mechanism: σ and C follow from the agreed config (``config.dp``: σ, or σ
   calibrated to ``target_epsilon`` over the configured rounds, exactly as the run layer
@@ -25,8 +27,11 @@ What a site does not take from the coordinator (docs/deployment.md, "Threat mode
   (then the noise is seeded from the run seed per operation and client, as the simulated
   aggregator seeds it: reproducible, for tests, never private).
 
-Other steps (FedscGen's correction) pass untouched, as in simulation, and are outside the
-guarantee.
+The other mechanisms are the run's research settings (not privacy guarantees): the site
+builds them from the operation's context, rebuilt for each operation (stateless, as the
+built-in ones are), with the simulated aggregator's randomness rule (seeded from the run
+seed unless DP runs with fresh noise). Steps outside DP's guarantee (FedscGen's
+correction) pass the gaussian untouched, as in simulation.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from fedsc.deploy.remote import RemoteValue, is_remote
 from fedsc.errors import FedscInputError
 from smpc.aggregator import Aggregator
 from smpc.flatten import flatten, flatten_all, flatten_like
-from smpc.mechanisms import Mechanism, make_mechanism
+from smpc.mechanisms import Mechanism, make_mechanism, make_mechanisms
 from smpc.mechanisms.base import ClientContext, RandomSource, ResultContext
 from smpc.mechanisms.gaussian import METRICS_TAG, STATE_TAGS
 from smpc.mechanisms.secure_random import SecureRandom
@@ -54,6 +59,7 @@ __all__ = [
     "client_dp_of",
     "epsilon_by_observer",
     "noised_at_site",
+    "with_site_mechanisms",
 ]
 
 #: What a site keeps between its update and that round's metrics: the agreed mechanism's
@@ -111,80 +117,136 @@ def noised_at_site(
     arrays: Mapping[str, np.ndarray],
     value: Any,
 ) -> Any:
-    """``value`` as this site shares it under the agreed client-level DP (else unchanged).
+    """``value`` as this site shares it under the run's mechanisms (else unchanged).
 
     Parameters
     ----------
     state
         The site's run state (what it keeps between the update and its metrics).
     step, params, arrays
-        The request (``params["mechanism"]``: the coordinator's context of the operation).
+        The request (``params["mechanism"]``: the coordinator's context of the operation,
+        with the run's other mechanisms as ``specs``).
     value
         What the step computed.
 
     Returns
     -------
-    The clipped and noised value (float64 arrays by key, so that no rounding separates it
-    from the simulated client's), or ``value`` for a step outside the guarantee.
+    The transformed value (float64 arrays by key, so that no rounding separates it from
+    the simulated client's), or ``value`` when no mechanism applies to it.
+    """
+    ctx = params.get("mechanism")
+    dp_role = _dp_role(state, step, params, arrays)
+    if dp_role is not None and not isinstance(ctx, Mapping):
+        raise FedscInputError(
+            f"check 'dp': the agreed config is client-level DP, but the coordinator asks for "
+            f"{step!r} without the mechanism's context; this site shares no value it has not "
+            "clipped and noised."
+        )
+    if not isinstance(ctx, Mapping):
+        return value
+    n = int(ctx["n_clients"])
+    steps: list[tuple[Mechanism, str | None, Any]] = [
+        (make_mechanism(spec), ctx.get("tag"), arrays if step.endswith("/update") else None)
+        for spec in ctx.get("specs") or []
+    ]
+    kept = _kept(state)
+    if dp_role is not None:
+        if n != kept["n_sites"]:
+            raise FedscInputError(
+                f"check 'dp': the coordinator splits the noise among {n} clients, but the "
+                f"update request lists {kept['n_sites']} training sites; each site's share of "
+                "the noise is σ²C² over the number of sites that really take part."
+            )
+        steps.append((agreed_mechanism(kept["dp"], kept["rounds"], n), *dp_role))
+    if not steps:
+        return value
+    flat, spec = flatten(value, name=step)
+    seed = _mechanism_seed((params.get("config") or {}).get("dp"), params.get("seed"))
+    if kept:  # a metrics request carries no config: the update's kept one
+        seed = _mechanism_seed(kept["dp"], kept["seed"])
+    generator: RandomSource = (  # one source per operation and client, as in simulation
+        SecureRandom()
+        if seed is None
+        else _seeded(seed, int(ctx["operation"]), 1, int(ctx["client"]))
+    )
+    weight = ctx.get("weight")
+    for mechanism, tag, reference in steps:
+        context = ClientContext(
+            op=str(ctx["op"]),
+            client=int(ctx["client"]),
+            n_clients=n,
+            weight=None if weight is None else float(weight),
+            reference=None if reference is None else flatten_like(dict(reference), spec),
+            generator=generator,
+            round=ctx.get("round"),
+            tag=tag,
+        )
+        flat = np.asarray(mechanism.transform_contribution(flat, context), dtype=np.float64)
+    keys = [leaf.key for leaf in spec.leaves]
+    sizes = [int(np.prod(leaf.shape)) for leaf in spec.leaves]
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
+    shaped = {k: p.reshape(leaf.shape) for k, p, leaf in zip(keys, parts, spec.leaves, strict=True)}
+    return shaped if spec.is_mapping else shaped[None]
+
+
+def _dp_role(
+    state: dict[str, Any], step: str, params: Mapping[str, Any], arrays: Mapping[str, Any]
+) -> tuple[str, Any] | None:
+    """(tag, reference) of the gaussian for this step under client-level DP, else None.
+
+    The update is the state (its reference the global state the request carries), the
+    round's metrics are the metrics; the site decides, not the request's tag. An update
+    request keeps the agreed settings for that round's metrics.
     """
     if step.endswith("/update"):
         dp = client_dp_of(params.get("config"))
         if dp is None:
-            return value
+            return None
         state[_KEPT] = {  # arrays: a site without a worker keeps its state in Flower's
             "dp": np.frombuffer(json.dumps(dp).encode(), dtype=np.uint8),
             "n_sites": np.asarray(len(params.get("n_train") or {})),
             "rounds": np.asarray(int(params["config"].get("rounds", 1))),
             "seed": np.asarray(int(params["seed"])),
         }
-        tag, reference = STATE_TAGS[0], arrays
-    elif step == "metrics" and _KEPT in state:
-        tag, reference = METRICS_TAG, None
-    else:  # the correction's steps: outside the guarantee, as in simulation
-        return value
+        return STATE_TAGS[0], arrays
+    if step == "metrics" and _KEPT in state:
+        return METRICS_TAG, None
+    return None
+
+
+def _kept(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The client-level DP settings this run's update kept (empty without)."""
+    if _KEPT not in state:
+        return {}
     kept = {k: v.item() for k, v in state[_KEPT].items() if k != "dp"}
     kept["dp"] = json.loads(np.asarray(state[_KEPT]["dp"], dtype=np.uint8).tobytes().decode())
-    ctx = params.get("mechanism")
-    if not isinstance(ctx, Mapping):
-        raise FedscInputError(
-            f"check 'dp': the agreed config is client-level DP, but the coordinator asks for "
-            f"{step!r} without the mechanism's context; this site shares no value it has not "
-            "clipped and noised."
-        )
-    n = int(ctx["n_clients"])
-    if n != kept["n_sites"]:
-        raise FedscInputError(
-            f"check 'dp': the coordinator splits the noise among {n} clients, but the update "
-            f"request lists {kept['n_sites']} training sites; each site's share of the noise "
-            "is σ²C² over the number of sites that really take part."
-        )
-    mechanism = agreed_mechanism(kept["dp"], kept["rounds"], n)
-    flat, spec = flatten(value, name=step)
-    ref = None if reference is None else flatten_like(dict(reference), spec)
-    generator: RandomSource = (
-        _seeded(int(kept["seed"]), int(ctx["operation"]), 1, int(ctx["client"]))
-        if kept["dp"].get("simulated")
-        else SecureRandom()
-    )
-    weight = ctx.get("weight")
-    out = mechanism.transform_contribution(
-        flat,
-        ClientContext(
-            op=str(ctx["op"]),
-            client=int(ctx["client"]),
-            n_clients=n,
-            weight=None if weight is None else float(weight),
-            reference=ref,
-            generator=generator,
-            round=ctx.get("round"),
-            tag=tag,
-        ),
-    )
-    keys = [leaf.key for leaf in spec.leaves]
-    sizes = [int(np.prod(leaf.shape)) for leaf in spec.leaves]
-    parts = np.split(np.asarray(out, dtype=np.float64), np.cumsum(sizes)[:-1])
-    shaped = {k: p.reshape(leaf.shape) for k, p, leaf in zip(keys, parts, spec.leaves, strict=True)}
-    return shaped if spec.is_mapping else shaped[None]
+    return kept
+
+
+def _mechanism_seed(dp: Any, seed: Any) -> int | None:
+    """The run layer's rule: fresh OS entropy under DP unless simulated, else the run seed."""
+    if isinstance(dp, Mapping) and not dp.get("simulated"):
+        return None
+    return None if seed is None else int(seed)
+
+
+def with_site_mechanisms(
+    aggregator: Aggregator, params: Mapping[str, Any], rounds: int, n_training: int
+) -> Aggregator:
+    """``aggregator`` with the run's mechanisms applied at the sites (unchanged without any).
+
+    ``params["mechanisms"]`` (specs, in order), then client-level DP's ``gaussian`` built
+    from ``params["config"]["dp"]`` over ``rounds`` rounds and ``n_training`` sites.
+    """
+    specs = [m.describe() for m in make_mechanisms(list(params.get("mechanisms") or []))]
+    mechanisms = [make_mechanism(s) for s in specs]
+    dp = client_dp_of(params.get("config"))
+    if dp is not None:
+        mechanisms.append(agreed_mechanism(dp, rounds, n_training))
+    if not mechanisms:
+        return aggregator
+    seed = _mechanism_seed((params.get("config") or {}).get("dp"), params.get("seed"))
+    return SiteMechanisms(aggregator, mechanisms, seed=seed, specs=specs)
 
 
 class SiteMechanisms(Aggregator):
@@ -205,14 +267,23 @@ class SiteMechanisms(Aggregator):
     mechanisms
         The mechanisms the sites apply (built from the agreed config).
     seed
-        ``None``: the coordinator's draws from the OS CSPRNG; an integer (simulated DP
-        only) seeds them as the simulated aggregator does.
+        ``None``: the coordinator's draws from the OS CSPRNG; an integer seeds them as
+        the simulated aggregator does.
+    specs
+        The descriptions of the mechanisms the sites build from the context (the run's
+        own; client-level DP's gaussian the sites build from their agreed config).
     """
 
     def __init__(
-        self, inner: Aggregator, mechanisms: Sequence[Mechanism], *, seed: int | None = None
+        self,
+        inner: Aggregator,
+        mechanisms: Sequence[Mechanism],
+        *,
+        seed: int | None = None,
+        specs: Sequence[dict[str, Any]] = (),
     ) -> None:
         super().__init__()
+        self.specs = [dict(s) for s in specs]
         self.inner = inner
         self.mechanisms: tuple[Mechanism, ...] = tuple(mechanisms)
         self.ledger = inner.ledger
@@ -310,7 +381,8 @@ class SiteMechanisms(Aggregator):
         operation = self._operations
         self._operations += 1
         n = len(contributions)
-        scope = {"op": op, "operation": operation, "n_clients": n}
+        scope: dict[str, Any] = {"op": op, "operation": operation, "n_clients": n}
+        scope["specs"] = self.specs
         scope.update(round=self.ledger.round, tag=self.ledger.tag)
         sent: list[Any] = []
         for i, v in enumerate(contributions):
