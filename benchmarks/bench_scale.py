@@ -19,7 +19,11 @@ reads the h5ad file as a run does:
   Benchmarker): on the same PCA embedding, recall of the 90 exact neighbours (brute
   force), the relative error of the 90th neighbour distance, both searches' seconds, and
   the largest difference of any scIB metric between the panel on exact and on
-  approximate neighbours (timed: the approximate search).
+  approximate neighbours (timed: the approximate search);
+- ``evaluation_parts`` (not in the default list): the scIB panel's steps one by one on the
+  same PCA embedding (k-NN search, UMAP connectivities, k-means, NMI/ARI, cLISI, iLISI,
+  kBET per label, graph connectivity, label and batch silhouettes, PCR comparison), wall
+  and CPU seconds each, to see where the panel's time goes.
 
 Per stage and size it prints wall seconds, CPU seconds (process + reaped children) and
 peak RSS (GB), then the growth exponent of each (the slope of log time / log peak RSS
@@ -46,7 +50,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("fedscgen", "scbatchprox", "evaluation", "attack", "knn")
+STAGES = ("fedscgen", "scbatchprox", "evaluation", "attack", "knn", "evaluation_parts")
 
 
 def _cpu_seconds() -> float:
@@ -111,6 +115,11 @@ def run_stage(stage: str, path: Path, args: argparse.Namespace) -> dict:
             X_pre_rep="X_pca", seed=0,
         )  # fmt: skip
         out["metrics"] = dict(zip(rows["metric"], rows["value"].astype(float), strict=False))
+    elif stage == "evaluation_parts":
+        out["parts"] = evaluation_parts(path)
+        # the stage's time: the sum of the steps (not the preprocessing and PCA)
+        cpu0 = _cpu_seconds() - sum(p["cpu_s"] for p in out["parts"].values())
+        t0 = time.perf_counter() - sum(p["wall_s"] for p in out["parts"].values())
     elif stage == "knn":
         out.update(knn_error(path))
         cpu0, t0 = _cpu_seconds() - out["cpu_approx_s"], time.perf_counter() - out["approx_s"]
@@ -124,18 +133,69 @@ def run_stage(stage: str, path: Path, args: argparse.Namespace) -> dict:
     return out
 
 
-def knn_error(path: Path) -> dict:
-    """Approximate (pynndescent) vs exact neighbours on the PCA embedding of ``path``."""
+def _pca_embedding(path: Path):
+    """The 40-dim PCA embedding, batches and labels of ``path`` (as the evaluation stage)."""
     import numpy as np
 
-    from fedsc.evaluation.scib_panel import knn, scib_panel
     from fedsc.preprocessing import fit_embedding, preprocess
     from fedsc.run.load import load_dataset
 
     adata = preprocess(load_dataset(str(path)), n_top_genes=2000)
     fit_embedding(adata, method="pca", n_comps=40, seed=0)
-    X = np.asarray(adata.obsm["X_pca"], dtype=np.float32)
-    b, lab = adata.obs["batch"].to_numpy(), adata.obs["cell_type"].to_numpy()
+    X = np.ascontiguousarray(adata.obsm["X_pca"], dtype=np.float32)
+    return X, adata.obs["batch"].to_numpy(), adata.obs["cell_type"].to_numpy()
+
+
+def evaluation_parts(path: Path) -> dict:
+    """Wall and CPU seconds of each step of the scIB panel, in the panel's order."""
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from fedsc.evaluation._kbet import kbet_per_label
+    from fedsc.evaluation._scib import scib_metrics
+    from fedsc.evaluation._silhouette import silhouette_batch, silhouette_samples
+    from fedsc.evaluation.scib_panel import knn
+
+    X, b, lab = _pca_embedding(path)
+    scib_metrics.load()  # its import is not a step
+    parts: dict = {}
+
+    def timed(name, fn):
+        c0, t0 = _cpu_seconds(), time.perf_counter()
+        result = fn()
+        parts[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu_seconds() - c0}
+        return result
+
+    neigh = timed("knn", lambda: knn(X, 90, seed=0))
+    neigh_kbet = neigh.subset_neighbors(50)
+    timed("umap_connectivities", lambda: neigh_kbet.knn_graph_connectivities)
+    pred = timed(
+        "kmeans", lambda: scib_metrics.utils.KMeans(len(np.unique(lab)), seed=0).fit(X).labels_
+    )
+    timed(
+        "nmi_ari",
+        lambda: (normalized_mutual_info_score(lab, pred), adjusted_rand_score(lab, pred)),
+    )
+    timed("clisi", lambda: scib_metrics.clisi_knn(neigh, lab))
+    timed("ilisi", lambda: scib_metrics.ilisi_knn(neigh, b))
+    timed("kbet_per_label", lambda: kbet_per_label(neigh_kbet, b, lab))
+    timed(
+        "graph_connectivity",
+        lambda: scib_metrics.graph_connectivity(neigh.subset_neighbors(15), lab),
+    )
+    timed("silhouette_label", lambda: silhouette_samples(X, lab))
+    timed("silhouette_batch", lambda: silhouette_batch(X, lab, b))
+    timed("pcr_comparison", lambda: scib_metrics.pcr_comparison(X, X, b, categorical=True))
+    return parts
+
+
+def knn_error(path: Path) -> dict:
+    """Approximate (pynndescent) vs exact neighbours on the PCA embedding of ``path``."""
+    import numpy as np
+
+    from fedsc.evaluation.scib_panel import knn, scib_panel
+
+    X, b, lab = _pca_embedding(path)
     c0, t0 = _cpu_seconds(), time.perf_counter()
     approx = knn(X, 90, method="pynndescent", seed=0)
     approx_s, cpu_approx = time.perf_counter() - t0, _cpu_seconds() - c0
@@ -217,6 +277,9 @@ def report(results: list[dict], workdir: Path) -> None:
             f"{r['stage']:<12}{r['cells']:>9}{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}"
             f"{r['peak_rss_gb']:>9.2f}{r['load_before']:>6.1f}"
         )
+    for r in results:
+        for part, t in r.get("parts", {}).items():
+            print(f"  {part:<20}{r['cells']:>9}{t['wall_s']:>9.1f}{t['cpu_s']:>9.1f}")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     print(f"\n{'stage':<12}{'exp. wall':>10}{'exp. cpu':>10}{'exp. RSS':>10}  (1 = linear)")
     for stage in dict.fromkeys(r["stage"] for r in results):
@@ -283,7 +346,7 @@ def main() -> None:
             continue
         path = data_path(args.workdir, cells, args)
         res = {"stage": stage, "cells": cells, **_spawn(stage, path, args)}
-        shown = {k: v for k, v in res.items() if k != "metrics"}
+        shown = {k: v for k, v in res.items() if k not in ("metrics", "parts")}
         print(f"  {json.dumps(shown)}", flush=True)
         results.append(res)
         (args.workdir / "scale.json").write_text(json.dumps(results, indent=1))
