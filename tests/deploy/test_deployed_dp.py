@@ -1,17 +1,14 @@
 """Every DP level deployed: the noise is added at the sites, never by the coordinator.
 
-- Donor level through Flower, on the shared deployment (tests/deploy/conftest.py): each
-  site counts its own training donors (its FedAvg weight; the pancreas ``orig.ident``
-  column names the donor or sample), runs donor-level DP-SGD with Adam kept between two
-  rounds, and reports its ε from its own accountant.
-- Cell and client level through the deployed driver over real sites (each
-  :class:`~fedsc.deploy.site.Site`'s own code, no Flower): DP-SGD at the site; the
-  ``gaussian`` mechanism's clipping and noise share at the site, the rescaling at the
-  coordinator.
-
-With ``simulated: true`` (the debugging mode: noise seeded from the run seed; otherwise
-each site draws it from its OS CSPRNG) each gives the simulation's outputs bit for bit
-and the simulation's DP record.
+The deployed driver runs over real sites (each :class:`~fedsc.deploy.site.Site`'s own
+code on its own file, plaintext transport; only Flower is left out: the client-level DP
+study of tests/deploy/test_deployed_runs.py runs through it): cell level (DP-SGD at the
+site), donor level (each site counts its own training donors, its FedAvg weight, on the
+pancreas ``orig.ident`` column, and keeps its Adam moments over two rounds), client level
+(the ``gaussian`` mechanism's clipping and noise share at the site, the rescaling at the
+coordinator) and a run's mechanisms. With ``simulated: true`` (the debugging mode: noise
+seeded from the run seed; otherwise each site draws it from its OS CSPRNG) each gives the
+simulation's outputs bit for bit and the simulation's DP record.
 """
 
 from __future__ import annotations
@@ -45,45 +42,6 @@ DONOR = {
     "cells_per_donor": 4,
     "simulated": True,
 }
-
-
-def test_dp_deployed_equals_simulation(deployment, data, tmp_path):
-    """Through Flower: donor level, Adam kept between two rounds at each site."""
-    donor_key = "orig.ident"
-    config = replace(CONFIG, dp=DONOR, donor_key=donor_key, rounds=2, keep_optimizer_state=True)
-    sim = data.copy()
-    result = run_fedscgen(
-        sim,
-        batch_key="batch",
-        labels_key="celltype",
-        aggregator="plaintext",
-        config=config,
-        seed=SEED,
-    )
-    params = {
-        "config": config.to_dict(),
-        "seed": SEED,
-        "batch_key": "batch",
-        "labels_key": "celltype",
-    }
-    record = deployment.run(
-        {"params": json.dumps(params), "transport": "plaintext"}, tmp_path, timeout=400
-    )
-    for s in SITES:
-        got = ad.read_h5ad(deployment.site_out(s) / f"{s}.h5ad")
-        mine = sim[sim.obs["batch"] == s]
-        np.testing.assert_array_equal(got.obsm["X_fedscgen"], mine.obsm["X_fedscgen"])
-        np.testing.assert_array_equal(got.layers["fedscgen"], mine.layers["fedscgen"])
-    want = result.info["dp"]
-    assert np.isfinite(want["epsilon"]) and want["epsilon"] > 0
-    assert record["dp"] == json.loads(json.dumps(want))  # ε, σ, steps, q: the same record
-    # each training site reported its own ε with its output
-    assert {s: "epsilon" in o for s, o in record["outputs"].items()} == dict.fromkeys(SITES, True)
-    if donor_key:  # FedAvg weighted by each site's own donor count
-        donors = {s: sim.obs.loc[sim.obs["batch"] == s, donor_key].nunique() for s in SITES}
-        n_train = {c["name"]: c["n_train"] for c in record["clients"]}
-        assert want["n_donors"] == record["dp"]["n_donors"]
-        assert all(0 < want["n_donors"][s] <= donors[s] < n_train[s] for s in SITES)
 
 
 def test_deployable_dp_levels_and_the_sites_sigma_check():
@@ -183,15 +141,18 @@ def fleet(data, tmp_path):
     return SiteFleet(files, facts={**facts, "method": "fedscgen"})
 
 
-@pytest.mark.parametrize("dp", [DP, CLIENT], ids=["cell", "client"])
+@pytest.mark.parametrize("dp", [DP, DONOR, CLIENT], ids=["cell", "donor", "client"])
 def test_dp_through_real_sites_equals_simulation(data, fleet, dp):
     """The deployed driver over real sites (each site's own code, plaintext transport):
-    cell level (DP-SGD at the site) and client level (each site clips and noises its own
-    update; the coordinator only rescales) give the simulation's outputs and record."""
+    cell level (DP-SGD at the site); donor level (each site counts its own training
+    donors, its FedAvg weight, and keeps its Adam moments over two rounds); client level
+    (each site clips and noises its own update; the coordinator only rescales): the
+    simulation's outputs and DP record, bit for bit."""
     from fedsc.deploy import fedscgen as deployed
     from fedsc.deploy.aggregators import DeployedPlaintext
 
-    config = replace(CONFIG, dp=dp)
+    donor = {"donor_key": "orig.ident", "rounds": 2, "keep_optimizer_state": True}
+    config = replace(CONFIG, dp=dp, **(donor if dp["level"] == "donor" else {}))
     sim = data.copy()
     with _simulated_aggregator(dp) as agg:
         result = run_fedscgen(
@@ -208,7 +169,15 @@ def test_dp_through_real_sites_equals_simulation(data, fleet, dp):
         np.testing.assert_array_equal(got.obsm["X_fedscgen"], mine.obsm["X_fedscgen"])
         np.testing.assert_array_equal(got.layers["fedscgen"], mine.layers["fedscgen"])
     by_observer = record["dp"].pop("epsilon_by_observer", None)
-    assert record["dp"] == json.loads(json.dumps(result.info["dp"]))
+    want = result.info["dp"]
+    assert record["dp"] == json.loads(json.dumps(want))  # ε, σ, steps, q: the same record
+    if dp["level"] in ("cell", "donor"):  # each site's own accountant, with its output
+        assert np.isfinite(want["epsilon"]) and want["epsilon"] > 0
+        assert all("epsilon" in o for o in record["outputs"].values())
+    if dp["level"] == "donor":  # FedAvg weighted by each site's own donor count
+        donors = {s: sim.obs.loc[sim.obs["batch"] == s, "orig.ident"].nunique() for s in SITES}
+        n_train = {c["name"]: c["n_train"] for c in record["clients"]}
+        assert all(0 < want["n_donors"][s] <= donors[s] < n_train[s] for s in SITES)
     if dp["level"] == "client":
         # the sites' noise, recorded as the simulation records it; a plaintext coordinator
         # sees each site's noisy update (σ/√3), more than the output's σ
