@@ -157,7 +157,9 @@ def report_sweep(sweep_dir: str | Path) -> Path:
         )
 
 
-def demo_comparison(sweep_dir: str | Path) -> tuple[pd.DataFrame, Path]:
+def demo_comparison(
+    sweep_dir: str | Path, run_ids: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, Path]:
     """The demo's analysis of a finished privacy-utility sweep: crypten vs plaintext, report.
 
     Compares the crypten runs (side A) with the plaintext runs (side B) without DP: by
@@ -165,12 +167,17 @@ def demo_comparison(sweep_dir: str | Path) -> tuple[pd.DataFrame, Path]:
     DP variants too), else by backend; Mann-Whitney U over seeds, BH over the table. Writes
     ``comparison.csv`` and the report (:func:`report_sweep`) into ``sweep_dir``.
 
+    ``run_ids``: compare only these runs (the study's; a folder reused across versions of
+    the study also holds the older ones, whose seeds would pair twice).
+
     Returns
     -------
     tuple
         The comparison table and the report's path.
     """
     results = comparison_table(load_results(sweep_dir))
+    if run_ids is not None:
+        results = results[results["run_id"].isin(list(run_ids))]
     variants = set(results["variant"])
     a, b = (
         ({"variant": "crypten"}, {"variant": "plaintext"})

@@ -292,6 +292,9 @@ def compare(
             f"results lacks columns {missing}; a tidy table has {list(results.columns)} "
             "— pass `by` with existing columns."
         )
+    per_observer = "observer" in results.columns and bool(results["observer"].notna().any())
+    if per_observer:  # a group key: no observer is "" while grouping (NaN never pairs)
+        results = results.assign(observer=results["observer"].astype(object).fillna(""))
     results, sensitivity = split_sensitivity(results)  # jitter, not metrics (module doc)
     mask_a = _selector_mask(results, a, "a")
     mask_b = _selector_mask(results, b, "b")
@@ -306,14 +309,9 @@ def compare(
         sel = a if empty == "a" else b
         raise FedscInputError(f"selector {empty}={dict(sel)} matches no rows of the results table.")
     keys = [c for c in by if c not in a and c not in b]
-    selected = results.loc[mask_a | mask_b]
-    if (
-        "observer" in results.columns
-        and "observer" not in keys + list(a) + list(b)
-        and selected["observer"].notna().any()
-    ):
+    if per_observer and "observer" not in keys + list(a) + list(b):
         # attack and audit rows come one per observer (coordinator, output, ...): they are
-        # compared per observer, never mixed
+        # compared per observer, never mixed (utility rows: no observer, one group)
         keys.append("observer")
     if family is None:
         family_cols: list[str] = []
@@ -403,6 +401,8 @@ def compare(
     out = out[[*keys, *COMPARE_COLUMNS]]
     if len(sensitivity) and "metric" in keys:
         out = _with_jitter(out, sensitivity, a, b, keys)
+    if "observer" in keys and per_observer:
+        out["observer"] = out["observer"].replace({"": None})
     n_unreach = int(out["unreachable"].sum())
     if n_unreach:
         pairs = out.loc[out["unreachable"], ["n_a", "n_b"]].to_numpy(dtype=int)

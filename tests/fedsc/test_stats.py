@@ -182,10 +182,21 @@ def test_compare_keeps_attack_and_audit_rows_apart_per_observer():
     rows = tidy(values)
     rows = pd.concat([rows.assign(observer="output"), rows.assign(observer="coordinator")])
     rows.loc[(rows["observer"] == "coordinator") & (rows["variant"] == "a"), "value"] += 100.0
+    # and the utility rows beside them, which name no observer (None in one table, NaN
+    # in another): still compared, as one group
+    utility = tidy({("pbmc", v, "ari"): np.full(10, 0.5) for v in ("a", "b")})
+    rows = pd.concat([rows, utility.assign(observer=None)], ignore_index=True)
+    rows.loc[len(rows) - 1, "observer"] = np.nan
     res = compare(rows, {"variant": "a"}, {"variant": "b"})
     assert list(res.columns[:4]) == ["dataset", "method", "metric", "observer"]
-    deltas = dict(zip(res["observer"], res["delta_mean"], strict=True))
-    assert deltas == {"coordinator": 100.0, "output": 0.0}
+    labels = res["metric"] + "@" + res["observer"].fillna("-")
+    deltas = dict(zip(labels, res["delta_mean"], strict=True))
+    assert deltas == {
+        "attack:dp_audit:audited_epsilon@coordinator": 100.0,
+        "attack:dp_audit:audited_epsilon@output": 0.0,
+        "ari@-": 0.0,
+    }
+    assert res.loc[res["metric"] == "ari", "n_a"].item() == 10
 
 
 def test_compare_identical_variants_find_nothing():

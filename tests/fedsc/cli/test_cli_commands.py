@@ -48,3 +48,18 @@ def test_every_command_module_has_the_two_functions():
     assert COMMANDS.names() == ["run", "demo", "party", "sweep", "compare", "report", "deploy"]
     for _, module in COMMANDS.items():
         assert callable(module.add_parser) and callable(module.command)
+
+
+def test_demo_refuses_an_out_folder_with_another_studys_runs(tmp_path, capsys):
+    """An --out reused across versions of the demo study: refused before anything runs
+    (the report would pair an earlier version's seeds with today's), nothing deleted."""
+    from fedsc.cli import main
+    from fedsc.sweep import RunStore
+
+    old = RunStore(tmp_path / "demo").write(
+        {"run_id": "0123456789abcdef", "status": "failed", "config": {"method": "fedscgen"}}
+    )
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert "1 run(s) that are not part of this demo study" in err and "rm -r" in err
+    assert old.exists()
