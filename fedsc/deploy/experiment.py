@@ -95,6 +95,9 @@ def deploy_run(
     )
     if cfg.mechanisms:  # applied by each site to its own value (deploy.site_mechanisms)
         params["mechanisms"] = [_mechanism_spec(m) for m in cfg.mechanisms]
+    agreed = agreed_client_dp(privacy)
+    if agreed is not None and getattr(config, "dp", None) is None:
+        params["dp"] = agreed  # a method without DP in its config: beside it (scBatchProx)
     run_config = {"method": spec.name, "params": json.dumps(params), "transport": transport}
     with tempfile.TemporaryDirectory(prefix="fedsc-deploy-") as tmp:
         root = Path(tmp)
@@ -140,12 +143,19 @@ def site_dp(cfg: RunConfig, privacy: InRunPrivacy | None) -> dict[str, Any]:
     if privacy is None or privacy.dp is None:
         return dict(cfg.params)
     params = dict(privacy.method_cfg.params)
-    dp = privacy.dp
-    if dp.level == "client":
-        keep = ("level", "noise_multiplier", "target_epsilon", "clip", "delta", "accountant")
-        agreed = {k: v for k, v in dp.to_dict().items() if k in keep and v is not None}
-        params["dp"] = {**agreed, "simulated": bool(dp.simulated)}
+    agreed = agreed_client_dp(privacy)
+    if agreed is not None and "dp" in params:  # a method with a DP model variant
+        params["dp"] = agreed
     return params
+
+
+def agreed_client_dp(privacy: InRunPrivacy | None) -> dict[str, Any] | None:
+    """Client-level DP's agreed settings (σ resolved, ``simulated``); ``None`` otherwise."""
+    if privacy is None or privacy.dp is None or privacy.dp.level != "client":
+        return None
+    keep = ("level", "noise_multiplier", "target_epsilon", "clip", "delta", "accountant")
+    agreed = {k: v for k, v in privacy.dp.to_dict().items() if k in keep and v is not None}
+    return {**agreed, "simulated": bool(privacy.dp.simulated)}
 
 
 def execute_deployed(

@@ -36,7 +36,11 @@ from fedsc.deploy.fedscgen import site_order
 from fedsc.deploy.records import OWNED_PREFIX, OWNER_PREFIX
 from fedsc.deploy.remote import RemoteMethod, RemoteValue
 from fedsc.deploy.site import RefusedRequest, Site, keep_metrics, register_step, write_output
-from fedsc.deploy.site_mechanisms import with_site_mechanisms
+from fedsc.deploy.site_mechanisms import (
+    epsilon_by_observer,
+    run_client_dp,
+    with_site_mechanisms,
+)
 from fedsc.errors import FedscInputError
 from fedsc.federation import LocalResult, State
 from fedsc.federation.seeding import client_generators
@@ -345,6 +349,8 @@ class RemoteSites:
             "batch_key": params["batch_key"],
             "embedding_key": params["embedding_key"],
         }
+        if params.get("dp"):  # client-level DP: every site noises its own update
+            self.base["dp"] = dict(params["dp"])
         self.key_added = params.get("key_added", "scbatchprox")
         self._apply, self._live = apply, live
         self._method: RemoteMethod | None = None
@@ -428,9 +434,14 @@ def run(
         on_round_end=on_round_end,
     )
     fed = done.federation
+    dp = run_client_dp(params)
+    record: dict[str, Any] = {}
+    if dp is not None:  # client-level DP: ε per observer, read off the ledger
+        record = {"epsilon_by_observer": epsilon_by_observer(aggregator.ledger, dp["delta"])}
     return {
         "history": fed.history,
         "clients": done.clients,
+        **({"dp": record} if record else {}),
         "outputs": done.outputs,
         "dropped_sites": sites.dropped,
         "seconds_training": fed.seconds,

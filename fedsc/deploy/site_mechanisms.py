@@ -59,6 +59,7 @@ __all__ = [
     "client_dp_of",
     "epsilon_by_observer",
     "noised_at_site",
+    "run_client_dp",
     "with_site_mechanisms",
 ]
 
@@ -73,6 +74,16 @@ def client_dp_of(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(dp, Mapping) or str(dp.get("level", "client")) != "client":
         return None
     return dict(dp)
+
+
+def run_client_dp(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A run's agreed client-level DP settings (``None`` without them).
+
+    In its method config (FedscGen, whose model has a DP variant) or beside it
+    (``params["dp"]``: a method without DP in its config, e.g. scBatchProx, whose
+    clients' updates the gaussian mechanism protects as they are).
+    """
+    return client_dp_of(params.get("config")) or client_dp_of({"dp": params.get("dp")})
 
 
 def agreed_mechanism(dp: Mapping[str, Any], rounds: int, n_clients: int) -> Mechanism:
@@ -161,7 +172,7 @@ def noised_at_site(
     if not steps:
         return value
     flat, spec = flatten(value, name=step)
-    seed = _mechanism_seed((params.get("config") or {}).get("dp"), params.get("seed"))
+    seed = _mechanism_seed(_any_dp(params), params.get("seed"))
     if kept:  # a metrics request carries no config: the update's kept one
         seed = _mechanism_seed(kept["dp"], kept["seed"])
     generator: RandomSource = (  # one source per operation and client, as in simulation
@@ -199,13 +210,13 @@ def _dp_role(
     request keeps the agreed settings for that round's metrics.
     """
     if step.endswith("/update"):
-        dp = client_dp_of(params.get("config"))
+        dp = run_client_dp(params)
         if dp is None:
             return None
         state[_KEPT] = {  # arrays: a site without a worker keeps its state in Flower's
             "dp": np.frombuffer(json.dumps(dp).encode(), dtype=np.uint8),
             "n_sites": np.asarray(len(params.get("n_train") or {})),
-            "rounds": np.asarray(int(params["config"].get("rounds", 1))),
+            "rounds": np.asarray(int((params.get("config") or {}).get("rounds", 1))),
             "seed": np.asarray(int(params["seed"])),
         }
         return STATE_TAGS[0], arrays
@@ -223,6 +234,11 @@ def _kept(state: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _any_dp(params: Mapping[str, Any]) -> Any:
+    """The run's DP settings, any level (in the method config or beside it)."""
+    return (params.get("config") or {}).get("dp") or params.get("dp")
+
+
 def _mechanism_seed(dp: Any, seed: Any) -> int | None:
     """The run layer's rule: fresh OS entropy under DP unless simulated, else the run seed."""
     if isinstance(dp, Mapping) and not dp.get("simulated"):
@@ -236,16 +252,17 @@ def with_site_mechanisms(
     """``aggregator`` with the run's mechanisms applied at the sites (unchanged without any).
 
     ``params["mechanisms"]`` (specs, in order), then client-level DP's ``gaussian`` built
-    from ``params["config"]["dp"]`` over ``rounds`` rounds and ``n_training`` sites.
+    from the run's agreed settings (:func:`run_client_dp`) over ``rounds`` rounds and
+    ``n_training`` sites.
     """
     specs = [m.describe() for m in make_mechanisms(list(params.get("mechanisms") or []))]
     mechanisms = [make_mechanism(s) for s in specs]
-    dp = client_dp_of(params.get("config"))
+    dp = run_client_dp(params)
     if dp is not None:
         mechanisms.append(agreed_mechanism(dp, rounds, n_training))
     if not mechanisms:
         return aggregator
-    seed = _mechanism_seed((params.get("config") or {}).get("dp"), params.get("seed"))
+    seed = _mechanism_seed(_any_dp(params), params.get("seed"))
     return SiteMechanisms(aggregator, mechanisms, seed=seed, specs=specs)
 
 

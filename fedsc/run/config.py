@@ -292,8 +292,11 @@ class RunConfig:
         dp = dict(self.dp or {})
         refused = {
             "backend": self.backend != "plaintext" or bool(self.backend_options),
-            # DP runs at the sites (docs/deployment.md), for a method whose config has it
-            "dp": bool(dp) and "dp" not in getattr(type(config), "__dataclass_fields__", {}),
+            # DP runs at the sites (docs/deployment.md): client level for every method,
+            # cell and donor level for a method whose config has DP-SGD
+            "dp": bool(dp)
+            and dp.get("level", "client") != "client"
+            and "dp" not in getattr(type(config), "__dataclass_fields__", {}),
             "dp.clients: donor": dp.get("clients", "batch") != "batch",
             "attacks": bool(self.attacks),
             "scenario": self.scenario is not None,
@@ -305,8 +308,8 @@ class RunConfig:
                 f"deploy: {self.deploy} cannot be combined with {bad} yet: a deployment's "
                 "transport replaces the backend (deploy: crypten, not backend: crypten); "
                 "its sites are the batches (not one per donor); in-run attacks, scenarios "
-                "and inclusion run in simulation only, and so does DP for a method without "
-                "DP at its sites; drop them or drop deploy."
+                "and inclusion run in simulation only, and so does cell- or donor-level DP "
+                "for a method without DP-SGD; drop them or drop deploy."
             )
         check_deployable(self.method, config, str(self.deploy))
 

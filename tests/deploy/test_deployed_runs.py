@@ -121,8 +121,10 @@ def test_deploy_setting_is_checked_before_anything_runs():
     dp = {"level": "client", "target_epsilon": 4.0, "clip": 0.1, "delta": 1e-3}
     RunConfig(method="fedscgen", deploy="secagg+", dp=dp)
     RunConfig(method="scbatchprox", deploy="crypten", mechanisms=[{"clip": {"max_norm": 1.0}}])
-    with pytest.raises(FedscInputError, match=r"\['dp'\]"):
-        RunConfig(method="scbatchprox", deploy="secagg+", dp=dp)
+    RunConfig(method="scbatchprox", deploy="secagg+", dp=dp)  # client level: at the sites
+    cell = {"level": "cell", "noise_multiplier": 1.0, "clip": 1.0, "delta": 1e-4}
+    with pytest.raises(FedscInputError, match=r"cell-level DP \(DP-SGD\).*fedscgen only"):
+        RunConfig(method="scbatchprox", deploy="secagg+", dp=cell)  # simulated or not
     with pytest.raises(FedscInputError, match=r"\['dp.clients: donor'\]"):
         RunConfig(
             method="fedscgen", deploy="plaintext", donor_key="donor", dp={**dp, "clients": "donor"}
@@ -160,6 +162,16 @@ def test_the_sites_receive_the_runs_resolved_dp_settings(data):
     assert sent["dp"] == donor and sent["donor_key"] == "orig.ident"
     plain = RunConfig(**base, deploy="plaintext", params={"rounds": 2})
     assert site_dp(plain, in_run.start(plain, data, spec)) == {"rounds": 2}
+    # scBatchProx has no DP in its config: the agreed settings travel beside it
+    from fedsc.deploy.experiment import agreed_client_dp
+
+    sbp = RunConfig(
+        method="scbatchprox", batch_key="batch", deploy="plaintext", dp=client, use_rep="X_pca"
+    )
+    privacy = in_run.start(sbp, data, get_method("scbatchprox"))
+    assert "dp" not in site_dp(sbp, privacy)
+    beside = agreed_client_dp(privacy)
+    assert beside["noise_multiplier"] == privacy.dp.noise_multiplier > 0
 
 
 def test_a_runs_mechanisms_travel_to_the_sites_as_json():

@@ -573,3 +573,29 @@ def test_secure_rows_sites_refuse_a_missing_or_foreign_delivery_and_the_paper_pr
     # over SecAgg+ the driver refuses before any site trains (the server unmasks the sum)
     with pytest.raises(FedscInputError, match=r"secure_rows.*SecAgg\+"):
         deployed.run(fleet.hello, SimpleNamespace(name="secagg+"), fleet.apply, SECURE_PARAMS)
+
+
+def test_client_level_dp_for_scbatchprox_at_real_sites_equals_simulation(files):
+    """scBatchProx (no DP in its config) under client-level DP deployed: the agreed
+    settings travel beside the config, each site clips and noises its own update, and the
+    adapter tables are the simulation's (the same seeded noise) bit for bit."""
+    import smpc
+    from fedsc.privacy.accounting import DPConfig
+
+    dp = {"level": "client", "noise_multiplier": 1.0, "clip": 1.0, "delta": 0.01}
+    spec = DPConfig.from_dict(dp).resolve(CONFIG.rounds).mechanism_spec()
+    fleet = SiteFleet(files)
+    record = deployed.run(
+        fleet.hello,
+        DeployedPlaintext(fleet),
+        fleet.apply,
+        {**PARAMS, "dp": {**dp, "simulated": True}},
+    )
+    z = np.concatenate([ad.read_h5ad(files[n]).obsm["X_pca"] for n in SITES])
+    labels = np.repeat(SITES, [ad.read_h5ad(files[n]).n_obs for n in SITES])
+    with smpc.make_aggregator("plaintext", mechanisms=[spec], mechanism_seed=3) as agg:
+        sim = ScBatchProx.fit(z, labels, agg, config=CONFIG, seed=3, show_progress=False)
+    for key, table in (("gamma", sim.adapter.gamma), ("beta", sim.adapter.beta)):
+        np.testing.assert_array_equal(record["model_state"][key], table)
+    eps = record["dp"]["epsilon_by_observer"]
+    assert eps["coordinator"] > eps["output"] > 0  # plaintext: each site's noisy update
