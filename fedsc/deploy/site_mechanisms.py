@@ -36,6 +36,7 @@ correction) pass the gaussian untouched, as in simulation.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -49,6 +50,7 @@ from fedsc.errors import FedscInputError
 from smpc.aggregator import Aggregator
 from smpc.flatten import flatten, flatten_all, flatten_like
 from smpc.mechanisms import Mechanism, make_mechanism, make_mechanisms
+from smpc.mechanisms.aggregator import seeded_generator
 from smpc.mechanisms.base import ClientContext, RandomSource, ResultContext
 from smpc.mechanisms.gaussian import METRICS_TAG, STATE_TAGS
 from smpc.mechanisms.secure_random import SecureRandom
@@ -89,10 +91,18 @@ def run_client_dp(params: Mapping[str, Any]) -> dict[str, Any] | None:
 def agreed_mechanism(dp: Mapping[str, Any], rounds: int, n_clients: int) -> Mechanism:
     """The ``gaussian`` mechanism of the agreed settings, σ calibrated as the run layer does.
 
-    ``n_clients``: the training clients, for the δ < 1/n check.
+    ``n_clients``: the training clients, for the δ < 1/n check. Resolved once per agreed
+    settings (the accountant's calibration is not redone for every operation a site
+    serves); the mechanism is stateless, so one instance serves them all.
     """
+    return _agreed_mechanism(json.dumps(dict(dp), sort_keys=True), int(rounds), int(n_clients))
+
+
+@functools.lru_cache(maxsize=16)
+def _agreed_mechanism(dp_json: str, rounds: int, n_clients: int) -> Mechanism:
     from fedsc.privacy.accounting import DPConfig
 
+    dp = json.loads(dp_json)
     fields = {k: v for k, v in dp.items() if k not in ("level", "simulated", "clients")}
     resolved = DPConfig.from_dict({"level": "client", **fields})
     assert resolved is not None
@@ -113,12 +123,6 @@ def epsilon_by_observer(ledger: Any, delta: float) -> dict[str, float | None]:
         eps = float(client_level_from_ledger(ledger, delta, observer=observer).epsilon)
         out[observer] = eps if np.isfinite(eps) else None
     return out
-
-
-def _seeded(seed: int, operation: int, *key: int) -> np.random.Generator:
-    # the simulated aggregator's stream (smpc.mechanisms.MechanismAggregator._generator)
-    entropy = int(np.random.SeedSequence(seed).entropy)  # type: ignore[arg-type]
-    return np.random.default_rng(np.random.SeedSequence([entropy, operation, *key]))
 
 
 def noised_at_site(
@@ -178,7 +182,7 @@ def noised_at_site(
     generator: RandomSource = (  # one source per operation and client, as in simulation
         SecureRandom()
         if seed is None
-        else _seeded(seed, int(ctx["operation"]), 1, int(ctx["client"]))
+        else seeded_generator(seed, int(ctx["operation"]), 1, int(ctx["client"]))
     )
     weight = ctx.get("weight")
     for mechanism, tag, reference in steps:
@@ -240,10 +244,11 @@ def _any_dp(params: Mapping[str, Any]) -> Any:
 
 
 def _mechanism_seed(dp: Any, seed: Any) -> int | None:
-    """The run layer's rule: fresh OS entropy under DP unless simulated, else the run seed."""
-    if isinstance(dp, Mapping) and not dp.get("simulated"):
-        return None
-    return None if seed is None else int(seed)
+    """The run layer's rule (:func:`fedsc.privacy.accounting.mechanism_seed`) on a mapping."""
+    from fedsc.privacy.accounting import mechanism_seed  # start-up time: dp-accounting
+
+    simulated = bool(dp.get("simulated")) if isinstance(dp, Mapping) else None
+    return mechanism_seed(simulated, seed)
 
 
 def with_site_mechanisms(
@@ -255,8 +260,8 @@ def with_site_mechanisms(
     from the run's agreed settings (:func:`run_client_dp`) over ``rounds`` rounds and
     ``n_training`` sites.
     """
-    specs = [m.describe() for m in make_mechanisms(list(params.get("mechanisms") or []))]
-    mechanisms = [make_mechanism(s) for s in specs]
+    mechanisms = make_mechanisms(list(params.get("mechanisms") or []))
+    specs = [m.describe() for m in mechanisms]
     dp = run_client_dp(params)
     if dp is not None:
         mechanisms.append(agreed_mechanism(dp, rounds, n_training))
@@ -437,4 +442,4 @@ class SiteMechanisms(Aggregator):
         raise NotImplementedError("deployed mechanisms aggregate site references")
 
     def _generator(self, operation: int) -> RandomSource:
-        return SecureRandom() if self.seed is None else _seeded(self.seed, operation, 0)
+        return SecureRandom() if self.seed is None else seeded_generator(self.seed, operation, 0)

@@ -59,6 +59,7 @@ __all__ = [
     "in_dp_sgd_rounds",
     "joint_cell_epsilon",
     "ledger_entries",
+    "mechanism_seed",
     "noise_multiplier_for",
     "uncovered_releases",
 ]
@@ -831,6 +832,18 @@ def _gaussian_roles(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def _gaussian_covers(entry: dict[str, Any]) -> bool:
     return any(role in ("state", "metrics", "suppress") for role, _ in _gaussian_roles(entry))
+
+
+def mechanism_seed(simulated: bool | None, seed: int | None) -> int | None:
+    """The seed of a run's mechanisms (``None``: fresh OS entropy).
+
+    Under DP fresh entropy unless the DP is ``simulated``; the run seed otherwise (no DP:
+    research mechanisms, reproducible). ``simulated``: ``None`` without DP. Noise from the run seed could be regenerated from
+    run.json and subtracted, so a DP run never uses it unless it says it is simulated.
+    """
+    if simulated is not None and not simulated:
+        return None
+    return None if seed is None else int(seed)
 
 
 def client_level_from_ledger(

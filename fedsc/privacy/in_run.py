@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedsc.privacy.accounting import DPConfig
+from fedsc.privacy.accounting import DPConfig, mechanism_seed
 from fedsc.privacy.attacks import ATTACKS, COLUMNS, Attack, Truth, run_attacks
 from fedsc.privacy.run_dp import (
     audit_run_dp,
@@ -146,7 +146,7 @@ class InRunPrivacy:
         opts = dict(cfg.backend_options)
         # DP noise from the run seed could be regenerated from run.json and subtracted:
         # fresh OS entropy (None) unless the DP is explicitly simulated
-        seed = None if self.dp is not None and not self.dp.simulated else cfg.seed
+        seed = mechanism_seed(None if self.dp is None else self.dp.simulated, cfg.seed)
         if self.attacks:
             agg, self._recorder = recording_aggregator(
                 cfg.backend, mechanisms=mechs, mechanism_seed=seed, **opts

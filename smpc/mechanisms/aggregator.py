@@ -32,6 +32,18 @@ from smpc.mechanisms.base import ClientContext, Mechanism, RandomSource, ResultC
 from smpc.mechanisms.secure_random import SecureRandom
 
 
+def seeded_generator(seed: int, operation: int, *key: int) -> np.random.Generator:
+    """The reproducible stream of operation ``operation`` and ``key`` under ``seed``.
+
+    ``key`` is ``(1, client)`` for a client's contribution and ``(0,)`` for the result, as
+    :class:`MechanismAggregator` draws them; a deployed site that transforms its own value
+    (``fedsc.deploy.site_mechanisms``) draws the same stream. Not private: anyone who knows
+    the seed regenerates it.
+    """
+    entropy = int(np.random.SeedSequence(seed).entropy)  # type: ignore[arg-type]
+    return np.random.default_rng(np.random.SeedSequence([entropy, operation, *key]))
+
+
 class MechanismAggregator(Aggregator):
     """Wrap ``inner`` so that ``mechanisms`` act on every contribution and result.
 
@@ -149,7 +161,7 @@ class MechanismAggregator(Aggregator):
     def _generator(self, operation: int, *key: int) -> RandomSource:
         if self.seed is None:  # no seed to derive from, record or replay
             return SecureRandom()
-        return np.random.default_rng(np.random.SeedSequence([self.seed, operation, *key]))
+        return seeded_generator(self.seed, operation, *key)
 
     def _copies_for(self, client: int) -> tuple[Mechanism, ...]:
         if client not in self._client_copies:
